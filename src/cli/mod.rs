@@ -1,0 +1,77 @@
+//! The `imgbuild` command line: parsing (clap) and one module per subcommand.
+
+mod check;
+mod profile;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Cluster};
+use crate::template::Engine;
+
+/// From power-on to a working kubeadm cluster: node images and the netboot server.
+#[derive(Debug, Parser)]
+#[command(name = "imgbuild", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The cluster description.
+    #[arg(long, short = 'c', global = true, env = "IMGBUILD_CONFIG", default_value = config::DEFAULT_CONFIG)]
+    pub config: PathBuf,
+
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate cluster.toml, every profile and every template; report all problems at once.
+    Check(check::Args),
+    /// Show, render or build the profile of one role (master, worker, storage).
+    Profile(profile::Args),
+}
+
+/// Loads the cluster description named by `--config`.
+pub fn load_cluster(path: &std::path::Path) -> anyhow::Result<Cluster> {
+    Ok(config::load(path)?)
+}
+
+/// The template engine for a cluster's profile and iPXE directories.
+pub fn engine_for(cluster: &Cluster) -> Engine {
+    Engine::new(&cluster.paths.profiles, &cluster.paths.ipxe)
+}
+
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "imgbuild=info",
+        1 => "imgbuild=debug",
+        _ => "imgbuild=trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let result = match &cli.command {
+        Command::Check(a) => check::run(&cli, a),
+        Command::Profile(a) => profile::run(&cli, a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! `imgbuild profile <role>`: show the resolved profile, render the role's file tree.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use super::Cli;
+use crate::config::{profile, Role};
+use crate::image::tree;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The role: master, worker or storage.
+    pub role: Role,
+    /// Print the resolved profile (the inheritance chain merged).
+    #[arg(long)]
+    pub show: bool,
+    /// Write the exact tree of files a node of this role carries into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub render: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
+    let cluster = super::load_cluster(&cli.config)?;
+    let prof = profile::resolve(&cluster.paths.profiles, args.role)?;
+    if args.show {
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&prof)?);
+        } else {
+            println!("profile {} ({})", prof.role, prof.chain.join(" → "));
+            if !prof.description.is_empty() {
+                println!("  {}", prof.description);
+            }
+            println!("packages:       {}", prof.packages.join(" "));
+            println!("kernel modules: {}", prof.kernel_modules.join(" "));
+            println!("kernel args:    {}", prof.kernel_args.join(" "));
+            println!("units enabled:  {}", prof.enable_units.join(" "));
+            println!("sysctls:");
+            for (k, v) in &prof.sysctl {
+                println!("  {k} = {v}");
+            }
+            println!("files:");
+            for f in &prof.files {
+                println!("  {:04o} {}  ← {}", f.mode, f.path, f.template);
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(dir) = &args.render {
+        let engine = super::engine_for(&cluster);
+        let t = tree::render(&cluster, &prof, &engine)?;
+        t.write_to(dir)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&t)?);
+        } else {
+            for f in &t.files {
+                println!("{:04o} {} {}", f.mode, &f.sha256[..12], f.path);
+            }
+            println!("{} files written under {} (role layer {})", t.files.len(), dir.display(), &t.digest()[..16]);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    anyhow::bail!("nothing to do: pass --show to print the {} profile or --render <dir> to write its files", args.role)
+}

@@ -1,0 +1,112 @@
+//! The role layer: every file a node of a role carries, rendered from its profile's templates.
+//!
+//! `imgbuild profile <role> --render <dir>` writes this tree; the image builder lays it over the base rootfs.
+//! Rendering is a pure function of (cluster, profile, templates): twice gives the same bytes.
+
+use std::path::Path;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::config::profile::Profile;
+use crate::config::Cluster;
+use crate::template::{Engine, TemplateError};
+
+/// One rendered file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TreeFile {
+    /// Absolute path inside the node's root filesystem.
+    pub path: String,
+    pub mode: u32,
+    #[serde(skip)]
+    pub contents: Vec<u8>,
+    pub sha256: String,
+}
+
+/// The rendered role layer, sorted by path.
+#[derive(Debug, Clone, Serialize)]
+pub struct Tree {
+    pub role: String,
+    pub files: Vec<TreeFile>,
+}
+
+/// The values every profile template sees.
+#[derive(Serialize)]
+pub struct TemplateContext<'a> {
+    pub cluster: &'a Cluster,
+    pub role: &'a str,
+    pub profile: &'a Profile,
+    /// `http://server:port`, the base URL nodes report to.
+    pub server_url: String,
+}
+
+impl<'a> TemplateContext<'a> {
+    pub fn new(cluster: &'a Cluster, profile: &'a Profile) -> Self {
+        TemplateContext {
+            cluster,
+            role: profile.role.as_str(),
+            profile,
+            server_url: cluster.network.http_base(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Renders every file of the profile.
+pub fn render(cluster: &Cluster, profile: &Profile, engine: &Engine) -> Result<Tree, TreeError> {
+    let ctx = TemplateContext::new(cluster, profile);
+    let mut files = Vec::with_capacity(profile.files.len());
+    for spec in &profile.files {
+        let text = engine.render(&spec.template, &ctx)?;
+        let contents = text.into_bytes();
+        files.push(TreeFile {
+            path: spec.path.clone(),
+            mode: spec.mode,
+            sha256: hex::encode(Sha256::digest(&contents)),
+            contents,
+        });
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(Tree { role: profile.role.to_string(), files })
+}
+
+impl Tree {
+    /// sha256 over every path, mode and content: the role layer's identity.
+    pub fn digest(&self) -> String {
+        let mut h = Sha256::new();
+        for f in &self.files {
+            h.update(f.path.as_bytes());
+            h.update([0]);
+            h.update(f.mode.to_be_bytes());
+            h.update(f.sha256.as_bytes());
+            h.update([0]);
+        }
+        hex::encode(h.finalize())
+    }
+
+    /// Writes the tree under `dir` (created if needed), with the files' modes.
+    pub fn write_to(&self, dir: &Path) -> Result<(), TreeError> {
+        use std::os::unix::fs::PermissionsExt;
+        for f in &self.files {
+            let dest = dir.join(f.path.trim_start_matches('/'));
+            let io = |source| TreeError::Write { path: dest.display().to_string(), source };
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).map_err(io)?;
+            }
+            std::fs::write(&dest, &f.contents).map_err(io)?;
+            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(f.mode)).map_err(io)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,234 @@
+//! The boot decision: the one place that says what a machine boots.
+//!
+//! inventory (MAC or relay id) → machine → role → pinned image → boot file (DHCP/TFTP), iPXE script and
+//! kernel command line (HTTP). DHCP, TFTP and HTTP all ask a [`Booter`]; none of them decides on its own.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::config::{Cluster, MacAddr, Machine, Role};
+
+/// Client system architecture (DHCP option 93, RFC 4578 and the IANA registry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Firmware {
+    /// 0: x86 BIOS (PXE ROM).
+    Bios,
+    /// 7 or 9: x64 UEFI PXE.
+    UefiX64,
+    /// 16: x64 UEFI HTTP Boot.
+    UefiX64Http,
+    /// 11: ARM64 UEFI PXE.
+    UefiArm64,
+    /// 19: ARM64 UEFI HTTP Boot.
+    UefiArm64Http,
+    /// Anything else.
+    Other(u16),
+}
+
+impl Firmware {
+    pub fn from_arch(arch: u16) -> Firmware {
+        match arch {
+            0 => Firmware::Bios,
+            7 | 9 => Firmware::UefiX64,
+            16 => Firmware::UefiX64Http,
+            11 => Firmware::UefiArm64,
+            19 => Firmware::UefiArm64Http,
+            n => Firmware::Other(n),
+        }
+    }
+
+    /// Whether the firmware boots from an `http://` URL (and wants vendor class `HTTPClient` echoed).
+    pub fn is_http_boot(self) -> bool {
+        matches!(self, Firmware::UefiX64Http | Firmware::UefiArm64Http)
+    }
+
+    pub fn is_uefi(self) -> bool {
+        !matches!(self, Firmware::Bios | Firmware::Other(_))
+    }
+}
+
+/// What a DHCP client told us about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    pub mac: MacAddr,
+    /// Option 93, if sent. `None` is treated as BIOS.
+    pub arch: Option<u16>,
+    /// Option 77 contains `iPXE`: the client is already iPXE and must get a script URL, not a binary.
+    pub is_ipxe: bool,
+    /// Option 82 circuit-id or remote-id, when relayed.
+    pub relay_id: Option<String>,
+}
+
+/// The file a DHCP reply points the client at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum BootFile {
+    /// A name served by our TFTP server (bootfile field, next-server = us).
+    Tftp(String),
+    /// An `http://` URL (UEFI HTTP Boot, or iPXE fetching its script).
+    Http(String),
+}
+
+impl BootFile {
+    /// The text for the DHCP `file` field / option 67.
+    pub fn as_str(&self) -> &str {
+        match self {
+            BootFile::Tftp(s) | BootFile::Http(s) => s,
+        }
+    }
+}
+
+/// The image pinned for a role, with what the boot path needs of its manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PinnedImage {
+    pub id: String,
+    pub kernel_sha256: String,
+    pub initrd_sha256: String,
+    pub rootfs_sha256: String,
+    /// The kernel arguments of the image's profile (console, net.ifnames=0, ...), from its manifest.
+    pub kernel_args: Vec<String>,
+    /// Built with labelled stand-in binaries: served with a warning, never silently.
+    pub standins: bool,
+}
+
+/// Everything the iPXE script template of a known machine needs.
+#[derive(Debug, Clone, Serialize)]
+pub struct BootPlan {
+    pub machine: Machine,
+    pub image: PinnedImage,
+    pub server_url: String,
+    pub kernel_url: String,
+    pub initrd_url: String,
+    pub rootfs_url: String,
+    /// The full kernel command line (without `initrd=`, which the template adds for UEFI).
+    pub cmdline: String,
+}
+
+/// Why a machine cannot boot right now; the iPXE script prints it and retries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum NoBoot {
+    /// The MAC is not in the inventory.
+    UnknownMachine { mac: MacAddr },
+    /// No image is pinned for the machine's role.
+    NotPinned { hostname: String, role: Role },
+}
+
+impl std::fmt::Display for NoBoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NoBoot::UnknownMachine { mac } => write!(
+                f,
+                "machine {mac} is not in the inventory: add a [[machines]] entry with mac = \"{mac}\" to cluster.toml"
+            ),
+            NoBoot::NotPinned { hostname, role } => write!(
+                f,
+                "{hostname}: no image is pinned for role {role}: run `imgbuild profile {role}` then `imgbuild pin {role} <image-id>`"
+            ),
+        }
+    }
+}
+
+/// iPXE binary names for each firmware (files in `network.ipxe_binaries`).
+pub const BIOS_BOOTFILE: &str = "undionly.kpxe";
+pub const UEFI_BOOTFILE: &str = "snponly.efi";
+pub const UEFI_BOOTFILE_FULL: &str = "ipxe.efi";
+
+/// The decision point. Built from the cluster and the pins; rebuilt on reload or re-pin.
+#[derive(Debug, Clone)]
+pub struct Booter {
+    pub cluster: Arc<Cluster>,
+    pub pins: BTreeMap<Role, PinnedImage>,
+}
+
+impl Booter {
+    pub fn new(cluster: Arc<Cluster>, pins: BTreeMap<Role, PinnedImage>) -> Self {
+        Booter { cluster, pins }
+    }
+
+    /// The inventory entry of a client: by relay id first (option 82 identifies the port), then by MAC.
+    pub fn machine(&self, mac: MacAddr, relay_id: Option<&str>) -> Option<&Machine> {
+        relay_id
+            .and_then(|id| self.cluster.machine_by_relay_id(id))
+            .or_else(|| self.cluster.machine_by_mac(mac))
+    }
+
+    /// The boot file for a DHCP client, or `None` when it must get no boot answer (unknown and no pool,
+    /// or an architecture we have nothing for).
+    pub fn dhcp_bootfile(&self, client: &Client) -> Option<BootFile> {
+        let known = self.machine(client.mac, client.relay_id.as_deref()).is_some();
+        if !known && self.cluster.network.unknown_pool.is_none() {
+            return None;
+        }
+        let base = self.cluster.network.http_base();
+        if client.is_ipxe {
+            // Already iPXE: give the script, never the binary again (that would loop).
+            return Some(BootFile::Http(format!("{base}/ipxe/{}", client.mac)));
+        }
+        match Firmware::from_arch(client.arch.unwrap_or(0)) {
+            Firmware::Bios => Some(BootFile::Tftp(BIOS_BOOTFILE.into())),
+            Firmware::UefiX64 => Some(BootFile::Tftp(UEFI_BOOTFILE.into())),
+            Firmware::UefiX64Http => Some(BootFile::Http(format!("{base}/boot/{UEFI_BOOTFILE}"))),
+            // Debian ships no arm64 iPXE; arm64 boots a GRUB netboot image (see the README).
+            Firmware::UefiArm64 => Some(BootFile::Tftp("grubnetaa64.efi".into())),
+            Firmware::UefiArm64Http => Some(BootFile::Http(format!("{base}/boot/grubnetaa64.efi"))),
+            Firmware::Other(_) => None,
+        }
+    }
+
+    /// Names TFTP (and `/boot/` over HTTP) may serve: the boot loaders the decision above can name.
+    pub fn boot_loader_names(&self) -> &'static [&'static str] {
+        &[BIOS_BOOTFILE, UEFI_BOOTFILE, UEFI_BOOTFILE_FULL, "grubnetaa64.efi"]
+    }
+
+    /// The boot plan of a machine: its pinned image, URLs carrying each artifact's sha256, and the kernel
+    /// command line the initrd and first-boot units read.
+    pub fn plan(&self, mac: MacAddr) -> Result<BootPlan, NoBoot> {
+        let machine = self.cluster.machine_by_mac(mac).ok_or(NoBoot::UnknownMachine { mac })?;
+        let image = self.pins.get(&machine.role).ok_or_else(|| NoBoot::NotPinned {
+            hostname: machine.hostname.clone(),
+            role: machine.role,
+        })?;
+        let net = &self.cluster.network;
+        let base = net.http_base();
+        let art = |file: &str, sha: &str| format!("{base}/images/{}/{file}?sha256={sha}", image.id);
+        let rootfs_url = format!("{base}/images/{}/rootfs.squashfs", image.id);
+        let mut args: Vec<String> = vec![
+            format!("BOOTIF={}", machine.mac.bootif()),
+            format!(
+                "ip={}::{}:{}:{}:eth0:off",
+                machine.ip,
+                net.gateway,
+                net.subnet.netmask(),
+                machine.hostname
+            ),
+        ];
+        if let Some(dns) = net.dns.first() {
+            args.push(format!("nameserver={dns}"));
+        }
+        args.extend([
+            format!("systemd.hostname={}", machine.hostname),
+            format!("imgbuild.server={base}"),
+            format!("imgbuild.mac={}", machine.mac),
+            format!("imgbuild.role={}", machine.role),
+            format!("imgbuild.image={}", image.id),
+            format!("imgbuild.rootfs={rootfs_url}"),
+            format!("imgbuild.rootfs_sha256={}", image.rootfs_sha256),
+            format!("imgbuild.state_disk={}", machine.state_disk),
+            format!("imgbuild.state_init={}", u8::from(machine.init_blank)),
+        ]);
+        if image.standins {
+            args.push("imgbuild.standins=1".into());
+        }
+        args.extend(image.kernel_args.iter().cloned());
+        Ok(BootPlan {
+            machine: machine.clone(),
+            image: image.clone(),
+            server_url: base.clone(),
+            kernel_url: art("vmlinuz", &image.kernel_sha256),
+            initrd_url: art("initrd.img", &image.initrd_sha256),
+            rootfs_url,
+            cmdline: args.join(" "),
+        })
+    }
+}

@@ -1,0 +1,3 @@
+//! The netboot server (`imgbuild serve`): DHCP, TFTP and HTTP around one boot decision.
+
+pub mod boot;
