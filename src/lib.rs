@@ -9,4 +9,5 @@ pub mod cli;
 pub mod config;
 pub mod image;
 pub mod netboot;
+pub mod status;
 pub mod template;

@@ -1,3 +1,4 @@
 //! The netboot server (`imgbuild serve`): DHCP, TFTP and HTTP around one boot decision.
 
 pub mod boot;
+pub mod server;
