@@ -27,7 +27,9 @@ pub struct Engine {
 fn sane(rest: &str) -> bool {
     !rest.is_empty()
         && !rest.starts_with('/')
-        && rest.split('/').all(|s| !s.is_empty() && s != ".." && s != "." && !s.contains('\\'))
+        && rest
+            .split('/')
+            .all(|s| !s.is_empty() && s != ".." && s != "." && !s.contains('\\'))
 }
 
 impl Engine {
@@ -79,7 +81,10 @@ impl Engine {
                 detail.push_str(&format!(": {s}"));
                 src = s.source();
             }
-            TemplateError { name: name.to_string(), detail }
+            TemplateError {
+                name: name.to_string(),
+                detail,
+            }
         };
         let tmpl = self.env.get_template(name).map_err(err)?;
         tmpl.render(minijinja::Value::from(Serde(ctx))).map_err(err)
@@ -89,7 +94,10 @@ impl Engine {
     pub fn render_str<S: Serialize>(&self, source: &str, ctx: &S) -> Result<String, TemplateError> {
         self.env
             .render_str(source, minijinja::Value::from(Serde(ctx)))
-            .map_err(|e| TemplateError { name: "<inline>".into(), detail: e.to_string() })
+            .map_err(|e| TemplateError {
+                name: "<inline>".into(),
+                detail: e.to_string(),
+            })
     }
 }
 
@@ -101,7 +109,11 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(d.path().join("profiles/base")).unwrap();
         std::fs::create_dir_all(d.path().join("ipxe")).unwrap();
-        std::fs::write(d.path().join("profiles/base/a.yaml.j2"), "name: {{ name }}\nq: \"{{ q }}\"\n").unwrap();
+        std::fs::write(
+            d.path().join("profiles/base/a.yaml.j2"),
+            "name: {{ name }}\nq: \"{{ q }}\"\n",
+        )
+        .unwrap();
         std::fs::write(d.path().join("secret"), "no").unwrap();
         let e = Engine::new(&d.path().join("profiles"), &d.path().join("ipxe"));
         (d, e)
@@ -110,7 +122,9 @@ mod tests {
     #[test]
     fn strict_undefined_is_an_error_naming_the_variable() {
         let (_d, e) = engine();
-        let err = e.render("profiles/base/a.yaml.j2", &serde_json::json!({"name": "x"})).unwrap_err();
+        let err = e
+            .render("profiles/base/a.yaml.j2", &serde_json::json!({"name": "x"}))
+            .unwrap_err();
         assert!(err.to_string().contains("profiles/base/a.yaml.j2"), "{err}");
         assert!(err.to_string().contains("undefined"), "{err}");
     }
@@ -118,15 +132,29 @@ mod tests {
     #[test]
     fn yaml_is_not_escaped_and_trailing_newline_kept() {
         let (_d, e) = engine();
-        let out = e.render("profiles/base/a.yaml.j2", &serde_json::json!({"name": "<a&b>", "q": "x'y"})).unwrap();
+        let out = e
+            .render(
+                "profiles/base/a.yaml.j2",
+                &serde_json::json!({"name": "<a&b>", "q": "x'y"}),
+            )
+            .unwrap();
         assert_eq!(out, "name: <a&b>\nq: \"x'y\"\n");
     }
 
     #[test]
     fn only_profiles_and_ipxe_roots_load() {
         let (_d, e) = engine();
-        for bad in ["secret", "profiles/../secret", "ipxe/../secret", "/etc/passwd", "profiles//base/a.yaml.j2"] {
-            assert!(e.render(bad, &serde_json::json!({})).is_err(), "{bad} must not load");
+        for bad in [
+            "secret",
+            "profiles/../secret",
+            "ipxe/../secret",
+            "/etc/passwd",
+            "profiles//base/a.yaml.j2",
+        ] {
+            assert!(
+                e.render(bad, &serde_json::json!({})).is_err(),
+                "{bad} must not load"
+            );
         }
     }
 }

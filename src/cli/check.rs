@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use serde::Serialize;
 
 use super::Cli;
-use crate::config::{self, profile, ConfigError, Problem, Role};
+use crate::config::{self, ConfigError, Problem, Role, profile};
 use crate::image::tree;
 
 #[derive(Debug, clap::Args)]
@@ -45,12 +45,16 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
             report.kubernetes_version = Some(cluster.cluster.kubernetes_version.to_string());
             let engine = super::engine_for(&cluster);
             for role in Role::ALL {
-                report.machines.push((role.to_string(), cluster.machines_with_role(role).count()));
+                report
+                    .machines
+                    .push((role.to_string(), cluster.machines_with_role(role).count()));
                 match profile::resolve(&cluster.paths.profiles, role) {
                     Err(ConfigError::Invalid(p)) => problems.extend(p),
                     Err(e) => return Err(e.into()),
                     Ok(prof) => match tree::render(&cluster, &prof, &engine) {
-                        Ok(t) => report.rendered_files.push((role.to_string(), t.files.len())),
+                        Ok(t) => report
+                            .rendered_files
+                            .push((role.to_string(), t.files.len())),
                         Err(e) => problems.push(Problem {
                             file: cluster.paths.profiles.join(role.as_str()),
                             line: None,
@@ -72,8 +76,16 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else if report.ok {
-        let machines: Vec<String> = report.machines.iter().map(|(r, n)| format!("{n} {r}")).collect();
-        let files: Vec<String> = report.rendered_files.iter().map(|(r, n)| format!("{r}: {n} files")).collect();
+        let machines: Vec<String> = report
+            .machines
+            .iter()
+            .map(|(r, n)| format!("{n} {r}"))
+            .collect();
+        let files: Vec<String> = report
+            .rendered_files
+            .iter()
+            .map(|(r, n)| format!("{r}: {n} files"))
+            .collect();
         println!(
             "{}: ok — cluster {:?}, Kubernetes {}, machines: {}; profiles render ({})",
             report.config,
@@ -88,5 +100,9 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
             eprintln!("  {p}");
         }
     }
-    Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -2,6 +2,7 @@
 
 mod check;
 mod profile;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +34,8 @@ pub enum Command {
     Check(check::Args),
     /// Show, render or build the profile of one role (master, worker, storage).
     Profile(profile::Args),
+    /// Run the netboot server: DHCP, TFTP and HTTP on the provisioning network.
+    Serve(serve::Args),
 }
 
 /// Loads the cluster description named by `--config`.
@@ -66,6 +69,7 @@ pub fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Check(a) => check::run(&cli, a),
         Command::Profile(a) => profile::run(&cli, a),
+        Command::Serve(a) => serve::run(&cli, a),
     };
     match result {
         Ok(code) => code,

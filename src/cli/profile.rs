@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::Cli;
-use crate::config::{profile, Role};
+use crate::config::{Role, profile};
 use crate::image::tree;
 
 #[derive(Debug, clap::Args)]
@@ -58,9 +58,17 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
             for f in &t.files {
                 println!("{:04o} {} {}", f.mode, &f.sha256[..12], f.path);
             }
-            println!("{} files written under {} (role layer {})", t.files.len(), dir.display(), &t.digest()[..16]);
+            println!(
+                "{} files written under {} (role layer {})",
+                t.files.len(),
+                dir.display(),
+                &t.digest()[..16]
+            );
         }
         return Ok(ExitCode::SUCCESS);
     }
-    anyhow::bail!("nothing to do: pass --show to print the {} profile or --render <dir> to write its files", args.role)
+    anyhow::bail!(
+        "nothing to do: pass --show to print the {} profile or --render <dir> to write its files",
+        args.role
+    )
 }

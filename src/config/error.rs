@@ -32,7 +32,9 @@ impl fmt::Display for Problem {
 /// Everything wrong with a configuration, all at once.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}; pass --config <file> to name another cluster description")]
+    #[error(
+        "cannot read {path}: {source}; pass --config <file> to name another cluster description"
+    )]
     Read {
         path: PathBuf,
         #[source]

@@ -91,7 +91,13 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["", "52:54:00:ab:cd", "52:54:00:ab:cd:01:02", "52:54:00:ab:cd:zz", "525:4:00:ab:cd:01"] {
+        for bad in [
+            "",
+            "52:54:00:ab:cd",
+            "52:54:00:ab:cd:01:02",
+            "52:54:00:ab:cd:zz",
+            "525:4:00:ab:cd:01",
+        ] {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad} should be rejected");
         }
     }

@@ -102,7 +102,11 @@ impl std::str::FromStr for Version {
         let bad = || format!("{s:?} is not a version of the form x.y.z (for example 1.37.2)");
         let s2 = s.strip_prefix('v').unwrap_or(s);
         let parts: Vec<&str> = s2.split('.').collect();
-        if parts.len() != 3 || parts.iter().any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
+        if parts.len() != 3
+            || parts
+                .iter()
+                .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
+        {
             return Err(bad());
         }
         Ok(Version {
@@ -313,7 +317,9 @@ impl Cluster {
     }
 
     pub fn machine_by_relay_id(&self, id: &str) -> Option<&Machine> {
-        self.machines.iter().find(|m| m.relay_id.as_deref() == Some(id))
+        self.machines
+            .iter()
+            .find(|m| m.relay_id.as_deref() == Some(id))
     }
 
     /// The master that runs `kubeadm init`: the first master in inventory order.

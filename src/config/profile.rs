@@ -118,35 +118,72 @@ fn read_one(dir: &Path, name: &str, problems: &mut Vec<Problem>) -> Option<(Prof
     for (i, f) in parsed.files.iter().enumerate() {
         let at = |k: &str| vec![Seg::Key("files".into()), Seg::Index(i), Seg::Key(k.into())];
         if !f.path.starts_with('/') || f.path.split('/').any(|s| s == ".." || s == ".") {
-            c.error(&at("path"), format!("{:?} must be an absolute path without '.' or '..'", f.path));
+            c.error(
+                &at("path"),
+                format!("{:?} must be an absolute path without '.' or '..'", f.path),
+            );
         }
         if f.template.contains("..") || f.template.starts_with('/') {
-            c.error(&at("template"), format!("{:?} must name a file beside profile.toml", f.template));
+            c.error(
+                &at("template"),
+                format!("{:?} must name a file beside profile.toml", f.template),
+            );
         } else if !dir.join(name).join(&f.template).is_file() {
-            c.error(&at("template"), format!("template {:?} does not exist in {}", f.template, dir.join(name).display()));
+            c.error(
+                &at("template"),
+                format!(
+                    "template {:?} does not exist in {}",
+                    f.template,
+                    dir.join(name).display()
+                ),
+            );
         }
         if u32::from_str_radix(&f.mode, 8).map_or(true, |m| m > 0o7777) {
-            c.error(&at("mode"), format!("{:?} is not an octal file mode such as \"0644\"", f.mode));
+            c.error(
+                &at("mode"),
+                format!("{:?} is not an octal file mode such as \"0644\"", f.mode),
+            );
         }
     }
     for (k, v) in &parsed.sysctl {
         let at = vec![Seg::Key("sysctl".into()), Seg::Key(k.clone())];
-        if !k.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')) {
-            c.error(&at, format!("{k:?} is not a sysctl name such as net.ipv4.ip_forward"));
+        if !k.split('.').all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        }) {
+            c.error(
+                &at,
+                format!("{k:?} is not a sysctl name such as net.ipv4.ip_forward"),
+            );
         }
         if !(v.is_integer() || v.is_str()) {
             c.error(&at, "a sysctl value must be a number or a string");
         }
     }
     for (i, m) in parsed.kernel_modules.iter().enumerate() {
-        if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-            c.error(&[Seg::Key("kernel_modules".into()), Seg::Index(i)], format!("{m:?} is not a kernel module name"));
+        if m.is_empty()
+            || !m
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            c.error(
+                &[Seg::Key("kernel_modules".into()), Seg::Index(i)],
+                format!("{m:?} is not a kernel module name"),
+            );
         }
     }
     for (i, u) in parsed.enable_units.iter().enumerate() {
-        let ok = [".service", ".timer", ".socket", ".target", ".mount", ".path"].iter().any(|s| u.ends_with(s));
+        let ok = [
+            ".service", ".timer", ".socket", ".target", ".mount", ".path",
+        ]
+        .iter()
+        .any(|s| u.ends_with(s));
         if !ok {
-            c.error(&[Seg::Key("enable_units".into()), Seg::Index(i)], format!("{u:?} is not a systemd unit name (it needs a suffix such as .service)"));
+            c.error(
+                &[Seg::Key("enable_units".into()), Seg::Index(i)],
+                format!("{u:?} is not a systemd unit name (it needs a suffix such as .service)"),
+            );
         }
     }
     let bad = !c.problems.is_empty();
@@ -170,7 +207,9 @@ pub fn resolve(profiles_dir: &Path, role: Role) -> Result<Profile, ConfigError> 
             });
             break;
         }
-        let Some((pf, _)) = read_one(profiles_dir, &name, &mut problems) else { break };
+        let Some((pf, _)) = read_one(profiles_dir, &name, &mut problems) else {
+            break;
+        };
         let parent = pf.inherits.clone();
         chain.push((name.clone(), pf));
         match parent {

@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use ipnet::Ipv4Net;
 
-use super::error::{line_col, Problem};
+use super::error::{Problem, line_col};
 use super::mac::MacAddr;
 use super::model::*;
 use super::raw;
@@ -51,7 +51,7 @@ fn key_string(path: &[Seg]) -> String {
 
 /// Builds key paths concisely: `p!["machines", 2usize, "mac"]`.
 macro_rules! p {
-    ($($seg:expr),* $(,)?) => { vec![$(Seg::from($seg)),*] };
+    ($($seg:expr),* $(,)?) => { [$(Seg::from($seg)),*] };
 }
 
 impl From<&str> for Seg {
@@ -154,7 +154,11 @@ impl<'a> Checker<'a> {
     }
 
     fn cidr(&mut self, path: &[Seg], text: &str) -> Option<Ipv4Net> {
-        let net: Ipv4Net = self.parse(path, text, "an IPv4 network in CIDR form such as 10.244.0.0/16")?;
+        let net: Ipv4Net = self.parse(
+            path,
+            text,
+            "an IPv4 network in CIDR form such as 10.244.0.0/16",
+        )?;
         if net.trunc() != net {
             self.error(
                 path,
@@ -171,7 +175,10 @@ impl<'a> Checker<'a> {
         } else {
             self.error(
                 path,
-                format!("{text:?} is not valid; expected one of: {}", valid.join(", ")),
+                format!(
+                    "{text:?} is not valid; expected one of: {}",
+                    valid.join(", ")
+                ),
             );
             None
         }
@@ -204,7 +211,8 @@ impl<'a> Checker<'a> {
 fn is_hostname(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -213,7 +221,11 @@ fn parse_range(text: &str) -> Option<IpRange> {
     if let Some((a, b)) = text.split_once('-') {
         let start: Ipv4Addr = a.trim().parse().ok()?;
         let end: Ipv4Addr = b.trim().parse().ok()?;
-        (start <= end).then(|| IpRange { start, end, text: text.to_string() })
+        (start <= end).then(|| IpRange {
+            start,
+            end,
+            text: text.to_string(),
+        })
     } else {
         let net: Ipv4Net = text.parse().ok()?;
         (net.trunc() == net).then(|| IpRange {
@@ -253,9 +265,22 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
     let pod = c.cidr(&p!["cluster", "pod_cidr"], &f.cluster.pod_cidr);
     let svc = c.cidr(&p!["cluster", "service_cidr"], &f.cluster.service_cidr);
     if !is_hostname(&f.cluster.name) {
-        c.error(&p!["cluster", "name"], format!("{:?} is not a valid cluster name; use lower-case letters, digits and '-'", f.cluster.name));
+        c.error(
+            &p!["cluster", "name"],
+            format!(
+                "{:?} is not a valid cluster name; use lower-case letters, digits and '-'",
+                f.cluster.name
+            ),
+        );
     }
-    let cni = match c.one_of(&p!["cluster", "cni"], &f.cluster.cni, &["flannel", "cilium"]).as_deref() {
+    let cni = match c
+        .one_of(
+            &p!["cluster", "cni"],
+            &f.cluster.cni,
+            &["flannel", "cilium"],
+        )
+        .as_deref()
+    {
         Some("cilium") => Some(Cni::Cilium),
         Some(_) => Some(Cni::Flannel),
         None => None,
@@ -272,7 +297,14 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
             dns.push(ip);
         }
     }
-    let dhcp_mode = match c.one_of(&p!["network", "dhcp_mode"], &n.dhcp_mode, &["full", "proxy"]).as_deref() {
+    let dhcp_mode = match c
+        .one_of(
+            &p!["network", "dhcp_mode"],
+            &n.dhcp_mode,
+            &["full", "proxy"],
+        )
+        .as_deref()
+    {
         Some("proxy") => Some(DhcpMode::Proxy),
         Some(_) => Some(DhcpMode::Full),
         None => None,
@@ -287,14 +319,23 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
     let http_port = c.port(&p!["network", "http_port"], n.http_port);
     let tftp_port = c.port(&p!["network", "tftp_port"], n.tftp_port);
     if n.interface.is_empty() || n.interface.len() > 15 || n.interface.contains('/') {
-        c.error(&p!["network", "interface"], format!("{:?} is not a network interface name (1-15 characters, no '/')", n.interface));
+        c.error(
+            &p!["network", "interface"],
+            format!(
+                "{:?} is not a network interface name (1-15 characters, no '/')",
+                n.interface
+            ),
+        );
     }
     if let Some(sub) = subnet {
         for (key, ip) in [("gateway", gateway), ("server", server)] {
-            if let Some(ip) = ip {
-                if !sub.contains(&ip) {
-                    c.error(&p!["network", key], format!("{ip} is outside the provisioning subnet {sub}"));
-                }
+            if let Some(ip) = ip
+                && !sub.contains(&ip)
+            {
+                c.error(
+                    &p!["network", key],
+                    format!("{ip} is outside the provisioning subnet {sub}"),
+                );
             }
         }
     }
@@ -304,32 +345,51 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
         let e = c.ip(&p!["network", "unknown_pool", "end"], &pool.end);
         if let (Some(s), Some(e)) = (s, e) {
             if s > e {
-                c.error(&p!["network", "unknown_pool", "end"], format!("the pool ends ({e}) before it starts ({s})"));
+                c.error(
+                    &p!["network", "unknown_pool", "end"],
+                    format!("the pool ends ({e}) before it starts ({s})"),
+                );
             } else if let Some(sub) = subnet {
                 if !sub.contains(&s) || !sub.contains(&e) {
-                    c.error(&p!["network", "unknown_pool"], format!("the pool {s}-{e} is not inside the provisioning subnet {sub}"));
+                    c.error(
+                        &p!["network", "unknown_pool"],
+                        format!("the pool {s}-{e} is not inside the provisioning subnet {sub}"),
+                    );
                 } else {
                     unknown_pool = Some(Pool { start: s, end: e });
                 }
             }
         }
     }
-    if let (Some(sub), Some(pod)) = (subnet, pod) {
-        if sub.contains(&pod.network()) || pod.contains(&sub.network()) {
-            c.error(&p!["cluster", "pod_cidr"], format!("{pod} overlaps the provisioning subnet {sub}; pick a range nodes do not use"));
-        }
+    if let (Some(sub), Some(pod)) = (subnet, pod)
+        && (sub.contains(&pod.network()) || pod.contains(&sub.network()))
+    {
+        c.error(
+            &p!["cluster", "pod_cidr"],
+            format!("{pod} overlaps the provisioning subnet {sub}; pick a range nodes do not use"),
+        );
     }
-    if let (Some(svc), Some(pod)) = (svc, pod) {
-        if svc.contains(&pod.network()) || pod.contains(&svc.network()) {
-            c.error(&p!["cluster", "service_cidr"], format!("{svc} overlaps the pod network {pod}"));
-        }
+    if let (Some(svc), Some(pod)) = (svc, pod)
+        && (svc.contains(&pod.network()) || pod.contains(&svc.network()))
+    {
+        c.error(
+            &p!["cluster", "service_cidr"],
+            format!("{svc} overlaps the pod network {pod}"),
+        );
     }
 
     // --- control plane
     let cp = &f.control_plane;
     let vip = c.ip(&p!["control_plane", "vip"], &cp.vip);
     let api_port = c.port(&p!["control_plane", "port"], cp.port);
-    let kvm = match c.one_of(&p!["control_plane", "kube_vip_mode"], &cp.kube_vip_mode, &["arp", "bgp"]).as_deref() {
+    let kvm = match c
+        .one_of(
+            &p!["control_plane", "kube_vip_mode"],
+            &cp.kube_vip_mode,
+            &["arp", "bgp"],
+        )
+        .as_deref()
+    {
         Some("bgp") => Some(KubeVipMode::Bgp),
         Some(_) => Some(KubeVipMode::Arp),
         None => None,
@@ -339,12 +399,21 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
             c.error(&p!["control_plane", "vip"], format!("the VIP {vip} is outside the provisioning subnet {sub}; the nodes must reach it on their own link"));
         }
         if Some(vip) == server || Some(vip) == gateway {
-            c.error(&p!["control_plane", "vip"], format!("the VIP {vip} is already the server's or the gateway's address"));
+            c.error(
+                &p!["control_plane", "vip"],
+                format!("the VIP {vip} is already the server's or the gateway's address"),
+            );
         }
-        if let Some(pool) = &unknown_pool {
-            if pool.contains(vip) {
-                c.error(&p!["control_plane", "vip"], format!("the VIP {vip} is inside the unknown-machine pool {}-{}", pool.start, pool.end));
-            }
+        if let Some(pool) = &unknown_pool
+            && pool.contains(vip)
+        {
+            c.error(
+                &p!["control_plane", "vip"],
+                format!(
+                    "the VIP {vip} is inside the unknown-machine pool {}-{}",
+                    pool.start, pool.end
+                ),
+            );
         }
     }
 
@@ -358,7 +427,10 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
         let mac = match m.mac.parse::<MacAddr>() {
             Ok(mac) => {
                 if let Some(first) = seen_mac.insert(mac, i) {
-                    c.error(&p!["machines", i, "mac"], format!("duplicate MAC {mac}: machines[{first}] already has it"));
+                    c.error(
+                        &p!["machines", i, "mac"],
+                        format!("duplicate MAC {mac}: machines[{first}] already has it"),
+                    );
                 }
                 if mac.0[0] & 1 == 1 {
                     c.error(&p!["machines", i, "mac"], format!("{mac} is a multicast address; a NIC's MAC has the lowest bit of the first byte clear"));
@@ -371,9 +443,21 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
             }
         };
         if !is_hostname(&m.hostname) {
-            c.error(&p!["machines", i, "hostname"], format!("{:?} is not a valid hostname; use 1-63 lower-case letters, digits and '-'", m.hostname));
+            c.error(
+                &p!["machines", i, "hostname"],
+                format!(
+                    "{:?} is not a valid hostname; use 1-63 lower-case letters, digits and '-'",
+                    m.hostname
+                ),
+            );
         } else if let Some(first) = seen_host.insert(m.hostname.clone(), i) {
-            c.error(&p!["machines", i, "hostname"], format!("duplicate hostname {:?}: machines[{first}] already has it", m.hostname));
+            c.error(
+                &p!["machines", i, "hostname"],
+                format!(
+                    "duplicate hostname {:?}: machines[{first}] already has it",
+                    m.hostname
+                ),
+            );
         }
         let role = match m.role.parse::<Role>() {
             Ok(r) => Some(r),
@@ -385,20 +469,29 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
         let ip = c.ip(&p!["machines", i, "ip"], &m.ip);
         if let Some(ip) = ip {
             if let Some(first) = seen_ip.insert(ip, i) {
-                c.error(&p!["machines", i, "ip"], format!("duplicate address {ip}: machines[{first}] already has it"));
+                c.error(
+                    &p!["machines", i, "ip"],
+                    format!("duplicate address {ip}: machines[{first}] already has it"),
+                );
             }
-            if let Some(sub) = subnet {
-                if !sub.contains(&ip) || ip == sub.network() || ip == sub.broadcast() {
-                    c.error(&p!["machines", i, "ip"], format!("{ip} is not a host address in the provisioning subnet {sub}"));
-                }
+            if let Some(sub) = subnet
+                && (!sub.contains(&ip) || ip == sub.network() || ip == sub.broadcast())
+            {
+                c.error(
+                    &p!["machines", i, "ip"],
+                    format!("{ip} is not a host address in the provisioning subnet {sub}"),
+                );
             }
-            if let Some(pool) = &unknown_pool {
-                if pool.contains(ip) {
-                    c.error(&p!["machines", i, "ip"], format!("{ip} is inside the unknown-machine pool {}-{}; give the machine an address outside it", pool.start, pool.end));
-                }
+            if let Some(pool) = &unknown_pool
+                && pool.contains(ip)
+            {
+                c.error(&p!["machines", i, "ip"], format!("{ip} is inside the unknown-machine pool {}-{}; give the machine an address outside it", pool.start, pool.end));
             }
             if Some(ip) == server || Some(ip) == gateway {
-                c.error(&p!["machines", i, "ip"], format!("{ip} is the server's or the gateway's address"));
+                c.error(
+                    &p!["machines", i, "ip"],
+                    format!("{ip} is the server's or the gateway's address"),
+                );
             }
             if Some(ip) == vip {
                 c.error(&p!["control_plane", "vip"], format!("the VIP {ip} is also machines[{i}].ip ({}); the VIP must be an address no machine uses", m.hostname));
@@ -407,10 +500,13 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
         if !m.state_disk.starts_with("/dev/") {
             c.error(&p!["machines", i, "state_disk"], format!("{:?} is not a block device; expected a path such as /dev/vda or /dev/disk/by-id/...", m.state_disk));
         }
-        if let Some(rid) = &m.relay_id {
-            if let Some(first) = seen_relay.insert(rid.clone(), i) {
-                c.error(&p!["machines", i, "relay_id"], format!("duplicate relay id {rid:?}: machines[{first}] already has it"));
-            }
+        if let Some(rid) = &m.relay_id
+            && let Some(first) = seen_relay.insert(rid.clone(), i)
+        {
+            c.error(
+                &p!["machines", i, "relay_id"],
+                format!("duplicate relay id {rid:?}: machines[{first}] already has it"),
+            );
         }
         if let (Some(mac), Some(role), Some(ip)) = (mac, role, ip) {
             machines.push(Machine {
@@ -426,7 +522,10 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
     }
     let masters = f.machines.iter().filter(|m| m.role == "master").count();
     if masters == 0 {
-        c.error(&p!["machines"], "no machine has role \"master\"; a cluster needs 1 or 3 (or 5) masters for etcd quorum");
+        c.error(
+            &p!["machines"],
+            "no machine has role \"master\"; a cluster needs 1 or 3 (or 5) masters for etcd quorum",
+        );
     } else if masters % 2 == 0 {
         c.error(&p!["machines"], format!("{masters} masters: an even number gives etcd no better fault tolerance than {} and risks split votes; use an odd number (1, 3, 5)", masters - 1));
     }
@@ -434,7 +533,13 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
     // --- MetalLB
     let ml = &f.metallb;
     if ml.mode != "bgp" {
-        c.error(&p!["metallb", "mode"], format!("{:?} is not supported; imgbuild configures MetalLB in \"bgp\" mode", ml.mode));
+        c.error(
+            &p!["metallb", "mode"],
+            format!(
+                "{:?} is not supported; imgbuild configures MetalLB in \"bgp\" mode",
+                ml.mode
+            ),
+        );
     }
     let local_asn = c.asn(&p!["metallb", "asn"], ml.asn);
     let mut peers = Vec::new();
@@ -443,13 +548,21 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
         let addr = c.ip(&p!["metallb", "peers", i, "address"], &pr.address);
         let asn = c.asn(&p!["metallb", "peers", i, "asn"], pr.asn);
         if peer_names.contains(&pr.name) {
-            c.error(&p!["metallb", "peers", i, "name"], format!("duplicate peer name {:?}", pr.name));
+            c.error(
+                &p!["metallb", "peers", i, "name"],
+                format!("duplicate peer name {:?}", pr.name),
+            );
         }
         peer_names.push(pr.name.clone());
         if let Some(ht) = &pr.hold_time {
             match humantime::parse_duration(ht) {
                 Ok(d) if d.as_secs() == 0 || d.as_secs() >= 3 => {}
-                _ => c.error(&p!["metallb", "peers", i, "hold_time"], format!("{ht:?} is not a BGP hold time; expected 0s or at least 3s, such as \"90s\"")),
+                _ => c.error(
+                    &p!["metallb", "peers", i, "hold_time"],
+                    format!(
+                        "{ht:?} is not a BGP hold time; expected 0s or at least 3s, such as \"90s\""
+                    ),
+                ),
             }
         }
         if let (Some(address), Some(asn)) = (addr, asn) {
@@ -470,7 +583,10 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
     let mut pool_names = Vec::new();
     for (i, pl) in ml.pools.iter().enumerate() {
         if pool_names.contains(&pl.name) {
-            c.error(&p!["metallb", "pools", i, "name"], format!("duplicate pool name {:?}", pl.name));
+            c.error(
+                &p!["metallb", "pools", i, "name"],
+                format!("duplicate pool name {:?}", pl.name),
+            );
         }
         pool_names.push(pl.name.clone());
         let mut ranges = Vec::new();
@@ -483,29 +599,29 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
                             c.error(&path, format!("{a} contains {} ({}); a LoadBalancer pool must not overlap machine addresses", m.ip, m.hostname));
                         }
                     }
-                    if let Some(v) = vip {
-                        if r.contains(v) {
+                    if let Some(v) = vip
+                        && r.contains(v) {
                             c.error(&path, format!("{a} contains the control-plane VIP {v}"));
                         }
-                    }
                     for (what, ip) in [("server", server), ("gateway", gateway)] {
-                        if let Some(ip) = ip {
-                            if r.contains(ip) {
+                        if let Some(ip) = ip
+                            && r.contains(ip) {
                                 c.error(&path, format!("{a} contains the {what} address {ip}"));
                             }
-                        }
                     }
-                    if let Some(up) = &unknown_pool {
-                        if r.overlaps(up.start, up.end) {
+                    if let Some(up) = &unknown_pool
+                        && r.overlaps(up.start, up.end) {
                             c.error(&path, format!("{a} overlaps the unknown-machine DHCP pool {}-{}", up.start, up.end));
                         }
-                    }
                     ranges.push(r);
                 }
                 None => c.error(&path, format!("{a:?} is not an address range; expected a CIDR such as 10.77.100.0/24 or a range such as 10.77.100.10-10.77.100.50")),
             }
         }
-        pools.push(AddressPool { name: pl.name.clone(), addresses: ranges });
+        pools.push(AddressPool {
+            name: pl.name.clone(),
+            addresses: ranges,
+        });
     }
     if ml.pools.is_empty() {
         c.error(&p!["metallb"], "no address pools: add a [[metallb.pools]] with the addresses LoadBalancer services may use");
@@ -514,19 +630,34 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
     for (i, ad) in ml.advertisements.iter().enumerate() {
         for (j, pn) in ad.pools.iter().enumerate() {
             if !pool_names.contains(pn) {
-                c.error(&p!["metallb", "advertisements", i, "pools", j], format!("no pool named {pn:?}; defined pools: {}", pool_names.join(", ")));
+                c.error(
+                    &p!["metallb", "advertisements", i, "pools", j],
+                    format!(
+                        "no pool named {pn:?}; defined pools: {}",
+                        pool_names.join(", ")
+                    ),
+                );
             }
         }
         for (j, pn) in ad.peers.iter().enumerate() {
             if !peer_names.contains(pn) {
-                c.error(&p!["metallb", "advertisements", i, "peers", j], format!("no peer named {pn:?}; defined peers: {}", peer_names.join(", ")));
+                c.error(
+                    &p!["metallb", "advertisements", i, "peers", j],
+                    format!(
+                        "no peer named {pn:?}; defined peers: {}",
+                        peer_names.join(", ")
+                    ),
+                );
             }
         }
         let agg = match ad.aggregation_length {
             None => None,
             Some(n @ 0..=32) => Some(n as u8),
             Some(n) => {
-                c.error(&p!["metallb", "advertisements", i, "aggregation_length"], format!("{n} is not an IPv4 prefix length; expected 0 to 32"));
+                c.error(
+                    &p!["metallb", "advertisements", i, "aggregation_length"],
+                    format!("{n} is not an IPv4 prefix length; expected 0 to 32"),
+                );
                 None
             }
         };
@@ -549,38 +680,65 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
     let replicas = match u8::try_from(lh.replicas) {
         Ok(r) if r >= 1 => Some(r),
         _ => {
-            c.error(&p!["longhorn", "replicas"], format!("{} is not a replica count; expected 1 or more (3 is Longhorn's default)", lh.replicas));
+            c.error(
+                &p!["longhorn", "replicas"],
+                format!(
+                    "{} is not a replica count; expected 1 or more (3 is Longhorn's default)",
+                    lh.replicas
+                ),
+            );
             None
         }
     };
     let storage_nodes = f.machines.iter().filter(|m| m.role == "storage").count();
-    if let Some(r) = replicas {
-        if storage_nodes > 0 && usize::from(r) > storage_nodes {
-            c.error(&p!["longhorn", "replicas"], format!("{r} replicas but only {storage_nodes} storage node(s) carry Longhorn disks; volumes would stay degraded. Use at most {storage_nodes}"));
-        }
+    if let Some(r) = replicas
+        && storage_nodes > 0
+        && usize::from(r) > storage_nodes
+    {
+        c.error(&p!["longhorn", "replicas"], format!("{r} replicas but only {storage_nodes} storage node(s) carry Longhorn disks; volumes would stay degraded. Use at most {storage_nodes}"));
     }
     if !lh.data_path.starts_with('/') {
-        c.error(&p!["longhorn", "data_path"], format!("{:?} is not an absolute path", lh.data_path));
+        c.error(
+            &p!["longhorn", "data_path"],
+            format!("{:?} is not an absolute path", lh.data_path),
+        );
     }
     if !lh.disk.starts_with("/dev/") {
-        c.error(&p!["longhorn", "disk"], format!("{:?} is not a block device; expected a path such as /dev/vdb", lh.disk));
+        c.error(
+            &p!["longhorn", "disk"],
+            format!(
+                "{:?} is not a block device; expected a path such as /dev/vdb",
+                lh.disk
+            ),
+        );
     }
     if lh.version.parse::<Version>().is_err() {
-        c.error(&p!["longhorn", "version"], format!("{:?} is not a version of the form x.y.z", lh.version));
+        c.error(
+            &p!["longhorn", "version"],
+            format!("{:?} is not a version of the form x.y.z", lh.version),
+        );
     }
 
     // --- artifacts
     let mut artifacts = BTreeMap::new();
     for name in REQUIRED_ARTIFACTS {
         if !f.artifacts.contains_key(*name) {
-            c.error(&p!["artifacts"], format!("artifact {name:?} is missing; add [artifacts.{name}] with a version and a url"));
+            c.error(
+                &p!["artifacts"],
+                format!(
+                    "artifact {name:?} is missing; add [artifacts.{name}] with a version and a url"
+                ),
+            );
         }
     }
     for (name, a) in &f.artifacts {
         let version = match &a.version {
             Some(v) if !v.is_empty() => v.clone(),
             _ => {
-                c.error(&p!["artifacts", name.as_str(), "version"], format!("artifact {name:?} has no version"));
+                c.error(
+                    &p!["artifacts", name.as_str(), "version"],
+                    format!("artifact {name:?} has no version"),
+                );
                 continue;
             }
         };
@@ -601,31 +759,57 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
                 Some(u)
             }
         };
-        artifacts.insert(name.clone(), Artifact { version, url, checksum_url });
+        artifacts.insert(
+            name.clone(),
+            Artifact {
+                version,
+                url,
+                checksum_url,
+            },
+        );
     }
-    if let (Some(kv), Some(a)) = (kv, f.artifacts.get("kubeadm")) {
-        if let Some(v) = &a.version {
-            if v.trim_start_matches('v') != kv.to_string() {
-                c.error(&p!["artifacts", "kubeadm", "version"], format!("kubeadm {v} does not match cluster.kubernetes_version {kv}"));
-            }
-        }
+    if let (Some(kv), Some(a)) = (kv, f.artifacts.get("kubeadm"))
+        && let Some(v) = &a.version
+        && v.trim_start_matches('v') != kv.to_string()
+    {
+        c.error(
+            &p!["artifacts", "kubeadm", "version"],
+            format!("kubeadm {v} does not match cluster.kubernetes_version {kv}"),
+        );
     }
 
     // --- base
     let b = &f.base;
     if !["bookworm", "trixie"].contains(&b.release.as_str()) {
-        c.error(&p!["base", "release"], format!("{:?} is not a Debian release imgbuild builds; expected bookworm or trixie", b.release));
+        c.error(
+            &p!["base", "release"],
+            format!(
+                "{:?} is not a Debian release imgbuild builds; expected bookworm or trixie",
+                b.release
+            ),
+        );
     }
     check_url(c, &p!["base", "mirror"], &b.mirror);
     if let Some(s) = &b.snapshot {
-        let ok = s.len() == 16 && s.as_bytes()[8] == b'T' && s.ends_with('Z') && s[..8].bytes().all(|x| x.is_ascii_digit()) && s[9..15].bytes().all(|x| x.is_ascii_digit());
+        let ok = s.len() == 16
+            && s.as_bytes()[8] == b'T'
+            && s.ends_with('Z')
+            && s[..8].bytes().all(|x| x.is_ascii_digit())
+            && s[9..15].bytes().all(|x| x.is_ascii_digit());
         if !ok {
             c.error(&p!["base", "snapshot"], format!("{s:?} is not a snapshot.debian.org timestamp; expected the form 20261101T000000Z"));
         }
     }
     for (i, pkg) in b.packages.iter().enumerate() {
-        if pkg.is_empty() || !pkg.bytes().all(|x| x.is_ascii_lowercase() || x.is_ascii_digit() || b"+-.".contains(&x)) {
-            c.error(&p!["base", "packages", i], format!("{pkg:?} is not a Debian package name"));
+        if pkg.is_empty()
+            || !pkg
+                .bytes()
+                .all(|x| x.is_ascii_lowercase() || x.is_ascii_digit() || b"+-.".contains(&x))
+        {
+            c.error(
+                &p!["base", "packages", i],
+                format!("{pkg:?} is not a Debian package name"),
+            );
         }
     }
 
@@ -675,7 +859,12 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
             unknown_pool,
             ipxe_binaries: PathBuf::from(&n.ipxe_binaries),
         },
-        metallb: MetalLb { asn: local_asn?, peers, pools, advertisements: ads },
+        metallb: MetalLb {
+            asn: local_asn?,
+            peers,
+            pools,
+            advertisements: ads,
+        },
         longhorn: Longhorn {
             version: lh.version.clone(),
             replicas: replicas?,

@@ -8,8 +8,8 @@ use std::path::Path;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::config::profile::Profile;
 use crate::config::Cluster;
+use crate::config::profile::Profile;
 use crate::template::{Engine, TemplateError};
 
 /// One rendered file.
@@ -78,7 +78,10 @@ pub fn render(cluster: &Cluster, profile: &Profile, engine: &Engine) -> Result<T
         });
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(Tree { role: profile.role.to_string(), files })
+    Ok(Tree {
+        role: profile.role.to_string(),
+        files,
+    })
 }
 
 impl Tree {
@@ -100,7 +103,10 @@ impl Tree {
         use std::os::unix::fs::PermissionsExt;
         for f in &self.files {
             let dest = dir.join(f.path.trim_start_matches('/'));
-            let io = |source| TreeError::Write { path: dest.display().to_string(), source };
+            let io = |source| TreeError::Write {
+                path: dest.display().to_string(),
+                source,
+            };
             if let Some(parent) = dest.parent() {
                 std::fs::create_dir_all(parent).map_err(io)?;
             }

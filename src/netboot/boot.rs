@@ -156,7 +156,9 @@ impl Booter {
     /// The boot file for a DHCP client, or `None` when it must get no boot answer (unknown and no pool,
     /// or an architecture we have nothing for).
     pub fn dhcp_bootfile(&self, client: &Client) -> Option<BootFile> {
-        let known = self.machine(client.mac, client.relay_id.as_deref()).is_some();
+        let known = self
+            .machine(client.mac, client.relay_id.as_deref())
+            .is_some();
         if !known && self.cluster.network.unknown_pool.is_none() {
             return None;
         }
@@ -178,17 +180,28 @@ impl Booter {
 
     /// Names TFTP (and `/boot/` over HTTP) may serve: the boot loaders the decision above can name.
     pub fn boot_loader_names(&self) -> &'static [&'static str] {
-        &[BIOS_BOOTFILE, UEFI_BOOTFILE, UEFI_BOOTFILE_FULL, "grubnetaa64.efi"]
+        &[
+            BIOS_BOOTFILE,
+            UEFI_BOOTFILE,
+            UEFI_BOOTFILE_FULL,
+            "grubnetaa64.efi",
+        ]
     }
 
     /// The boot plan of a machine: its pinned image, URLs carrying each artifact's sha256, and the kernel
     /// command line the initrd and first-boot units read.
     pub fn plan(&self, mac: MacAddr) -> Result<BootPlan, NoBoot> {
-        let machine = self.cluster.machine_by_mac(mac).ok_or(NoBoot::UnknownMachine { mac })?;
-        let image = self.pins.get(&machine.role).ok_or_else(|| NoBoot::NotPinned {
-            hostname: machine.hostname.clone(),
-            role: machine.role,
-        })?;
+        let machine = self
+            .cluster
+            .machine_by_mac(mac)
+            .ok_or(NoBoot::UnknownMachine { mac })?;
+        let image = self
+            .pins
+            .get(&machine.role)
+            .ok_or_else(|| NoBoot::NotPinned {
+                hostname: machine.hostname.clone(),
+                role: machine.role,
+            })?;
         let net = &self.cluster.network;
         let base = net.http_base();
         let art = |file: &str, sha: &str| format!("{base}/images/{}/{file}?sha256={sha}", image.id);

@@ -22,7 +22,12 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config_path: PathBuf, cluster: Cluster, pins: BTreeMap<Role, PinnedImage>, events: Events) -> Self {
+    pub fn new(
+        config_path: PathBuf,
+        cluster: Cluster,
+        pins: BTreeMap<Role, PinnedImage>,
+        events: Events,
+    ) -> Self {
         let cluster = Arc::new(cluster);
         Shared {
             config_path,
@@ -45,7 +50,73 @@ impl Shared {
     /// Replaces the cluster and pins (hot reload, re-pin). In-flight requests keep the old snapshot.
     pub fn replace(&self, cluster: Cluster, pins: BTreeMap<Role, PinnedImage>) {
         let cluster = Arc::new(cluster);
-        self.booter.store(Arc::new(Booter::new(cluster.clone(), pins)));
+        self.booter
+            .store(Arc::new(Booter::new(cluster.clone(), pins)));
         self.cluster.store(cluster);
+    }
+}
+
+/// Loads the cluster and the pins, and builds the shared state (events in `state/events.jsonl`).
+pub fn prepare(config_path: &std::path::Path) -> anyhow::Result<Arc<Shared>> {
+    let cluster = crate::config::load(config_path)?;
+    let pins = crate::image::pins::Pins::load(&crate::image::pins::Pins::path(&cluster))?
+        .resolve(&cluster.paths.images);
+    for (role, img) in &pins {
+        if img.standins {
+            tracing::warn!(%role, image = %img.id, "the pinned image was built with labelled STAND-IN binaries: nodes booting it cannot form a real cluster");
+        }
+    }
+    for role in Role::ALL {
+        if cluster.machines_with_role(role).next().is_some() && !pins.contains_key(&role) {
+            tracing::warn!(%role, "no image pinned: {role} machines will be told to wait; run `imgbuild profile {role}` and `imgbuild pin {role} <id>`");
+        }
+    }
+    let events = Events::open(&cluster.paths.state.join("events.jsonl"))?;
+    Ok(Arc::new(Shared::new(
+        config_path.to_path_buf(),
+        cluster,
+        pins,
+        events,
+    )))
+}
+
+/// Re-reads `cluster.toml` and the pins. On an invalid file the running configuration stays and the
+/// problems are logged.
+pub fn reload(shared: &Shared) {
+    match crate::config::load(&shared.config_path) {
+        Ok(cluster) => {
+            let pins = crate::image::pins::Pins::load(&crate::image::pins::Pins::path(&cluster))
+                .map(|p| p.resolve(&cluster.paths.images))
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot read pins; keeping the current ones");
+                    shared.booter().pins.clone()
+                });
+            shared.replace(cluster, pins);
+            tracing::info!(config = %shared.config_path.display(), "configuration reloaded");
+        }
+        Err(e) => tracing::error!("reload refused, still serving the previous configuration: {e}"),
+    }
+}
+
+/// Runs every protocol until one fails or the process is interrupted. SIGHUP reloads.
+pub async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
+    let mut tasks: tokio::task::JoinSet<(&'static str, anyhow::Result<()>)> =
+        tokio::task::JoinSet::new();
+    // One line per protocol.
+    let _ = &mut tasks;
+
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => reload(&shared),
+            _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; stopping"); return Ok(()); }
+            _ = term.recv() => { tracing::info!("terminated; stopping"); return Ok(()); }
+            Some(done) = tasks.join_next() => {
+                let (name, res) = done?;
+                res.map_err(|e| e.context(format!("{name} server stopped")))?;
+                anyhow::bail!("{name} server stopped unexpectedly");
+            }
+        }
     }
 }

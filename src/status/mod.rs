@@ -61,7 +61,10 @@ pub struct Event {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// The event log: in memory, appended to a file, and broadcast to live watchers.
@@ -75,7 +78,11 @@ impl Events {
     /// A log kept only in memory (tests).
     pub fn in_memory() -> Self {
         let (tx, _) = broadcast::channel(1024);
-        Events { list: Mutex::new(Vec::new()), file: None, tx }
+        Events {
+            list: Mutex::new(Vec::new()),
+            file: None,
+            tx,
+        }
     }
 
     /// Opens (or creates) `path`, loading the events already there. A torn last line (crash mid-write) is skipped.
@@ -85,16 +92,38 @@ impl Events {
         }
         let mut list = Vec::new();
         if let Ok(text) = std::fs::read_to_string(path) {
-            list.extend(text.lines().filter_map(|l| serde_json::from_str::<Event>(l).ok()));
+            list.extend(
+                text.lines()
+                    .filter_map(|l| serde_json::from_str::<Event>(l).ok()),
+            );
         }
-        let f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
         let (tx, _) = broadcast::channel(1024);
-        Ok(Events { list: Mutex::new(list), file: Some((path.to_path_buf(), Mutex::new(f))), tx })
+        Ok(Events {
+            list: Mutex::new(list),
+            file: Some((path.to_path_buf(), Mutex::new(f))),
+            tx,
+        })
     }
 
     /// Records an event now.
-    pub fn record(&self, mac: MacAddr, stage: &str, detail: impl Into<String>, source: Source) -> Event {
-        let ev = Event { at_ms: now_ms(), mac, stage: stage.to_string(), detail: detail.into(), source };
+    pub fn record(
+        &self,
+        mac: MacAddr,
+        stage: &str,
+        detail: impl Into<String>,
+        source: Source,
+    ) -> Event {
+        let ev = Event {
+            at_ms: now_ms(),
+            mac,
+            stage: stage.to_string(),
+            detail: detail.into(),
+            source,
+        };
         self.push(ev.clone());
         ev
     }
@@ -110,7 +139,10 @@ impl Events {
             }
         }
         tracing::info!(mac = %ev.mac, stage = %ev.stage, detail = %ev.detail, "boot event");
-        self.list.lock().unwrap_or_else(|p| p.into_inner()).push(ev.clone());
+        self.list
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(ev.clone());
         let _ = self.tx.send(ev);
     }
 
@@ -121,7 +153,13 @@ impl Events {
 
     /// Events of one machine, oldest first.
     pub fn for_mac(&self, mac: MacAddr) -> Vec<Event> {
-        self.list.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|e| e.mac == mac).cloned().collect()
+        self.list
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|e| e.mac == mac)
+            .cloned()
+            .collect()
     }
 
     /// Live events from now on.

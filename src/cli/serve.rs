@@ -1,0 +1,16 @@
+//! `imgbuild serve`: the netboot server (DHCP, TFTP, HTTP) for the machines in `cluster.toml`.
+
+use std::process::ExitCode;
+
+use super::Cli;
+use crate::netboot::server;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn run(cli: &Cli, _args: &Args) -> anyhow::Result<ExitCode> {
+    let shared = server::prepare(&cli.config)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(server::serve(shared))?;
+    Ok(ExitCode::SUCCESS)
+}
