@@ -2,7 +2,8 @@
 //!
 //! Every text a node or firmware receives (units, kubeadm configs, manifests, iPXE scripts) is a template under
 //! `profiles/` or `ipxe/`. Names are relative to those roots' parent: `profiles/base/crictl.yaml.j2`,
-//! `ipxe/boot.ipxe.j2`. Nothing else on disk can be loaded.
+//! `ipxe/boot.ipxe.j2`. Nothing else on disk can be loaded. The server's own web pages (`web/*.html.j2`) are
+//! compiled into the binary, so `imgbuild serve` shows its status page wherever it runs.
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +18,10 @@ pub struct TemplateError {
     pub name: String,
     pub detail: String,
 }
+
+/// The server's web pages, from the repository's `web/` directory. Values in them are escaped with `|e`.
+const WEB_TEMPLATES: &[(&str, &str)] =
+    &[("web/status.html.j2", include_str!("../web/status.html.j2"))];
 
 /// The engine: cheap to clone, safe to share across threads.
 #[derive(Clone)]
@@ -69,6 +74,10 @@ impl Engine {
             }
             Ok(None)
         });
+        for (name, source) in WEB_TEMPLATES {
+            env.add_template(name, source)
+                .expect("the built-in web templates parse");
+        }
         Engine { env }
     }
 

@@ -3,6 +3,7 @@
 mod check;
 mod profile;
 mod serve;
+pub mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +37,8 @@ pub enum Command {
     Profile(profile::Args),
     /// Run the netboot server: DHCP, TFTP and HTTP on the provisioning network.
     Serve(serve::Args),
+    /// Show every node's boot stage from a running server (`--json`, `--watch`).
+    Status(status::Args),
 }
 
 /// Loads the cluster description named by `--config`.
@@ -70,6 +73,7 @@ pub fn main() -> ExitCode {
         Command::Check(a) => check::run(&cli, a),
         Command::Profile(a) => profile::run(&cli, a),
         Command::Serve(a) => serve::run(&cli, a),
+        Command::Status(a) => status::run(&cli, a),
     };
     match result {
         Ok(code) => code,

@@ -36,7 +36,9 @@ impl Shared {
             booter: ArcSwap::from_pointee(Booter::new(cluster.clone(), pins)),
             cluster: ArcSwap::new(cluster),
             events,
-            registry: std::sync::Mutex::new(prometheus_client::registry::Registry::with_prefix("imgbuild")),
+            registry: std::sync::Mutex::new(prometheus_client::registry::Registry::with_prefix(
+                "imgbuild",
+            )),
         }
     }
 
@@ -49,7 +51,8 @@ impl Shared {
     pub fn encode_metrics(&self) -> String {
         let mut out = String::new();
         let reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
-        prometheus_client::encoding::text::encode(&mut out, &reg).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &reg)
+            .expect("writing to a String cannot fail");
         out
     }
 
@@ -120,6 +123,7 @@ pub async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
         tokio::task::JoinSet::new();
     // One line per protocol.
     let _ = &mut tasks;
+    shared.register_metrics(|r| crate::status::metrics::register(r, &shared, |s| &s.events));
 
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -13,6 +13,15 @@ use tokio::sync::broadcast;
 
 use crate::config::MacAddr;
 
+pub mod client;
+pub mod metrics;
+pub mod node;
+pub mod report;
+pub mod web;
+
+pub use node::{LAST_STAGE, NodeStatus};
+pub use report::Report;
+
 /// The boot stages in order. First-boot steps (from the Kubernetes units) follow `firstboot-started`.
 pub const STAGES: &[&str] = &[
     "dhcp-offer",

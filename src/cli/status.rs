@@ -1,0 +1,68 @@
+//! `imgbuild status [--json] [--watch] [--server URL]`: every node's boot stage, from a running server's
+//! `/api/status` (the server address comes from cluster.toml unless `--server` is given).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::Cli;
+use crate::status::{Report, client, report};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The server's base URL, e.g. http://10.77.0.1:8080 (default: `[network] server` and `http_port`).
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Refresh every second until interrupted (with --json: one JSON document per line).
+    #[arg(long)]
+    pub watch: bool,
+}
+
+/// Fetches the report of the server at `base`.
+pub async fn fetch(base: &str) -> anyhow::Result<Report> {
+    let url = format!("{}/api/status", base.trim_end_matches('/'));
+    let body = client::get(&url).await?;
+    serde_json::from_str(&body).with_context(|| format!("{url} did not return a status report"))
+}
+
+pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
+    let base = match &args.server {
+        Some(s) => s.clone(),
+        None => super::load_cluster(&cli.config)
+            .context("no --server given, and the server address is read from cluster.toml")?
+            .network
+            .http_base(),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        loop {
+            let r = fetch(&base).await?;
+            if args.json {
+                if args.watch {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                }
+            } else {
+                if args.watch {
+                    // Clear the screen and go home, like watch(1).
+                    print!("\x1b[2J\x1b[H");
+                }
+                print!("{}", report::table(&r));
+            }
+            if !args.watch {
+                return Ok(ExitCode::SUCCESS);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            }
+        }
+    })
+}

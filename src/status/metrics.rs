@@ -1,0 +1,143 @@
+//! `/metrics`: per-stage boot durations as Prometheus histograms, computed from the event log at each scrape.
+//!
+//! `imgbuild_boot_stage_duration_seconds{stage="kernel"}` observes, for every boot of every node, the time from
+//! the previous reached stage to this one; `imgbuild_boot_to_stage_seconds{stage=...}` the time from the boot's
+//! first event. Both come from the persisted log, so a restarted server exports the same numbers.
+
+use std::sync::{Arc, Weak};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use super::node::NodeStatus;
+use super::{Event, Events};
+use crate::config::MacAddr;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabel {
+    stage: String,
+}
+
+fn family() -> Family<StageLabel, Histogram, fn() -> Histogram> {
+    // 0.05 s .. ~430 s
+    Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.05, 2.0, 14)))
+}
+
+/// Fills the two histogram families from a list of events.
+fn observe(
+    events: &[Event],
+    step: &Family<StageLabel, Histogram, fn() -> Histogram>,
+    total: &Family<StageLabel, Histogram, fn() -> Histogram>,
+) {
+    let mut nodes: std::collections::HashMap<MacAddr, NodeStatus> = Default::default();
+    for ev in events {
+        let n = nodes
+            .entry(ev.mac)
+            .or_insert_with(|| NodeStatus::new(ev.mac, None));
+        if let Some(st) = n.apply(ev) {
+            let label = StageLabel {
+                stage: st.stage.clone(),
+            };
+            step.get_or_create(&label)
+                .observe(st.duration_ms as f64 / 1000.0);
+            let start = n.started_ms.unwrap_or(st.at_ms);
+            total
+                .get_or_create(&label)
+                .observe(st.at_ms.saturating_sub(start) as f64 / 1000.0);
+        }
+    }
+}
+
+/// A [`Collector`] over an event source. Holds the source weakly so it never keeps a server alive.
+pub struct StageDurations<T: Send + Sync + 'static> {
+    source: Weak<T>,
+    events: fn(&T) -> &Events,
+}
+
+impl<T: Send + Sync + 'static> std::fmt::Debug for StageDurations<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StageDurations")
+    }
+}
+
+impl<T: Send + Sync + 'static> Collector for StageDurations<T> {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(src) = self.source.upgrade() else {
+            return Ok(());
+        };
+        let events = (self.events)(&src).snapshot();
+        let (step, total) = (family(), family());
+        observe(&events, &step, &total);
+        step.encode(encoder.encode_descriptor(
+            "boot_stage_duration_seconds",
+            "Time from the previous boot stage to this one, per stage, over every boot of every node",
+            None,
+            MetricType::Histogram,
+        )?)?;
+        total.encode(encoder.encode_descriptor(
+            "boot_to_stage_seconds",
+            "Time from a boot's first event (DHCP) to this stage, per stage",
+            None,
+            MetricType::Histogram,
+        )?)?;
+        Ok(())
+    }
+}
+
+/// Registers the stage histograms into `registry`; `events` picks the log out of `source` at each scrape.
+pub fn register<T: Send + Sync + 'static>(
+    registry: &mut Registry,
+    source: &Arc<T>,
+    events: fn(&T) -> &Events,
+) {
+    registry.register_collector(Box::new(StageDurations {
+        source: Arc::downgrade(source),
+        events,
+    }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::Source;
+
+    #[test]
+    fn histograms_count_each_reached_stage() {
+        let events = Arc::new(Events::in_memory());
+        let mac: MacAddr = "52:54:00:77:00:11".parse().unwrap();
+        for (at, stage) in [
+            (0, "dhcp-offer"),
+            (1500, "kernel"),
+            (1600, "kernel"),
+            (9000, "joined"),
+        ] {
+            events.push(Event {
+                at_ms: at,
+                mac,
+                stage: stage.into(),
+                detail: String::new(),
+                source: Source::Server,
+            });
+        }
+        let mut reg = Registry::with_prefix("imgbuild");
+        register(&mut reg, &events, |e| e);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
+        assert!(
+            out.contains("imgbuild_boot_stage_duration_seconds_count{stage=\"kernel\"} 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("imgbuild_boot_stage_duration_seconds_sum{stage=\"joined\"} 7.5"),
+            "{out}"
+        );
+        assert!(
+            out.contains("imgbuild_boot_to_stage_seconds_sum{stage=\"joined\"} 9"),
+            "{out}"
+        );
+    }
+}

@@ -1,0 +1,256 @@
+//! The status report (`GET /api/status`, `imgbuild status --json`) and its text table.
+
+use serde::{Deserialize, Serialize};
+
+use super::node::{self, NodeStatus};
+use super::{Event, STAGES};
+use crate::config::Cluster;
+
+/// Every node's boot state, as served by `GET /api/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub cluster: String,
+    /// When the report was made (ms since the Unix epoch).
+    pub generated_ms: u64,
+    /// The stage names in order (the columns of the web page).
+    pub stages: Vec<String>,
+    pub nodes: Vec<NodeView>,
+}
+
+/// One node in the report: [`NodeStatus`] flattened for JSON readers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeView {
+    pub mac: String,
+    pub name: String,
+    pub hostname: Option<String>,
+    pub role: Option<String>,
+    pub ip: Option<String>,
+    /// Furthest stage of the current boot, `failed: <reason>`, or `-`.
+    pub state: String,
+    pub stage: Option<String>,
+    pub failed: Option<String>,
+    pub done: bool,
+    pub image: Option<String>,
+    pub standins: bool,
+    pub boot: u32,
+    pub joins: u32,
+    pub started_ms: Option<u64>,
+    pub elapsed_ms: Option<u64>,
+    pub stages: Vec<StageView>,
+    pub previous: Vec<PreviousView>,
+}
+
+/// A reached stage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageView {
+    pub stage: String,
+    pub at_ms: u64,
+    pub duration_ms: u64,
+    /// Milliseconds since the boot's first event.
+    pub since_start_ms: u64,
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// An earlier boot of the node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreviousView {
+    pub outcome: String,
+    pub image: Option<String>,
+    pub started_ms: u64,
+}
+
+impl From<&NodeStatus> for NodeView {
+    fn from(n: &NodeStatus) -> Self {
+        let start = n.started_ms.unwrap_or(0);
+        NodeView {
+            mac: n.mac.to_string(),
+            name: n.name(),
+            hostname: n.hostname.clone(),
+            role: n.role.clone(),
+            ip: n.ip.clone(),
+            state: n.state_text(),
+            stage: n.stage.clone(),
+            failed: n.failed.clone(),
+            done: n.done,
+            image: n.image.clone(),
+            standins: n.standins,
+            boot: n.boot,
+            joins: n.joins,
+            started_ms: n.started_ms,
+            elapsed_ms: n.elapsed_ms(),
+            stages: n
+                .stages
+                .iter()
+                .map(|s| StageView {
+                    stage: s.stage.clone(),
+                    at_ms: s.at_ms,
+                    duration_ms: s.duration_ms,
+                    since_start_ms: s.at_ms.saturating_sub(start),
+                    detail: s.detail.clone(),
+                })
+                .collect(),
+            previous: n
+                .previous
+                .iter()
+                .map(|p| PreviousView {
+                    outcome: p.outcome.clone(),
+                    image: p.image.clone(),
+                    started_ms: p.started_ms,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl NodeView {
+    /// When this boot reached `stage`, in ms since its first event.
+    pub fn since_start(&self, stage: &str) -> Option<u64> {
+        self.stages
+            .iter()
+            .find(|s| s.stage == stage)
+            .map(|s| s.since_start_ms)
+    }
+}
+
+/// Whether an image was built with stand-ins, from its manifest under `images_dir` (unknown ids: `false`).
+pub fn image_standins(images_dir: &std::path::Path, id: &str) -> bool {
+    crate::image::manifest::Manifest::read(images_dir, id)
+        .map(|m| m.standins)
+        .unwrap_or(false)
+}
+
+/// Builds the report from the event log and the cluster (stand-in flags read from the image manifests).
+pub fn build(cluster: &Cluster, events: &[Event]) -> Report {
+    let mut nodes = node::compute(events, &cluster.machines);
+    let mut cache: std::collections::BTreeMap<String, bool> = Default::default();
+    for n in &mut nodes {
+        if let Some(id) = &n.image {
+            n.standins = *cache
+                .entry(id.clone())
+                .or_insert_with(|| image_standins(&cluster.paths.images, id));
+        }
+    }
+    Report {
+        cluster: cluster.cluster.name.clone(),
+        generated_ms: super::now_ms(),
+        stages: STAGES.iter().map(|s| s.to_string()).collect(),
+        nodes: nodes.iter().map(NodeView::from).collect(),
+    }
+}
+
+fn secs(ms: Option<u64>) -> String {
+    match ms {
+        Some(ms) => format!("{:.1}s", ms as f64 / 1000.0),
+        None => "-".into(),
+    }
+}
+
+fn short(id: &Option<String>) -> String {
+    match id {
+        Some(id) => id.chars().take(12).collect(),
+        None => "-".into(),
+    }
+}
+
+/// The status table as text: one line per node (name, role, ip, boot number, state, elapsed, image).
+pub fn table(report: &Report) -> String {
+    let mut rows = vec![[
+        "NODE".to_string(),
+        "ROLE".into(),
+        "IP".into(),
+        "BOOT".into(),
+        "STAGE".into(),
+        "ELAPSED".into(),
+        "IMAGE".into(),
+    ]];
+    for n in &report.nodes {
+        let mut image = short(&n.image);
+        if n.standins {
+            image.push_str(" (standins)");
+        }
+        rows.push([
+            n.name.clone(),
+            n.role.clone().unwrap_or_else(|| "unknown".into()),
+            n.ip.clone().unwrap_or_else(|| "-".into()),
+            n.boot.to_string(),
+            n.state.clone(),
+            secs(n.elapsed_ms),
+            image,
+        ]);
+    }
+    let mut widths = [0usize; 7];
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Per-stage durations of every node's current boot: one line per node, `stage +duration` pairs.
+pub fn durations(report: &Report) -> String {
+    let mut out = String::new();
+    for n in &report.nodes {
+        if n.stages.is_empty() {
+            continue;
+        }
+        let parts: Vec<String> = n
+            .stages
+            .iter()
+            .map(|s| format!("{} {:.1}s", s.stage, s.duration_ms as f64 / 1000.0))
+            .collect();
+        out.push_str(&format!(
+            "{} (boot {}, total {}): {}\n",
+            n.name,
+            n.boot,
+            secs(n.elapsed_ms),
+            parts.join(", ")
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::Source;
+
+    #[test]
+    fn table_and_json_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("cluster.toml");
+        std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/cluster.toml"), &p).unwrap();
+        let cluster = crate::config::load(&p).unwrap();
+        let mac = cluster.machines[0].mac;
+        let ev = |at, stage: &str| Event {
+            at_ms: at,
+            mac,
+            stage: stage.into(),
+            detail: String::new(),
+            source: Source::Server,
+        };
+        let r = build(&cluster, &[ev(1000, "dhcp-offer"), ev(3500, "kernel")]);
+        let t = table(&r);
+        let first = t.lines().nth(1).unwrap();
+        assert!(first.starts_with("master-1"), "{t}");
+        assert!(first.contains("kernel") && first.contains("2.5s"), "{t}");
+        assert_eq!(t.lines().count(), 1 + cluster.machines.len());
+        let json = serde_json::to_string(&r).unwrap();
+        let back: Report = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.nodes[0].since_start("kernel"), Some(2500));
+        assert!(
+            durations(&r).contains("master-1 (boot 1, total 2.5s): dhcp-offer 0.0s, kernel 2.5s")
+        );
+    }
+}
