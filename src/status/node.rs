@@ -165,10 +165,10 @@ impl NodeStatus {
             self.begin_boot(ev.at_ms);
         }
         self.last_seen_ms = Some(self.last_seen_ms.unwrap_or(ev.at_ms).max(ev.at_ms));
-        if let Some(id) = image_in(&ev.detail) {
-            if self.image.is_none() || self.failed.is_none() {
-                self.image = Some(id);
-            }
+        if let Some(id) = image_in(&ev.detail)
+            && self.failed.is_none()
+        {
+            self.image = Some(id);
         }
         if self.failed.is_some() {
             return None;
@@ -221,10 +221,9 @@ pub fn image_in(detail: &str) -> Option<String> {
         if let Some(id) = tok
             .strip_prefix("image=")
             .or_else(|| tok.strip_prefix("imgbuild.image="))
+            && valid(id)
         {
-            if valid(id) {
-                return Some(id.to_string());
-            }
+            return Some(id.to_string());
         }
     }
     if let Some(pos) = detail.find("/images/") {
