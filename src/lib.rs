@@ -11,3 +11,4 @@ pub mod image;
 pub mod netboot;
 pub mod status;
 pub mod template;
+pub mod vm;

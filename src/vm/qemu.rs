@@ -1,0 +1,347 @@
+//! QEMU virtual machines that boot from the network: firmware variants, disks, serial console, KVM probe.
+//!
+//! Every VM: q35, one virtio NIC on a tap with the inventory's MAC as its first boot device, blank virtio disks
+//! (`/dev/vda` state, `/dev/vdb` Longhorn data on storage nodes), serial console appended to a log file,
+//! `-no-reboot` (a reboot ends the process; the lab starts it again with the same disks).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::config::MacAddr;
+
+/// OVMF as shipped by Debian's `ovmf` package.
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// How a VM's firmware reaches iPXE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum Firmware {
+    /// SeaBIOS with QEMU's iPXE NIC ROM (which is iPXE already: straight to the HTTP script).
+    Bios,
+    /// OVMF's own PXE client (`romfile=` disables the iPXE ROM): DHCP arch 7 → TFTP snponly.efi → iPXE.
+    Uefi,
+    /// OVMF's UEFI HTTP Boot (arch 16): DHCP with vendor class HTTPClient → HTTP snponly.efi → iPXE.
+    Http,
+}
+
+impl std::fmt::Display for Firmware {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+            Firmware::Http => "http",
+        })
+    }
+}
+
+/// The accelerator QEMU uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+/// One VM to start.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    pub name: String,
+    pub mac: MacAddr,
+    /// The tap device (inside the namespace the VM runs in).
+    pub tap: String,
+    pub firmware: Firmware,
+    pub accel: Accel,
+    pub memory_mb: u32,
+    /// Disks in order: `/dev/vda`, `/dev/vdb`, ... (raw files).
+    pub disks: Vec<PathBuf>,
+    /// Where the serial console is appended.
+    pub console_log: PathBuf,
+    /// Per-VM files (the UEFI variable store copy).
+    pub dir: PathBuf,
+}
+
+/// Something needed to start a VM is missing.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("{path}: {detail}")]
+    File { path: PathBuf, detail: String },
+}
+
+fn file_err(path: &Path, e: impl std::fmt::Display) -> VmError {
+    VmError::File {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    }
+}
+
+/// Creates a blank sparse raw disk of `size_bytes` unless `path` exists (a kept state disk stays as it is).
+pub fn blank_disk(path: &Path, size_bytes: u64) -> Result<(), VmError> {
+    if path.exists() {
+        return Ok(());
+    }
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p).map_err(|e| file_err(p, e))?;
+    }
+    let f = std::fs::File::create(path).map_err(|e| file_err(path, e))?;
+    f.set_len(size_bytes).map_err(|e| file_err(path, e))
+}
+
+/// The `qemu-system-x86_64` arguments for `spec`. For UEFI it copies the variable store into `spec.dir` (once).
+pub fn args(spec: &VmSpec) -> Result<Vec<String>, VmError> {
+    std::fs::create_dir_all(&spec.dir).map_err(|e| file_err(&spec.dir, e))?;
+    let mut a: Vec<String> = vec![
+        "-name".into(),
+        spec.name.clone(),
+        "-machine".into(),
+        "q35".into(),
+        "-m".into(),
+        spec.memory_mb.to_string(),
+        "-smp".into(),
+        "1".into(),
+        "-nographic".into(),
+        "-no-reboot".into(),
+        "-monitor".into(),
+        "none".into(),
+        "-chardev".into(),
+        format!(
+            "file,id=console,path={},append=on",
+            spec.console_log.display()
+        ),
+        "-serial".into(),
+        "chardev:console".into(),
+        "-netdev".into(),
+        format!("tap,id=n0,ifname={},script=no,downscript=no", spec.tap),
+        "-object".into(),
+        "rng-random,id=rng0,filename=/dev/urandom".into(),
+        "-device".into(),
+        "virtio-rng-pci,rng=rng0".into(),
+    ];
+    let rom = match spec.firmware {
+        Firmware::Bios => "",
+        Firmware::Uefi | Firmware::Http => ",romfile=",
+    };
+    a.push("-device".into());
+    a.push(format!(
+        "virtio-net-pci,netdev=n0,mac={},bootindex=1{rom}",
+        spec.mac
+    ));
+    for (i, d) in spec.disks.iter().enumerate() {
+        a.push("-drive".into());
+        a.push(format!(
+            "file={},format=raw,if=none,id=disk{i},cache=unsafe",
+            d.display()
+        ));
+        a.push("-device".into());
+        a.push(format!("virtio-blk-pci,drive=disk{i}"));
+    }
+    match spec.accel {
+        Accel::Kvm => a.extend(["-accel".into(), "kvm".into()]),
+        Accel::Tcg => a.extend(["-accel".into(), "tcg".into()]),
+    }
+    match spec.firmware {
+        Firmware::Bios => a.extend(["-boot".into(), "n".into()]),
+        Firmware::Uefi | Firmware::Http => {
+            for f in [OVMF_CODE, OVMF_VARS] {
+                if !Path::new(f).exists() {
+                    return Err(file_err(
+                        Path::new(f),
+                        "missing; install Debian's ovmf package (scripts/setup)",
+                    ));
+                }
+            }
+            let vars = spec.dir.join("OVMF_VARS.fd");
+            if !vars.exists() {
+                std::fs::copy(OVMF_VARS, &vars).map_err(|e| file_err(&vars, e))?;
+            }
+            a.push("-drive".into());
+            a.push(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
+            ));
+            a.push("-drive".into());
+            a.push(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+            if spec.firmware == Firmware::Http {
+                // Skip OVMF's PXE attempts (they time out first), leaving HTTP Boot.
+                for v in ["IPv4PXESupport", "IPv6PXESupport"] {
+                    a.push("-fw_cfg".into());
+                    a.push(format!("name=opt/org.tianocore/{v},string=n"));
+                }
+            }
+        }
+    }
+    Ok(a)
+}
+
+/// `qemu-system-x86_64 <args>` as a command inside `netns`.
+pub fn command(netns: &super::netns::Netns, spec: &VmSpec) -> Result<Command, VmError> {
+    let mut c = netns.command("qemu-system-x86_64");
+    c.args(args(spec)?);
+    let err = spec.dir.join("qemu.stderr");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&err)
+        .map_err(|e| file_err(&err, e))?;
+    c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(f);
+    Ok(c)
+}
+
+/// The last `n` lines of a console log, with escape sequences and carriage returns removed.
+pub fn console_tail(path: &Path, n: usize) -> String {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
+    let clean = strip_ansi(&text);
+    let lines: Vec<&str> = clean.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x1b' => {
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    while let Some(&d) = chars.peek() {
+                        chars.next();
+                        if d.is_ascii_alphabetic() {
+                            break;
+                        }
+                    }
+                }
+            }
+            '\r' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Whether KVM really runs our firmware here: starts a tiny VM (SeaBIOS + iPXE ROM on an isolated QEMU hub, no
+/// host network) with `-accel kvm` and waits up to 10 s for iPXE to start configuring its NIC. `/dev/kvm`'s
+/// presence alone proves nothing (on some hosts it is a software module under which the ROM triple-faults).
+/// The answer is computed once per process.
+pub fn kvm_works() -> bool {
+    static ANSWER: OnceLock<bool> = OnceLock::new();
+    *ANSWER.get_or_init(|| {
+        let ok = probe(Accel::Kvm, Duration::from_secs(10));
+        tracing::info!(kvm = ok, "KVM probe");
+        ok
+    })
+}
+
+/// The accelerator to use: KVM when [`kvm_works`], else TCG.
+pub fn best_accel() -> Accel {
+    if kvm_works() { Accel::Kvm } else { Accel::Tcg }
+}
+
+/// Boots the probe VM with `accel`; `true` when iPXE prints `Configuring (net0` within `limit`.
+pub fn probe(accel: Accel, limit: Duration) -> bool {
+    if accel == Accel::Kvm && !Path::new("/dev/kvm").exists() {
+        return false;
+    }
+    let Ok(dir) = tempfile::tempdir() else {
+        return false;
+    };
+    let log = dir.path().join("console.log");
+    let accel_arg = match accel {
+        Accel::Kvm => "kvm",
+        Accel::Tcg => "tcg",
+    };
+    let child = Command::new("qemu-system-x86_64")
+        .args(["-machine", "q35", "-accel", accel_arg, "-m", "128"])
+        .args(["-nographic", "-no-reboot", "-monitor", "none", "-boot", "n"])
+        .arg("-serial")
+        .arg(format!("file:{}", log.display()))
+        .args(["-netdev", "hubport,id=n0,hubid=0"])
+        .args(["-device", "virtio-net-pci,netdev=n0,mac=52:54:00:00:00:01"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else {
+        return false;
+    };
+    let start = Instant::now();
+    let mut ok = false;
+    while start.elapsed() < limit {
+        if std::fs::read(&log)
+            .map(|b| String::from_utf8_lossy(&b).contains("Configuring (net0"))
+            .unwrap_or(false)
+        {
+            ok = true;
+            break;
+        }
+        if child.try_wait().ok().flatten().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(fw: Firmware, dir: &Path) -> VmSpec {
+        VmSpec {
+            name: "worker-1".into(),
+            mac: "52:54:00:77:00:21".parse().unwrap(),
+            tap: "ibl0".into(),
+            firmware: fw,
+            accel: Accel::Tcg,
+            memory_mb: 1024,
+            disks: vec![dir.join("state.img"), dir.join("data.img")],
+            console_log: dir.join("console.log"),
+            dir: dir.join("vm"),
+        }
+    }
+
+    #[test]
+    fn firmware_variants_make_the_right_command_line() {
+        let d = tempfile::tempdir().unwrap();
+        let bios = args(&spec(Firmware::Bios, d.path())).unwrap().join(" ");
+        assert!(bios.contains("mac=52:54:00:77:00:21,bootindex=1 "), "{bios}");
+        assert!(bios.contains("-boot n") && !bios.contains("romfile") && !bios.contains("pflash"));
+        assert!(bios.contains("-no-reboot") && bios.contains("-accel tcg"));
+        assert!(bios.contains("virtio-blk-pci,drive=disk1"));
+        let uefi = args(&spec(Firmware::Uefi, d.path())).unwrap().join(" ");
+        assert!(uefi.contains(",romfile= ") && uefi.contains("OVMF_CODE_4M.fd"), "{uefi}");
+        assert!(!uefi.contains("IPv4PXESupport"));
+        assert!(d.path().join("vm/OVMF_VARS.fd").exists());
+        let http = args(&spec(Firmware::Http, d.path())).unwrap().join(" ");
+        assert!(http.contains("name=opt/org.tianocore/IPv4PXESupport,string=n"));
+        assert!(http.contains("name=opt/org.tianocore/IPv6PXESupport,string=n"));
+    }
+
+    #[test]
+    fn blank_disks_are_sparse_and_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.img");
+        blank_disk(&p, 4 << 30).unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 4 << 30);
+        std::fs::write(&p, b"kept").unwrap();
+        blank_disk(&p, 4 << 30).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"kept");
+    }
+
+    #[test]
+    fn console_tail_strips_escapes() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.log");
+        std::fs::write(&p, "a\r\n\x1b[0;1mb\x1b[0m\r\n\r\nc\n").unwrap();
+        assert_eq!(console_tail(&p, 2), "b\nc");
+    }
+
+    #[test]
+    fn root_probe_tcg_reaches_ipxe_and_kvm_answer_is_consistent() {
+        // The probe's positive path, checked with TCG (which works everywhere): iPXE starts configuring.
+        assert!(probe(Accel::Tcg, Duration::from_secs(30)));
+        // Whatever KVM answers, best_accel follows it.
+        assert_eq!(best_accel() == Accel::Kvm, kvm_works());
+    }
+}
