@@ -184,6 +184,9 @@ pub struct Network {
     pub unknown_pool: Option<Pool>,
     /// Where the iPXE binaries (`undionly.kpxe`, `ipxe.efi`, `snp.efi`, `snponly.efi`) are read from.
     pub ipxe_binaries: PathBuf,
+    /// Send IPv6 router advertisements (no prefix, router lifetime 0) on `interface`, only so iPXE ends its
+    /// IPv6 autoconfiguration wait (~16 s) at once. Off by default.
+    pub router_advertisements: bool,
 }
 
 impl Network {

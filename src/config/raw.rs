@@ -96,6 +96,8 @@ pub struct NetworkRaw {
     pub unknown_pool: Option<PoolRaw>,
     #[serde(default = "default_ipxe_binaries")]
     pub ipxe_binaries: String,
+    #[serde(default)]
+    pub router_advertisements: bool,
 }
 
 fn default_dhcp_mode() -> String {

@@ -858,6 +858,7 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
             tftp_port: tftp_port?,
             unknown_pool,
             ipxe_binaries: PathBuf::from(&n.ipxe_binaries),
+            router_advertisements: n.router_advertisements,
         },
         metallb: MetalLb {
             asn: local_asn?,

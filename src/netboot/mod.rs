@@ -1,4 +1,5 @@
 //! The netboot server (`imgbuild serve`): DHCP, TFTP and HTTP around one boot decision.
 
 pub mod boot;
+pub mod ra;
 pub mod server;

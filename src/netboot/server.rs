@@ -124,6 +124,10 @@ pub async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
     // One line per protocol.
     let _ = &mut tasks;
     shared.register_metrics(|r| crate::status::metrics::register(r, &shared, |s| &s.events));
+    if shared.cluster().network.router_advertisements {
+        let s = shared.clone();
+        tasks.spawn(async move { ("ra", super::ra::run(s).await) });
+    }
 
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

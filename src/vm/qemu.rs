@@ -159,7 +159,10 @@ pub fn args(spec: &VmSpec) -> Result<Vec<String>, VmError> {
                 "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
             ));
             a.push("-drive".into());
-            a.push(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+            a.push(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                vars.display()
+            ));
             if spec.firmware == Firmware::Http {
                 // Skip OVMF's PXE attempts (they time out first), leaving HTTP Boot.
                 for v in ["IPv4PXESupport", "IPv6PXESupport"] {
@@ -305,12 +308,18 @@ mod tests {
     fn firmware_variants_make_the_right_command_line() {
         let d = tempfile::tempdir().unwrap();
         let bios = args(&spec(Firmware::Bios, d.path())).unwrap().join(" ");
-        assert!(bios.contains("mac=52:54:00:77:00:21,bootindex=1 "), "{bios}");
+        assert!(
+            bios.contains("mac=52:54:00:77:00:21,bootindex=1 "),
+            "{bios}"
+        );
         assert!(bios.contains("-boot n") && !bios.contains("romfile") && !bios.contains("pflash"));
         assert!(bios.contains("-no-reboot") && bios.contains("-accel tcg"));
         assert!(bios.contains("virtio-blk-pci,drive=disk1"));
         let uefi = args(&spec(Firmware::Uefi, d.path())).unwrap().join(" ");
-        assert!(uefi.contains(",romfile= ") && uefi.contains("OVMF_CODE_4M.fd"), "{uefi}");
+        assert!(
+            uefi.contains(",romfile= ") && uefi.contains("OVMF_CODE_4M.fd"),
+            "{uefi}"
+        );
         assert!(!uefi.contains("IPv4PXESupport"));
         assert!(d.path().join("vm/OVMF_VARS.fd").exists());
         let http = args(&spec(Firmware::Http, d.path())).unwrap().join(" ");
