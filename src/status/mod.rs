@@ -21,6 +21,7 @@ pub mod web;
 
 pub use node::{LAST_STAGE, NodeStatus};
 pub use report::Report;
+pub use web::routes;
 
 /// The boot stages in order. First-boot steps (from the Kubernetes units) follow `firstboot-started`.
 pub const STAGES: &[&str] = &[

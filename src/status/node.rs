@@ -209,18 +209,28 @@ impl NodeStatus {
     }
 }
 
-/// The image id named in an event detail: `image=<id>` or a `/images/<id>/` path.
+/// The image id named in an event detail: `image=<id>`, `imgbuild.image=<id>`, `image <id>` or an
+/// `/images/<id>/` path. An id is 12 to 128 lower-case hex digits (image ids are sha256 digests).
 pub fn image_in(detail: &str) -> Option<String> {
     let valid = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 128
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        (12..=128).contains(&s.len())
+            && s.bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
     };
-    for tok in detail.split([' ', '&', ',', '?', ';']) {
-        if let Some(id) = tok
+    let toks: Vec<&str> = detail
+        .split([' ', '&', ',', '?', ';', '\t'])
+        .filter(|t| !t.is_empty())
+        .collect();
+    for (i, tok) in toks.iter().enumerate() {
+        let cand = tok
             .strip_prefix("image=")
             .or_else(|| tok.strip_prefix("imgbuild.image="))
+            .or_else(|| {
+                (*tok == "image")
+                    .then(|| toks.get(i + 1).copied())
+                    .flatten()
+            });
+        if let Some(id) = cand
             && valid(id)
         {
             return Some(id.to_string());
@@ -290,13 +300,13 @@ mod tests {
         let n = run(&[
             ev(1000, "dhcp-offer", ""),
             ev(1200, "dhcp-ack", ""),
-            ev(3000, "ipxe-script", "image=abc123"),
-            ev(3100, "kernel", "/images/abc123/vmlinuz"),
+            ev(3000, "ipxe-script", "image=abc123abc123"),
+            ev(3100, "kernel", "/images/abc123abc123/vmlinuz"),
             ev(4000, "initrd", ""),
         ]);
         assert_eq!(n.stage.as_deref(), Some("initrd"));
         assert_eq!(n.boot, 1);
-        assert_eq!(n.image.as_deref(), Some("abc123"));
+        assert_eq!(n.image.as_deref(), Some("abc123abc123"));
         let d: Vec<(String, u64)> = n
             .stages
             .iter()
@@ -335,19 +345,19 @@ mod tests {
     fn reboot_starts_a_new_boot_and_counts_joins() {
         let mut evs = vec![
             ev(0, "dhcp-offer", ""),
-            ev(5, "kernel", "/images/old1/vmlinuz"),
+            ev(5, "kernel", "/images/0000000000aa/vmlinuz"),
         ];
         evs.push(ev(9, "joined", ""));
         evs.push(ev(100, "dhcp-offer", ""));
-        evs.push(ev(110, "ipxe-script", "image=new2"));
+        evs.push(ev(110, "ipxe-script", "image 0000000000bb"));
         evs.push(ev(120, "systemd", ""));
         let n = run(&evs);
         assert_eq!(n.boot, 2);
         assert_eq!(n.joins, 1);
-        assert_eq!(n.image.as_deref(), Some("new2"));
+        assert_eq!(n.image.as_deref(), Some("0000000000bb"));
         assert_eq!(n.previous.len(), 1);
         assert_eq!(n.previous[0].outcome, "joined");
-        assert_eq!(n.previous[0].image.as_deref(), Some("old1"));
+        assert_eq!(n.previous[0].image.as_deref(), Some("0000000000aa"));
         assert_eq!(n.stage.as_deref(), Some("systemd"));
         assert!(!n.done);
     }
@@ -387,12 +397,18 @@ mod tests {
 
     #[test]
     fn image_ids_are_parsed_from_details() {
+        let id = "0123456789abcdef";
         assert_eq!(
-            image_in("GET /images/ab12/vmlinuz").as_deref(),
-            Some("ab12")
+            image_in(&format!("GET /images/{id}/vmlinuz")).as_deref(),
+            Some(id)
         );
-        assert_eq!(image_in("mac=x&image=cd34").as_deref(), Some("cd34"));
-        assert_eq!(image_in("imgbuild.image=ef56 foo").as_deref(), Some("ef56"));
+        assert_eq!(image_in(&format!("mac=x&image={id}")).as_deref(), Some(id));
+        assert_eq!(
+            image_in(&format!("imgbuild.image={id} foo")).as_deref(),
+            Some(id)
+        );
+        assert_eq!(image_in(&format!("image {id}")).as_deref(), Some(id));
+        assert_eq!(image_in("waiting: no image pinned for role worker"), None);
         assert_eq!(image_in("/images/../etc"), None);
         assert_eq!(image_in("nothing"), None);
     }
