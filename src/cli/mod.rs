@@ -1,6 +1,7 @@
 //! The `imgbuild` command line: parsing (clap) and one module per subcommand.
 
 mod check;
+mod lab;
 mod profile;
 mod serve;
 pub mod status;
@@ -37,6 +38,8 @@ pub enum Command {
     Profile(profile::Args),
     /// Run the netboot server: DHCP, TFTP and HTTP on the provisioning network.
     Serve(serve::Args),
+    /// Boot the cluster in QEMU VMs from the real server in a private network namespace (needs root).
+    Lab(lab::Args),
     /// Show every node's boot stage from a running server (`--json`, `--watch`).
     Status(status::Args),
 }
@@ -74,6 +77,7 @@ pub fn main() -> ExitCode {
         Command::Profile(a) => profile::run(&cli, a),
         Command::Serve(a) => serve::run(&cli, a),
         Command::Status(a) => status::run(&cli, a),
+        Command::Lab(a) => lab::run(&cli, a),
     };
     match result {
         Ok(code) => code,
