@@ -98,7 +98,8 @@ impl Netns {
         ip(&all)
     }
 
-    /// Adds a bridge (no STP, no forwarding delay) with `cidr` (e.g. `10.77.0.1/24`) and brings it up.
+    /// Adds a bridge (no STP, no forwarding delay, no multicast snooping: router solicitations to ff02::2 must
+    /// reach the server's socket even before the bridge has seen its MLD report) with `cidr` (e.g. `10.77.0.1/24`) and brings it up.
     pub fn add_bridge(&self, bridge: &str, cidr: &str) -> Result<(), IpError> {
         self.ip(&[
             "link",
@@ -109,6 +110,8 @@ impl Netns {
             "stp_state",
             "0",
             "forward_delay",
+            "0",
+            "mcast_snooping",
             "0",
         ])?;
         self.ip(&["addr", "add", cidr, "dev", bridge])?;
