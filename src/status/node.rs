@@ -75,7 +75,8 @@ pub struct NodeStatus {
     pub stages: Vec<StageTime>,
     /// Earlier boots, oldest first.
     pub previous: Vec<PastBoot>,
-    /// How many times `joined` was reached over all boots (a kept state disk must not join again).
+    /// How many boots really joined: reached `joined` after `kubeadm-init` or `kubeadm-join` in the same boot. A
+    /// reboot with the state disk kept reaches `joined` without either, so it does not count.
     pub joins: u32,
 }
 
@@ -203,7 +204,13 @@ impl NodeStatus {
         self.stage = Some(ev.stage.clone());
         if ev.stage == LAST_STAGE {
             self.done = true;
-            self.joins += 1;
+            if self
+                .stages
+                .iter()
+                .any(|s| s.stage == "kubeadm-init" || s.stage == "kubeadm-join")
+            {
+                self.joins += 1;
+            }
         }
         Some(st)
     }
@@ -347,10 +354,12 @@ mod tests {
             ev(0, "dhcp-offer", ""),
             ev(5, "kernel", "/images/0000000000aa/vmlinuz"),
         ];
+        evs.push(ev(8, "kubeadm-join", ""));
         evs.push(ev(9, "joined", ""));
         evs.push(ev(100, "dhcp-offer", ""));
         evs.push(ev(110, "ipxe-script", "image 0000000000bb"));
         evs.push(ev(120, "systemd", ""));
+        evs.push(ev(130, "joined", "already joined"));
         let n = run(&evs);
         assert_eq!(n.boot, 2);
         assert_eq!(n.joins, 1);
@@ -358,8 +367,12 @@ mod tests {
         assert_eq!(n.previous.len(), 1);
         assert_eq!(n.previous[0].outcome, "joined");
         assert_eq!(n.previous[0].image.as_deref(), Some("0000000000aa"));
-        assert_eq!(n.stage.as_deref(), Some("systemd"));
-        assert!(!n.done);
+        assert_eq!(n.stage.as_deref(), Some("joined"));
+        assert!(n.done);
+        assert_eq!(
+            n.joins, 1,
+            "the second boot reached joined without a kubeadm step"
+        );
     }
 
     #[test]

@@ -562,6 +562,23 @@ impl Lab {
         )
     }
 
+    /// Builds the image of `role` from another profiles directory (same cluster, same cache): a second image id
+    /// for upgrade / rollback scenarios. The server's configuration is not touched.
+    pub fn build_with_profiles(&self, role: Role, profiles: &Path) -> anyhow::Result<String> {
+        let text = std::fs::read_to_string(&self.config)?;
+        let mut doc: toml_edit::DocumentMut = text.parse()?;
+        doc["paths"]["profiles"] = toml_edit::value(profiles.display().to_string());
+        let variant = self.opts.dir.join("cluster-variant.toml");
+        std::fs::write(&variant, doc.to_string())?;
+        build_image(
+            &self.opts.exe,
+            &variant,
+            &self.cluster.paths.cache,
+            role,
+            self.opts.standins,
+        )
+    }
+
     /// `imgbuild pin <role> <id>` on the lab's configuration (the running server picks it up).
     pub fn pin(&self, role: Role, id: &str) -> anyhow::Result<()> {
         imgbuild(

@@ -1,0 +1,285 @@
+//! End-to-end boots: real QEMU VMs PXE-boot the built images from the real `imgbuild serve` in a private network
+//! namespace (created and torn down by `imgbuild::vm::lab::Lab`), and the server's own event log is checked.
+//! All tests share one image build (cache `target/lab-cache`, store `target/lab-images`, serialised by a file
+//! lock). Images carry the labelled stand-ins: kubeadm and friends cannot be downloaded here.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use imgbuild::config::{DhcpMode, MacAddr, Role};
+use imgbuild::status::Event;
+use imgbuild::status::report::NodeView;
+use imgbuild::vm::lab::{Lab, Options};
+use imgbuild::vm::qemu::Firmware;
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+fn options(dir: &Path, nodes: &[&str], firmware: Firmware, dhcp: DhcpMode) -> Options {
+    let mut o = Options::new(&Path::new(REPO).join("cluster.toml"));
+    o.dir = dir.to_path_buf();
+    o.nodes = Some(nodes.iter().map(|s| s.to_string()).collect());
+    o.firmware = firmware;
+    o.dhcp = dhcp;
+    o.standins = true;
+    o.timeout = Duration::from_secs(12 * 60);
+    o.memory_mb = 2048;
+    o.images = Some(Path::new(REPO).join("target/lab-images"));
+    o.cache = Some(Path::new(REPO).join("target/lab-cache"));
+    o.exe = PathBuf::from(env!("CARGO_BIN_EXE_imgbuild"));
+    o.prefix = "ibl".into();
+    o.verbose = true;
+    o
+}
+
+/// The server's event log of this lab run.
+fn events(lab: &Lab) -> Vec<Event> {
+    let text = std::fs::read_to_string(lab.cluster.paths.state.join("events.jsonl")).unwrap();
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Stage names of `mac` in the order they were first recorded.
+fn first_seen(events: &[Event], mac: MacAddr) -> Vec<String> {
+    let mut seen = Vec::new();
+    for e in events.iter().filter(|e| e.mac == mac) {
+        if !seen.contains(&e.stage) {
+            seen.push(e.stage.clone());
+        }
+    }
+    seen
+}
+
+fn stage_pos(stage: &str) -> usize {
+    imgbuild::status::STAGES
+        .iter()
+        .position(|s| *s == stage)
+        .unwrap_or_else(|| panic!("unknown stage {stage}"))
+}
+
+fn node<'a>(r: &'a imgbuild::status::Report, host: &str) -> &'a NodeView {
+    r.nodes.iter().find(|n| n.name == host).unwrap()
+}
+
+/// Every stage of the boot path in order, then the first-boot steps in order, ending in `joined`.
+fn assert_stages_in_order(events: &[Event], mac: MacAddr, host: &str, must: &[&str]) {
+    let seen = first_seen(events, mac);
+    assert!(
+        !seen.contains(&"failed".to_string()),
+        "{host} reported failed: {seen:?}"
+    );
+    for w in seen.windows(2) {
+        assert!(
+            stage_pos(&w[0]) < stage_pos(&w[1]),
+            "{host}: {} was first seen before {}: {seen:?}",
+            w[1],
+            w[0]
+        );
+    }
+    for m in must {
+        assert!(
+            seen.iter().any(|s| s == m),
+            "{host}: stage {m} never seen: {seen:?}"
+        );
+    }
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("joined"),
+        "{host}: {seen:?}"
+    );
+}
+
+const BOOT_PATH: &[&str] = &[
+    "dhcp-offer",
+    "dhcp-ack",
+    "ipxe-script",
+    "kernel",
+    "initrd",
+    "rootfs-verified",
+    "state-disk",
+    "systemd",
+    "firstboot-started",
+    "enrolled",
+    "joined",
+];
+
+/// Loads the status page in headless Chromium inside the lab's namespace and returns the DOM after the page's
+/// script has polled `/api/status` (virtual time budget).
+fn chromium_dom(lab: &Lab) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", lab.netns(), "timeout", "60", "chromium"])
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("{}/", lab.server_url))
+        .output()
+        .expect("chromium (Debian package chromium; scripts/setup installs it)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn root_lab_bios_full_dhcp_master_worker_storage_reach_joined_in_order_and_page_shows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = ["master-1", "worker-1", "storage-1"];
+    let mut lab =
+        Lab::prepare(options(dir.path(), &hosts, Firmware::Bios, DhcpMode::Full)).unwrap();
+    assert!(lab.standins, "the test images are built with stand-ins");
+    for h in hosts {
+        lab.start_vm(h).unwrap();
+    }
+    // The browser test, during the boot: wait until a node has got past its kernel, then load the page.
+    let seen_kernel = lab
+        .wait(
+            &["master-1".to_string()],
+            1,
+            Duration::from_secs(300),
+            |n| n.since_start("kernel").is_some(),
+        )
+        .unwrap_or_else(|f| panic!("{f}"));
+    assert!(node(&seen_kernel, "master-1").stage.is_some());
+    let dom = chromium_dom(&lab);
+    assert!(dom.contains("id=\"node-master-1\""), "{dom}");
+    assert!(
+        !dom.contains("data-live=\"0\""),
+        "the page's script never refreshed from /api/status: {dom}"
+    );
+    assert!(
+        dom.contains("class=\"st reached\" data-stage=\"kernel\""),
+        "no reached kernel cell in the live page: {dom}"
+    );
+
+    let hosts_s: Vec<String> = hosts.iter().map(|s| s.to_string()).collect();
+    let limit = lab.opts.timeout;
+    let report = lab
+        .wait(&hosts_s, 1, limit, |n| n.done)
+        .unwrap_or_else(|f| panic!("{f}"));
+    println!("{}", imgbuild::vm::lab::summary(&report, lab.standins));
+    let evs = events(&lab);
+    for h in hosts {
+        let m = lab.cluster.machine_by_hostname(h).unwrap();
+        let n = node(&report, h);
+        let expected = lab
+            .images
+            .iter()
+            .find(|(r, _)| *r == m.role)
+            .unwrap()
+            .1
+            .clone();
+        assert_eq!(
+            n.image.as_deref(),
+            Some(expected.as_str()),
+            "{h} booted another image"
+        );
+        assert!(n.standins);
+        assert_eq!(n.joins, 1, "{h}");
+        let mut must = BOOT_PATH.to_vec();
+        must.push(if m.role == Role::Master && h == "master-1" {
+            "kubeadm-init"
+        } else {
+            "kubeadm-join"
+        });
+        assert_stages_in_order(&evs, m.mac, h, &must);
+    }
+}
+
+#[test]
+fn root_lab_uefi_proxy_dhcp_beside_dnsmasq_boots_a_master() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lab = Lab::prepare(options(
+        dir.path(),
+        &["master-1"],
+        Firmware::Uefi,
+        DhcpMode::Proxy,
+    ))
+    .unwrap();
+    let report = lab.boot_all().unwrap_or_else(|f| panic!("{f}"));
+    println!("{}", imgbuild::vm::lab::summary(&report, lab.standins));
+    let m = lab.cluster.machine_by_hostname("master-1").unwrap().clone();
+    let evs = events(&lab);
+    // OVMF's own PXE fetched iPXE over TFTP (the bootfile stage), addresses came from dnsmasq.
+    let mut must = BOOT_PATH.to_vec();
+    must.retain(|s| *s != "dhcp-ack");
+    must.push("bootfile");
+    must.push("kubeadm-init");
+    assert_stages_in_order(&evs, m.mac, "master-1", &must);
+    let leases = std::fs::read_to_string(dir.path().join("dnsmasq.log")).unwrap_or_default();
+    assert!(
+        leases.contains("DHCPACK") && leases.contains(&m.mac.to_string()),
+        "dnsmasq never acknowledged master-1: {leases}"
+    );
+}
+
+#[test]
+fn root_lab_reboot_keeps_state_no_second_join_upgrade_then_rollback() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = "master-1".to_string();
+    let mut lab = Lab::prepare(options(
+        dir.path(),
+        &["master-1"],
+        Firmware::Bios,
+        DhcpMode::Full,
+    ))
+    .unwrap();
+    let first = lab.boot_all().unwrap_or_else(|f| panic!("{f}"));
+    let old_id = node(&first, &host).image.clone().unwrap();
+    assert_eq!(node(&first, &host).joins, 1);
+
+    // A second image for the role: the same profiles with one more (harmless) kernel argument.
+    let variant = dir.path().join("profiles-variant");
+    copy_dir(&Path::new(REPO).join("profiles"), &variant);
+    let p = variant.join("master/profile.toml");
+    let mut text = std::fs::read_to_string(&p).unwrap();
+    text.push_str("\nkernel_args = [\"imgbuild.lab_variant=2\"]\n");
+    std::fs::write(&p, text).unwrap();
+    let new_id = lab.build_with_profiles(Role::Master, &variant).unwrap();
+    assert_ne!(new_id, old_id);
+
+    let limit = Duration::from_secs(8 * 60);
+    for (boot, id) in [(2u32, &new_id), (3u32, &old_id)] {
+        lab.pin(Role::Master, id).unwrap();
+        // Power cycle with the state disk kept.
+        lab.stop_vm(&host);
+        lab.start_vm(&host).unwrap();
+        let r = lab
+            .wait(std::slice::from_ref(&host), boot, limit, |n| n.done)
+            .unwrap_or_else(|f| panic!("boot {boot}: {f}"));
+        let n = node(&r, &host);
+        assert_eq!(n.boot, boot);
+        assert_eq!(
+            n.image.as_deref(),
+            Some(id.as_str()),
+            "boot {boot} used another image"
+        );
+        assert_eq!(n.joins, 1, "boot {boot} ran the join again");
+        let names: Vec<&str> = n.stages.iter().map(|s| s.stage.as_str()).collect();
+        assert!(names.contains(&"state-disk"), "{names:?}");
+        assert!(
+            !names.contains(&"kubeadm-init") && !names.contains(&"kubeadm-join"),
+            "{names:?}"
+        );
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let t = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &t);
+        } else {
+            std::fs::copy(e.path(), t).unwrap();
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! The status page in a real browser: headless Chromium (Debian's `chromium`) loads `GET /` from the status
+//! routes on loopback; a stage recorded only after the page was served must appear through the page's own
+//! polling of `/api/status`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::extract::Request;
+use axum::middleware::Next;
+use imgbuild::netboot::server::Shared;
+use imgbuild::status::{Events, Source};
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+#[test]
+fn chromium_status_page_updates_live_from_api_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cluster.toml");
+    let text = std::fs::read_to_string(format!("{REPO}/cluster.toml")).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("{text}\n[paths]\nprofiles = \"{REPO}/profiles\"\nipxe = \"{REPO}/ipxe\"\n"),
+    )
+    .unwrap();
+    let cluster = imgbuild::config::load(&cfg).unwrap();
+    let mac = cluster.machine_by_hostname("worker-1").unwrap().mac;
+    let shared = Arc::new(Shared::new(
+        cfg,
+        cluster,
+        Default::default(),
+        Events::in_memory(),
+    ));
+    shared.events.record(mac, "dhcp-offer", "", Source::Server);
+    shared.events.record(mac, "dhcp-ack", "", Source::Server);
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    // The first /api/status request (from the page's script) records `kernel` just before it is answered.
+    let s2 = shared.clone();
+    let once = Arc::new(AtomicBool::new(false));
+    let app = imgbuild::status::routes(shared.clone()).layer(axum::middleware::from_fn(
+        move |req: Request, next: Next| {
+            let (s2, once) = (s2.clone(), once.clone());
+            async move {
+                if req.uri().path() == "/api/status" && !once.swap(true, Ordering::SeqCst) {
+                    s2.events
+                        .record(mac, "kernel", "image 0123456789abcdef", Source::Server);
+                }
+                next.run(req).await
+            }
+        },
+    ));
+    rt.spawn(async move { axum::serve(listener, app).await });
+
+    let html = rt
+        .block_on(imgbuild::status::client::get(&format!("http://{addr}/")))
+        .unwrap();
+    assert!(
+        !html.contains("data-stage=\"kernel\">0"),
+        "kernel must not be in the served HTML yet"
+    );
+
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("timeout")
+        .args(["60", "chromium"])
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("http://{addr}/"))
+        .output()
+        .expect("chromium (Debian package chromium; scripts/setup installs it)");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains("id=\"node-worker-1\""),
+        "no worker-1 row; chromium stderr: {}\n{dom}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !dom.contains("data-live=\"0\""),
+        "the page never refreshed itself: {dom}"
+    );
+    assert!(
+        dom.contains("class=\"st reached\" data-stage=\"kernel\""),
+        "the kernel stage recorded after the page load did not appear: {dom}"
+    );
+    assert!(
+        dom.contains(">kernel<"),
+        "state column should say kernel: {dom}"
+    );
+    assert!(dom.contains("0123456789ab"), "image id column: {dom}");
+}
