@@ -179,6 +179,8 @@ fn write_config(opts: &Options, user: &Cluster) -> anyhow::Result<PathBuf> {
     doc["paths"]["cache"] = toml_edit::value(abs(&cache));
     doc["paths"]["state"] = toml_edit::value(abs(&opts.dir.join("state")));
     doc["paths"]["secrets"] = toml_edit::value(abs(&opts.dir.join("secrets")));
+    // The lab's network is private: always end iPXE's IPv6 wait there.
+    doc["network"]["router_advertisements"] = toml_edit::value(true);
     doc["network"]["dhcp_mode"] = toml_edit::value(match opts.dhcp {
         DhcpMode::Full => "full",
         DhcpMode::Proxy => "proxy",
@@ -355,8 +357,10 @@ impl Lab {
                 std::fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
             }
         }
-        std::fs::create_dir_all(opts.dir.join("vms"))
-            .with_context(|| format!("creating {}", opts.dir.display()))?;
+        for sub in ["vms", "state"] {
+            std::fs::create_dir_all(opts.dir.join(sub))
+                .with_context(|| format!("creating {}", opts.dir.display()))?;
+        }
         let config = write_config(&opts, &user)?;
         let cluster = crate::config::load(&config)?;
         imgbuild(&opts.exe, &config, &["secrets", "init"])?;
@@ -386,7 +390,7 @@ impl Lab {
             images.push((role, id));
         }
 
-        let accel = qemu::best_accel();
+        let accel = qemu::best_accel_cached(&cluster.paths.cache);
         let netns = Netns::create(&opts.prefix)?;
         let net = &cluster.network;
         netns.add_bridge(

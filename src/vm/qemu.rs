@@ -239,6 +239,27 @@ pub fn best_accel() -> Accel {
     if kvm_works() { Accel::Kvm } else { Accel::Tcg }
 }
 
+/// [`best_accel`], remembered in `cache_dir/kvm-probe` until the host reboots (the probe costs up to 10 s).
+pub fn best_accel_cached(cache_dir: &Path) -> Accel {
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let file = cache_dir.join("kvm-probe");
+    if let Ok(text) = std::fs::read_to_string(&file)
+        && let Some((id, answer)) = text.trim().rsplit_once(' ')
+        && id == boot_id.trim()
+    {
+        return if answer == "kvm" {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        };
+    }
+    let a = best_accel();
+    let _ = std::fs::create_dir_all(cache_dir);
+    let word = if a == Accel::Kvm { "kvm" } else { "tcg" };
+    let _ = std::fs::write(&file, format!("{} {word}\n", boot_id.trim()));
+    a
+}
+
 /// Boots the probe VM with `accel`; `true` when iPXE prints `Configuring (net0` within `limit`.
 pub fn probe(accel: Accel, limit: Duration) -> bool {
     if accel == Accel::Kvm && !Path::new("/dev/kvm").exists() {
