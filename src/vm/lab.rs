@@ -606,7 +606,7 @@ impl Lab {
         min_boot: u32,
         limit: Duration,
         done: impl Fn(&NodeView) -> bool,
-    ) -> Result<Report, LabFailure> {
+    ) -> Result<Report, Box<LabFailure>> {
         let start = Instant::now();
         let tty = std::io::stdout().is_terminal();
         let mut last_states: std::collections::BTreeMap<String, String> = Default::default();
@@ -701,7 +701,12 @@ impl Lab {
         }
     }
 
-    fn failure(&self, node: Option<&NodeView>, why: &str, report: Option<Report>) -> LabFailure {
+    fn failure(
+        &self,
+        node: Option<&NodeView>,
+        why: &str,
+        report: Option<Report>,
+    ) -> Box<LabFailure> {
         let (name, stage, console) = match node {
             Some(n) => (
                 n.name.clone(),
@@ -710,18 +715,18 @@ impl Lab {
             ),
             None => ("-".into(), "-".into(), String::new()),
         };
-        LabFailure {
+        Box::new(LabFailure {
             node: name,
             last_stage: stage,
             reason: why.to_string(),
             console,
             server_log: qemu::console_tail(&self.opts.dir.join("server.log"), 15),
-            report,
-        }
+            report: report.map(Box::new),
+        })
     }
 
     /// Boots every VM and waits until all reached `joined` (or fails).
-    pub fn boot_all(&mut self) -> Result<Report, LabFailure> {
+    pub fn boot_all(&mut self) -> Result<Report, Box<LabFailure>> {
         let hosts: Vec<String> = self
             .nodes
             .iter()
@@ -750,7 +755,7 @@ pub struct LabFailure {
     pub reason: String,
     pub console: String,
     pub server_log: String,
-    pub report: Option<Report>,
+    pub report: Option<Box<Report>>,
 }
 
 impl std::fmt::Display for LabFailure {
