@@ -102,3 +102,69 @@ fn chromium_status_page_updates_live_from_api_status() {
     );
     assert!(dom.contains("0123456789ab"), "image id column: {dom}");
 }
+
+/// `imgbuild status --server URL` (table and `--json`) against the status routes on loopback.
+#[test]
+fn status_cli_prints_the_table_and_json_from_a_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cluster.toml");
+    std::fs::copy(format!("{REPO}/cluster.toml"), &cfg).unwrap();
+    let cluster = imgbuild::config::load(&cfg).unwrap();
+    let mac = cluster.machine_by_hostname("storage-2").unwrap().mac;
+    let shared = Arc::new(Shared::new(
+        cfg,
+        cluster,
+        Default::default(),
+        Events::in_memory(),
+    ));
+    shared.events.record(mac, "dhcp-offer", "", Source::Server);
+    shared
+        .events
+        .record(mac, "failed", "no state disk", Source::Node);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    rt.spawn(async move { axum::serve(listener, imgbuild::status::routes(shared)).await });
+    let bin = env!("CARGO_BIN_EXE_imgbuild");
+    let out = std::process::Command::new(bin)
+        .args(["status", "--server", &format!("http://{addr}")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("storage-2"))
+        .expect("storage-2 row");
+    assert!(
+        line.contains("failed: no state disk") && line.contains("10.77.0.32"),
+        "{text}"
+    );
+    let out = std::process::Command::new(bin)
+        .args(["status", "--json", "--server", &format!("http://{addr}")])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let n = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "storage-2")
+        .unwrap();
+    assert_eq!(n["failed"], "no state disk");
+    // No server: a clear error, exit status 1.
+    let out = std::process::Command::new(bin)
+        .args(["status", "--server", "http://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot reach http://127.0.0.1:9/api/status")
+    );
+}

@@ -799,3 +799,51 @@ pub fn summary(report: &Report, standins: bool) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lab_config_keeps_the_cluster_and_redirects_state() {
+        let d = tempfile::tempdir().unwrap();
+        let user_cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster.toml");
+        let user = crate::config::load(&user_cfg).unwrap();
+        let mut o = Options::new(&user_cfg);
+        o.dir = d.path().join("lab");
+        o.dhcp = DhcpMode::Proxy;
+        o.cache = Some(d.path().join("cache"));
+        std::fs::create_dir_all(&o.dir).unwrap();
+        let p = write_config(&o, &user).unwrap();
+        let lab = crate::config::load(&p).unwrap();
+        assert_eq!(lab.network.dhcp_mode, DhcpMode::Proxy);
+        assert!(lab.network.router_advertisements);
+        assert_eq!(lab.paths.state, o.dir.join("state"));
+        assert_eq!(lab.paths.secrets, o.dir.join("secrets"));
+        assert_eq!(lab.paths.cache, d.path().join("cache"));
+        assert_eq!(lab.paths.images, user.paths.images);
+        assert_eq!(lab.paths.profiles, user.paths.profiles);
+        assert_eq!(lab.machines.len(), user.machines.len());
+        // The image inputs (cluster, base, artifacts) are unchanged, so images are shared with the user's.
+        assert_eq!(
+            serde_json::to_string(&lab.cluster).unwrap(),
+            serde_json::to_string(&user.cluster).unwrap()
+        );
+        assert_eq!(
+            serde_json::to_string(&lab.artifacts).unwrap(),
+            serde_json::to_string(&user.artifacts).unwrap()
+        );
+    }
+
+    #[test]
+    fn summary_says_plainly_when_standins_were_used() {
+        let r = Report {
+            cluster: "c".into(),
+            generated_ms: 0,
+            stages: vec![],
+            nodes: vec![],
+        };
+        assert!(summary(&r, true).contains("the cluster did NOT really form"));
+        assert!(!summary(&r, false).contains("NOT really form"));
+    }
+}

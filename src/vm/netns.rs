@@ -220,3 +220,45 @@ impl Drop for Children {
         self.stop_all();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exists(name: &str) -> bool {
+        std::path::Path::new(&format!("/run/netns/{name}")).exists()
+    }
+
+    #[test]
+    fn root_netns_guard_builds_bridge_and_taps_and_removes_everything() {
+        let ns = Netns::create("iblnt").unwrap();
+        let name = ns.name().to_string();
+        ns.add_bridge("br0", "10.77.0.1/24").unwrap();
+        ns.add_tap("iblnt0", "br0").unwrap();
+        let out = ns.command("ip").args(["-br", "link"]).output().unwrap();
+        let links = String::from_utf8_lossy(&out.stdout);
+        assert!(links.contains("br0") && links.contains("iblnt0"), "{links}");
+        // A child in the namespace, stopped by PID before the namespace goes.
+        let mut kids = Children::new();
+        let mut sleep = ns.command("sleep");
+        sleep.arg("600");
+        let pid = kids.spawn("sleep", sleep).unwrap();
+        assert!(kids.running("sleep"));
+        drop(kids);
+        // We waited on it, so it is gone (not even a zombie).
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+        drop(ns);
+        assert!(!exists(&name), "namespace {name} left behind");
+    }
+
+    #[test]
+    fn root_stale_namespaces_of_dead_processes_are_removed() {
+        // A PID that cannot be alive: above the kernel's pid_max default range.
+        let stale = "iblst-4194399-0";
+        ip(&["netns", "add", stale]).unwrap();
+        let ns = Netns::create("iblst").unwrap();
+        assert!(!exists(stale), "stale namespace not removed");
+        assert!(exists(ns.name()));
+        drop(ns);
+    }
+}
