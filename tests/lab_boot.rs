@@ -2,6 +2,9 @@
 //! namespace (created and torn down by `imgbuild::vm::lab::Lab`), and the server's own event log is checked.
 //! All tests share one image build (cache `target/lab-cache`, store `target/lab-images`, serialised by a file
 //! lock). Images carry the labelled stand-ins: kubeadm and friends cannot be downloaded here.
+//!
+//! They are `#[ignore]`d until the server's protocols, the image builder and the first-boot units are all on
+//! `main` (this branch has none of them); `cargo nextest run --run-ignored all --test lab_boot` runs them.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -129,6 +132,7 @@ fn chromium_dom(lab: &Lab) -> String {
 }
 
 #[test]
+#[ignore = "needs DHCP (issue 4), TFTP+HTTP (5), the image builder (3) and first boot (7) on main; run with --run-ignored all"]
 fn root_lab_bios_full_dhcp_master_worker_storage_reach_joined_in_order_and_page_shows_it() {
     let dir = tempfile::tempdir().unwrap();
     let hosts = ["master-1", "worker-1", "storage-1"];
@@ -194,6 +198,7 @@ fn root_lab_bios_full_dhcp_master_worker_storage_reach_joined_in_order_and_page_
 }
 
 #[test]
+#[ignore = "needs DHCP (issue 4), TFTP+HTTP (5), the image builder (3) and first boot (7) on main; run with --run-ignored all"]
 fn root_lab_uefi_proxy_dhcp_beside_dnsmasq_boots_a_master() {
     let dir = tempfile::tempdir().unwrap();
     let mut lab = Lab::prepare(options(
@@ -221,6 +226,7 @@ fn root_lab_uefi_proxy_dhcp_beside_dnsmasq_boots_a_master() {
 }
 
 #[test]
+#[ignore = "needs DHCP (issue 4), TFTP+HTTP (5), the image builder (3) and first boot (7) on main; run with --run-ignored all"]
 fn root_lab_reboot_keeps_state_no_second_join_upgrade_then_rollback() {
     let dir = tempfile::tempdir().unwrap();
     let host = "master-1".to_string();
