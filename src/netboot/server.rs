@@ -10,6 +10,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use super::boot::{Booter, PinnedImage};
+use super::metrics::Metrics;
 use crate::config::{Cluster, Role};
 use crate::status::Events;
 
@@ -19,6 +20,8 @@ pub struct Shared {
     cluster: ArcSwap<Cluster>,
     booter: ArcSwap<Booter>,
     pub events: Events,
+    /// The Prometheus registry (`GET /metrics`); see [`Metrics::register`] to add a module's families.
+    pub metrics: Metrics,
 }
 
 impl Shared {
@@ -34,6 +37,7 @@ impl Shared {
             booter: ArcSwap::from_pointee(Booter::new(cluster.clone(), pins)),
             cluster: ArcSwap::new(cluster),
             events,
+            metrics: Metrics::new(),
         }
     }
 
@@ -103,7 +107,10 @@ pub async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
     let mut tasks: tokio::task::JoinSet<(&'static str, anyhow::Result<()>)> =
         tokio::task::JoinSet::new();
     // One line per protocol.
-    let _ = &mut tasks;
+    let s = shared.clone();
+    tasks.spawn(async move { ("tftp", super::tftp::run(s).await) });
+    let s = shared.clone();
+    tasks.spawn(async move { ("http", super::http::run(s).await) });
 
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

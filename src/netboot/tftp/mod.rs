@@ -1,0 +1,246 @@
+//! The TFTP server: read-only, allowlisted boot loaders only.
+//!
+//! [`packet`] parses and encodes, [`transfer`] is the per-transfer state machine (pure: packets and the clock in,
+//! packets out). This file is the thin tokio loop: a listening socket on `network.server:network.tftp_port`
+//! that checks each request, and one task with its own ephemeral socket per transfer (RFC 1350 TIDs). There is
+//! no cap on concurrent transfers. The socket of a transfer is connected to the client, so datagrams from any
+//! other address or port never reach it.
+
+pub mod packet;
+pub mod transfer;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use bytes::Bytes;
+use tokio::net::UdpSocket;
+
+use self::packet::{ErrorCode, Packet, Request, encode_data_header, error_packet};
+use self::transfer::{Failure, Limits, Outgoing, Phase, Transfer};
+use super::bootfiles::{self, BootFiles};
+use super::server::Shared;
+use crate::status::Source;
+
+/// Largest datagram we read (an RRQ with options is far smaller; ACKs are 4 bytes).
+const RECV_BUF: usize = 2048;
+
+/// Runs the TFTP server until the socket fails.
+pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
+    let cluster = shared.cluster();
+    let addr = SocketAddr::new(cluster.network.server.into(), cluster.network.tftp_port);
+    let sock = UdpSocket::bind(addr).await.with_context(|| {
+        format!("TFTP: cannot bind {addr} (network.server:network.tftp_port); is another TFTP server running?")
+    })?;
+    bootfiles::report_missing(
+        &cluster.network.ipxe_binaries,
+        shared.booter().boot_loader_names(),
+    );
+    tracing::info!(%addr, "TFTP listening (read-only, allowlisted boot loaders)");
+    let files = Arc::new(BootFiles::new());
+    let mut buf = vec![0u8; RECV_BUF];
+    loop {
+        let (n, peer) = match sock.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                // ICMP errors from earlier sends surface here on some systems; never stop serving for them.
+                tracing::debug!(error = %e, "TFTP recv error");
+                continue;
+            }
+        };
+        match Packet::parse(&buf[..n]) {
+            Ok(Packet::Rrq(req)) => {
+                on_read_request(&shared, &files, &sock, peer, req).await;
+            }
+            Ok(Packet::Wrq(req)) => {
+                shared.metrics.tftp.error("write_refused");
+                shared.metrics.tftp.request("-", "refused");
+                tracing::warn!(%peer, file = %req.filename, "TFTP write request refused: this server is read-only");
+                let _ = sock
+                    .send_to(
+                        &error_packet(ErrorCode::AccessViolation, "read-only server"),
+                        peer,
+                    )
+                    .await;
+            }
+            Ok(other) => {
+                shared.metrics.tftp.error("unexpected_packet");
+                tracing::debug!(%peer, packet = ?other, "TFTP packet other than a request on the listening port; dropped");
+            }
+            Err(e) => {
+                shared.metrics.tftp.error("malformed");
+                tracing::debug!(%peer, error = %e, "malformed TFTP packet dropped");
+            }
+        }
+    }
+}
+
+async fn on_read_request(
+    shared: &Arc<Shared>,
+    files: &Arc<BootFiles>,
+    sock: &UdpSocket,
+    peer: SocketAddr,
+    req: Request,
+) {
+    let booter = shared.booter();
+    let name = match bootfiles::check_name(&req.filename, booter.boot_loader_names()) {
+        Ok(n) => n,
+        Err(r) => {
+            shared.metrics.tftp.error(r.kind());
+            shared.metrics.tftp.request("-", "refused");
+            tracing::warn!(%peer, file = %req.filename, reason = %r, "TFTP request refused");
+            let code = if r == bootfiles::Refusal::NotAllowed {
+                ErrorCode::FileNotFound
+            } else {
+                ErrorCode::AccessViolation
+            };
+            let _ = sock
+                .send_to(&error_packet(code, &r.to_string()), peer)
+                .await;
+            return;
+        }
+    };
+    let dir = shared.cluster().network.ipxe_binaries.clone();
+    let data = {
+        let files = files.clone();
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || files.read(&dir, name)).await
+    };
+    let data = match data {
+        Ok(Ok(d)) => d,
+        Ok(Err(e)) => {
+            shared.metrics.tftp.error("missing");
+            shared.metrics.tftp.request(name, "missing");
+            tracing::error!(%peer, file = %dir.join(name).display(), error = %e, "TFTP: boot loader cannot be read");
+            let _ = sock
+                .send_to(
+                    &error_packet(ErrorCode::FileNotFound, "file not available"),
+                    peer,
+                )
+                .await;
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "TFTP read task failed");
+            return;
+        }
+    };
+    let local = SocketAddr::new(
+        sock.local_addr()
+            .map(|a| a.ip())
+            .unwrap_or(server_ip(shared)),
+        0,
+    );
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        shared.metrics.tftp.in_flight.inc();
+        let res = transfer_task(&shared, local, peer, &req, name, data).await;
+        shared.metrics.tftp.in_flight.dec();
+        if let Err(e) = res {
+            shared.metrics.tftp.error("io");
+            shared.metrics.tftp.request(name, "failed");
+            tracing::warn!(%peer, file = name, error = %e, "TFTP transfer failed");
+        }
+    });
+}
+
+fn server_ip(shared: &Shared) -> std::net::IpAddr {
+    shared.cluster().network.server.into()
+}
+
+/// Sends what the state machine asks for. DATA is built in `pkt` (header + slice of the file).
+async fn send_all(
+    sock: &UdpSocket,
+    out: &[Outgoing],
+    data: &Bytes,
+    pkt: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    for o in out {
+        match o {
+            Outgoing::Packet(p) => {
+                sock.send(p).await?;
+            }
+            Outgoing::Data { block, range } => {
+                encode_data_header(pkt, *block);
+                pkt.extend_from_slice(&data[range.start as usize..range.end as usize]);
+                sock.send(pkt).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn transfer_task(
+    shared: &Shared,
+    local: SocketAddr,
+    peer: SocketAddr,
+    req: &Request,
+    name: &'static str,
+    data: Bytes,
+) -> std::io::Result<()> {
+    let sock = UdpSocket::bind(local).await?;
+    sock.connect(peer).await?;
+    let started = Instant::now();
+    let (mut t, out) = Transfer::start(req, data.len() as u64, &Limits::default(), started);
+    tracing::debug!(%peer, file = name, blksize = t.blksize(), windowsize = t.windowsize(), "TFTP transfer started");
+    let mut pkt = Vec::with_capacity(t.blksize() + 4);
+    let mut buf = vec![0u8; RECV_BUF];
+    send_all(&sock, &out, &data, &mut pkt).await?;
+    while !t.finished() {
+        let deadline = tokio::time::Instant::from_std(t.deadline());
+        let out = tokio::select! {
+            r = sock.recv(&mut buf) => {
+                match r {
+                    Ok(n) => match Packet::parse(&buf[..n]) {
+                        Ok(p) => t.on_packet(&p, Instant::now()),
+                        Err(_) => { shared.metrics.tftp.error("malformed"); Vec::new() }
+                    },
+                    // ICMP port unreachable: the client went away.
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        shared.metrics.tftp.error("client_gone");
+                        shared.metrics.tftp.request(name, "aborted");
+                        tracing::info!(%peer, file = name, "TFTP client went away");
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => t.on_timeout(Instant::now()),
+        };
+        send_all(&sock, &out, &data, &mut pkt).await?;
+    }
+    shared.metrics.tftp.retransmits.inc_by(t.retransmits);
+    shared.metrics.tftp.bytes.inc_by(t.bytes_acked());
+    match t.phase() {
+        Phase::Done => {
+            shared.metrics.tftp.request(name, "ok");
+            let secs = started.elapsed().as_secs_f64();
+            tracing::info!(%peer, file = name, bytes = data.len(), secs, blksize = t.blksize(), windowsize = t.windowsize(), "TFTP transfer complete");
+            let detail = format!("{name} via TFTP");
+            match super::peers::mac_for_ip(shared, peer.ip()) {
+                Some(mac) => {
+                    shared
+                        .events
+                        .record(mac, "bootfile", detail, Source::Server);
+                }
+                None => {
+                    tracing::debug!(%peer, "TFTP peer is no inventory machine; no boot event recorded")
+                }
+            }
+        }
+        _ => {
+            let (kind, what) = match t.failure() {
+                Some(Failure::TimedOut) => ("timeout", "timed out".to_string()),
+                Some(Failure::ClientError { code, message }) => {
+                    ("client_error", format!("client error {code}: {message}"))
+                }
+                _ => ("illegal_packet", "illegal packet".to_string()),
+            };
+            shared.metrics.tftp.error(kind);
+            shared.metrics.tftp.request(name, "failed");
+            tracing::warn!(%peer, file = name, reason = %what, "TFTP transfer failed");
+        }
+    }
+    Ok(())
+}
