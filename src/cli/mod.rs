@@ -1,6 +1,7 @@
 //! The `imgbuild` command line: parsing (clap) and one module per subcommand.
 
 mod check;
+mod pin;
 mod profile;
 mod serve;
 
@@ -34,6 +35,8 @@ pub enum Command {
     Check(check::Args),
     /// Show, render or build the profile of one role (master, worker, storage).
     Profile(profile::Args),
+    /// Pin the image a role boots (`pin <role> <image-id>`), or list the pins (`pin --list`).
+    Pin(pin::Args),
     /// Run the netboot server: DHCP, TFTP and HTTP on the provisioning network.
     Serve(serve::Args),
 }
@@ -69,6 +72,7 @@ pub fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Check(a) => check::run(&cli, a),
         Command::Profile(a) => profile::run(&cli, a),
+        Command::Pin(a) => pin::run(&cli, a),
         Command::Serve(a) => serve::run(&cli, a),
     };
     match result {
