@@ -294,7 +294,7 @@ struct BodyState {
 }
 
 /// Streams `range` of `file` in [`CHUNK`]-sized reads on the blocking pool, counting bytes; records `event`
-/// when the last byte has been handed to the connection.
+/// when the last chunk is handed to the connection.
 fn stream_body(
     shared: Arc<Shared>,
     file: Arc<File>,
@@ -312,9 +312,6 @@ fn stream_body(
     };
     let stream = futures::stream::unfold(st, |mut st| async move {
         if st.pos >= st.end {
-            if let Some((mac, stage, detail)) = st.event.take() {
-                st.shared.events.record(mac, stage, detail, Source::Server);
-            }
             return None;
         }
         let n = ((st.end - st.pos) as usize).min(CHUNK);
@@ -328,6 +325,12 @@ fn stream_body(
             Ok(Ok(chunk)) => {
                 st.pos += n as u64;
                 st.shared.metrics.http.bytes(ROUTE, n as u64);
+                // hyper stops polling once Content-Length bytes are out: the last chunk is the end.
+                if st.pos >= st.end
+                    && let Some((mac, stage, detail)) = st.event.take()
+                {
+                    st.shared.events.record(mac, stage, detail, Source::Server);
+                }
                 Some((Ok::<Bytes, std::io::Error>(chunk), st))
             }
             Ok(Err(e)) => {
