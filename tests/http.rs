@@ -310,9 +310,9 @@ fn root_http_refuses_traversal_symlinks_and_damaged_images() {
     for p in [
         format!("/images/{id}/../../cluster.toml"),
         format!("/images/{id}/%2e%2e/%2e%2e/cluster.toml"),
-        format!("/images/%2e%2e/cluster.toml"),
+        "/images/%2e%2e/cluster.toml".to_string(),
         format!("/images/{id}/..%2f..%2fcluster.toml"),
-        format!("/images/..%2f..%2f..%2fetc/passwd"),
+        "/images/..%2f..%2f..%2fetc/passwd".to_string(),
         "/images/../../etc/passwd".to_string(),
         format!("/images/{id}/secret"),
         format!("/images/{id}/%2e%2e"),
