@@ -6,6 +6,8 @@
 //! no cap on concurrent transfers. The socket of a transfer is connected to the client, so datagrams from any
 //! other address or port never reach it.
 
+#[cfg(test)]
+mod fuzz;
 pub mod packet;
 pub mod transfer;
 
@@ -23,6 +25,9 @@ use super::bootfiles::{self, BootFiles};
 use super::server::Shared;
 use crate::status::Source;
 
+/// Client addresses with a transfer in progress.
+type Active = Arc<std::sync::Mutex<std::collections::HashSet<SocketAddr>>>;
+
 /// Largest datagram we read (an RRQ with options is far smaller; ACKs are 4 bytes).
 const RECV_BUF: usize = 2048;
 
@@ -39,6 +44,7 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
     );
     tracing::info!(%addr, "TFTP listening (read-only, allowlisted boot loaders)");
     let files = Arc::new(BootFiles::new());
+    let active: Active = Arc::default();
     let mut buf = vec![0u8; RECV_BUF];
     loop {
         let (n, peer) = match sock.recv_from(&mut buf).await {
@@ -51,7 +57,7 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
         };
         match Packet::parse(&buf[..n]) {
             Ok(Packet::Rrq(req)) => {
-                on_read_request(&shared, &files, &sock, peer, req).await;
+                on_read_request(&shared, &files, &active, &sock, peer, req).await;
             }
             Ok(Packet::Wrq(req)) => {
                 shared.metrics.tftp.error("write_refused");
@@ -79,6 +85,7 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
 async fn on_read_request(
     shared: &Arc<Shared>,
     files: &Arc<BootFiles>,
+    active: &Active,
     sock: &UdpSocket,
     peer: SocketAddr,
     req: Request,
@@ -101,42 +108,30 @@ async fn on_read_request(
             return;
         }
     };
-    let dir = shared.cluster().network.ipxe_binaries.clone();
-    let data = {
-        let files = files.clone();
-        let dir = dir.clone();
-        tokio::task::spawn_blocking(move || files.read(&dir, name)).await
-    };
-    let data = match data {
-        Ok(Ok(d)) => d,
-        Ok(Err(e)) => {
-            shared.metrics.tftp.error("missing");
-            shared.metrics.tftp.request(name, "missing");
-            tracing::error!(%peer, file = %dir.join(name).display(), error = %e, "TFTP: boot loader cannot be read");
-            let _ = sock
-                .send_to(
-                    &error_packet(ErrorCode::FileNotFound, "file not available"),
-                    peer,
-                )
-                .await;
-            return;
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "TFTP read task failed");
-            return;
-        }
-    };
+    if !active
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(peer)
+    {
+        // The client repeated its request while our first answer is on its way: one transfer per client port.
+        tracing::debug!(%peer, file = name, "repeated TFTP request ignored (transfer in progress)");
+        return;
+    }
     let local = SocketAddr::new(
         sock.local_addr()
             .map(|a| a.ip())
             .unwrap_or(server_ip(shared)),
         0,
     );
-    let shared = shared.clone();
+    let (shared, files, active) = (shared.clone(), files.clone(), active.clone());
     tokio::spawn(async move {
         shared.metrics.tftp.in_flight.inc();
-        let res = transfer_task(&shared, local, peer, &req, name, data).await;
+        let res = transfer_task(&shared, &files, local, peer, &req, name).await;
         shared.metrics.tftp.in_flight.dec();
+        active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&peer);
         if let Err(e) = res {
             shared.metrics.tftp.error("io");
             shared.metrics.tftp.request(name, "failed");
@@ -173,14 +168,32 @@ async fn send_all(
 
 async fn transfer_task(
     shared: &Shared,
+    files: &Arc<BootFiles>,
     local: SocketAddr,
     peer: SocketAddr,
     req: &Request,
     name: &'static str,
-    data: Bytes,
 ) -> std::io::Result<()> {
     let sock = UdpSocket::bind(local).await?;
     sock.connect(peer).await?;
+    let dir = shared.cluster().network.ipxe_binaries.clone();
+    let read = {
+        let (files, dir) = (files.clone(), dir.clone());
+        tokio::task::spawn_blocking(move || files.read(&dir, name))
+            .await
+            .map_err(std::io::Error::other)?
+    };
+    let data = match read {
+        Ok(d) => d,
+        Err(e) => {
+            shared.metrics.tftp.error("missing");
+            shared.metrics.tftp.request(name, "missing");
+            tracing::error!(%peer, file = %dir.join(name).display(), error = %e, "TFTP: boot loader cannot be read");
+            sock.send(&error_packet(ErrorCode::FileNotFound, "file not available"))
+                .await?;
+            return Ok(());
+        }
+    };
     let started = Instant::now();
     let (mut t, out) = Transfer::start(req, data.len() as u64, &Limits::default(), started);
     tracing::debug!(%peer, file = name, blksize = t.blksize(), windowsize = t.windowsize(), "TFTP transfer started");

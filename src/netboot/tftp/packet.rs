@@ -197,11 +197,15 @@ impl<'a> Packet<'a> {
                 // Some clients send no message or an unterminated one; keep what is there.
                 let msg = &body[2..];
                 let msg = msg.split(|&c| c == 0).next().unwrap_or(&[]);
-                Ok(Packet::Error {
-                    code,
-                    message: String::from_utf8_lossy(&msg[..msg.len().min(MAX_STRING)])
-                        .into_owned(),
-                })
+                let mut message = String::from_utf8_lossy(msg).into_owned();
+                if message.len() > MAX_STRING {
+                    let mut cut = MAX_STRING;
+                    while !message.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    message.truncate(cut);
+                }
+                Ok(Packet::Error { code, message })
             }
             OP_OACK => Ok(Packet::Oack {
                 options: options(&strings(body)?)?,
