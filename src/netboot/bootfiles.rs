@@ -102,9 +102,9 @@ impl BootFiles {
         Self::default()
     }
 
-    /// The contents of allowlisted `name` in `dir` (follows the configured file's symlink). Re-read when the
-    /// file's size or mtime changed.
-    pub fn read(&self, dir: &Path, name: &'static str) -> std::io::Result<Bytes> {
+    /// The cached contents of `name` if they are current (one `stat`, no read: cheap enough for an async task).
+    /// `Ok(None)`: not cached or changed; call [`BootFiles::read`] on a blocking thread.
+    pub fn cached(&self, dir: &Path, name: &'static str) -> std::io::Result<Option<Bytes>> {
         let path = dir.join(name);
         let meta = std::fs::metadata(&path)?;
         if !meta.is_file() {
@@ -114,15 +114,22 @@ impl BootFiles {
             ));
         }
         let mtime = meta.modified().ok();
-        {
-            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(c) = cache.get(&path)
-                && c.len == meta.len()
-                && c.mtime == mtime
-            {
-                return Ok(c.bytes.clone());
-            }
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(cache
+            .get(&path)
+            .filter(|c| c.len == meta.len() && c.mtime == mtime)
+            .map(|c| c.bytes.clone()))
+    }
+
+    /// The contents of allowlisted `name` in `dir` (follows the configured file's symlink). Re-read when the
+    /// file's size or mtime changed.
+    pub fn read(&self, dir: &Path, name: &'static str) -> std::io::Result<Bytes> {
+        if let Some(b) = self.cached(dir, name)? {
+            return Ok(b);
         }
+        let path = dir.join(name);
+        let meta = std::fs::metadata(&path)?;
+        let mtime = meta.modified().ok();
         let bytes = Bytes::from(std::fs::read(&path)?);
         self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(
             path,

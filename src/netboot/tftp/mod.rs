@@ -31,8 +31,27 @@ type Active = Arc<std::sync::Mutex<std::collections::HashSet<SocketAddr>>>;
 /// Largest datagram we read (an RRQ with options is far smaller; ACKs are 4 bytes).
 const RECV_BUF: usize = 2048;
 
-/// Runs the TFTP server until the socket fails.
+/// Runs the TFTP server until the socket fails. TFTP gets its own thread with a single-threaded runtime:
+/// lock-step transfers are latency-bound, and one thread that both polls the sockets and runs the transfers
+/// needs one wake-up per packet (as dnsmasq does) instead of a hand-off between runtime threads.
 pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("tftp".into())
+        .spawn(move || {
+            let res = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("TFTP: cannot start its runtime")
+                .and_then(|rt| rt.block_on(serve(shared)));
+            let _ = tx.send(res);
+        })
+        .context("TFTP: cannot start its thread")?;
+    rx.await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the TFTP thread ended without a result")))
+}
+
+async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
     let cluster = shared.cluster();
     let addr = SocketAddr::new(cluster.network.server.into(), cluster.network.tftp_port);
     let sock = UdpSocket::bind(addr).await.with_context(|| {
@@ -177,11 +196,14 @@ async fn transfer_task(
     let sock = UdpSocket::bind(local).await?;
     sock.connect(peer).await?;
     let dir = shared.cluster().network.ipxe_binaries.clone();
-    let read = {
-        let (files, dir) = (files.clone(), dir.clone());
-        tokio::task::spawn_blocking(move || files.read(&dir, name))
-            .await
-            .map_err(std::io::Error::other)?
+    let read = match files.cached(&dir, name) {
+        Ok(Some(d)) => Ok(d),
+        _ => {
+            let (files, dir) = (files.clone(), dir.clone());
+            tokio::task::spawn_blocking(move || files.read(&dir, name))
+                .await
+                .map_err(std::io::Error::other)?
+        }
     };
     let data = match read {
         Ok(d) => d,
