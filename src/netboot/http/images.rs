@@ -6,8 +6,9 @@
 //! the image directory are refused, as is any file whose size differs from its manifest entry.
 
 use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::net::SocketAddr;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use serde::Deserialize;
 
 use super::AppState;
@@ -95,11 +96,50 @@ pub async fn get_artifact(
     };
     let images = shared.cluster().paths.images.clone();
     let dir = images.join(&id);
+    let h = |n: header::HeaderName| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+    };
+    let conds = (
+        h(header::IF_NONE_MATCH),
+        h(header::RANGE),
+        h(header::IF_RANGE),
+    );
+    let head = method == axum::http::Method::HEAD;
+    // One trip to the blocking pool: verify, open, decide, and read the first chunk of the body.
     let opened = {
         let (dir, id) = (dir.clone(), id.clone());
-        tokio::task::spawn_blocking(move || open_artifact(&images, &dir, &id, file)).await
+        tokio::task::spawn_blocking(move || {
+            let (mut f, size, sha) = open_artifact(&images, &dir, &id, file)?;
+            let decision = decide(
+                conds.0.as_deref(),
+                conds.1.as_deref(),
+                conds.2.as_deref(),
+                &format!("\"{sha}\""),
+                size,
+            );
+            let range = match &decision {
+                Decision::Full => Some(0..size),
+                Decision::Partial(r) => Some(r.clone()),
+                _ => None,
+            };
+            let first = match range {
+                Some(r) if !head => Some(first_chunk(&mut f, r).map_err(|e| {
+                    (
+                        "io",
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("cannot read {file} of image {id}: {e}"),
+                    )
+                })?),
+                _ => None,
+            };
+            Ok::<_, Refused>((f, size, sha, decision, first))
+        })
+        .await
     };
-    let (f, size, sha) = match opened {
+    let (f, size, sha, decision, first) = match opened {
         Ok(Ok(x)) => x,
         Ok(Err((kind, status, msg))) => {
             if kind == "store_damaged" || kind == "symlink" {
@@ -120,14 +160,6 @@ pub async fn get_artifact(
         );
     }
     let etag = format!("\"{sha}\"");
-    let h = |n: header::HeaderName| headers.get(n).and_then(|v| v.to_str().ok());
-    let decision = decide(
-        h(header::IF_NONE_MATCH),
-        h(header::RANGE),
-        h(header::IF_RANGE),
-        &etag,
-        size,
-    );
     let mut resp = Response::builder()
         .header(header::ETAG, &etag)
         .header(header::CACHE_CONTROL, CACHE_FOREVER)
@@ -165,7 +197,7 @@ pub async fn get_artifact(
         }
     };
     resp = resp.header(header::CONTENT_LENGTH, range.end - range.start);
-    if method == axum::http::Method::HEAD {
+    if head {
         return resp
             .status(status)
             .body(Body::empty())
@@ -185,7 +217,7 @@ pub async fn get_artifact(
     } else {
         None
     };
-    let body = stream_body(shared.clone(), Arc::new(f), range, event);
+    let body = stream_body(shared.clone(), f, range, first.unwrap_or_default(), event);
     // A streamed body has no exact size hint, so the metrics layer leaves its bytes to the stream.
     resp.status(status).body(body).expect("valid response")
 }
@@ -286,26 +318,50 @@ impl Drop for InFlight {
 
 struct BodyState {
     shared: Arc<Shared>,
-    file: Arc<File>,
+    file: Option<File>,
+    /// Read but not yet handed out.
+    first: Option<Bytes>,
     pos: u64,
     end: u64,
     event: Option<(crate::config::MacAddr, &'static str, String)>,
     _guard: InFlight,
 }
 
-/// Streams `range` of `file` in [`CHUNK`]-sized reads on the blocking pool, counting bytes; records `event`
-/// when the last chunk is handed to the connection.
+/// Seeks to the start of `range` and reads the first chunk of it.
+fn first_chunk(f: &mut File, range: std::ops::Range<u64>) -> std::io::Result<Bytes> {
+    f.seek(SeekFrom::Start(range.start))?;
+    read_chunk(f, (range.end - range.start).min(CHUNK as u64))
+}
+
+/// Reads exactly `n` bytes at the current position (no zero-filling of the buffer).
+fn read_chunk(f: &mut File, n: u64) -> std::io::Result<Bytes> {
+    let mut v = Vec::with_capacity(n as usize);
+    f.take(n).read_to_end(&mut v)?;
+    if (v.len() as u64) < n {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "artifact shorter than its manifest entry",
+        ));
+    }
+    Ok(Bytes::from(v))
+}
+
+/// Streams `range` of `file` (whose first chunk `first` is already read, the file positioned after it) in
+/// [`CHUNK`]-sized reads on the blocking pool, counting bytes; records `event` when the last chunk is handed to
+/// the connection.
 fn stream_body(
     shared: Arc<Shared>,
-    file: Arc<File>,
+    file: File,
     range: std::ops::Range<u64>,
+    first: Bytes,
     event: Option<(crate::config::MacAddr, &'static str, String)>,
 ) -> Body {
     shared.metrics.http.in_flight.inc();
     let st = BodyState {
         _guard: InFlight(shared.clone()),
         shared,
-        file,
+        file: Some(file),
+        first: Some(first),
         pos: range.start,
         end: range.end,
         event,
@@ -314,17 +370,30 @@ fn stream_body(
         if st.pos >= st.end {
             return None;
         }
-        let n = ((st.end - st.pos) as usize).min(CHUNK);
-        let (file, pos) = (st.file.clone(), st.pos);
-        let read = tokio::task::spawn_blocking(move || {
-            let mut buf = BytesMut::zeroed(n);
-            file.read_exact_at(&mut buf, pos).map(|_| buf.freeze())
-        })
-        .await;
+        let read = match st.first.take() {
+            Some(b) => Ok(b),
+            None => {
+                let n = (st.end - st.pos).min(CHUNK as u64);
+                let mut file = st.file.take().expect("file present while streaming");
+                match tokio::task::spawn_blocking(move || {
+                    let r = read_chunk(&mut file, n);
+                    (file, r)
+                })
+                .await
+                {
+                    Ok((file, r)) => {
+                        st.file = Some(file);
+                        r
+                    }
+                    Err(e) => Err(std::io::Error::other(e)),
+                }
+            }
+        };
         match read {
-            Ok(Ok(chunk)) => {
-                st.pos += n as u64;
-                st.shared.metrics.http.bytes(ROUTE, n as u64);
+            Ok(chunk) => {
+                let n = chunk.len() as u64;
+                st.pos += n;
+                st.shared.metrics.http.bytes(ROUTE, n);
                 // hyper stops polling once Content-Length bytes are out: the last chunk is the end.
                 if st.pos >= st.end
                     && let Some((mac, stage, detail)) = st.event.take()
@@ -333,17 +402,12 @@ fn stream_body(
                 }
                 Some((Ok::<Bytes, std::io::Error>(chunk), st))
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 st.shared.metrics.http.error("io");
                 tracing::error!(error = %e, "reading an image artifact failed mid-response");
                 st.pos = st.end;
                 st.event = None;
                 Some((Err(e), st))
-            }
-            Err(e) => {
-                st.pos = st.end;
-                st.event = None;
-                Some((Err(std::io::Error::other(e)), st))
             }
         }
     });
