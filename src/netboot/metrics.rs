@@ -1,15 +1,6 @@
-//! Prometheus metrics of the netboot server, served as text at `GET /metrics`.
-//!
-//! [`Metrics`] lives in [`crate::netboot::server::Shared::metrics`]. TFTP and HTTP families are built at
-//! start-up; another module adds its own with [`Metrics::register`]:
-//!
-//! ```ignore
-//! let requests = Family::<MyLabels, Counter>::default();
-//! shared.metrics.register(|r| r.register("dhcp_packets", "DHCP packets by type", requests.clone()));
-//! // keep `requests` (clones share the same series) and increment it from the protocol loop
-//! ```
-
-use std::sync::Mutex;
+//! The TFTP and HTTP metric families. Each protocol registers its families in
+//! [`crate::netboot::server::Shared::registry`] when it starts (`TftpMetrics::register`,
+//! `HttpMetrics::register`) and keeps the handles; `GET /metrics` encodes the registry.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -72,25 +63,17 @@ pub struct HttpMetrics {
     pub errors: Family<Kind, Counter>,
 }
 
-/// The registry and the families of TFTP and HTTP.
-pub struct Metrics {
-    registry: Mutex<Registry>,
-    pub tftp: TftpMetrics,
-    pub http: HttpMetrics,
+type SharedRegistry = std::sync::Mutex<Registry>;
+
+fn lock(r: &SharedRegistry) -> std::sync::MutexGuard<'_, Registry> {
+    r.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Metrics {
-    /// A registry with prefix `imgbuild` holding the TFTP and HTTP families.
-    pub fn new() -> Self {
-        let mut r = Registry::with_prefix("imgbuild");
+impl TftpMetrics {
+    /// Builds the TFTP families and registers them in `registry` (`Shared::registry`); call once at start.
+    pub fn register(registry: &SharedRegistry) -> Self {
         let tftp = TftpMetrics::default();
-        let http = HttpMetrics::default();
+        let mut r = lock(registry);
         r.register(
             "tftp_requests",
             "TFTP read requests by file and result",
@@ -112,6 +95,28 @@ impl Metrics {
             "TFTP packets sent again after a timeout or partial ACK",
             tftp.retransmits.clone(),
         );
+        tftp
+    }
+
+    pub fn error(&self, kind: &str) {
+        self.errors.get_or_create(&Kind { kind: kind.into() }).inc();
+    }
+
+    pub fn request(&self, file: &str, result: &str) {
+        self.requests
+            .get_or_create(&FileResult {
+                file: file.into(),
+                result: result.into(),
+            })
+            .inc();
+    }
+}
+
+impl HttpMetrics {
+    /// Builds the HTTP families and registers them in `registry` (`Shared::registry`); call once at start.
+    pub fn register(registry: &SharedRegistry) -> Self {
+        let http = HttpMetrics::default();
+        let mut r = lock(registry);
         r.register(
             "http_requests",
             "HTTP requests by route and status",
@@ -128,43 +133,9 @@ impl Metrics {
             http.in_flight.clone(),
         );
         r.register("http_errors", "HTTP errors by kind", http.errors.clone());
-        Metrics {
-            registry: Mutex::new(r),
-            tftp,
-            http,
-        }
+        http
     }
 
-    /// Adds families of another module (DHCP, status, ...) to the registry.
-    pub fn register(&self, f: impl FnOnce(&mut Registry)) {
-        f(&mut self.registry.lock().unwrap_or_else(|p| p.into_inner()));
-    }
-
-    /// The Prometheus text exposition of every registered family.
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        let r = self.registry.lock().unwrap_or_else(|p| p.into_inner());
-        prometheus_client::encoding::text::encode(&mut out, &r).expect("writing to a String");
-        out
-    }
-}
-
-impl TftpMetrics {
-    pub fn error(&self, kind: &str) {
-        self.errors.get_or_create(&Kind { kind: kind.into() }).inc();
-    }
-
-    pub fn request(&self, file: &str, result: &str) {
-        self.requests
-            .get_or_create(&FileResult {
-                file: file.into(),
-                result: result.into(),
-            })
-            .inc();
-    }
-}
-
-impl HttpMetrics {
     pub fn error(&self, kind: &str) {
         self.errors.get_or_create(&Kind { kind: kind.into() }).inc();
     }
@@ -192,25 +163,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn families_are_exposed_and_others_can_register() {
-        let m = Metrics::new();
-        m.tftp.request("snponly.efi", "ok");
-        m.http.request("/images/{id}/{file}", 206);
-        let c: Counter = Counter::default();
-        m.register(|r| r.register("dhcp_offers", "offers", c.clone()));
-        c.inc();
-        let t = m.encode();
+    fn families_are_registered_and_encoded() {
+        let reg = std::sync::Mutex::new(Registry::with_prefix("imgbuild"));
+        let t = TftpMetrics::register(&reg);
+        let h = HttpMetrics::register(&reg);
+        t.request("snponly.efi", "ok");
+        h.request("/images/{id}/{file}", 206);
+        h.error("traversal");
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg.lock().unwrap()).unwrap();
         assert!(
-            t.contains(r#"imgbuild_tftp_requests_total{file="snponly.efi",result="ok"} 1"#),
-            "{t}"
+            out.contains(r#"imgbuild_tftp_requests_total{file="snponly.efi",result="ok"} 1"#),
+            "{out}"
         );
         assert!(
-            t.contains(
+            out.contains(
                 r#"imgbuild_http_requests_total{route="/images/{id}/{file}",status="206"} 1"#
             ),
-            "{t}"
+            "{out}"
         );
-        assert!(t.contains("imgbuild_dhcp_offers_total 1"), "{t}");
-        assert!(t.contains("imgbuild_tftp_transfers_in_flight 0"), "{t}");
+        assert!(
+            out.contains(r#"imgbuild_http_errors_total{kind="traversal"} 1"#),
+            "{out}"
+        );
+        assert!(out.contains("imgbuild_tftp_transfers_in_flight 0"), "{out}");
     }
 }

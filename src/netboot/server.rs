@@ -10,7 +10,6 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use super::boot::{Booter, PinnedImage};
-use super::metrics::Metrics;
 use crate::config::{Cluster, Role};
 use crate::status::Events;
 
@@ -20,8 +19,8 @@ pub struct Shared {
     cluster: ArcSwap<Cluster>,
     booter: ArcSwap<Booter>,
     pub events: Events,
-    /// The Prometheus registry (`GET /metrics`); see [`Metrics::register`] to add a module's families.
-    pub metrics: Metrics,
+    /// Every protocol registers its metric families here when it starts; `/metrics` encodes it.
+    pub registry: std::sync::Mutex<prometheus_client::registry::Registry>,
 }
 
 impl Shared {
@@ -37,8 +36,24 @@ impl Shared {
             booter: ArcSwap::from_pointee(Booter::new(cluster.clone(), pins)),
             cluster: ArcSwap::new(cluster),
             events,
-            metrics: Metrics::new(),
+            registry: std::sync::Mutex::new(prometheus_client::registry::Registry::with_prefix(
+                "imgbuild",
+            )),
         }
+    }
+
+    /// Registers metric families (call once per protocol at start-up).
+    pub fn register_metrics(&self, f: impl FnOnce(&mut prometheus_client::registry::Registry)) {
+        f(&mut self.registry.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// The Prometheus text exposition of every registered metric.
+    pub fn encode_metrics(&self) -> String {
+        let mut out = String::new();
+        let reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        prometheus_client::encoding::text::encode(&mut out, &reg)
+            .expect("writing to a String cannot fail");
+        out
     }
 
     /// The current cluster description.

@@ -24,7 +24,7 @@ pub struct EventForm {
 pub const MAX_DETAIL: usize = 1024;
 
 fn bad(st: &AppState, msg: String) -> Response {
-    st.shared.metrics.http.error("bad_request");
+    st.metrics.error("bad_request");
     tracing::warn!("event refused: {msg}");
     (StatusCode::BAD_REQUEST, format!("{msg}\n")).into_response()
 }

@@ -22,6 +22,7 @@ use serde::Deserialize;
 use super::AppState;
 use super::range::{Decision, decide};
 use crate::image::manifest::{self, Manifest};
+use crate::netboot::metrics::HttpMetrics;
 use crate::netboot::server::Shared;
 use crate::status::Source;
 
@@ -50,8 +51,8 @@ fn is_image_id(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-fn refuse(shared: &Shared, kind: &str, status: StatusCode, msg: String) -> Response {
-    shared.metrics.http.error(kind);
+fn refuse(m: &HttpMetrics, kind: &str, status: StatusCode, msg: String) -> Response {
+    m.error(kind);
     (status, msg).into_response()
 }
 
@@ -72,7 +73,7 @@ pub async fn get_artifact(
     if looks_like_traversal(&id) || looks_like_traversal(&file) {
         tracing::warn!(%peer, %id, %file, "path traversal attempt refused");
         return refuse(
-            shared,
+            &st.metrics,
             "traversal",
             StatusCode::NOT_FOUND,
             "not found\n".into(),
@@ -80,7 +81,7 @@ pub async fn get_artifact(
     }
     if !is_image_id(&id) {
         return refuse(
-            shared,
+            &st.metrics,
             "not_found",
             StatusCode::NOT_FOUND,
             format!("{id:?} is not an image id (64 lowercase hex digits)\n"),
@@ -88,7 +89,7 @@ pub async fn get_artifact(
     }
     let Some(&file) = SERVED.iter().find(|f| **f == file) else {
         return refuse(
-            shared,
+            &st.metrics,
             "not_found",
             StatusCode::NOT_FOUND,
             format!("images serve only {}\n", SERVED.join(", ")),
@@ -145,7 +146,7 @@ pub async fn get_artifact(
             if kind == "store_damaged" || kind == "symlink" {
                 tracing::error!(%peer, image = %id, file, "{msg}");
             }
-            return refuse(shared, kind, status, format!("{msg}\n"));
+            return refuse(&st.metrics, kind, status, format!("{msg}\n"));
         }
         Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     };
@@ -153,7 +154,7 @@ pub async fn get_artifact(
         && *want != sha
     {
         return refuse(
-            shared,
+            &st.metrics,
             "digest_mismatch",
             StatusCode::NOT_FOUND,
             format!("image {id} has no {file} with sha256 {want}\n"),
@@ -180,7 +181,7 @@ pub async fn get_artifact(
                 .expect("static response");
         }
         Decision::Unsatisfiable => {
-            shared.metrics.http.error("range_not_satisfiable");
+            st.metrics.error("range_not_satisfiable");
             return resp
                 .status(StatusCode::RANGE_NOT_SATISFIABLE)
                 .header(header::CONTENT_RANGE, format!("bytes */{size}"))
@@ -217,7 +218,14 @@ pub async fn get_artifact(
     } else {
         None
     };
-    let body = stream_body(shared.clone(), f, range, first.unwrap_or_default(), event);
+    let body = stream_body(
+        shared.clone(),
+        st.metrics.clone(),
+        f,
+        range,
+        first.unwrap_or_default(),
+        event,
+    );
     // A streamed body has no exact size hint, so the metrics layer leaves its bytes to the stream.
     resp.status(status).body(body).expect("valid response")
 }
@@ -308,16 +316,17 @@ fn open_artifact(
 }
 
 /// Decrements the in-flight gauge when the body is finished or dropped.
-struct InFlight(Arc<Shared>);
+struct InFlight(HttpMetrics);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.metrics.http.in_flight.dec();
+        self.0.in_flight.dec();
     }
 }
 
 struct BodyState {
     shared: Arc<Shared>,
+    metrics: HttpMetrics,
     file: Option<File>,
     /// Read but not yet handed out.
     first: Option<Bytes>,
@@ -351,14 +360,16 @@ fn read_chunk(f: &mut File, n: u64) -> std::io::Result<Bytes> {
 /// the connection.
 fn stream_body(
     shared: Arc<Shared>,
+    metrics: HttpMetrics,
     file: File,
     range: std::ops::Range<u64>,
     first: Bytes,
     event: Option<(crate::config::MacAddr, &'static str, String)>,
 ) -> Body {
-    shared.metrics.http.in_flight.inc();
+    metrics.in_flight.inc();
     let st = BodyState {
-        _guard: InFlight(shared.clone()),
+        _guard: InFlight(metrics.clone()),
+        metrics,
         shared,
         file: Some(file),
         first: Some(first),
@@ -393,7 +404,7 @@ fn stream_body(
             Ok(chunk) => {
                 let n = chunk.len() as u64;
                 st.pos += n;
-                st.shared.metrics.http.bytes(ROUTE, n);
+                st.metrics.bytes(ROUTE, n);
                 // hyper stops polling once Content-Length bytes are out: the last chunk is the end.
                 if st.pos >= st.end
                     && let Some((mac, stage, detail)) = st.event.take()
@@ -403,7 +414,7 @@ fn stream_body(
                 Some((Ok::<Bytes, std::io::Error>(chunk), st))
             }
             Err(e) => {
-                st.shared.metrics.http.error("io");
+                st.metrics.error("io");
                 tracing::error!(error = %e, "reading an image artifact failed mid-response");
                 st.pos = st.end;
                 st.event = None;

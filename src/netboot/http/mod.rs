@@ -6,8 +6,8 @@
 //! - [`events`]: `POST /api/events`
 //! - `GET /boot/{name}`, `GET /healthz`, `GET /metrics` (this file)
 //!
-//! [`routes`] is this module's router; [`app`] merges the other modules' routers (status page, enrollment)
-//! and adds the metrics layer over all of them.
+//! [`app`] builds this module's routes, merges the other modules' routers (status page, enrollment) and adds
+//! the metrics layer over all of them.
 
 pub mod events;
 pub mod images;
@@ -27,6 +27,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use super::bootfiles::{self, BootFiles};
+use super::metrics::HttpMetrics;
 use super::pinwatch::PinWatch;
 use super::server::Shared;
 
@@ -34,17 +35,13 @@ use super::server::Shared;
 #[derive(Clone)]
 pub struct AppState {
     pub shared: Arc<Shared>,
+    pub metrics: HttpMetrics,
     pub boot_files: Arc<BootFiles>,
     pub pins: Arc<PinWatch>,
 }
 
 /// This module's routes (without the metrics layer).
-pub fn routes(shared: Arc<Shared>) -> Router {
-    let state = AppState {
-        pins: Arc::new(PinWatch::new(&shared)),
-        shared,
-        boot_files: Arc::new(BootFiles::new()),
-    };
+fn routes(state: AppState) -> Router {
     Router::new()
         .route("/boot.ipxe", get(script::boot_ipxe))
         .route("/ipxe/{mac}", get(script::by_mac))
@@ -56,25 +53,32 @@ pub fn routes(shared: Arc<Shared>) -> Router {
         .with_state(state)
 }
 
-/// The whole HTTP application: every module's routes, with request metrics over all of them.
+/// The whole HTTP application: every module's routes, with request metrics over all of them. Registers the
+/// HTTP metric families in `shared.registry`: call once per process.
 /// Other modules' routers (`status::routes`, enrollment) are merged here.
 pub fn app(shared: Arc<Shared>) -> Router {
+    let state = AppState {
+        metrics: HttpMetrics::register(&shared.registry),
+        pins: Arc::new(PinWatch::new(&shared)),
+        boot_files: Arc::new(BootFiles::new()),
+        shared: shared.clone(),
+    };
     Router::new()
-        .merge(routes(shared.clone()))
+        .merge(routes(state.clone()))
         // .merge(crate::status::routes(shared.clone()))  ← other modules' routers go here
-        .layer(axum::middleware::from_fn_with_state(shared, track))
+        .layer(axum::middleware::from_fn_with_state(state, track))
 }
 
 /// Counts every request by route template and status, and the bytes of bodies of known length (streamed
 /// artifact bodies count themselves as they are sent).
-async fn track(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+async fn track(State(st): State<AppState>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
     let resp = next.run(req).await;
-    let m = &shared.metrics.http;
+    let m = &st.metrics;
     m.request(&route, resp.status().as_u16());
     if resp.status() == StatusCode::NOT_FOUND && route == "unmatched" {
         m.error("not_found");
@@ -91,14 +95,14 @@ async fn metrics(State(st): State<AppState>) -> Response {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        st.shared.metrics.encode(),
+        st.shared.encode_metrics(),
     )
         .into_response()
 }
 
 /// `GET /boot/{name}`: an allowlisted boot loader (UEFI HTTP Boot fetches `snponly.efi` here).
 async fn boot_loader(State(st): State<AppState>, Path(name): Path<String>) -> Response {
-    let m = &st.shared.metrics.http;
+    let m = &st.metrics;
     let allowed = match bootfiles::check_name(&name, st.shared.booter().boot_loader_names()) {
         Ok(n) => n,
         Err(r) => {

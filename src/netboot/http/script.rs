@@ -62,7 +62,7 @@ fn ipxe(text: String) -> Response {
 }
 
 fn template_error(st: &AppState, e: crate::template::TemplateError) -> Response {
-    st.shared.metrics.http.error("template");
+    st.metrics.error("template");
     tracing::error!(error = %e, "iPXE template failed to render");
     (
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -75,7 +75,7 @@ fn script_for(st: &AppState, mac_text: &str) -> Response {
     let mac: MacAddr = match mac_text.parse() {
         Ok(m) => m,
         Err(e) => {
-            st.shared.metrics.http.error("bad_request");
+            st.metrics.error("bad_request");
             return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
         }
     };

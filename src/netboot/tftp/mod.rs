@@ -22,6 +22,7 @@ use tokio::net::UdpSocket;
 use self::packet::{ErrorCode, Packet, Request, encode_data_header, error_packet};
 use self::transfer::{Failure, Limits, Outgoing, Phase, Transfer};
 use super::bootfiles::{self, BootFiles};
+use super::metrics::TftpMetrics;
 use super::server::Shared;
 use crate::status::Source;
 
@@ -52,6 +53,7 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
 }
 
 async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
+    let m = TftpMetrics::register(&shared.registry);
     let cluster = shared.cluster();
     let addr = SocketAddr::new(cluster.network.server.into(), cluster.network.tftp_port);
     let sock = UdpSocket::bind(addr).await.with_context(|| {
@@ -76,11 +78,11 @@ async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
         };
         match Packet::parse(&buf[..n]) {
             Ok(Packet::Rrq(req)) => {
-                on_read_request(&shared, &files, &active, &sock, peer, req).await;
+                on_read_request(&shared, &m, &files, &active, &sock, peer, req).await;
             }
             Ok(Packet::Wrq(req)) => {
-                shared.metrics.tftp.error("write_refused");
-                shared.metrics.tftp.request("-", "refused");
+                m.error("write_refused");
+                m.request("-", "refused");
                 tracing::warn!(%peer, file = %req.filename, "TFTP write request refused: this server is read-only");
                 let _ = sock
                     .send_to(
@@ -90,11 +92,11 @@ async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
                     .await;
             }
             Ok(other) => {
-                shared.metrics.tftp.error("unexpected_packet");
+                m.error("unexpected_packet");
                 tracing::debug!(%peer, packet = ?other, "TFTP packet other than a request on the listening port; dropped");
             }
             Err(e) => {
-                shared.metrics.tftp.error("malformed");
+                m.error("malformed");
                 tracing::debug!(%peer, error = %e, "malformed TFTP packet dropped");
             }
         }
@@ -103,6 +105,7 @@ async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
 
 async fn on_read_request(
     shared: &Arc<Shared>,
+    m: &TftpMetrics,
     files: &Arc<BootFiles>,
     active: &Active,
     sock: &UdpSocket,
@@ -113,8 +116,8 @@ async fn on_read_request(
     let name = match bootfiles::check_name(&req.filename, booter.boot_loader_names()) {
         Ok(n) => n,
         Err(r) => {
-            shared.metrics.tftp.error(r.kind());
-            shared.metrics.tftp.request("-", "refused");
+            m.error(r.kind());
+            m.request("-", "refused");
             tracing::warn!(%peer, file = %req.filename, reason = %r, "TFTP request refused");
             let code = if r == bootfiles::Refusal::NotAllowed {
                 ErrorCode::FileNotFound
@@ -142,18 +145,18 @@ async fn on_read_request(
             .unwrap_or(server_ip(shared)),
         0,
     );
-    let (shared, files, active) = (shared.clone(), files.clone(), active.clone());
+    let (shared, files, active, m) = (shared.clone(), files.clone(), active.clone(), m.clone());
     tokio::spawn(async move {
-        shared.metrics.tftp.in_flight.inc();
-        let res = transfer_task(&shared, &files, local, peer, &req, name).await;
-        shared.metrics.tftp.in_flight.dec();
+        m.in_flight.inc();
+        let res = transfer_task(&shared, &m, &files, local, peer, &req, name).await;
+        m.in_flight.dec();
         active
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&peer);
         if let Err(e) = res {
-            shared.metrics.tftp.error("io");
-            shared.metrics.tftp.request(name, "failed");
+            m.error("io");
+            m.request(name, "failed");
             tracing::warn!(%peer, file = name, error = %e, "TFTP transfer failed");
         }
     });
@@ -187,6 +190,7 @@ async fn send_all(
 
 async fn transfer_task(
     shared: &Shared,
+    m: &TftpMetrics,
     files: &Arc<BootFiles>,
     local: SocketAddr,
     peer: SocketAddr,
@@ -208,8 +212,8 @@ async fn transfer_task(
     let data = match read {
         Ok(d) => d,
         Err(e) => {
-            shared.metrics.tftp.error("missing");
-            shared.metrics.tftp.request(name, "missing");
+            m.error("missing");
+            m.request(name, "missing");
             tracing::error!(%peer, file = %dir.join(name).display(), error = %e, "TFTP: boot loader cannot be read");
             sock.send(&error_packet(ErrorCode::FileNotFound, "file not available"))
                 .await?;
@@ -229,12 +233,12 @@ async fn transfer_task(
                 match r {
                     Ok(n) => match Packet::parse(&buf[..n]) {
                         Ok(p) => t.on_packet(&p, Instant::now()),
-                        Err(_) => { shared.metrics.tftp.error("malformed"); Vec::new() }
+                        Err(_) => { m.error("malformed"); Vec::new() }
                     },
                     // ICMP port unreachable: the client went away.
                     Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                        shared.metrics.tftp.error("client_gone");
-                        shared.metrics.tftp.request(name, "aborted");
+                        m.error("client_gone");
+                        m.request(name, "aborted");
                         tracing::info!(%peer, file = name, "TFTP client went away");
                         return Ok(());
                     }
@@ -245,11 +249,11 @@ async fn transfer_task(
         };
         send_all(&sock, &out, &data, &mut pkt).await?;
     }
-    shared.metrics.tftp.retransmits.inc_by(t.retransmits);
-    shared.metrics.tftp.bytes.inc_by(t.bytes_acked());
+    m.retransmits.inc_by(t.retransmits);
+    m.bytes.inc_by(t.bytes_acked());
     match t.phase() {
         Phase::Done => {
-            shared.metrics.tftp.request(name, "ok");
+            m.request(name, "ok");
             let secs = started.elapsed().as_secs_f64();
             tracing::info!(%peer, file = name, bytes = data.len(), secs, blksize = t.blksize(), windowsize = t.windowsize(), "TFTP transfer complete");
             let detail = format!("{name} via TFTP");
@@ -272,8 +276,8 @@ async fn transfer_task(
                 }
                 _ => ("illegal_packet", "illegal packet".to_string()),
             };
-            shared.metrics.tftp.error(kind);
-            shared.metrics.tftp.request(name, "failed");
+            m.error(kind);
+            m.request(name, "failed");
             tracing::warn!(%peer, file = name, reason = %what, "TFTP transfer failed");
         }
     }
