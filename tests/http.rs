@@ -357,9 +357,17 @@ fn root_http_boot_loaders_health_metrics_and_event_validation() {
     let c = ClusterDir::new(None);
     let _server = Server::start(&ns, &c);
     // UEFI HTTP Boot fetches the allowlisted loaders; nothing else.
-    let (code, _, body) = http(&ns, &[], "/boot/snponly.efi");
+    let (code, _, body) = http(&ns, &["--interface", WORKER1_IP], "/boot/snponly.efi");
     assert_eq!(code, 200);
     assert!(body == std::fs::read("/usr/lib/ipxe/snponly.efi").unwrap());
+    let boot: Vec<_> = c
+        .events()
+        .into_iter()
+        .filter(|e| e["stage"] == "bootfile")
+        .collect();
+    assert_eq!(boot.len(), 1, "{boot:?}");
+    assert_eq!(boot[0]["mac"], WORKER1);
+    assert_eq!(boot[0]["detail"], "snponly.efi via HTTP");
     for p in [
         "/boot/ipxe.lkrn",
         "/boot/..%2f..%2fetc%2fpasswd",

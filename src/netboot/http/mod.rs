@@ -20,7 +20,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::Router;
 use axum::body::HttpBody as _;
-use axum::extract::{MatchedPath, Path, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -101,7 +101,13 @@ async fn metrics(State(st): State<AppState>) -> Response {
 }
 
 /// `GET /boot/{name}`: an allowlisted boot loader (UEFI HTTP Boot fetches `snponly.efi` here).
-async fn boot_loader(State(st): State<AppState>, Path(name): Path<String>) -> Response {
+/// A GET of a whole boot loader from an inventory address records the `bootfile` event.
+async fn boot_loader(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: axum::http::Method,
+) -> Response {
     let m = &st.metrics;
     let allowed = match bootfiles::check_name(&name, st.shared.booter().boot_loader_names()) {
         Ok(n) => n,
@@ -114,14 +120,26 @@ async fn boot_loader(State(st): State<AppState>, Path(name): Path<String>) -> Re
     let dir = st.shared.cluster().network.ipxe_binaries.clone();
     let files = st.boot_files.clone();
     match tokio::task::spawn_blocking(move || files.read(&dir, allowed)).await {
-        Ok(Ok(bytes)) => (
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            )],
-            bytes,
-        )
-            .into_response(),
+        Ok(Ok(bytes)) => {
+            if method == axum::http::Method::GET
+                && let Some(mac) = super::peers::mac_for_ip(&st.shared, peer.ip())
+            {
+                st.shared.events.record(
+                    mac,
+                    "bootfile",
+                    format!("{allowed} via HTTP"),
+                    crate::status::Source::Server,
+                );
+            }
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                )],
+                bytes,
+            )
+                .into_response()
+        }
         Ok(Err(e)) => {
             m.error("missing");
             tracing::error!(file = allowed, error = %e, "boot loader cannot be read");
