@@ -257,3 +257,48 @@ fn root_tftp_serves_100_concurrent_clients() {
         );
     }
 }
+
+#[test]
+fn root_tftp_retransmits_with_backoff_to_a_silent_client_and_stops_on_its_error() {
+    let ns = Netns::new();
+    let c = ClusterDir::new(None);
+    let server = Server::start(&ns, &c);
+    // A raw client that never acknowledges: block 1 must come again after 1 s, then after 2 s more.
+    let script = r#"
+import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(6)
+s.sendto(b'\x00\x01snponly.efi\x00octet\x00', ('10.77.0.1', 69))
+ts = []
+for i in range(3):
+    d, a = s.recvfrom(2000)
+    ts.append(time.monotonic())
+    assert d[:4] == b'\x00\x03\x00\x01', d[:4]
+s.sendto(b'\x00\x05\x00\x00client gives up\x00', a)
+print(' '.join('%.2f' % (t - ts[0]) for t in ts))
+"#;
+    let o = ns.exec(20, &["python3", "-c", script]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let t: Vec<f64> = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    assert!(
+        (0.8..1.8).contains(&t[1]),
+        "first retransmission after ~1 s: {t:?}"
+    );
+    assert!(
+        (2.6..4.0).contains(&t[2]),
+        "second after ~2 s more (backoff): {t:?}"
+    );
+    assert!(
+        server.wait_log("TFTP transfer ended by the client"),
+        "{}",
+        server.log_text()
+    );
+    assert!(server.log_text().contains("client gives up"));
+    let (_, _, m) = http(&ns, &[], "/metrics");
+    let m = String::from_utf8(m).unwrap();
+    assert!(m.contains("imgbuild_tftp_retransmits_total 2"), "{m}");
+    assert!(m.contains("imgbuild_tftp_transfers_in_flight 0"), "{m}");
+}

@@ -278,7 +278,12 @@ async fn transfer_task(
             };
             m.error(kind);
             m.request(name, "failed");
-            tracing::warn!(%peer, file = name, reason = %what, "TFTP transfer failed");
+            if kind == "client_error" {
+                // Routine: many PXE ROMs ask for tsize, then abort with ERROR 8 and ask again.
+                tracing::info!(%peer, file = name, reason = %what, "TFTP transfer ended by the client");
+            } else {
+                tracing::warn!(%peer, file = name, reason = %what, "TFTP transfer failed");
+            }
         }
     }
     Ok(())
