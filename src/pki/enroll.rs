@@ -82,8 +82,8 @@ pub struct Store {
 }
 
 /// An exclusive lock on the store, held until dropped.
-pub struct Locked<'a> {
-    store: &'a Store,
+pub struct Locked {
+    path: PathBuf,
     _file: std::fs::File,
     pub state: EnrollState,
 }
@@ -103,7 +103,7 @@ impl Store {
     }
 
     /// Takes the lock and reads the state (an absent file is the empty state).
-    pub fn lock(&self) -> Result<Locked<'_>, PkiError> {
+    pub fn lock(&self) -> Result<Locked, PkiError> {
         if let Some(d) = self.lock.parent() {
             std::fs::create_dir_all(d).map_err(io_err(d))?;
         }
@@ -130,7 +130,7 @@ impl Store {
             Err(e) => return Err(io_err(&self.path)(e)),
         };
         Ok(Locked {
-            store: self,
+            path: self.path.clone(),
             _file: f,
             state,
         })
@@ -142,12 +142,12 @@ impl Store {
     }
 }
 
-impl Locked<'_> {
+impl Locked {
     /// Writes the state back atomically (still holding the lock).
     pub fn save(&self) -> Result<(), PkiError> {
         let mut v = serde_json::to_vec_pretty(&self.state).expect("state serializes");
         v.push(b'\n');
-        write_atomic(&self.store.path, &v, 0o600)
+        write_atomic(&self.path, &v, 0o600)
     }
 }
 

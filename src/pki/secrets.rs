@@ -96,7 +96,8 @@ pub fn init(dir: &Path) -> Result<Summary, PkiError> {
         token: token::generate(),
         expires_unix: token::now_unix() + token::DEFAULT_TTL_SECS,
         source: "secrets init".into(),
-        published_unix: token::now_unix(),
+        // Not published yet: the first master's first publication is always newer.
+        published_unix: 0,
     };
     let key: [u8; 32] = rand::rng().random();
     let files: Vec<(&str, Vec<u8>)> = vec![
