@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+mod common;
 use std::sync::Arc;
 
 use imgbuild::config::MacAddr;
@@ -24,21 +26,6 @@ struct Lab {
     server: tokio::task::JoinHandle<()>,
 }
 
-fn write_cluster(dir: &Path) -> PathBuf {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(repo.join("cluster.toml"))
-        .unwrap()
-        .replace("10.77.0.", "127.77.0.");
-    let text = format!(
-        "{text}\n[paths]\nprofiles = \"{}\"\nipxe = \"{}\"\nstate = \"state\"\nsecrets = \"secrets\"\nimages = \"images\"\ncache = \"cache\"\n",
-        repo.join("profiles").display(),
-        repo.join("ipxe").display()
-    );
-    let p = dir.join("cluster.toml");
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
 async fn serve(shared: Arc<Shared>) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let app = enroll::routes(shared);
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -54,7 +41,7 @@ async fn serve(shared: Arc<Shared>) -> (SocketAddr, tokio::task::JoinHandle<()>)
 impl Lab {
     async fn new() -> Lab {
         let dir = tempfile::tempdir().unwrap();
-        let config = write_cluster(dir.path());
+        let config = common::write_cluster(dir.path(), true, |t| t);
         let cluster = imgbuild::config::load(&config).unwrap();
         secrets::init(&cluster.paths.secrets).unwrap();
         let shared = Arc::new(Shared::new(
