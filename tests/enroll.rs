@@ -73,21 +73,41 @@ impl Lab {
     }
 
     /// curl from `src`: (status, Retry-After, body).
-    async fn curl(&self, src: &str, path: &str, form: Option<&str>) -> (u16, Option<String>, String) {
+    async fn curl(
+        &self,
+        src: &str,
+        path: &str,
+        form: Option<&str>,
+    ) -> (u16, Option<String>, String) {
         let url = format!("http://{}{}", self.addr, path);
         let mut cmd = tokio::process::Command::new("curl");
-        cmd.args(["-sS", "--max-time", "10", "--interface", src, "-D", "-", &url]);
+        cmd.args([
+            "-sS",
+            "--max-time",
+            "10",
+            "--interface",
+            src,
+            "-D",
+            "-",
+            &url,
+        ]);
         if let Some(f) = form {
             cmd.args(["--data", f]);
         }
         let out = cmd.output().await.expect("curl runs");
-        assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "curl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = String::from_utf8(out.stdout).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-        let retry = head
-            .lines()
-            .find_map(|l| l.to_ascii_lowercase().strip_prefix("retry-after: ").map(|v| v.trim().to_string()));
+        let retry = head.lines().find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("retry-after: ")
+                .map(|v| v.trim().to_string())
+        });
         (status, retry, body.to_string())
     }
 
@@ -106,9 +126,12 @@ impl Lab {
     }
 
     fn init_done(&self) {
-        self.shared
-            .events
-            .record(M1.parse::<MacAddr>().unwrap(), "init-done", "kubeadm init finished", Source::Node);
+        self.shared.events.record(
+            M1.parse::<MacAddr>().unwrap(),
+            "init-done",
+            "kubeadm init finished",
+            Source::Node,
+        );
     }
 }
 
@@ -131,7 +154,10 @@ async fn enrollment_rules_unknown_wrong_address_once_barrier_reset_restart() {
     // The first master's MAC from another address: a spoofer.
     let (s, _, body) = lab.enroll("127.77.0.99", M1).await;
     assert_eq!(s, 403, "{body}");
-    assert!(body.contains("possible spoofer") && body.contains("127.77.0.11"), "{body}");
+    assert!(
+        body.contains("possible spoofer") && body.contains("127.77.0.11"),
+        "{body}"
+    );
     assert!(lab.events(M1, "failed")[0].contains("127.77.0.99"));
 
     // A joiner before the barrier: retry later, nothing consumed, nothing recorded.
@@ -139,7 +165,9 @@ async fn enrollment_rules_unknown_wrong_address_once_barrier_reset_restart() {
     assert_eq!(s, 503, "{body}");
     assert_eq!(retry.as_deref(), Some("10"));
     assert!(lab.events(W1, "failed").is_empty());
-    let (s, retry, _) = lab.curl("127.77.0.21", "/api/barrier/init-done", None).await;
+    let (s, retry, _) = lab
+        .curl("127.77.0.21", "/api/barrier/init-done", None)
+        .await;
     assert_eq!((s, retry.as_deref()), (503, Some("5")));
 
     // The first master gets the CA set, the token, the publish key and init: true.
@@ -156,7 +184,16 @@ async fn enrollment_rules_unknown_wrong_address_once_barrier_reset_restart() {
     let names: Vec<&str> = b.pki.keys().map(String::as_str).collect();
     assert_eq!(
         names,
-        ["ca.crt", "ca.key", "etcd/ca.crt", "etcd/ca.key", "front-proxy-ca.crt", "front-proxy-ca.key", "sa.key", "sa.pub"]
+        [
+            "ca.crt",
+            "ca.key",
+            "etcd/ca.crt",
+            "etcd/ca.key",
+            "front-proxy-ca.crt",
+            "front-proxy-ca.key",
+            "sa.key",
+            "sa.pub"
+        ]
     );
     assert_eq!(b.pki["ca.key"], sec.ca.key_pem);
     assert_eq!(lab.events(M1, "enrolled").len(), 1);
@@ -164,11 +201,19 @@ async fn enrollment_rules_unknown_wrong_address_once_barrier_reset_restart() {
     // A second fetch, even from the right address, is refused loudly.
     let (s, _, body) = lab.enroll("127.77.0.11", M1).await;
     assert_eq!(s, 409, "{body}");
-    assert!(body.contains("possible spoofer") && body.contains("enroll --reset"), "{body}");
+    assert!(
+        body.contains("possible spoofer") && body.contains("enroll --reset"),
+        "{body}"
+    );
 
     // The barrier opens when the first master reports init-done.
     lab.init_done();
-    assert_eq!(lab.curl("127.77.0.21", "/api/barrier/init-done", None).await.0, 200);
+    assert_eq!(
+        lab.curl("127.77.0.21", "/api/barrier/init-done", None)
+            .await
+            .0,
+        200
+    );
 
     // Another master: the CA set, no init, no publish key.
     let b = bundle(&lab.enroll("127.77.0.12", M2).await.2);
@@ -252,9 +297,19 @@ fn openssl_sig(key: &str, msg: &str) -> String {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("openssl");
-    child.stdin.take().unwrap().write_all(msg.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(msg.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    String::from_utf8(out.stdout).unwrap().split_whitespace().last().unwrap().to_string()
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_string()
 }
 
 #[tokio::test]
@@ -275,7 +330,10 @@ async fn token_publication_is_authenticated_and_late_joiners_get_the_new_token()
     let (s, _, body) = lab.curl("127.77.0.21", "/api/token", Some(&form)).await;
     assert_eq!(s, 403, "{body}");
     let other = format!("mac={W1}&token={new_token}&expires={expires}&ts={now}&sig={sig}");
-    assert_eq!(lab.curl("127.77.0.21", "/api/token", Some(&other)).await.0, 403);
+    assert_eq!(
+        lab.curl("127.77.0.21", "/api/token", Some(&other)).await.0,
+        403
+    );
     // A bad signature.
     let bad = form.replace(&sig, &enroll::sign("wrong key", &msg));
     let (s, _, body) = lab.curl("127.77.0.11", "/api/token", Some(&bad)).await;
@@ -284,23 +342,44 @@ async fn token_publication_is_authenticated_and_late_joiners_get_the_new_token()
     // A stale timestamp.
     let old = now - 3600;
     let stale_msg = enroll::publish_message(M1.parse().unwrap(), new_token, expires, old);
-    let stale = format!("mac={M1}&token={new_token}&expires={expires}&ts={old}&sig={}", enroll::sign(&key, &stale_msg));
-    assert_eq!(lab.curl("127.77.0.11", "/api/token", Some(&stale)).await.0, 403);
+    let stale = format!(
+        "mac={M1}&token={new_token}&expires={expires}&ts={old}&sig={}",
+        enroll::sign(&key, &stale_msg)
+    );
+    assert_eq!(
+        lab.curl("127.77.0.11", "/api/token", Some(&stale)).await.0,
+        403
+    );
     // A malformed token, correctly signed.
     let t2 = "ABCDEF.0123456789abcdef";
     let m2 = enroll::publish_message(M1.parse().unwrap(), t2, expires, now);
-    let f2 = format!("mac={M1}&token={t2}&expires={expires}&ts={now}&sig={}", enroll::sign(&key, &m2));
-    assert_eq!(lab.curl("127.77.0.11", "/api/token", Some(&f2)).await.0, 400);
+    let f2 = format!(
+        "mac={M1}&token={t2}&expires={expires}&ts={now}&sig={}",
+        enroll::sign(&key, &m2)
+    );
+    assert_eq!(
+        lab.curl("127.77.0.11", "/api/token", Some(&f2)).await.0,
+        400
+    );
     // Missing fields.
-    assert_eq!(lab.curl("127.77.0.11", "/api/token", Some("mac=x")).await.0, 400);
+    assert_eq!(
+        lab.curl("127.77.0.11", "/api/token", Some("mac=x")).await.0,
+        400
+    );
 
     // The real one.
     let (s, _, body) = lab.curl("127.77.0.11", "/api/token", Some(&form)).await;
     assert_eq!(s, 200, "{body}");
     let stored = secrets::load_token(&dir).unwrap();
-    assert_eq!((stored.token.as_str(), stored.expires_unix), (new_token, expires));
+    assert_eq!(
+        (stored.token.as_str(), stored.expires_unix),
+        (new_token, expires)
+    );
     // Replayed: refused.
-    assert_eq!(lab.curl("127.77.0.11", "/api/token", Some(&form)).await.0, 409);
+    assert_eq!(
+        lab.curl("127.77.0.11", "/api/token", Some(&form)).await.0,
+        409
+    );
 
     // A worker enrolling later gets the published token.
     lab.init_done();

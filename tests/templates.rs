@@ -34,14 +34,19 @@ fn every_rendered_yaml_parses() {
                 let docs = common::yaml_docs(&f.path, &fill(text));
                 assert!(!docs.is_empty(), "{} has no document", f.path);
                 for doc in docs {
-                    assert!(doc.get("kind").is_some() || f.path.ends_with("crictl.yaml"), "{}: a document without kind", f.path);
+                    assert!(
+                        doc.get("kind").is_some() || f.path.ends_with("crictl.yaml"),
+                        "{}: a document without kind",
+                        f.path
+                    );
                 }
                 seen += 1;
             }
         }
     }
     assert!(seen >= 10, "only {seen} YAML files rendered");
-    let kc = std::fs::read_to_string(common::repo().join("profiles/pki/admin-kubeconfig.yaml.j2")).unwrap();
+    let kc = std::fs::read_to_string(common::repo().join("profiles/pki/admin-kubeconfig.yaml.j2"))
+        .unwrap();
     assert!(kc.contains("kind: Config"));
 }
 
@@ -50,7 +55,10 @@ fn kubeadm_configs_have_the_v1beta4_shape() {
     let d = tempfile::tempdir().unwrap();
     let c = cluster(d.path());
     let m = common::render(&c, Role::Master);
-    let init = common::yaml_docs("init.yaml", &fill(common::file(&m, "/usr/share/imgbuild/kubeadm/init.yaml")));
+    let init = common::yaml_docs(
+        "init.yaml",
+        &fill(common::file(&m, "/usr/share/imgbuild/kubeadm/init.yaml")),
+    );
     assert_eq!(init.len(), 2);
     let (i, cc) = (&init[0], &init[1]);
     assert_eq!(i["apiVersion"], "kubeadm.k8s.io/v1beta4");
@@ -71,26 +79,68 @@ fn kubeadm_configs_have_the_v1beta4_shape() {
     assert_eq!(cc["networking"]["podSubnet"], "10.244.0.0/16");
     assert_eq!(cc["networking"]["serviceSubnet"], "10.96.0.0/12");
     assert_eq!(cc["certificatesDir"], "/etc/kubernetes/pki");
-    for args in [&cc["controllerManager"]["extraArgs"]] {
+    {
+        let args = &cc["controllerManager"]["extraArgs"];
         let list = args.as_array().expect("extraArgs is a list");
-        assert!(list.iter().all(|a| a["name"].is_string() && a["value"].is_string()), "{args}");
+        assert!(
+            list.iter()
+                .all(|a| a["name"].is_string() && a["value"].is_string()),
+            "{args}"
+        );
     }
-    assert!(cc["apiServer"]["certSANs"].as_array().unwrap().contains(&json!("10.77.0.10")));
+    assert!(
+        cc["apiServer"]["certSANs"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("10.77.0.10"))
+    );
 
-    let jcp = common::yaml_docs("jcp", &fill(common::file(&m, "/usr/share/imgbuild/kubeadm/join-control-plane.yaml")));
+    let jcp = common::yaml_docs(
+        "jcp",
+        &fill(common::file(
+            &m,
+            "/usr/share/imgbuild/kubeadm/join-control-plane.yaml",
+        )),
+    );
     let j = &jcp[0];
-    assert_eq!((j["apiVersion"].as_str(), j["kind"].as_str()), (Some("kubeadm.k8s.io/v1beta4"), Some("JoinConfiguration")));
-    assert_eq!(j["discovery"]["bootstrapToken"]["apiServerEndpoint"], "10.77.0.10:6443");
-    assert_eq!(j["discovery"]["bootstrapToken"]["caCertHashes"].as_array().unwrap().len(), 1);
-    assert_eq!(j["controlPlane"]["localAPIEndpoint"]["advertiseAddress"], "10.77.0.11");
-    assert!(j["controlPlane"].get("certificateKey").is_none(), "the shared CA replaces uploaded certs");
+    assert_eq!(
+        (j["apiVersion"].as_str(), j["kind"].as_str()),
+        (Some("kubeadm.k8s.io/v1beta4"), Some("JoinConfiguration"))
+    );
+    assert_eq!(
+        j["discovery"]["bootstrapToken"]["apiServerEndpoint"],
+        "10.77.0.10:6443"
+    );
+    assert_eq!(
+        j["discovery"]["bootstrapToken"]["caCertHashes"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        j["controlPlane"]["localAPIEndpoint"]["advertiseAddress"],
+        "10.77.0.11"
+    );
+    assert!(
+        j["controlPlane"].get("certificateKey").is_none(),
+        "the shared CA replaces uploaded certs"
+    );
 
     for role in [Role::Worker, Role::Storage] {
         let t = common::render(&c, role);
-        let j = &common::yaml_docs("join", &fill(common::file(&t, "/usr/share/imgbuild/kubeadm/join.yaml")))[0];
+        let j = &common::yaml_docs(
+            "join",
+            &fill(common::file(&t, "/usr/share/imgbuild/kubeadm/join.yaml")),
+        )[0];
         assert_eq!(j["kind"], "JoinConfiguration");
         assert!(j.get("controlPlane").is_none());
-        assert!(j["discovery"]["bootstrapToken"]["caCertHashes"][0].as_str().unwrap().starts_with("sha256:"));
+        assert!(
+            j["discovery"]["bootstrapToken"]["caCertHashes"][0]
+                .as_str()
+                .unwrap()
+                .starts_with("sha256:")
+        );
     }
     // No secret or placeholder value is baked into an image: only the placeholders.
     assert!(common::file(&m, "/usr/share/imgbuild/kubeadm/init.yaml").contains("@IMGBUILD_TOKEN@"));
@@ -114,17 +164,28 @@ fn kube_vip_uses_super_admin_during_init_and_admin_after() {
         assert!(env.contains(&("vip_interface".into(), json!("eth0"))));
         assert!(env.contains(&("vip_arp".into(), json!("true"))));
         assert!(pod["spec"]["hostNetwork"].as_bool().unwrap());
-        pod["spec"]["volumes"][0]["hostPath"]["path"].as_str().unwrap().to_string()
+        pod["spec"]["volumes"][0]["hostPath"]["path"]
+            .as_str()
+            .unwrap()
+            .to_string()
     };
-    assert_eq!(path_of("/usr/share/imgbuild/kube-vip/kube-vip-init.yaml"), "/etc/kubernetes/super-admin.conf");
-    assert_eq!(path_of("/usr/share/imgbuild/kube-vip/kube-vip.yaml"), "/etc/kubernetes/admin.conf");
+    assert_eq!(
+        path_of("/usr/share/imgbuild/kube-vip/kube-vip-init.yaml"),
+        "/etc/kubernetes/super-admin.conf"
+    );
+    assert_eq!(
+        path_of("/usr/share/imgbuild/kube-vip/kube-vip.yaml"),
+        "/etc/kubernetes/admin.conf"
+    );
 }
 
 // ---- MetalLB: a structural validator for the subset of OpenAPI v3 the CRDs use ----
 
 fn crd_schema(file: &str, version: &str) -> Value {
-    let text = std::fs::read_to_string(common::shared(&format!("vendor/metallb-v0.16.1/crds/{file}")))
-        .expect("../shared/vendor/metallb-v0.16.1/crds is readable");
+    let text = std::fs::read_to_string(common::shared(&format!(
+        "vendor/metallb-v0.16.1/crds/{file}"
+    )))
+    .expect("../shared/vendor/metallb-v0.16.1/crds is readable");
     let crd = &common::yaml_docs(file, &text)[0];
     crd["spec"]["versions"]
         .as_array()
@@ -136,7 +197,11 @@ fn crd_schema(file: &str, version: &str) -> Value {
 }
 
 fn validate(schema: &Value, v: &Value, at: &str, errs: &mut Vec<String>) {
-    if schema.get("x-kubernetes-int-or-string").and_then(Value::as_bool) == Some(true) {
+    if schema
+        .get("x-kubernetes-int-or-string")
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
         if !(v.is_string() || v.is_i64() || v.is_u64()) {
             errs.push(format!("{at}: int or string expected"));
         }
@@ -154,7 +219,12 @@ fn validate(schema: &Value, v: &Value, at: &str, errs: &mut Vec<String>) {
                 return;
             };
             let props = schema.get("properties").and_then(Value::as_object);
-            for r in schema.get("required").and_then(Value::as_array).into_iter().flatten() {
+            for r in schema
+                .get("required")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 if !obj.contains_key(r.as_str().unwrap()) {
                     errs.push(format!("{at}: required field {r} missing"));
                 }
@@ -224,9 +294,14 @@ fn validate(schema: &Value, v: &Value, at: &str, errs: &mut Vec<String>) {
 }
 
 fn metallb_errors(doc: &Value) -> Vec<String> {
-    let (file, version) = match (doc["kind"].as_str().unwrap(), doc["apiVersion"].as_str().unwrap()) {
+    let (file, version) = match (
+        doc["kind"].as_str().unwrap(),
+        doc["apiVersion"].as_str().unwrap(),
+    ) {
         ("IPAddressPool", "metallb.io/v1beta1") => ("metallb.io_ipaddresspools.yaml", "v1beta1"),
-        ("BGPAdvertisement", "metallb.io/v1beta1") => ("metallb.io_bgpadvertisements.yaml", "v1beta1"),
+        ("BGPAdvertisement", "metallb.io/v1beta1") => {
+            ("metallb.io_bgpadvertisements.yaml", "v1beta1")
+        }
         ("BGPPeer", "metallb.io/v1beta2") => ("metallb.io_bgppeers.yaml", "v1beta2"),
         (k, a) => return vec![format!("{k} {a}: not a kind/version imgbuild renders")],
     };
@@ -255,17 +330,33 @@ fn metallb_objects_validate_against_the_crd_schemas() {
     let c = imgbuild::config::load(&cfg).unwrap();
     let m = common::render(&c, Role::Master);
     let text = common::file(&m, "/usr/share/imgbuild/addons/metallb-objects.yaml");
-    assert!(!text.contains("s3cret"), "a BGP password must never be in an image");
+    assert!(
+        !text.contains("s3cret"),
+        "a BGP password must never be in an image"
+    );
     let docs = common::yaml_docs("metallb-objects.yaml", text);
     let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["IPAddressPool", "IPAddressPool", "BGPPeer", "BGPPeer", "BGPAdvertisement", "BGPAdvertisement"]);
+    assert_eq!(
+        kinds,
+        [
+            "IPAddressPool",
+            "IPAddressPool",
+            "BGPPeer",
+            "BGPPeer",
+            "BGPAdvertisement",
+            "BGPAdvertisement"
+        ]
+    );
     for doc in &docs {
         assert_eq!(doc["metadata"]["namespace"], "metallb-system");
         let errs = metallb_errors(doc);
         assert!(errs.is_empty(), "{}: {errs:?}", doc["metadata"]["name"]);
     }
     let router = &docs[2];
-    assert_eq!(router["spec"]["passwordSecret"], json!({"name": "metallb-bgp-router", "namespace": "metallb-system"}));
+    assert_eq!(
+        router["spec"]["passwordSecret"],
+        json!({"name": "metallb-bgp-router", "namespace": "metallb-system"})
+    );
     assert_eq!(router["spec"]["myASN"], 64512);
     assert!(docs[3]["spec"].get("passwordSecret").is_none());
     assert_eq!(docs[4]["spec"]["aggregationLength"], 32);
@@ -277,10 +368,18 @@ fn metallb_objects_validate_against_the_crd_schemas() {
     assert!(!metallb_errors(&bad).is_empty());
     let mut bad = docs[0].clone();
     bad["spec"]["adresses"] = json!(["10.0.0.0/24"]);
-    assert!(metallb_errors(&bad).iter().any(|e| e.contains("unknown field")));
+    assert!(
+        metallb_errors(&bad)
+            .iter()
+            .any(|e| e.contains("unknown field"))
+    );
     let mut bad = docs[2].clone();
     bad["spec"].as_object_mut().unwrap().remove("myASN");
-    assert!(metallb_errors(&bad).iter().any(|e| e.contains("required")), "{:?}", metallb_errors(&bad));
+    assert!(
+        metallb_errors(&bad).iter().any(|e| e.contains("required")),
+        "{:?}",
+        metallb_errors(&bad)
+    );
     let mut bad = docs[2].clone();
     bad["apiVersion"] = json!("metallb.io/v1beta1");
     assert!(!metallb_errors(&bad).is_empty(), "BGPPeer is v1beta2");
@@ -290,10 +389,16 @@ fn metallb_objects_validate_against_the_crd_schemas() {
 
 /// Names of Longhorn settings imgbuild sets (Longhorn's setting names; the manifest's default-setting ConfigMap
 /// is where they go).
-const OUR_LONGHORN_SETTINGS: &[&str] = &["create-default-disk-labeled-nodes", "default-data-path", "default-replica-count"];
+const OUR_LONGHORN_SETTINGS: &[&str] = &[
+    "create-default-disk-labeled-nodes",
+    "default-data-path",
+    "default-replica-count",
+];
 
 fn default_settings(cm: &Value) -> serde_json::Map<String, Value> {
-    let inner = cm["data"]["default-setting.yaml"].as_str().expect("data.default-setting.yaml");
+    let inner = cm["data"]["default-setting.yaml"]
+        .as_str()
+        .expect("data.default-setting.yaml");
     let docs = common::yaml_docs("default-setting.yaml", inner);
     docs[0].as_object().unwrap().clone()
 }
@@ -303,8 +408,12 @@ fn longhorn_settings_match_the_vendor_manifest() {
     let d = tempfile::tempdir().unwrap();
     let c = cluster(d.path());
     let m = common::render(&c, Role::Master);
-    let ours = common::yaml_docs("longhorn-settings", common::file(&m, "/usr/share/imgbuild/addons/longhorn-settings.yaml"));
-    let vendor_text = std::fs::read_to_string(common::shared("vendor/longhorn-v1.12.1/longhorn.yaml")).unwrap();
+    let ours = common::yaml_docs(
+        "longhorn-settings",
+        common::file(&m, "/usr/share/imgbuild/addons/longhorn-settings.yaml"),
+    );
+    let vendor_text =
+        std::fs::read_to_string(common::shared("vendor/longhorn-v1.12.1/longhorn.yaml")).unwrap();
     let vendor = common::yaml_docs("longhorn.yaml", &vendor_text);
     let vcm = vendor
         .iter()
@@ -324,9 +433,15 @@ fn longhorn_settings_match_the_vendor_manifest() {
         assert_eq!(os.get(k), Some(v), "the vendor setting {k} is kept");
     }
     for k in os.keys() {
-        assert!(vs.contains_key(k) || OUR_LONGHORN_SETTINGS.contains(&k.as_str()), "unexpected setting {k}");
+        assert!(
+            vs.contains_key(k) || OUR_LONGHORN_SETTINGS.contains(&k.as_str()),
+            "unexpected setting {k}"
+        );
         // Setting names are lower-case words joined by '-', like the vendor's.
-        assert!(k.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'), "{k}");
+        assert!(
+            k.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'),
+            "{k}"
+        );
     }
     assert_eq!(os["create-default-disk-labeled-nodes"], "true");
     assert_eq!(os["default-data-path"], "/var/lib/longhorn");
@@ -348,14 +463,57 @@ fn the_awk_filter_drops_only_the_vendor_default_setting() {
     let c = cluster(d.path());
     let m = common::render(&c, Role::Master);
     let awk = d.path().join("f.awk");
-    std::fs::write(&awk, common::file(&m, "/usr/lib/imgbuild/drop-longhorn-settings.awk")).unwrap();
+    std::fs::write(
+        &awk,
+        common::file(&m, "/usr/lib/imgbuild/drop-longhorn-settings.awk"),
+    )
+    .unwrap();
     let src = common::shared("vendor/longhorn-v1.12.1/longhorn.yaml");
-    let out = std::process::Command::new("awk").arg("-f").arg(&awk).arg(&src).output().unwrap();
+    let out = std::process::Command::new("awk")
+        .arg("-f")
+        .arg(&awk)
+        .arg(&src)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let filtered = String::from_utf8(out.stdout).unwrap();
     let before = common::yaml_docs("longhorn.yaml", &std::fs::read_to_string(&src).unwrap());
     let after = common::yaml_docs("filtered", &filtered);
     assert_eq!(after.len(), before.len() - 1);
-    assert!(!after.iter().any(|d| d["metadata"]["name"] == "longhorn-default-setting"));
-    assert!(after.iter().any(|d| d["metadata"]["name"] == "longhorn-storageclass"));
+    assert!(
+        !after
+            .iter()
+            .any(|d| d["metadata"]["name"] == "longhorn-default-setting")
+    );
+    assert!(
+        after
+            .iter()
+            .any(|d| d["metadata"]["name"] == "longhorn-storageclass")
+    );
+}
+
+#[test]
+fn every_rendered_script_is_valid_bash() {
+    let d = tempfile::tempdir().unwrap();
+    let c = cluster(d.path());
+    let mut n = 0;
+    let mut check = |name: &str, text: &str| {
+        let p = d.path().join("script.sh");
+        std::fs::write(&p, text).unwrap();
+        let out = std::process::Command::new("bash").arg("-n").arg(&p).output().unwrap();
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        n += 1;
+    };
+    for role in Role::ALL {
+        let t = common::render(&c, role);
+        for f in &t.files {
+            if f.path.starts_with("/usr/lib/imgbuild/") && !f.path.ends_with(".awk") {
+                check(&f.path, std::str::from_utf8(&f.contents).unwrap());
+            }
+        }
+    }
+    for s in ["kubeadm", "kubectl"] {
+        check(s, &common::standin(&c, s));
+    }
+    assert!(n >= 12, "{n}");
 }

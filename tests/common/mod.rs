@@ -56,7 +56,8 @@ pub fn file<'a>(t: &'a Tree, path: &str) -> &'a str {
 
 /// Renders a stand-in script (`kubeadm` or `kubectl`) with the master profile's context.
 pub fn standin(cluster: &Cluster, name: &str) -> String {
-    let profile = imgbuild::config::profile::resolve(&cluster.paths.profiles, Role::Master).unwrap();
+    let profile =
+        imgbuild::config::profile::resolve(&cluster.paths.profiles, Role::Master).unwrap();
     let ctx = tree::TemplateContext::new(cluster, &profile);
     imgbuild::cli::engine_for(cluster)
         .render(&format!("profiles/standins/{name}.sh.j2"), &ctx)
