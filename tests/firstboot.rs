@@ -306,25 +306,51 @@ async fn firstboot_init_then_joins_in_order_with_standins() {
     // test-only shims named for what they replace answer `systemctl` and `mountpoint` and log their calls.
     let st = lab.node("storage-1");
     for (tool, body) in [
-        ("systemctl", "echo \"$*\" >>\"$IMGBUILD_ROOT/test-shim-systemctl.log\"\n"),
-        ("mountpoint", "echo \"$*\" >>\"$IMGBUILD_ROOT/test-shim-mountpoint.log\"\n"),
+        (
+            "systemctl",
+            "echo \"$*\" >>\"$IMGBUILD_ROOT/test-shim-systemctl.log\"\n",
+        ),
+        (
+            "mountpoint",
+            "echo \"$*\" >>\"$IMGBUILD_ROOT/test-shim-mountpoint.log\"\n",
+        ),
     ] {
         let p = st.join("usr/bin").join(tool);
-        std::fs::write(&p, format!("#!/bin/bash\n# test-only shim for {tool}\n{body}")).unwrap();
+        std::fs::write(
+            &p,
+            format!("#!/bin/bash\n# test-only shim for {tool}\n{body}"),
+        )
+        .unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let (ok, log) = lab.firstboot("storage-1").await;
     assert!(ok, "storage-1 failed:\n{log}");
     let stages = lab.stages("storage-1");
-    assert_eq!(stages[stages.len() - 3..], ["kubeadm-join", "longhorn", "joined"], "{stages:?}");
+    assert_eq!(
+        stages[stages.len() - 3..],
+        ["kubeadm-join", "longhorn", "joined"],
+        "{stages:?}"
+    );
     assert!(read(&st, "test-shim-systemctl.log").contains("start iscsid.service"));
     assert!(read(&st, "test-shim-mountpoint.log").contains("/var/lib/longhorn"));
-    let labels = read(&st, "var/lib/imgbuild-standin/kubectl/Node/-/storage-1.label");
+    let labels = read(
+        &st,
+        "var/lib/imgbuild-standin/kubectl/Node/-/storage-1.label",
+    );
     assert_eq!(labels.trim(), "node.longhorn.io/create-default-disk=config");
-    let ann = read(&st, "var/lib/imgbuild-standin/kubectl/Node/-/storage-1.annotate");
-    assert_eq!(ann.trim(), r#"node.longhorn.io/default-disks-config=[{"path":"/var/lib/longhorn","allowScheduling":true}]"#);
-    assert!(read(&st, "var/lib/imgbuild-standin/calls.log").contains("--kubeconfig"), "labels applied with the node's own kubelet.conf");
+    let ann = read(
+        &st,
+        "var/lib/imgbuild-standin/kubectl/Node/-/storage-1.annotate",
+    );
+    assert_eq!(
+        ann.trim(),
+        r#"node.longhorn.io/default-disks-config=[{"path":"/var/lib/longhorn","allowScheduling":true}]"#
+    );
+    assert!(
+        read(&st, "var/lib/imgbuild-standin/calls.log").contains("--kubeconfig"),
+        "labels applied with the node's own kubelet.conf"
+    );
 
     let m2 = lab.node("master-2");
     assert!(read(&m2, "var/lib/imgbuild-standin/reports.log").contains("join the control plane"));

@@ -500,8 +500,16 @@ fn every_rendered_script_is_valid_bash() {
     let mut check = |name: &str, text: &str| {
         let p = d.path().join("script.sh");
         std::fs::write(&p, text).unwrap();
-        let out = std::process::Command::new("bash").arg("-n").arg(&p).output().unwrap();
-        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = std::process::Command::new("bash")
+            .arg("-n")
+            .arg(&p)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         n += 1;
     };
     for role in Role::ALL {
