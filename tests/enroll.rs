@@ -226,6 +226,23 @@ async fn enrollment_rules_unknown_wrong_address_once_barrier_reset_restart() {
     assert!(!body.contains("PRIVATE KEY"));
     assert_eq!(b.discovery_hash, sec.discovery_hash);
 
+    let metrics = lab.shared.encode_metrics();
+    for line in [
+        "imgbuild_enroll_requests_total{outcome=\"unknown-mac\"} 1",
+        "imgbuild_enroll_requests_total{outcome=\"wrong-address\"} 1",
+        "imgbuild_enroll_requests_total{outcome=\"wait-barrier\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} not in:\n{metrics}");
+    }
+    assert!(
+        metrics.contains("imgbuild_enroll_requests_total{outcome=\"served\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("imgbuild_enroll_requests_total{outcome=\"already-enrolled\"}"),
+        "{metrics}"
+    );
+
     // Survives a restart: the state is on disk.
     lab.restart().await;
     assert_eq!(lab.enroll("127.77.0.21", W1).await.0, 409);
@@ -379,6 +396,16 @@ async fn token_publication_is_authenticated_and_late_joiners_get_the_new_token()
     assert_eq!(
         lab.curl("127.77.0.11", "/api/token", Some(&form)).await.0,
         409
+    );
+
+    let metrics = lab.shared.encode_metrics();
+    assert!(
+        metrics.contains("imgbuild_token_publications_total{outcome=\"accepted\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("imgbuild_token_publications_total{outcome=\"refused\"} 7"),
+        "{metrics}"
     );
 
     // A worker enrolling later gets the published token.

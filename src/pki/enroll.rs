@@ -37,6 +37,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use hmac::{Hmac, KeyInit, Mac};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
@@ -387,20 +389,71 @@ fn verify(publish_key: &str, msg: &str, sig_hex: &str) -> bool {
     m.verify_slice(&sig).is_ok()
 }
 
+/// Enrollment metrics: `imgbuild_enroll_requests_total{outcome}` and
+/// `imgbuild_token_publications_total{outcome}`.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    pub requests: Family<Vec<(String, String)>, Counter>,
+    pub publications: Family<Vec<(String, String)>, Counter>,
+}
+
+impl Metrics {
+    fn request(&self, outcome: &str) {
+        self.requests
+            .get_or_create(&vec![("outcome".into(), outcome.into())])
+            .inc();
+    }
+
+    fn publication(&self, outcome: &str) {
+        self.publications
+            .get_or_create(&vec![("outcome".into(), outcome.into())])
+            .inc();
+    }
+}
+
+impl Refusal {
+    /// The metric label of the refusal.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Refusal::UnknownMac => "unknown-mac",
+            Refusal::WrongAddress { .. } => "wrong-address",
+            Refusal::Closed => "closed",
+            Refusal::AlreadyEnrolled { .. } => "already-enrolled",
+            Refusal::WaitBarrier { .. } => "wait-barrier",
+            Refusal::TokenExpired { .. } => "token-expired",
+        }
+    }
+}
+
 #[derive(Clone)]
 struct Ctx {
     shared: Arc<Shared>,
     started_ms: u64,
     auto_done: Arc<AtomicBool>,
+    metrics: Metrics,
 }
 
 /// The enrollment, barrier and token routes. The app must be served with
 /// `into_make_service_with_connect_info::<SocketAddr>()`: the rules need the TCP peer address.
 pub fn routes(shared: Arc<Shared>) -> Router {
+    let metrics = Metrics::default();
+    shared.register_metrics(|r| {
+        r.register(
+            "enroll_requests",
+            "Enrollment requests by outcome (served, or why not)",
+            metrics.requests.clone(),
+        );
+        r.register(
+            "token_publications",
+            "Bootstrap token publications by outcome",
+            metrics.publications.clone(),
+        );
+    });
     let ctx = Ctx {
         shared,
         started_ms: now_ms(),
         auto_done: Arc::new(AtomicBool::new(false)),
+        metrics,
     };
     Router::new()
         .route("/api/enroll/{mac}", get(enroll))
@@ -459,6 +512,7 @@ fn enroll_blocking(ctx: &Ctx, mac: MacAddr, peer: IpAddr) -> Response {
     let cluster = shared.cluster();
     let store = Store::for_cluster(&cluster);
     let internal = |what: String| {
+        ctx.metrics.request("error");
         tracing::error!(%mac, %peer, "enrollment failed: {what}");
         shared.events.record(
             mac,
@@ -495,6 +549,7 @@ fn enroll_blocking(ctx: &Ctx, mac: MacAddr, peer: IpAddr) -> Response {
     let m = match decision {
         Ok(m) => m,
         Err(r) => {
+            ctx.metrics.request(r.outcome());
             let msg = r.message(mac, peer);
             let resp = text(r.status(), msg.clone());
             return match r {
@@ -550,6 +605,7 @@ fn enroll_blocking(ctx: &Ctx, mac: MacAddr, peer: IpAddr) -> Response {
         m.hostname, m.role
     );
     tracing::info!(%mac, %peer, "{detail}");
+    ctx.metrics.request("served");
     shared
         .events
         .record(mac, "enrolled", detail, Source::Server);
@@ -600,6 +656,7 @@ async fn publish(State(ctx): State<Ctx>, req: Request) -> Response {
         Ok(f) => f.0,
         Err(e) => {
             let e = e.body_text();
+            ctx.metrics.publication("refused");
             tracing::warn!(%peer, "token publication with a malformed body: {e}");
             return text(
                 StatusCode::BAD_REQUEST,
@@ -621,6 +678,7 @@ fn publish_blocking(ctx: &Ctx, peer: IpAddr, f: PublishForm) -> Response {
     let shared = &ctx.shared;
     let cluster = shared.cluster();
     let refuse = |status: StatusCode, mac: Option<MacAddr>, why: String| {
+        ctx.metrics.publication("refused");
         let msg = format!("token publication from {peer} refused: {why}");
         tracing::warn!("{msg}");
         if let Some(mac) = mac {
@@ -736,5 +794,6 @@ fn publish_blocking(ctx: &Ctx, peer: IpAddr, f: PublishForm) -> Response {
         fmt_ms(f.expires * 1000)
     );
     tracing::info!("{detail}");
+    ctx.metrics.publication("accepted");
     text(StatusCode::OK, detail)
 }
