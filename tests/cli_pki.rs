@@ -100,3 +100,41 @@ fn secrets_enroll_and_kubeconfig_from_the_command_line() {
         "{subject}"
     );
 }
+
+/// The enrollment state survives kill -9 at any moment: the file is replaced atomically, never torn.
+#[test]
+fn enrollment_state_survives_kill_9_mid_write() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = common::write_cluster(d.path(), false, |t| t);
+    let store = imgbuild::pki::enroll::Store::at(&d.path().join("state"));
+    // Some state worth keeping.
+    {
+        let mut l = store.lock().unwrap();
+        for m in ["52:54:00:77:00:11", "52:54:00:77:00:21"] {
+            l.state.enrolled.insert(
+                m.parse().unwrap(),
+                imgbuild::pki::enroll::Enrolled {
+                    hostname: "x".into(),
+                    ip: "10.77.0.11".parse().unwrap(),
+                    at_ms: 1,
+                },
+            );
+        }
+        l.save().unwrap();
+    }
+    for i in 0..20u64 {
+        let mut child = bin()
+            .arg("--config")
+            .arg(&cfg)
+            .args(["enroll", "--open", "30m"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_micros(500 * (i % 10)));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        let st = store.read().expect("the state file is never torn");
+        assert_eq!(st.enrolled.len(), 2, "round {i}");
+    }
+}
