@@ -797,3 +797,119 @@ fn publish_blocking(ctx: &Ctx, peer: IpAddr, f: PublishForm) -> Response {
     ctx.metrics.publication("accepted");
     text(StatusCode::OK, detail)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster() -> Cluster {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let src = std::fs::read_to_string(root.join("cluster.toml")).unwrap();
+        crate::config::load_str(&root.join("cluster.toml"), &src, root).unwrap()
+    }
+
+    const NOW: u64 = 1_000_000_000;
+
+    fn win(auto_done: bool) -> Window {
+        Window {
+            started_ms: NOW - 1000,
+            auto_done,
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn rules_in_order() {
+        let c = cluster();
+        let m1: MacAddr = "52:54:00:77:00:11".parse().unwrap();
+        let w1: MacAddr = "52:54:00:77:00:21".parse().unwrap();
+        let mut st = EnrollState::default();
+        let d = |st: &EnrollState, mac, peer, barrier, tok| {
+            decide(&c, st, win(false), mac, ip(peer), barrier, tok, NOW)
+        };
+        assert_eq!(
+            d(
+                &st,
+                "52:54:00:00:00:01".parse().unwrap(),
+                "10.77.0.11",
+                true,
+                u64::MAX
+            )
+            .unwrap_err(),
+            Refusal::UnknownMac
+        );
+        assert!(matches!(
+            d(&st, m1, "10.77.0.12", true, u64::MAX),
+            Err(Refusal::WrongAddress { .. })
+        ));
+        assert_eq!(
+            d(&st, m1, "10.77.0.11", false, 0).unwrap().hostname,
+            "master-1",
+            "the first master needs no barrier and no live token"
+        );
+        assert!(matches!(
+            d(&st, w1, "10.77.0.21", false, u64::MAX),
+            Err(Refusal::WaitBarrier { .. })
+        ));
+        assert!(matches!(
+            d(&st, w1, "10.77.0.21", true, NOW / 1000),
+            Err(Refusal::TokenExpired { .. })
+        ));
+        assert_eq!(
+            d(&st, w1, "10.77.0.21", true, NOW / 1000 + 1)
+                .unwrap()
+                .hostname,
+            "worker-1"
+        );
+        st.enrolled.insert(
+            m1,
+            Enrolled {
+                hostname: "master-1".into(),
+                ip: ip("10.77.0.11"),
+                at_ms: 5,
+            },
+        );
+        // A spoofer from another address learns nothing about the enrollment state.
+        assert!(matches!(
+            d(&st, m1, "10.77.0.99", true, u64::MAX),
+            Err(Refusal::WrongAddress { .. })
+        ));
+        assert!(matches!(
+            d(&st, m1, "10.77.0.11", true, u64::MAX),
+            Err(Refusal::AlreadyEnrolled { at_ms: 5, .. })
+        ));
+    }
+
+    #[test]
+    fn window_semantics() {
+        let c = cluster();
+        let mut st = EnrollState::default();
+        assert!(win(false).is_open(&st, &c, NOW), "open from start-up");
+        assert!(
+            !win(true).is_open(&st, &c, NOW),
+            "closed once everyone enrolled"
+        );
+        st.closed_at_ms = NOW - 10; // `--close` after this server started
+        assert!(!win(false).is_open(&st, &c, NOW));
+        st.closed_at_ms = NOW - 5000; // closed before this server started: a restart reopens it
+        assert!(win(false).is_open(&st, &c, NOW));
+        st.open_until_ms = Some(NOW + 1);
+        assert!(win(true).is_open(&st, &c, NOW), "--open beats everything");
+        assert!(!win(true).is_open(&st, &c, NOW + 1), "until its end");
+        for m in &c.machines {
+            st.enrolled.insert(
+                m.mac,
+                Enrolled {
+                    hostname: m.hostname.clone(),
+                    ip: IpAddr::V4(m.ip),
+                    at_ms: 1,
+                },
+            );
+        }
+        st.open_until_ms = None;
+        assert!(!win(false).is_open(&st, &c, NOW), "nobody left to enroll");
+    }
+}
