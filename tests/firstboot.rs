@@ -119,7 +119,7 @@ impl Lab {
         std::fs::write(
             root.join("proc/cmdline"),
             format!(
-                "BOOTIF={} ip={}::127.77.0.1:255.255.255.0:{host}:eth0:off systemd.hostname={host} imgbuild.server={} imgbuild.mac={} imgbuild.role={} net.ifnames=0\n",
+                "BOOTIF={} ip={}::127.77.0.1:255.255.255.0:{host}:eth0:off systemd.hostname={host} imgbuild.server={} imgbuild.mac={} imgbuild.role={} imgbuild.kubeadm_ignore_preflight=NumCPU,Mem net.ifnames=0\n",
                 m.mac.bootif(),
                 m.ip,
                 self.url,
@@ -354,6 +354,7 @@ async fn firstboot_init_then_joins_in_order_with_standins() {
 
     let m2 = lab.node("master-2");
     assert!(read(&m2, "var/lib/imgbuild-standin/reports.log").contains("join the control plane"));
+    assert!(read(&m2, "var/lib/imgbuild-standin/calls.log").contains("--ignore-preflight-errors=NumCPU,Mem"));
     let w1 = lab.node("worker-1");
     assert!(w1.join("etc/kubernetes/kubelet.conf").exists());
     assert!(
