@@ -354,7 +354,10 @@ async fn firstboot_init_then_joins_in_order_with_standins() {
 
     let m2 = lab.node("master-2");
     assert!(read(&m2, "var/lib/imgbuild-standin/reports.log").contains("join the control plane"));
-    assert!(read(&m2, "var/lib/imgbuild-standin/calls.log").contains("--ignore-preflight-errors=NumCPU,Mem"));
+    assert!(
+        read(&m2, "var/lib/imgbuild-standin/calls.log")
+            .contains("--ignore-preflight-errors=NumCPU,Mem")
+    );
     let w1 = lab.node("worker-1");
     assert!(w1.join("etc/kubernetes/kubelet.conf").exists());
     assert!(
