@@ -1,10 +1,10 @@
 //! HTTP against the real `imgbuild serve` in a private namespace, with curl: per-machine iPXE scripts, image
 //! artifacts (ETag, 304, Range, HEAD), traversal attempts, boot loaders, events, metrics, pins.
 
-mod common;
+mod netboot;
 
-use common::*;
 use imgbuild::config::Role;
+use netboot::*;
 
 fn text(b: Vec<u8>) -> String {
     String::from_utf8(b).unwrap()
@@ -380,6 +380,10 @@ fn root_http_boot_loaders_health_metrics_and_event_validation() {
     }
     let (code, _, body) = http(&ns, &[], "/healthz");
     assert_eq!((code, text(body).as_str()), (200, "ok\n"));
+    // Other modules' routes are merged into the same app (enrollment's barrier: not reached yet).
+    let (code, hdr, _) = http(&ns, &[], "/api/barrier/init-done");
+    assert_eq!(code, 503);
+    assert!(header(&hdr, "retry-after").is_some(), "{hdr}");
 
     let post = |form: &str| {
         let dir = tempfile::tempdir().unwrap();

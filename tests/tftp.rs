@@ -1,10 +1,10 @@
 //! TFTP against the real `imgbuild serve` in a private namespace, with real clients (curl, atftp).
 
-mod common;
+mod netboot;
 
 use std::path::Path;
 
-use common::*;
+use netboot::*;
 
 /// An iPXE binaries dir: the real `snponly.efi` and `undionly.kpxe`, a `size`-byte blob as `ipxe.efi`
 /// (allowlisted name), and a planted symlink `evil.efi -> /etc/passwd`.

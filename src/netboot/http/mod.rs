@@ -65,6 +65,7 @@ pub fn app(shared: Arc<Shared>) -> Router {
     };
     Router::new()
         .merge(routes(state.clone()))
+        .merge(crate::pki::enroll::routes(shared.clone()))
         // .merge(crate::status::routes(shared.clone()))  ← other modules' routers go here
         .layer(axum::middleware::from_fn_with_state(state, track))
 }
