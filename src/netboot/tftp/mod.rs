@@ -226,8 +226,14 @@ async fn transfer_task(
     let mut pkt = Vec::with_capacity(t.blksize() + 4);
     let mut buf = vec![0u8; RECV_BUF];
     send_all(&sock, &out, &data, &mut pkt).await?;
+    // One timer for the whole transfer, moved only when the state machine's deadline moves.
+    let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(t.deadline()));
+    tokio::pin!(timer);
     while !t.finished() {
         let deadline = tokio::time::Instant::from_std(t.deadline());
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
         let out = tokio::select! {
             r = sock.recv(&mut buf) => {
                 match r {
@@ -245,7 +251,7 @@ async fn transfer_task(
                     Err(e) => return Err(e),
                 }
             }
-            _ = tokio::time::sleep_until(deadline) => t.on_timeout(Instant::now()),
+            _ = &mut timer => t.on_timeout(Instant::now()),
         };
         send_all(&sock, &out, &data, &mut pkt).await?;
     }
