@@ -1,8 +1,12 @@
 //! The `imgbuild` command line: parsing (clap) and one module per subcommand.
 
 mod check;
+mod enroll;
+mod kubeconfig;
 mod lab;
+mod pin;
 mod profile;
+mod secrets;
 mod serve;
 pub mod status;
 
@@ -36,6 +40,14 @@ pub enum Command {
     Check(check::Args),
     /// Show, render or build the profile of one role (master, worker, storage).
     Profile(profile::Args),
+    /// Pin the image a role boots (`pin <role> <image-id>`), or list the pins (`pin --list`).
+    Pin(pin::Args),
+    /// Generate the cluster's secrets (CAs, service-account keys, bootstrap token) once.
+    Secrets(secrets::Args),
+    /// Show or change enrollment: open or close the window, re-arm a node.
+    Enroll(enroll::Args),
+    /// Write an admin kubeconfig for the cluster (client certificate signed by the cluster CA).
+    Kubeconfig(kubeconfig::Args),
     /// Run the netboot server: DHCP, TFTP and HTTP on the provisioning network.
     Serve(serve::Args),
     /// Boot the cluster in QEMU VMs from the real server in a private network namespace (needs root).
@@ -75,9 +87,13 @@ pub fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Check(a) => check::run(&cli, a),
         Command::Profile(a) => profile::run(&cli, a),
+        Command::Pin(a) => pin::run(&cli, a),
         Command::Serve(a) => serve::run(&cli, a),
         Command::Status(a) => status::run(&cli, a),
         Command::Lab(a) => lab::run(&cli, a),
+        Command::Secrets(a) => secrets::run(&cli, a),
+        Command::Enroll(a) => enroll::run(&cli, a),
+        Command::Kubeconfig(a) => kubeconfig::run(&cli, a),
     };
     match result {
         Ok(code) => code,
