@@ -252,9 +252,14 @@ fn root_lab_reboot_keeps_state_no_second_join_upgrade_then_rollback() {
     let variant = dir.path().join("profiles-variant");
     copy_dir(&Path::new(REPO).join("profiles"), &variant);
     let p = variant.join("worker/profile.toml");
-    let mut text = std::fs::read_to_string(&p).unwrap();
-    text.push_str("\nkernel_args = [\"imgbuild.lab_variant=2\"]\n");
-    std::fs::write(&p, text).unwrap();
+    let mut doc: toml_edit::DocumentMut = std::fs::read_to_string(&p).unwrap().parse().unwrap();
+    let args = doc
+        .entry("kernel_args")
+        .or_insert(toml_edit::value(toml_edit::Array::new()));
+    args.as_array_mut()
+        .expect("kernel_args is an array")
+        .push("imgbuild.lab_variant=2");
+    std::fs::write(&p, doc.to_string()).unwrap();
     let new_id = lab.build_with_profiles(Role::Worker, &variant).unwrap();
     assert_ne!(new_id, old_id);
 
