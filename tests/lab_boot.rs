@@ -199,30 +199,45 @@ fn root_lab_bios_full_dhcp_master_worker_storage_reach_joined_in_order_and_page_
 
 #[test]
 #[ignore = "needs DHCP (issue 4), TFTP+HTTP (5), the image builder (3) and first boot (7) on main; run with --run-ignored all"]
-fn root_lab_uefi_proxy_dhcp_beside_dnsmasq_boots_a_master() {
+fn root_lab_uefi_proxy_dhcp_beside_dnsmasq_boots_master_and_worker() {
+    // OVMF's own PXE client (no iPXE ROM), addresses from dnsmasq, boot information from imgbuild as ProxyDHCP.
+    // worker-1 must go the whole way; master-1 must initialise the cluster it joins.
     let dir = tempfile::tempdir().unwrap();
-    let mut lab = Lab::prepare(options(
-        dir.path(),
-        &["master-1"],
-        Firmware::Uefi,
-        DhcpMode::Proxy,
-    ))
-    .unwrap();
-    let report = lab.boot_all().unwrap_or_else(|f| panic!("{f}"));
+    let hosts = ["master-1", "worker-1"];
+    let mut lab =
+        Lab::prepare(options(dir.path(), &hosts, Firmware::Uefi, DhcpMode::Proxy)).unwrap();
+    for h in hosts {
+        lab.start_vm(h).unwrap();
+    }
+    let limit = lab.opts.timeout;
+    let report = lab
+        .wait(&["worker-1".to_string()], 1, limit, |n| n.done)
+        .unwrap_or_else(|f| panic!("{f}"));
     println!("{}", imgbuild::vm::lab::summary(&report, lab.standins));
-    let m = lab.cluster.machine_by_hostname("master-1").unwrap().clone();
     let evs = events(&lab);
-    // OVMF's own PXE fetched iPXE over TFTP (the bootfile stage), addresses came from dnsmasq.
+    // OVMF fetched iPXE over TFTP (bootfile); the DHCPACK with the address came from dnsmasq.
     let mut must = BOOT_PATH.to_vec();
     must.retain(|s| *s != "dhcp-ack");
     must.push("bootfile");
-    must.push("kubeadm-init");
-    assert_stages_in_order(&evs, m.mac, "master-1", &must);
-    let leases = std::fs::read_to_string(dir.path().join("dnsmasq.log")).unwrap_or_default();
-    assert!(
-        leases.contains("DHCPACK") && leases.contains(&m.mac.to_string()),
-        "dnsmasq never acknowledged master-1: {leases}"
-    );
+    must.push("kubeadm-join");
+    let w = lab.cluster.machine_by_hostname("worker-1").unwrap().clone();
+    assert_stages_in_order(&evs, w.mac, "worker-1", &must);
+    let m = lab.cluster.machine_by_hostname("master-1").unwrap().clone();
+    let seen = first_seen(&evs, m.mac);
+    for s in ["bootfile", "kernel", "systemd", "kubeadm-init", "init-done"] {
+        assert!(
+            seen.iter().any(|x| x == s),
+            "master-1 never reached {s}: {seen:?}"
+        );
+    }
+    let log = std::fs::read_to_string(dir.path().join("dnsmasq.log")).unwrap_or_default();
+    for mac in [m.mac, w.mac] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("DHCPACK") && l.contains(&mac.to_string())),
+            "dnsmasq never acknowledged {mac}: {log}"
+        );
+    }
 }
 
 #[test]
