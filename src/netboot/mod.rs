@@ -1,4 +1,6 @@
 //! The netboot server (`imgbuild serve`): DHCP, TFTP and HTTP around one boot decision.
 
 pub mod boot;
+pub mod dhcp;
+pub mod metrics;
 pub mod server;

@@ -19,6 +19,8 @@ pub struct Shared {
     cluster: ArcSwap<Cluster>,
     booter: ArcSwap<Booter>,
     pub events: Events,
+    /// The Prometheus registry every protocol registers into; `GET /metrics` serves `metrics.encode()`.
+    pub metrics: super::metrics::Metrics,
 }
 
 impl Shared {
@@ -34,6 +36,7 @@ impl Shared {
             booter: ArcSwap::from_pointee(Booter::new(cluster.clone(), pins)),
             cluster: ArcSwap::new(cluster),
             events,
+            metrics: super::metrics::Metrics::default(),
         }
     }
 
@@ -103,7 +106,8 @@ pub async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
     let mut tasks: tokio::task::JoinSet<(&'static str, anyhow::Result<()>)> =
         tokio::task::JoinSet::new();
     // One line per protocol.
-    let _ = &mut tasks;
+    let s = shared.clone();
+    tasks.spawn(async move { ("dhcp", super::dhcp::run(s).await) });
 
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -1,0 +1,208 @@
+//! The thin socket loop around the DHCP core: UDP 67 (and 4011 in proxy mode) bound to the provisioning
+//! interface only (SO_BINDTODEVICE), broadcast replies, group commit of the lease journal.
+//!
+//! Each wake-up drains a batch of datagrams, runs them through [`super::process`], appends the lease
+//! records of the batch to the journal, fsyncs once, and only then sends the replies: an ACK never leaves
+//! before its lease is on disk.
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+
+use super::core::{Destination, Ignored, Port};
+use super::leases::{Change, Journal};
+use super::metrics::DhcpMetrics;
+use super::packet::{self, Malformed};
+use super::{LEASES_FILE, Processed, message_type_label, process};
+use crate::config::{DhcpMode, MacAddr};
+use crate::netboot::server::Shared;
+use crate::status::Source;
+
+/// Datagrams handled per wake-up (one journal fsync each).
+const BATCH: usize = 128;
+/// Unknown MACs remembered for "log once" (bounded against spoofed floods).
+const UNKNOWN_MEMORY: usize = 4096;
+
+/// Unix seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A UDP socket on `0.0.0.0:port` that only sees `iface`, may broadcast, and shares the port with another
+/// DHCP server on the same host (proxy mode beside dnsmasq).
+pub fn bind(iface: &str, port: u16) -> anyhow::Result<UdpSocket> {
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    s.set_broadcast(true)?;
+    s.bind_device(Some(iface.as_bytes())).with_context(|| {
+        format!("cannot bind the DHCP socket to interface {iface:?} ([network] interface in cluster.toml): does it exist here?")
+    })?;
+    // Bursts of hundreds of clients: a deep receive queue instead of drops.
+    let _ = s.set_recv_buffer_size(4 << 20);
+    s.set_nonblocking(true)?;
+    s.bind(&SocketAddr::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).into())
+        .with_context(|| format!("cannot bind UDP port {port} on {iface}"))?;
+    Ok(UdpSocket::from_std(s.into())?)
+}
+
+async fn readable(s: &Option<UdpSocket>) -> std::io::Result<()> {
+    match s {
+        Some(s) => s.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+struct Pending {
+    bytes: Vec<u8>,
+    to: SocketAddr,
+    pxe_port: bool,
+    kind: &'static str,
+    durable: bool,
+    events: Vec<super::core::Note>,
+}
+
+/// Runs the DHCP server until an unrecoverable socket error.
+pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
+    let cluster = shared.cluster();
+    let iface = cluster.network.interface.clone();
+    let mode = cluster.network.dhcp_mode;
+    let metrics = DhcpMetrics::default();
+    shared.metrics.with_registry(|r| metrics.register(r));
+    let journal_path = cluster.paths.state.join(LEASES_FILE);
+    let (mut journal, mut table) = Journal::open(&journal_path, unix_now())?;
+    metrics.leases.set(table.live(unix_now()) as i64);
+    let s67 = bind(&iface, 67)?;
+    let s4011 = match mode {
+        DhcpMode::Proxy => Some(bind(&iface, 4011)?),
+        DhcpMode::Full => None,
+    };
+    tracing::info!(interface = %iface, mode = ?mode, leases = table.live(unix_now()), journal = %journal_path.display(), "DHCP server listening");
+
+    let mut buf = vec![0u8; packet::MAX_LEN + 512];
+    let mut unknown_seen: HashSet<MacAddr> = HashSet::new();
+    let mut warned_restart = false;
+    let mut last_gauge = std::time::Instant::now();
+    let bcast = SocketAddr::from(SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
+    loop {
+        tokio::select! {
+            r = s67.readable() => r?,
+            r = readable(&s4011) => r?,
+        }
+        let booter = shared.booter();
+        let net = &booter.cluster.network;
+        if !warned_restart && (net.interface != iface || net.dhcp_mode != mode) {
+            warned_restart = true;
+            tracing::warn!(old_interface = %iface, new_interface = %net.interface, "the DHCP interface or mode changed in cluster.toml: restart `imgbuild serve` for that; everything else was reloaded");
+        }
+        let now = unix_now();
+        let mut out: Vec<Pending> = Vec::new();
+        for (sock, port) in [(Some(&s67), Port::Dhcp), (s4011.as_ref(), Port::Pxe)] {
+            let Some(sock) = sock else { continue };
+            for _ in 0..BATCH {
+                let (n, from) = match sock.try_recv_from(&mut buf) {
+                    Ok(x) => x,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "DHCP receive error");
+                        break;
+                    }
+                };
+                let outcome =
+                    match process(&buf[..n], port, &booter, &mut table, now, &metrics) {
+                        Processed::Dropped(why) => {
+                            log_drop(why, from, n);
+                            continue;
+                        }
+                        Processed::Handled(o) => o,
+                    };
+                let mut durable = false;
+                for c in &outcome.changes {
+                    if let Some(rec) = c.record(now) {
+                        journal.append(&rec);
+                        durable |= matches!(c, Change::Grant(_));
+                    }
+                }
+                if let Some(w) = &outcome.warning {
+                    tracing::warn!("{w}");
+                }
+                if outcome.ignored == Some(Ignored::UnknownMac) {
+                    let mac = outcome.mac;
+                    if unknown_seen.len() < UNKNOWN_MEMORY && unknown_seen.insert(mac) {
+                        tracing::info!(%mac, "DHCP request from a machine not in the inventory: ignored (logged once per MAC); add a [[machines]] entry with mac = \"{mac}\" to cluster.toml, or set [network] unknown_pool");
+                    }
+                }
+                let Some(reply) = outcome.reply else { continue };
+                let to = match reply.to {
+                    Destination::Broadcast => bcast,
+                    Destination::Unicast(a) => SocketAddr::from(a),
+                    Destination::Relay(g) => SocketAddr::from(SocketAddrV4::new(g, 67)),
+                    Destination::Sender => from,
+                };
+                let kind = reply
+                    .msg
+                    .opts()
+                    .msg_type()
+                    .map(message_type_label)
+                    .unwrap_or("other");
+                out.push(Pending {
+                    bytes: packet::encode(&reply.msg),
+                    to,
+                    pxe_port: port == Port::Pxe && reply.to == Destination::Sender,
+                    kind,
+                    durable,
+                    events: outcome.events,
+                });
+            }
+        }
+        let synced = match journal.commit() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!("{e}: withholding the ACKs of this batch (their leases are not on disk)");
+                false
+            }
+        };
+        for p in out {
+            if p.durable && !synced {
+                metrics.journal_errors.inc();
+                continue;
+            }
+            let sock = if p.pxe_port {
+                s4011.as_ref().unwrap_or(&s67)
+            } else {
+                &s67
+            };
+            if p.bytes.is_empty() {
+                continue;
+            }
+            match sock.send_to(&p.bytes, p.to).await {
+                Ok(_) => {
+                    metrics.replies.get_or_create(&[("type", p.kind)]).inc();
+                    for ev in p.events {
+                        shared
+                            .events
+                            .record(ev.mac, ev.stage, ev.detail, Source::Server);
+                    }
+                }
+                Err(e) => tracing::debug!(to = %p.to, error = %e, "DHCP send failed"),
+            }
+        }
+        if let Err(e) = journal.maybe_compact(&table, now) {
+            tracing::error!("lease journal compaction failed (the journal is still intact): {e}");
+        }
+        if last_gauge.elapsed().as_secs() >= 1 {
+            last_gauge = std::time::Instant::now();
+            metrics.leases.set(table.live(now) as i64);
+        }
+    }
+}
+
+fn log_drop(why: Malformed, from: SocketAddr, len: usize) {
+    tracing::debug!(%from, len, reason = %why, "dropped a malformed DHCP datagram");
+}
