@@ -12,6 +12,8 @@ pub mod leases;
 pub mod metrics;
 pub mod packet;
 pub mod socket;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 

@@ -68,9 +68,16 @@ impl std::fmt::Display for Malformed {
     }
 }
 
-/// Walks the options after the cookie and returns their codes in order (pad and end excluded).
-fn walk_options(buf: &[u8]) -> Result<Vec<u8>, Malformed> {
-    let mut codes = Vec::new();
+/// Options the server reads from a request. Only these are handed to the decoder: the others are not
+/// needed, and some of them (rapid commit, classless routes, ...) make `dhcproto` 0.15 assert or panic on
+/// malformed input.
+const READ_OPTIONS: [u8; 9] = [50, 53, 54, 55, 60, 77, 82, 93, 97];
+
+/// Walks the options after the cookie, checks every length, and returns a copy of the packet holding only
+/// [`READ_OPTIONS`] (option 93 trimmed to its first architecture).
+fn sanitize(buf: &[u8]) -> Result<Vec<u8>, Malformed> {
+    let mut clean = Vec::with_capacity(buf.len());
+    clean.extend_from_slice(&buf[..MIN_LEN]);
     let mut i = MIN_LEN;
     let mut seen_type = false;
     while i < buf.len() {
@@ -83,14 +90,22 @@ fn walk_options(buf: &[u8]) -> Result<Vec<u8>, Malformed> {
                 if i + 2 + len > buf.len() {
                     return Err(Malformed::BadOptionLength);
                 }
-                if code == 53 {
-                    if len != 1 {
-                        return Err(Malformed::BadOptionLength);
-                    }
-                    seen_type = true;
+                let data = &buf[i + 2..i + 2 + len];
+                let ok = match code {
+                    53 => len == 1,
+                    50 | 54 => len == 4,
+                    93 => len >= 2 && len % 2 == 0,
+                    _ => true,
+                };
+                if !ok {
+                    return Err(Malformed::BadOptionLength);
                 }
-                if codes.last() != Some(&code) {
-                    codes.push(code);
+                seen_type |= code == 53;
+                if READ_OPTIONS.contains(&code) {
+                    let data = if code == 93 { &data[..2] } else { data };
+                    clean.push(code);
+                    clean.push(data.len() as u8);
+                    clean.extend_from_slice(data);
                 }
                 i += 2 + len;
             }
@@ -99,7 +114,8 @@ fn walk_options(buf: &[u8]) -> Result<Vec<u8>, Malformed> {
     if !seen_type {
         return Err(Malformed::NoMessageType);
     }
-    Ok(codes)
+    clean.push(255);
+    Ok(clean)
 }
 
 /// Validates a datagram and decodes it. Never panics, whatever the bytes.
@@ -119,22 +135,11 @@ pub fn parse(buf: &[u8]) -> Result<Message, Malformed> {
     if buf[236..240] != MAGIC_COOKIE {
         return Err(Malformed::BadMagicCookie);
     }
-    let mut codes = walk_options(buf)?;
-    let msg = Message::decode(&mut Decoder::new(buf)).map_err(|_| Malformed::BadOptionLength)?;
-    // dhcproto reads fixed-width options (lease time, architecture, ...) at their natural width whatever the
-    // length byte says; a wrong length then shows up as a different option set. Refuse those packets.
-    let mut decoded: Vec<u8> = msg
-        .opts()
-        .iter()
-        .map(|(c, _)| u8::from(*c))
-        .filter(|c| *c != 0 && *c != 255)
-        .collect();
-    codes.sort_unstable();
-    codes.dedup();
-    decoded.sort_unstable();
-    if codes != decoded {
-        return Err(Malformed::BadOptionLength);
-    }
+    let clean = sanitize(buf)?;
+    // Defence in depth: a decoder panic on hostile bytes is a dropped packet, never a crash.
+    let msg = std::panic::catch_unwind(|| Message::decode(&mut Decoder::new(&clean)))
+        .map_err(|_| Malformed::BadOptionLength)?
+        .map_err(|_| Malformed::BadOptionLength)?;
     if msg.opts().msg_type().is_none() {
         return Err(Malformed::NoMessageType);
     }
@@ -318,10 +323,18 @@ mod tests {
         let mut b = good.clone();
         b[244] = 40; // option 93 claims 40 bytes
         assert_eq!(parse(&b), Err(Malformed::BadOptionLength));
-        // option 51 (lease time, 4 bytes) with length 2: a naive decoder would desync.
+        // option 50 (an address, 4 bytes) with length 2: a naive decoder would desync.
         let mut b = good[..240].to_vec();
-        b.extend_from_slice(&[53, 1, 1, 51, 2, 0, 0, 12, 1, b'x', 255]);
+        b.extend_from_slice(&[53, 1, 1, 50, 2, 0, 0, 12, 1, b'x', 255]);
         assert_eq!(parse(&b), Err(Malformed::BadOptionLength));
+        // Options the server does not read are not decoded: rapid commit with a length (dhcproto asserts).
+        let mut b = good[..240].to_vec();
+        b.extend_from_slice(&[53, 1, 1, 80, 2, 0, 0, 121, 5, 40, 1, 2, 3, 4, 255]);
+        assert!(parse(&b).is_ok());
+        // A list of architectures: the first one counts.
+        let mut b = good[..240].to_vec();
+        b.extend_from_slice(&[53, 1, 1, 93, 4, 0, 16, 0, 7, 255]);
+        assert_eq!(ClientInfo::of(&parse(&b).unwrap()).arch, Some(16));
         let mut b = good[..240].to_vec();
         b.extend_from_slice(&[12, 1, b'x', 255]);
         assert_eq!(parse(&b), Err(Malformed::NoMessageType));
