@@ -8,6 +8,7 @@
 //! - [`socket`]: the thin tokio loop bound to the provisioning interface.
 
 pub mod core;
+pub mod fuzzing;
 pub mod leases;
 pub mod metrics;
 pub mod packet;
@@ -17,7 +18,7 @@ mod tests;
 
 use std::sync::Arc;
 
-pub use self::core::{Context, Destination, Outcome, Port, handle};
+pub use self::core::{Context, Destination, Ignored, Outcome, Port, handle};
 pub use self::leases::{Journal, LeaseTable};
 pub use self::metrics::DhcpMetrics;
 use crate::netboot::boot::Booter;

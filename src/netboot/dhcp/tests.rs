@@ -1,10 +1,7 @@
 //! Unit tests of the DHCP packet path without sockets: every architecture / user-class combination, full and
 //! proxy mode, relays, NAKs, the pool, and a bounded mutation fuzz of the whole path.
 
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::Path;
-use std::sync::Arc;
 
 use dhcproto::v4::relay::{RelayAgentInformation, RelayInfo};
 use dhcproto::v4::{Architecture, DhcpOption, Message, MessageType, OptionCode};
@@ -14,40 +11,14 @@ use super::leases::{Change, LeaseTable};
 use super::packet::{self, Malformed};
 use super::{DhcpMetrics, Processed, process};
 use crate::config::MacAddr;
+use super::fuzzing::{booter_with, proxy_mode, with_pool, with_relay_id};
 use crate::netboot::boot::Booter;
 
-const EXAMPLE: &str = include_str!("../../../cluster.toml");
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 const NOW: u64 = 1_800_000_000;
 
-fn booter_with(edit: impl Fn(String) -> String) -> Booter {
-    let src = edit(EXAMPLE.to_string());
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let cluster = crate::config::load_str(&root.join("cluster.toml"), &src, root)
-        .unwrap_or_else(|e| panic!("test config invalid: {e}"));
-    Booter::new(Arc::new(cluster), BTreeMap::new())
-}
-
 fn full() -> Booter {
     booter_with(|s| s)
-}
-
-fn with_pool(s: String) -> String {
-    s.replace(
-        "# unknown_pool = { start = \"10.77.0.200\", end = \"10.77.0.250\" }",
-        "unknown_pool = { start = \"10.77.0.200\", end = \"10.77.0.202\" }",
-    )
-}
-
-fn proxy_mode(s: String) -> String {
-    s.replace("dhcp_mode = \"full\"", "dhcp_mode = \"proxy\"")
-}
-
-fn with_relay_id(s: String) -> String {
-    s.replace(
-        "ip = \"10.77.0.22\"",
-        "ip = \"10.77.0.22\"\nrelay_id = \"switch1/port7\"",
-    )
 }
 
 fn mac(last: u8) -> [u8; 6] {
@@ -585,7 +556,7 @@ fn fuzz_packet_path_never_panics_and_counts_drops() {
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
-    let booters = [full(), booter_with(with_pool), booter_with(|s| with_relay_id(proxy_mode(s)))];
+    let booters = super::fuzzing::booters();
     let mut seeds: Vec<Vec<u8>> = Vec::new();
     for ty in [
         MessageType::Discover,
