@@ -2,5 +2,4 @@
 
 pub mod boot;
 pub mod dhcp;
-pub mod metrics;
 pub mod server;

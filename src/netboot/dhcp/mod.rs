@@ -95,8 +95,3 @@ pub fn message_type_label(t: dhcproto::v4::MessageType) -> &'static str {
 pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
     socket::run(shared).await
 }
-
-/// The Prometheus text of the server's registry (DHCP and whatever else registered), for `GET /metrics`.
-pub fn encode_metrics(shared: &Shared) -> String {
-    shared.metrics.encode()
-}

@@ -74,7 +74,7 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
     let iface = cluster.network.interface.clone();
     let mode = cluster.network.dhcp_mode;
     let metrics = DhcpMetrics::default();
-    shared.metrics.with_registry(|r| metrics.register(r));
+    shared.register_metrics(|r| metrics.register(r));
     let journal_path = cluster.paths.state.join(LEASES_FILE);
     let (mut journal, mut table) = Journal::open(&journal_path, unix_now())?;
     metrics.leases.set(table.live(unix_now()) as i64);
