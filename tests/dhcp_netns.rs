@@ -60,10 +60,30 @@ impl Lab {
             run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
         }
         run(&[
-            "ip", "link", "add", &lab.srv_if, "netns", &lab.srv_ns, "type", "veth", "peer", "name",
-            &lab.cli_if, "netns", &lab.cli_ns,
+            "ip",
+            "link",
+            "add",
+            &lab.srv_if,
+            "netns",
+            &lab.srv_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &lab.cli_if,
+            "netns",
+            &lab.cli_ns,
         ]);
-        run(&["ip", "-n", &lab.srv_ns, "addr", "add", "10.77.0.1/24", "dev", &lab.srv_if]);
+        run(&[
+            "ip",
+            "-n",
+            &lab.srv_ns,
+            "addr",
+            "add",
+            "10.77.0.1/24",
+            "dev",
+            &lab.srv_if,
+        ]);
         run(&["ip", "-n", &lab.srv_ns, "link", "set", &lab.srv_if, "up"]);
         run(&["ip", "-n", &lab.cli_ns, "link", "set", &lab.cli_if, "up"]);
         lab
@@ -90,7 +110,16 @@ impl Lab {
     }
 
     fn set_client_mac(&self, mac: &str) {
-        run(&["ip", "-n", &self.cli_ns, "link", "set", &self.cli_if, "address", mac]);
+        run(&[
+            "ip",
+            "-n",
+            &self.cli_ns,
+            "link",
+            "set",
+            &self.cli_if,
+            "address",
+            mac,
+        ]);
     }
 
     /// Starts `imgbuild serve` in the server namespace and waits until DHCP listens.
@@ -150,7 +179,17 @@ impl Lab {
         let out = self.path("udhcpc");
         let _ = std::fs::remove_file(out.with_extension("bound"));
         let status = Command::new("timeout")
-            .args(["20", "ip", "netns", "exec", &self.cli_ns, "udhcpc", "-f", "-q", "-n"])
+            .args([
+                "20",
+                "ip",
+                "netns",
+                "exec",
+                &self.cli_ns,
+                "udhcpc",
+                "-f",
+                "-q",
+                "-n",
+            ])
             .args(["-t", "3", "-T", "1", "-A", "1", "-i", &self.cli_if, "-s"])
             .arg(&script)
             .args(extra)
@@ -191,7 +230,10 @@ fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static)
         let fd = std::fs::File::open(&path).unwrap();
         use std::os::fd::AsRawFd;
         // SAFETY: setns on a valid namespace fd, for this thread only.
-        assert_eq!(unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        assert_eq!(
+            unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
         f()
     })
     .join()
@@ -207,7 +249,8 @@ fn client_socket(iface: &str, port: u16) -> UdpSocket {
     s.bind(&SocketAddr::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).into())
         .unwrap();
     let s: UdpSocket = s.into();
-    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     s
 }
 
@@ -278,7 +321,7 @@ fn events(lab: &Lab) -> String {
 
 #[test]
 fn root_netns_udhcpc_and_dhclient_get_inventory_address_and_boot_file_unknown_gets_nothing_and_hot_reload()
-{
+ {
     let mut lab = Lab::new("a");
     let cfg = lab.write_config(|s| s);
     let pid = lab.start_server(&cfg, "serve.log");
@@ -305,7 +348,10 @@ fn root_netns_udhcpc_and_dhclient_get_inventory_address_and_boot_file_unknown_ge
     let env = lab
         .udhcpc(&["-x", "0x4d:69505845"])
         .expect("udhcpc (iPXE) got no lease");
-    assert_eq!(env["boot_file"], "http://10.77.0.1:8080/ipxe/52:54:00:77:00:21");
+    assert_eq!(
+        env["boot_file"],
+        "http://10.77.0.1:8080/ipxe/52:54:00:77:00:21"
+    );
 
     // dhclient as storage-1.
     lab.set_client_mac("52:54:00:77:00:31");
@@ -317,7 +363,16 @@ fn root_netns_udhcpc_and_dhclient_get_inventory_address_and_boot_file_unknown_ge
     .unwrap();
     let leasefile = lab.path("dhclient.leases");
     let child = Command::new("ip")
-        .args(["netns", "exec", &lab.cli_ns, "dhclient", "-4", "-d", "-1", "-cf"])
+        .args([
+            "netns",
+            "exec",
+            &lab.cli_ns,
+            "dhclient",
+            "-4",
+            "-d",
+            "-1",
+            "-cf",
+        ])
         .arg(&conf)
         .arg("-lf")
         .arg(&leasefile)
@@ -372,19 +427,32 @@ fn root_netns_udhcpc_and_dhclient_get_inventory_address_and_boot_file_unknown_ge
     let before = std::fs::read_to_string(lab.path("state/dhcp-leases.jsonl")).unwrap();
     assert!(before.contains("10.77.0.21") && before.contains("10.77.0.31"));
     let added = "\n[[machines]]\nmac = \"52:54:00:77:00:99\"\nhostname = \"worker-9\"\nrole = \"worker\"\nip = \"10.77.0.29\"\nstate_disk = \"/dev/vda\"\ninit_blank = true\n";
-    lab.write_config(|s| s.replace("\n# Upstream sources", &format!("{added}\n# Upstream sources")));
+    lab.write_config(|s| {
+        s.replace(
+            "\n# Upstream sources",
+            &format!("{added}\n# Upstream sources"),
+        )
+    });
     lab.signal(pid, libc::SIGHUP);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !lab.log("serve.log").contains("configuration reloaded") {
-        assert!(Instant::now() < deadline, "no reload:\n{}", lab.log("serve.log"));
+        assert!(
+            Instant::now() < deadline,
+            "no reload:\n{}",
+            lab.log("serve.log")
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let env = lab.udhcpc(&[]).expect("added machine got no lease after reload");
+    let env = lab
+        .udhcpc(&[])
+        .expect("added machine got no lease after reload");
     assert_eq!(env["ip"], "10.77.0.29");
     assert_eq!(env["hostname"], "worker-9");
     // worker-1's lease survived the reload: it renews (INIT-REBOOT) its address.
     lab.set_client_mac("52:54:00:77:00:21");
-    let env = lab.udhcpc(&["-r", "10.77.0.21"]).expect("renew after reload");
+    let env = lab
+        .udhcpc(&["-r", "10.77.0.21"])
+        .expect("renew after reload");
     assert_eq!(env["ip"], "10.77.0.21");
     let after = std::fs::read_to_string(lab.path("state/dhcp-leases.jsonl")).unwrap();
     for line in before.lines() {
@@ -392,7 +460,12 @@ fn root_netns_udhcpc_and_dhclient_get_inventory_address_and_boot_file_unknown_ge
         assert!(after.contains(mac), "lease {line} lost by reload");
     }
     // The process served all of this without restarting.
-    assert_eq!(lab.log("serve.log").matches("DHCP server listening").count(), 1);
+    assert_eq!(
+        lab.log("serve.log")
+            .matches("DHCP server listening")
+            .count(),
+        1
+    );
 }
 
 #[test]
@@ -402,10 +475,25 @@ fn root_netns_proxy_mode_beside_dnsmasq() {
     // dnsmasq: the "router's" full DHCP server, same interface, addresses .100-.150, no boot information.
     let dnslog = lab.path("dnsmasq.log");
     let child = Command::new("ip")
-        .args(["netns", "exec", &lab.srv_ns, "dnsmasq", "-k", "--port=0", "--bind-interfaces"])
+        .args([
+            "netns",
+            "exec",
+            &lab.srv_ns,
+            "dnsmasq",
+            "-k",
+            "--port=0",
+            "--bind-interfaces",
+        ])
         .arg(format!("--interface={}", lab.srv_if))
-        .args(["--dhcp-range=10.77.0.100,10.77.0.150,255.255.255.0,1h", "--no-ping", "--dhcp-authoritative"])
-        .arg(format!("--dhcp-leasefile={}", lab.path("dnsmasq.leases").display()))
+        .args([
+            "--dhcp-range=10.77.0.100,10.77.0.150,255.255.255.0,1h",
+            "--no-ping",
+            "--dhcp-authoritative",
+        ])
+        .arg(format!(
+            "--dhcp-leasefile={}",
+            lab.path("dnsmasq.leases").display()
+        ))
         .arg("--pid-file=")
         .arg(format!("--log-facility={}", dnslog.display()))
         .arg("--log-dhcp")
@@ -495,9 +583,19 @@ fn root_netns_proxy_mode_beside_dnsmasq() {
         }
         (offers, unknown_offers, dnsmasq_ack, pxe_ack)
     });
-    let ours: Vec<&Message> = offers.iter().filter(|o| o.yiaddr().is_unspecified()).collect();
-    let theirs: Vec<&Message> = offers.iter().filter(|o| !o.yiaddr().is_unspecified()).collect();
-    assert_eq!(theirs.len(), 1, "one address offer from dnsmasq: {offers:?}");
+    let ours: Vec<&Message> = offers
+        .iter()
+        .filter(|o| o.yiaddr().is_unspecified())
+        .collect();
+    let theirs: Vec<&Message> = offers
+        .iter()
+        .filter(|o| !o.yiaddr().is_unspecified())
+        .collect();
+    assert_eq!(
+        theirs.len(),
+        1,
+        "one address offer from dnsmasq: {offers:?}"
+    );
     assert_eq!(ours.len(), 1, "one proxy offer from us: {offers:?}");
     let proxy = ours[0];
     assert_eq!(
@@ -525,11 +623,19 @@ fn root_netns_proxy_mode_beside_dnsmasq() {
         "undionly.kpxe"
     );
     let ev = events(&lab);
-    assert!(ev.contains("52:54:00:77:00:13") && ev.contains("dhcp-offer") && ev.contains("dhcp-ack"));
-    assert!(!ev.contains("52:54:00:77:00:12"), "a non-PXE client was answered: {ev}");
-    assert!(!std::fs::read_to_string(lab.path("state/dhcp-leases.jsonl"))
-        .unwrap_or_default()
-        .contains("grant"), "a proxy grants no lease");
+    assert!(
+        ev.contains("52:54:00:77:00:13") && ev.contains("dhcp-offer") && ev.contains("dhcp-ack")
+    );
+    assert!(
+        !ev.contains("52:54:00:77:00:12"),
+        "a non-PXE client was answered: {ev}"
+    );
+    assert!(
+        !std::fs::read_to_string(lab.path("state/dhcp-leases.jsonl"))
+            .unwrap_or_default()
+            .contains("grant"),
+        "a proxy grants no lease"
+    );
 }
 
 /// The lease journal after a crash: every ACK the client received is there, with its address; no address
@@ -553,7 +659,10 @@ fn check_journal(lab: &Lab, acked: &BTreeMap<[u8; 6], Ipv4Addr>) {
     let mut seen = std::collections::HashSet::new();
     for line in text.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        assert!(seen.insert(v["ip"].as_str().unwrap().to_string()), "doubled: {line}");
+        assert!(
+            seen.insert(v["ip"].as_str().unwrap().to_string()),
+            "doubled: {line}"
+        );
     }
 }
 
@@ -561,7 +670,16 @@ fn check_journal(lab: &Lab, acked: &BTreeMap<[u8; 6], Ipv4Addr>) {
 fn root_netns_leases_survive_kill_9_mid_load() {
     let mut lab = Lab::new("k");
     let cfg = lab.write_config(pool("10.77.0.100", "10.77.0.250"));
-    run(&["ip", "-n", &lab.cli_ns, "addr", "add", "10.77.0.254/24", "dev", &lab.cli_if]);
+    run(&[
+        "ip",
+        "-n",
+        &lab.cli_ns,
+        "addr",
+        "add",
+        "10.77.0.254/24",
+        "dev",
+        &lab.cli_if,
+    ]);
     let mut acked: BTreeMap<[u8; 6], Ipv4Addr> = BTreeMap::new();
     let mut next = 0u16;
     for round in 0..3 {
@@ -575,11 +693,20 @@ fn root_netns_leases_survive_kill_9_mid_load() {
                 .iter()
                 .take(20)
                 .enumerate()
-                .map(|(i, (m, ip))| (dora(&s, *m, 0x9000_0000 + i as u32, Duration::from_secs(2)), *ip))
+                .map(|(i, (m, ip))| {
+                    (
+                        dora(&s, *m, 0x9000_0000 + i as u32, Duration::from_secs(2)),
+                        *ip,
+                    )
+                })
                 .collect::<Vec<_>>()
         });
         for (got, want) in again {
-            assert_eq!(got, Some(want), "round {round}: address changed after a restart");
+            assert_eq!(
+                got,
+                Some(want),
+                "round {round}: address changed after a restart"
+            );
         }
         // Load: DORAs as fast as the server answers; kill -9 after 30 ACKs, while requests are in flight.
         let count = Arc::new(AtomicUsize::new(0));
@@ -626,20 +753,45 @@ fn root_netns_leases_survive_kill_9_mid_load() {
 fn root_netns_malformed_packets_are_dropped_and_counted_while_serving_continues() {
     let mut lab = Lab::new("m");
     let cfg = lab.write_config(pool("10.77.0.100", "10.77.0.250"));
-    run(&["ip", "-n", &lab.cli_ns, "addr", "add", "10.77.0.5/24", "dev", &lab.cli_if]);
+    run(&[
+        "ip",
+        "-n",
+        &lab.cli_ns,
+        "addr",
+        "add",
+        "10.77.0.5/24",
+        "dev",
+        &lab.cli_if,
+    ]);
     lab.start_server(&cfg, "serve.log");
     let iface = lab.cli_if.clone();
     let (ok_before, ok_after, relayed) = in_netns(&lab.cli_ns, move || {
         let s = client_socket(&iface, 68);
         let mac = [0x02, 0xbd, 0, 0, 0, 1];
         let ok_before = dora(&s, mac, 1, Duration::from_secs(3));
-        let good = encode(&request_msg(MessageType::Discover, [0x02, 0xbd, 0, 0, 0, 2], 2));
+        let good = encode(&request_msg(
+            MessageType::Discover,
+            [0x02, 0xbd, 0, 0, 0, 2],
+            2,
+        ));
         let bcast = SocketAddr::from(SocketAddrV4::new(Ipv4Addr::BROADCAST, 67));
         let mut bad: Vec<Vec<u8>> = vec![
-            good[..100].to_vec(),                                 // truncated
-            { let mut b = good.clone(); b.resize(4000, 7); b },   // oversize
-            { let mut b = good.clone(); b[236] = 0; b },          // bad magic cookie
-            { let mut b = good.clone(); b[0] = 2; b },            // wrong op
+            good[..100].to_vec(), // truncated
+            {
+                let mut b = good.clone();
+                b.resize(4000, 7);
+                b
+            }, // oversize
+            {
+                let mut b = good.clone();
+                b[236] = 0;
+                b
+            }, // bad magic cookie
+            {
+                let mut b = good.clone();
+                b[0] = 2;
+                b
+            }, // wrong op
         ];
         let mut b = good[..240].to_vec();
         b.extend_from_slice(&[53, 1, 1, 55, 250, 1]); // option length past the end
@@ -657,7 +809,12 @@ fn root_netns_malformed_packets_are_dropped_and_counted_while_serving_continues(
         relay
             .send_to(&encode(&m), SocketAddr::from(SocketAddrV4::new(SERVER, 67)))
             .unwrap();
-        let relayed = wait_reply(&relay, 4, MessageType::Offer, Instant::now() + Duration::from_secs(2));
+        let relayed = wait_reply(
+            &relay,
+            4,
+            MessageType::Offer,
+            Instant::now() + Duration::from_secs(2),
+        );
         (ok_before, ok_after, relayed)
     });
     assert!(ok_before.is_some() && ok_after.is_some(), "serving stopped");
@@ -665,10 +822,19 @@ fn root_netns_malformed_packets_are_dropped_and_counted_while_serving_continues(
     assert_eq!(relayed.giaddr(), Ipv4Addr::new(10, 77, 0, 5));
     std::thread::sleep(Duration::from_millis(200));
     let log = lab.log("serve.log");
-    for reason in ["truncated", "oversize", "bad_magic_cookie", "wrong_op", "bad_option_length"] {
+    for reason in [
+        "truncated",
+        "oversize",
+        "bad_magic_cookie",
+        "wrong_op",
+        "bad_option_length",
+    ] {
         let n = log
             .lines()
-            .filter(|l| l.contains("dropped a malformed DHCP datagram") && l.contains(&format!("reason={reason}")))
+            .filter(|l| {
+                l.contains("dropped a malformed DHCP datagram")
+                    && l.contains(&format!("reason={reason}"))
+            })
             .count();
         assert_eq!(n, 10, "{reason}: {n} drops logged\n{log}");
     }

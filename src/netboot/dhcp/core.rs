@@ -7,9 +7,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use dhcproto::v4::{
-    DhcpOption, Flags, Message, MessageType, Opcode, OptionCode, UnknownOption,
-};
+use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode, UnknownOption};
 
 use super::leases::{Change, Lease, LeaseTable};
 use super::packet::{ClientInfo, Vendor};
@@ -197,7 +195,12 @@ fn destination(req: &Message, nak: bool) -> Destination {
 }
 
 /// Adds the boot file and the PXE bits to a reply. Returns the boot file for the event detail.
-fn add_boot(m: &mut Message, info: &ClientInfo, booter: &Booter, client: &Client) -> Option<BootFile> {
+fn add_boot(
+    m: &mut Message,
+    info: &ClientInfo,
+    booter: &Booter,
+    client: &Client,
+) -> Option<BootFile> {
     let server = booter.cluster.network.server;
     let bf = booter.dhcp_bootfile(client)?;
     let name = bf.as_str().as_bytes();
@@ -209,8 +212,7 @@ fn add_boot(m: &mut Message, info: &ClientInfo, booter: &Booter, client: &Client
     }
     // Option 67 too when the client asks for it or the name does not fit the file field.
     if name.len() >= 128 || info.wants.contains(&67) {
-        m.opts_mut()
-            .insert(DhcpOption::BootfileName(name.to_vec()));
+        m.opts_mut().insert(DhcpOption::BootfileName(name.to_vec()));
     }
     if let BootFile::Tftp(_) = bf
         && info.wants.contains(&66)
@@ -295,7 +297,12 @@ fn pool_ip_free(ip: Ipv4Addr, mac: MacAddr, ctx: &Context) -> bool {
         && ctx.leases.holder(ip, ctx.now).is_none_or(|h| h == mac)
 }
 
-fn assign(machine: Option<&Machine>, mac: MacAddr, prefer: Option<Ipv4Addr>, ctx: &Context) -> Assign {
+fn assign(
+    machine: Option<&Machine>,
+    mac: MacAddr,
+    prefer: Option<Ipv4Addr>,
+    ctx: &Context,
+) -> Assign {
     if let Some(m) = machine {
         return Assign::Static(m.ip);
     }
@@ -449,7 +456,10 @@ fn full(req: &Message, info: &ClientInfo, ctx: &Context) -> Outcome {
                     "{} ({}) declined its inventory address {ip}: another host on the provisioning network uses it",
                     m.hostname, info.mac
                 ),
-                None => format!("{} declined {ip}: another host uses it; not handing it out for a lease time", info.mac),
+                None => format!(
+                    "{} declined {ip}: another host uses it; not handing it out for a lease time",
+                    info.mac
+                ),
             });
             out
         }
@@ -535,7 +545,9 @@ fn proxy(req: &Message, info: &ClientInfo, ctx: &Context, port: Port) -> Outcome
         _ => return Outcome::ignored(Ignored::NoReplyNeeded),
     };
     let client = boot_client(info, cluster);
-    let known = booter.machine(info.mac, client.relay_id.as_deref()).is_some();
+    let known = booter
+        .machine(info.mac, client.relay_id.as_deref())
+        .is_some();
     if !known && cluster.network.unknown_pool.is_none() {
         return Outcome::ignored(Ignored::UnknownMac);
     }

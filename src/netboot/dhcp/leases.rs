@@ -50,13 +50,26 @@ pub enum Record {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     /// Reserve a pool address for an OFFER until `until`.
-    Offer { mac: MacAddr, ip: Ipv4Addr, until: u64 },
+    Offer {
+        mac: MacAddr,
+        ip: Ipv4Addr,
+        until: u64,
+    },
     /// The client chose another server: forget its offer.
-    DropOffer { mac: MacAddr },
+    DropOffer {
+        mac: MacAddr,
+    },
     /// An ACK.
     Grant(Lease),
-    Release { mac: MacAddr, ip: Ipv4Addr },
-    Decline { mac: MacAddr, ip: Ipv4Addr, until: u64 },
+    Release {
+        mac: MacAddr,
+        ip: Ipv4Addr,
+    },
+    Decline {
+        mac: MacAddr,
+        ip: Ipv4Addr,
+        until: u64,
+    },
 }
 
 impl Change {
@@ -285,7 +298,9 @@ impl Journal {
                         Err(_) if n + 1 == lines.len() => {
                             tracing::info!(path = %path.display(), "skipping a torn last line in the lease journal (crash during a write)")
                         }
-                        Err(e) => tracing::warn!(path = %path.display(), line = n + 1, error = %e, "skipping an unreadable lease journal line"),
+                        Err(e) => {
+                            tracing::warn!(path = %path.display(), line = n + 1, error = %e, "skipping an unreadable lease journal line")
+                        }
                     }
                 }
             }
@@ -363,12 +378,11 @@ impl Journal {
             return Ok(());
         }
         self.commit()?;
-        self.file = Self::rewrite(&self.path, &table.snapshot(now)).map_err(|source| {
-            JournalError::Io {
+        self.file =
+            Self::rewrite(&self.path, &table.snapshot(now)).map_err(|source| JournalError::Io {
                 path: self.path.clone(),
                 source,
-            }
-        })?;
+            })?;
         self.lines = live;
         Ok(())
     }

@@ -61,11 +61,15 @@ impl DhcpMetrics {
     }
 
     pub fn drop(&self, why: Malformed) {
-        self.dropped.get_or_create(&[("reason", why.as_str())]).inc();
+        self.dropped
+            .get_or_create(&[("reason", why.as_str())])
+            .inc();
     }
 
     pub fn ignore(&self, why: Ignored) {
-        self.ignored.get_or_create(&[("reason", why.as_str())]).inc();
+        self.ignored
+            .get_or_create(&[("reason", why.as_str())])
+            .inc();
     }
 
     /// Total malformed datagrams dropped.

@@ -94,7 +94,7 @@ fn sanitize(buf: &[u8]) -> Result<Vec<u8>, Malformed> {
                 let ok = match code {
                     53 => len == 1,
                     50 | 54 => len == 4,
-                    93 => len >= 2 && len % 2 == 0,
+                    93 => len >= 2 && len.is_multiple_of(2),
                     _ => true,
                 };
                 if !ok {
@@ -185,7 +185,9 @@ pub struct RelayIds {
 
 fn id_text(bytes: &[u8]) -> String {
     match std::str::from_utf8(bytes) {
-        Ok(s) if !s.is_empty() && s.chars().all(|c| c.is_ascii_graphic() || c == ' ') => s.to_string(),
+        Ok(s) if !s.is_empty() && s.chars().all(|c| c.is_ascii_graphic() || c == ' ') => {
+            s.to_string()
+        }
         _ => hex::encode(bytes),
     }
 }
@@ -224,8 +226,12 @@ impl ClientInfo {
             _ => None,
         };
         let vendor = match opts.get(OptionCode::ClassIdentifier) {
-            Some(DhcpOption::ClassIdentifier(v)) if v.starts_with(b"PXEClient") => Some(Vendor::Pxe),
-            Some(DhcpOption::ClassIdentifier(v)) if v.starts_with(b"HTTPClient") => Some(Vendor::Http),
+            Some(DhcpOption::ClassIdentifier(v)) if v.starts_with(b"PXEClient") => {
+                Some(Vendor::Pxe)
+            }
+            Some(DhcpOption::ClassIdentifier(v)) if v.starts_with(b"HTTPClient") => {
+                Some(Vendor::Http)
+            }
             _ => None,
         };
         // iPXE sends option 77 as the bare text "iPXE" (not RFC 3004 length-prefixed); accept both forms.

@@ -114,14 +114,13 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
                         break;
                     }
                 };
-                let outcome =
-                    match process(&buf[..n], port, &booter, &mut table, now, &metrics) {
-                        Processed::Dropped(why) => {
-                            log_drop(why, from, n);
-                            continue;
-                        }
-                        Processed::Handled(o) => o,
-                    };
+                let outcome = match process(&buf[..n], port, &booter, &mut table, now, &metrics) {
+                    Processed::Dropped(why) => {
+                        log_drop(why, from, n);
+                        continue;
+                    }
+                    Processed::Handled(o) => o,
+                };
                 let mut durable = false;
                 for c in &outcome.changes {
                     if let Some(rec) = c.record(now) {
@@ -164,7 +163,9 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
         let synced = match journal.commit() {
             Ok(()) => true,
             Err(e) => {
-                tracing::error!("{e}: withholding the ACKs of this batch (their leases are not on disk)");
+                tracing::error!(
+                    "{e}: withholding the ACKs of this batch (their leases are not on disk)"
+                );
                 false
             }
         };
