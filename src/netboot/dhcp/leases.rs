@@ -272,6 +272,8 @@ pub struct Journal {
     file: std::fs::File,
     pending: Vec<u8>,
     lines: usize,
+    /// Compact when `lines` reaches this: max(10 000, 4 × the live leases at the last compaction).
+    compact_at: usize,
 }
 
 impl Journal {
@@ -315,6 +317,7 @@ impl Journal {
                 file,
                 pending: Vec::new(),
                 lines,
+                compact_at: 10_000.max(4 * lines),
             },
             table,
         ))
@@ -371,12 +374,13 @@ impl Journal {
         })
     }
 
-    /// Rewrites the journal from the table when it has grown to many times the live leases.
+    /// Rewrites the journal from the table when it has grown to many times the live leases (O(1) unless it
+    /// compacts).
     pub fn maybe_compact(&mut self, table: &LeaseTable, now: u64) -> Result<(), JournalError> {
-        let live = table.live(now);
-        if self.lines < 10_000.max(4 * live) {
+        if self.lines < self.compact_at {
             return Ok(());
         }
+        let live = table.live(now);
         self.commit()?;
         self.file =
             Self::rewrite(&self.path, &table.snapshot(now)).map_err(|source| JournalError::Io {
@@ -384,6 +388,7 @@ impl Journal {
                 source,
             })?;
         self.lines = live;
+        self.compact_at = 10_000.max(4 * live);
         Ok(())
     }
 }
@@ -458,5 +463,32 @@ mod tests {
         // Expired leases are dropped at compaction.
         let (_, t) = Journal::open(&p, 2000).unwrap();
         assert_eq!(t.live(2000), 0);
+    }
+
+    #[test]
+    fn journal_compacts_when_it_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("leases.jsonl");
+        let (mut j, mut t) = Journal::open(&p, 0).unwrap();
+        // 12 000 renewals of the same 3 leases.
+        for i in 0..12_000u64 {
+            let c = Change::Grant(Lease {
+                mac: mac((i % 3) as u8),
+                ip: Ipv4Addr::new(10, 0, 0, (i % 3) as u8 + 1),
+                expires: 1000 + i,
+            });
+            j.append(&c.record(i).unwrap());
+            t.apply(&c);
+            if i % 100 == 99 {
+                j.commit().unwrap();
+                j.maybe_compact(&t, 0).unwrap();
+            }
+        }
+        let lines = std::fs::read_to_string(&p).unwrap().lines().count();
+        assert!(lines < 10_000, "not compacted: {lines} lines");
+        let (_, back) = Journal::open(&p, 0).unwrap();
+        for n in 0..3u8 {
+            assert_eq!(back.lease(mac(n)), t.lease(mac(n)));
+        }
     }
 }
