@@ -1,9 +1,9 @@
 //! The thin socket loop around the DHCP core: UDP 67 (and 4011 in proxy mode) bound to the provisioning
 //! interface only (SO_BINDTODEVICE), broadcast replies, group commit of the lease journal.
 //!
-//! Each wake-up drains a batch of datagrams, runs them through [`super::process`], appends the lease
-//! records of the batch to the journal, fsyncs once, and only then sends the replies: an ACK never leaves
-//! before its lease is on disk.
+//! Each wake-up drains a batch of datagrams and runs them through [`super::process`]; replies that grant
+//! nothing (OFFER, NAK) go out at once, the lease records of the batch are appended to the journal and
+//! fsynced once, and only then are the ACKs sent: an ACK never leaves before its lease is on disk.
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -160,6 +160,12 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
                 });
             }
         }
+        // Replies that grant nothing (OFFER, NAK, INFORM ACK, proxy) go out at once; ACKs only after their
+        // leases are on disk.
+        let (acks, rest): (Vec<Pending>, Vec<Pending>) = out.into_iter().partition(|p| p.durable);
+        for p in rest {
+            send(&s67, s4011.as_ref(), p, &metrics, &shared).await;
+        }
         let synced = match journal.commit() {
             Ok(()) => true,
             Err(e) => {
@@ -169,30 +175,12 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
                 false
             }
         };
-        for p in out {
-            if p.durable && !synced {
+        for p in acks {
+            if !synced {
                 metrics.journal_errors.inc();
                 continue;
             }
-            let sock = if p.pxe_port {
-                s4011.as_ref().unwrap_or(&s67)
-            } else {
-                &s67
-            };
-            if p.bytes.is_empty() {
-                continue;
-            }
-            match sock.send_to(&p.bytes, p.to).await {
-                Ok(_) => {
-                    metrics.replies.get_or_create(&[("type", p.kind)]).inc();
-                    for ev in p.events {
-                        shared
-                            .events
-                            .record(ev.mac, ev.stage, ev.detail, Source::Server);
-                    }
-                }
-                Err(e) => tracing::debug!(to = %p.to, error = %e, "DHCP send failed"),
-            }
+            send(&s67, s4011.as_ref(), p, &metrics, &shared).await;
         }
         if let Err(e) = journal.maybe_compact(&table, now) {
             tracing::error!("lease journal compaction failed (the journal is still intact): {e}");
@@ -201,6 +189,35 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
             last_gauge = std::time::Instant::now();
             metrics.leases.set(table.live(now) as i64);
         }
+    }
+}
+
+/// Sends one reply and records its boot events.
+async fn send(
+    s67: &UdpSocket,
+    s4011: Option<&UdpSocket>,
+    p: Pending,
+    metrics: &DhcpMetrics,
+    shared: &Shared,
+) {
+    let sock = if p.pxe_port {
+        s4011.unwrap_or(s67)
+    } else {
+        s67
+    };
+    if p.bytes.is_empty() {
+        return;
+    }
+    match sock.send_to(&p.bytes, p.to).await {
+        Ok(_) => {
+            metrics.replies.get_or_create(&[("type", p.kind)]).inc();
+            for ev in p.events {
+                shared
+                    .events
+                    .record(ev.mac, ev.stage, ev.detail, Source::Server);
+            }
+        }
+        Err(e) => tracing::debug!(to = %p.to, error = %e, "DHCP send failed"),
     }
 }
 
