@@ -2,8 +2,9 @@
 //! interface only (SO_BINDTODEVICE), broadcast replies, group commit of the lease journal.
 //!
 //! Each wake-up drains a batch of datagrams and runs them through [`super::process`]; replies that grant
-//! nothing (OFFER, NAK) go out at once, the lease records of the batch are appended to the journal and
-//! fsynced once, and only then are the ACKs sent: an ACK never leaves before its lease is on disk.
+//! nothing (OFFER, NAK) go out at once. The batch's lease records and ACKs go to the journal thread, which
+//! appends every waiting batch, fsyncs once, and only then sends the ACKs: an ACK never leaves before its
+//! lease is on disk, and the loop keeps answering during the fsync.
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -14,7 +15,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
 use super::core::{Destination, Ignored, Port};
-use super::leases::{Change, Journal};
+use super::leases::{Change, Journal, Record};
 use super::metrics::DhcpMetrics;
 use super::packet::{self, Malformed};
 use super::{LEASES_FILE, Processed, message_type_label, process};
@@ -38,6 +39,11 @@ pub fn unix_now() -> u64 {
 /// A UDP socket on `0.0.0.0:port` that only sees `iface`, may broadcast, and shares the port with another
 /// DHCP server on the same host (proxy mode beside dnsmasq).
 pub fn bind(iface: &str, port: u16) -> anyhow::Result<UdpSocket> {
+    Ok(bind_pair(iface, port)?.0)
+}
+
+/// [`bind`], plus a duplicate of the socket for the journal thread (which sends the ACKs).
+fn bind_pair(iface: &str, port: u16) -> anyhow::Result<(UdpSocket, std::net::UdpSocket)> {
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     s.set_reuse_address(true)?;
     s.set_broadcast(true)?;
@@ -49,7 +55,8 @@ pub fn bind(iface: &str, port: u16) -> anyhow::Result<UdpSocket> {
     s.set_nonblocking(true)?;
     s.bind(&SocketAddr::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).into())
         .with_context(|| format!("cannot bind UDP port {port} on {iface}"))?;
-    Ok(UdpSocket::from_std(s.into())?)
+    let dup: std::net::UdpSocket = s.try_clone()?.into();
+    Ok((UdpSocket::from_std(s.into())?, dup))
 }
 
 async fn readable(s: &Option<UdpSocket>) -> std::io::Result<()> {
@@ -76,13 +83,24 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
     let metrics = DhcpMetrics::default();
     shared.register_metrics(|r| metrics.register(r));
     let journal_path = cluster.paths.state.join(LEASES_FILE);
-    let (mut journal, mut table) = Journal::open(&journal_path, unix_now())?;
+    let (journal, mut table) = Journal::open(&journal_path, unix_now())?;
     metrics.leases.set(table.live(unix_now()) as i64);
-    let s67 = bind(&iface, 67)?;
-    let s4011 = match mode {
-        DhcpMode::Proxy => Some(bind(&iface, 4011)?),
-        DhcpMode::Full => None,
+    let (s67, w67) = bind_pair(&iface, 67)?;
+    let (s4011, w4011) = match mode {
+        DhcpMode::Proxy => {
+            let (s, w) = bind_pair(&iface, 4011)?;
+            (Some(s), Some(w))
+        }
+        DhcpMode::Full => (None, None),
     };
+    let writer = spawn_writer(
+        journal,
+        table.clone(),
+        w67,
+        w4011,
+        metrics.clone(),
+        shared.clone(),
+    )?;
     tracing::info!(interface = %iface, mode = ?mode, leases = table.live(unix_now()), journal = %journal_path.display(), "DHCP server listening");
 
     let mut buf = vec![0u8; packet::MAX_LEN + 512];
@@ -103,6 +121,7 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
         }
         let now = unix_now();
         let mut out: Vec<Pending> = Vec::new();
+        let mut records: Vec<Record> = Vec::new();
         for (sock, port) in [(Some(&s67), Port::Dhcp), (s4011.as_ref(), Port::Pxe)] {
             let Some(sock) = sock else { continue };
             for _ in 0..BATCH {
@@ -124,7 +143,7 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
                 let mut durable = false;
                 for c in &outcome.changes {
                     if let Some(rec) = c.record(now) {
-                        journal.append(&rec);
+                        records.push(rec);
                         durable |= matches!(c, Change::Grant(_));
                     }
                 }
@@ -160,36 +179,107 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
                 });
             }
         }
-        // Replies that grant nothing (OFFER, NAK, INFORM ACK, proxy) go out at once; ACKs only after their
-        // leases are on disk.
+        // Replies that grant nothing (OFFER, NAK, INFORM ACK, proxy) go out at once; the journal thread
+        // writes and fsyncs the lease records, then sends the ACKs.
         let (acks, rest): (Vec<Pending>, Vec<Pending>) = out.into_iter().partition(|p| p.durable);
         for p in rest {
             send(&s67, s4011.as_ref(), p, &metrics, &shared).await;
         }
-        let synced = match journal.commit() {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(
-                    "{e}: withholding the ACKs of this batch (their leases are not on disk)"
-                );
-                false
-            }
-        };
-        for p in acks {
-            if !synced {
-                metrics.journal_errors.inc();
-                continue;
-            }
-            send(&s67, s4011.as_ref(), p, &metrics, &shared).await;
-        }
-        if let Err(e) = journal.maybe_compact(&table, now) {
-            tracing::error!("lease journal compaction failed (the journal is still intact): {e}");
+        if !records.is_empty() || !acks.is_empty() {
+            writer
+                .send(Batch { records, acks })
+                .map_err(|_| anyhow::anyhow!("the lease journal thread stopped"))?;
         }
         if last_gauge.elapsed().as_secs() >= 1 {
             last_gauge = std::time::Instant::now();
             metrics.leases.set(table.live(now) as i64);
         }
     }
+}
+
+/// The lease records of a batch of requests and the ACKs that wait for them.
+struct Batch {
+    records: Vec<Record>,
+    acks: Vec<Pending>,
+}
+
+/// The journal thread: group commit. It takes every batch waiting, appends their records, fsyncs once, and
+/// only then sends their ACKs, so the socket loop keeps answering during the fsync. It keeps its own copy of
+/// the table (from the same records) for compaction.
+fn spawn_writer(
+    mut journal: Journal,
+    mut mirror: super::leases::LeaseTable,
+    s67: std::net::UdpSocket,
+    s4011: Option<std::net::UdpSocket>,
+    metrics: DhcpMetrics,
+    shared: Arc<Shared>,
+) -> anyhow::Result<std::sync::mpsc::SyncSender<Batch>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(4096);
+    std::thread::Builder::new()
+        .name("dhcp-journal".into())
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut batches = vec![first];
+                batches.extend(rx.try_iter());
+                for b in &batches {
+                    for r in &b.records {
+                        journal.append(r);
+                        mirror.replay(r);
+                    }
+                }
+                let synced = match journal.commit() {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::error!(
+                            "{e}: withholding the ACKs of this batch (their leases are not on disk)"
+                        );
+                        false
+                    }
+                };
+                for p in batches.into_iter().flat_map(|b| b.acks) {
+                    if !synced {
+                        metrics.journal_errors.inc();
+                        continue;
+                    }
+                    let sock = match (&s4011, p.pxe_port) {
+                        (Some(s), true) => s,
+                        _ => &s67,
+                    };
+                    if !send_blocking(sock, &p) {
+                        continue;
+                    }
+                    metrics.replies.get_or_create(&[("type", p.kind)]).inc();
+                    for ev in p.events {
+                        shared
+                            .events
+                            .record(ev.mac, ev.stage, ev.detail, Source::Server);
+                    }
+                }
+                if let Err(e) = journal.maybe_compact(&mirror, unix_now()) {
+                    tracing::error!(
+                        "lease journal compaction failed (the journal is still intact): {e}"
+                    );
+                }
+            }
+        })?;
+    Ok(tx)
+}
+
+/// Sends on the (non-blocking) duplicate socket, retrying briefly while the send buffer is full.
+fn send_blocking(sock: &std::net::UdpSocket, p: &Pending) -> bool {
+    for _ in 0..100 {
+        match sock.send_to(&p.bytes, p.to) {
+            Ok(_) => return true,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(std::time::Duration::from_millis(1))
+            }
+            Err(e) => {
+                tracing::debug!(to = %p.to, error = %e, "DHCP send failed");
+                return false;
+            }
+        }
+    }
+    false
 }
 
 /// Sends one reply and records its boot events.
