@@ -1,7 +1,10 @@
 //! The `imgbuild` command line: parsing (clap) and one module per subcommand.
 
 mod check;
+mod enroll;
+mod kubeconfig;
 mod profile;
+mod secrets;
 mod serve;
 
 use std::path::PathBuf;
@@ -34,6 +37,12 @@ pub enum Command {
     Check(check::Args),
     /// Show, render or build the profile of one role (master, worker, storage).
     Profile(profile::Args),
+    /// Generate the cluster's secrets (CAs, service-account keys, bootstrap token) once.
+    Secrets(secrets::Args),
+    /// Show or change enrollment: open or close the window, re-arm a node.
+    Enroll(enroll::Args),
+    /// Write an admin kubeconfig for the cluster (client certificate signed by the cluster CA).
+    Kubeconfig(kubeconfig::Args),
     /// Run the netboot server: DHCP, TFTP and HTTP on the provisioning network.
     Serve(serve::Args),
 }
@@ -70,6 +79,9 @@ pub fn main() -> ExitCode {
         Command::Check(a) => check::run(&cli, a),
         Command::Profile(a) => profile::run(&cli, a),
         Command::Serve(a) => serve::run(&cli, a),
+        Command::Secrets(a) => secrets::run(&cli, a),
+        Command::Enroll(a) => enroll::run(&cli, a),
+        Command::Kubeconfig(a) => kubeconfig::run(&cli, a),
     };
     match result {
         Ok(code) => code,
