@@ -118,6 +118,10 @@ fn sanitize(buf: &[u8]) -> Result<Vec<u8>, Malformed> {
     Ok(clean)
 }
 
+/// Panics of the `dhcproto` decoder caught by [`parse`] since start (should stay 0: only options with checked
+/// lengths reach it).
+pub static DECODER_PANICS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Validates a datagram and decodes it. Never panics, whatever the bytes.
 pub fn parse(buf: &[u8]) -> Result<Message, Malformed> {
     if buf.len() > MAX_LEN {
@@ -136,9 +140,13 @@ pub fn parse(buf: &[u8]) -> Result<Message, Malformed> {
         return Err(Malformed::BadMagicCookie);
     }
     let clean = sanitize(buf)?;
-    // Defence in depth: a decoder panic on hostile bytes is a dropped packet, never a crash.
+    // Defence in depth: a decoder panic on hostile bytes is a dropped packet, never a crash (and is counted
+    // in DECODER_PANICS, which the fuzz test requires to stay 0).
     let msg = std::panic::catch_unwind(|| Message::decode(&mut Decoder::new(&clean)))
-        .map_err(|_| Malformed::BadOptionLength)?
+        .map_err(|_| {
+            DECODER_PANICS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Malformed::BadOptionLength
+        })?
         .map_err(|_| Malformed::BadOptionLength)?;
     if msg.opts().msg_type().is_none() {
         return Err(Malformed::NoMessageType);

@@ -765,6 +765,11 @@ fn fuzz_packet_path_never_panics_and_counts_drops() {
         }
     }
     assert_eq!(metrics.dropped_total(), dropped, "every drop counted");
+    assert_eq!(
+        packet::DECODER_PANICS.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "the decoder panicked on some input (caught, but it must not be reachable)"
+    );
     assert!(
         dropped > 1000 && handled > 1000,
         "dropped {dropped}, handled {handled}"
