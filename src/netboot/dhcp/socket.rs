@@ -50,13 +50,37 @@ fn bind_pair(iface: &str, port: u16) -> anyhow::Result<(UdpSocket, std::net::Udp
     s.bind_device(Some(iface.as_bytes())).with_context(|| {
         format!("cannot bind the DHCP socket to interface {iface:?} ([network] interface in cluster.toml): does it exist here?")
     })?;
-    // Bursts of hundreds of clients: a deep receive queue instead of drops.
-    let _ = s.set_recv_buffer_size(4 << 20);
+    // Bursts of hundreds of clients: deep queues instead of drops (beyond net.core.*mem_max when root).
+    force_buffer(&s, libc::SO_RCVBUFFORCE, 4 << 20);
+    force_buffer(&s, libc::SO_SNDBUFFORCE, 4 << 20);
     s.set_nonblocking(true)?;
     s.bind(&SocketAddr::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).into())
         .with_context(|| format!("cannot bind UDP port {port} on {iface}"))?;
     let dup: std::net::UdpSocket = s.try_clone()?.into();
     Ok((UdpSocket::from_std(s.into())?, dup))
+}
+
+/// Sets a socket buffer size with the root-only `*FORCE` option, falling back to the capped one.
+fn force_buffer(s: &Socket, opt: libc::c_int, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    let val = bytes as libc::c_int;
+    // SAFETY: setsockopt on an open socket with a pointer to a c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&val as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        let _ = if opt == libc::SO_RCVBUFFORCE {
+            s.set_recv_buffer_size(bytes)
+        } else {
+            s.set_send_buffer_size(bytes)
+        };
+    }
 }
 
 async fn readable(s: &Option<UdpSocket>) -> std::io::Result<()> {
@@ -265,13 +289,20 @@ fn spawn_writer(
     Ok(tx)
 }
 
-/// Sends on the (non-blocking) duplicate socket, retrying briefly while the send buffer is full.
+/// Sends on the (non-blocking) duplicate socket, waiting (poll, up to 2 s) while the send buffer is full.
 fn send_blocking(sock: &std::net::UdpSocket, p: &Pending) -> bool {
-    for _ in 0..100 {
+    use std::os::fd::AsRawFd;
+    for _ in 0..20 {
         match sock.send_to(&p.bytes, p.to) {
             Ok(_) => return true,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(std::time::Duration::from_millis(1))
+                let mut pfd = libc::pollfd {
+                    fd: sock.as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: poll on one valid pollfd.
+                unsafe { libc::poll(&mut pfd, 1, 100) };
             }
             Err(e) => {
                 tracing::debug!(to = %p.to, error = %e, "DHCP send failed");
@@ -279,6 +310,7 @@ fn send_blocking(sock: &std::net::UdpSocket, p: &Pending) -> bool {
             }
         }
     }
+    tracing::debug!(to = %p.to, "DHCP send timed out (send buffer full)");
     false
 }
 
