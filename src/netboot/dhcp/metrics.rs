@@ -3,6 +3,7 @@
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use super::core::Ignored;
@@ -12,7 +13,7 @@ use super::packet::Malformed;
 pub type Label = [(&'static str, &'static str); 1];
 
 /// Counters of the DHCP loop. Cloning shares the same counters.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct DhcpMetrics {
     /// Datagrams dropped as malformed, by `reason` ([`Malformed::as_str`]).
     pub dropped: Family<Label, Counter>,
@@ -26,6 +27,23 @@ pub struct DhcpMetrics {
     pub journal_errors: Counter,
     /// Leases not expired.
     pub leases: Gauge,
+    /// Seconds each lease journal write + fdatasync took (ACKs wait for it).
+    pub journal_sync_seconds: Histogram,
+}
+
+impl Default for DhcpMetrics {
+    fn default() -> Self {
+        DhcpMetrics {
+            dropped: Family::default(),
+            requests: Family::default(),
+            replies: Family::default(),
+            ignored: Family::default(),
+            journal_errors: Counter::default(),
+            leases: Gauge::default(),
+            // 0.1 ms .. ~6.5 s
+            journal_sync_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 17)),
+        }
+    }
 }
 
 impl DhcpMetrics {
@@ -58,6 +76,11 @@ impl DhcpMetrics {
             self.journal_errors.clone(),
         );
         sub.register("leases", "Leases not expired", self.leases.clone());
+        sub.register(
+            "journal_sync_seconds",
+            "Time of each lease journal write and fdatasync (ACKs wait for it)",
+            self.journal_sync_seconds.clone(),
+        );
     }
 
     pub fn drop(&self, why: Malformed) {

@@ -251,7 +251,17 @@ fn spawn_writer(
                         mirror.replay(r);
                     }
                 }
-                let synced = match journal.commit() {
+                let started = std::time::Instant::now();
+                let res = journal.commit();
+                let took = started.elapsed();
+                metrics.journal_sync_seconds.observe(took.as_secs_f64());
+                if took > std::time::Duration::from_millis(500) {
+                    tracing::warn!(
+                        seconds = took.as_secs_f64(),
+                        "the lease journal fsync was slow: ACKs waited for it (is the disk of the state directory busy?)"
+                    );
+                }
+                let synced = match res {
                     Ok(()) => true,
                     Err(e) => {
                         tracing::error!(
