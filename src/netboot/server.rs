@@ -19,6 +19,8 @@ pub struct Shared {
     cluster: ArcSwap<Cluster>,
     booter: ArcSwap<Booter>,
     pub events: Events,
+    /// Every protocol registers its metric families here when it starts; `/metrics` encodes it.
+    pub registry: std::sync::Mutex<prometheus_client::registry::Registry>,
 }
 
 impl Shared {
@@ -34,7 +36,21 @@ impl Shared {
             booter: ArcSwap::from_pointee(Booter::new(cluster.clone(), pins)),
             cluster: ArcSwap::new(cluster),
             events,
+            registry: std::sync::Mutex::new(prometheus_client::registry::Registry::with_prefix("imgbuild")),
         }
+    }
+
+    /// Registers metric families (call once per protocol at start-up).
+    pub fn register_metrics(&self, f: impl FnOnce(&mut prometheus_client::registry::Registry)) {
+        f(&mut self.registry.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// The Prometheus text exposition of every registered metric.
+    pub fn encode_metrics(&self) -> String {
+        let mut out = String::new();
+        let reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        prometheus_client::encoding::text::encode(&mut out, &reg).expect("writing to a String cannot fail");
+        out
     }
 
     /// The current cluster description.

@@ -1,0 +1,344 @@
+//! Every class of configuration mistake gives a message naming the file, line, key and what would be valid.
+
+use std::path::Path;
+
+use imgbuild::config::{self, ConfigError, Problem};
+
+const EXAMPLE: &str = include_str!("../cluster.toml");
+
+/// Loads the example with `from` replaced by `to` (exactly once) and returns the problems.
+fn problems_with(from: &str, to: &str) -> (String, Vec<Problem>) {
+    assert_eq!(
+        EXAMPLE.matches(from).count(),
+        1,
+        "test edit {from:?} must match the example exactly once"
+    );
+    let src = EXAMPLE.replacen(from, to, 1);
+    match config::load_str(Path::new("cluster.toml"), &src, Path::new(".")) {
+        Ok(_) => panic!("edit {from:?} -> {to:?} was accepted"),
+        Err(ConfigError::Invalid(p)) => (src, p),
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+/// Asserts one problem has `key`, a message containing `needle`, and points at the line holding `at`.
+fn assert_problem(src: &str, problems: &[Problem], key: &str, needle: &str, at: &str) {
+    let p = problems
+        .iter()
+        .find(|p| p.key == key && p.message.contains(needle))
+        .unwrap_or_else(|| {
+            panic!("no problem with key {key:?} containing {needle:?}; got:\n{problems:#?}")
+        });
+    let want_line = src
+        .lines()
+        .position(|l| l.contains(at))
+        .expect("anchor present")
+        + 1;
+    assert_eq!(p.line, Some(want_line), "{p}");
+    assert!(p.column.is_some(), "{p}");
+    let shown = p.to_string();
+    assert!(
+        shown.starts_with(&format!("cluster.toml:{want_line}:")),
+        "{shown}"
+    );
+    assert!(shown.contains(key), "{shown}");
+}
+
+#[test]
+fn the_example_is_valid() {
+    let c = config::load_str(Path::new("cluster.toml"), EXAMPLE, Path::new("."))
+        .expect("example valid");
+    assert_eq!(c.machines.len(), 7);
+    assert_eq!(c.first_master().unwrap().hostname, "master-1");
+}
+
+#[test]
+fn malformed_mac() {
+    let (src, p) = problems_with("mac = \"52:54:00:77:00:21\"", "mac = \"52:54:00:77:0g:21\"");
+    assert_problem(
+        &src,
+        &p,
+        "machines[3].mac",
+        "is not a MAC address; expected six hex pairs",
+        "0g:21",
+    );
+}
+
+#[test]
+fn duplicate_mac() {
+    let (src, p) = problems_with("mac = \"52:54:00:77:00:22\"", "mac = \"52:54:00:77:00:21\"");
+    let line = src
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains("52:54:00:77:00:21"))
+        .nth(1)
+        .unwrap()
+        .0
+        + 1;
+    let d = p
+        .iter()
+        .find(|x| x.key == "machines[4].mac")
+        .expect("duplicate reported");
+    assert!(
+        d.message
+            .contains("duplicate MAC 52:54:00:77:00:21: machines[3] already has it"),
+        "{d}"
+    );
+    assert_eq!(d.line, Some(line));
+}
+
+#[test]
+fn duplicate_ip_and_hostname() {
+    let (src, p) = problems_with(
+        "hostname = \"worker-2\"\nrole = \"worker\"\nip = \"10.77.0.22\"",
+        "hostname = \"worker-1\"\nrole = \"worker\"\nip = \"10.77.0.21\"",
+    );
+    let host = p
+        .iter()
+        .find(|x| x.key == "machines[4].hostname")
+        .expect("dup hostname");
+    assert!(
+        host.message
+            .contains("duplicate hostname \"worker-1\": machines[3] already has it"),
+        "{host}"
+    );
+    let ip = p
+        .iter()
+        .find(|x| x.key == "machines[4].ip")
+        .expect("dup ip");
+    assert!(ip.message.contains("duplicate address 10.77.0.21"), "{ip}");
+    assert!(
+        ip.line.unwrap() > host.line.unwrap(),
+        "ip line after hostname line"
+    );
+    let _ = src;
+}
+
+#[test]
+fn unknown_role() {
+    let (src, p) = problems_with(
+        "role = \"storage\"\nip = \"10.77.0.31\"",
+        "role = \"etcd\"\nip = \"10.77.0.31\"",
+    );
+    assert_problem(
+        &src,
+        &p,
+        "machines[5].role",
+        "unknown role \"etcd\"; valid roles are master, worker, storage",
+        "\"etcd\"",
+    );
+}
+
+#[test]
+fn even_number_of_masters() {
+    let (_, p) = problems_with(
+        "hostname = \"master-3\"\nrole = \"master\"",
+        "hostname = \"master-3\"\nrole = \"worker\"",
+    );
+    let m = p
+        .iter()
+        .find(|x| x.key == "machines")
+        .expect("masters problem");
+    assert!(
+        m.message.contains("2 masters") && m.message.contains("odd number"),
+        "{m}"
+    );
+}
+
+#[test]
+fn zero_masters() {
+    let src = EXAMPLE.replace("role = \"master\"", "role = \"worker\"");
+    let err = config::load_str(Path::new("cluster.toml"), &src, Path::new(".")).unwrap_err();
+    let m = err
+        .problems()
+        .iter()
+        .find(|x| x.key == "machines")
+        .expect("masters problem");
+    assert!(m.message.contains("no machine has role \"master\""), "{m}");
+}
+
+#[test]
+fn static_ip_outside_subnet() {
+    let (src, p) = problems_with("ip = \"10.77.0.32\"", "ip = \"10.78.0.32\"");
+    assert_problem(
+        &src,
+        &p,
+        "machines[6].ip",
+        "10.78.0.32 is not a host address in the provisioning subnet 10.77.0.0/24",
+        "10.78.0.32",
+    );
+}
+
+#[test]
+fn static_ip_inside_unknown_pool() {
+    let src = EXAMPLE.replace(
+        "# unknown_pool = { start = \"10.77.0.200\", end = \"10.77.0.250\" }",
+        "unknown_pool = { start = \"10.77.0.20\", end = \"10.77.0.29\" }",
+    );
+    let err = config::load_str(Path::new("cluster.toml"), &src, Path::new(".")).unwrap_err();
+    let p = err
+        .problems()
+        .iter()
+        .find(|x| x.key == "machines[3].ip")
+        .expect("pool overlap");
+    assert!(
+        p.message
+            .contains("10.77.0.21 is inside the unknown-machine pool 10.77.0.20-10.77.0.29"),
+        "{p}"
+    );
+}
+
+#[test]
+fn vip_on_a_machine_address() {
+    let (src, p) = problems_with("vip = \"10.77.0.10\"", "vip = \"10.77.0.12\"");
+    assert_problem(
+        &src,
+        &p,
+        "control_plane.vip",
+        "the VIP 10.77.0.12 is also machines[1].ip (master-2)",
+        "vip = \"10.77.0.12\"",
+    );
+}
+
+#[test]
+fn metallb_pool_overlapping_machines() {
+    let (src, p) = problems_with(
+        "addresses = [\"10.77.100.0/24\"]",
+        "addresses = [\"10.77.0.0/27\"]",
+    );
+    assert_problem(
+        &src,
+        &p,
+        "metallb.pools[0].addresses[0]",
+        "contains 10.77.0.11 (master-1)",
+        "10.77.0.0/27",
+    );
+    assert!(p.iter().any(|x| {
+        x.message
+            .contains("contains the control-plane VIP 10.77.0.10")
+    }));
+}
+
+#[test]
+fn asn_out_of_range() {
+    let (src, p) = problems_with("asn = 64500\nhold_time", "asn = 4294967295\nhold_time");
+    assert_problem(
+        &src,
+        &p,
+        "metallb.peers[0].asn",
+        "AS number 4294967295 is out of range; expected 1 to 4294967294",
+        "4294967295",
+    );
+    let (src, p) = problems_with("asn = 64512", "asn = 0");
+    assert_problem(
+        &src,
+        &p,
+        "metallb.asn",
+        "AS number 0 is out of range",
+        "asn = 0",
+    );
+}
+
+#[test]
+fn kubernetes_version_not_xyz() {
+    let (src, p) = problems_with(
+        "kubernetes_version = \"1.37.2\"",
+        "kubernetes_version = \"1.37\"",
+    );
+    assert_problem(
+        &src,
+        &p,
+        "cluster.kubernetes_version",
+        "\"1.37\" is not a Kubernetes version of the form x.y.z",
+        "kubernetes_version",
+    );
+}
+
+#[test]
+fn artifact_without_source() {
+    let (src, p) = problems_with(
+        "url = \"https://github.com/kubernetes-sigs/cri-tools/releases/download/v{version}/crictl-v{version}-linux-amd64.tar.gz\"\n",
+        "",
+    );
+    assert_problem(
+        &src,
+        &p,
+        "artifacts.crictl",
+        "artifact \"crictl\" has no source; add url = ",
+        "[artifacts.crictl]",
+    );
+}
+
+#[test]
+fn toml_syntax_error_has_line_and_column() {
+    let (src, p) = problems_with("port = 6443", "port = = 6443");
+    assert_eq!(p.len(), 1);
+    let line = src
+        .lines()
+        .position(|l| l.contains("port = = 6443"))
+        .unwrap()
+        + 1;
+    assert_eq!(p[0].line, Some(line), "{}", p[0]);
+    assert!(p[0].column.is_some());
+}
+
+#[test]
+fn misspelt_key_names_the_valid_ones() {
+    let (_, p) = problems_with("hostname = \"worker-1\"", "hostnme = \"worker-1\"");
+    assert_eq!(p.len(), 1);
+    assert!(
+        p[0].message.contains("unknown field `hostnme`") && p[0].message.contains("hostname"),
+        "{}",
+        p[0]
+    );
+    assert!(p[0].line.is_some());
+}
+
+#[test]
+fn all_problems_in_one_run() {
+    let src = EXAMPLE
+        .replacen("mac = \"52:54:00:77:00:21\"", "mac = \"nonsense\"", 1)
+        .replacen("ip = \"10.77.0.32\"", "ip = \"192.168.9.9\"", 1)
+        .replacen(
+            "kubernetes_version = \"1.37.2\"",
+            "kubernetes_version = \"latest\"",
+            1,
+        )
+        .replacen("asn = 64512", "asn = -5", 1);
+    let err = config::load_str(Path::new("cluster.toml"), &src, Path::new(".")).unwrap_err();
+    let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+    for k in [
+        "machines[3].mac",
+        "machines[6].ip",
+        "cluster.kubernetes_version",
+        "metallb.asn",
+    ] {
+        assert!(keys.contains(&k), "{k} missing from {keys:?}");
+    }
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!("{} problem(s)", err.problems().len())),
+        "{text}"
+    );
+}
+
+#[test]
+fn advertisement_referencing_unknown_pool_lists_the_defined_ones() {
+    let (src, p) = problems_with(
+        "pools = [\"services\", \"ingress\"]",
+        "pools = [\"services\", \"ingres\"]",
+    );
+    assert_problem(
+        &src,
+        &p,
+        "metallb.advertisements[0].pools[1]",
+        "no pool named \"ingres\"; defined pools: services, ingress",
+        "\"ingres\"",
+    );
+}
+
+#[test]
+fn a_missing_config_file_says_how_to_name_another() {
+    let err = config::load(Path::new("/nonexistent/cluster.toml")).unwrap_err();
+    assert!(err.to_string().contains("pass --config <file>"), "{err}");
+}
