@@ -1,8 +1,13 @@
 //! The `imgbuild` command line: parsing (clap) and one module per subcommand.
 
+mod build;
 mod check;
+mod fetch;
+mod gc;
+mod images;
 mod profile;
 mod serve;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,8 +37,18 @@ pub struct Cli {
 pub enum Command {
     /// Validate cluster.toml, every profile and every template; report all problems at once.
     Check(check::Args),
-    /// Show, render or build the profile of one role (master, worker, storage).
+    /// Build the image of one role (master, worker, storage), or show / render its profile.
     Profile(profile::Args),
+    /// Build the image of every role.
+    Build(build::Args),
+    /// Download and verify every artifact into the cache; write or check imgbuild.lock.
+    Fetch(fetch::Args),
+    /// List the images in the store.
+    Images(images::Args),
+    /// Re-hash an image against its id.
+    Verify(verify::Args),
+    /// Remove images no role pins, keeping the newest N.
+    Gc(gc::Args),
     /// Run the netboot server: DHCP, TFTP and HTTP on the provisioning network.
     Serve(serve::Args),
 }
@@ -69,6 +84,11 @@ pub fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Check(a) => check::run(&cli, a),
         Command::Profile(a) => profile::run(&cli, a),
+        Command::Build(a) => build::run(&cli, a),
+        Command::Fetch(a) => fetch::run(&cli, a),
+        Command::Images(a) => images::run(&cli, a),
+        Command::Verify(a) => verify::run(&cli, a),
+        Command::Gc(a) => gc::run(&cli, a),
         Command::Serve(a) => serve::run(&cli, a),
     };
     match result {
