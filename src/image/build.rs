@@ -194,6 +194,29 @@ fn human(bytes: u64) -> String {
     }
 }
 
+/// Where the root filesystem is unpacked and assembled: `$IMGBUILD_WORKDIR`, else `/dev/shm` when it is a tmpfs
+/// with room for a root (4 GiB free: unpacking, packing and deleting 700 MB of small files is several times
+/// faster in RAM), else `cache/work`.
+pub fn work_dir(cluster: &Cluster) -> PathBuf {
+    if let Some(d) = std::env::var_os("IMGBUILD_WORKDIR") {
+        return PathBuf::from(d);
+    }
+    let shm = Path::new("/dev/shm");
+    let free = (|| {
+        let c = std::ffi::CString::new("/dev/shm").ok()?;
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid C string and a zeroed statvfs the call fills in.
+        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+            return None;
+        }
+        Some(st.f_bavail as u64 * st.f_frsize as u64)
+    })();
+    if free.is_some_and(|f| f >= 4 << 30) {
+        return shm.join("imgbuild-work");
+    }
+    cluster.paths.cache.join("work")
+}
+
 /// Builds (or finds in the cache) the image of `role`.
 pub fn build(cluster: &Cluster, role: Role, opts: &Options) -> Result<Report, BuildError> {
     let t0 = Instant::now();
@@ -265,7 +288,7 @@ pub fn build(cluster: &Cluster, role: Role, opts: &Options) -> Result<Report, Bu
         Ok((b, cached, detail))
     })?;
 
-    let work_parent = cluster.paths.cache.join("work");
+    let work_parent = work_dir(cluster);
     std::fs::create_dir_all(&work_parent).map_err(|source| BuildError::Io {
         path: work_parent.clone(),
         source,

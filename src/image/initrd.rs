@@ -167,9 +167,14 @@ pub fn build(
         let cpio = pack_dir(dest)?;
         let z = zstd::bulk::compress(&cpio, ZSTD_LEVEL)
             .map_err(|e| InitrdError::Other(format!("zstd: {e}")))?;
-        let part = out.with_extension("part");
-        std::fs::write(&part, z).map_err(io(&part))?;
-        std::fs::rename(&part, out).map_err(io(out))?;
+        // A unique temp file, renamed: concurrent builds of the same initrd both end with the same bytes.
+        let dir = out.parent().unwrap_or(Path::new("."));
+        let mut part = tempfile::NamedTempFile::new_in(dir).map_err(io(dir))?;
+        part.write_all(&z).map_err(io(out))?;
+        part.persist(out).map_err(|e| InitrdError::Io {
+            path: out.to_path_buf(),
+            source: e.error,
+        })?;
         Ok(())
     })();
     let _ = std::fs::remove_dir_all(&work);
