@@ -3,120 +3,12 @@
 
 mod image_fixture;
 
-use std::path::Path;
 use std::process::Command;
 
-use image_fixture::Fixture;
-use sha2::{Digest, Sha256};
+use image_fixture::{Fixture, mirrored, own_cache, sha};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_imgbuild"))
-}
-
-fn sha(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
-
-fn tarball(files: &[(&str, &[u8])], gzip: bool) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (name, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o755);
-        h.set_mtime(0);
-        h.set_cksum();
-        b.append_data(&mut h, name, *data).unwrap();
-    }
-    let raw = b.into_inner().unwrap();
-    if !gzip {
-        return raw;
-    }
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    std::io::Write::write_all(&mut e, &raw).unwrap();
-    e.finish().unwrap()
-}
-
-/// Writes a mirror with every required artifact and returns the `[artifacts.*]` TOML pointing at it.
-/// Binaries and tarballs get `.sha256` files in both formats; the manifests publish none.
-fn mirror(dir: &Path) -> String {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut toml = String::new();
-    let put = |name: &str, data: &[u8]| std::fs::write(dir.join(name), data).unwrap();
-    for n in ["kubeadm", "kubelet", "kubectl"] {
-        let data = format!("#!/bin/sh\necho mirror {n}\n");
-        put(n, data.as_bytes());
-        put(&format!("{n}.sha256"), format!("{}\n", sha(data.as_bytes())).as_bytes());
-        toml += &format!(
-            "[artifacts.{n}]\nversion = \"1.37.2\"\nurl = \"file://{}/{n}\"\n\n",
-            dir.display()
-        );
-    }
-    let runc = b"#!/bin/sh\necho mirror runc\n";
-    put("runc.amd64", runc);
-    put(
-        "runc.sha256sum",
-        format!("{}  runc.arm64\n{}  runc.amd64\n", "0".repeat(64), sha(runc)).as_bytes(),
-    );
-    toml += &format!(
-        "[artifacts.runc]\nversion = \"1.3.3\"\nurl = \"file://{0}/runc.amd64\"\nchecksum_url = \"file://{0}/runc.sha256sum\"\n\n",
-        dir.display()
-    );
-    let tars: [(&str, Vec<u8>); 3] = [
-        (
-            "containerd.tar.gz",
-            tarball(
-                &[("bin/containerd", b"ctd"), ("bin/containerd-shim-runc-v2", b"shim"), ("bin/ctr", b"ctr")],
-                true,
-            ),
-        ),
-        ("crictl.tar.gz", tarball(&[("crictl", b"crictl")], true)),
-        (
-            "cni-plugins.tgz",
-            tarball(&[("./bridge", b"bridge"), ("./host-local", b"hl"), ("./loopback", b"lo")], true),
-        ),
-    ];
-    for ((file, data), name) in tars.iter().zip(["containerd", "crictl", "cni-plugins"]) {
-        put(file, data);
-        put(&format!("{file}.sha256"), format!("{}  {file}\n", sha(data)).as_bytes());
-        toml += &format!(
-            "[artifacts.{name}]\nversion = \"1.0.0\"\nurl = \"file://{}/{file}\"\n\n",
-            dir.display()
-        );
-    }
-    for n in ["cni-manifest", "metallb-manifest", "longhorn-manifest"] {
-        put(&format!("{n}.yaml"), format!("kind: List # {n}\n").as_bytes());
-        toml += &format!(
-            "[artifacts.{n}]\nversion = \"1.0.0\"\nurl = \"file://{}/{n}.yaml\"\nchecksum_url = \"none\"\n\n",
-            dir.display()
-        );
-    }
-    toml
-}
-
-/// The example cluster with its artifacts served from a file:// mirror under the fixture.
-pub fn mirrored() -> (Fixture, std::path::PathBuf) {
-    let holder = tempfile::tempdir().unwrap();
-    let mdir = holder.keep().join("mirror");
-    let arts = mirror(&mdir);
-    let f = Fixture::new(|src| {
-        let start = src.find("[artifacts.kubeadm]").unwrap();
-        let end = src.find("[base]").unwrap();
-        format!("{}{}{}", &src[..start], arts, &src[end..])
-    });
-    own_cache(&f);
-    (f, mdir)
-}
-
-/// Gives the fixture a cache of its own (tests here evict artifacts; the shared cache is for base builds).
-fn own_cache(f: &Fixture) -> std::path::PathBuf {
-    let cache = f.dir.path().join("own-cache");
-    let text = std::fs::read_to_string(&f.config).unwrap();
-    let text = text.replace(
-        &image_fixture::shared_cache().display().to_string(),
-        &cache.display().to_string(),
-    );
-    std::fs::write(&f.config, text).unwrap();
-    cache
 }
 
 fn run(f: &Fixture, args: &[&str]) -> (bool, String, String) {
