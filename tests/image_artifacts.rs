@@ -12,7 +12,12 @@ fn bin() -> Command {
 }
 
 fn run(f: &Fixture, args: &[&str]) -> (bool, String, String) {
-    let out = bin().arg("--config").arg(&f.config).args(args).output().unwrap();
+    let out = bin()
+        .arg("--config")
+        .arg(&f.config)
+        .args(args)
+        .output()
+        .unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -33,27 +38,48 @@ fn fetch_verifies_caches_and_locks_then_a_changed_file_is_a_loud_lock_mismatch()
     let lock = std::fs::read_to_string(f.dir.path().join("imgbuild.lock")).unwrap();
     let kubeadm = std::fs::read(m.join("kubeadm")).unwrap();
     assert!(lock.contains(&sha(&kubeadm)), "{lock}");
-    assert!(lock.contains("verified = \"trust-on-first-fetch\""), "{lock}");
+    assert!(
+        lock.contains("verified = \"trust-on-first-fetch\""),
+        "{lock}"
+    );
     assert!(lock.contains("verified = \"upstream\""), "{lock}");
     // Content-addressed cache.
-    let cached = f.cluster().paths.cache.join("artifacts").join(sha(&kubeadm));
+    let cached = f
+        .cluster()
+        .paths
+        .cache
+        .join("artifacts")
+        .join(sha(&kubeadm));
     assert_eq!(std::fs::read(cached).unwrap(), kubeadm);
 
     // Again: nothing downloaded, the lock unchanged.
     let (ok, out, _) = run(&f, &["fetch"]);
     assert!(ok && out.matches("cached,").count() == 10, "{out}");
-    assert_eq!(std::fs::read_to_string(f.dir.path().join("imgbuild.lock")).unwrap(), lock);
+    assert_eq!(
+        std::fs::read_to_string(f.dir.path().join("imgbuild.lock")).unwrap(),
+        lock
+    );
 
     // The mirror's kubeadm changes (checksum file updated too, so only the lock can catch it).
     let new = b"#!/bin/sh\necho tampered\n";
     std::fs::write(m.join("kubeadm"), new).unwrap();
     std::fs::write(m.join("kubeadm.sha256"), format!("{}\n", sha(new))).unwrap();
     // Evict the cached copy so fetch must download again.
-    std::fs::remove_file(f.cluster().paths.cache.join("artifacts").join(sha(&kubeadm))).unwrap();
+    std::fs::remove_file(
+        f.cluster()
+            .paths
+            .cache
+            .join("artifacts")
+            .join(sha(&kubeadm)),
+    )
+    .unwrap();
     let (ok, _, err) = run(&f, &["fetch"]);
     assert!(!ok);
     assert!(err.contains("LOCK MISMATCH"), "{err}");
-    assert!(err.contains(&sha(&kubeadm)) && err.contains(&sha(new)), "both digests: {err}");
+    assert!(
+        err.contains(&sha(&kubeadm)) && err.contains(&sha(new)),
+        "both digests: {err}"
+    );
     assert_eq!(
         std::fs::read_to_string(f.dir.path().join("imgbuild.lock")).unwrap(),
         lock,
@@ -67,7 +93,10 @@ fn fetch_refuses_a_file_that_does_not_match_upstreams_checksum() {
     std::fs::write(m.join("runc.amd64"), b"corrupt").unwrap();
     let (ok, _, err) = run(&f, &["fetch"]);
     assert!(!ok);
-    assert!(err.contains("artifact runc") && err.contains("upstream's checksum file says"), "{err}");
+    assert!(
+        err.contains("artifact runc") && err.contains("upstream's checksum file says"),
+        "{err}"
+    );
     assert!(err.contains(&sha(b"corrupt")), "{err}");
 }
 
@@ -79,8 +108,14 @@ fn build_without_fetch_names_the_missing_artifact_and_the_command_and_builds_not
     let (ok, _, err) = run(&f, &["profile", "worker"]);
     assert!(!ok);
     assert!(err.contains("artifact cni-manifest"), "{err}");
-    assert!(err.contains("is not fetched") && err.contains("imgbuild fetch"), "{err}");
-    assert!(!cache.join("base").exists(), "nothing built before the artifact check");
+    assert!(
+        err.contains("is not fetched") && err.contains("imgbuild fetch"),
+        "{err}"
+    );
+    assert!(
+        !cache.join("base").exists(),
+        "nothing built before the artifact check"
+    );
 
     // Locked but evicted from the cache: still an error naming it.
     let (f, _m) = mirrored();
@@ -89,8 +124,13 @@ fn build_without_fetch_names_the_missing_artifact_and_the_command_and_builds_not
     let lock = imgbuild::image::lock::Lock::load(&f.dir.path().join("imgbuild.lock")).unwrap();
     let e = lock.get("crictl").unwrap();
     std::fs::remove_file(f.cluster().paths.cache.join("artifacts").join(&e.sha256)).unwrap();
-    let err = imgbuild::image::artifacts::resolve(&f.cluster()).unwrap_err().to_string();
-    assert!(err.contains("artifact crictl") && err.contains("imgbuild fetch"), "{err}");
+    let err = imgbuild::image::artifacts::resolve(&f.cluster())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("artifact crictl") && err.contains("imgbuild fetch"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -40,7 +40,10 @@ struct Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for c in [self.vm.as_mut(), self.server.as_mut()].into_iter().flatten() {
+        for c in [self.vm.as_mut(), self.server.as_mut()]
+            .into_iter()
+            .flatten()
+        {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -64,7 +67,16 @@ impl Lab {
         sh(&["ip", "netns", "add", &ns]);
         sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
         sh(&["ip", "-n", &ns, "tuntap", "add", "tap0", "mode", "tap"]);
-        sh(&["ip", "-n", &ns, "addr", "add", "10.77.0.1/24", "dev", "tap0"]);
+        sh(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            "10.77.0.1/24",
+            "dev",
+            "tap0",
+        ]);
         sh(&["ip", "-n", &ns, "link", "set", "tap0", "up"]);
         lab.server = Some(
             Command::new("ip")
@@ -93,7 +105,9 @@ impl Lab {
         let _ = std::fs::remove_file(serial);
         let mut vm = Command::new("ip")
             .args(["netns", "exec", &self.ns, "qemu-system-x86_64"])
-            .args(["-machine", "q35", "-m", "2048", "-smp", "2", "-accel", "tcg"])
+            .args([
+                "-machine", "q35", "-m", "2048", "-smp", "2", "-accel", "tcg",
+            ])
             .args(["-nographic", "-no-reboot", "-monitor", "none"])
             .arg("-serial")
             .arg(format!("file:{}", serial.display()))
@@ -114,7 +128,8 @@ impl Lab {
         let t = Instant::now();
         let text = loop {
             std::thread::sleep(Duration::from_millis(500));
-            let text = String::from_utf8_lossy(&std::fs::read(serial).unwrap_or_default()).into_owned();
+            let text =
+                String::from_utf8_lossy(&std::fs::read(serial).unwrap_or_default()).into_owned();
             if done(&text) || t.elapsed() > limit || vm.try_wait().unwrap().is_some() {
                 break text;
             }
@@ -143,11 +158,19 @@ fn root_qemu_boots_initrd_verifies_rootfs_creates_then_finds_state_partition_and
     )
     .unwrap();
     let mut pins = Pins::default();
-    pins.pin(&cluster.paths.images, Role::Worker, &r.id).unwrap();
-    let booter = Booter::new(Arc::new(cluster.clone()), pins.resolve(&cluster.paths.images));
+    pins.pin(&cluster.paths.images, Role::Worker, &r.id)
+        .unwrap();
+    let booter = Booter::new(
+        Arc::new(cluster.clone()),
+        pins.resolve(&cluster.paths.images),
+    );
     let mac: MacAddr = "52:54:00:77:00:21".parse().unwrap();
     let plan = booter.plan(mac).unwrap();
-    assert!(plan.cmdline.contains("imgbuild.state_init=1"), "{}", plan.cmdline);
+    assert!(
+        plan.cmdline.contains("imgbuild.state_init=1"),
+        "{}",
+        plan.cmdline
+    );
 
     let work = tempfile::tempdir().unwrap();
     let script = work.path().join("server.py");
@@ -155,7 +178,10 @@ fn root_qemu_boots_initrd_verifies_rootfs_creates_then_finds_state_partition_and
     let ev = work.path().join("events.log");
     let mut lab = Lab::new(f.dir.path(), &ev, &script);
     let disk: PathBuf = work.path().join("state.raw");
-    std::fs::File::create(&disk).unwrap().set_len(256 << 20).unwrap();
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(256 << 20)
+        .unwrap();
     let serial = work.path().join("serial.log");
     let limit = Duration::from_secs(300);
 
@@ -165,11 +191,20 @@ fn root_qemu_boots_initrd_verifies_rootfs_creates_then_finds_state_partition_and
     });
     let e = events(&ev);
     assert!(con.contains("imgbuild: rootfs verified sha256="), "{con}");
-    assert!(con.contains("creating the IMGBUILD-STATE partition on blank disk /dev/vda"), "{con}");
+    assert!(
+        con.contains("creating the IMGBUILD-STATE partition on blank disk /dev/vda"),
+        "{con}"
+    );
     assert!(con.contains("state partition created: /dev/vda1"), "{con}");
-    assert!(con.contains("imgbuild: stage systemd"), "systemd reached: {con}");
+    assert!(
+        con.contains("imgbuild: stage systemd"),
+        "systemd reached: {con}"
+    );
     for stage in ["initrd", "rootfs-verified", "state-disk", "systemd"] {
-        assert!(e.contains(&format!("stage={stage}&")), "event {stage} missing: {e}");
+        assert!(
+            e.contains(&format!("stage={stage}&")),
+            "event {stage} missing: {e}"
+        );
     }
     assert!(e.contains("detail=created+/dev/vda1"), "{e}");
 
@@ -188,8 +223,13 @@ fn root_qemu_boots_initrd_verifies_rootfs_creates_then_finds_state_partition_and
         &format!("imgbuild.rootfs_sha256={}", plan.image.rootfs_sha256),
         &format!("imgbuild.rootfs_sha256={}", "0".repeat(64)),
     );
-    let con = lab.boot(&r.dir, &bad, &disk, &serial, limit, |c| c.contains("imgbuild: FAILED"));
-    assert!(con.contains("FAILED: rootfs sha256 mismatch: expected 0000"), "{con}");
+    let con = lab.boot(&r.dir, &bad, &disk, &serial, limit, |c| {
+        c.contains("imgbuild: FAILED")
+    });
+    assert!(
+        con.contains("FAILED: rootfs sha256 mismatch: expected 0000"),
+        "{con}"
+    );
     std::thread::sleep(Duration::from_secs(1));
     assert!(events(&ev).contains("stage=failed"), "{}", events(&ev));
 }

@@ -43,7 +43,10 @@ fn root_image_builds_are_reproducible_immutable_cached_and_secret_free() {
     assert!(!ra.cached);
     let b = Fixture::new(|s| s);
     let rb = build_worker(&b, &standins());
-    assert!(!rb.cached, "a different store must not reuse the other's image");
+    assert!(
+        !rb.cached,
+        "a different store must not reuse the other's image"
+    );
     assert!(
         rb.stages.iter().any(|s| s.name == "squashfs"),
         "really rebuilt: {:?}",
@@ -61,7 +64,12 @@ fn root_image_builds_are_reproducible_immutable_cached_and_secret_free() {
     assert!(m.standins);
     assert_eq!(m.inputs.packages.get("busybox").map(|_| ()), Some(()));
     assert!(m.inputs.packages.contains_key("linux-image-amd64"));
-    assert!(m.inputs.artifacts.values().all(|d| d.starts_with("standin:")));
+    assert!(
+        m.inputs
+            .artifacts
+            .values()
+            .all(|d| d.starts_with("standin:"))
+    );
 
     // 2. Warm: nothing changed → the cached image, no stage runs (the CLI says so and names it).
     let out = Command::new(env!("CARGO_BIN_EXE_imgbuild"))
@@ -72,8 +80,14 @@ fn root_image_builds_are_reproducible_immutable_cached_and_secret_free() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains(&format!("worker image {}: up to date (cached", ra.id)), "{text}");
-    assert!(text.contains("STAND-INS"), "the output says plainly it is a stand-in image: {text}");
+    assert!(
+        text.contains(&format!("worker image {}: up to date (cached", ra.id)),
+        "{text}"
+    );
+    assert!(
+        text.contains("STAND-INS"),
+        "the output says plainly it is a stand-in image: {text}"
+    );
 
     // 3. Immutable: forcing a rebuild into the same store leaves the existing image untouched.
     let before: Vec<(u64, i64)> = [KERNEL, INITRD, ROOTFS, MANIFEST]
@@ -100,7 +114,12 @@ fn root_image_builds_are_reproducible_immutable_cached_and_secret_free() {
         .filter(|n| n.to_string_lossy().starts_with(".tmp"))
         .collect();
     assert!(leftovers.is_empty(), "staging dirs left: {leftovers:?}");
-    assert!(store::verify(&a.images(), &ra.id).unwrap().iter().all(|c| c.ok));
+    assert!(
+        store::verify(&a.images(), &ra.id)
+            .unwrap()
+            .iter()
+            .all(|c| c.ok)
+    );
     // verify catches a changed file (in the second store, which nothing else reads).
     let victim = rb.dir.join(INITRD);
     let mut bytes = std::fs::read(&victim).unwrap();
@@ -108,7 +127,10 @@ fn root_image_builds_are_reproducible_immutable_cached_and_secret_free() {
     std::fs::remove_file(&victim).unwrap();
     std::fs::write(&victim, bytes).unwrap();
     let checks = store::verify(&b.images(), &rb.id).unwrap();
-    assert!(checks.iter().any(|c| c.file == INITRD && !c.ok), "{checks:?}");
+    assert!(
+        checks.iter().any(|c| c.file == INITRD && !c.ok),
+        "{checks:?}"
+    );
 
     // 4. A role template change rebuilds only the role layer: base and initrd come from their caches.
     let hosts = a.profiles.join("base/hosts.j2");
@@ -120,17 +142,25 @@ fn root_image_builds_are_reproducible_immutable_cached_and_secret_free() {
     assert_ne!(rc.role_layer_digest, ra.role_layer_digest);
     assert_eq!(rc.base_digest, ra.base_digest);
     let stage = |n: &str| rc.stages.iter().find(|s| s.name == n).unwrap().clone();
-    assert!(stage("base").cached && stage("initrd").cached, "{:?}", rc.stages);
+    assert!(
+        stage("base").cached && stage("initrd").cached,
+        "{:?}",
+        rc.stages
+    );
 
     // 5. The same role with the real (mirrored, fetched) artifacts: a different id, standins false, the
     // mirror's bytes in place.
     let (r, mdir) = mirrored();
     // Share the base with the other builds, keep the artifacts apart.
     let text = std::fs::read_to_string(&r.config).unwrap();
-    std::fs::write(&r.config, text.replace(
-        &r.dir.path().join("own-cache").display().to_string(),
-        &image_fixture::shared_cache().display().to_string(),
-    )).unwrap();
+    std::fs::write(
+        &r.config,
+        text.replace(
+            &r.dir.path().join("own-cache").display().to_string(),
+            &image_fixture::shared_cache().display().to_string(),
+        ),
+    )
+    .unwrap();
     imgbuild::image::artifacts::fetch_all(&r.cluster(), |_| {}).unwrap();
     let rr = build_worker(&r, &Options::default());
     assert_ne!(rr.id, ra.id, "a stand-in build never has a real build's id");
@@ -143,29 +173,59 @@ fn root_image_builds_are_reproducible_immutable_cached_and_secret_free() {
     let sa = tmp.path().join("standin-root");
     unsquash(&ra.dir.join(ROOTFS), &sa);
     let kubelet = std::fs::read_to_string(sa.join("usr/bin/kubelet")).unwrap();
-    assert!(kubelet.contains("STAND-IN") && kubelet.contains("NOT the real kubelet"), "{kubelet}");
-    assert!(sa.join("opt/cni/bin/bridge").is_file());
-    assert!(sa.join("usr/share/imgbuild/manifests/cni-manifest.yaml").is_file());
-    assert_eq!(std::fs::read(sa.join("etc/machine-id")).unwrap(), b"", "machine-id must be empty");
-    let iscsi = std::fs::read_to_string(sa.join("etc/iscsi/initiatorname.iscsi")).unwrap();
-    assert!(iscsi.contains("GenerateName=yes") && !iscsi.contains("InitiatorName="), "{iscsi}");
     assert!(
-        std::fs::read_dir(sa.join("etc/ssh")).map(|d| d.count()).unwrap_or(0) == 0
-            || !std::fs::read_dir(sa.join("etc/ssh"))
-                .unwrap()
-                .any(|e| e.unwrap().file_name().to_string_lossy().starts_with("ssh_host_"))
+        kubelet.contains("STAND-IN") && kubelet.contains("NOT the real kubelet"),
+        "{kubelet}"
     );
-    for unit in ["kubelet.service", "containerd.service", "imgbuild-report-systemd.service", "iscsid.service"] {
+    assert!(sa.join("opt/cni/bin/bridge").is_file());
+    assert!(
+        sa.join("usr/share/imgbuild/manifests/cni-manifest.yaml")
+            .is_file()
+    );
+    assert_eq!(
+        std::fs::read(sa.join("etc/machine-id")).unwrap(),
+        b"",
+        "machine-id must be empty"
+    );
+    let iscsi = std::fs::read_to_string(sa.join("etc/iscsi/initiatorname.iscsi")).unwrap();
+    assert!(
+        iscsi.contains("GenerateName=yes") && !iscsi.contains("InitiatorName="),
+        "{iscsi}"
+    );
+    assert!(
+        std::fs::read_dir(sa.join("etc/ssh"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0
+            || !std::fs::read_dir(sa.join("etc/ssh")).unwrap().any(|e| e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("ssh_host_"))
+    );
+    for unit in [
+        "kubelet.service",
+        "containerd.service",
+        "imgbuild-report-systemd.service",
+        "iscsid.service",
+    ] {
         let wanted = ["multi-user.target.wants", "sysinit.target.wants"]
             .iter()
-            .any(|t| sa.join("etc/systemd/system").join(t).join(unit).symlink_metadata().is_ok());
+            .any(|t| {
+                sa.join("etc/systemd/system")
+                    .join(t)
+                    .join(unit)
+                    .symlink_metadata()
+                    .is_ok()
+            });
         assert!(wanted, "{unit} is not enabled by the preset");
     }
-    assert!(!sa.join("boot").read_dir().unwrap().any(|e| e
-        .unwrap()
-        .file_name()
-        .to_string_lossy()
-        .starts_with("initrd.img")));
+    assert!(!sa.join("boot").read_dir().unwrap().any(|e| {
+        e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("initrd.img")
+    }));
     let sr = tmp.path().join("real-root");
     unsquash(&rr.dir.join(ROOTFS), &sr);
     assert_eq!(
@@ -176,14 +236,19 @@ fn root_image_builds_are_reproducible_immutable_cached_and_secret_free() {
 
     let ia = tmp.path().join("initrd");
     unpack_initrd(&ra.dir.join(INITRD), &ia);
-    assert!(ia.join("scripts/imgbuild").is_file(), "BOOT=imgbuild script in the initrd");
+    assert!(
+        ia.join("scripts/imgbuild").is_file(),
+        "BOOT=imgbuild script in the initrd"
+    );
     assert!(ia.join("usr/lib/imgbuild/bin/mke2fs").is_file());
 
     let mut hits = scan_tree(&sa);
     hits.extend(scan_tree(&sr));
     hits.extend(scan_tree(&ia));
     for f in [KERNEL, MANIFEST] {
-        hits.extend(image_fixture::scan_bytes(&std::fs::read(ra.dir.join(f)).unwrap()));
+        hits.extend(image_fixture::scan_bytes(
+            &std::fs::read(ra.dir.join(f)).unwrap(),
+        ));
     }
     assert!(hits.is_empty(), "secrets in the image: {hits:#?}");
 }
@@ -197,7 +262,11 @@ fn secret_scan_finds_a_planted_key_and_token() {
         "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIBkVZvSXWbVQ0Ff3yS1yJ0Z1Z2Z3Z4Z5Z6Z7Z8Z9ZaoAoGCCqGSM49\n-----END EC PRIVATE KEY-----\n",
     )
     .unwrap();
-    std::fs::write(d.path().join("join.yaml"), "token: abcdef.0123456789abcdef\n").unwrap();
+    std::fs::write(
+        d.path().join("join.yaml"),
+        "token: abcdef.0123456789abcdef\n",
+    )
+    .unwrap();
     std::fs::write(
         d.path().join("lib.so"),
         "parser: -----BEGIN RSA PRIVATE KEY-----\", python3.11 ok",

@@ -88,9 +88,5 @@ pub fn print_report(r: &Report) {
             .collect();
         println!("  stages: {}", stages.join(" · "));
     }
-    println!(
-        "  pin it: imgbuild pin {} {}",
-        r.role,
-        &r.id
-    );
+    println!("  pin it: imgbuild pin {} {}", r.role, &r.id);
 }

@@ -20,7 +20,8 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         indicatif::ProgressBar::new(cluster.artifacts.len() as u64)
     };
     pb.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("static template"),
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
+            .expect("static template"),
     );
     let fetched = artifacts::fetch_all(&cluster, |name| {
         pb.set_message(name.to_string());

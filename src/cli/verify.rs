@@ -21,7 +21,9 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"id": args.id, "ok": ok, "files": checks}))?
+            serde_json::to_string_pretty(
+                &serde_json::json!({"id": args.id, "ok": ok, "files": checks})
+            )?
         );
     } else {
         for c in &checks {

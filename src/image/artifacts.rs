@@ -124,7 +124,7 @@ fn open(name: &str, url: &str) -> Result<Box<dyn Read + Send>, ArtifactError> {
         return Ok(Box::new(resp.into_body().into_reader()));
     }
     Err(err(
-        "unsupported scheme; use https://, http:// or file://".into(),
+        "unsupported scheme; use https://, http:// or file://".into()
     ))
 }
 

@@ -385,7 +385,8 @@ pub fn build(cluster: &Cluster, role: Role, opts: &Options) -> Result<Report, Bu
     })?;
     p.stage("cleanup", "removing the work tree", || {
         let path = work.path().to_path_buf();
-        work.close().map_err(|source| BuildError::Io { path, source })?;
+        work.close()
+            .map_err(|source| BuildError::Io { path, source })?;
         Ok(((), false, String::new()))
     })?;
 
@@ -409,7 +410,11 @@ pub fn build(cluster: &Cluster, role: Role, opts: &Options) -> Result<Report, Bu
         let detail = format!(
             "{}{}",
             &id[..16],
-            if existed { " (already in the store)" } else { "" }
+            if existed {
+                " (already in the store)"
+            } else {
+                ""
+            }
         );
         Ok(((id, existed), false, detail))
     })?;

@@ -123,7 +123,10 @@ pub fn preset(root: &Path, units: &[String]) -> Result<(), LayerError> {
 /// Debian package → version, read with dpkg-query from the root's package database.
 pub fn packages(root: &Path) -> Result<BTreeMap<String, String>, LayerError> {
     let out = run(Command::new("dpkg-query")
-        .arg(format!("--admindir={}", root.join("var/lib/dpkg").display()))
+        .arg(format!(
+            "--admindir={}",
+            root.join("var/lib/dpkg").display()
+        ))
         .arg("-W")
         .arg("-f=${db:Status-Abbrev}\t${Package}\t${Version}\n"))?;
     let mut m = BTreeMap::new();

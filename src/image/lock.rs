@@ -23,7 +23,9 @@ impl std::fmt::Display for Verified {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Verified::Upstream => "upstream checksum",
-            Verified::TrustOnFirstFetch => "trusted on first fetch (upstream publishes no checksum)",
+            Verified::TrustOnFirstFetch => {
+                "trusted on first fetch (upstream publishes no checksum)"
+            }
         })
     }
 }
@@ -163,6 +165,9 @@ mod tests {
         });
         std::fs::write(&p, text.replace("version = 1\n", "version = 7\n")).unwrap();
         let e = Lock::load(&p).unwrap_err().to_string();
-        assert!(e.contains("version 7") && e.contains("imgbuild fetch"), "{e}");
+        assert!(
+            e.contains("version 7") && e.contains("imgbuild fetch"),
+            "{e}"
+        );
     }
 }

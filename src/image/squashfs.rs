@@ -21,7 +21,14 @@ pub fn pack(root: &Path, out: &Path) -> Result<(), BaseError> {
     run(Command::new("mksquashfs")
         .arg(root)
         .arg(out)
-        .args(["-comp", "zstd", "-Xcompression-level", ZSTD_LEVEL, "-b", BLOCK_SIZE])
+        .args([
+            "-comp",
+            "zstd",
+            "-Xcompression-level",
+            ZSTD_LEVEL,
+            "-b",
+            BLOCK_SIZE,
+        ])
         .args(["-noappend", "-no-progress", "-quiet"])
         .args(["-all-time", &epoch, "-mkfs-time", &epoch])
         // mksquashfs refuses SOURCE_DATE_EPOCH together with -all-time/-mkfs-time.

@@ -100,11 +100,7 @@ pub fn generate(cluster: &Cluster, engine: &Engine) -> Result<Standins, StandinE
                 .iter()
                 .map(|b| (b.to_string(), format!("{dir}/{b}"), 0o755))
                 .collect(),
-            Kind::Manifest => vec![(
-                name.clone(),
-                format!("{MANIFEST_DIR}/{name}.yaml"),
-                0o644,
-            )],
+            Kind::Manifest => vec![(name.clone(), format!("{MANIFEST_DIR}/{name}.yaml"), 0o644)],
         };
         let mut h = Sha256::new();
         for (binary, path, mode) in targets {
@@ -128,8 +124,10 @@ pub fn generate(cluster: &Cluster, engine: &Engine) -> Result<Standins, StandinE
                 contents: text.into_bytes(),
             });
         }
-        out.digests
-            .insert(name.clone(), format!("standin:{}", hex::encode(h.finalize())));
+        out.digests.insert(
+            name.clone(),
+            format!("standin:{}", hex::encode(h.finalize())),
+        );
     }
     out.files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)

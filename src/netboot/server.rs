@@ -36,7 +36,9 @@ impl Shared {
             booter: ArcSwap::from_pointee(Booter::new(cluster.clone(), pins)),
             cluster: ArcSwap::new(cluster),
             events,
-            registry: std::sync::Mutex::new(prometheus_client::registry::Registry::with_prefix("imgbuild")),
+            registry: std::sync::Mutex::new(prometheus_client::registry::Registry::with_prefix(
+                "imgbuild",
+            )),
         }
     }
 
@@ -49,7 +51,8 @@ impl Shared {
     pub fn encode_metrics(&self) -> String {
         let mut out = String::new();
         let reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
-        prometheus_client::encoding::text::encode(&mut out, &reg).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &reg)
+            .expect("writing to a String cannot fail");
         out
     }
 

@@ -116,14 +116,18 @@ pub fn scan_bytes(data: &[u8]) -> Vec<String> {
         .unwrap()
     });
     let token = TOKEN.get_or_init(|| {
-        regex::bytes::Regex::new(r"(?-u)(?:^|[^a-z0-9])([a-z0-9]{6}\.[a-z0-9]{16})(?:[^a-z0-9]|$)").unwrap()
+        regex::bytes::Regex::new(r"(?-u)(?:^|[^a-z0-9])([a-z0-9]{6}\.[a-z0-9]{16})(?:[^a-z0-9]|$)")
+            .unwrap()
     });
     let mut hits = Vec::new();
     if data.starts_with(b"\x7fELF") {
         return hits;
     }
     if let Some(m) = key.find(data) {
-        hits.push(format!("private key {:?}", String::from_utf8_lossy(&m.as_bytes()[..40])));
+        hits.push(format!(
+            "private key {:?}",
+            String::from_utf8_lossy(&m.as_bytes()[..40])
+        ));
     }
     if let Some(c) = token.captures(data) {
         hits.push(format!(
@@ -190,7 +194,10 @@ pub fn mirror(dir: &Path) -> String {
     for n in ["kubeadm", "kubelet", "kubectl"] {
         let data = format!("#!/bin/sh\necho mirror {n}\n");
         put(n, data.as_bytes());
-        put(&format!("{n}.sha256"), format!("{}\n", sha(data.as_bytes())).as_bytes());
+        put(
+            &format!("{n}.sha256"),
+            format!("{}\n", sha(data.as_bytes())).as_bytes(),
+        );
         toml += &format!(
             "[artifacts.{n}]\nversion = \"1.37.2\"\nurl = \"file://{}/{n}\"\n\n",
             dir.display()
@@ -200,7 +207,12 @@ pub fn mirror(dir: &Path) -> String {
     put("runc.amd64", runc);
     put(
         "runc.sha256sum",
-        format!("{}  runc.arm64\n{}  runc.amd64\n", "0".repeat(64), sha(runc)).as_bytes(),
+        format!(
+            "{}  runc.arm64\n{}  runc.amd64\n",
+            "0".repeat(64),
+            sha(runc)
+        )
+        .as_bytes(),
     );
     toml += &format!(
         "[artifacts.runc]\nversion = \"1.3.3\"\nurl = \"file://{0}/runc.amd64\"\nchecksum_url = \"file://{0}/runc.sha256sum\"\n\n",
@@ -210,26 +222,43 @@ pub fn mirror(dir: &Path) -> String {
         (
             "containerd.tar.gz",
             tarball(
-                &[("bin/containerd", b"ctd"), ("bin/containerd-shim-runc-v2", b"shim"), ("bin/ctr", b"ctr")],
+                &[
+                    ("bin/containerd", b"ctd"),
+                    ("bin/containerd-shim-runc-v2", b"shim"),
+                    ("bin/ctr", b"ctr"),
+                ],
                 true,
             ),
         ),
         ("crictl.tar.gz", tarball(&[("crictl", b"crictl")], true)),
         (
             "cni-plugins.tgz",
-            tarball(&[("./bridge", b"bridge"), ("./host-local", b"hl"), ("./loopback", b"lo")], true),
+            tarball(
+                &[
+                    ("./bridge", b"bridge"),
+                    ("./host-local", b"hl"),
+                    ("./loopback", b"lo"),
+                ],
+                true,
+            ),
         ),
     ];
     for ((file, data), name) in tars.iter().zip(["containerd", "crictl", "cni-plugins"]) {
         put(file, data);
-        put(&format!("{file}.sha256"), format!("{}  {file}\n", sha(data)).as_bytes());
+        put(
+            &format!("{file}.sha256"),
+            format!("{}  {file}\n", sha(data)).as_bytes(),
+        );
         toml += &format!(
             "[artifacts.{name}]\nversion = \"1.0.0\"\nurl = \"file://{}/{file}\"\n\n",
             dir.display()
         );
     }
     for n in ["cni-manifest", "metallb-manifest", "longhorn-manifest"] {
-        put(&format!("{n}.yaml"), format!("kind: List # {n}\n").as_bytes());
+        put(
+            &format!("{n}.yaml"),
+            format!("kind: List # {n}\n").as_bytes(),
+        );
         toml += &format!(
             "[artifacts.{n}]\nversion = \"1.0.0\"\nurl = \"file://{}/{n}.yaml\"\nchecksum_url = \"none\"\n\n",
             dir.display()
@@ -263,4 +292,3 @@ pub fn own_cache(f: &Fixture) -> std::path::PathBuf {
     std::fs::write(&f.config, text).unwrap();
     cache
 }
-
