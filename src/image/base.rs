@@ -126,7 +126,8 @@ impl BaseSpec {
         c.env("SOURCE_DATE_EPOCH", self.source_date_epoch.to_string())
             .env("LC_ALL", "C.UTF-8")
             .arg(format!("--variant={}", self.variant))
-            .arg("--quiet");
+            .arg("--quiet")
+            .arg("--format=tar");
         if !self.packages.is_empty() {
             c.arg(format!("--include={}", self.packages.join(",")));
         }
@@ -180,7 +181,8 @@ pub fn ensure(cache: &Path, spec: &BaseSpec) -> Result<Base, BaseError> {
             cached: true,
         });
     }
-    let tmp = cache.join(format!("{digest}.tar.tmp-{}", std::process::id()));
+    // mmdebstrap picks its output format from the extension: keep `.tar` last (and say --format=tar too).
+    let tmp = cache.join(format!("{digest}.tmp-{}.tar", std::process::id()));
     let spec_json = cache.join(format!("{digest}.json"));
     std::fs::write(
         &spec_json,
@@ -191,6 +193,13 @@ pub fn ensure(cache: &Path, spec: &BaseSpec) -> Result<Base, BaseError> {
     if let Err(e) = r {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
+    }
+    if !tmp.is_file() {
+        return Err(BaseError::Command {
+            command: "mmdebstrap".into(),
+            status: "no tarball".into(),
+            tail: format!("{} is not a file", tmp.display()),
+        });
     }
     std::fs::rename(&tmp, &tarball).map_err(io(&tarball))?;
     Ok(Base {

@@ -240,3 +240,83 @@ pub fn gc(images_dir: &Path, pins: &Pins, keep: usize) -> Result<Vec<String>, St
     }
     Ok(removed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Role;
+    use crate::image::manifest::Inputs;
+
+    fn fake(images: &Path, n: u8, role: Role) -> String {
+        let mut m = Manifest {
+            format: 1,
+            role,
+            profile: vec!["base".into(), role.to_string()],
+            standins: true,
+            kernel_args: vec![],
+            inputs: Inputs {
+                config_digest: format!("{n}"),
+                ..Inputs::default()
+            },
+            files: BTreeMap::new(),
+        };
+        let st = staging(images).unwrap();
+        for f in [KERNEL, INITRD, ROOTFS] {
+            std::fs::write(st.path().join(f), [n]).unwrap();
+        }
+        m.files.clear();
+        let (id, existed) = commit(images, st, m).unwrap();
+        assert!(!existed);
+        // Distinct creation times, oldest first.
+        let t = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000 + n as u64);
+        std::fs::File::open(images.join(&id))
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+        id
+    }
+
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn gc_keeps_pinned_and_the_newest_unpinned_and_verify_rehashes() {
+        let d = tempfile::tempdir().unwrap();
+        let images = d.path().join("images");
+        let ids: Vec<String> = (1..=4).map(|n| fake(&images, n, Role::Worker)).collect();
+        let mut pins = Pins::default();
+        pins.pins.insert(Role::Worker, ids[0].clone());
+        let listed = list(&images, &pins).unwrap();
+        assert_eq!(listed.len(), 4);
+        assert_eq!(listed[0].id, ids[3], "newest first");
+        assert_eq!(listed[3].pinned_by, vec!["worker".to_string()]);
+        let removed = gc(&images, &pins, 1).unwrap();
+        // Pinned (oldest) kept, newest unpinned kept, the two in between removed.
+        assert_eq!(removed.len(), 2);
+        assert!(removed.contains(&ids[1]) && removed.contains(&ids[2]));
+        assert!(images.join(&ids[0]).is_dir() && images.join(&ids[3]).is_dir());
+        assert!(verify(&images, &ids[3]).unwrap().iter().all(|c| c.ok));
+        assert!(matches!(
+            verify(&images, &ids[1]),
+            Err(StoreError::NoImage { .. })
+        ));
+    }
+
+    #[test]
+    fn committing_an_existing_id_leaves_the_store_untouched() {
+        let d = tempfile::tempdir().unwrap();
+        let images = d.path().join("images");
+        let id = fake(&images, 7, Role::Master);
+        let before = std::fs::read(images.join(&id).join(MANIFEST)).unwrap();
+        let st = staging(&images).unwrap();
+        for f in [KERNEL, INITRD, ROOTFS] {
+            std::fs::write(st.path().join(f), [7]).unwrap();
+        }
+        let m = Manifest::read(&images, &id).unwrap();
+        let (id2, existed) = commit(&images, st, Manifest { files: BTreeMap::new(), ..m }).unwrap();
+        assert_eq!(id2, id);
+        assert!(existed);
+        assert_eq!(std::fs::read(images.join(&id).join(MANIFEST)).unwrap(), before);
+        let names: Vec<_> = std::fs::read_dir(&images).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 1, "no staging dir left: {names:?}");
+    }
+}
