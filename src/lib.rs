@@ -9,5 +9,6 @@ pub mod cli;
 pub mod config;
 pub mod image;
 pub mod netboot;
+pub mod pki;
 pub mod status;
 pub mod template;

@@ -93,6 +93,8 @@ fn check_names_a_broken_profile_file_and_line() {
     copy_dir(&repo.join("profiles"), &profiles);
     let worker = profiles.join("worker/profile.toml");
     let text = std::fs::read_to_string(&worker).unwrap();
+    // The broken entry comes after the profile's own files.
+    let idx = text.matches("[[files]]").count();
     std::fs::write(
         &worker,
         format!("{text}\n[[files]]\npath = \"etc/relative\"\ntemplate = \"missing.j2\"\n"),
@@ -111,11 +113,15 @@ fn check_names_a_broken_profile_file_and_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("worker/profile.toml:"), "{err}");
     assert!(
-        err.contains("files[0].path: \"etc/relative\" must be an absolute path"),
+        err.contains(&format!(
+            "files[{idx}].path: \"etc/relative\" must be an absolute path"
+        )),
         "{err}"
     );
     assert!(
-        err.contains("files[0].template: template \"missing.j2\" does not exist"),
+        err.contains(&format!(
+            "files[{idx}].template: template \"missing.j2\" does not exist"
+        )),
         "{err}"
     );
 }

@@ -5,7 +5,10 @@ mod check;
 mod fetch;
 mod gc;
 mod images;
+mod enroll;
+mod kubeconfig;
 mod profile;
+mod secrets;
 mod serve;
 mod verify;
 
@@ -49,6 +52,12 @@ pub enum Command {
     Verify(verify::Args),
     /// Remove images no role pins, keeping the newest N.
     Gc(gc::Args),
+    /// Generate the cluster's secrets (CAs, service-account keys, bootstrap token) once.
+    Secrets(secrets::Args),
+    /// Show or change enrollment: open or close the window, re-arm a node.
+    Enroll(enroll::Args),
+    /// Write an admin kubeconfig for the cluster (client certificate signed by the cluster CA).
+    Kubeconfig(kubeconfig::Args),
     /// Run the netboot server: DHCP, TFTP and HTTP on the provisioning network.
     Serve(serve::Args),
 }
@@ -90,6 +99,9 @@ pub fn main() -> ExitCode {
         Command::Verify(a) => verify::run(&cli, a),
         Command::Gc(a) => gc::run(&cli, a),
         Command::Serve(a) => serve::run(&cli, a),
+        Command::Secrets(a) => secrets::run(&cli, a),
+        Command::Enroll(a) => enroll::run(&cli, a),
+        Command::Kubeconfig(a) => kubeconfig::run(&cli, a),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,915 @@
+//! Enrollment: how a node gets its secrets at first boot, and the init-done barrier.
+//!
+//! Rules for `GET /api/enroll/{mac}` (all enforced here, every answer and refusal logged and recorded as an
+//! event):
+//! 1. the MAC is in the inventory;
+//! 2. the request comes from the address the inventory gives that MAC (the TCP peer address is compared to
+//!    `Machine::ip`);
+//! 3. enrollment is open: from server start until every inventory node has enrolled, or for a window set with
+//!    `imgbuild enroll --open 30m` (`--close` ends both);
+//! 4. once per node: a second fetch is refused with 409 and a warning ("possible spoofer"), until
+//!    `imgbuild enroll --reset <host>` re-arms the node;
+//! 5. nodes that join (every node but the first master) are told to retry (503 + Retry-After, nothing
+//!    consumed) until the first master has reported `init-done`, and while the stored bootstrap token has
+//!    expired — so a joiner always receives the token the first master created or last renewed.
+//!
+//! The enrollment state lives in `state/enrollment.json`, replaced atomically, read and written under an
+//! exclusive `flock` on `state/enrollment.lock`. The server reads it on every request, so `imgbuild enroll`
+//! changes a running server by editing the file under the same lock: no signal, no admin endpoint.
+//!
+//! Token renewal: the first master's bundle carries `publish_key` (from `secrets/publish.key`). It renews the
+//! bootstrap token with `kubeadm token create` and publishes it with `POST /api/token` (form `mac`, `token`,
+//! `expires`, `ts`, `sig`), `sig` = hex HMAC-SHA256 keyed with the publish key's hex text over
+//! [`publish_message`]. Accepted only from the first master's MAC and address, with a valid signature, a
+//! timestamp within [`PUBLISH_SKEW_SECS`] of the server's clock and newer than the last accepted one (no
+//! replay), a well-formed token and an expiry in the future.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::extract::{ConnectInfo, FromRequest, Path as UrlPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Json, Router};
+use hmac::{Hmac, KeyInit, Mac};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use super::secrets::{self, Secrets};
+use super::token::{self, BootstrapToken};
+use super::{PkiError, io_err, write_atomic};
+use crate::config::{Cluster, MacAddr, Machine, Role};
+use crate::netboot::server::Shared;
+use crate::status::{Source, now_ms};
+
+/// How far a token publication's timestamp may be from the server's clock.
+pub const PUBLISH_SKEW_SECS: u64 = 300;
+/// Retry-After for a joiner that enrolls before the barrier.
+pub const RETRY_BARRIER_SECS: u64 = 10;
+
+/// One enrolled node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enrolled {
+    pub hostname: String,
+    pub ip: IpAddr,
+    pub at_ms: u64,
+}
+
+/// `state/enrollment.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollState {
+    /// An explicit window (`imgbuild enroll --open`): open until this time (ms since the epoch).
+    #[serde(default)]
+    pub open_until_ms: Option<u64>,
+    /// `imgbuild enroll --close`: closes every window opened before this time.
+    #[serde(default)]
+    pub closed_at_ms: u64,
+    /// Nodes that have fetched their bundle, by MAC.
+    #[serde(default)]
+    pub enrolled: BTreeMap<MacAddr, Enrolled>,
+}
+
+/// The enrollment store on disk.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub path: PathBuf,
+    lock: PathBuf,
+}
+
+/// An exclusive lock on the store, held until dropped.
+pub struct Locked {
+    path: PathBuf,
+    _file: std::fs::File,
+    pub state: EnrollState,
+}
+
+impl Store {
+    /// The store in the cluster's state directory.
+    pub fn for_cluster(cluster: &Cluster) -> Self {
+        Self::at(&cluster.paths.state)
+    }
+
+    /// The store in `state_dir`.
+    pub fn at(state_dir: &Path) -> Self {
+        Store {
+            path: state_dir.join("enrollment.json"),
+            lock: state_dir.join("enrollment.lock"),
+        }
+    }
+
+    /// Takes the lock and reads the state (an absent file is the empty state).
+    pub fn lock(&self) -> Result<Locked, PkiError> {
+        if let Some(d) = self.lock.parent() {
+            std::fs::create_dir_all(d).map_err(io_err(d))?;
+        }
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.lock)
+            .map_err(io_err(&self.lock))?;
+        // SAFETY: flock on a valid, open descriptor; blocks until the lock is ours.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+        if rc != 0 {
+            return Err(io_err(&self.lock)(std::io::Error::last_os_error()));
+        }
+        let state = match std::fs::read_to_string(&self.path) {
+            Ok(t) => serde_json::from_str(&t).map_err(|e| PkiError::Invalid {
+                path: self.path.display().to_string(),
+                message: format!(
+                    "{e}; the file is written by imgbuild only — restore it from a backup or delete it (every node \
+                     then counts as not enrolled)"
+                ),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => EnrollState::default(),
+            Err(e) => return Err(io_err(&self.path)(e)),
+        };
+        Ok(Locked {
+            path: self.path.clone(),
+            _file: f,
+            state,
+        })
+    }
+
+    /// Reads the state (under the lock, released at once).
+    pub fn read(&self) -> Result<EnrollState, PkiError> {
+        Ok(self.lock()?.state)
+    }
+}
+
+impl Locked {
+    /// Writes the state back atomically (still holding the lock).
+    pub fn save(&self) -> Result<(), PkiError> {
+        let mut v = serde_json::to_vec_pretty(&self.state).expect("state serializes");
+        v.push(b'\n');
+        write_atomic(&self.path, &v, 0o600)
+    }
+}
+
+impl EnrollState {
+    /// Whether every inventory machine has enrolled.
+    pub fn all_enrolled(&self, cluster: &Cluster) -> bool {
+        cluster
+            .machines
+            .iter()
+            .all(|m| self.enrolled.contains_key(&m.mac))
+    }
+}
+
+/// Why a request is not answered with a bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    UnknownMac,
+    WrongAddress {
+        expected: IpAddr,
+    },
+    Closed,
+    AlreadyEnrolled {
+        at_ms: u64,
+        from: IpAddr,
+    },
+    /// Not a refusal: come back later (not consumed).
+    WaitBarrier {
+        first_master: String,
+    },
+    TokenExpired {
+        expired_unix: u64,
+    },
+}
+
+impl Refusal {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refusal::UnknownMac | Refusal::WrongAddress { .. } | Refusal::Closed => {
+                StatusCode::FORBIDDEN
+            }
+            Refusal::AlreadyEnrolled { .. } => StatusCode::CONFLICT,
+            Refusal::WaitBarrier { .. } | Refusal::TokenExpired { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+
+    /// Said to the client and logged.
+    pub fn message(&self, mac: MacAddr, peer: IpAddr) -> String {
+        match self {
+            Refusal::UnknownMac => format!(
+                "enrollment refused: {mac} (from {peer}) is not in the inventory; add a [[machines]] entry to cluster.toml"
+            ),
+            Refusal::WrongAddress { expected } => format!(
+                "enrollment refused: {mac} asked from {peer}, but the inventory gives it {expected} — possible spoofer"
+            ),
+            Refusal::Closed => format!(
+                "enrollment refused: {mac} (from {peer}): enrollment is closed; open it with `imgbuild enroll --open 30m`"
+            ),
+            Refusal::AlreadyEnrolled { at_ms, from } => format!(
+                "enrollment refused: {mac} (from {peer}) already enrolled at {} from {from} — possible spoofer; if the \
+                 node was reinstalled, re-arm it with `imgbuild enroll --reset <host>`",
+                fmt_ms(*at_ms)
+            ),
+            Refusal::WaitBarrier { first_master } => format!(
+                "not yet: {mac} joins the cluster after {first_master} has reported init-done; retry"
+            ),
+            Refusal::TokenExpired { expired_unix } => format!(
+                "not yet: the stored bootstrap token expired at {}; the first master renews and publishes \
+                 it (its imgbuild-token-renew.timer); retry",
+                fmt_ms(expired_unix * 1000)
+            ),
+        }
+    }
+}
+
+fn fmt_ms(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}
+
+/// The window state the pure rules need.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    /// When this server started (the automatic window opens then).
+    pub started_ms: u64,
+    /// Whether the automatic window has already ended (every node enrolled once since start).
+    pub auto_done: bool,
+}
+
+impl Window {
+    /// Whether enrollment is open at `now_ms`.
+    pub fn is_open(&self, state: &EnrollState, cluster: &Cluster, now_ms: u64) -> bool {
+        let timed = state.open_until_ms.is_some_and(|u| now_ms < u);
+        let auto =
+            !self.auto_done && state.closed_at_ms < self.started_ms && !state.all_enrolled(cluster);
+        timed || auto
+    }
+}
+
+/// The enrollment rules, without I/O: what to do with a request for `mac` from `peer` at `now_ms`.
+#[allow(clippy::too_many_arguments)]
+pub fn decide<'c>(
+    cluster: &'c Cluster,
+    state: &EnrollState,
+    window: Window,
+    mac: MacAddr,
+    peer: IpAddr,
+    barrier_reached: bool,
+    token_expires_unix: u64,
+    now_ms: u64,
+) -> Result<&'c Machine, Refusal> {
+    let m = cluster.machine_by_mac(mac).ok_or(Refusal::UnknownMac)?;
+    if peer != IpAddr::V4(m.ip) {
+        return Err(Refusal::WrongAddress {
+            expected: IpAddr::V4(m.ip),
+        });
+    }
+    if let Some(e) = state.enrolled.get(&mac) {
+        return Err(Refusal::AlreadyEnrolled {
+            at_ms: e.at_ms,
+            from: e.ip,
+        });
+    }
+    if !window.is_open(state, cluster, now_ms) {
+        return Err(Refusal::Closed);
+    }
+    let first = cluster.first_master().map(|f| f.mac);
+    if first != Some(mac) {
+        if !barrier_reached {
+            return Err(Refusal::WaitBarrier {
+                first_master: cluster
+                    .first_master()
+                    .map_or_else(|| "the first master".into(), |f| f.hostname.clone()),
+            });
+        }
+        if token_expires_unix <= now_ms / 1000 {
+            return Err(Refusal::TokenExpired {
+                expired_unix: token_expires_unix,
+            });
+        }
+    }
+    Ok(m)
+}
+
+/// What a node receives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bundle {
+    pub hostname: String,
+    pub role: Role,
+    pub mac: MacAddr,
+    pub ip: IpAddr,
+    /// This node runs `kubeadm init` (the first master).
+    pub init: bool,
+    /// `VIP:port`.
+    pub api_endpoint: String,
+    pub token: String,
+    pub token_expires_unix: u64,
+    /// `sha256:<hex>` for `caCertHashes`.
+    pub discovery_hash: String,
+    /// Masters: kubeadm pki file name → PEM.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pki: BTreeMap<String, String>,
+    /// First master: the key it signs token publications with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_key: Option<String>,
+    /// First master: BGP peer name → MD5 password, for the MetalLB Secrets it creates.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub bgp_passwords: BTreeMap<String, String>,
+}
+
+/// The bundle for machine `m`.
+pub fn bundle(cluster: &Cluster, secrets: &Secrets, m: &Machine) -> Bundle {
+    let init = cluster.first_master().map(|f| f.mac) == Some(m.mac);
+    let mut pki = BTreeMap::new();
+    if m.role == Role::Master {
+        for (name, pem) in secrets.ca_files() {
+            pki.insert(name.to_string(), pem.to_string());
+        }
+    }
+    let mut bgp = BTreeMap::new();
+    if init {
+        for p in &cluster.metallb.peers {
+            if let Some(pw) = &p.password {
+                bgp.insert(p.name.clone(), pw.clone());
+            }
+        }
+    }
+    Bundle {
+        hostname: m.hostname.clone(),
+        role: m.role,
+        mac: m.mac,
+        ip: IpAddr::V4(m.ip),
+        init,
+        api_endpoint: format!(
+            "{}:{}",
+            cluster.control_plane.vip, cluster.control_plane.port
+        ),
+        token: secrets.token.token.clone(),
+        token_expires_unix: secrets.token.expires_unix,
+        discovery_hash: secrets.discovery_hash.clone(),
+        pki,
+        publish_key: init.then(|| secrets.publish_key.clone()),
+        bgp_passwords: bgp,
+    }
+}
+
+/// Whether the first master has reported `init-done` (a node event in the server's log).
+pub fn barrier_reached(shared: &Shared, cluster: &Cluster) -> Option<u64> {
+    let fm = cluster.first_master()?;
+    shared
+        .events
+        .for_mac(fm.mac)
+        .into_iter()
+        .find(|e| e.stage == "init-done" && e.source == Source::Node)
+        .map(|e| e.at_ms)
+}
+
+/// The text a token publication signs.
+pub fn publish_message(mac: MacAddr, token: &str, expires: u64, ts: u64) -> String {
+    format!("imgbuild-token-v1\n{mac}\n{token}\n{expires}\n{ts}\n")
+}
+
+/// Hex HMAC-SHA256 of `msg` keyed with the publish key's text.
+pub fn sign(publish_key: &str, msg: &str) -> String {
+    let mut m = Hmac::<Sha256>::new_from_slice(publish_key.as_bytes()).expect("HMAC takes any key");
+    m.update(msg.as_bytes());
+    hex::encode(m.finalize().into_bytes())
+}
+
+fn verify(publish_key: &str, msg: &str, sig_hex: &str) -> bool {
+    let Ok(sig) = hex::decode(sig_hex) else {
+        return false;
+    };
+    let mut m = Hmac::<Sha256>::new_from_slice(publish_key.as_bytes()).expect("HMAC takes any key");
+    m.update(msg.as_bytes());
+    m.verify_slice(&sig).is_ok()
+}
+
+/// Enrollment metrics: `imgbuild_enroll_requests_total{outcome}` and
+/// `imgbuild_token_publications_total{outcome}`.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    pub requests: Family<Vec<(String, String)>, Counter>,
+    pub publications: Family<Vec<(String, String)>, Counter>,
+}
+
+impl Metrics {
+    fn request(&self, outcome: &str) {
+        self.requests
+            .get_or_create(&vec![("outcome".into(), outcome.into())])
+            .inc();
+    }
+
+    fn publication(&self, outcome: &str) {
+        self.publications
+            .get_or_create(&vec![("outcome".into(), outcome.into())])
+            .inc();
+    }
+}
+
+impl Refusal {
+    /// The metric label of the refusal.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Refusal::UnknownMac => "unknown-mac",
+            Refusal::WrongAddress { .. } => "wrong-address",
+            Refusal::Closed => "closed",
+            Refusal::AlreadyEnrolled { .. } => "already-enrolled",
+            Refusal::WaitBarrier { .. } => "wait-barrier",
+            Refusal::TokenExpired { .. } => "token-expired",
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Ctx {
+    shared: Arc<Shared>,
+    started_ms: u64,
+    auto_done: Arc<AtomicBool>,
+    metrics: Metrics,
+}
+
+/// The enrollment, barrier and token routes. The app must be served with
+/// `into_make_service_with_connect_info::<SocketAddr>()`: the rules need the TCP peer address.
+pub fn routes(shared: Arc<Shared>) -> Router {
+    let metrics = Metrics::default();
+    shared.register_metrics(|r| {
+        r.register(
+            "enroll_requests",
+            "Enrollment requests by outcome (served, or why not)",
+            metrics.requests.clone(),
+        );
+        r.register(
+            "token_publications",
+            "Bootstrap token publications by outcome",
+            metrics.publications.clone(),
+        );
+    });
+    let ctx = Ctx {
+        shared,
+        started_ms: now_ms(),
+        auto_done: Arc::new(AtomicBool::new(false)),
+        metrics,
+    };
+    Router::new()
+        .route("/api/enroll/{mac}", get(enroll))
+        .route("/api/barrier/init-done", get(barrier))
+        .route("/api/token", post(publish))
+        .with_state(ctx)
+}
+
+fn text(status: StatusCode, msg: impl Into<String>) -> Response {
+    let mut msg = msg.into();
+    msg.push('\n');
+    (status, msg).into_response()
+}
+
+fn retry_after(mut r: Response, secs: u64) -> Response {
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_str(&secs.to_string()).expect("digits"),
+    );
+    r
+}
+
+fn peer_of(req: &Request) -> Option<IpAddr> {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ci| ci.0.ip().to_canonical())
+}
+
+const NO_PEER: &str = "server misconfigured: the HTTP app is not served with connect info (the TCP peer address); \
+                       enrollment needs it";
+
+async fn enroll(State(ctx): State<Ctx>, UrlPath(mac): UrlPath<String>, req: Request) -> Response {
+    let Ok(mac) = mac.parse::<MacAddr>() else {
+        tracing::warn!(mac = %mac, "enrollment request with a malformed MAC");
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("{mac:?} is not a MAC address such as 52:54:00:12:34:56"),
+        );
+    };
+    let Some(peer) = peer_of(&req) else {
+        tracing::error!("{NO_PEER}");
+        return text(StatusCode::INTERNAL_SERVER_ERROR, NO_PEER);
+    };
+    let c = ctx.clone();
+    match tokio::task::spawn_blocking(move || enroll_blocking(&c, mac, peer)).await {
+        Ok(r) => r,
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("enrollment task failed: {e}"),
+        ),
+    }
+}
+
+fn enroll_blocking(ctx: &Ctx, mac: MacAddr, peer: IpAddr) -> Response {
+    let shared = &ctx.shared;
+    let cluster = shared.cluster();
+    let store = Store::for_cluster(&cluster);
+    let internal = |what: String| {
+        ctx.metrics.request("error");
+        tracing::error!(%mac, %peer, "enrollment failed: {what}");
+        shared.events.record(
+            mac,
+            "failed",
+            format!("enrollment failed on the server: {what}"),
+            Source::Server,
+        );
+        text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("enrollment failed on the server: {what}"),
+        )
+    };
+    let mut locked = match store.lock() {
+        Ok(l) => l,
+        Err(e) => return internal(e.to_string()),
+    };
+    let token_expires = secrets::load_token(&cluster.paths.secrets).map(|t| t.expires_unix);
+    let now = now_ms();
+    let window = Window {
+        started_ms: ctx.started_ms,
+        auto_done: ctx.auto_done.load(Ordering::SeqCst),
+    };
+    let barrier = barrier_reached(shared, &cluster).is_some();
+    let decision = decide(
+        &cluster,
+        &locked.state,
+        window,
+        mac,
+        peer,
+        barrier,
+        *token_expires.as_ref().unwrap_or(&u64::MAX),
+        now,
+    );
+    let m = match decision {
+        Ok(m) => m,
+        Err(r) => {
+            ctx.metrics.request(r.outcome());
+            let msg = r.message(mac, peer);
+            let resp = text(r.status(), msg.clone());
+            return match r {
+                Refusal::WaitBarrier { .. } => {
+                    tracing::debug!(%mac, %peer, "{msg}");
+                    retry_after(resp, RETRY_BARRIER_SECS)
+                }
+                Refusal::TokenExpired { .. } => {
+                    tracing::warn!(%mac, %peer, "{msg}");
+                    retry_after(resp, 60)
+                }
+                _ => {
+                    tracing::warn!(%mac, %peer, "{msg}");
+                    shared.events.record(mac, "failed", msg, Source::Server);
+                    resp
+                }
+            };
+        }
+    };
+    let secrets = match secrets::load(&cluster.paths.secrets) {
+        Ok(s) => s,
+        Err(e) => return internal(e.to_string()),
+    };
+    let b = bundle(&cluster, &secrets, m);
+    locked.state.enrolled.insert(
+        mac,
+        Enrolled {
+            hostname: m.hostname.clone(),
+            ip: peer,
+            at_ms: now,
+        },
+    );
+    // Recorded before the bundle leaves: a crash after this line means the node must be re-armed, never that
+    // a bundle was handed out twice.
+    if let Err(e) = locked.save() {
+        return internal(e.to_string());
+    }
+    if locked.state.all_enrolled(&cluster) && !ctx.auto_done.swap(true, Ordering::SeqCst) {
+        tracing::info!(
+            "every inventory node has enrolled; the start-up enrollment window is closed"
+        );
+    }
+    drop(locked);
+    let what = if b.init {
+        "CA set, token, publish key (first master: kubeadm init)"
+    } else if m.role == Role::Master {
+        "CA set, token (kubeadm join --control-plane)"
+    } else {
+        "token, discovery hash (kubeadm join)"
+    };
+    let detail = format!(
+        "enrollment bundle served to {} ({}) at {peer}: {what}",
+        m.hostname, m.role
+    );
+    tracing::info!(%mac, %peer, "{detail}");
+    ctx.metrics.request("served");
+    shared
+        .events
+        .record(mac, "enrolled", detail, Source::Server);
+    let mut r = Json(b).into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+async fn barrier(State(ctx): State<Ctx>) -> Response {
+    let cluster = ctx.shared.cluster();
+    let Some(fm) = cluster.first_master() else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "the inventory has no master; there is no init-done barrier",
+        );
+    };
+    match barrier_reached(&ctx.shared, &cluster) {
+        Some(at) => text(
+            StatusCode::OK,
+            format!("init-done: {} reported it at {}", fm.hostname, fmt_ms(at)),
+        ),
+        None => retry_after(
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("waiting: {} has not reported init-done yet", fm.hostname),
+            ),
+            5,
+        ),
+    }
+}
+
+/// The form of `POST /api/token`.
+#[derive(Debug, Deserialize)]
+pub struct PublishForm {
+    pub mac: String,
+    pub token: String,
+    pub expires: u64,
+    pub ts: u64,
+    pub sig: String,
+}
+
+async fn publish(State(ctx): State<Ctx>, req: Request) -> Response {
+    let Some(peer) = peer_of(&req) else {
+        return text(StatusCode::INTERNAL_SERVER_ERROR, NO_PEER);
+    };
+    let form = match Form::<PublishForm>::from_request(req, &()).await {
+        Ok(f) => f.0,
+        Err(e) => {
+            let e = e.body_text();
+            ctx.metrics.publication("refused");
+            tracing::warn!(%peer, "token publication with a malformed body: {e}");
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("{e}; expected form fields mac, token, expires, ts, sig"),
+            );
+        }
+    };
+    let c = ctx.clone();
+    match tokio::task::spawn_blocking(move || publish_blocking(&c, peer, form)).await {
+        Ok(r) => r,
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("token task failed: {e}"),
+        ),
+    }
+}
+
+fn publish_blocking(ctx: &Ctx, peer: IpAddr, f: PublishForm) -> Response {
+    let shared = &ctx.shared;
+    let cluster = shared.cluster();
+    let refuse = |status: StatusCode, mac: Option<MacAddr>, why: String| {
+        ctx.metrics.publication("refused");
+        let msg = format!("token publication from {peer} refused: {why}");
+        tracing::warn!("{msg}");
+        if let Some(mac) = mac {
+            shared
+                .events
+                .record(mac, "failed", msg.clone(), Source::Server);
+        }
+        text(status, msg)
+    };
+    let Ok(mac) = f.mac.parse::<MacAddr>() else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            None,
+            format!("{:?} is not a MAC address", f.mac),
+        );
+    };
+    let Some(fm) = cluster.first_master() else {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            Some(mac),
+            "the inventory has no master".into(),
+        );
+    };
+    if mac != fm.mac || peer != IpAddr::V4(fm.ip) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            Some(mac),
+            format!(
+                "only the first master {} ({}, {}) publishes tokens — possible spoofer",
+                fm.hostname, fm.mac, fm.ip
+            ),
+        );
+    }
+    let dir = &cluster.paths.secrets;
+    let key = match std::fs::read_to_string(dir.join("publish.key")) {
+        Ok(k) => k.trim().to_string(),
+        Err(e) => {
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Some(mac),
+                format!("cannot read the publish key: {e}"),
+            );
+        }
+    };
+    if !verify(
+        &key,
+        &publish_message(mac, &f.token, f.expires, f.ts),
+        &f.sig,
+    ) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            Some(mac),
+            "bad signature — possible spoofer".into(),
+        );
+    }
+    let now = token::now_unix();
+    if f.ts.abs_diff(now) > PUBLISH_SKEW_SECS {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            Some(mac),
+            format!(
+                "timestamp {} is more than {PUBLISH_SKEW_SECS}s from the server's clock {now}; check the node's time",
+                f.ts
+            ),
+        );
+    }
+    if !token::is_valid(&f.token) {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            Some(mac),
+            "the token is not of the form [a-z0-9]{6}.[a-z0-9]{16}".into(),
+        );
+    }
+    if f.expires <= now {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            Some(mac),
+            format!("the token's expiry {} has passed", f.expires),
+        );
+    }
+    // The store's lock serializes publications with enrollments.
+    let store = Store::for_cluster(&cluster);
+    let _locked = match store.lock() {
+        Ok(l) => l,
+        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, Some(mac), e.to_string()),
+    };
+    let current = secrets::load_token(dir).ok();
+    if let Some(cur) = &current
+        && f.ts <= cur.published_unix
+    {
+        return refuse(
+            StatusCode::CONFLICT,
+            Some(mac),
+            format!(
+                "timestamp {} is not newer than the last publication ({}) — a replay?",
+                f.ts, cur.published_unix
+            ),
+        );
+    }
+    let t = BootstrapToken {
+        token: f.token.clone(),
+        expires_unix: f.expires,
+        source: format!("published by {}", fm.hostname),
+        published_unix: f.ts,
+    };
+    if let Err(e) = secrets::save_token(dir, &t) {
+        return refuse(StatusCode::INTERNAL_SERVER_ERROR, Some(mac), e.to_string());
+    }
+    let id = f.token.split('.').next().unwrap_or_default();
+    let detail = format!(
+        "bootstrap token {id}.… published by {}, valid until {}",
+        fm.hostname,
+        fmt_ms(f.expires * 1000)
+    );
+    tracing::info!("{detail}");
+    ctx.metrics.publication("accepted");
+    text(StatusCode::OK, detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster() -> Cluster {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let src = std::fs::read_to_string(root.join("cluster.toml")).unwrap();
+        crate::config::load_str(&root.join("cluster.toml"), &src, root).unwrap()
+    }
+
+    const NOW: u64 = 1_000_000_000;
+
+    fn win(auto_done: bool) -> Window {
+        Window {
+            started_ms: NOW - 1000,
+            auto_done,
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn rules_in_order() {
+        let c = cluster();
+        let m1: MacAddr = "52:54:00:77:00:11".parse().unwrap();
+        let w1: MacAddr = "52:54:00:77:00:21".parse().unwrap();
+        let mut st = EnrollState::default();
+        let d = |st: &EnrollState, mac, peer, barrier, tok| {
+            decide(&c, st, win(false), mac, ip(peer), barrier, tok, NOW)
+        };
+        assert_eq!(
+            d(
+                &st,
+                "52:54:00:00:00:01".parse().unwrap(),
+                "10.77.0.11",
+                true,
+                u64::MAX
+            )
+            .unwrap_err(),
+            Refusal::UnknownMac
+        );
+        assert!(matches!(
+            d(&st, m1, "10.77.0.12", true, u64::MAX),
+            Err(Refusal::WrongAddress { .. })
+        ));
+        assert_eq!(
+            d(&st, m1, "10.77.0.11", false, 0).unwrap().hostname,
+            "master-1",
+            "the first master needs no barrier and no live token"
+        );
+        assert!(matches!(
+            d(&st, w1, "10.77.0.21", false, u64::MAX),
+            Err(Refusal::WaitBarrier { .. })
+        ));
+        assert!(matches!(
+            d(&st, w1, "10.77.0.21", true, NOW / 1000),
+            Err(Refusal::TokenExpired { .. })
+        ));
+        assert_eq!(
+            d(&st, w1, "10.77.0.21", true, NOW / 1000 + 1)
+                .unwrap()
+                .hostname,
+            "worker-1"
+        );
+        st.enrolled.insert(
+            m1,
+            Enrolled {
+                hostname: "master-1".into(),
+                ip: ip("10.77.0.11"),
+                at_ms: 5,
+            },
+        );
+        // A spoofer from another address learns nothing about the enrollment state.
+        assert!(matches!(
+            d(&st, m1, "10.77.0.99", true, u64::MAX),
+            Err(Refusal::WrongAddress { .. })
+        ));
+        assert!(matches!(
+            d(&st, m1, "10.77.0.11", true, u64::MAX),
+            Err(Refusal::AlreadyEnrolled { at_ms: 5, .. })
+        ));
+    }
+
+    #[test]
+    fn window_semantics() {
+        let c = cluster();
+        let mut st = EnrollState::default();
+        assert!(win(false).is_open(&st, &c, NOW), "open from start-up");
+        assert!(
+            !win(true).is_open(&st, &c, NOW),
+            "closed once everyone enrolled"
+        );
+        st.closed_at_ms = NOW - 10; // `--close` after this server started
+        assert!(!win(false).is_open(&st, &c, NOW));
+        st.closed_at_ms = NOW - 5000; // closed before this server started: a restart reopens it
+        assert!(win(false).is_open(&st, &c, NOW));
+        st.open_until_ms = Some(NOW + 1);
+        assert!(win(true).is_open(&st, &c, NOW), "--open beats everything");
+        assert!(!win(true).is_open(&st, &c, NOW + 1), "until its end");
+        for m in &c.machines {
+            st.enrolled.insert(
+                m.mac,
+                Enrolled {
+                    hostname: m.hostname.clone(),
+                    ip: IpAddr::V4(m.ip),
+                    at_ms: 1,
+                },
+            );
+        }
+        st.open_until_ms = None;
+        assert!(!win(false).is_open(&st, &c, NOW), "nobody left to enroll");
+    }
+}

@@ -1,0 +1,77 @@
+//! Cluster secrets and how nodes get them.
+//!
+//! - [`ca`]: the kubeadm CA set (cluster, front-proxy, etcd), the service-account key pair, client
+//!   certificates and the discovery hash.
+//! - [`token`]: kubeadm bootstrap tokens.
+//! - [`secrets`]: the `secrets/` directory (`imgbuild secrets init`), written once, mode 0700/0600.
+//! - [`kubeconfig`]: the admin kubeconfig for the user (`imgbuild kubeconfig`).
+//! - [`enroll`]: the enrollment store and rules, and the HTTP routes nodes use at first boot
+//!   (`/api/enroll/{mac}`, `/api/barrier/init-done`, `/api/token`).
+
+pub mod ca;
+pub mod enroll;
+pub mod kubeconfig;
+pub mod secrets;
+pub mod token;
+
+/// A secrets or enrollment operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot generate {what}: {source}")]
+    Generate {
+        what: String,
+        #[source]
+        source: rcgen::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+    #[error(
+        "secrets already exist in {dir} ({file} is there); refusing to overwrite them. To rotate: stop the server, \
+         move {dir} away (keep it until every node has rejoined), run `imgbuild secrets init` again, then \
+         `imgbuild enroll --reset <host>` for every node and rebuild the cluster"
+    )]
+    Exists { dir: String, file: String },
+    #[error("no secrets in {dir} ({file} is missing); run `imgbuild secrets init` first")]
+    Missing { dir: String, file: String },
+}
+
+pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+    move |source| PkiError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Writes `bytes` to `path` atomically (temp file in the same directory, fsync, rename, fsync the
+/// directory) with permission bits `mode`. A crash leaves either the old or the new file, never a torn one.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    f.write_all(bytes).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io_err(path))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}

@@ -1,0 +1,275 @@
+//! The `secrets/` directory: everything a cluster must keep private, generated once by `imgbuild secrets init`.
+//!
+//! Layout (kubeadm's file names, so the directory can be copied into `/etc/kubernetes/pki` as is):
+//! `ca.crt`, `ca.key`, `front-proxy-ca.crt`, `front-proxy-ca.key`, `etcd/ca.crt`, `etcd/ca.key`, `sa.key`,
+//! `sa.pub`; plus `token.json` (the current bootstrap token and its expiry), `discovery-hash`
+//! (`sha256:<hex>`) and `publish.key` (the key the first master signs token renewals with).
+//! Directories are 0700, files 0600. Nothing here ever goes into an image.
+
+use std::path::{Path, PathBuf};
+
+use rand::Rng;
+use serde::Serialize;
+
+use super::ca::{self, CertAndKey};
+use super::token::{self, BootstrapToken};
+use super::{PkiError, io_err, write_atomic};
+
+/// The CA files a control-plane node needs (relative to the pki directory), in kubeadm's names.
+pub const CA_FILES: &[&str] = &[
+    "ca.crt",
+    "ca.key",
+    "front-proxy-ca.crt",
+    "front-proxy-ca.key",
+    "etcd/ca.crt",
+    "etcd/ca.key",
+    "sa.key",
+    "sa.pub",
+];
+
+/// Every file `secrets init` writes.
+pub const ALL_FILES: &[&str] = &[
+    "ca.crt",
+    "ca.key",
+    "front-proxy-ca.crt",
+    "front-proxy-ca.key",
+    "etcd/ca.crt",
+    "etcd/ca.key",
+    "sa.key",
+    "sa.pub",
+    "token.json",
+    "discovery-hash",
+    "publish.key",
+];
+
+/// The loaded secrets.
+#[derive(Debug, Clone)]
+pub struct Secrets {
+    pub dir: PathBuf,
+    pub ca: CertAndKey,
+    pub front_proxy_ca: CertAndKey,
+    pub etcd_ca: CertAndKey,
+    pub sa_key: String,
+    pub sa_pub: String,
+    pub token: BootstrapToken,
+    pub discovery_hash: String,
+    /// Hex text; the HMAC key of token publications (see [`super::enroll`]).
+    pub publish_key: String,
+}
+
+/// What `secrets init` made (printed to the user; holds no secret).
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub dir: PathBuf,
+    pub discovery_hash: String,
+    pub token_expires_unix: u64,
+}
+
+fn ensure_dir(dir: &Path) -> Result<(), PkiError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err(dir))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io_err(dir))
+}
+
+/// Generates every secret into `dir`. Refuses if any of the files already exists.
+pub fn init(dir: &Path) -> Result<Summary, PkiError> {
+    for f in ALL_FILES {
+        if dir.join(f).exists() {
+            return Err(PkiError::Exists {
+                dir: dir.display().to_string(),
+                file: f.to_string(),
+            });
+        }
+    }
+    ensure_dir(dir)?;
+    ensure_dir(&dir.join("etcd"))?;
+    let cluster_ca = ca::new_ca("kubernetes")?;
+    let front = ca::new_ca("front-proxy-ca")?;
+    let etcd = ca::new_ca("etcd-ca")?;
+    let (sa_key, sa_pub) = ca::service_account_keys()?;
+    let hash = ca::discovery_hash(&cluster_ca.cert_pem)?;
+    let tok = BootstrapToken {
+        token: token::generate(),
+        expires_unix: token::now_unix() + token::DEFAULT_TTL_SECS,
+        source: "secrets init".into(),
+        // Not published yet: the first master's first publication is always newer.
+        published_unix: 0,
+    };
+    let key: [u8; 32] = rand::rng().random();
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("ca.crt", cluster_ca.cert_pem.into_bytes()),
+        ("ca.key", cluster_ca.key_pem.into_bytes()),
+        ("front-proxy-ca.crt", front.cert_pem.into_bytes()),
+        ("front-proxy-ca.key", front.key_pem.into_bytes()),
+        ("etcd/ca.crt", etcd.cert_pem.into_bytes()),
+        ("etcd/ca.key", etcd.key_pem.into_bytes()),
+        ("sa.key", sa_key.into_bytes()),
+        ("sa.pub", sa_pub.into_bytes()),
+        ("discovery-hash", format!("{hash}\n").into_bytes()),
+        (
+            "publish.key",
+            format!("{}\n", hex::encode(key)).into_bytes(),
+        ),
+        // Last: its presence marks a complete set.
+        ("token.json", token_json(&tok)),
+    ];
+    for (name, bytes) in files {
+        write_atomic(&dir.join(name), &bytes, 0o600)?;
+    }
+    Ok(Summary {
+        dir: dir.to_path_buf(),
+        discovery_hash: hash,
+        token_expires_unix: tok.expires_unix,
+    })
+}
+
+fn token_json(t: &BootstrapToken) -> Vec<u8> {
+    let mut v = serde_json::to_vec_pretty(t).expect("token serializes");
+    v.push(b'\n');
+    v
+}
+
+fn read(dir: &Path, name: &str) -> Result<String, PkiError> {
+    let p = dir.join(name);
+    match std::fs::read_to_string(&p) {
+        Ok(s) => Ok(s),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(PkiError::Missing {
+            dir: dir.display().to_string(),
+            file: name.to_string(),
+        }),
+        Err(e) => Err(io_err(&p)(e)),
+    }
+}
+
+/// Reads the token store (`token.json`).
+pub fn load_token(dir: &Path) -> Result<BootstrapToken, PkiError> {
+    let text = read(dir, "token.json")?;
+    let t: BootstrapToken = serde_json::from_str(&text).map_err(|e| PkiError::Invalid {
+        path: dir.join("token.json").display().to_string(),
+        message: format!(
+            "{e}; it holds {{\"token\": \"abcdef.0123456789abcdef\", \"expires_unix\": N}}"
+        ),
+    })?;
+    if !token::is_valid(&t.token) {
+        return Err(PkiError::Invalid {
+            path: dir.join("token.json").display().to_string(),
+            message: "the token is not of the form [a-z0-9]{6}.[a-z0-9]{16}".into(),
+        });
+    }
+    Ok(t)
+}
+
+/// Replaces the token store atomically.
+pub fn save_token(dir: &Path, t: &BootstrapToken) -> Result<(), PkiError> {
+    write_atomic(&dir.join("token.json"), &token_json(t), 0o600)
+}
+
+/// Loads every secret, checking the discovery hash still matches the CA.
+pub fn load(dir: &Path) -> Result<Secrets, PkiError> {
+    let pair = |c: &str, k: &str| -> Result<CertAndKey, PkiError> {
+        Ok(CertAndKey {
+            cert_pem: read(dir, c)?,
+            key_pem: read(dir, k)?,
+        })
+    };
+    let s = Secrets {
+        dir: dir.to_path_buf(),
+        ca: pair("ca.crt", "ca.key")?,
+        front_proxy_ca: pair("front-proxy-ca.crt", "front-proxy-ca.key")?,
+        etcd_ca: pair("etcd/ca.crt", "etcd/ca.key")?,
+        sa_key: read(dir, "sa.key")?,
+        sa_pub: read(dir, "sa.pub")?,
+        token: load_token(dir)?,
+        discovery_hash: read(dir, "discovery-hash")?.trim().to_string(),
+        publish_key: read(dir, "publish.key")?.trim().to_string(),
+    };
+    let computed = ca::discovery_hash(&s.ca.cert_pem)?;
+    if computed != s.discovery_hash {
+        return Err(PkiError::Invalid {
+            path: dir.join("discovery-hash").display().to_string(),
+            message: format!(
+                "does not match ca.crt (computed {computed}); the CA was replaced by hand?"
+            ),
+        });
+    }
+    Ok(s)
+}
+
+impl Secrets {
+    /// The CA files for a control-plane node: kubeadm file name → PEM text.
+    pub fn ca_files(&self) -> Vec<(&'static str, &str)> {
+        vec![
+            ("ca.crt", self.ca.cert_pem.as_str()),
+            ("ca.key", self.ca.key_pem.as_str()),
+            ("front-proxy-ca.crt", self.front_proxy_ca.cert_pem.as_str()),
+            ("front-proxy-ca.key", self.front_proxy_ca.key_pem.as_str()),
+            ("etcd/ca.crt", self.etcd_ca.cert_pem.as_str()),
+            ("etcd/ca.key", self.etcd_ca.key_pem.as_str()),
+            ("sa.key", self.sa_key.as_str()),
+            ("sa.pub", self.sa_pub.as_str()),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn init_writes_private_files_and_refuses_to_overwrite() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("secrets");
+        let sum = init(&dir).unwrap();
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        assert_eq!(
+            std::fs::metadata(dir.join("etcd"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o700
+        );
+        for f in ALL_FILES {
+            let m = std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(m, 0o600, "{f}");
+        }
+        let s = load(&dir).unwrap();
+        assert_eq!(s.discovery_hash, sum.discovery_hash);
+        assert!(token::is_valid(&s.token.token));
+        assert!(s.token.expires_unix > token::now_unix());
+        assert_eq!(s.publish_key.len(), 64);
+        let before = std::fs::read(dir.join("ca.key")).unwrap();
+        let err = init(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("refusing to overwrite") && err.contains("rotate"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(dir.join("ca.key")).unwrap(), before);
+        // One missing file is not a reason to regenerate the rest.
+        std::fs::remove_file(dir.join("publish.key")).unwrap();
+        assert!(init(&dir).is_err());
+        assert!(load(&dir).unwrap_err().to_string().contains("secrets init"));
+    }
+
+    #[test]
+    fn load_rejects_a_replaced_ca() {
+        let d = tempfile::tempdir().unwrap();
+        init(d.path()).unwrap();
+        let other = ca::new_ca("kubernetes").unwrap();
+        std::fs::write(d.path().join("ca.crt"), other.cert_pem).unwrap();
+        assert!(
+            load(d.path())
+                .unwrap_err()
+                .to_string()
+                .contains("does not match")
+        );
+    }
+}

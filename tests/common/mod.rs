@@ -1,0 +1,99 @@
+//! Helpers shared by the integration tests: a test cluster, rendered role trees, YAML as JSON.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use imgbuild::config::{Cluster, Role};
+use imgbuild::image::tree::{self, Tree};
+use yaml_rust2::{Yaml, YamlLoader};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `../shared/...` (the shared directory beside the repository).
+pub fn shared(rel: &str) -> PathBuf {
+    repo().join("..").join("shared").join(rel)
+}
+
+/// Writes the example cluster.toml into `dir` (provisioning net moved to 127.77.0.0/24 when `loopback`),
+/// with `[paths]` into `dir` and the repository's profiles; `edit` may change the text first.
+pub fn write_cluster(dir: &Path, loopback: bool, edit: impl Fn(String) -> String) -> PathBuf {
+    let mut text = std::fs::read_to_string(repo().join("cluster.toml")).unwrap();
+    if loopback {
+        text = text.replace("10.77.0.", "127.77.0.");
+    }
+    let text = edit(text);
+    let text = format!(
+        "{text}\n[paths]\nprofiles = \"{}\"\nipxe = \"{}\"\nstate = \"state\"\nsecrets = \"secrets\"\nimages = \"images\"\ncache = \"cache\"\n",
+        repo().join("profiles").display(),
+        repo().join("ipxe").display()
+    );
+    let p = dir.join("cluster.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+pub fn load(dir: &Path, loopback: bool) -> Cluster {
+    imgbuild::config::load(&write_cluster(dir, loopback, |t| t)).unwrap()
+}
+
+pub fn render(cluster: &Cluster, role: Role) -> Tree {
+    let profile = imgbuild::config::profile::resolve(&cluster.paths.profiles, role).unwrap();
+    tree::render(cluster, &profile, &imgbuild::cli::engine_for(cluster)).unwrap()
+}
+
+pub fn file<'a>(t: &'a Tree, path: &str) -> &'a str {
+    let f = t
+        .files
+        .iter()
+        .find(|f| f.path == path)
+        .unwrap_or_else(|| panic!("{path} is not in the {} tree", t.role));
+    std::str::from_utf8(&f.contents).unwrap()
+}
+
+/// Renders a stand-in script (`kubeadm` or `kubectl`) with the master profile's context.
+pub fn standin(cluster: &Cluster, name: &str) -> String {
+    let profile =
+        imgbuild::config::profile::resolve(&cluster.paths.profiles, Role::Master).unwrap();
+    let ctx = tree::TemplateContext::new(cluster, &profile);
+    imgbuild::cli::engine_for(cluster)
+        .render(&format!("profiles/standins/{name}.sh.j2"), &ctx)
+        .unwrap()
+}
+
+pub fn to_json(y: &Yaml) -> serde_json::Value {
+    use serde_json::Value;
+    match y {
+        Yaml::Real(s) => s.parse::<f64>().map(Value::from).unwrap_or(Value::Null),
+        Yaml::Integer(i) => Value::from(*i),
+        Yaml::String(s) => Value::from(s.clone()),
+        Yaml::Boolean(b) => Value::from(*b),
+        Yaml::Array(a) => Value::Array(a.iter().map(to_json).collect()),
+        Yaml::Hash(h) => Value::Object(
+            h.iter()
+                .map(|(k, v)| {
+                    let k = match k {
+                        Yaml::String(s) => s.clone(),
+                        other => format!("{other:?}"),
+                    };
+                    (k, to_json(v))
+                })
+                .collect(),
+        ),
+        Yaml::Null => Value::Null,
+        other => panic!("unsupported YAML node {other:?}"),
+    }
+}
+
+/// Every document of a YAML text (empty documents dropped). Panics with the text's name on a parse error.
+pub fn yaml_docs(name: &str, text: &str) -> Vec<serde_json::Value> {
+    YamlLoader::load_from_str(text)
+        .unwrap_or_else(|e| panic!("{name} is not valid YAML: {e}"))
+        .iter()
+        .filter(|d| !d.is_null())
+        .map(to_json)
+        .collect()
+}

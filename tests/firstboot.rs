@@ -1,0 +1,447 @@
+//! The real first-boot scripts, run with bash in one temporary root per node against the real enrollment
+//! routes on loopback and the labelled kubeadm/kubectl stand-ins: the first master initializes and installs
+//! the add-ons, the others wait for its init-done and join, nothing joins twice, failures are reported with
+//! the command's output. (The QEMU boot tests run the same units on real nodes.)
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::extract::{Form, State};
+use axum::routing::post;
+use imgbuild::config::{Cluster, MacAddr, Machine};
+use imgbuild::netboot::server::Shared;
+use imgbuild::pki::{enroll, secrets};
+use imgbuild::status::{Events, Source};
+
+#[derive(serde::Deserialize)]
+struct Ev {
+    mac: String,
+    stage: String,
+    #[serde(default)]
+    detail: String,
+}
+
+/// Stands in for the HTTP helper's `POST /api/events` (records node events), so the barrier can be reached.
+async fn events(State(s): State<Arc<Shared>>, Form(e): Form<Ev>) -> axum::http::StatusCode {
+    match e.mac.parse::<MacAddr>() {
+        Ok(mac) => {
+            s.events.record(mac, &e.stage, e.detail, Source::Node);
+            axum::http::StatusCode::NO_CONTENT
+        }
+        Err(_) => axum::http::StatusCode::BAD_REQUEST,
+    }
+}
+
+struct Lab {
+    dir: tempfile::TempDir,
+    cluster: Cluster,
+    shared: Arc<Shared>,
+    url: String,
+}
+
+async fn lab() -> Lab {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::write_cluster(dir.path(), true, |t| {
+        t.replace("# password = \"...\"", "password = \"bgp-s3cret\"")
+    });
+    let cluster = imgbuild::config::load(&cfg).unwrap();
+    secrets::init(&cluster.paths.secrets).unwrap();
+    let shared = Arc::new(Shared::new(
+        cfg,
+        cluster.clone(),
+        BTreeMap::new(),
+        Events::in_memory(),
+    ));
+    let app = enroll::routes(shared.clone()).merge(
+        axum::Router::new()
+            .route("/api/events", post(events))
+            .with_state(shared.clone()),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(l, app.into_make_service_with_connect_info::<SocketAddr>())
+            .await
+            .unwrap();
+    });
+    Lab {
+        dir,
+        cluster,
+        shared,
+        url,
+    }
+}
+
+impl Lab {
+    fn machine(&self, host: &str) -> Machine {
+        self.cluster.machine_by_hostname(host).unwrap().clone()
+    }
+
+    /// A node's root: its role's rendered tree, the stand-ins, the pinned manifests, /proc/cmdline.
+    fn node(&self, host: &str) -> PathBuf {
+        let m = self.machine(host);
+        let root = self.dir.path().join(host);
+        if root.exists() {
+            return root;
+        }
+        common::render(&self.cluster, m.role)
+            .write_to(&root)
+            .unwrap();
+        for name in ["kubeadm", "kubectl"] {
+            let p = root.join("usr/bin").join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, common::standin(&self.cluster, name)).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let man = root.join("usr/share/imgbuild/manifests");
+        std::fs::create_dir_all(&man).unwrap();
+        std::fs::write(
+            man.join("cni-manifest.yaml"),
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: kube-flannel-cfg\n  namespace: kube-flannel\ndata:\n  net-conf.json: |\n    { \"Network\": \"10.244.0.0/16\" }\n",
+        )
+        .unwrap();
+        std::fs::copy(
+            common::shared("vendor/metallb-v0.16.1/metallb-frr.yaml"),
+            man.join("metallb-manifest.yaml"),
+        )
+        .unwrap();
+        std::fs::copy(
+            common::shared("vendor/longhorn-v1.12.1/longhorn.yaml"),
+            man.join("longhorn-manifest.yaml"),
+        )
+        .unwrap();
+        std::fs::create_dir_all(root.join("proc")).unwrap();
+        std::fs::write(
+            root.join("proc/cmdline"),
+            format!(
+                "BOOTIF={} ip={}::127.77.0.1:255.255.255.0:{host}:eth0:off systemd.hostname={host} imgbuild.server={} imgbuild.mac={} imgbuild.role={} imgbuild.kubeadm_ignore_preflight=NumCPU,Mem net.ifnames=0\n",
+                m.mac.bootif(),
+                m.ip,
+                self.url,
+                m.mac,
+                m.role
+            ),
+        )
+        .unwrap();
+        // The node's HTTP requests leave from its inventory address (all of 127/8 is local).
+        std::fs::create_dir_all(root.join("curlhome")).unwrap();
+        std::fs::write(
+            root.join("curlhome/.curlrc"),
+            format!("interface = {}\n", m.ip),
+        )
+        .unwrap();
+        root
+    }
+
+    async fn firstboot(&self, host: &str) -> (bool, String) {
+        let root = self.node(host);
+        let out = tokio::process::Command::new(root.join("usr/lib/imgbuild/firstboot"))
+            .env("IMGBUILD_ROOT", &root)
+            .env("IMGBUILD_LIB", root.join("usr/lib/imgbuild"))
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    root.join("usr/bin").display(),
+                    std::env::var("PATH").unwrap()
+                ),
+            )
+            .env("CURL_HOME", root.join("curlhome"))
+            .env("IMGBUILD_ENROLL_TRIES", "2")
+            .env("IMGBUILD_BARRIER_TRIES", "2")
+            .env("IMGBUILD_API_TRIES", "2")
+            .env("IMGBUILD_MAX_SLEEP", "1")
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// The node-reported stages of a host (the units' own reports, not the stand-ins').
+    fn stages(&self, host: &str) -> Vec<String> {
+        self.shared
+            .events
+            .for_mac(self.machine(host).mac)
+            .into_iter()
+            .filter(|e| e.source == Source::Node && !e.detail.starts_with("STAND-IN"))
+            .map(|e| e.stage)
+            .collect()
+    }
+
+    fn details(&self, host: &str, stage: &str) -> Vec<String> {
+        self.shared
+            .events
+            .for_mac(self.machine(host).mac)
+            .into_iter()
+            .filter(|e| e.stage == stage)
+            .map(|e| e.detail)
+            .collect()
+    }
+}
+
+fn read(root: &Path, rel: &str) -> String {
+    std::fs::read_to_string(root.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+#[tokio::test]
+async fn firstboot_init_then_joins_in_order_with_standins() {
+    let lab = lab().await;
+
+    // A worker before the first master: the server holds it back, its bounded wait gives up with a report.
+    let (ok, log) = lab.firstboot("worker-1").await;
+    assert!(!ok, "{log}");
+    assert!(
+        lab.details("worker-1", "failed")
+            .iter()
+            .any(|d| d.contains("no bundle after 2 tries") && d.contains("init-done")),
+        "{:?}",
+        lab.details("worker-1", "failed")
+    );
+
+    // The first master.
+    let (ok, log) = lab.firstboot("master-1").await;
+    assert!(
+        ok,
+        "master-1 failed:\n{log}\nevents: {:?}",
+        lab.shared.events.for_mac(lab.machine("master-1").mac)
+    );
+    assert_eq!(
+        lab.stages("master-1"),
+        [
+            "firstboot-started",
+            "enrolled",
+            "kube-vip",
+            "kubeadm-init",
+            "init-done",
+            "cni",
+            "metallb",
+            "longhorn",
+            "joined"
+        ]
+    );
+    let m1 = lab.node("master-1");
+    // kube-vip ran on super-admin.conf during init and on admin.conf after.
+    assert!(
+        read(&m1, "etc/kubernetes/manifests/kube-vip.yaml")
+            .contains("path: /etc/kubernetes/admin.conf")
+    );
+    // kubeadm init used the pre-distributed CA.
+    let sec = secrets::load(&lab.cluster.paths.secrets).unwrap();
+    assert_eq!(read(&m1, "etc/kubernetes/pki/ca.key"), sec.ca.key_pem);
+    let standin = read(&m1, "var/lib/imgbuild-standin/reports.log");
+    assert!(
+        standin.contains(&format!("pre-distributed CA {}", sec.discovery_hash)),
+        "{standin}"
+    );
+    assert!(
+        standin.contains("controlPlaneEndpoint 127.77.0.10:6443"),
+        "{standin}"
+    );
+    // The token kubeadm init created was published (signed) to the server.
+    assert_eq!(sec.token.source, "published by master-1");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(m1.join("var/lib/imgbuild/enrollment.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o077,
+        0,
+        "the bundle on the state partition is private"
+    );
+    // The add-ons: CNI with the cluster's pod CIDR, MetalLB objects after their CRDs, the BGP password as a
+    // Secret made at run time, Longhorn settings.
+    let objs = m1.join("var/lib/imgbuild-standin/kubectl");
+    for o in [
+        "ConfigMap/kube-flannel/kube-flannel-cfg",
+        "IPAddressPool/metallb-system/services",
+        "BGPPeer/metallb-system/router",
+        "BGPAdvertisement/metallb-system/services-to-router",
+        "Secret/metallb-system/metallb-bgp-router",
+        "ConfigMap/longhorn-system/longhorn-default-setting",
+        "Deployment/longhorn-system/longhorn-driver-deployer",
+    ] {
+        assert!(objs.join(o).exists(), "{o} not applied");
+    }
+    assert!(
+        !lab.dir
+            .path()
+            .join("master-1/run/imgbuild/bgp-router.pw")
+            .exists(),
+        "the password file is removed"
+    );
+    let filtered = read(&m1, "run/imgbuild/longhorn-manifest.yaml");
+    assert!(!filtered.contains("name: longhorn-default-setting"));
+
+    // The other nodes after the barrier.
+    for host in ["worker-1", "master-2"] {
+        if host == "worker-1" {
+            // Its first attempt failed before enrollment; a later boot (here: the operator restarting the
+            // unit) enrolls and joins.
+        }
+        let (ok, log) = lab.firstboot(host).await;
+        assert!(ok, "{host} failed:\n{log}");
+        let st = lab.stages(host);
+        let tail: Vec<&str> = st
+            .iter()
+            .map(String::as_str)
+            .skip_while(|s| *s != "enrolled")
+            .collect();
+        let want: &[&str] = if host == "master-2" {
+            &["enrolled", "kube-vip", "kubeadm-join", "joined"]
+        } else {
+            &["enrolled", "kubeadm-join", "joined"]
+        };
+        assert_eq!(tail, want, "{host}: {st:?}");
+    }
+    // A storage node: iscsid and the mounted data disk are the host's business; in this temporary root
+    // test-only shims named for what they replace answer `systemctl` and `mountpoint` and log their calls.
+    let st = lab.node("storage-1");
+    for (tool, body) in [
+        (
+            "systemctl",
+            "echo \"$*\" >>\"$IMGBUILD_ROOT/test-shim-systemctl.log\"\n",
+        ),
+        (
+            "mountpoint",
+            "echo \"$*\" >>\"$IMGBUILD_ROOT/test-shim-mountpoint.log\"\n",
+        ),
+    ] {
+        let p = st.join("usr/bin").join(tool);
+        std::fs::write(
+            &p,
+            format!("#!/bin/bash\n# test-only shim for {tool}\n{body}"),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let (ok, log) = lab.firstboot("storage-1").await;
+    assert!(ok, "storage-1 failed:\n{log}");
+    let stages = lab.stages("storage-1");
+    assert_eq!(
+        stages[stages.len() - 3..],
+        ["kubeadm-join", "longhorn", "joined"],
+        "{stages:?}"
+    );
+    assert!(read(&st, "test-shim-systemctl.log").contains("start iscsid.service"));
+    assert!(read(&st, "test-shim-mountpoint.log").contains("/var/lib/longhorn"));
+    let labels = read(
+        &st,
+        "var/lib/imgbuild-standin/kubectl/Node/-/storage-1.label",
+    );
+    assert_eq!(labels.trim(), "node.longhorn.io/create-default-disk=config");
+    let ann = read(
+        &st,
+        "var/lib/imgbuild-standin/kubectl/Node/-/storage-1.annotate",
+    );
+    assert_eq!(
+        ann.trim(),
+        r#"node.longhorn.io/default-disks-config=[{"path":"/var/lib/longhorn","allowScheduling":true}]"#
+    );
+    assert!(
+        read(&st, "var/lib/imgbuild-standin/calls.log").contains("--kubeconfig"),
+        "labels applied with the node's own kubelet.conf"
+    );
+
+    let m2 = lab.node("master-2");
+    assert!(read(&m2, "var/lib/imgbuild-standin/reports.log").contains("join the control plane"));
+    assert!(
+        read(&m2, "var/lib/imgbuild-standin/calls.log")
+            .contains("--ignore-preflight-errors=NumCPU,Mem")
+    );
+    let w1 = lab.node("worker-1");
+    assert!(w1.join("etc/kubernetes/kubelet.conf").exists());
+    assert!(
+        !w1.join("etc/kubernetes/pki/ca.key").exists(),
+        "a worker never receives a CA key"
+    );
+
+    // The order, from the server's events: the first master's init-done before any join.
+    let all = lab.shared.events.snapshot();
+    let init_done = all
+        .iter()
+        .position(|e| e.stage == "init-done" && e.source == Source::Node)
+        .unwrap();
+    let first_join = all
+        .iter()
+        .position(|e| e.stage == "kubeadm-join" && e.source == Source::Node)
+        .unwrap();
+    assert!(init_done < first_join);
+
+    // A second boot does not join again, and no kubeadm runs.
+    let calls_before = read(&m1, "var/lib/imgbuild-standin/calls.log");
+    let (ok, log) = lab.firstboot("master-1").await;
+    assert!(ok, "{log}");
+    assert_eq!(
+        read(&m1, "var/lib/imgbuild-standin/calls.log"),
+        calls_before
+    );
+    assert!(
+        lab.details("master-1", "joined")
+            .last()
+            .unwrap()
+            .contains("already joined")
+    );
+
+    // A spoofer with worker-1's MAC after it enrolled: refused loudly by the server.
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--interface",
+            "127.77.0.21",
+        ])
+        .arg(format!(
+            "{}/api/enroll/{}",
+            lab.url,
+            lab.machine("worker-1").mac
+        ))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "409");
+}
+
+#[tokio::test]
+async fn a_failing_kubeadm_is_reported_with_its_output() {
+    let lab = lab().await;
+    let (ok, log) = lab.firstboot("master-1").await;
+    assert!(ok, "{log}");
+    // worker-2's image carries a broken join config: kubeadm (the stand-in) refuses it.
+    let root = lab.node("worker-2");
+    let p = root.join("usr/share/imgbuild/kubeadm/join.yaml");
+    let text = std::fs::read_to_string(&p).unwrap().replace(
+        "apiServerEndpoint: \"127.77.0.10:6443\"",
+        "apiServerEndpoint: \"127.77.0.10\"",
+    );
+    std::fs::write(&p, text).unwrap();
+    let (ok, _) = lab.firstboot("worker-2").await;
+    assert!(!ok);
+    let failed = lab.details("worker-2", "failed");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(
+        failed[0].starts_with("kubeadm-join: `kubeadm join --config"),
+        "{}",
+        failed[0]
+    );
+    assert!(failed[0].contains("failed (exit 1)"), "{}", failed[0]);
+    assert!(
+        failed[0].contains("must be host:port"),
+        "the output tail is in the report: {}",
+        failed[0]
+    );
+    assert!(!lab.stages("worker-2").contains(&"joined".to_string()));
+    assert!(!root.join("var/lib/imgbuild/joined").exists());
+}

@@ -1,0 +1,627 @@
+//! The labelled stand-ins for kubeadm and kubectl, run with bash in a temporary root: they accept the configs
+//! imgbuild renders and reject broken ones with a clear message.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use imgbuild::config::{Cluster, Role};
+use imgbuild::pki::secrets;
+
+struct Root {
+    _d: tempfile::TempDir,
+    root: PathBuf,
+    cluster: Cluster,
+}
+
+fn setup() -> Root {
+    let d = tempfile::tempdir().unwrap();
+    let cluster = common::load(d.path(), false);
+    let root = d.path().join("root");
+    for (name, dest) in [
+        ("kubeadm", "usr/bin/kubeadm"),
+        ("kubectl", "usr/bin/kubectl"),
+    ] {
+        let p = root.join(dest);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, common::standin(&cluster, name)).unwrap();
+    }
+    std::fs::create_dir_all(root.join("proc")).unwrap();
+    // No imgbuild.server: reports go to the local log only.
+    std::fs::write(
+        root.join("proc/cmdline"),
+        "console=ttyS0 imgbuild.mac=52:54:00:77:00:11\n",
+    )
+    .unwrap();
+    Root {
+        _d: d,
+        root,
+        cluster,
+    }
+}
+
+impl Root {
+    fn run(&self, tool: &str, args: &[&str]) -> (bool, String) {
+        let out = Command::new("bash")
+            .arg(self.root.join("usr/bin").join(tool))
+            .args(args)
+            .env("IMGBUILD_ROOT", &self.root)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("STAND-IN") || text.contains("stand-in"),
+            "the stand-in must say what it is: {text}"
+        );
+        (out.status.success(), text)
+    }
+
+    fn write(&self, rel: &str, text: &str) -> String {
+        let p = self.root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    }
+
+    fn exists(&self, rel: &str) -> bool {
+        self.root.join(rel).exists()
+    }
+
+    /// Writes the cluster's CA set as enrollment would.
+    fn pki(&self, s: &secrets::Secrets) {
+        for (name, pem) in s.ca_files() {
+            self.write(&format!("etc/kubernetes/pki/{name}"), pem);
+        }
+    }
+}
+
+fn fill(text: &str, token: &str, hash: &str, name: &str, ip: &str) -> String {
+    text.replace("@IMGBUILD_TOKEN@", token)
+        .replace("@IMGBUILD_CA_HASH@", hash)
+        .replace("@IMGBUILD_NODE_NAME@", name)
+        .replace("@IMGBUILD_NODE_IP@", ip)
+}
+
+fn expect_err(r: &Root, tool: &str, args: &[&str], needle: &str) {
+    let (ok, text) = r.run(tool, args);
+    assert!(
+        !ok,
+        "{tool} {args:?} was accepted but must fail ({needle}): {text}"
+    );
+    assert!(
+        text.contains(needle),
+        "{tool} {args:?}: expected {needle:?} in: {text}"
+    );
+}
+
+#[test]
+fn standin_kubeadm_init_accepts_our_config_and_rejects_broken_ones() {
+    let r = setup();
+    let s = secrets::init(&r.cluster.paths.secrets).unwrap();
+    let sec = secrets::load(&s.dir).unwrap();
+    let m = common::render(&r.cluster, Role::Master);
+    let good = fill(
+        common::file(&m, "/usr/share/imgbuild/kubeadm/init.yaml"),
+        &sec.token.token,
+        &sec.discovery_hash,
+        "master-1",
+        "10.77.0.11",
+    );
+
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "old API",
+            "kubeadm.k8s.io/v1beta4",
+            "kubeadm.k8s.io/v1beta3",
+            "use kubeadm.k8s.io/v1beta4",
+        ),
+        (
+            "token format",
+            &sec.token.token,
+            "abcdef.0123456789ABCDEF",
+            "does not match [a-z0-9]{6}.[a-z0-9]{16}",
+        ),
+        (
+            "extra args as a map",
+            "kubeletExtraArgs:\n    - name: node-ip\n      value: \"10.77.0.11\"",
+            "kubeletExtraArgs:\n    node-ip: \"10.77.0.11\"",
+            "list of {name, value}",
+        ),
+        (
+            "unknown field",
+            "certificatesDir:",
+            "certDir:",
+            "unknown field \"certDir\"",
+        ),
+        (
+            "subnets overlap",
+            "serviceSubnet: \"10.96.0.0/12\"",
+            "serviceSubnet: \"10.240.0.0/12\"",
+            "overlaps",
+        ),
+        (
+            "endpoint without port",
+            "controlPlaneEndpoint: \"10.77.0.10:6443\"",
+            "controlPlaneEndpoint: \"10.77.0.10\"",
+            "must be host:port",
+        ),
+        (
+            "version skew",
+            "kubernetesVersion: \"v1.37.2\"",
+            "kubernetesVersion: \"v1.36.0\"",
+            "not this kubeadm's version",
+        ),
+        (
+            "pod subnet too small",
+            "podSubnet: \"10.244.0.0/16\"",
+            "podSubnet: \"10.244.0.0/25\"",
+            "smaller than the node CIDR",
+        ),
+        (
+            "service subnet too big",
+            "serviceSubnet: \"10.96.0.0/12\"",
+            "serviceSubnet: \"10.0.0.0/8\"",
+            "too large",
+        ),
+        (
+            "token usage",
+            "      - signing",
+            "      - sign",
+            "not a valid usage",
+        ),
+        (
+            "bad address",
+            "advertiseAddress: \"10.77.0.11\"",
+            "advertiseAddress: \"10.77.0.300\"",
+            "not an IP address",
+        ),
+        ("bad ttl", "ttl: 24h0m0s", "ttl: one-day", "not a duration"),
+        (
+            "duplicate key",
+            "clusterName: \"homelab\"",
+            "clusterName: \"homelab\"\nclusterName: \"x\"",
+            "duplicate key",
+        ),
+        ("tab indent", "  podSubnet:", "\tpodSubnet:", "tab"),
+        (
+            "node name",
+            "name: \"master-1\"",
+            "name: \"Master_1\"",
+            "not a valid node name",
+        ),
+        (
+            "cri socket",
+            "criSocket: \"unix:///run/containerd/containerd.sock\"",
+            "criSocket: \"/run/containerd/containerd.sock\"",
+            "must be a URL",
+        ),
+        (
+            "unknown kind",
+            "kind: ClusterConfiguration",
+            "kind: ClusterConfig",
+            "unknown kind ClusterConfig",
+        ),
+    ];
+    for (what, from, to, needle) in cases {
+        assert!(
+            good.contains(from),
+            "{what}: the rendered config lacks {from:?}"
+        );
+        let f = r.write("run/bad.yaml", &good.replacen(from, to, 1));
+        expect_err(&r, "kubeadm", &["init", "--config", &f], needle);
+    }
+    let f = r.write("run/init.yaml", &good);
+    expect_err(&r, "kubeadm", &["init"], "only with --config");
+    expect_err(
+        &r,
+        "kubeadm",
+        &["init", "--config", &f, "--pod-network-cidr=10.0.0.0/16"],
+        "unknown flag: --pod-network-cidr",
+    );
+    expect_err(
+        &r,
+        "kubeadm",
+        &["init", "--config", "/nonexistent.yaml"],
+        "no such file",
+    );
+    expect_err(&r, "kubeadm", &["reset"], "unknown command \"reset\"");
+    expect_err(
+        &r,
+        "kubeadm",
+        &["token", "create"],
+        "failed to load admin kubeconfig",
+    );
+    // Half a CA pair is refused.
+    r.write("etc/kubernetes/pki/ca.crt", &sec.ca.cert_pem);
+    expect_err(
+        &r,
+        "kubeadm",
+        &["init", "--config", &f],
+        "found only one of ca.crt and ca.key",
+    );
+    r.pki(&sec);
+
+    let (ok, text) = r.run("kubeadm", &["init", "--config", &f]);
+    assert!(ok, "{text}");
+    for p in [
+        "admin.conf",
+        "super-admin.conf",
+        "kubelet.conf",
+        "manifests/kube-apiserver.yaml",
+    ] {
+        assert!(r.exists(&format!("etc/kubernetes/{p}")), "{p} not written");
+    }
+    let reports =
+        std::fs::read_to_string(r.root.join("var/lib/imgbuild-standin/reports.log")).unwrap();
+    assert!(
+        reports.contains("kubeadm-init")
+            && reports.contains(&sec.discovery_hash)
+            && reports.contains("10.77.0.10:6443"),
+        "{reports}"
+    );
+    // Once: a second init finds the node set up.
+    expect_err(&r, "kubeadm", &["init", "--config", &f], "already exists");
+
+    // Token create/list need admin.conf, which init wrote.
+    let (ok, text) = r.run(
+        "kubeadm",
+        &[
+            "token",
+            "create",
+            "--kubeconfig",
+            "/etc/kubernetes/admin.conf",
+            "--ttl",
+            "24h0m0s",
+            "--description",
+            "x y",
+        ],
+    );
+    assert!(ok, "{text}");
+    let tok = text
+        .lines()
+        .find(|l| imgbuild::pki::token::is_valid(l))
+        .expect("a token line");
+    assert!(imgbuild::pki::token::is_valid(tok), "{tok}");
+    expect_err(
+        &r,
+        "kubeadm",
+        &["token", "create", "--ttl", "1day"],
+        "not a duration",
+    );
+    expect_err(
+        &r,
+        "kubeadm",
+        &["token", "create", "Not.A.Token"],
+        "was not of the form",
+    );
+    expect_err(
+        &r,
+        "kubeadm",
+        &["token", "delete", "x"],
+        "unknown command \"delete\"",
+    );
+    let (ok, text) = r.run("kubeadm", &["token", "list"]);
+    assert!(
+        ok && text.contains(tok) && text.contains(&sec.token.token),
+        "{text}"
+    );
+}
+
+#[test]
+fn standin_kubeadm_join_checks_discovery_and_the_shared_ca() {
+    let r = setup();
+    let s = secrets::init(&r.cluster.paths.secrets).unwrap();
+    let sec = secrets::load(&s.dir).unwrap();
+    let w = common::render(&r.cluster, Role::Worker);
+    let m = common::render(&r.cluster, Role::Master);
+    let join = fill(
+        common::file(&w, "/usr/share/imgbuild/kubeadm/join.yaml"),
+        &sec.token.token,
+        &sec.discovery_hash,
+        "worker-1",
+        "10.77.0.21",
+    );
+    let bad: &[(&str, &str, &str)] = &[
+        (
+            &sec.discovery_hash,
+            "sha256:abc",
+            "must be sha256:<64 lower-case hex digits>",
+        ),
+        ("    caCertHashes:\n", "    unused:\n", "unknown field"),
+        (
+            "apiServerEndpoint: \"10.77.0.10:6443\"",
+            "apiServerEndpoint: \"10.77.0.10\"",
+            "must be host:port",
+        ),
+        (&sec.token.token, "abcdef0123456789abcdef", "does not match"),
+        (
+            "kind: JoinConfiguration",
+            "kind: InitConfiguration",
+            "no JoinConfiguration",
+        ),
+    ];
+    for (from, to, needle) in bad {
+        assert!(join.contains(from), "{from}");
+        let f = r.write("run/bad.yaml", &join.replacen(from, to, 1));
+        expect_err(&r, "kubeadm", &["join", "--config", &f], needle);
+    }
+    let nohash = join.replace(
+        &format!("    caCertHashes:\n      - \"{}\"\n", sec.discovery_hash),
+        "",
+    );
+    let f = r.write("run/bad.yaml", &nohash);
+    expect_err(
+        &r,
+        "kubeadm",
+        &["join", "--config", &f],
+        "caCertHashes is empty",
+    );
+    let f = r.write("run/join.yaml", &join);
+    expect_err(
+        &r,
+        "kubeadm",
+        &["join", "--config", &f, "--control-plane"],
+        "can not mix '--config' with arguments [control-plane]",
+    );
+    expect_err(
+        &r,
+        "kubeadm",
+        &["join", "--config", &f, "10.77.0.10:6443"],
+        "can not mix",
+    );
+    let (ok, text) = r.run("kubeadm", &["join", "--config", &f]);
+    assert!(ok, "{text}");
+    assert!(r.exists("etc/kubernetes/kubelet.conf") && !r.exists("etc/kubernetes/admin.conf"));
+    expect_err(
+        &r,
+        "kubeadm",
+        &["join", "--config", &f],
+        "kubelet.conf already exists",
+    );
+
+    // Control plane: needs the shared CAs in place, and the pinned hash must be the CA's.
+    let r = setup();
+    let jcp = fill(
+        common::file(&m, "/usr/share/imgbuild/kubeadm/join-control-plane.yaml"),
+        &sec.token.token,
+        &sec.discovery_hash,
+        "master-2",
+        "10.77.0.12",
+    );
+    let f = r.write("run/jcp.yaml", &jcp);
+    expect_err(
+        &r,
+        "kubeadm",
+        &["join", "--config", &f],
+        "needs the shared CAs",
+    );
+    let other = secrets::init(&r.root.join("other")).unwrap();
+    r.pki(&secrets::load(&other.dir).unwrap());
+    expect_err(
+        &r,
+        "kubeadm",
+        &["join", "--config", &f],
+        "does not match the pinned hash",
+    );
+    std::fs::remove_dir_all(r.root.join("etc/kubernetes/pki")).unwrap();
+    r.pki(&sec);
+    let (ok, text) = r.run("kubeadm", &["join", "--config", &f]);
+    assert!(ok, "{text}");
+    assert!(
+        r.exists("etc/kubernetes/admin.conf") && r.exists("etc/kubernetes/manifests/etcd.yaml")
+    );
+}
+
+#[test]
+fn standin_kubectl_orders_crds_and_enforces_node_restriction() {
+    let r = setup();
+    let kc_admin = r.write(
+        "etc/kubernetes/admin.conf",
+        "# standin-user: kubernetes-admin\napiVersion: v1\nkind: Config\n",
+    );
+    let kc_node = r.write(
+        "etc/kubernetes/kubelet.conf",
+        "# standin-user: system:node:storage-1\napiVersion: v1\nkind: Config\n",
+    );
+    let m = common::render(&r.cluster, Role::Master);
+    let objs = r.write(
+        "objs.yaml",
+        common::file(&m, "/usr/share/imgbuild/addons/metallb-objects.yaml"),
+    );
+    expect_err(
+        &r,
+        "kubectl",
+        &["--kubeconfig", &kc_admin, "apply", "-f", &objs],
+        "no matches for kind \"IPAddressPool\"",
+    );
+    let vendor = common::shared("vendor/metallb-v0.16.1/metallb-frr.yaml")
+        .display()
+        .to_string();
+    let (ok, text) = r.run(
+        "kubectl",
+        &["--kubeconfig", &kc_admin, "apply", "-f", &vendor],
+    );
+    assert!(ok, "{text}");
+    let (ok, text) = r.run(
+        "kubectl",
+        &["--kubeconfig", &kc_admin, "apply", "-f", &objs],
+    );
+    assert!(ok, "{text}");
+    assert!(r.exists("var/lib/imgbuild-standin/kubectl/IPAddressPool/metallb-system/services"));
+    assert!(r.exists("var/lib/imgbuild-standin/kubectl/BGPPeer/metallb-system/router"));
+    let (ok, text) = r.run(
+        "kubectl",
+        &[
+            "--kubeconfig",
+            &kc_admin,
+            "-n",
+            "metallb-system",
+            "wait",
+            "--for=condition=Available",
+            "deployment/controller",
+            "--timeout=60s",
+        ],
+    );
+    assert!(ok, "{text}");
+    expect_err(
+        &r,
+        "kubectl",
+        &[
+            "--kubeconfig",
+            &kc_admin,
+            "-n",
+            "metallb-system",
+            "wait",
+            "--for=condition=Available",
+            "deployment/nope",
+        ],
+        "not found",
+    );
+    expect_err(
+        &r,
+        "kubectl",
+        &[
+            "--kubeconfig",
+            &kc_admin,
+            "-n",
+            "metallb-system",
+            "get",
+            "secret",
+            "x",
+        ],
+        "NotFound",
+    );
+    let pw = r.write("pw", "secret");
+    let (ok, text) = r.run(
+        "kubectl",
+        &[
+            "--kubeconfig",
+            &kc_admin,
+            "-n",
+            "metallb-system",
+            "create",
+            "secret",
+            "generic",
+            "x",
+            "--type=kubernetes.io/basic-auth",
+            &format!("--from-file=password={pw}"),
+        ],
+    );
+    assert!(ok, "{text}");
+    assert!(
+        r.run(
+            "kubectl",
+            &[
+                "--kubeconfig",
+                &kc_admin,
+                "-n",
+                "metallb-system",
+                "get",
+                "secret",
+                "x"
+            ]
+        )
+        .0
+    );
+    expect_err(
+        &r,
+        "kubectl",
+        &[
+            "--kubeconfig",
+            &kc_admin,
+            "-n",
+            "metallb-system",
+            "create",
+            "secret",
+            "generic",
+            "x",
+            &format!("--from-file=password={pw}"),
+        ],
+        "AlreadyExists",
+    );
+    // A kubelet credential: its own node only, no kubernetes.io labels; the admin may not skip --kubeconfig.
+    let (ok, text) = r.run(
+        "kubectl",
+        &[
+            "--kubeconfig",
+            &kc_node,
+            "label",
+            "--overwrite",
+            "node",
+            "storage-1",
+            "node.longhorn.io/create-default-disk=config",
+        ],
+    );
+    assert!(ok, "{text}");
+    let (ok, text) = r.run(
+        "kubectl",
+        &[
+            "--kubeconfig",
+            &kc_node,
+            "annotate",
+            "--overwrite",
+            "node",
+            "storage-1",
+            "node.longhorn.io/default-disks-config=[{\"path\":\"/var/lib/longhorn\"}]",
+        ],
+    );
+    assert!(ok, "{text}");
+    expect_err(
+        &r,
+        "kubectl",
+        &[
+            "--kubeconfig",
+            &kc_node,
+            "label",
+            "node",
+            "storage-2",
+            "a=b",
+        ],
+        "Forbidden",
+    );
+    expect_err(
+        &r,
+        "kubectl",
+        &[
+            "--kubeconfig",
+            &kc_node,
+            "label",
+            "node",
+            "storage-1",
+            "node-role.kubernetes.io/x=y",
+        ],
+        "NodeRestriction",
+    );
+    expect_err(
+        &r,
+        "kubectl",
+        &[
+            "--kubeconfig",
+            &kc_node,
+            "label",
+            "node",
+            "storage-1",
+            "node.longhorn.io/create-default-disk=other",
+        ],
+        "--overwrite is false",
+    );
+    expect_err(
+        &r,
+        "kubectl",
+        &["--kubeconfig", &kc_node, "apply", "-f", &objs],
+        "Forbidden",
+    );
+    expect_err(&r, "kubectl", &["apply", "-f", &objs], "no --kubeconfig");
+    expect_err(
+        &r,
+        "kubectl",
+        &["--kubeconfig", &kc_admin, "delete", "node", "x"],
+        "unknown command",
+    );
+    let _ = Path::new("");
+}
