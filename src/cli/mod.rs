@@ -2,10 +2,10 @@
 
 mod build;
 mod check;
+mod enroll;
 mod fetch;
 mod gc;
 mod images;
-mod enroll;
 mod kubeconfig;
 mod profile;
 mod secrets;

@@ -268,7 +268,8 @@ mod tests {
         let (id, existed) = commit(images, st, m).unwrap();
         assert!(!existed);
         // Distinct creation times, oldest first.
-        let t = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000 + n as u64);
+        let t =
+            std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000 + n as u64);
         std::fs::File::open(images.join(&id))
             .unwrap()
             .set_modified(t)
@@ -312,11 +313,25 @@ mod tests {
             std::fs::write(st.path().join(f), [7]).unwrap();
         }
         let m = Manifest::read(&images, &id).unwrap();
-        let (id2, existed) = commit(&images, st, Manifest { files: BTreeMap::new(), ..m }).unwrap();
+        let (id2, existed) = commit(
+            &images,
+            st,
+            Manifest {
+                files: BTreeMap::new(),
+                ..m
+            },
+        )
+        .unwrap();
         assert_eq!(id2, id);
         assert!(existed);
-        assert_eq!(std::fs::read(images.join(&id).join(MANIFEST)).unwrap(), before);
-        let names: Vec<_> = std::fs::read_dir(&images).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(
+            std::fs::read(images.join(&id).join(MANIFEST)).unwrap(),
+            before
+        );
+        let names: Vec<_> = std::fs::read_dir(&images)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 1, "no staging dir left: {names:?}");
     }
 }
