@@ -223,13 +223,18 @@ fn root_qemu_boots_initrd_verifies_rootfs_creates_then_finds_state_partition_and
         &format!("imgbuild.rootfs_sha256={}", plan.image.rootfs_sha256),
         &format!("imgbuild.rootfs_sha256={}", "0".repeat(64)),
     );
-    let con = lab.boot(&r.dir, &bad, &disk, &serial, limit, |c| {
-        c.contains("imgbuild: FAILED")
+    // The console message comes first, then the event: wait for the event (bounded by the limit).
+    let con = lab.boot(&r.dir, &bad, &disk, &serial, limit, |_| {
+        events(&ev).contains("stage=failed")
     });
     assert!(
         con.contains("FAILED: rootfs sha256 mismatch: expected 0000"),
         "{con}"
     );
-    std::thread::sleep(Duration::from_secs(1));
     assert!(events(&ev).contains("stage=failed"), "{}", events(&ev));
+    assert!(
+        events(&ev).contains("rootfs+sha256+mismatch"),
+        "{}",
+        events(&ev)
+    );
 }
