@@ -2,6 +2,7 @@
 
 pub mod boot;
 pub mod bootfiles;
+pub mod dhcp;
 pub mod http;
 pub mod metrics;
 pub mod peers;

@@ -128,6 +128,8 @@ pub async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
         tasks.spawn(async move { ("ra", super::ra::run(s).await) });
     }
     let s = shared.clone();
+    tasks.spawn(async move { ("dhcp", super::dhcp::run(s).await) });
+    let s = shared.clone();
     tasks.spawn(async move { ("tftp", super::tftp::run(s).await) });
     let s = shared.clone();
     tasks.spawn(async move { ("http", super::http::run(s).await) });
