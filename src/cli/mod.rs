@@ -7,6 +7,7 @@ mod fetch;
 mod gc;
 mod images;
 mod kubeconfig;
+mod pin;
 mod profile;
 mod secrets;
 mod serve;
@@ -52,6 +53,8 @@ pub enum Command {
     Verify(verify::Args),
     /// Remove images no role pins, keeping the newest N.
     Gc(gc::Args),
+    /// Pin the image a role boots (`pin <role> <image-id>`), or list the pins (`pin --list`).
+    Pin(pin::Args),
     /// Generate the cluster's secrets (CAs, service-account keys, bootstrap token) once.
     Secrets(secrets::Args),
     /// Show or change enrollment: open or close the window, re-arm a node.
@@ -98,6 +101,7 @@ pub fn main() -> ExitCode {
         Command::Images(a) => images::run(&cli, a),
         Command::Verify(a) => verify::run(&cli, a),
         Command::Gc(a) => gc::run(&cli, a),
+        Command::Pin(a) => pin::run(&cli, a),
         Command::Serve(a) => serve::run(&cli, a),
         Command::Secrets(a) => secrets::run(&cli, a),
         Command::Enroll(a) => enroll::run(&cli, a),

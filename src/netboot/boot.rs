@@ -156,16 +156,16 @@ impl Booter {
     /// The boot file for a DHCP client, or `None` when it must get no boot answer (unknown and no pool,
     /// or an architecture we have nothing for).
     pub fn dhcp_bootfile(&self, client: &Client) -> Option<BootFile> {
-        let known = self
-            .machine(client.mac, client.relay_id.as_deref())
-            .is_some();
-        if !known && self.cluster.network.unknown_pool.is_none() {
+        let machine = self.machine(client.mac, client.relay_id.as_deref());
+        if machine.is_none() && self.cluster.network.unknown_pool.is_none() {
             return None;
         }
         let base = self.cluster.network.http_base();
         if client.is_ipxe {
-            // Already iPXE: give the script, never the binary again (that would loop).
-            return Some(BootFile::Http(format!("{base}/ipxe/{}", client.mac)));
+            // Already iPXE: give the script, never the binary again (that would loop). A machine found by
+            // its relay id gets the script of its inventory MAC.
+            let mac = machine.map_or(client.mac, |m| m.mac);
+            return Some(BootFile::Http(format!("{base}/ipxe/{mac}")));
         }
         match Firmware::from_arch(client.arch.unwrap_or(0)) {
             Firmware::Bios => Some(BootFile::Tftp(BIOS_BOOTFILE.into())),

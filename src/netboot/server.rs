@@ -122,7 +122,12 @@ pub async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
     let mut tasks: tokio::task::JoinSet<(&'static str, anyhow::Result<()>)> =
         tokio::task::JoinSet::new();
     // One line per protocol.
-    let _ = &mut tasks;
+    let s = shared.clone();
+    tasks.spawn(async move { ("dhcp", super::dhcp::run(s).await) });
+    let s = shared.clone();
+    tasks.spawn(async move { ("tftp", super::tftp::run(s).await) });
+    let s = shared.clone();
+    tasks.spawn(async move { ("http", super::http::run(s).await) });
 
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

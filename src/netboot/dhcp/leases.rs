@@ -1,0 +1,494 @@
+//! DHCP leases: the in-memory table the core reads, and its crash-safe journal `state/dhcp-leases.jsonl`.
+//!
+//! The journal is append-only JSON lines (`grant`, `release`, `decline`). The socket loop appends the records
+//! of a batch of requests, `fdatasync`s once, and only then sends the ACKs: every lease a client was told
+//! about is on disk. A torn last line (kill -9 mid-write) was never acknowledged and is skipped on load. On
+//! open, and when the journal grows past a threshold, it is compacted: one `grant` per live lease written to a
+//! temp file, fsynced and renamed over the journal (atomic replace).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::MacAddr;
+
+/// A granted lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub mac: MacAddr,
+    pub ip: Ipv4Addr,
+    /// Unix seconds.
+    pub expires: u64,
+}
+
+/// One journal line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Record {
+    /// An ACK: `mac` holds `ip` until `expires` (Unix seconds). `at` is when it was granted.
+    Grant {
+        mac: MacAddr,
+        ip: Ipv4Addr,
+        expires: u64,
+        at: u64,
+    },
+    /// A RELEASE: `mac` gave `ip` back.
+    Release { mac: MacAddr, ip: Ipv4Addr, at: u64 },
+    /// A DECLINE: `ip` is in use by someone else on the wire; not handed out until `until`.
+    Decline {
+        mac: MacAddr,
+        ip: Ipv4Addr,
+        until: u64,
+        at: u64,
+    },
+}
+
+/// A change the core asks for. `Offer` and `DropOffer` live in memory only; the others are journaled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Reserve a pool address for an OFFER until `until`.
+    Offer {
+        mac: MacAddr,
+        ip: Ipv4Addr,
+        until: u64,
+    },
+    /// The client chose another server: forget its offer.
+    DropOffer {
+        mac: MacAddr,
+    },
+    /// An ACK.
+    Grant(Lease),
+    Release {
+        mac: MacAddr,
+        ip: Ipv4Addr,
+    },
+    Decline {
+        mac: MacAddr,
+        ip: Ipv4Addr,
+        until: u64,
+    },
+}
+
+impl Change {
+    /// The journal line for a durable change.
+    pub fn record(&self, now: u64) -> Option<Record> {
+        match self {
+            Change::Offer { .. } | Change::DropOffer { .. } => None,
+            Change::Grant(l) => Some(Record::Grant {
+                mac: l.mac,
+                ip: l.ip,
+                expires: l.expires,
+                at: now,
+            }),
+            Change::Release { mac, ip } => Some(Record::Release {
+                mac: *mac,
+                ip: *ip,
+                at: now,
+            }),
+            Change::Decline { mac, ip, until } => Some(Record::Decline {
+                mac: *mac,
+                ip: *ip,
+                until: *until,
+                at: now,
+            }),
+        }
+    }
+}
+
+/// Leases, outstanding offers and declined addresses.
+#[derive(Debug, Clone, Default)]
+pub struct LeaseTable {
+    by_mac: HashMap<MacAddr, Lease>,
+    by_ip: HashMap<Ipv4Addr, MacAddr>,
+    offers: HashMap<MacAddr, (Ipv4Addr, u64)>,
+    offered_ips: HashMap<Ipv4Addr, MacAddr>,
+    declined: HashMap<Ipv4Addr, u64>,
+    /// Where the next pool scan starts (amortised O(1) allocation).
+    pub cursor: u32,
+}
+
+impl LeaseTable {
+    /// The lease of a MAC, expired or not.
+    pub fn lease(&self, mac: MacAddr) -> Option<&Lease> {
+        self.by_mac.get(&mac)
+    }
+
+    /// The address offered to a MAC, if the offer is still open at `now`.
+    pub fn offer(&self, mac: MacAddr, now: u64) -> Option<Ipv4Addr> {
+        self.offers
+            .get(&mac)
+            .filter(|(_, until)| *until > now)
+            .map(|(ip, _)| *ip)
+    }
+
+    /// Who holds or was offered `ip` at `now` (a declined address is held by nobody in particular: `None`
+    /// but [`LeaseTable::is_declined`]).
+    pub fn holder(&self, ip: Ipv4Addr, now: u64) -> Option<MacAddr> {
+        if let Some(mac) = self.by_ip.get(&ip)
+            && self.by_mac.get(mac).is_some_and(|l| l.expires > now)
+        {
+            return Some(*mac);
+        }
+        self.offered_ips
+            .get(&ip)
+            .filter(|mac| self.offer(**mac, now) == Some(ip))
+            .copied()
+    }
+
+    pub fn is_declined(&self, ip: Ipv4Addr, now: u64) -> bool {
+        self.declined.get(&ip).is_some_and(|until| *until > now)
+    }
+
+    /// Every lease, in no particular order.
+    pub fn leases(&self) -> impl Iterator<Item = &Lease> {
+        self.by_mac.values()
+    }
+
+    /// Leases not expired at `now`.
+    pub fn live(&self, now: u64) -> usize {
+        self.by_mac.values().filter(|l| l.expires > now).count()
+    }
+
+    fn remove_lease(&mut self, mac: MacAddr) {
+        if let Some(old) = self.by_mac.remove(&mac)
+            && self.by_ip.get(&old.ip) == Some(&mac)
+        {
+            self.by_ip.remove(&old.ip);
+        }
+    }
+
+    fn remove_offer(&mut self, mac: MacAddr) {
+        if let Some((ip, _)) = self.offers.remove(&mac)
+            && self.offered_ips.get(&ip) == Some(&mac)
+        {
+            self.offered_ips.remove(&ip);
+        }
+    }
+
+    /// Applies a change from the core.
+    pub fn apply(&mut self, change: &Change) {
+        match change {
+            Change::Offer { mac, ip, until } => {
+                self.remove_offer(*mac);
+                self.offers.insert(*mac, (*ip, *until));
+                self.offered_ips.insert(*ip, *mac);
+                self.cursor = u32::from(*ip).wrapping_add(1);
+            }
+            Change::DropOffer { mac } => self.remove_offer(*mac),
+            Change::Grant(lease) => {
+                self.remove_offer(lease.mac);
+                self.remove_lease(lease.mac);
+                // An address belongs to one MAC: a grant takes it from any previous holder.
+                if let Some(prev) = self.by_ip.get(&lease.ip).copied() {
+                    self.by_mac.remove(&prev);
+                }
+                self.by_ip.insert(lease.ip, lease.mac);
+                self.by_mac.insert(lease.mac, lease.clone());
+            }
+            Change::Release { mac, ip } => {
+                if self.by_mac.get(mac).is_some_and(|l| l.ip == *ip) {
+                    self.remove_lease(*mac);
+                }
+            }
+            Change::Decline { mac, ip, until } => {
+                if self.by_mac.get(mac).is_some_and(|l| l.ip == *ip) {
+                    self.remove_lease(*mac);
+                }
+                self.remove_offer(*mac);
+                self.declined.insert(*ip, *until);
+            }
+        }
+    }
+
+    /// Replays a journal record.
+    pub fn replay(&mut self, rec: &Record) {
+        match rec {
+            Record::Grant {
+                mac, ip, expires, ..
+            } => self.apply(&Change::Grant(Lease {
+                mac: *mac,
+                ip: *ip,
+                expires: *expires,
+            })),
+            Record::Release { mac, ip, .. } => self.apply(&Change::Release { mac: *mac, ip: *ip }),
+            Record::Decline { mac, ip, until, .. } => self.apply(&Change::Decline {
+                mac: *mac,
+                ip: *ip,
+                until: *until,
+            }),
+        }
+    }
+
+    /// The records that rebuild this table's live state (for compaction).
+    fn snapshot(&self, now: u64) -> Vec<Record> {
+        let mut out: Vec<Record> = self
+            .by_mac
+            .values()
+            .filter(|l| l.expires > now)
+            .map(|l| Record::Grant {
+                mac: l.mac,
+                ip: l.ip,
+                expires: l.expires,
+                at: now,
+            })
+            .collect();
+        out.extend(
+            self.declined
+                .iter()
+                .filter(|(_, until)| **until > now)
+                .map(|(ip, until)| Record::Decline {
+                    mac: MacAddr([0; 6]),
+                    ip: *ip,
+                    until: *until,
+                    at: now,
+                }),
+        );
+        out.sort_by_key(|r| match r {
+            Record::Grant { ip, .. } | Record::Decline { ip, .. } | Record::Release { ip, .. } => {
+                u32::from(*ip)
+            }
+        });
+        out
+    }
+}
+
+/// Errors of the lease journal.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("lease journal {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The append-only lease journal.
+pub struct Journal {
+    path: PathBuf,
+    file: std::fs::File,
+    pending: Vec<u8>,
+    lines: usize,
+    /// Compact when `lines` reaches this: max(10 000, 4 × the live leases at the last compaction).
+    compact_at: usize,
+}
+
+impl Journal {
+    /// Loads the journal at `path` (creating it), compacts it, and returns it with the table it describes.
+    pub fn open(path: &Path, now: u64) -> Result<(Journal, LeaseTable), JournalError> {
+        let io = |source| JournalError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        let mut table = LeaseTable::default();
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let lines: Vec<&str> = text.lines().collect();
+                for (n, line) in lines.iter().enumerate() {
+                    if line.trim().is_empty() {
+                        continue;
+                    }
+                    match serde_json::from_str::<Record>(line) {
+                        Ok(rec) => table.replay(&rec),
+                        // The last line may be torn by a crash mid-write; it was never acknowledged.
+                        Err(_) if n + 1 == lines.len() => {
+                            tracing::info!(path = %path.display(), "skipping a torn last line in the lease journal (crash during a write)")
+                        }
+                        Err(e) => {
+                            tracing::warn!(path = %path.display(), line = n + 1, error = %e, "skipping an unreadable lease journal line")
+                        }
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+        let file = Self::rewrite(path, &table.snapshot(now)).map_err(io)?;
+        let lines = table.live(now);
+        Ok((
+            Journal {
+                path: path.to_path_buf(),
+                file,
+                pending: Vec::new(),
+                lines,
+                compact_at: 10_000.max(4 * lines),
+            },
+            table,
+        ))
+    }
+
+    /// Writes `records` to a temp file, fsyncs it, renames it over `path`, fsyncs the directory, and
+    /// returns `path` opened for appending.
+    fn rewrite(path: &Path, records: &[Record]) -> std::io::Result<std::fs::File> {
+        let tmp = path.with_extension("jsonl.tmp");
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            let mut buf = Vec::new();
+            for r in records {
+                serde_json::to_writer(&mut buf, r).map_err(std::io::Error::other)?;
+                buf.push(b'\n');
+            }
+            f.write_all(&buf)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        std::fs::OpenOptions::new().append(true).open(path)
+    }
+
+    /// Queues a record; nothing is durable until [`Journal::commit`].
+    pub fn append(&mut self, rec: &Record) {
+        // Serializing our own record cannot fail.
+        if serde_json::to_writer(&mut self.pending, rec).is_ok() {
+            self.pending.push(b'\n');
+            self.lines += 1;
+        }
+    }
+
+    /// Whether records are waiting for [`Journal::commit`].
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Writes the queued records and `fdatasync`s: after `Ok`, they survive kill -9 and power loss.
+    pub fn commit(&mut self) -> Result<(), JournalError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let res = self
+            .file
+            .write_all(&self.pending)
+            .and_then(|_| self.file.sync_data());
+        self.pending.clear();
+        res.map_err(|source| JournalError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Rewrites the journal from the table when it has grown to many times the live leases (O(1) unless it
+    /// compacts).
+    pub fn maybe_compact(&mut self, table: &LeaseTable, now: u64) -> Result<(), JournalError> {
+        if self.lines < self.compact_at {
+            return Ok(());
+        }
+        let live = table.live(now);
+        self.commit()?;
+        self.file =
+            Self::rewrite(&self.path, &table.snapshot(now)).map_err(|source| JournalError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        self.lines = live;
+        self.compact_at = 10_000.max(4 * live);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mac(n: u8) -> MacAddr {
+        MacAddr([0x52, 0x54, 0, 0, 0, n])
+    }
+
+    #[test]
+    fn grant_takes_address_from_previous_holder_and_release_frees() {
+        let mut t = LeaseTable::default();
+        let ip = Ipv4Addr::new(10, 0, 0, 5);
+        t.apply(&Change::Grant(Lease {
+            mac: mac(1),
+            ip,
+            expires: 100,
+        }));
+        t.apply(&Change::Grant(Lease {
+            mac: mac(2),
+            ip,
+            expires: 100,
+        }));
+        assert!(t.lease(mac(1)).is_none());
+        assert_eq!(t.holder(ip, 0), Some(mac(2)));
+        t.apply(&Change::Release { mac: mac(2), ip });
+        assert_eq!(t.holder(ip, 0), None);
+    }
+
+    #[test]
+    fn journal_survives_reopen_and_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("leases.jsonl");
+        let (mut j, _) = Journal::open(&p, 0).unwrap();
+        for n in 1..=3u8 {
+            j.append(
+                &Change::Grant(Lease {
+                    mac: mac(n),
+                    ip: Ipv4Addr::new(10, 0, 0, n),
+                    expires: 1000,
+                })
+                .record(1)
+                .unwrap(),
+            );
+        }
+        j.append(
+            &Change::Release {
+                mac: mac(2),
+                ip: Ipv4Addr::new(10, 0, 0, 2),
+            }
+            .record(2)
+            .unwrap(),
+        );
+        j.commit().unwrap();
+        drop(j);
+        // A crash in the middle of the next line.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .unwrap()
+            .write_all(b"{\"op\":\"grant\",\"mac\":\"52:54")
+            .unwrap();
+        let (_, t) = Journal::open(&p, 10).unwrap();
+        assert_eq!(t.live(10), 2);
+        assert_eq!(t.lease(mac(3)).unwrap().ip, Ipv4Addr::new(10, 0, 0, 3));
+        assert!(t.lease(mac(2)).is_none());
+        // Compacted: exactly the live leases.
+        assert_eq!(std::fs::read_to_string(&p).unwrap().lines().count(), 2);
+        // Expired leases are dropped at compaction.
+        let (_, t) = Journal::open(&p, 2000).unwrap();
+        assert_eq!(t.live(2000), 0);
+    }
+
+    #[test]
+    fn journal_compacts_when_it_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("leases.jsonl");
+        let (mut j, mut t) = Journal::open(&p, 0).unwrap();
+        // 12 000 renewals of the same 3 leases.
+        for i in 0..12_000u64 {
+            let c = Change::Grant(Lease {
+                mac: mac((i % 3) as u8),
+                ip: Ipv4Addr::new(10, 0, 0, (i % 3) as u8 + 1),
+                expires: 1000 + i,
+            });
+            j.append(&c.record(i).unwrap());
+            t.apply(&c);
+            if i % 100 == 99 {
+                j.commit().unwrap();
+                j.maybe_compact(&t, 0).unwrap();
+            }
+        }
+        let lines = std::fs::read_to_string(&p).unwrap().lines().count();
+        assert!(lines < 10_000, "not compacted: {lines} lines");
+        let (_, back) = Journal::open(&p, 0).unwrap();
+        for n in 0..3u8 {
+            assert_eq!(back.lease(mac(n)), t.lease(mac(n)));
+        }
+    }
+}

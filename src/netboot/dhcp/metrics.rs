@@ -1,0 +1,105 @@
+//! The DHCP server's Prometheus metrics (names under the `imgbuild_dhcp_` prefix).
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use super::core::Ignored;
+use super::packet::Malformed;
+
+/// One label, e.g. `("reason", "truncated")`.
+pub type Label = [(&'static str, &'static str); 1];
+
+/// Counters of the DHCP loop. Cloning shares the same counters.
+#[derive(Clone)]
+pub struct DhcpMetrics {
+    /// Datagrams dropped as malformed, by `reason` ([`Malformed::as_str`]).
+    pub dropped: Family<Label, Counter>,
+    /// Valid requests, by DHCP message `type`.
+    pub requests: Family<Label, Counter>,
+    /// Replies sent, by `type` (offer, ack, nak).
+    pub replies: Family<Label, Counter>,
+    /// Valid requests that got no answer, by `reason` ([`Ignored::as_str`]).
+    pub ignored: Family<Label, Counter>,
+    /// Replies not sent because the lease journal could not be written.
+    pub journal_errors: Counter,
+    /// Leases not expired.
+    pub leases: Gauge,
+    /// Seconds each lease journal write + fdatasync took (ACKs wait for it).
+    pub journal_sync_seconds: Histogram,
+}
+
+impl Default for DhcpMetrics {
+    fn default() -> Self {
+        DhcpMetrics {
+            dropped: Family::default(),
+            requests: Family::default(),
+            replies: Family::default(),
+            ignored: Family::default(),
+            journal_errors: Counter::default(),
+            leases: Gauge::default(),
+            // 0.1 ms .. ~6.5 s
+            journal_sync_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 17)),
+        }
+    }
+}
+
+impl DhcpMetrics {
+    /// Registers every metric (under `dhcp_` inside the registry's prefix).
+    pub fn register(&self, reg: &mut Registry) {
+        let sub = reg.sub_registry_with_prefix("dhcp");
+        sub.register(
+            "dropped",
+            "Malformed datagrams dropped, by reason",
+            self.dropped.clone(),
+        );
+        sub.register(
+            "requests",
+            "Valid DHCP requests, by message type",
+            self.requests.clone(),
+        );
+        sub.register(
+            "replies",
+            "DHCP replies sent, by message type",
+            self.replies.clone(),
+        );
+        sub.register(
+            "ignored",
+            "Valid requests left unanswered, by reason",
+            self.ignored.clone(),
+        );
+        sub.register(
+            "journal_errors",
+            "Replies withheld because the lease journal could not be synced",
+            self.journal_errors.clone(),
+        );
+        sub.register("leases", "Leases not expired", self.leases.clone());
+        sub.register(
+            "journal_sync_seconds",
+            "Time of each lease journal write and fdatasync (ACKs wait for it)",
+            self.journal_sync_seconds.clone(),
+        );
+    }
+
+    pub fn drop(&self, why: Malformed) {
+        self.dropped
+            .get_or_create(&[("reason", why.as_str())])
+            .inc();
+    }
+
+    pub fn ignore(&self, why: Ignored) {
+        self.ignored
+            .get_or_create(&[("reason", why.as_str())])
+            .inc();
+    }
+
+    /// Total malformed datagrams dropped.
+    pub fn dropped_total(&self) -> u64 {
+        Malformed::ALL
+            .iter()
+            .map(|m| self.dropped.get_or_create(&[("reason", m.as_str())]).get())
+            .sum()
+    }
+}
