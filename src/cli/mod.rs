@@ -3,6 +3,7 @@
 mod check;
 mod enroll;
 mod kubeconfig;
+mod pin;
 mod profile;
 mod secrets;
 mod serve;
@@ -37,6 +38,8 @@ pub enum Command {
     Check(check::Args),
     /// Show, render or build the profile of one role (master, worker, storage).
     Profile(profile::Args),
+    /// Pin the image a role boots (`pin <role> <image-id>`), or list the pins (`pin --list`).
+    Pin(pin::Args),
     /// Generate the cluster's secrets (CAs, service-account keys, bootstrap token) once.
     Secrets(secrets::Args),
     /// Show or change enrollment: open or close the window, re-arm a node.
@@ -78,6 +81,7 @@ pub fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Check(a) => check::run(&cli, a),
         Command::Profile(a) => profile::run(&cli, a),
+        Command::Pin(a) => pin::run(&cli, a),
         Command::Serve(a) => serve::run(&cli, a),
         Command::Secrets(a) => secrets::run(&cli, a),
         Command::Enroll(a) => enroll::run(&cli, a),

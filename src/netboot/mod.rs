@@ -1,5 +1,11 @@
 //! The netboot server (`imgbuild serve`): DHCP, TFTP and HTTP around one boot decision.
 
 pub mod boot;
+pub mod bootfiles;
 pub mod dhcp;
+pub mod http;
+pub mod metrics;
+pub mod peers;
+pub mod pinwatch;
 pub mod server;
+pub mod tftp;

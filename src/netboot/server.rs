@@ -124,6 +124,10 @@ pub async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
     // One line per protocol.
     let s = shared.clone();
     tasks.spawn(async move { ("dhcp", super::dhcp::run(s).await) });
+    let s = shared.clone();
+    tasks.spawn(async move { ("tftp", super::tftp::run(s).await) });
+    let s = shared.clone();
+    tasks.spawn(async move { ("http", super::http::run(s).await) });
 
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

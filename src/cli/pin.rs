@@ -1,0 +1,111 @@
+//! `imgbuild pin <role> <image-id>` and `imgbuild pin --list`: which image each role boots.
+//!
+//! An upgrade or a rollback is: pin, then reboot the machines of the role. A running `imgbuild serve` notices the
+//! changed `state/pins.toml` on the next iPXE script request (no restart, no SIGHUP needed).
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+
+use super::Cli;
+use crate::config::{Cluster, Role};
+use crate::image::manifest::Manifest;
+use crate::image::pins::Pins;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The role to pin (master, worker, storage).
+    #[arg(required_unless_present = "list")]
+    pub role: Option<Role>,
+    /// The image id (or a unique prefix of it) from `imgbuild profile <role> --build` / `images/`.
+    #[arg(required_unless_present = "list")]
+    pub image: Option<String>,
+    /// Show the current pins instead.
+    #[arg(long, conflicts_with_all = ["role", "image"])]
+    pub list: bool,
+}
+
+/// Expands a unique prefix of an image id found in the store.
+fn expand_id(cluster: &Cluster, given: &str) -> anyhow::Result<String> {
+    if given.len() == 64 {
+        return Ok(given.to_string());
+    }
+    if given.len() < 6 || !given.bytes().all(|c| c.is_ascii_hexdigit()) {
+        bail!(
+            "{given:?} is not an image id: give the 64 hex digits (or at least 6 of them) of a directory in {}",
+            cluster.paths.images.display()
+        );
+    }
+    let mut found: Vec<String> = std::fs::read_dir(&cluster.paths.images)
+        .with_context(|| format!("cannot list {}", cluster.paths.images.display()))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.len() == 64 && n.starts_with(given))
+        .collect();
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => bail!(
+            "no image id in {} starts with {given}",
+            cluster.paths.images.display()
+        ),
+        _ => bail!("{given} matches {} images; give more digits", found.len()),
+    }
+}
+
+fn describe(cluster: &Cluster, id: &str) -> String {
+    match Manifest::read(&cluster.paths.images, id) {
+        Ok(m) if m.standins => format!("{id} (built with labelled STAND-INS)"),
+        Ok(_) => id.to_string(),
+        Err(e) => format!("{id} (UNUSABLE: {e})"),
+    }
+}
+
+fn hosts(cluster: &Cluster, role: Role) -> String {
+    let h: Vec<&str> = cluster
+        .machines_with_role(role)
+        .map(|m| m.hostname.as_str())
+        .collect();
+    if h.is_empty() {
+        "none in the inventory".into()
+    } else {
+        h.join(", ")
+    }
+}
+
+pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
+    let cluster = super::load_cluster(&cli.config)?;
+    let path = Pins::path(&cluster);
+    let mut pins = Pins::load(&path)?;
+    if args.list {
+        println!("pins ({}):", path.display());
+        for role in Role::ALL {
+            match pins.pins.get(&role) {
+                Some(id) => println!("  {role:<8} {}", describe(&cluster, id)),
+                None => {
+                    println!("  {role:<8} (nothing pinned: run `imgbuild pin {role} <image-id>`)")
+                }
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (Some(role), Some(given)) = (args.role, args.image.as_deref()) else {
+        bail!("usage: imgbuild pin <role> <image-id>, or imgbuild pin --list");
+    };
+    let id = expand_id(&cluster, given)?;
+    let old = pins.pins.get(&role).cloned();
+    pins.pin(&cluster.paths.images, role, &id)?;
+    if old.as_deref() == Some(id.as_str()) {
+        println!("{role}: already pinned to {id}; nothing changed");
+        return Ok(ExitCode::SUCCESS);
+    }
+    pins.save(&path)?;
+    match old {
+        Some(o) => println!("{role}: {o} -> {}", describe(&cluster, &id)),
+        None => println!("{role}: (nothing) -> {}", describe(&cluster, &id)),
+    }
+    println!(
+        "Reboot the {role} machines ({}) to boot it; a running `imgbuild serve` uses the new pin from its next boot script.",
+        hosts(&cluster, role)
+    );
+    Ok(ExitCode::SUCCESS)
+}

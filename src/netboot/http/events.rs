@@ -1,0 +1,76 @@
+//! `POST /api/events`: nodes report boot stages (`mac=..&stage=..&detail=..`, form-encoded; busybox
+//! `wget --post-data` and curl can send it).
+
+use axum::Form;
+use axum::extract::State;
+use axum::extract::rejection::FormRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::AppState;
+use crate::config::MacAddr;
+use crate::status::{STAGES, Source};
+
+#[derive(Debug, Deserialize)]
+pub struct EventForm {
+    pub mac: String,
+    pub stage: String,
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// Longest `detail` kept (the rest is cut): the log is for people, not for payloads.
+pub const MAX_DETAIL: usize = 1024;
+
+fn bad(st: &AppState, msg: String) -> Response {
+    st.metrics.error("bad_request");
+    tracing::warn!("event refused: {msg}");
+    (StatusCode::BAD_REQUEST, format!("{msg}\n")).into_response()
+}
+
+/// Validates and records one node event.
+pub async fn post_event(
+    State(st): State<AppState>,
+    form: Result<Form<EventForm>, FormRejection>,
+) -> Response {
+    let Form(f) = match form {
+        Ok(f) => f,
+        Err(e) => {
+            return bad(
+                &st,
+                format!("expected a form body with fields mac, stage and optional detail: {e}"),
+            );
+        }
+    };
+    let mac: MacAddr = match f.mac.trim().parse() {
+        Ok(m) => m,
+        Err(e) => return bad(&st, e.to_string()),
+    };
+    if st.shared.cluster().machine_by_mac(mac).is_none() {
+        return bad(
+            &st,
+            format!("machine {mac} is not in the inventory (cluster.toml [[machines]])"),
+        );
+    }
+    let stage = f.stage.trim();
+    if stage != "failed" && !STAGES.contains(&stage) {
+        return bad(
+            &st,
+            format!(
+                "unknown stage {stage:?}; valid stages are {} and failed",
+                STAGES.join(", ")
+            ),
+        );
+    }
+    let mut detail = f.detail;
+    if detail.len() > MAX_DETAIL {
+        let mut cut = MAX_DETAIL;
+        while !detail.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        detail.truncate(cut);
+    }
+    st.shared.events.record(mac, stage, detail, Source::Node);
+    (StatusCode::OK, "recorded\n").into_response()
+}

@@ -1,0 +1,426 @@
+//! `GET|HEAD /images/{id}/{file}`: the immutable, content-addressed artifacts of the image store.
+//!
+//! Only `vmlinuz`, `initrd.img`, `rootfs.squashfs` and `manifest.json` of an image whose `manifest.json`
+//! hashes to its id are served. The ETag is the artifact's sha256 from the manifest (the id for the manifest
+//! itself), so it is strong and names the content; responses may be cached forever. Symlinks anywhere under
+//! the image directory are refused, as is any file whose size differs from its manifest entry.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::Deserialize;
+
+use super::AppState;
+use super::range::{Decision, decide};
+use crate::image::manifest::{self, Manifest};
+use crate::netboot::metrics::HttpMetrics;
+use crate::netboot::server::Shared;
+use crate::status::Source;
+
+/// The files of an image that may be served.
+pub const SERVED: &[&str] = &[
+    manifest::KERNEL,
+    manifest::INITRD,
+    manifest::ROOTFS,
+    manifest::MANIFEST,
+];
+
+/// Size of each read from disk while streaming a body.
+const CHUNK: usize = 1 << 20;
+
+pub const CACHE_FOREVER: &str = "public, max-age=31536000, immutable";
+
+const ROUTE: &str = "/images/{id}/{file}";
+
+#[derive(Debug, Deserialize)]
+pub struct ArtifactQuery {
+    /// The digest the client expects (the boot script puts it in every URL).
+    pub sha256: Option<String>,
+}
+
+fn is_image_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn refuse(m: &HttpMetrics, kind: &str, status: StatusCode, msg: String) -> Response {
+    m.error(kind);
+    (status, msg).into_response()
+}
+
+fn looks_like_traversal(s: &str) -> bool {
+    s.contains("..") || s.contains('/') || s.contains('\\') || s.contains('\0')
+}
+
+/// The handler. HEAD is answered by axum from the same response without its body.
+pub async fn get_artifact(
+    State(st): State<AppState>,
+    Path((id, file)): Path<(String, String)>,
+    Query(q): Query<ArtifactQuery>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+) -> Response {
+    let shared = &st.shared;
+    if looks_like_traversal(&id) || looks_like_traversal(&file) {
+        tracing::warn!(%peer, %id, %file, "path traversal attempt refused");
+        return refuse(
+            &st.metrics,
+            "traversal",
+            StatusCode::NOT_FOUND,
+            "not found\n".into(),
+        );
+    }
+    if !is_image_id(&id) {
+        return refuse(
+            &st.metrics,
+            "not_found",
+            StatusCode::NOT_FOUND,
+            format!("{id:?} is not an image id (64 lowercase hex digits)\n"),
+        );
+    }
+    let Some(&file) = SERVED.iter().find(|f| **f == file) else {
+        return refuse(
+            &st.metrics,
+            "not_found",
+            StatusCode::NOT_FOUND,
+            format!("images serve only {}\n", SERVED.join(", ")),
+        );
+    };
+    let images = shared.cluster().paths.images.clone();
+    let dir = images.join(&id);
+    let h = |n: header::HeaderName| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+    };
+    let conds = (
+        h(header::IF_NONE_MATCH),
+        h(header::RANGE),
+        h(header::IF_RANGE),
+    );
+    let head = method == axum::http::Method::HEAD;
+    // One trip to the blocking pool: verify, open, decide, and read the first chunk of the body.
+    let opened = {
+        let (dir, id) = (dir.clone(), id.clone());
+        tokio::task::spawn_blocking(move || {
+            let (mut f, size, sha) = open_artifact(&images, &dir, &id, file)?;
+            let decision = decide(
+                conds.0.as_deref(),
+                conds.1.as_deref(),
+                conds.2.as_deref(),
+                &format!("\"{sha}\""),
+                size,
+            );
+            let range = match &decision {
+                Decision::Full => Some(0..size),
+                Decision::Partial(r) => Some(r.clone()),
+                _ => None,
+            };
+            let first = match range {
+                Some(r) if !head => Some(first_chunk(&mut f, r).map_err(|e| {
+                    (
+                        "io",
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("cannot read {file} of image {id}: {e}"),
+                    )
+                })?),
+                _ => None,
+            };
+            Ok::<_, Refused>((f, size, sha, decision, first))
+        })
+        .await
+    };
+    let (f, size, sha, decision, first) = match opened {
+        Ok(Ok(x)) => x,
+        Ok(Err((kind, status, msg))) => {
+            if kind == "store_damaged" || kind == "symlink" {
+                tracing::error!(%peer, image = %id, file, "{msg}");
+            }
+            return refuse(&st.metrics, kind, status, format!("{msg}\n"));
+        }
+        Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    };
+    if let Some(want) = &q.sha256
+        && *want != sha
+    {
+        return refuse(
+            &st.metrics,
+            "digest_mismatch",
+            StatusCode::NOT_FOUND,
+            format!("image {id} has no {file} with sha256 {want}\n"),
+        );
+    }
+    let etag = format!("\"{sha}\"");
+    let mut resp = Response::builder()
+        .header(header::ETAG, &etag)
+        .header(header::CACHE_CONTROL, CACHE_FOREVER)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(
+            header::CONTENT_TYPE,
+            if file == manifest::MANIFEST {
+                "application/json"
+            } else {
+                "application/octet-stream"
+            },
+        );
+    let (status, range) = match decision {
+        Decision::NotModified => {
+            return resp
+                .status(StatusCode::NOT_MODIFIED)
+                .body(Body::empty())
+                .expect("static response");
+        }
+        Decision::Unsatisfiable => {
+            st.metrics.error("range_not_satisfiable");
+            return resp
+                .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                .header(header::CONTENT_RANGE, format!("bytes */{size}"))
+                .body(Body::empty())
+                .expect("static response");
+        }
+        Decision::Full => (StatusCode::OK, 0..size),
+        Decision::Partial(r) => {
+            resp = resp.header(
+                header::CONTENT_RANGE,
+                format!("bytes {}-{}/{size}", r.start, r.end - 1),
+            );
+            (StatusCode::PARTIAL_CONTENT, r)
+        }
+    };
+    resp = resp.header(header::CONTENT_LENGTH, range.end - range.start);
+    if head {
+        return resp
+            .status(status)
+            .body(Body::empty())
+            .expect("static response");
+    }
+    // A full kernel or initrd sent to a machine of the inventory is a boot event.
+    let event = if status == StatusCode::OK {
+        let stage = match file {
+            manifest::KERNEL => Some("kernel"),
+            manifest::INITRD => Some("initrd"),
+            _ => None,
+        };
+        stage.and_then(|s| {
+            crate::netboot::peers::mac_for_ip(shared, peer.ip())
+                .map(|mac| (mac, s, format!("{file} of image {id}")))
+        })
+    } else {
+        None
+    };
+    let body = stream_body(
+        shared.clone(),
+        st.metrics.clone(),
+        f,
+        range,
+        first.unwrap_or_default(),
+        event,
+    );
+    // A streamed body has no exact size hint, so the metrics layer leaves its bytes to the stream.
+    resp.status(status).body(body).expect("valid response")
+}
+
+type Refused = (&'static str, StatusCode, String);
+
+/// Verifies the manifest and opens one artifact without following symlinks. Returns the file, its size and
+/// its sha256.
+fn open_artifact(
+    images: &std::path::Path,
+    dir: &std::path::Path,
+    id: &str,
+    file: &'static str,
+) -> Result<(File, u64, String), Refused> {
+    let nf = || {
+        (
+            "not_found",
+            StatusCode::NOT_FOUND,
+            format!("no image {id} in the store"),
+        )
+    };
+    // The image directory itself must be a real directory inside the store, not a symlink out of it.
+    let dmeta = std::fs::symlink_metadata(dir).map_err(|_| nf())?;
+    if dmeta.file_type().is_symlink() || !dmeta.is_dir() {
+        return Err((
+            "symlink",
+            StatusCode::NOT_FOUND,
+            format!("images/{id} is a symlink or not a directory; refusing to serve it"),
+        ));
+    }
+    let path: PathBuf = dir.join(file);
+    let fmeta = std::fs::symlink_metadata(&path).map_err(|_| {
+        (
+            "not_found",
+            StatusCode::NOT_FOUND,
+            format!("image {id} has no {file}"),
+        )
+    })?;
+    if fmeta.file_type().is_symlink() || !fmeta.is_file() {
+        return Err((
+            "symlink",
+            StatusCode::NOT_FOUND,
+            format!("images/{id}/{file} is a symlink or not a regular file; refusing to serve it"),
+        ));
+    }
+    let m = Manifest::read(images, id).map_err(|e| match e {
+        manifest::ManifestError::Read { .. } => nf(),
+        e => (
+            "store_damaged",
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{e}"),
+        ),
+    })?;
+    let (size, sha) = if file == manifest::MANIFEST {
+        (fmeta.len(), id.to_string())
+    } else {
+        let e = m.files.get(file).ok_or_else(|| {
+            (
+                "store_damaged",
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("image {id}: manifest lists no {file}"),
+            )
+        })?;
+        (e.size, e.sha256.clone())
+    };
+    if fmeta.len() != size {
+        return Err((
+            "store_damaged",
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "image {id}: {file} is {} bytes but its manifest says {size}; the store was modified: rebuild the image",
+                fmeta.len()
+            ),
+        ));
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| {
+            (
+                "io",
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot open {}: {e}", path.display()),
+            )
+        })?;
+    Ok((f, size, sha))
+}
+
+/// Decrements the in-flight gauge when the body is finished or dropped.
+struct InFlight(HttpMetrics);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
+    }
+}
+
+struct BodyState {
+    shared: Arc<Shared>,
+    metrics: HttpMetrics,
+    file: Option<File>,
+    /// Read but not yet handed out.
+    first: Option<Bytes>,
+    pos: u64,
+    end: u64,
+    event: Option<(crate::config::MacAddr, &'static str, String)>,
+    _guard: InFlight,
+}
+
+/// Seeks to the start of `range` and reads the first chunk of it.
+fn first_chunk(f: &mut File, range: std::ops::Range<u64>) -> std::io::Result<Bytes> {
+    f.seek(SeekFrom::Start(range.start))?;
+    read_chunk(f, (range.end - range.start).min(CHUNK as u64))
+}
+
+/// Reads exactly `n` bytes at the current position (no zero-filling of the buffer).
+fn read_chunk(f: &mut File, n: u64) -> std::io::Result<Bytes> {
+    let mut v = Vec::with_capacity(n as usize);
+    f.take(n).read_to_end(&mut v)?;
+    if (v.len() as u64) < n {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "artifact shorter than its manifest entry",
+        ));
+    }
+    Ok(Bytes::from(v))
+}
+
+/// Streams `range` of `file` (whose first chunk `first` is already read, the file positioned after it) in
+/// [`CHUNK`]-sized reads on the blocking pool, counting bytes; records `event` when the last chunk is handed to
+/// the connection.
+fn stream_body(
+    shared: Arc<Shared>,
+    metrics: HttpMetrics,
+    file: File,
+    range: std::ops::Range<u64>,
+    first: Bytes,
+    event: Option<(crate::config::MacAddr, &'static str, String)>,
+) -> Body {
+    metrics.in_flight.inc();
+    let st = BodyState {
+        _guard: InFlight(metrics.clone()),
+        metrics,
+        shared,
+        file: Some(file),
+        first: Some(first),
+        pos: range.start,
+        end: range.end,
+        event,
+    };
+    let stream = futures::stream::unfold(st, |mut st| async move {
+        if st.pos >= st.end {
+            return None;
+        }
+        let read = match st.first.take() {
+            Some(b) => Ok(b),
+            None => {
+                let n = (st.end - st.pos).min(CHUNK as u64);
+                let mut file = st.file.take().expect("file present while streaming");
+                match tokio::task::spawn_blocking(move || {
+                    let r = read_chunk(&mut file, n);
+                    (file, r)
+                })
+                .await
+                {
+                    Ok((file, r)) => {
+                        st.file = Some(file);
+                        r
+                    }
+                    Err(e) => Err(std::io::Error::other(e)),
+                }
+            }
+        };
+        match read {
+            Ok(chunk) => {
+                let n = chunk.len() as u64;
+                st.pos += n;
+                st.metrics.bytes(ROUTE, n);
+                // hyper stops polling once Content-Length bytes are out: the last chunk is the end.
+                if st.pos >= st.end
+                    && let Some((mac, stage, detail)) = st.event.take()
+                {
+                    st.shared.events.record(mac, stage, detail, Source::Server);
+                }
+                Some((Ok::<Bytes, std::io::Error>(chunk), st))
+            }
+            Err(e) => {
+                st.metrics.error("io");
+                tracing::error!(error = %e, "reading an image artifact failed mid-response");
+                st.pos = st.end;
+                st.event = None;
+                Some((Err(e), st))
+            }
+        }
+    });
+    Body::from_stream(stream)
+}

@@ -1,0 +1,171 @@
+//! The HTTP server (axum): iPXE scripts, immutable image artifacts, boot loaders for UEFI HTTP Boot, events,
+//! health and metrics, on `network.server:network.http_port`.
+//!
+//! - [`script`]: `GET /boot.ipxe?mac=`, `GET /ipxe/{mac}`
+//! - [`images`]: `GET|HEAD /images/{id}/{file}` (strong ETag = sha256, Range, 304)
+//! - [`events`]: `POST /api/events`
+//! - `GET /boot/{name}`, `GET /healthz`, `GET /metrics` (this file)
+//!
+//! [`app`] builds this module's routes, merges the other modules' routers (status page, enrollment) and adds
+//! the metrics layer over all of them.
+
+pub mod events;
+pub mod images;
+pub mod range;
+pub mod script;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use axum::body::HttpBody as _;
+use axum::extract::{ConnectInfo, MatchedPath, Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use super::bootfiles::{self, BootFiles};
+use super::metrics::HttpMetrics;
+use super::pinwatch::PinWatch;
+use super::server::Shared;
+
+/// What the handlers share: the server state plus HTTP-only caches.
+#[derive(Clone)]
+pub struct AppState {
+    pub shared: Arc<Shared>,
+    pub metrics: HttpMetrics,
+    pub boot_files: Arc<BootFiles>,
+    pub pins: Arc<PinWatch>,
+}
+
+/// This module's routes (without the metrics layer).
+fn routes(state: AppState) -> Router {
+    Router::new()
+        .route("/boot.ipxe", get(script::boot_ipxe))
+        .route("/ipxe/{mac}", get(script::by_mac))
+        .route("/images/{id}/{file}", get(images::get_artifact))
+        .route("/boot/{name}", get(boot_loader))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/api/events", post(events::post_event))
+        .with_state(state)
+}
+
+/// The whole HTTP application: every module's routes, with request metrics over all of them. Registers the
+/// HTTP metric families in `shared.registry`: call once per process.
+/// Other modules' routers (`status::routes`, enrollment) are merged here.
+pub fn app(shared: Arc<Shared>) -> Router {
+    let state = AppState {
+        metrics: HttpMetrics::register(&shared.registry),
+        pins: Arc::new(PinWatch::new(&shared)),
+        boot_files: Arc::new(BootFiles::new()),
+        shared: shared.clone(),
+    };
+    Router::new()
+        .merge(routes(state.clone()))
+        .merge(crate::pki::enroll::routes(shared.clone()))
+        // .merge(crate::status::routes(shared.clone()))  ← other modules' routers go here
+        .layer(axum::middleware::from_fn_with_state(state, track))
+}
+
+/// Counts every request by route template and status, and the bytes of bodies of known length (streamed
+/// artifact bodies count themselves as they are sent).
+async fn track(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let resp = next.run(req).await;
+    let m = &st.metrics;
+    m.request(&route, resp.status().as_u16());
+    if resp.status() == StatusCode::NOT_FOUND && route == "unmatched" {
+        m.error("not_found");
+    }
+    if let Some(n) = resp.body().size_hint().exact() {
+        m.bytes(&route, n);
+    }
+    resp
+}
+
+async fn metrics(State(st): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        st.shared.encode_metrics(),
+    )
+        .into_response()
+}
+
+/// `GET /boot/{name}`: an allowlisted boot loader (UEFI HTTP Boot fetches `snponly.efi` here).
+/// A GET of a whole boot loader from an inventory address records the `bootfile` event.
+async fn boot_loader(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: axum::http::Method,
+) -> Response {
+    let m = &st.metrics;
+    let allowed = match bootfiles::check_name(&name, st.shared.booter().boot_loader_names()) {
+        Ok(n) => n,
+        Err(r) => {
+            m.error(r.kind());
+            tracing::warn!(file = %name, reason = %r, "HTTP boot loader request refused");
+            return (StatusCode::NOT_FOUND, format!("{r}: {name}\n")).into_response();
+        }
+    };
+    let dir = st.shared.cluster().network.ipxe_binaries.clone();
+    let files = st.boot_files.clone();
+    match tokio::task::spawn_blocking(move || files.read(&dir, allowed)).await {
+        Ok(Ok(bytes)) => {
+            if method == axum::http::Method::GET
+                && let Some(mac) = super::peers::mac_for_ip(&st.shared, peer.ip())
+            {
+                st.shared.events.record(
+                    mac,
+                    "bootfile",
+                    format!("{allowed} via HTTP"),
+                    crate::status::Source::Server,
+                );
+            }
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                )],
+                bytes,
+            )
+                .into_response()
+        }
+        Ok(Err(e)) => {
+            m.error("missing");
+            tracing::error!(file = allowed, error = %e, "boot loader cannot be read");
+            (
+                StatusCode::NOT_FOUND,
+                format!("{allowed} is not available on this server\n"),
+            )
+                .into_response()
+        }
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// Serves [`app`] on `network.server:network.http_port` until the listener fails.
+pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
+    let net = shared.cluster().network.clone();
+    let addr = SocketAddr::new(net.server.into(), net.http_port);
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("HTTP: cannot bind {addr} (network.server:network.http_port); is another server using the port?")
+    })?;
+    tracing::info!(%addr, "HTTP listening");
+    axum::serve(
+        listener,
+        app(shared).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+    .context("HTTP server")
+}

@@ -1,0 +1,132 @@
+//! iPXE scripts: `GET /ipxe/{mac}` and `GET /boot.ipxe?mac=`. The boot decision ([`Booter::plan`]) says what a
+//! machine boots; the text comes from templates under `ipxe/`:
+//!
+//! - `ipxe/boot.ipxe.j2`: a machine with a pinned image (context `plan`, `retry_url`, `retry_secs`)
+//! - `ipxe/unknown.ipxe.j2`: a MAC not in the inventory (context `mac`, `message`, `retry_url`, `retry_secs`)
+//! - `ipxe/not-pinned.ipxe.j2`: no image pinned for the role (same context plus `hostname`, `role`)
+//! - `ipxe/chain.ipxe.j2`: `/boot.ipxe` without `mac=` chains to the per-MAC script (context `server_url`)
+//!
+//! [`Booter::plan`]: crate::netboot::boot::Booter::plan
+
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::AppState;
+use crate::config::MacAddr;
+use crate::netboot::boot::NoBoot;
+use crate::status::Source;
+
+/// Seconds an unbootable machine waits before asking again.
+pub const RETRY_SECS: u32 = 30;
+
+#[derive(Debug, Deserialize)]
+pub struct BootQuery {
+    pub mac: Option<String>,
+}
+
+/// `GET /boot.ipxe?mac=..`; without `mac`, a script that chains to `/ipxe/${mac}`.
+pub async fn boot_ipxe(State(st): State<AppState>, Query(q): Query<BootQuery>) -> Response {
+    match q.mac {
+        Some(mac) => script_for(&st, &mac),
+        None => {
+            let cluster = st.shared.cluster();
+            let engine = crate::cli::engine_for(&cluster);
+            match engine.render(
+                "ipxe/chain.ipxe.j2",
+                &json!({"server_url": cluster.network.http_base()}),
+            ) {
+                Ok(text) => ipxe(text),
+                Err(e) => template_error(&st, e),
+            }
+        }
+    }
+}
+
+/// `GET /ipxe/{mac}`.
+pub async fn by_mac(State(st): State<AppState>, Path(mac): Path<String>) -> Response {
+    script_for(&st, &mac)
+}
+
+fn ipxe(text: String) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        text,
+    )
+        .into_response()
+}
+
+fn template_error(st: &AppState, e: crate::template::TemplateError) -> Response {
+    st.metrics.error("template");
+    tracing::error!(error = %e, "iPXE template failed to render");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("#!ipxe\necho imgbuild: server error rendering the boot script; see the server log\nsleep {RETRY_SECS}\nreboot\n"),
+    )
+        .into_response()
+}
+
+fn script_for(st: &AppState, mac_text: &str) -> Response {
+    let mac: MacAddr = match mac_text.parse() {
+        Ok(m) => m,
+        Err(e) => {
+            st.metrics.error("bad_request");
+            return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
+        }
+    };
+    st.pins.refresh(&st.shared);
+    let booter = st.shared.booter();
+    let cluster = booter.cluster.clone();
+    let engine = crate::cli::engine_for(&cluster);
+    let retry_url = format!("{}/ipxe/{}", cluster.network.http_base(), mac);
+    let rendered = match booter.plan(mac) {
+        Ok(plan) => {
+            if plan.image.standins {
+                tracing::warn!(%mac, host = %plan.machine.hostname, image = %plan.image.id, "serving an image built with labelled STAND-IN binaries");
+            }
+            tracing::info!(%mac, host = %plan.machine.hostname, image = %plan.image.id, "iPXE script served");
+            st.shared.events.record(
+                mac,
+                "ipxe-script",
+                format!("image {}", plan.image.id),
+                Source::Server,
+            );
+            engine.render(
+                "ipxe/boot.ipxe.j2",
+                &json!({"plan": plan, "retry_url": retry_url, "retry_secs": RETRY_SECS}),
+            )
+        }
+        Err(no) => {
+            let message = no.to_string();
+            tracing::warn!(%mac, "{message}");
+            match &no {
+                NoBoot::UnknownMachine { .. } => engine.render(
+                    "ipxe/unknown.ipxe.j2",
+                    &json!({"mac": mac, "message": message, "retry_url": retry_url, "retry_secs": RETRY_SECS}),
+                ),
+                NoBoot::NotPinned { hostname, role } => {
+                    st.shared.events.record(
+                        mac,
+                        "ipxe-script",
+                        format!("waiting: no image pinned for role {role}"),
+                        Source::Server,
+                    );
+                    engine.render(
+                        "ipxe/not-pinned.ipxe.j2",
+                        &json!({"mac": mac, "hostname": hostname, "role": role, "message": message,
+                                "retry_url": retry_url, "retry_secs": RETRY_SECS}),
+                    )
+                }
+            }
+        }
+    };
+    match rendered {
+        Ok(text) => ipxe(text),
+        Err(e) => template_error(st, e),
+    }
+}

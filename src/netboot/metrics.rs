@@ -1,0 +1,191 @@
+//! The TFTP and HTTP metric families. Each protocol registers its families in
+//! [`crate::netboot::server::Shared::registry`] when it starts (`TftpMetrics::register`,
+//! `HttpMetrics::register`) and keeps the handles; `GET /metrics` encodes the registry.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Labels `route`, `status`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteStatus {
+    pub route: String,
+    pub status: String,
+}
+
+/// Label `route`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: String,
+}
+
+/// Label `kind`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Kind {
+    pub kind: String,
+}
+
+/// TFTP counters. `file` is one of the allowlisted names (or `-` for refused names: clients choose the text).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FileResult {
+    pub file: String,
+    pub result: String,
+}
+
+/// TFTP metrics.
+#[derive(Default, Clone)]
+pub struct TftpMetrics {
+    /// Requests by file and result (`ok`, `refused`, `failed`, ...).
+    pub requests: Family<FileResult, Counter>,
+    /// Payload bytes acknowledged by clients.
+    pub bytes: Counter,
+    /// Transfers in progress.
+    pub in_flight: Gauge,
+    /// Errors by kind (`malformed`, `write_refused`, `traversal`, `absolute`, `not_allowed`, `missing`,
+    /// `timeout`, `client_error`, ...).
+    pub errors: Family<Kind, Counter>,
+    /// DATA/OACK packets sent again after a timeout or a partial ACK.
+    pub retransmits: Counter,
+}
+
+/// HTTP metrics.
+#[derive(Default, Clone)]
+pub struct HttpMetrics {
+    /// Requests by route template and status code.
+    pub requests: Family<RouteStatus, Counter>,
+    /// Body bytes sent, by route.
+    pub bytes: Family<RouteLabel, Counter>,
+    /// Responses whose body is still being sent.
+    pub in_flight: Gauge,
+    /// Errors by kind (`not_found`, `traversal`, `bad_request`, `range_not_satisfiable`, `io`, ...).
+    pub errors: Family<Kind, Counter>,
+}
+
+type SharedRegistry = std::sync::Mutex<Registry>;
+
+fn lock(r: &SharedRegistry) -> std::sync::MutexGuard<'_, Registry> {
+    r.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl TftpMetrics {
+    /// Builds the TFTP families and registers them in `registry` (`Shared::registry`); call once at start.
+    pub fn register(registry: &SharedRegistry) -> Self {
+        let tftp = TftpMetrics::default();
+        let mut r = lock(registry);
+        r.register(
+            "tftp_requests",
+            "TFTP read requests by file and result",
+            tftp.requests.clone(),
+        );
+        r.register(
+            "tftp_sent_bytes",
+            "TFTP payload bytes acknowledged by clients",
+            tftp.bytes.clone(),
+        );
+        r.register(
+            "tftp_transfers_in_flight",
+            "TFTP transfers in progress",
+            tftp.in_flight.clone(),
+        );
+        r.register("tftp_errors", "TFTP errors by kind", tftp.errors.clone());
+        r.register(
+            "tftp_retransmits",
+            "TFTP packets sent again after a timeout or partial ACK",
+            tftp.retransmits.clone(),
+        );
+        tftp
+    }
+
+    pub fn error(&self, kind: &str) {
+        self.errors.get_or_create(&Kind { kind: kind.into() }).inc();
+    }
+
+    pub fn request(&self, file: &str, result: &str) {
+        self.requests
+            .get_or_create(&FileResult {
+                file: file.into(),
+                result: result.into(),
+            })
+            .inc();
+    }
+}
+
+impl HttpMetrics {
+    /// Builds the HTTP families and registers them in `registry` (`Shared::registry`); call once at start.
+    pub fn register(registry: &SharedRegistry) -> Self {
+        let http = HttpMetrics::default();
+        let mut r = lock(registry);
+        r.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            http.requests.clone(),
+        );
+        r.register(
+            "http_sent_bytes",
+            "HTTP body bytes sent by route",
+            http.bytes.clone(),
+        );
+        r.register(
+            "http_transfers_in_flight",
+            "HTTP responses whose body is being sent",
+            http.in_flight.clone(),
+        );
+        r.register("http_errors", "HTTP errors by kind", http.errors.clone());
+        http
+    }
+
+    pub fn error(&self, kind: &str) {
+        self.errors.get_or_create(&Kind { kind: kind.into() }).inc();
+    }
+
+    pub fn request(&self, route: &str, status: u16) {
+        self.requests
+            .get_or_create(&RouteStatus {
+                route: route.into(),
+                status: status.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn bytes(&self, route: &str, n: u64) {
+        self.bytes
+            .get_or_create(&RouteLabel {
+                route: route.into(),
+            })
+            .inc_by(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_are_registered_and_encoded() {
+        let reg = std::sync::Mutex::new(Registry::with_prefix("imgbuild"));
+        let t = TftpMetrics::register(&reg);
+        let h = HttpMetrics::register(&reg);
+        t.request("snponly.efi", "ok");
+        h.request("/images/{id}/{file}", 206);
+        h.error("traversal");
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg.lock().unwrap()).unwrap();
+        assert!(
+            out.contains(r#"imgbuild_tftp_requests_total{file="snponly.efi",result="ok"} 1"#),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                r#"imgbuild_http_requests_total{route="/images/{id}/{file}",status="206"} 1"#
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#"imgbuild_http_errors_total{kind="traversal"} 1"#),
+            "{out}"
+        );
+        assert!(out.contains("imgbuild_tftp_transfers_in_flight 0"), "{out}");
+    }
+}

@@ -1,0 +1,296 @@
+//! The TFTP server: read-only, allowlisted boot loaders only.
+//!
+//! [`packet`] parses and encodes, [`transfer`] is the per-transfer state machine (pure: packets and the clock in,
+//! packets out). This file is the thin tokio loop: a listening socket on `network.server:network.tftp_port`
+//! that checks each request, and one task with its own ephemeral socket per transfer (RFC 1350 TIDs). There is
+//! no cap on concurrent transfers. The socket of a transfer is connected to the client, so datagrams from any
+//! other address or port never reach it.
+
+#[cfg(test)]
+mod fuzz;
+pub mod packet;
+pub mod transfer;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use bytes::Bytes;
+use tokio::net::UdpSocket;
+
+use self::packet::{ErrorCode, Packet, Request, encode_data_header, error_packet};
+use self::transfer::{Failure, Limits, Outgoing, Phase, Transfer};
+use super::bootfiles::{self, BootFiles};
+use super::metrics::TftpMetrics;
+use super::server::Shared;
+use crate::status::Source;
+
+/// Client addresses with a transfer in progress.
+type Active = Arc<std::sync::Mutex<std::collections::HashSet<SocketAddr>>>;
+
+/// Largest datagram we read (an RRQ with options is far smaller; ACKs are 4 bytes).
+const RECV_BUF: usize = 2048;
+
+/// Runs the TFTP server until the socket fails. TFTP gets its own thread with a single-threaded runtime:
+/// lock-step transfers are latency-bound, and one thread that both polls the sockets and runs the transfers
+/// needs one wake-up per packet (as dnsmasq does) instead of a hand-off between runtime threads.
+pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("tftp".into())
+        .spawn(move || {
+            let res = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("TFTP: cannot start its runtime")
+                .and_then(|rt| rt.block_on(serve(shared)));
+            let _ = tx.send(res);
+        })
+        .context("TFTP: cannot start its thread")?;
+    rx.await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the TFTP thread ended without a result")))
+}
+
+async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
+    let m = TftpMetrics::register(&shared.registry);
+    let cluster = shared.cluster();
+    let addr = SocketAddr::new(cluster.network.server.into(), cluster.network.tftp_port);
+    let sock = UdpSocket::bind(addr).await.with_context(|| {
+        format!("TFTP: cannot bind {addr} (network.server:network.tftp_port); is another TFTP server running?")
+    })?;
+    bootfiles::report_missing(
+        &cluster.network.ipxe_binaries,
+        shared.booter().boot_loader_names(),
+    );
+    tracing::info!(%addr, "TFTP listening (read-only, allowlisted boot loaders)");
+    let files = Arc::new(BootFiles::new());
+    let active: Active = Arc::default();
+    let mut buf = vec![0u8; RECV_BUF];
+    loop {
+        let (n, peer) = match sock.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                // ICMP errors from earlier sends surface here on some systems; never stop serving for them.
+                tracing::debug!(error = %e, "TFTP recv error");
+                continue;
+            }
+        };
+        match Packet::parse(&buf[..n]) {
+            Ok(Packet::Rrq(req)) => {
+                on_read_request(&shared, &m, &files, &active, &sock, peer, req).await;
+            }
+            Ok(Packet::Wrq(req)) => {
+                m.error("write_refused");
+                m.request("-", "refused");
+                tracing::warn!(%peer, file = %req.filename, "TFTP write request refused: this server is read-only");
+                let _ = sock
+                    .send_to(
+                        &error_packet(ErrorCode::AccessViolation, "read-only server"),
+                        peer,
+                    )
+                    .await;
+            }
+            Ok(other) => {
+                m.error("unexpected_packet");
+                tracing::debug!(%peer, packet = ?other, "TFTP packet other than a request on the listening port; dropped");
+            }
+            Err(e) => {
+                m.error("malformed");
+                tracing::debug!(%peer, error = %e, "malformed TFTP packet dropped");
+            }
+        }
+    }
+}
+
+async fn on_read_request(
+    shared: &Arc<Shared>,
+    m: &TftpMetrics,
+    files: &Arc<BootFiles>,
+    active: &Active,
+    sock: &UdpSocket,
+    peer: SocketAddr,
+    req: Request,
+) {
+    let booter = shared.booter();
+    let name = match bootfiles::check_name(&req.filename, booter.boot_loader_names()) {
+        Ok(n) => n,
+        Err(r) => {
+            m.error(r.kind());
+            m.request("-", "refused");
+            tracing::warn!(%peer, file = %req.filename, reason = %r, "TFTP request refused");
+            let code = if r == bootfiles::Refusal::NotAllowed {
+                ErrorCode::FileNotFound
+            } else {
+                ErrorCode::AccessViolation
+            };
+            let _ = sock
+                .send_to(&error_packet(code, &r.to_string()), peer)
+                .await;
+            return;
+        }
+    };
+    if !active
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(peer)
+    {
+        // The client repeated its request while our first answer is on its way: one transfer per client port.
+        tracing::debug!(%peer, file = name, "repeated TFTP request ignored (transfer in progress)");
+        return;
+    }
+    let local = SocketAddr::new(
+        sock.local_addr()
+            .map(|a| a.ip())
+            .unwrap_or(server_ip(shared)),
+        0,
+    );
+    let (shared, files, active, m) = (shared.clone(), files.clone(), active.clone(), m.clone());
+    tokio::spawn(async move {
+        m.in_flight.inc();
+        let res = transfer_task(&shared, &m, &files, local, peer, &req, name).await;
+        m.in_flight.dec();
+        active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&peer);
+        if let Err(e) = res {
+            m.error("io");
+            m.request(name, "failed");
+            tracing::warn!(%peer, file = name, error = %e, "TFTP transfer failed");
+        }
+    });
+}
+
+fn server_ip(shared: &Shared) -> std::net::IpAddr {
+    shared.cluster().network.server.into()
+}
+
+/// Sends what the state machine asks for. DATA is built in `pkt` (header + slice of the file).
+async fn send_all(
+    sock: &UdpSocket,
+    out: &[Outgoing],
+    data: &Bytes,
+    pkt: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    for o in out {
+        match o {
+            Outgoing::Packet(p) => {
+                sock.send(p).await?;
+            }
+            Outgoing::Data { block, range } => {
+                encode_data_header(pkt, *block);
+                pkt.extend_from_slice(&data[range.start as usize..range.end as usize]);
+                sock.send(pkt).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn transfer_task(
+    shared: &Shared,
+    m: &TftpMetrics,
+    files: &Arc<BootFiles>,
+    local: SocketAddr,
+    peer: SocketAddr,
+    req: &Request,
+    name: &'static str,
+) -> std::io::Result<()> {
+    let sock = UdpSocket::bind(local).await?;
+    sock.connect(peer).await?;
+    let dir = shared.cluster().network.ipxe_binaries.clone();
+    let read = match files.cached(&dir, name) {
+        Ok(Some(d)) => Ok(d),
+        _ => {
+            let (files, dir) = (files.clone(), dir.clone());
+            tokio::task::spawn_blocking(move || files.read(&dir, name))
+                .await
+                .map_err(std::io::Error::other)?
+        }
+    };
+    let data = match read {
+        Ok(d) => d,
+        Err(e) => {
+            m.error("missing");
+            m.request(name, "missing");
+            tracing::error!(%peer, file = %dir.join(name).display(), error = %e, "TFTP: boot loader cannot be read");
+            sock.send(&error_packet(ErrorCode::FileNotFound, "file not available"))
+                .await?;
+            return Ok(());
+        }
+    };
+    let started = Instant::now();
+    let (mut t, out) = Transfer::start(req, data.len() as u64, &Limits::default(), started);
+    tracing::debug!(%peer, file = name, blksize = t.blksize(), windowsize = t.windowsize(), "TFTP transfer started");
+    let mut pkt = Vec::with_capacity(t.blksize() + 4);
+    let mut buf = vec![0u8; RECV_BUF];
+    send_all(&sock, &out, &data, &mut pkt).await?;
+    // One timer for the whole transfer, moved only when the state machine's deadline moves.
+    let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(t.deadline()));
+    tokio::pin!(timer);
+    while !t.finished() {
+        let deadline = tokio::time::Instant::from_std(t.deadline());
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        let out = tokio::select! {
+            r = sock.recv(&mut buf) => {
+                match r {
+                    Ok(n) => match Packet::parse(&buf[..n]) {
+                        Ok(p) => t.on_packet(&p, Instant::now()),
+                        Err(_) => { m.error("malformed"); Vec::new() }
+                    },
+                    // ICMP port unreachable: the client went away.
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        m.error("client_gone");
+                        m.request(name, "aborted");
+                        tracing::info!(%peer, file = name, "TFTP client went away");
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            _ = &mut timer => t.on_timeout(Instant::now()),
+        };
+        send_all(&sock, &out, &data, &mut pkt).await?;
+    }
+    m.retransmits.inc_by(t.retransmits);
+    m.bytes.inc_by(t.bytes_acked());
+    match t.phase() {
+        Phase::Done => {
+            m.request(name, "ok");
+            let secs = started.elapsed().as_secs_f64();
+            tracing::info!(%peer, file = name, bytes = data.len(), secs, blksize = t.blksize(), windowsize = t.windowsize(), "TFTP transfer complete");
+            let detail = format!("{name} via TFTP");
+            match super::peers::mac_for_ip(shared, peer.ip()) {
+                Some(mac) => {
+                    shared
+                        .events
+                        .record(mac, "bootfile", detail, Source::Server);
+                }
+                None => {
+                    tracing::debug!(%peer, "TFTP peer is no inventory machine; no boot event recorded")
+                }
+            }
+        }
+        _ => {
+            let (kind, what) = match t.failure() {
+                Some(Failure::TimedOut) => ("timeout", "timed out".to_string()),
+                Some(Failure::ClientError { code, message }) => {
+                    ("client_error", format!("client error {code}: {message}"))
+                }
+                _ => ("illegal_packet", "illegal packet".to_string()),
+            };
+            m.error(kind);
+            m.request(name, "failed");
+            if kind == "client_error" {
+                // Routine: many PXE ROMs ask for tsize, then abort with ERROR 8 and ask again.
+                tracing::info!(%peer, file = name, reason = %what, "TFTP transfer ended by the client");
+            } else {
+                tracing::warn!(%peer, file = name, reason = %what, "TFTP transfer failed");
+            }
+        }
+    }
+    Ok(())
+}

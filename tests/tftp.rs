@@ -1,0 +1,304 @@
+//! TFTP against the real `imgbuild serve` in a private namespace, with real clients (curl, atftp).
+
+mod netboot;
+
+use std::path::Path;
+
+use netboot::*;
+
+/// An iPXE binaries dir: the real `snponly.efi` and `undionly.kpxe`, a `size`-byte blob as `ipxe.efi`
+/// (allowlisted name), and a planted symlink `evil.efi -> /etc/passwd`.
+fn ipxe_dir(blob_size: usize) -> (tempfile::TempDir, Vec<u8>) {
+    let d = tempfile::tempdir().unwrap();
+    for f in ["snponly.efi", "undionly.kpxe"] {
+        std::fs::copy(Path::new("/usr/lib/ipxe").join(f), d.path().join(f)).unwrap();
+    }
+    let mut blob = vec![0u8; blob_size];
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for b in blob.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    std::fs::write(d.path().join("ipxe.efi"), &blob).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", d.path().join("evil.efi")).unwrap();
+    (d, blob)
+}
+
+fn fetch_curl(ns: &Netns, out: &Path, file: &str, extra: &[&str]) -> std::process::Output {
+    let url = format!("tftp://{SERVER}/{file}");
+    let mut argv = vec!["curl", "-sS", "-o", out.to_str().unwrap()];
+    argv.extend_from_slice(extra);
+    argv.push(&url);
+    ns.exec(60, &argv)
+}
+
+#[test]
+fn root_tftp_curl_downloads_real_snponly_byte_identical_and_records_bootfile() {
+    let ns = Netns::new();
+    let c = ClusterDir::new(None);
+    let server = Server::start(&ns, &c);
+    let want = std::fs::read("/usr/lib/ipxe/snponly.efi").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("got");
+    for extra in [
+        &[][..],
+        &["--tftp-blksize", "1468"][..],
+        &["--tftp-blksize", "8192"][..],
+        &["--tftp-blksize", "65464"][..],
+        &["--tftp-no-options"][..],
+    ] {
+        let _ = std::fs::remove_file(&out);
+        let o = fetch_curl(&ns, &out, "snponly.efi", extra);
+        assert!(
+            o.status.success(),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            std::fs::read(&out).unwrap() == want,
+            "{extra:?}: content differs"
+        );
+    }
+    // ipxe.efi in Debian is a symlink to /boot/ipxe.efi: the configured file is resolved, that is fine.
+    let o = fetch_curl(&ns, &out, "ipxe.efi", &["--tftp-blksize", "1468"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read(&out).unwrap() == std::fs::read("/usr/lib/ipxe/ipxe.efi").unwrap());
+    // From worker-1's inventory address: a bootfile event for its MAC.
+    let o = fetch_curl(&ns, &out, "undionly.kpxe", &["--interface", WORKER1_IP]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read(&out).unwrap() == std::fs::read("/usr/lib/ipxe/undionly.kpxe").unwrap());
+    assert!(server.wait_log("TFTP transfer complete"));
+    let t0 = std::time::Instant::now();
+    let ev = loop {
+        let ev: Vec<_> = c
+            .events()
+            .into_iter()
+            .filter(|e| e["stage"] == "bootfile")
+            .collect();
+        if !ev.is_empty() || t0.elapsed().as_secs() > 5 {
+            break ev;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(
+        ev.len(),
+        1,
+        "one bootfile event (only worker-1 is in the inventory): {ev:?}"
+    );
+    assert_eq!(ev[0]["mac"], WORKER1);
+    assert!(ev[0]["detail"].as_str().unwrap().contains("undionly.kpxe"));
+    // grubnetaa64.efi is on the allowlist but Debian has no arm64 iPXE/GRUB here: said clearly at start-up.
+    assert!(
+        server.log_text().contains("boot loader MISSING"),
+        "{}",
+        server.log_text()
+    );
+    let (_, _, metrics) = http(&ns, &[], "/metrics");
+    let m = String::from_utf8(metrics).unwrap();
+    assert!(
+        m.contains(r#"imgbuild_tftp_requests_total{file="snponly.efi",result="ok"} 5"#),
+        "{m}"
+    );
+}
+
+#[test]
+fn root_tftp_atftp_windowsize_and_tsize_on_a_64mib_blob() {
+    let (bin, blob) = ipxe_dir(64 << 20);
+    let ns = Netns::new();
+    let c = ClusterDir::new(Some(bin.path()));
+    let server = Server::start(&ns, &c);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("got");
+    let outs = out.to_str().unwrap();
+    // blksize 512 with a window: 131072 blocks, so block numbers wrap past 65535.
+    for opts in [
+        vec![
+            "--option",
+            "blksize 1468",
+            "--option",
+            "windowsize 64",
+            "--option",
+            "tsize 0",
+        ],
+        vec!["--option", "blksize 512", "--option", "windowsize 16"],
+    ] {
+        let _ = std::fs::remove_file(&out);
+        let mut argv = vec!["atftp"];
+        argv.extend(opts.iter().copied());
+        argv.extend(["-g", "-r", "ipxe.efi", "-l", outs, SERVER]);
+        let o = ns.exec(120, &argv);
+        assert!(
+            o.status.success(),
+            "{opts:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            std::fs::read(&out).unwrap() == blob,
+            "{opts:?}: content differs"
+        );
+    }
+    let log = server.log_text();
+    assert!(log.contains("windowsize=64"), "{log}");
+    assert!(log.contains("windowsize=16"), "{log}");
+    // curl with a large block size and tsize (curl asks tsize by default).
+    let _ = std::fs::remove_file(&out);
+    let o = fetch_curl(&ns, &out, "ipxe.efi", &["--tftp-blksize", "65464"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read(&out).unwrap() == blob);
+}
+
+#[test]
+fn root_tftp_refuses_writes_traversal_absolute_symlinks_and_unlisted_names() {
+    let (bin, _) = ipxe_dir(1000);
+    let ns = Netns::new();
+    let c = ClusterDir::new(Some(bin.path()));
+    let server = Server::start(&ns, &c);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("got");
+    let outs = out.to_str().unwrap();
+    for (name, log_reason) in [
+        ("../../../etc/passwd", "path traversal refused"),
+        ("x/../snponly.efi", "path traversal refused"),
+        ("/etc/passwd", "absolute paths are refused"),
+        ("/snponly.efi", "absolute paths are refused"),
+        ("evil.efi", "file not served"),
+        ("ipxe.lkrn", "file not served"),
+        ("cluster.toml", "file not served"),
+    ] {
+        let _ = std::fs::remove_file(&out);
+        let o = ns.exec(20, &["atftp", "-g", "-r", name, "-l", outs, SERVER]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            !o.status.success() || text.contains("tftp: error"),
+            "{name}: {text}"
+        );
+        let got = std::fs::read(&out).unwrap_or_default();
+        assert!(got.is_empty(), "{name}: something was served");
+        assert!(
+            server.wait_log(&format!("file={name} reason={log_reason}")),
+            "{name}: no log line\n{}",
+            server.log_text()
+        );
+    }
+    // A write request: refused, and nothing appears in the boot loader directory.
+    let src = tmp.path().join("upload");
+    std::fs::write(&src, b"malicious").unwrap();
+    let url = format!("tftp://{SERVER}/snponly2.efi");
+    let o = ns.exec(20, &["curl", "-sS", "-T", src.to_str().unwrap(), &url]);
+    // curl's exit code 69 is CURLE_TFTP_PERM: the server answered with an access violation.
+    assert_eq!(
+        o.status.code(),
+        Some(69),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(server.wait_log("TFTP write request refused"));
+    assert!(!bin.path().join("snponly2.efi").exists());
+    // Malformed datagrams are dropped and counted; the server keeps serving.
+    let o = ns.exec(
+        10,
+        &[
+            "python3",
+            "-c",
+            "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+             for p in [b'', b'\\x00', b'\\x00\\x09zz', b'\\x00\\x01noterm', b'\\x00\\x01f\\x00weird\\x00', b'\\xff'*600]:\n  s.sendto(p,('10.77.0.1',69))",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let _ = std::fs::remove_file(&out);
+    let o = fetch_curl(&ns, &out, "snponly.efi", &[]);
+    assert!(o.status.success());
+    let (_, _, m) = http(&ns, &[], "/metrics");
+    let m = String::from_utf8(m).unwrap();
+    let malformed: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"imgbuild_tftp_errors_total{kind="malformed"} "#))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(malformed >= 5, "{m}");
+    for kind in ["traversal", "absolute", "not_allowed", "write_refused"] {
+        assert!(
+            m.contains(&format!("imgbuild_tftp_errors_total{{kind=\"{kind}\"}}")),
+            "{kind}: {m}"
+        );
+    }
+}
+
+#[test]
+fn root_tftp_serves_100_concurrent_clients() {
+    let ns = Netns::new();
+    let c = ClusterDir::new(None);
+    let _server = Server::start(&ns, &c);
+    let want = std::fs::read("/usr/lib/ipxe/snponly.efi").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let kids: Vec<_> = (0..100)
+        .map(|i| {
+            let out = tmp.path().join(format!("got{i}"));
+            let url = format!("tftp://{SERVER}/snponly.efi");
+            ns.cmd("timeout")
+                .args(["60", "curl", "-sS", "--tftp-blksize", "1468", "-o"])
+                .arg(&out)
+                .arg(&url)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (i, mut k) in kids.into_iter().enumerate() {
+        assert!(k.wait().unwrap().success(), "client {i}");
+        assert!(
+            std::fs::read(tmp.path().join(format!("got{i}"))).unwrap() == want,
+            "client {i}"
+        );
+    }
+}
+
+#[test]
+fn root_tftp_retransmits_with_backoff_to_a_silent_client_and_stops_on_its_error() {
+    let ns = Netns::new();
+    let c = ClusterDir::new(None);
+    let server = Server::start(&ns, &c);
+    // A raw client that never acknowledges: block 1 must come again after 1 s, then after 2 s more.
+    let script = r#"
+import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(6)
+s.sendto(b'\x00\x01snponly.efi\x00octet\x00', ('10.77.0.1', 69))
+ts = []
+for i in range(3):
+    d, a = s.recvfrom(2000)
+    ts.append(time.monotonic())
+    assert d[:4] == b'\x00\x03\x00\x01', d[:4]
+s.sendto(b'\x00\x05\x00\x00client gives up\x00', a)
+print(' '.join('%.2f' % (t - ts[0]) for t in ts))
+"#;
+    let o = ns.exec(20, &["python3", "-c", script]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let t: Vec<f64> = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    assert!(
+        (0.8..1.8).contains(&t[1]),
+        "first retransmission after ~1 s: {t:?}"
+    );
+    assert!(
+        (2.6..4.0).contains(&t[2]),
+        "second after ~2 s more (backoff): {t:?}"
+    );
+    assert!(
+        server.wait_log("TFTP transfer ended by the client"),
+        "{}",
+        server.log_text()
+    );
+    assert!(server.log_text().contains("client gives up"));
+    let (_, _, m) = http(&ns, &[], "/metrics");
+    let m = String::from_utf8(m).unwrap();
+    assert!(m.contains("imgbuild_tftp_retransmits_total 2"), "{m}");
+    assert!(m.contains("imgbuild_tftp_transfers_in_flight 0"), "{m}");
+}
