@@ -838,4 +838,33 @@ fn root_netns_malformed_packets_are_dropped_and_counted_while_serving_continues(
             .count();
         assert_eq!(n, 10, "{reason}: {n} drops logged\n{log}");
     }
+    // The same counts in the Prometheus metrics served at /metrics.
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.srv_ns,
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+        ])
+        .arg("http://10.77.0.1:8080/metrics")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for reason in [
+        "truncated",
+        "oversize",
+        "bad_magic_cookie",
+        "wrong_op",
+        "bad_option_length",
+    ] {
+        let line = format!("imgbuild_dhcp_dropped_total{{reason=\"{reason}\"}} 10");
+        assert!(text.contains(&line), "{line} not in /metrics:\n{text}");
+    }
+    assert!(
+        text.contains("imgbuild_dhcp_replies_total{type=\"ack\"} 2"),
+        "{text}"
+    );
 }
