@@ -1,12 +1,17 @@
 //! The `imgbuild` command line: parsing (clap) and one module per subcommand.
 
+mod build;
 mod check;
 mod enroll;
+mod fetch;
+mod gc;
+mod images;
 mod kubeconfig;
 mod pin;
 mod profile;
 mod secrets;
 mod serve;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,8 +41,18 @@ pub struct Cli {
 pub enum Command {
     /// Validate cluster.toml, every profile and every template; report all problems at once.
     Check(check::Args),
-    /// Show, render or build the profile of one role (master, worker, storage).
+    /// Build the image of one role (master, worker, storage), or show / render its profile.
     Profile(profile::Args),
+    /// Build the image of every role.
+    Build(build::Args),
+    /// Download and verify every artifact into the cache; write or check imgbuild.lock.
+    Fetch(fetch::Args),
+    /// List the images in the store.
+    Images(images::Args),
+    /// Re-hash an image against its id.
+    Verify(verify::Args),
+    /// Remove images no role pins, keeping the newest N.
+    Gc(gc::Args),
     /// Pin the image a role boots (`pin <role> <image-id>`), or list the pins (`pin --list`).
     Pin(pin::Args),
     /// Generate the cluster's secrets (CAs, service-account keys, bootstrap token) once.
@@ -81,6 +96,11 @@ pub fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Check(a) => check::run(&cli, a),
         Command::Profile(a) => profile::run(&cli, a),
+        Command::Build(a) => build::run(&cli, a),
+        Command::Fetch(a) => fetch::run(&cli, a),
+        Command::Images(a) => images::run(&cli, a),
+        Command::Verify(a) => verify::run(&cli, a),
+        Command::Gc(a) => gc::run(&cli, a),
         Command::Pin(a) => pin::run(&cli, a),
         Command::Serve(a) => serve::run(&cli, a),
         Command::Secrets(a) => secrets::run(&cli, a),

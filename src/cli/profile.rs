@@ -1,4 +1,5 @@
-//! `imgbuild profile <role>`: show the resolved profile, render the role's file tree.
+//! `imgbuild profile <role>`: build the role's image; `--show` prints the resolved profile, `--render <dir>`
+//! writes the role's file tree.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,6 +18,9 @@ pub struct Args {
     /// Write the exact tree of files a node of this role carries into this directory.
     #[arg(long, value_name = "DIR")]
     pub render: Option<PathBuf>,
+    /// Build with labelled stand-ins for kubeadm, kubelet, containerd, ... (never a real cluster image).
+    #[arg(long)]
+    pub standins: bool,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
@@ -67,8 +71,13 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    anyhow::bail!(
-        "nothing to do: pass --show to print the {} profile or --render <dir> to write its files",
-        args.role
-    )
+    let opts = super::build::options(args.standins, args.json);
+    let report = crate::image::build::build(&cluster, args.role, &opts)
+        .map_err(|e| anyhow::anyhow!("building the {} image: {e}", args.role))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        super::build::print_report(&report);
+    }
+    Ok(ExitCode::SUCCESS)
 }

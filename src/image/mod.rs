@@ -1,5 +1,21 @@
 //! Node images: the role layer, the base, packing, and the immutable content-addressed store.
+//!
+//! - [`build`]: one role's image from its inputs, with caches at every level.
+//! - [`base`]: the Debian base from mmdebstrap; [`layer`]: the role layer over it.
+//! - [`artifacts`], [`lock`], [`install`], [`standins`]: kubeadm & co. — fetched and verified, or stand-ins.
+//! - [`initrd`]: the netboot initrd; [`squashfs`]: the root filesystem image.
+//! - [`store`]: `images/<id>/`, written once; [`manifest`], [`pins`], [`tree`].
 
+pub mod artifacts;
+pub mod base;
+pub mod build;
+pub mod initrd;
+pub mod install;
+pub mod layer;
+pub mod lock;
 pub mod manifest;
 pub mod pins;
+pub mod squashfs;
+pub mod standins;
+pub mod store;
 pub mod tree;

@@ -1,0 +1,36 @@
+//! `imgbuild gc [--keep N]`: remove images no role pins, keeping the newest N of them.
+
+use std::process::ExitCode;
+
+use super::Cli;
+use crate::image::pins::Pins;
+use crate::image::store;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// How many unpinned images to keep (the newest), for a quick roll back.
+    #[arg(long, default_value_t = 2)]
+    pub keep: usize,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
+    let cluster = super::load_cluster(&cli.config)?;
+    let pins = Pins::load(&Pins::path(&cluster))?;
+    let removed = store::gc(&cluster.paths.images, &pins, args.keep)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&removed)?);
+    } else {
+        for id in &removed {
+            println!("removed {id}");
+        }
+        println!(
+            "{} image(s) removed; pinned images and the newest {} unpinned kept",
+            removed.len(),
+            args.keep
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,45 @@
+//! `imgbuild images`: the images in the store, newest first, with the roles that pin them.
+
+use std::process::ExitCode;
+
+use super::Cli;
+use crate::image::pins::Pins;
+use crate::image::store;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
+    let cluster = super::load_cluster(&cli.config)?;
+    let pins = Pins::load(&Pins::path(&cluster))?;
+    let list = store::list(&cluster.paths.images, &pins)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if list.is_empty() {
+        println!(
+            "no images in {}; build one with `imgbuild profile <role>`",
+            cluster.paths.images.display()
+        );
+    }
+    for i in &list {
+        let size = format!("{:.1} MiB", i.size as f64 / (1u64 << 20) as f64);
+        let mut notes = Vec::new();
+        if !i.pinned_by.is_empty() {
+            notes.push(format!("pinned by {}", i.pinned_by.join(", ")));
+        }
+        if i.standins {
+            notes.push("STAND-INS".into());
+        }
+        if let Some(p) = &i.problem {
+            notes.push(format!("DAMAGED: {p}"));
+        }
+        println!("{}  {:<8} {:>10}  {}", i.id, i.role, size, notes.join("; "));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,414 @@
+//! Artifacts (kubeadm, kubelet, containerd, ...): download, verify, keep in a content-addressed cache.
+//!
+//! `imgbuild fetch` downloads each `[artifacts.*]` source (`https://`, `http://`, `file://`), checks it against
+//! the upstream checksum (`checksum_url`, a `.sha256` file with a bare digest or `digest  filename` lines) and
+//! against `imgbuild.lock`, and stores it as `cache/artifacts/<sha256>`. A build calls [`resolve`], which never
+//! downloads: every artifact must be locked and present in the cache with the locked digest.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::lock::{Lock, LockEntry, LockError, Verified};
+use crate::config::{Artifact, Cluster};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    #[error("artifact {name}: cannot download {url}: {detail}")]
+    Download {
+        name: String,
+        url: String,
+        detail: String,
+    },
+    #[error(
+        "artifact {name}: checksum file {url} has no sha256 for {file:?} (expected a bare 64-hex digest or \"<digest>  {file}\" lines)"
+    )]
+    NoChecksum {
+        name: String,
+        url: String,
+        file: String,
+    },
+    #[error(
+        "artifact {name}: {url} has sha256 {actual}, but upstream's checksum file says {expected}: the download is corrupt or tampered with; nothing was stored"
+    )]
+    UpstreamMismatch {
+        name: String,
+        url: String,
+        expected: String,
+        actual: String,
+    },
+    #[error(
+        "artifact {name}: LOCK MISMATCH: {url} now has sha256 {actual}, but imgbuild.lock records {locked}. \
+         The file changed upstream or in your mirror. Nothing was stored; if the change is expected, delete the \
+         [[artifact]] entry for {name} from imgbuild.lock and run `imgbuild fetch` again"
+    )]
+    LockMismatch {
+        name: String,
+        url: String,
+        locked: String,
+        actual: String,
+    },
+    #[error(
+        "artifact {name} ({version}) is not fetched: {reason}. Run `imgbuild fetch` (or build with --standins \
+         for a labelled stand-in image)"
+    )]
+    Missing {
+        name: String,
+        version: String,
+        reason: String,
+    },
+    #[error(
+        "artifact {name}: cached file {path} has sha256 {actual}, not the locked {locked}: the cache is damaged; \
+         delete it and run `imgbuild fetch`"
+    )]
+    CacheCorrupt {
+        name: String,
+        path: PathBuf,
+        locked: String,
+        actual: String,
+    },
+    #[error("cannot write the artifact cache {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Lock(#[from] LockError),
+}
+
+/// The content-addressed artifact cache: `cache/artifacts/<sha256>`.
+pub fn cache_dir(cluster: &Cluster) -> PathBuf {
+    cluster.paths.cache.join("artifacts")
+}
+
+/// A verified artifact file ready to install.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+    pub path: PathBuf,
+}
+
+/// What one fetch did for one artifact.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Fetched {
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+    pub size: u64,
+    /// Already in the cache with the locked digest: nothing downloaded.
+    pub cached: bool,
+    /// `upstream checksum` or `trusted on first fetch`.
+    pub verified: String,
+    /// The lock gained or changed this entry.
+    pub lock_updated: bool,
+}
+
+/// Opens a URL for reading: `file://`, `http://` or `https://`.
+fn open(name: &str, url: &str) -> Result<Box<dyn Read + Send>, ArtifactError> {
+    let err = |detail: String| ArtifactError::Download {
+        name: name.to_string(),
+        url: url.to_string(),
+        detail,
+    };
+    if let Some(path) = url.strip_prefix("file://") {
+        let f = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+        return Ok(Box::new(f));
+    }
+    if url.starts_with("http://") || url.starts_with("https://") {
+        let resp = ureq::get(url).call().map_err(|e| err(e.to_string()))?;
+        return Ok(Box::new(resp.into_body().into_reader()));
+    }
+    Err(err(
+        "unsupported scheme; use https://, http:// or file://".into()
+    ))
+}
+
+/// The file name a checksum line must name: the last path segment of the URL.
+fn file_name(url: &str) -> &str {
+    url.rsplit('/').next().unwrap_or(url)
+}
+
+/// Picks the digest for `file` from a checksum file: a bare 64-hex digest, or `<hex>  <name>` / `<hex> *<name>`
+/// lines (sha256sum format; the name may carry a path).
+pub fn parse_checksum(text: &str, file: &str) -> Option<String> {
+    let is_hex = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    if lines.len() == 1 && is_hex(lines[0]) {
+        return Some(lines[0].to_ascii_lowercase());
+    }
+    for l in lines {
+        let mut parts = l.split_whitespace();
+        let (Some(hex), Some(name)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let name = name.trim_start_matches('*');
+        let base = name.rsplit('/').next().unwrap_or(name);
+        if is_hex(hex) && (name == file || base == file) {
+            return Some(hex.to_ascii_lowercase());
+        }
+    }
+    None
+}
+
+fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Fetches every artifact of the cluster, verifies it and updates `imgbuild.lock`.
+pub fn fetch_all(
+    cluster: &Cluster,
+    mut on_progress: impl FnMut(&str),
+) -> Result<Vec<Fetched>, ArtifactError> {
+    let lock_path = &cluster.paths.lock;
+    let mut lock = Lock::load(lock_path)?;
+    let dir = cache_dir(cluster);
+    std::fs::create_dir_all(&dir).map_err(|source| ArtifactError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    let mut out = Vec::new();
+    for (name, art) in &cluster.artifacts {
+        on_progress(name);
+        let r = fetch_one(&dir, &mut lock, name, art);
+        // Save what was verified so far, even when a later artifact fails.
+        if r.as_ref().is_ok_and(|f| f.lock_updated) {
+            lock.save(lock_path)?;
+        }
+        out.push(r?);
+    }
+    Ok(out)
+}
+
+fn fetch_one(
+    dir: &Path,
+    lock: &mut Lock,
+    name: &str,
+    art: &Artifact,
+) -> Result<Fetched, ArtifactError> {
+    let locked = lock
+        .get(name)
+        .filter(|e| e.url == art.url && e.version == art.version)
+        .cloned();
+    // Already cached with the locked digest: nothing to download.
+    if let Some(e) = &locked {
+        let p = dir.join(&e.sha256);
+        if p.is_file() && sha256_file(&p).ok().as_deref() == Some(e.sha256.as_str()) {
+            return Ok(Fetched {
+                name: name.into(),
+                version: art.version.clone(),
+                sha256: e.sha256.clone(),
+                size: p.metadata().map(|m| m.len()).unwrap_or(0),
+                cached: true,
+                verified: e.verified.to_string(),
+                lock_updated: false,
+            });
+        }
+    }
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ArtifactError::Io { path, source }
+    };
+    // Download into a temp file beside the cache, hashing as we go.
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io(dir))?;
+    let mut reader = open(name, &art.url)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = reader.read(&mut buf).map_err(|e| ArtifactError::Download {
+            name: name.into(),
+            url: art.url.clone(),
+            detail: e.to_string(),
+        })?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        h.update(&buf[..n]);
+        tmp.write_all(&buf[..n]).map_err(io(tmp.path()))?;
+    }
+    let actual = hex::encode(h.finalize());
+    let verified = match &art.checksum_url {
+        Some(curl) => {
+            let mut text = String::new();
+            open(name, curl)?
+                .read_to_string(&mut text)
+                .map_err(|e| ArtifactError::Download {
+                    name: name.into(),
+                    url: curl.clone(),
+                    detail: e.to_string(),
+                })?;
+            let file = file_name(&art.url);
+            let expected =
+                parse_checksum(&text, file).ok_or_else(|| ArtifactError::NoChecksum {
+                    name: name.into(),
+                    url: curl.clone(),
+                    file: file.into(),
+                })?;
+            if expected != actual {
+                return Err(ArtifactError::UpstreamMismatch {
+                    name: name.into(),
+                    url: art.url.clone(),
+                    expected,
+                    actual,
+                });
+            }
+            Verified::Upstream
+        }
+        None => Verified::TrustOnFirstFetch,
+    };
+    if let Some(e) = &locked
+        && e.sha256 != actual
+    {
+        return Err(ArtifactError::LockMismatch {
+            name: name.into(),
+            url: art.url.clone(),
+            locked: e.sha256.clone(),
+            actual,
+        });
+    }
+    tmp.as_file().sync_all().map_err(io(tmp.path()))?;
+    let dest = dir.join(&actual);
+    tmp.persist(&dest).map_err(|e| ArtifactError::Io {
+        path: dest.clone(),
+        source: e.error,
+    })?;
+    if verified == Verified::TrustOnFirstFetch && locked.is_none() {
+        tracing::warn!(
+            artifact = name,
+            sha256 = %actual,
+            "upstream publishes no checksum for {name}: trusting this first download and recording its digest in imgbuild.lock"
+        );
+    }
+    let lock_updated = locked.is_none();
+    lock.upsert(LockEntry {
+        name: name.into(),
+        version: art.version.clone(),
+        url: art.url.clone(),
+        sha256: actual.clone(),
+        verified,
+    });
+    Ok(Fetched {
+        name: name.into(),
+        version: art.version.clone(),
+        sha256: actual,
+        size,
+        cached: false,
+        verified: verified.to_string(),
+        lock_updated,
+    })
+}
+
+/// The locked digest of every artifact, without touching the files (for the image's input digest).
+pub fn locked_digests(cluster: &Cluster) -> Result<BTreeMap<String, String>, ArtifactError> {
+    let lock = Lock::load(&cluster.paths.lock)?;
+    let mut out = BTreeMap::new();
+    for (name, art) in &cluster.artifacts {
+        let e = locked_entry(&lock, name, art)?;
+        out.insert(name.clone(), e.sha256.clone());
+    }
+    Ok(out)
+}
+
+fn locked_entry<'l>(
+    lock: &'l Lock,
+    name: &str,
+    art: &Artifact,
+) -> Result<&'l LockEntry, ArtifactError> {
+    let missing = |reason: String| ArtifactError::Missing {
+        name: name.into(),
+        version: art.version.clone(),
+        reason,
+    };
+    let e = lock
+        .get(name)
+        .ok_or_else(|| missing("imgbuild.lock has no entry for it".into()))?;
+    if e.url != art.url || e.version != art.version {
+        return Err(missing(format!(
+            "imgbuild.lock records version {} from {}, but cluster.toml asks for {} from {}",
+            e.version, e.url, art.version, art.url
+        )));
+    }
+    Ok(e)
+}
+
+/// Every artifact of the cluster, verified: locked, present in the cache, and hashing to the locked digest.
+/// Never downloads.
+pub fn resolve(cluster: &Cluster) -> Result<Vec<Resolved>, ArtifactError> {
+    let lock = Lock::load(&cluster.paths.lock)?;
+    let dir = cache_dir(cluster);
+    let mut out = Vec::new();
+    for (name, art) in &cluster.artifacts {
+        let e = locked_entry(&lock, name, art)?;
+        let path = dir.join(&e.sha256);
+        if !path.is_file() {
+            return Err(ArtifactError::Missing {
+                name: name.clone(),
+                version: art.version.clone(),
+                reason: format!("{} is not in the cache", path.display()),
+            });
+        }
+        let actual = sha256_file(&path).map_err(|source| ArtifactError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        if actual != e.sha256 {
+            return Err(ArtifactError::CacheCorrupt {
+                name: name.clone(),
+                path,
+                locked: e.sha256.clone(),
+                actual,
+            });
+        }
+        out.push(Resolved {
+            name: name.clone(),
+            version: art.version.clone(),
+            sha256: actual,
+            path,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksum_files_bare_and_listed() {
+        let h1 = "a".repeat(64);
+        let h2 = "B".repeat(64);
+        assert_eq!(
+            parse_checksum(&format!("{h1}\n"), "x").as_deref(),
+            Some(h1.as_str())
+        );
+        let list = format!("{h1}  other.tar.gz\n{h2} *bin/runc.amd64\n");
+        assert_eq!(
+            parse_checksum(&list, "runc.amd64"),
+            Some("b".repeat(64)),
+            "sha256sum binary-mode line with a path"
+        );
+        assert_eq!(parse_checksum(&list, "other.tar.gz"), Some(h1.clone()));
+        assert_eq!(parse_checksum(&list, "missing"), None);
+        assert_eq!(parse_checksum("not a digest\n", "x"), None);
+    }
+}

@@ -1,0 +1,436 @@
+//! Building one role's image: base → artifacts → initrd → role layer → squashfs → store, with a progress line
+//! per stage and a cache at every level.
+//!
+//! The image's inputs (base spec, rendered role layer, artifact digests, initrd templates, stand-ins flag) are
+//! hashed into an input key first; when `cache/index/<key>` names an intact image, the build is done (warm: no
+//! file is read but the manifest). Otherwise the base comes from its cache (or mmdebstrap), the initrd from its
+//! cache (or mkinitramfs), and only the role layer and the squashfs are made anew.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::artifacts::{self, ArtifactError};
+use super::base::{self, BaseError, BaseSpec};
+use super::initrd::{self, InitrdError};
+use super::install::{self, InstallError};
+use super::layer::{self, LayerError};
+use super::manifest::{FileEntry, INITRD, Inputs, KERNEL, Manifest, ROOTFS};
+use super::squashfs;
+use super::standins::{self, StandinError};
+use super::store::{self, StoreError};
+use super::tree::{self, TreeError};
+use crate::config::profile;
+use crate::config::{Cluster, ConfigError, Role};
+use crate::template::Engine;
+
+/// The manifest format this builder writes.
+pub const FORMAT: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tree(#[from] TreeError),
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
+    #[error(transparent)]
+    Standin(#[from] StandinError),
+    #[error("base layer: {0}")]
+    Base(#[from] BaseError),
+    #[error(transparent)]
+    Initrd(#[from] InitrdError),
+    #[error(transparent)]
+    Install(#[from] InstallError),
+    #[error("role layer: {0}")]
+    Layer(#[from] LayerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How to build.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Labelled stand-ins instead of the real kubeadm, kubelet, containerd, ...
+    pub standins: bool,
+    /// Draw progress spinners on stderr.
+    pub progress: bool,
+}
+
+/// One stage of a build.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stage {
+    pub name: &'static str,
+    pub seconds: f64,
+    /// Taken from a cache.
+    pub cached: bool,
+    pub detail: String,
+}
+
+/// What a build produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub role: Role,
+    pub id: String,
+    pub dir: PathBuf,
+    pub standins: bool,
+    /// The whole image came from the cache (no stage ran).
+    pub cached: bool,
+    /// The id already existed in the store: nothing in it changed.
+    pub existed: bool,
+    pub base_digest: String,
+    pub role_layer_digest: String,
+    pub files: BTreeMap<String, FileEntry>,
+    pub stages: Vec<Stage>,
+    pub seconds: f64,
+}
+
+/// Everything that decides an image's bytes, hashed: the key of the build index.
+#[derive(Serialize)]
+struct InputKey<'a> {
+    format: u32,
+    builder: &'static str,
+    role: Role,
+    chain: &'a [String],
+    standins: bool,
+    kernel_args: &'a [String],
+    config_digest: &'a str,
+    base_digest: &'a str,
+    role_layer_digest: &'a str,
+    artifacts: &'a BTreeMap<String, String>,
+    initrd_digest: &'a str,
+}
+
+/// sha256 of the parts of the configuration the image is built from that the role layer does not already cover
+/// as rendered bytes: the cluster section, the base section and the artifact sources.
+pub fn config_digest(cluster: &Cluster) -> String {
+    let v = serde_json::json!({
+        "cluster": cluster.cluster,
+        "base": cluster.base,
+        "artifacts": cluster.artifacts,
+    });
+    hex::encode(Sha256::digest(serde_json::to_vec(&v).expect("serializes")))
+}
+
+struct Progress {
+    multi: MultiProgress,
+    stages: Vec<Stage>,
+}
+
+impl Progress {
+    fn new(show: bool) -> Progress {
+        let target = if show {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        Progress {
+            multi: MultiProgress::with_draw_target(target),
+            stages: Vec::new(),
+        }
+    }
+
+    fn stage<T>(
+        &mut self,
+        name: &'static str,
+        what: &str,
+        f: impl FnOnce() -> Result<(T, bool, String), BuildError>,
+    ) -> Result<T, BuildError> {
+        let pb = self.multi.add(ProgressBar::new_spinner());
+        pb.set_style(
+            ProgressStyle::with_template("{spinner} {prefix:<10} {msg} {elapsed}")
+                .expect("static template"),
+        );
+        pb.set_prefix(name);
+        pb.set_message(what.to_string());
+        pb.enable_steady_tick(Duration::from_millis(120));
+        let t = Instant::now();
+        let r = f();
+        let secs = t.elapsed().as_secs_f64();
+        match r {
+            Ok((v, cached, detail)) => {
+                pb.set_style(
+                    ProgressStyle::with_template("✓ {prefix:<10} {msg}").expect("static template"),
+                );
+                pb.finish_with_message(format!(
+                    "{detail}{} {secs:.1} s",
+                    if cached { " (cached)" } else { "" }
+                ));
+                self.stages.push(Stage {
+                    name,
+                    seconds: secs,
+                    cached,
+                    detail,
+                });
+                Ok(v)
+            }
+            Err(e) => {
+                pb.set_style(
+                    ProgressStyle::with_template("✗ {prefix:<10} {msg}").expect("static template"),
+                );
+                pb.finish_with_message("failed");
+                Err(e)
+            }
+        }
+    }
+}
+
+fn human(bytes: u64) -> String {
+    if bytes >= 1 << 20 {
+        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+    } else {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    }
+}
+
+/// Where the root filesystem is unpacked and assembled: `$IMGBUILD_WORKDIR`, else `/dev/shm` when it is a tmpfs
+/// with room for a root (4 GiB free: unpacking, packing and deleting 700 MB of small files is several times
+/// faster in RAM), else `cache/work`.
+pub fn work_dir(cluster: &Cluster) -> PathBuf {
+    if let Some(d) = std::env::var_os("IMGBUILD_WORKDIR") {
+        return PathBuf::from(d);
+    }
+    let shm = Path::new("/dev/shm");
+    let free = (|| {
+        let c = std::ffi::CString::new("/dev/shm").ok()?;
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid C string and a zeroed statvfs the call fills in.
+        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+            return None;
+        }
+        Some(st.f_bavail as u64 * st.f_frsize as u64)
+    })();
+    if free.is_some_and(|f| f >= 4 << 30) {
+        return shm.join("imgbuild-work");
+    }
+    cluster.paths.cache.join("work")
+}
+
+/// Builds (or finds in the cache) the image of `role`.
+pub fn build(cluster: &Cluster, role: Role, opts: &Options) -> Result<Report, BuildError> {
+    let t0 = Instant::now();
+    let profile = profile::resolve(&cluster.paths.profiles, role)?;
+    let engine = Engine::new(&cluster.paths.profiles, &cluster.paths.ipxe);
+    let tree = tree::render(cluster, &profile, &engine)?;
+    let role_layer_digest = tree.digest();
+    let spec = BaseSpec::new(cluster, &profile);
+    let base_digest = spec.digest();
+    let (artifact_digests, standin_files) = if opts.standins {
+        let s = standins::generate(cluster, &engine)?;
+        (s.digests.clone(), Some(s))
+    } else {
+        (artifacts::locked_digests(cluster)?, None)
+    };
+    let initrd_cfg = initrd::render(cluster, &engine, &base_digest)?;
+    let config_digest = config_digest(cluster);
+    let key = hex::encode(Sha256::digest(
+        serde_json::to_vec(&InputKey {
+            format: FORMAT,
+            builder: env!("CARGO_PKG_VERSION"),
+            role,
+            chain: &profile.chain,
+            standins: opts.standins,
+            kernel_args: &profile.kernel_args,
+            config_digest: &config_digest,
+            base_digest: &base_digest,
+            role_layer_digest: &role_layer_digest,
+            artifacts: &artifact_digests,
+            initrd_digest: &initrd_cfg.digest,
+        })
+        .expect("serializes"),
+    ));
+    let index_dir = cluster.paths.cache.join("index");
+    let images = &cluster.paths.images;
+    if let Some((id, m)) = store::lookup(&index_dir, images, &key) {
+        return Ok(Report {
+            role,
+            dir: images.join(&id),
+            id,
+            standins: m.standins,
+            cached: true,
+            existed: true,
+            base_digest,
+            role_layer_digest,
+            files: m.files,
+            stages: Vec::new(),
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+    }
+
+    // Real artifacts are checked before anything expensive runs: a missing one fails at once.
+    let real = if opts.standins {
+        Vec::new()
+    } else {
+        artifacts::resolve(cluster)?
+    };
+
+    let mut p = Progress::new(opts.progress);
+    let base = p.stage("base", "mmdebstrap", || {
+        let b = base::ensure(&base::cache_dir(cluster), &spec)?;
+        let detail = format!(
+            "{} {}, {} packages",
+            spec.release,
+            &b.digest[..12],
+            spec.packages.len()
+        );
+        let cached = b.cached;
+        Ok((b, cached, detail))
+    })?;
+
+    let work_parent = work_dir(cluster);
+    std::fs::create_dir_all(&work_parent).map_err(|source| BuildError::Io {
+        path: work_parent.clone(),
+        source,
+    })?;
+    let work = tempfile::Builder::new()
+        .prefix("build-")
+        .tempdir_in(&work_parent)
+        .map_err(|source| BuildError::Io {
+            path: work_parent.clone(),
+            source,
+        })?;
+    let root = work.path().join("rootfs");
+    let staging = store::staging(images)?;
+
+    let kver = p.stage("unpack", "tar --numeric-owner", || {
+        base::unpack(&base, &root)?;
+        let kver = layer::kernel_version(&root)?;
+        let detail = format!("kernel {kver}");
+        Ok((kver, false, detail))
+    })?;
+
+    p.stage("initrd", "mkinitramfs + reproducible cpio", || {
+        let cache = initrd::cache_dir(cluster);
+        let cached_img = cache.join(format!("{}.img", initrd_cfg.digest));
+        let out = staging.path().join(INITRD);
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| BuildError::Io { path, source }
+        };
+        let cached = cached_img.is_file();
+        if !cached {
+            std::fs::create_dir_all(&cache).map_err(io(&cache))?;
+            initrd::build(&root, &kver, &initrd_cfg, &cached_img)?;
+        }
+        std::fs::copy(&cached_img, &out).map_err(io(&out))?;
+        let size = out.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok(((), cached, human(size)))
+    })?;
+
+    p.stage(
+        "artifacts",
+        if opts.standins {
+            "stand-ins"
+        } else {
+            "verified artifacts"
+        },
+        || {
+            let mut n = 0;
+            if let Some(s) = &standin_files {
+                for f in &s.files {
+                    install::put(&root, &f.path, &f.contents, f.mode)?;
+                    n += 1;
+                }
+            } else {
+                for a in &real {
+                    n += install::install_real(&root, &a.name, &a.path)?.len();
+                }
+            }
+            let detail = if opts.standins {
+                format!("{n} STAND-IN files (not a real cluster image)")
+            } else {
+                format!("{n} files from {} artifacts", real.len())
+            };
+            Ok(((), false, detail))
+        },
+    )?;
+
+    let packages = p.stage("role", "role layer", || {
+        layer::scrub(&root)?;
+        layer::apply_tree(&root, &tree)?;
+        layer::check_scrubbed(&root)?;
+        layer::preset(&root, &profile.enable_units)?;
+        let pk = layer::packages(&root)?;
+        let detail = format!(
+            "{} files, {} units, {}",
+            tree.files.len(),
+            profile.enable_units.len(),
+            &role_layer_digest[..12]
+        );
+        Ok((pk, false, detail))
+    })?;
+
+    p.stage("squashfs", "mksquashfs -comp zstd", || {
+        let kernel = root.join(format!("boot/vmlinuz-{kver}"));
+        let kout = staging.path().join(KERNEL);
+        std::fs::copy(&kernel, &kout).map_err(|source| BuildError::Io {
+            path: kernel.clone(),
+            source,
+        })?;
+        let out = staging.path().join(ROOTFS);
+        squashfs::pack(&root, &out)?;
+        let size = out.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok(((), false, human(size)))
+    })?;
+    p.stage("cleanup", "removing the work tree", || {
+        let path = work.path().to_path_buf();
+        work.close()
+            .map_err(|source| BuildError::Io { path, source })?;
+        Ok(((), false, String::new()))
+    })?;
+
+    let manifest = Manifest {
+        format: FORMAT,
+        role,
+        profile: profile.chain.clone(),
+        standins: opts.standins,
+        kernel_args: profile.kernel_args.clone(),
+        inputs: Inputs {
+            config_digest,
+            base_digest: base_digest.clone(),
+            role_layer_digest: role_layer_digest.clone(),
+            packages,
+            artifacts: artifact_digests,
+        },
+        files: BTreeMap::new(),
+    };
+    let (id, existed) = p.stage("store", "hash + rename into images/", || {
+        let (id, existed) = store::commit(images, staging, manifest)?;
+        let detail = format!(
+            "{}{}",
+            &id[..16],
+            if existed {
+                " (already in the store)"
+            } else {
+                ""
+            }
+        );
+        Ok(((id, existed), false, detail))
+    })?;
+    store::remember(&index_dir, &key, &id)?;
+    let m = Manifest::read(images, &id).map_err(StoreError::from)?;
+    Ok(Report {
+        role,
+        dir: images.join(&id),
+        id,
+        standins: opts.standins,
+        cached: false,
+        existed,
+        base_digest,
+        role_layer_digest,
+        files: m.files,
+        stages: p.stages,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}

@@ -1,0 +1,173 @@
+//! `imgbuild.lock`: the verified digest of every artifact, like `Cargo.lock`.
+//!
+//! `imgbuild fetch` writes it; a later fetch must match it; a build reads it and never downloads. Each entry
+//! records where the file came from and how its digest was established (`upstream` checksum file or
+//! `trust-on-first-fetch` when upstream publishes none).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// How the digest of an entry was established.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verified {
+    /// Checked against the checksum file upstream publishes.
+    Upstream,
+    /// Upstream publishes no checksum: the digest of the first download was recorded.
+    TrustOnFirstFetch,
+}
+
+impl std::fmt::Display for Verified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Verified::Upstream => "upstream checksum",
+            Verified::TrustOnFirstFetch => {
+                "trusted on first fetch (upstream publishes no checksum)"
+            }
+        })
+    }
+}
+
+/// One locked artifact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockEntry {
+    pub name: String,
+    pub version: String,
+    pub url: String,
+    pub sha256: String,
+    pub verified: Verified,
+}
+
+/// The whole lock file, entries sorted by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lock {
+    pub version: u32,
+    #[serde(default, rename = "artifact")]
+    pub artifacts: Vec<LockEntry>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("cannot read or write {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} is not a valid lock file: {detail}; delete it and run `imgbuild fetch` to write it again"
+    )]
+    Parse { path: PathBuf, detail: String },
+}
+
+/// The lock file format version this build writes and reads.
+pub const LOCK_VERSION: u32 = 1;
+
+impl Lock {
+    /// Reads the lock; a missing file is an empty lock.
+    pub fn load(path: &Path) -> Result<Lock, LockError> {
+        match std::fs::read_to_string(path) {
+            Ok(s) => {
+                let lock: Lock = toml::from_str(&s).map_err(|e| LockError::Parse {
+                    path: path.to_path_buf(),
+                    detail: e.to_string(),
+                })?;
+                if lock.version != LOCK_VERSION {
+                    return Err(LockError::Parse {
+                        path: path.to_path_buf(),
+                        detail: format!(
+                            "version {} (this imgbuild reads version {LOCK_VERSION})",
+                            lock.version
+                        ),
+                    });
+                }
+                Ok(lock)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Lock {
+                version: LOCK_VERSION,
+                artifacts: Vec::new(),
+            }),
+            Err(source) => Err(LockError::Io {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    /// The entry of an artifact.
+    pub fn get(&self, name: &str) -> Option<&LockEntry> {
+        self.artifacts.iter().find(|e| e.name == name)
+    }
+
+    /// Adds or replaces the entry of `entry.name`, keeping the entries sorted.
+    pub fn upsert(&mut self, entry: LockEntry) {
+        self.artifacts.retain(|e| e.name != entry.name);
+        self.artifacts.push(entry);
+        self.artifacts.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+
+    /// The file's text: a header and TOML.
+    pub fn to_text(&self) -> String {
+        let mut lock = self.clone();
+        lock.version = LOCK_VERSION;
+        lock.artifacts.sort_by(|a, b| a.name.cmp(&b.name));
+        format!(
+            "# imgbuild.lock: the verified sha256 of every artifact. Written by `imgbuild fetch`; commit it.\n\
+             # A build uses only files whose digest is recorded here.\n\n{}",
+            toml::to_string(&lock).expect("lock serializes")
+        )
+    }
+
+    /// Writes the lock atomically (temp file, fsync, rename).
+    pub fn save(&self, path: &Path) -> Result<(), LockError> {
+        let io = |source| LockError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+        tmp.write_all(self.to_text().as_bytes()).map_err(io)?;
+        tmp.as_file().sync_all().map_err(io)?;
+        tmp.persist(path).map_err(|e| io(e.error))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_sorted_and_rejects_other_versions() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("imgbuild.lock");
+        let mut l = Lock::load(&p).unwrap();
+        assert!(l.artifacts.is_empty());
+        for n in ["runc", "kubeadm"] {
+            l.upsert(LockEntry {
+                name: n.into(),
+                version: "1.0.0".into(),
+                url: format!("file:///m/{n}"),
+                sha256: "ab".repeat(32),
+                verified: Verified::Upstream,
+            });
+        }
+        l.save(&p).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.find("kubeadm").unwrap() < text.find("runc").unwrap());
+        assert_eq!(Lock::load(&p).unwrap(), {
+            let mut x = l.clone();
+            x.version = LOCK_VERSION;
+            x
+        });
+        std::fs::write(&p, text.replace("version = 1\n", "version = 7\n")).unwrap();
+        let e = Lock::load(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("version 7") && e.contains("imgbuild fetch"),
+            "{e}"
+        );
+    }
+}
