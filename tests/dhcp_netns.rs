@@ -622,9 +622,22 @@ fn root_netns_proxy_mode_beside_dnsmasq() {
         pxe_ack.fname_str().unwrap().unwrap().trim_end_matches('\0'),
         "undionly.kpxe"
     );
-    let ev = events(&lab);
+    // Events are recorded just after the reply is sent: allow the server a moment under load.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let ev = loop {
+        let ev = events(&lab);
+        if (ev.contains("52:54:00:77:00:13")
+            && ev.contains("dhcp-offer")
+            && ev.contains("dhcp-ack"))
+            || Instant::now() > deadline
+        {
+            break ev;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(
-        ev.contains("52:54:00:77:00:13") && ev.contains("dhcp-offer") && ev.contains("dhcp-ack")
+        ev.contains("52:54:00:77:00:13") && ev.contains("dhcp-offer") && ev.contains("dhcp-ack"),
+        "{ev}"
     );
     assert!(
         !ev.contains("52:54:00:77:00:12"),
