@@ -622,9 +622,22 @@ fn root_netns_proxy_mode_beside_dnsmasq() {
         pxe_ack.fname_str().unwrap().unwrap().trim_end_matches('\0'),
         "undionly.kpxe"
     );
-    let ev = events(&lab);
+    // Events are recorded just after the reply is sent: allow the server a moment under load.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let ev = loop {
+        let ev = events(&lab);
+        if (ev.contains("52:54:00:77:00:13")
+            && ev.contains("dhcp-offer")
+            && ev.contains("dhcp-ack"))
+            || Instant::now() > deadline
+        {
+            break ev;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(
-        ev.contains("52:54:00:77:00:13") && ev.contains("dhcp-offer") && ev.contains("dhcp-ack")
+        ev.contains("52:54:00:77:00:13") && ev.contains("dhcp-offer") && ev.contains("dhcp-ack"),
+        "{ev}"
     );
     assert!(
         !ev.contains("52:54:00:77:00:12"),
@@ -838,4 +851,33 @@ fn root_netns_malformed_packets_are_dropped_and_counted_while_serving_continues(
             .count();
         assert_eq!(n, 10, "{reason}: {n} drops logged\n{log}");
     }
+    // The same counts in the Prometheus metrics served at /metrics.
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.srv_ns,
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+        ])
+        .arg("http://10.77.0.1:8080/metrics")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for reason in [
+        "truncated",
+        "oversize",
+        "bad_magic_cookie",
+        "wrong_op",
+        "bad_option_length",
+    ] {
+        let line = format!("imgbuild_dhcp_dropped_total{{reason=\"{reason}\"}} 10");
+        assert!(text.contains(&line), "{line} not in /metrics:\n{text}");
+    }
+    assert!(
+        text.contains("imgbuild_dhcp_replies_total{type=\"ack\"} 2"),
+        "{text}"
+    );
 }

@@ -445,3 +445,45 @@ async fn a_failing_kubeadm_is_reported_with_its_output() {
     assert!(!lab.stages("worker-2").contains(&"joined".to_string()));
     assert!(!root.join("var/lib/imgbuild/joined").exists());
 }
+
+/// What `imgbuild --standins` images carry instead of the upstream manifests must still take the first master
+/// all the way: the stand-in MetalLB manifest has the namespace, the CRDs and the `controller` Deployment the
+/// first boot waits on (the lab boots exactly these images).
+#[tokio::test]
+async fn first_master_completes_with_the_images_standin_manifests() {
+    let lab = lab().await;
+    let m1 = lab.node("master-1");
+    let engine =
+        imgbuild::template::Engine::new(&lab.cluster.paths.profiles, &lab.cluster.paths.ipxe);
+    let standins = imgbuild::image::standins::generate(&lab.cluster, &engine).unwrap();
+    let mut replaced = 0;
+    for f in standins
+        .files
+        .iter()
+        .filter(|f| f.path.starts_with("/usr/share/imgbuild/manifests/"))
+    {
+        std::fs::write(m1.join(f.path.trim_start_matches('/')), &f.contents).unwrap();
+        replaced += 1;
+    }
+    assert_eq!(replaced, 3, "cni, metallb and longhorn stand-in manifests");
+    let (ok, log) = lab.firstboot("master-1").await;
+    assert!(
+        ok,
+        "master-1 failed with the stand-in manifests:\n{log}\nevents: {:?}",
+        lab.shared.events.for_mac(lab.machine("master-1").mac)
+    );
+    assert_eq!(
+        lab.stages("master-1"),
+        [
+            "firstboot-started",
+            "enrolled",
+            "kube-vip",
+            "kubeadm-init",
+            "init-done",
+            "cni",
+            "metallb",
+            "longhorn",
+            "joined"
+        ]
+    );
+}
