@@ -420,6 +420,14 @@ fn root_http_boot_loaders_health_metrics_and_event_validation() {
         post(&format!("mac={WORKER1}&stage=failed&detail=disk")).0,
         200
     );
+    // A stand-in binary's report is logged, outside the boot stages.
+    assert_eq!(
+        post(&format!(
+            "mac={WORKER1}&stage=standin&detail=STAND-IN+kubelet%3A+would+register"
+        ))
+        .0,
+        200
+    );
     let (code, msg) = post("mac=52:54:00:99:99:99&stage=systemd");
     assert_eq!(code, 400);
     assert!(msg.contains("not in the inventory"), "{msg}");
@@ -437,10 +445,12 @@ fn root_http_boot_loaders_health_metrics_and_event_validation() {
     assert!(msg.contains("mac, stage"), "{msg}");
     let ev = c.events();
     let node: Vec<_> = ev.iter().filter(|e| e["source"] == "node").collect();
-    assert_eq!(node.len(), 2, "{ev:?}");
+    assert_eq!(node.len(), 3, "{ev:?}");
     assert_eq!(node[0]["stage"], "rootfs-verified");
     assert_eq!(node[0]["detail"], "sha256 ok");
     assert_eq!(node[1]["stage"], "failed");
+    assert_eq!(node[2]["stage"], "standin");
+    assert_eq!(node[2]["detail"], "STAND-IN kubelet: would register");
 
     let (code, hdr, m) = http(&ns, &[], "/metrics");
     assert_eq!(code, 200);

@@ -2,9 +2,6 @@
 //! namespace (created and torn down by `imgbuild::vm::lab::Lab`), and the server's own event log is checked.
 //! All tests share one image build (cache `target/lab-cache`, store `target/lab-images`, serialised by a file
 //! lock). Images carry the labelled stand-ins: kubeadm and friends cannot be downloaded here.
-//!
-//! The three-role test is `#[ignore]`d until master-1 can reach `joined` with the stand-ins (see its reason);
-//! `cargo nextest run --run-ignored all --test lab_boot` runs it.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -132,7 +129,6 @@ fn chromium_dom(lab: &Lab) -> String {
 }
 
 #[test]
-#[ignore = "master-1 cannot reach `joined` with stand-ins yet: master-role.sh waits for MetalLB's controller Deployment, which the stand-in kubectl never reports Available (issues 3/7); run with --run-ignored all"]
 fn root_lab_bios_full_dhcp_master_worker_storage_reach_joined_in_order_and_page_shows_it() {
     let dir = tempfile::tempdir().unwrap();
     let hosts = ["master-1", "worker-1", "storage-1"];

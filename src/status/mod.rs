@@ -23,6 +23,10 @@ pub use node::{LAST_STAGE, NodeStatus};
 pub use report::Report;
 pub use web::routes;
 
+/// What a labelled stand-in binary (kubelet, containerd, runc, crictl, CNI plugins of a `--standins` image)
+/// reports: kept in the event log so the user sees what would have run, never a step of the boot state machine.
+pub const STANDIN_STAGE: &str = "standin";
+
 /// The boot stages in order. First-boot steps (from the Kubernetes units) follow `firstboot-started`.
 pub const STAGES: &[&str] = &[
     "dhcp-offer",

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::AppState;
 use crate::config::MacAddr;
-use crate::status::{STAGES, Source};
+use crate::status::{STAGES, STANDIN_STAGE, Source};
 
 #[derive(Debug, Deserialize)]
 pub struct EventForm {
@@ -54,11 +54,11 @@ pub async fn post_event(
         );
     }
     let stage = f.stage.trim();
-    if stage != "failed" && !STAGES.contains(&stage) {
+    if stage != "failed" && stage != STANDIN_STAGE && !STAGES.contains(&stage) {
         return bad(
             &st,
             format!(
-                "unknown stage {stage:?}; valid stages are {} and failed",
+                "unknown stage {stage:?}; valid stages are {}, failed and {STANDIN_STAGE}",
                 STAGES.join(", ")
             ),
         );
