@@ -39,10 +39,13 @@ fn events(lab: &Lab) -> Vec<Event> {
         .collect()
 }
 
-/// Stage names of `mac` in the order they were first recorded.
+/// Stage names of `mac` in the order they were first recorded (stand-in binaries' own reports are not stages).
 fn first_seen(events: &[Event], mac: MacAddr) -> Vec<String> {
     let mut seen = Vec::new();
-    for e in events.iter().filter(|e| e.mac == mac) {
+    for e in events
+        .iter()
+        .filter(|e| e.mac == mac && e.stage != imgbuild::status::STANDIN_STAGE)
+    {
         if !seen.contains(&e.stage) {
             seen.push(e.stage.clone());
         }
