@@ -187,6 +187,19 @@ impl Lab {
     }
 }
 
+/// The first master's first-boot steps, in order.
+const FIRST_MASTER_STAGES: [&str; 9] = [
+    "firstboot-started",
+    "enrolled",
+    "kube-vip",
+    "kubeadm-init",
+    "init-done",
+    "cni",
+    "metallb",
+    "longhorn",
+    "joined",
+];
+
 fn read(root: &Path, rel: &str) -> String {
     std::fs::read_to_string(root.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
 }
@@ -213,20 +226,7 @@ async fn firstboot_init_then_joins_in_order_with_standins() {
         "master-1 failed:\n{log}\nevents: {:?}",
         lab.shared.events.for_mac(lab.machine("master-1").mac)
     );
-    assert_eq!(
-        lab.stages("master-1"),
-        [
-            "firstboot-started",
-            "enrolled",
-            "kube-vip",
-            "kubeadm-init",
-            "init-done",
-            "cni",
-            "metallb",
-            "longhorn",
-            "joined"
-        ]
-    );
+    assert_eq!(lab.stages("master-1"), FIRST_MASTER_STAGES);
     let m1 = lab.node("master-1");
     // kube-vip ran on super-admin.conf during init and on admin.conf after.
     assert!(
@@ -472,18 +472,5 @@ async fn first_master_completes_with_the_images_standin_manifests() {
         "master-1 failed with the stand-in manifests:\n{log}\nevents: {:?}",
         lab.shared.events.for_mac(lab.machine("master-1").mac)
     );
-    assert_eq!(
-        lab.stages("master-1"),
-        [
-            "firstboot-started",
-            "enrolled",
-            "kube-vip",
-            "kubeadm-init",
-            "init-done",
-            "cni",
-            "metallb",
-            "longhorn",
-            "joined"
-        ]
-    );
+    assert_eq!(lab.stages("master-1"), FIRST_MASTER_STAGES);
 }
