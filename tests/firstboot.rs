@@ -329,7 +329,7 @@ async fn firstboot_init_then_joins_in_order_with_standins() {
     let stages = lab.stages("storage-1");
     assert_eq!(
         stages[stages.len() - 3..],
-        ["kubeadm-join", "longhorn", "joined"],
+        ["kubeadm-join", "longhorn-node", "joined"],
         "{stages:?}"
     );
     assert!(read(&st, "test-shim-systemctl.log").contains("start iscsid.service"));

@@ -192,6 +192,9 @@ fn root_lab_bios_full_dhcp_master_worker_storage_reach_joined_in_order_and_page_
         } else {
             "kubeadm-join"
         });
+        if m.role == Role::Storage {
+            must.push("longhorn-node");
+        }
         assert_stages_in_order(&evs, m.mac, h, &must);
     }
 }

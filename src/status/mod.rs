@@ -47,6 +47,8 @@ pub const STAGES: &[&str] = &[
     "metallb",
     "longhorn",
     "kubeadm-join",
+    // A storage node after its join: Longhorn disk annotation and create-default-disk label on its Node.
+    "longhorn-node",
     "joined",
 ];
 
