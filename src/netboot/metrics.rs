@@ -63,17 +63,10 @@ pub struct HttpMetrics {
     pub errors: Family<Kind, Counter>,
 }
 
-type SharedRegistry = std::sync::Mutex<Registry>;
-
-fn lock(r: &SharedRegistry) -> std::sync::MutexGuard<'_, Registry> {
-    r.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl TftpMetrics {
-    /// Builds the TFTP families and registers them in `registry` (`Shared::registry`); call once at start.
-    pub fn register(registry: &SharedRegistry) -> Self {
+    /// Builds the TFTP families and registers them in `r` (through `Shared::register_metrics`); call once at start.
+    pub fn register(r: &mut Registry) -> Self {
         let tftp = TftpMetrics::default();
-        let mut r = lock(registry);
         r.register(
             "tftp_requests",
             "TFTP read requests by file and result",
@@ -113,10 +106,9 @@ impl TftpMetrics {
 }
 
 impl HttpMetrics {
-    /// Builds the HTTP families and registers them in `registry` (`Shared::registry`); call once at start.
-    pub fn register(registry: &SharedRegistry) -> Self {
+    /// Builds the HTTP families and registers them in `r` (through `Shared::register_metrics`); call once at start.
+    pub fn register(r: &mut Registry) -> Self {
         let http = HttpMetrics::default();
-        let mut r = lock(registry);
         r.register(
             "http_requests",
             "HTTP requests by route and status",
@@ -164,14 +156,14 @@ mod tests {
 
     #[test]
     fn families_are_registered_and_encoded() {
-        let reg = std::sync::Mutex::new(Registry::with_prefix("imgbuild"));
-        let t = TftpMetrics::register(&reg);
-        let h = HttpMetrics::register(&reg);
+        let mut reg = Registry::with_prefix("imgbuild");
+        let t = TftpMetrics::register(&mut reg);
+        let h = HttpMetrics::register(&mut reg);
         t.request("snponly.efi", "ok");
         h.request("/images/{id}/{file}", 206);
         h.error("traversal");
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &reg.lock().unwrap()).unwrap();
+        prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
         assert!(
             out.contains(r#"imgbuild_tftp_requests_total{file="snponly.efi",result="ok"} 1"#),
             "{out}"

@@ -42,9 +42,13 @@ impl Shared {
         }
     }
 
-    /// Registers metric families (call once per protocol at start-up).
-    pub fn register_metrics(&self, f: impl FnOnce(&mut prometheus_client::registry::Registry)) {
-        f(&mut self.registry.lock().unwrap_or_else(|p| p.into_inner()));
+    /// Registers metric families (call once per protocol at start-up); returns what `f` returns, typically the
+    /// protocol's metric handles.
+    pub fn register_metrics<T>(
+        &self,
+        f: impl FnOnce(&mut prometheus_client::registry::Registry) -> T,
+    ) -> T {
+        f(&mut self.registry.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The Prometheus text exposition of every registered metric.

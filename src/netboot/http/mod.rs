@@ -58,7 +58,7 @@ fn routes(state: AppState) -> Router {
 /// Other modules' routers (`status::routes`, enrollment) are merged here.
 pub fn app(shared: Arc<Shared>) -> Router {
     let state = AppState {
-        metrics: HttpMetrics::register(&shared.registry),
+        metrics: shared.register_metrics(HttpMetrics::register),
         pins: Arc::new(PinWatch::new(&shared)),
         boot_files: Arc::new(BootFiles::new()),
         shared: shared.clone(),

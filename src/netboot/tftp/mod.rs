@@ -53,7 +53,7 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
 }
 
 async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
-    let m = TftpMetrics::register(&shared.registry);
+    let m = shared.register_metrics(TftpMetrics::register);
     let cluster = shared.cluster();
     let addr = SocketAddr::new(cluster.network.server.into(), cluster.network.tftp_port);
     let sock = UdpSocket::bind(addr).await.with_context(|| {
