@@ -27,20 +27,13 @@ pub const CA_FILES: &[&str] = &[
     "sa.pub",
 ];
 
+/// The files `secrets init` writes besides the CA set: the token, the discovery hash, the publish key.
+pub const OTHER_FILES: &[&str] = &["token.json", "discovery-hash", "publish.key"];
+
 /// Every file `secrets init` writes.
-pub const ALL_FILES: &[&str] = &[
-    "ca.crt",
-    "ca.key",
-    "front-proxy-ca.crt",
-    "front-proxy-ca.key",
-    "etcd/ca.crt",
-    "etcd/ca.key",
-    "sa.key",
-    "sa.pub",
-    "token.json",
-    "discovery-hash",
-    "publish.key",
-];
+pub fn all_files() -> impl Iterator<Item = &'static str> {
+    CA_FILES.iter().chain(OTHER_FILES).copied()
+}
 
 /// The loaded secrets.
 #[derive(Debug, Clone)]
@@ -77,7 +70,7 @@ fn ensure_dir(dir: &Path) -> Result<(), PkiError> {
 
 /// Generates every secret into `dir`. Refuses if any of the files already exists.
 pub fn init(dir: &Path) -> Result<Summary, PkiError> {
-    for f in ALL_FILES {
+    for f in all_files() {
         if dir.join(f).exists() {
             return Err(PkiError::Exists {
                 dir: dir.display().to_string(),
@@ -237,7 +230,7 @@ mod tests {
                 & 0o777,
             0o700
         );
-        for f in ALL_FILES {
+        for f in all_files() {
             let m = std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
             assert_eq!(m, 0o600, "{f}");
         }
