@@ -241,6 +241,69 @@ fn root_lab_uefi_proxy_dhcp_beside_dnsmasq_boots_master_and_worker() {
     }
 }
 
+/// UEFI HTTP Boot (OVMF, arch 16, PXE switched off): the firmware fetches `snponly.efi` over HTTP from the URL in
+/// the offer, iPXE then fetches its script. master-1 initialises the cluster worker-1 joins; worker-1 must go the
+/// whole way, and its boot loader must have come over HTTP, never TFTP.
+fn http_boot(dhcp: DhcpMode) {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = ["master-1", "worker-1"];
+    let mut lab = Lab::prepare(options(dir.path(), &hosts, Firmware::Http, dhcp)).unwrap();
+    for h in hosts {
+        lab.start_vm(h).unwrap();
+    }
+    let limit = lab.opts.timeout;
+    let report = lab
+        .wait(&["worker-1".to_string()], 1, limit, |n| n.done)
+        .unwrap_or_else(|f| panic!("{f}"));
+    println!("{}", imgbuild::vm::lab::summary(&report, lab.standins));
+    let evs = events(&lab);
+    let mut must = BOOT_PATH.to_vec();
+    if dhcp == DhcpMode::Proxy {
+        must.retain(|s| *s != "dhcp-ack");
+    }
+    must.push("bootfile");
+    must.push("kubeadm-join");
+    let w = lab.cluster.machine_by_hostname("worker-1").unwrap().clone();
+    assert_stages_in_order(&evs, w.mac, "worker-1", &must);
+    let loaders: Vec<&str> = evs
+        .iter()
+        .filter(|e| e.mac == w.mac && e.stage == "bootfile")
+        .map(|e| e.detail.as_str())
+        .collect();
+    assert!(
+        !loaders.is_empty() && loaders.iter().all(|d| d.ends_with("via HTTP")),
+        "worker-1's boot loader did not come over HTTP: {loaders:?}"
+    );
+    let m = lab.cluster.machine_by_hostname("master-1").unwrap().clone();
+    let seen = first_seen(&evs, m.mac);
+    for s in ["bootfile", "kernel", "systemd", "kubeadm-init", "init-done"] {
+        assert!(
+            seen.iter().any(|x| x == s),
+            "master-1 never reached {s}: {seen:?}"
+        );
+    }
+    if dhcp == DhcpMode::Proxy {
+        let log = std::fs::read_to_string(dir.path().join("dnsmasq.log")).unwrap_or_default();
+        for mac in [m.mac, w.mac] {
+            assert!(
+                log.lines()
+                    .any(|l| l.contains("DHCPACK") && l.contains(&mac.to_string())),
+                "dnsmasq never acknowledged {mac}: {log}"
+            );
+        }
+    }
+}
+
+#[test]
+fn root_lab_uefi_http_boot_full_dhcp_boots_master_and_worker() {
+    http_boot(DhcpMode::Full);
+}
+
+#[test]
+fn root_lab_uefi_http_boot_proxy_dhcp_beside_dnsmasq_boots_master_and_worker() {
+    http_boot(DhcpMode::Proxy);
+}
+
 #[test]
 fn root_lab_reboot_keeps_state_no_second_join_upgrade_then_rollback() {
     // master-1 initialises the cluster (its add-on steps do not matter here); worker-1 joins, then is power-cycled
