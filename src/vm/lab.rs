@@ -168,7 +168,14 @@ fn write_config(opts: &Options, user: &Cluster) -> anyhow::Result<PathBuf> {
     let mut doc: toml_edit::DocumentMut = text
         .parse()
         .with_context(|| format!("parsing {}", opts.config.display()))?;
-    let abs = |p: &Path| -> String { p.display().to_string() };
+    // The lab's config lives in the lab dir: a path relative to the user's working directory (`-c cluster.toml`
+    // gives `./profiles`) would be read relative to the lab dir instead.
+    let abs = |p: &Path| -> String {
+        std::path::absolute(p)
+            .unwrap_or_else(|_| p.to_path_buf())
+            .display()
+            .to_string()
+    };
     let images = opts.images.clone().unwrap_or(user.paths.images.clone());
     let cache = opts.cache.clone().unwrap_or(user.paths.cache.clone());
     let paths = toml_edit::table();
@@ -832,6 +839,34 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&lab.artifacts).unwrap(),
             serde_json::to_string(&user.artifacts).unwrap()
+        );
+    }
+
+    #[test]
+    fn lab_config_paths_are_absolute_when_the_user_config_path_is_relative() {
+        // `./scripts/lab` runs `imgbuild -c cluster.toml lab`: every path must still point at the user's files.
+        let d = tempfile::tempdir().unwrap();
+        let user_cfg = Path::new("cluster.toml");
+        let user = crate::config::load(user_cfg).unwrap();
+        let mut o = Options::new(user_cfg);
+        o.dir = d.path().join("lab");
+        std::fs::create_dir_all(&o.dir).unwrap();
+        let p = write_config(&o, &user).unwrap();
+        let lab = crate::config::load(&p).unwrap();
+        for path in [
+            &lab.paths.profiles,
+            &lab.paths.ipxe,
+            &lab.paths.images,
+            &lab.paths.cache,
+        ] {
+            assert!(path.is_absolute(), "{}", path.display());
+        }
+        assert!(lab.paths.profiles.join("master/profile.toml").is_file());
+        assert!(lab.paths.ipxe.is_dir());
+        let relative_dir = Options::new(user_cfg);
+        assert!(
+            relative_dir.dir.is_relative(),
+            "the default lab dir is beside the config"
         );
     }
 
