@@ -52,6 +52,49 @@ impl std::str::FromStr for Role {
     }
 }
 
+/// A machine's CPU architecture (Debian's names). It picks the image (one per role and architecture) and, at
+/// the boot decision, the boot loader: iPXE on amd64, GRUB on arm64 (Debian ships no arm64 iPXE).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    #[default]
+    Amd64,
+    Arm64,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 2] = [Arch::Amd64, Arch::Arm64];
+
+    /// Debian's architecture name (`dpkg --print-architecture`), also used in artifact URLs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+}
+
+impl std::fmt::Display for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Arch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "amd64" => Ok(Arch::Amd64),
+            "arm64" => Ok(Arch::Arm64),
+            other => Err(format!(
+                "unknown architecture {other:?}; valid architectures are amd64, arm64 (Debian's names)"
+            )),
+        }
+    }
+}
+
 /// Which container network the first master installs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -269,6 +312,8 @@ pub struct Machine {
     pub mac: MacAddr,
     pub hostname: String,
     pub role: Role,
+    /// CPU architecture (default amd64): with the role, it picks the image.
+    pub arch: Arch,
     pub ip: Ipv4Addr,
     /// The block device holding the persistent state partition (label `IMGBUILD-STATE`).
     pub state_disk: String,

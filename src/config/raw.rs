@@ -187,6 +187,7 @@ pub struct MachineRaw {
     pub mac: String,
     pub hostname: String,
     pub role: String,
+    pub arch: Option<String>,
     pub ip: String,
     pub state_disk: String,
     #[serde(default)]

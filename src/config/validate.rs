@@ -466,6 +466,14 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
                 None
             }
         };
+        let arch = match m.arch.as_deref().map(str::parse::<Arch>) {
+            None => Some(Arch::default()),
+            Some(Ok(a)) => Some(a),
+            Some(Err(e)) => {
+                c.error(&p!["machines", i, "arch"], e);
+                None
+            }
+        };
         let ip = c.ip(&p!["machines", i, "ip"], &m.ip);
         if let Some(ip) = ip {
             if let Some(first) = seen_ip.insert(ip, i) {
@@ -508,11 +516,12 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
                 format!("duplicate relay id {rid:?}: machines[{first}] already has it"),
             );
         }
-        if let (Some(mac), Some(role), Some(ip)) = (mac, role, ip) {
+        if let (Some(mac), Some(role), Some(arch), Some(ip)) = (mac, role, arch, ip) {
             machines.push(Machine {
                 mac,
                 hostname: m.hostname.clone(),
                 role,
+                arch,
                 ip,
                 state_disk: m.state_disk.clone(),
                 init_blank: m.init_blank,

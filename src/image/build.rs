@@ -393,6 +393,7 @@ pub fn build(cluster: &Cluster, role: Role, opts: &Options) -> Result<Report, Bu
     let manifest = Manifest {
         format: FORMAT,
         role,
+        arch: Default::default(),
         profile: profile.chain.clone(),
         standins: opts.standins,
         kernel_args: profile.kernel_args.clone(),

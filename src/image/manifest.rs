@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::Role;
+use crate::config::{Arch, Role};
 use crate::netboot::boot::PinnedImage;
 
 /// The artifact files every image has.
@@ -43,6 +43,9 @@ pub struct Inputs {
 pub struct Manifest {
     pub format: u32,
     pub role: Role,
+    /// The CPU architecture the image runs on (kernel, packages, artifacts). Pinned per role and architecture.
+    #[serde(default)]
+    pub arch: Arch,
     /// The profile chain, base first (`base`, `worker`).
     pub profile: Vec<String>,
     /// Built with labelled stand-in binaries instead of the real kubeadm/kubelet/...: never a real cluster.

@@ -251,6 +251,7 @@ mod tests {
         let mut m = Manifest {
             format: 1,
             role,
+            arch: Default::default(),
             profile: vec!["base".into(), role.to_string()],
             standins: true,
             kernel_args: vec![],

@@ -170,6 +170,7 @@ impl ClusterDir {
         let manifest = Manifest {
             format: 1,
             role,
+            arch: Default::default(),
             profile: vec!["base".into(), role.to_string()],
             standins,
             kernel_args: vec![
