@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 
 use super::Cli;
-use crate::config::{Cluster, Role};
+use crate::config::{Arch, Cluster, Role};
 use crate::image::manifest::Manifest;
 use crate::image::pins::Pins;
 
@@ -60,9 +60,10 @@ fn describe(cluster: &Cluster, id: &str) -> String {
     }
 }
 
-fn hosts(cluster: &Cluster, role: Role) -> String {
+fn hosts(cluster: &Cluster, role: Role, arch: Arch) -> String {
     let h: Vec<&str> = cluster
         .machines_with_role(role)
+        .filter(|m| m.arch == arch)
         .map(|m| m.hostname.as_str())
         .collect();
     if h.is_empty() {
@@ -79,10 +80,14 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     if args.list {
         println!("pins ({}):", path.display());
         for role in Role::ALL {
-            match pins.pins.get(&role) {
-                Some(id) => println!("  {role:<8} {}", describe(&cluster, id)),
-                None => {
-                    println!("  {role:<8} (nothing pinned: run `imgbuild pin {role} <image-id>`)")
+            for arch in Arch::ALL {
+                let used = cluster.machines_with_role(role).any(|m| m.arch == arch);
+                match pins.get(role, arch) {
+                    Some(id) => println!("  {role:<8} {arch:<6} {}", describe(&cluster, id)),
+                    None if used || arch == Arch::Amd64 => println!(
+                        "  {role:<8} {arch:<6} (nothing pinned: run `imgbuild profile {role} --arch {arch}` then `imgbuild pin {role} <image-id>`)"
+                    ),
+                    None => {}
                 }
             }
         }
@@ -92,20 +97,21 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         bail!("usage: imgbuild pin <role> <image-id>, or imgbuild pin --list");
     };
     let id = expand_id(&cluster, given)?;
-    let old = pins.pins.get(&role).cloned();
-    pins.pin(&cluster.paths.images, role, &id)?;
+    let before = pins.clone();
+    let arch = pins.pin(&cluster.paths.images, role, &id)?;
+    let old = before.get(role, arch).cloned();
     if old.as_deref() == Some(id.as_str()) {
-        println!("{role}: already pinned to {id}; nothing changed");
+        println!("{role} ({arch}): already pinned to {id}; nothing changed");
         return Ok(ExitCode::SUCCESS);
     }
     pins.save(&path)?;
     match old {
-        Some(o) => println!("{role}: {o} -> {}", describe(&cluster, &id)),
-        None => println!("{role}: (nothing) -> {}", describe(&cluster, &id)),
+        Some(o) => println!("{role} ({arch}): {o} -> {}", describe(&cluster, &id)),
+        None => println!("{role} ({arch}): (nothing) -> {}", describe(&cluster, &id)),
     }
     println!(
-        "Reboot the {role} machines ({}) to boot it; a running `imgbuild serve` uses the new pin from its next boot script.",
-        hosts(&cluster, role)
+        "Reboot the {role} machines on {arch} ({}) to boot it; a running `imgbuild serve` uses the new pin from its next boot script.",
+        hosts(&cluster, role, arch)
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -227,6 +227,12 @@ pub struct Network {
     pub unknown_pool: Option<Pool>,
     /// Where the iPXE binaries (`undionly.kpxe`, `ipxe.efi`, `snp.efi`, `snponly.efi`) are read from.
     pub ipxe_binaries: PathBuf,
+    /// Debian's arm64 GRUB modules (`grub-efi-arm64-bin`, extracted by `scripts/setup`): the server makes the
+    /// arm64 netboot loader `grubnetaa64.efi` from them when the inventory has arm64 machines.
+    pub grub_modules: PathBuf,
+    /// The HTTP port GRUB fetches from. GRUB 2.06 (Debian 12) cannot put a port in `(http,host)`, so it is
+    /// 80: when `http_port` is another port, the server also listens here for arm64 machines.
+    pub grub_http_port: u16,
     /// Send IPv6 router advertisements (no prefix, router lifetime 0) on `interface`, only so iPXE ends its
     /// IPv6 autoconfiguration wait (~16 s) at once. Off by default.
     pub router_advertisements: bool,
@@ -239,6 +245,17 @@ impl Network {
             format!("http://{}", self.server)
         } else {
             format!("http://{}:{}", self.server, self.http_port)
+        }
+    }
+
+    /// GRUB's device for the server's HTTP side, `(http,server)`: paths are appended to it. GRUB 2.06 always
+    /// connects to port 80, so this is served on `grub_http_port` (80 by default).
+    pub fn grub_http_device(&self) -> String {
+        if self.grub_http_port == 80 {
+            format!("(http,{})", self.server)
+        } else {
+            // GRUB 2.12 and later take a port after the host.
+            format!("(http,{}:{})", self.server, self.grub_http_port)
         }
     }
 }
@@ -356,6 +373,11 @@ pub struct Paths {
 }
 
 impl Cluster {
+    /// Whether any machine in the inventory is of `arch`.
+    pub fn has_arch(&self, arch: Arch) -> bool {
+        self.machines.iter().any(|m| m.arch == arch)
+    }
+
     pub fn machine_by_mac(&self, mac: MacAddr) -> Option<&Machine> {
         self.machines.iter().find(|m| m.mac == mac)
     }

@@ -96,6 +96,10 @@ pub struct NetworkRaw {
     pub unknown_pool: Option<PoolRaw>,
     #[serde(default = "default_ipxe_binaries")]
     pub ipxe_binaries: String,
+    #[serde(default = "default_grub_modules")]
+    pub grub_modules: String,
+    #[serde(default = "default_grub_http_port")]
+    pub grub_http_port: i64,
     #[serde(default)]
     pub router_advertisements: bool,
 }
@@ -114,6 +118,12 @@ fn default_tftp_port() -> i64 {
 }
 fn default_ipxe_binaries() -> String {
     "/usr/lib/ipxe".into()
+}
+fn default_grub_modules() -> String {
+    "/usr/local/lib/imgbuild/grub/arm64-efi".into()
+}
+fn default_grub_http_port() -> i64 {
+    80
 }
 
 #[derive(Debug, Deserialize)]

@@ -318,6 +318,7 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
     };
     let http_port = c.port(&p!["network", "http_port"], n.http_port);
     let tftp_port = c.port(&p!["network", "tftp_port"], n.tftp_port);
+    let grub_http_port = c.port(&p!["network", "grub_http_port"], n.grub_http_port);
     if n.interface.is_empty() || n.interface.len() > 15 || n.interface.contains('/') {
         c.error(
             &p!["network", "interface"],
@@ -867,6 +868,8 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
             tftp_port: tftp_port?,
             unknown_pool,
             ipxe_binaries: PathBuf::from(&n.ipxe_binaries),
+            grub_modules: PathBuf::from(&n.grub_modules),
+            grub_http_port: grub_http_port?,
             router_advertisements: n.router_advertisements,
         },
         metallb: MetalLb {

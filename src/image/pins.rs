@@ -1,4 +1,14 @@
-//! Pins: which image each role boots (`state/pins.toml`). Upgrade or roll back = re-pin, then reboot.
+//! Pins: which image each role boots on each architecture (`state/pins.toml`). Upgrade or roll back = re-pin,
+//! then reboot.
+//!
+//! ```toml
+//! [amd64]
+//! master = "<image id>"
+//! worker = "<image id>"
+//!
+//! [arm64]
+//! worker = "<image id>"
+//! ```
 //!
 //! The file is replaced atomically (write to a temporary file, fsync, rename), so a crash leaves the old or the
 //! new pins, never a torn file.
@@ -10,16 +20,19 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::manifest::{Manifest, ManifestError};
-use crate::config::{Cluster, Role};
-use crate::netboot::boot::PinnedImage;
+use crate::config::{Arch, Cluster, Role};
+use crate::netboot::boot::PinMap;
 
 pub const PINS_FILE: &str = "pins.toml";
 
-/// Role → image id.
+/// Architecture → role → image id.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Pins {
-    #[serde(default)]
-    pub pins: BTreeMap<Role, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    amd64: BTreeMap<Role, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    arm64: BTreeMap<Role, String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +47,9 @@ pub enum PinError {
     Parse { path: PathBuf, detail: String },
     #[error(transparent)]
     Manifest(#[from] ManifestError),
-    #[error("image {id} is a {actual} image; it cannot be pinned for role {role}")]
+    #[error(
+        "image {id} is a {actual} image; it cannot be pinned for role {role} (build one with `imgbuild profile {role}`)"
+    )]
     WrongRole {
         id: String,
         role: Role,
@@ -81,8 +96,28 @@ impl Pins {
         Ok(())
     }
 
-    /// Pins `id` for `role` after checking the image exists, is intact and is of that role.
-    pub fn pin(&mut self, images_dir: &Path, role: Role, id: &str) -> Result<(), PinError> {
+    fn slot(&self, arch: Arch) -> &BTreeMap<Role, String> {
+        match arch {
+            Arch::Amd64 => &self.amd64,
+            Arch::Arm64 => &self.arm64,
+        }
+    }
+
+    /// The image pinned for `role` on `arch`.
+    pub fn get(&self, role: Role, arch: Arch) -> Option<&String> {
+        self.slot(arch).get(&role)
+    }
+
+    /// Every pin: (role, arch, image id).
+    pub fn iter(&self) -> impl Iterator<Item = (Role, Arch, &String)> {
+        Arch::ALL
+            .into_iter()
+            .flat_map(move |a| self.slot(a).iter().map(move |(r, id)| (*r, a, id)))
+    }
+
+    /// Pins `id` for `role` after checking the image exists, is intact and is of that role. The architecture
+    /// is the image's own (from its manifest); it is returned.
+    pub fn pin(&mut self, images_dir: &Path, role: Role, id: &str) -> Result<Arch, PinError> {
         let m = Manifest::read(images_dir, id)?;
         if m.role != role {
             return Err(PinError::WrongRole {
@@ -91,21 +126,30 @@ impl Pins {
                 actual: m.role,
             });
         }
-        self.pins.insert(role, id.to_string());
-        Ok(())
+        let slot = match m.arch {
+            Arch::Amd64 => &mut self.amd64,
+            Arch::Arm64 => &mut self.arm64,
+        };
+        slot.insert(role, id.to_string());
+        Ok(m.arch)
     }
 
-    /// The boot decision's view: each pinned role with its image's digests. Pins whose image is missing or
-    /// damaged are left out, with a warning naming the command that fixes it.
-    pub fn resolve(&self, images_dir: &Path) -> BTreeMap<Role, PinnedImage> {
+    /// The boot decision's view: each pinned (role, arch) with its image's digests. Pins whose image is
+    /// missing, damaged or of another architecture are left out, with a warning naming the command that
+    /// fixes it.
+    pub fn resolve(&self, images_dir: &Path) -> PinMap {
         let mut out = BTreeMap::new();
-        for (role, id) in &self.pins {
-            match Manifest::read(images_dir, id).and_then(|m| m.pinned(id)) {
-                Ok(p) => {
-                    out.insert(*role, p);
+        for (role, arch, id) in self.iter() {
+            let m = Manifest::read(images_dir, id).and_then(|m| Ok((m.arch, m.pinned(id)?)));
+            match m {
+                Ok((built, p)) if built == arch => {
+                    out.insert((role, arch), p);
+                }
+                Ok((built, _)) => {
+                    tracing::warn!(%role, %arch, image = %id, "the image pinned under [{arch}] is built for {built}; ignored: run `imgbuild profile {role} --arch {arch}` and `imgbuild pin {role} <id>`")
                 }
                 Err(e) => {
-                    tracing::warn!(%role, error = %e, "pinned image unusable; run `imgbuild profile {role}` and `imgbuild pin {role} <id>`")
+                    tracing::warn!(%role, %arch, error = %e, "pinned image unusable; run `imgbuild profile {role} --arch {arch}` and `imgbuild pin {role} <id>`")
                 }
             }
         }

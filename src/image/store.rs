@@ -166,10 +166,9 @@ pub fn list(images_dir: &Path, pins: &Pins) -> Result<Vec<ImageInfo>, StoreError
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let pinned_by = pins
-            .pins
             .iter()
-            .filter(|(_, id)| **id == name)
-            .map(|(r, _)| r.to_string())
+            .filter(|(_, _, id)| **id == name)
+            .map(|(r, a, _)| format!("{r}/{a}"))
             .collect();
         match Manifest::read(images_dir, &name) {
             Ok(m) => out.push(ImageInfo {
@@ -286,11 +285,11 @@ mod tests {
         let images = d.path().join("images");
         let ids: Vec<String> = (1..=4).map(|n| fake(&images, n, Role::Worker)).collect();
         let mut pins = Pins::default();
-        pins.pins.insert(Role::Worker, ids[0].clone());
+        pins.pin(&images, Role::Worker, &ids[0]).unwrap();
         let listed = list(&images, &pins).unwrap();
         assert_eq!(listed.len(), 4);
         assert_eq!(listed[0].id, ids[3], "newest first");
-        assert_eq!(listed[3].pinned_by, vec!["worker".to_string()]);
+        assert_eq!(listed[3].pinned_by, vec!["worker/amd64".to_string()]);
         let removed = gc(&images, &pins, 1).unwrap();
         // Pinned (oldest) kept, newest unpinned kept, the two in between removed.
         assert_eq!(removed.len(), 2);

@@ -1,14 +1,17 @@
 //! The boot decision: the one place that says what a machine boots.
 //!
-//! inventory (MAC or relay id) → machine → role → pinned image → boot file (DHCP/TFTP), iPXE script and
-//! kernel command line (HTTP). DHCP, TFTP and HTTP all ask a [`Booter`]; none of them decides on its own.
+//! inventory (MAC or relay id) → machine → role and architecture → pinned image → boot file (DHCP/TFTP), boot
+//! script (iPXE on amd64, a GRUB config on arm64) and kernel command line (HTTP). DHCP, TFTP and HTTP all ask a
+//! [`Booter`]; none of them decides on its own.
+
+use std::path::PathBuf;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::config::{Cluster, MacAddr, Machine, Role};
+use crate::config::{Arch, Cluster, MacAddr, Machine, Role};
 
 /// Client system architecture (DHCP option 93, RFC 4578 and the IANA registry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -92,6 +95,9 @@ pub struct PinnedImage {
     pub standins: bool,
 }
 
+/// The pinned image of each (role, architecture).
+pub type PinMap = BTreeMap<(Role, Arch), PinnedImage>;
+
 /// Everything the iPXE script template of a known machine needs.
 #[derive(Debug, Clone, Serialize)]
 pub struct BootPlan {
@@ -100,6 +106,9 @@ pub struct BootPlan {
     pub server_url: String,
     pub kernel_url: String,
     pub initrd_url: String,
+    /// The kernel's and initrd's URL paths (with their `?sha256=`), for GRUB's `(http,server)/path`.
+    pub kernel_path: String,
+    pub initrd_path: String,
     pub rootfs_url: String,
     /// The full kernel command line (without `initrd=`, which the template adds for UEFI).
     pub cmdline: String,
@@ -110,8 +119,12 @@ pub struct BootPlan {
 pub enum NoBoot {
     /// The MAC is not in the inventory.
     UnknownMachine { mac: MacAddr },
-    /// No image is pinned for the machine's role.
-    NotPinned { hostname: String, role: Role },
+    /// No image is pinned for the machine's role on its architecture.
+    NotPinned {
+        hostname: String,
+        role: Role,
+        arch: Arch,
+    },
 }
 
 impl std::fmt::Display for NoBoot {
@@ -121,9 +134,13 @@ impl std::fmt::Display for NoBoot {
                 f,
                 "machine {mac} is not in the inventory: add a [[machines]] entry with mac = \"{mac}\" to cluster.toml"
             ),
-            NoBoot::NotPinned { hostname, role } => write!(
+            NoBoot::NotPinned {
+                hostname,
+                role,
+                arch,
+            } => write!(
                 f,
-                "{hostname}: no image is pinned for role {role}: run `imgbuild profile {role}` then `imgbuild pin {role} <image-id>`"
+                "{hostname}: no {arch} image is pinned for role {role}: run `imgbuild profile {role} --arch {arch}` then `imgbuild pin {role} <image-id>`"
             ),
         }
     }
@@ -133,16 +150,45 @@ impl std::fmt::Display for NoBoot {
 pub const BIOS_BOOTFILE: &str = "undionly.kpxe";
 pub const UEFI_BOOTFILE: &str = "snponly.efi";
 pub const UEFI_BOOTFILE_FULL: &str = "ipxe.efi";
+/// The arm64 netboot loader: GRUB, made by the server from Debian's arm64 GRUB modules (`netboot::grub`).
+pub const GRUB_ARM64_BOOTFILE: &str = "grubnetaa64.efi";
+
+/// The boot loader that asks the HTTP server for a machine's boot script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loader {
+    /// iPXE (amd64): `GET /ipxe/{mac}`, templates `ipxe/*.ipxe.j2`.
+    Ipxe,
+    /// GRUB (arm64; Debian ships no arm64 iPXE): `GET /grub/{mac}`, templates `ipxe/*.grub.j2`.
+    Grub,
+}
+
+impl Loader {
+    /// The URL path segment and template suffix (`ipxe`, `grub`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Loader::Ipxe => "ipxe",
+            Loader::Grub => "grub",
+        }
+    }
+
+    /// The boot stage recorded when the script is served.
+    pub fn stage(self) -> &'static str {
+        match self {
+            Loader::Ipxe => "ipxe-script",
+            Loader::Grub => "grub-config",
+        }
+    }
+}
 
 /// The decision point. Built from the cluster and the pins; rebuilt on reload or re-pin.
 #[derive(Debug, Clone)]
 pub struct Booter {
     pub cluster: Arc<Cluster>,
-    pub pins: BTreeMap<Role, PinnedImage>,
+    pub pins: PinMap,
 }
 
 impl Booter {
-    pub fn new(cluster: Arc<Cluster>, pins: BTreeMap<Role, PinnedImage>) -> Self {
+    pub fn new(cluster: Arc<Cluster>, pins: PinMap) -> Self {
         Booter { cluster, pins }
     }
 
@@ -171,9 +217,11 @@ impl Booter {
             Firmware::Bios => Some(BootFile::Tftp(BIOS_BOOTFILE.into())),
             Firmware::UefiX64 => Some(BootFile::Tftp(UEFI_BOOTFILE.into())),
             Firmware::UefiX64Http => Some(BootFile::Http(format!("{base}/boot/{UEFI_BOOTFILE}"))),
-            // Debian ships no arm64 iPXE; arm64 boots a GRUB netboot image (see the README).
-            Firmware::UefiArm64 => Some(BootFile::Tftp("grubnetaa64.efi".into())),
-            Firmware::UefiArm64Http => Some(BootFile::Http(format!("{base}/boot/grubnetaa64.efi"))),
+            // Debian ships no arm64 iPXE; arm64 boots a GRUB netboot image (docs/lab.md, "arm64").
+            Firmware::UefiArm64 => Some(BootFile::Tftp(GRUB_ARM64_BOOTFILE.into())),
+            Firmware::UefiArm64Http => {
+                Some(BootFile::Http(format!("{base}/boot/{GRUB_ARM64_BOOTFILE}")))
+            }
             Firmware::Other(_) => None,
         }
     }
@@ -184,8 +232,18 @@ impl Booter {
             BIOS_BOOTFILE,
             UEFI_BOOTFILE,
             UEFI_BOOTFILE_FULL,
-            "grubnetaa64.efi",
+            GRUB_ARM64_BOOTFILE,
         ]
+    }
+
+    /// The directory an allowlisted boot loader is read from: Debian's iPXE binaries, or the GRUB image the
+    /// server made in `state/boot/`.
+    pub fn boot_loader_dir(&self, name: &str) -> PathBuf {
+        if name == GRUB_ARM64_BOOTFILE {
+            super::grub::dir(&self.cluster)
+        } else {
+            self.cluster.network.ipxe_binaries.clone()
+        }
     }
 
     /// The boot plan of a machine: its pinned image, URLs carrying each artifact's sha256, and the kernel
@@ -197,14 +255,19 @@ impl Booter {
             .ok_or(NoBoot::UnknownMachine { mac })?;
         let image = self
             .pins
-            .get(&machine.role)
+            .get(&(machine.role, machine.arch))
             .ok_or_else(|| NoBoot::NotPinned {
                 hostname: machine.hostname.clone(),
                 role: machine.role,
+                arch: machine.arch,
             })?;
         let net = &self.cluster.network;
         let base = net.http_base();
-        let art = |file: &str, sha: &str| format!("{base}/images/{}/{file}?sha256={sha}", image.id);
+        let path = |file: &str, sha: &str| format!("/images/{}/{file}?sha256={sha}", image.id);
+        let (kernel_path, initrd_path) = (
+            path("vmlinuz", &image.kernel_sha256),
+            path("initrd.img", &image.initrd_sha256),
+        );
         let rootfs_url = format!("{base}/images/{}/rootfs.squashfs", image.id);
         let mut args: Vec<String> = vec![
             format!("BOOTIF={}", machine.mac.bootif()),
@@ -238,8 +301,10 @@ impl Booter {
             machine: machine.clone(),
             image: image.clone(),
             server_url: base.clone(),
-            kernel_url: art("vmlinuz", &image.kernel_sha256),
-            initrd_url: art("initrd.img", &image.initrd_sha256),
+            kernel_url: format!("{base}{kernel_path}"),
+            initrd_url: format!("{base}{initrd_path}"),
+            kernel_path,
+            initrd_path,
             rootfs_url,
             cmdline: args.join(" "),
         })

@@ -1,5 +1,6 @@
 //! The boot loaders TFTP and `GET /boot/{name}` may serve: exactly the names the boot decision can give
-//! ([`crate::netboot::boot::Booter::boot_loader_names`]), read from `network.ipxe_binaries`.
+//! ([`crate::netboot::boot::Booter::boot_loader_names`]), read from `network.ipxe_binaries` (iPXE) or the
+//! server's `state/boot/` (the arm64 GRUB image it makes): [`crate::netboot::boot::Booter::boot_loader_dir`].
 //!
 //! A request is checked by name only: anything with `..`, an absolute path, or a name not on the list is refused
 //! before the file system is touched. The configured files themselves may be symlinks (Debian's
@@ -77,7 +78,12 @@ pub fn report_missing(dir: &Path, names: &[&str]) -> Vec<String> {
                 missing.push(name.to_string());
             }
             Err(e) => {
-                tracing::warn!(file = %p.display(), error = %e, "boot loader MISSING: machines sent {name} will fail to boot; install Debian's `ipxe` package or set network.ipxe_binaries to a directory holding it");
+                let fix = if *name == crate::netboot::boot::GRUB_ARM64_BOOTFILE {
+                    "the server makes it at start-up from network.grub_modules: see the GRUB error above"
+                } else {
+                    "install Debian's `ipxe` package or set network.ipxe_binaries to a directory holding it"
+                };
+                tracing::warn!(file = %p.display(), error = %e, "boot loader MISSING: machines sent {name} will fail to boot; {fix}");
                 missing.push(name.to_string());
             }
         }

@@ -3,6 +3,7 @@
 pub mod boot;
 pub mod bootfiles;
 pub mod dhcp;
+pub mod grub;
 pub mod http;
 pub mod metrics;
 pub mod peers;

@@ -47,10 +47,10 @@ impl PinWatch {
         match Pins::load(&path) {
             Ok(p) => {
                 let resolved = p.resolve(&cluster.paths.images);
-                for (role, img) in &resolved {
-                    tracing::info!(%role, image = %img.id, "pin in effect");
+                for ((role, arch), img) in &resolved {
+                    tracing::info!(%role, %arch, image = %img.id, "pin in effect");
                     if img.standins {
-                        tracing::warn!(%role, image = %img.id, "the pinned image was built with labelled STAND-IN binaries");
+                        tracing::warn!(%role, %arch, image = %img.id, "the pinned image was built with labelled STAND-IN binaries");
                     }
                 }
                 shared.replace((*cluster).clone(), resolved);

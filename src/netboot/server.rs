@@ -3,13 +3,12 @@
 //! Each protocol module exposes `run(shared) -> anyhow::Result<()>`; this file starts them and owns hot
 //! reload (SIGHUP / a changed `cluster.toml`): the cluster and the boot decision are swapped atomically.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::boot::{Booter, PinnedImage};
+use super::boot::Booter;
 use crate::config::{Cluster, Role};
 use crate::status::Events;
 
@@ -27,7 +26,7 @@ impl Shared {
     pub fn new(
         config_path: PathBuf,
         cluster: Cluster,
-        pins: BTreeMap<Role, PinnedImage>,
+        pins: crate::netboot::boot::PinMap,
         events: Events,
     ) -> Self {
         let cluster = Arc::new(cluster);
@@ -71,7 +70,7 @@ impl Shared {
     }
 
     /// Replaces the cluster and pins (hot reload, re-pin). In-flight requests keep the old snapshot.
-    pub fn replace(&self, cluster: Cluster, pins: BTreeMap<Role, PinnedImage>) {
+    pub fn replace(&self, cluster: Cluster, pins: crate::netboot::boot::PinMap) {
         let cluster = Arc::new(cluster);
         self.booter
             .store(Arc::new(Booter::new(cluster.clone(), pins)));
@@ -84,14 +83,18 @@ pub fn prepare(config_path: &std::path::Path) -> anyhow::Result<Arc<Shared>> {
     let cluster = crate::config::load(config_path)?;
     let pins = crate::image::pins::Pins::load(&crate::image::pins::Pins::path(&cluster))?
         .resolve(&cluster.paths.images);
-    for (role, img) in &pins {
+    for ((role, arch), img) in &pins {
         if img.standins {
-            tracing::warn!(%role, image = %img.id, "the pinned image was built with labelled STAND-IN binaries: nodes booting it cannot form a real cluster");
+            tracing::warn!(%role, %arch, image = %img.id, "the pinned image was built with labelled STAND-IN binaries: nodes booting it cannot form a real cluster");
         }
     }
     for role in Role::ALL {
-        if cluster.machines_with_role(role).next().is_some() && !pins.contains_key(&role) {
-            tracing::warn!(%role, "no image pinned: {role} machines will be told to wait; run `imgbuild profile {role}` and `imgbuild pin {role} <id>`");
+        for arch in crate::config::Arch::ALL {
+            if cluster.machines_with_role(role).any(|m| m.arch == arch)
+                && !pins.contains_key(&(role, arch))
+            {
+                tracing::warn!(%role, %arch, "no image pinned: {role} machines on {arch} will be told to wait; run `imgbuild profile {role} --arch {arch}` and `imgbuild pin {role} <id>`");
+            }
         }
     }
     let events = Events::open(&cluster.paths.state.join("events.jsonl"))?;
@@ -125,6 +128,11 @@ pub fn reload(shared: &Shared) {
 pub async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
     let mut tasks: tokio::task::JoinSet<(&'static str, anyhow::Result<()>)> =
         tokio::task::JoinSet::new();
+    // arm64 machines boot GRUB: make its netboot image before TFTP and HTTP serve it.
+    {
+        let cluster = shared.cluster();
+        super::grub::prepare(&cluster, &crate::cli::engine_for(&cluster));
+    }
     // One line per protocol.
     shared.register_metrics(|r| crate::status::metrics::register(r, &shared, |s| &s.events));
     if shared.cluster().network.router_advertisements {

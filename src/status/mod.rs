@@ -33,6 +33,8 @@ pub const STAGES: &[&str] = &[
     "dhcp-ack",
     "bootfile",
     "ipxe-script",
+    // arm64 machines boot GRUB instead of iPXE: it fetches its per-machine config where iPXE fetches a script.
+    "grub-config",
     "kernel",
     "initrd",
     "rootfs-verified",

@@ -159,7 +159,10 @@ impl NodeStatus {
             return None;
         }
         let kernel = stage_index("kernel").expect("kernel is a stage");
-        let restarts = matches!(ev.stage.as_str(), "dhcp-offer" | "bootfile" | "ipxe-script");
+        let restarts = matches!(
+            ev.stage.as_str(),
+            "dhcp-offer" | "bootfile" | "ipxe-script" | "grub-config"
+        );
         let past_kernel =
             self.current_index().is_some_and(|i| i >= kernel) || self.failed.is_some();
         if self.boot == 0 || (restarts && past_kernel) {

@@ -21,7 +21,7 @@ use anyhow::{Context, bail};
 
 use super::netns::{Children, Netns};
 use super::qemu::{self, Accel, Firmware, VmSpec};
-use crate::config::{Cluster, DhcpMode, Machine, Role};
+use crate::config::{Arch, Cluster, DhcpMode, Machine, Role};
 use crate::status::report::{self, NodeView, Report};
 
 static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -123,19 +123,24 @@ pub struct Lab {
     pub server_url: String,
     pub accel: Accel,
     /// Image ids pinned per role by [`Lab::prepare`].
-    pub images: Vec<(Role, String)>,
+    pub images: Vec<(Role, Arch, String)>,
     /// Whether the pinned images carry stand-ins.
     pub standins: bool,
 }
 
-fn check_tools(opts: &Options) -> anyhow::Result<()> {
+fn check_tools(opts: &Options, machines: &[Machine]) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!(
             "imgbuild lab needs root: it creates a network namespace, a bridge and taps (run it with sudo)"
         );
     }
-    let mut need = vec!["ip", "qemu-system-x86_64"];
+    let mut need = vec!["ip"];
+    for arch in Arch::ALL {
+        if machines.iter().any(|m| m.arch == arch) {
+            need.push(qemu::binary(arch));
+        }
+    }
     if opts.dhcp == DhcpMode::Proxy {
         need.push("dnsmasq");
     }
@@ -150,11 +155,18 @@ fn check_tools(opts: &Options) -> anyhow::Result<()> {
         }
     }
     if matches!(opts.firmware, Firmware::Uefi | Firmware::Http)
+        && machines.iter().any(|m| m.arch == Arch::Amd64)
         && !Path::new(qemu::OVMF_CODE).exists()
     {
         bail!(
             "{} is missing: install Debian's ovmf package (scripts/setup)",
             qemu::OVMF_CODE
+        );
+    }
+    if machines.iter().any(|m| m.arch == Arch::Arm64) && !Path::new(qemu::AAVMF_CODE).exists() {
+        bail!(
+            "{} is missing: arm64 machines boot on AAVMF; install Debian's qemu-efi-aarch64 package (scripts/setup)",
+            qemu::AAVMF_CODE
         );
     }
     Ok(())
@@ -266,17 +278,21 @@ impl Drop for FileLock {
     }
 }
 
-/// Builds (or takes from the cache) the image of `role` and returns its id.
+/// Builds (or takes from the cache) the image of `role` for `arch` and returns its id.
 pub fn build_image(
     exe: &Path,
     config: &Path,
     cache: &Path,
     role: Role,
+    arch: Arch,
     standins: bool,
 ) -> anyhow::Result<String> {
     let _lock = FileLock::acquire(&cache.join("lab-build.lock"))?;
     let role_s = role.to_string();
     let mut args = vec!["profile", role_s.as_str(), "--json"];
+    if arch != Arch::Amd64 {
+        args.extend(["--arch", arch.as_str()]);
+    }
     if standins {
         args.push("--standins");
     }
@@ -331,7 +347,6 @@ impl Lab {
     /// Sets up everything but the VMs: lab dir, config, secrets, images (built or reused) and pins, the
     /// namespace with bridge and taps, dnsmasq (proxy mode) and the server, which it waits for.
     pub fn prepare(opts: Options) -> anyhow::Result<Lab> {
-        check_tools(&opts)?;
         let user = crate::config::load(&opts.config)?;
         let machines: Vec<Machine> = match &opts.nodes {
             None => user.machines.clone(),
@@ -357,6 +372,7 @@ impl Lab {
         if machines.is_empty() {
             bail!("no machines to boot");
         }
+        check_tools(&opts, &machines)?;
         // A fresh lab: earlier state, secrets and disks go.
         for sub in ["state", "secrets", "vms"] {
             let p = opts.dir.join(sub);
@@ -372,16 +388,17 @@ impl Lab {
         let cluster = crate::config::load(&config)?;
         imgbuild(&opts.exe, &config, &["secrets", "init"])?;
 
-        // Images: one per role in use, built under a lock (concurrent labs share the cache), then pinned.
-        let mut roles: Vec<Role> = machines.iter().map(|m| m.role).collect();
-        roles.sort_by_key(|r| r.to_string());
-        roles.dedup();
+        // Images: one per role and architecture in use, built under a lock (concurrent labs share the cache),
+        // then pinned.
+        let mut slots: Vec<(Role, Arch)> = machines.iter().map(|m| (m.role, m.arch)).collect();
+        slots.sort_by_key(|(r, a)| (r.to_string(), *a));
+        slots.dedup();
         let mut images = Vec::new();
         let mut standins = false;
-        for role in roles {
+        for (role, arch) in slots {
             if opts.verbose {
                 eprintln!(
-                    "lab: building (or reusing) the {role} image{}",
+                    "lab: building (or reusing) the {role} image for {arch}{}",
                     if opts.standins { " with stand-ins" } else { "" }
                 );
             }
@@ -390,11 +407,12 @@ impl Lab {
                 &config,
                 &cluster.paths.cache,
                 role,
+                arch,
                 opts.standins,
             )?;
             standins |= report::image_standins(&cluster.paths.images, &id);
             imgbuild(&opts.exe, &config, &["pin", &role.to_string(), &id])?;
-            images.push((role, id));
+            images.push((role, arch, id));
         }
 
         let accel = qemu::best_accel_cached(&cluster.paths.cache);
@@ -418,6 +436,7 @@ impl Lab {
                 spec: VmSpec {
                     name: m.hostname.clone(),
                     mac: m.mac,
+                    arch: m.arch,
                     tap,
                     firmware: opts.firmware,
                     accel,
@@ -562,13 +581,14 @@ impl Lab {
         serde_json::from_str(&body).context("the server's /api/status is not a status report")
     }
 
-    /// Builds (or reuses) the image of `role` (same stand-in choice as the lab) and returns its id.
+    /// Builds (or reuses) the amd64 image of `role` (same stand-in choice as the lab) and returns its id.
     pub fn build(&self, role: Role) -> anyhow::Result<String> {
         build_image(
             &self.opts.exe,
             &self.config,
             &self.cluster.paths.cache,
             role,
+            Arch::Amd64,
             self.opts.standins,
         )
     }
@@ -586,6 +606,7 @@ impl Lab {
             &variant,
             &self.cluster.paths.cache,
             role,
+            Arch::Amd64,
             self.opts.standins,
         )
     }

@@ -1,6 +1,8 @@
 //! QEMU virtual machines that boot from the network: firmware variants, disks, serial console, KVM probe.
 //!
-//! Every VM: q35, one virtio NIC on a tap with the inventory's MAC as its first boot device, blank virtio disks
+//! amd64 VMs run `qemu-system-x86_64 -machine q35`; arm64 VMs run `qemu-system-aarch64 -machine virt -cpu
+//! cortex-a57` on AAVMF (Debian's `qemu-efi-aarch64`), always under TCG, whose own PXE client fetches GRUB.
+//! Every VM: one virtio NIC on a tap with the inventory's MAC as its first boot device, blank virtio disks
 //! (`/dev/vda` state, `/dev/vdb` Longhorn data on storage nodes), serial console appended to a log file,
 //! `-no-reboot` (a reboot ends the process; the lab starts it again with the same disks).
 
@@ -9,11 +11,14 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::config::MacAddr;
+use crate::config::{Arch, MacAddr};
 
 /// OVMF as shipped by Debian's `ovmf` package.
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// AAVMF (UEFI for arm64 virt machines) as shipped by Debian's `qemu-efi-aarch64` package.
+pub const AAVMF_CODE: &str = "/usr/share/AAVMF/AAVMF_CODE.fd";
+pub const AAVMF_VARS: &str = "/usr/share/AAVMF/AAVMF_VARS.fd";
 
 /// How a VM's firmware reaches iPXE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -48,6 +53,8 @@ pub enum Accel {
 pub struct VmSpec {
     pub name: String,
     pub mac: MacAddr,
+    /// amd64: q35 with the firmware below; arm64: `virt` on AAVMF (its PXE, or HTTP Boot for [`Firmware::Http`]).
+    pub arch: Arch,
     /// The tap device (inside the namespace the VM runs in).
     pub tap: String,
     pub firmware: Firmware,
@@ -87,14 +94,33 @@ pub fn blank_disk(path: &Path, size_bytes: u64) -> Result<(), VmError> {
     f.set_len(size_bytes).map_err(|e| file_err(path, e))
 }
 
-/// The `qemu-system-x86_64` arguments for `spec`. For UEFI it copies the variable store into `spec.dir` (once).
+/// The QEMU binary for `arch`.
+pub fn binary(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Amd64 => "qemu-system-x86_64",
+        Arch::Arm64 => "qemu-system-aarch64",
+    }
+}
+
+/// The UEFI code and variable-store templates for `arch`, with the Debian package that ships them.
+fn uefi_firmware(arch: Arch) -> (&'static str, &'static str, &'static str) {
+    match arch {
+        Arch::Amd64 => (OVMF_CODE, OVMF_VARS, "ovmf"),
+        Arch::Arm64 => (AAVMF_CODE, AAVMF_VARS, "qemu-efi-aarch64"),
+    }
+}
+
+/// The QEMU arguments for `spec` (for [`binary`]). For UEFI it copies the variable store into `spec.dir` (once).
 pub fn args(spec: &VmSpec) -> Result<Vec<String>, VmError> {
     std::fs::create_dir_all(&spec.dir).map_err(|e| file_err(&spec.dir, e))?;
-    let mut a: Vec<String> = vec![
+    let machine: &[&str] = match spec.arch {
+        Arch::Amd64 => &["-machine", "q35"],
+        Arch::Arm64 => &["-machine", "virt", "-cpu", "cortex-a57"],
+    };
+    let mut a: Vec<String> = machine.iter().map(|s| s.to_string()).collect();
+    a.extend([
         "-name".into(),
         spec.name.clone(),
-        "-machine".into(),
-        "q35".into(),
         "-m".into(),
         spec.memory_mb.to_string(),
         "-smp".into(),
@@ -116,8 +142,13 @@ pub fn args(spec: &VmSpec) -> Result<Vec<String>, VmError> {
         "rng-random,id=rng0,filename=/dev/urandom".into(),
         "-device".into(),
         "virtio-rng-pci,rng=rng0".into(),
-    ];
-    let rom = match spec.firmware {
+    ]);
+    // arm64 has no BIOS: every arm64 VM runs AAVMF, whose own PXE (or HTTP Boot) client starts the boot.
+    let firmware = match (spec.arch, spec.firmware) {
+        (Arch::Arm64, Firmware::Bios) => Firmware::Uefi,
+        (_, f) => f,
+    };
+    let rom = match firmware {
         Firmware::Bios => "",
         Firmware::Uefi | Firmware::Http => ",romfile=",
     };
@@ -135,35 +166,37 @@ pub fn args(spec: &VmSpec) -> Result<Vec<String>, VmError> {
         a.push("-device".into());
         a.push(format!("virtio-blk-pci,drive=disk{i}"));
     }
-    match spec.accel {
-        Accel::Kvm => a.extend(["-accel".into(), "kvm".into()]),
-        Accel::Tcg => a.extend(["-accel".into(), "tcg".into()]),
+    // KVM cannot run another architecture: arm64 VMs are always emulated.
+    match (spec.accel, spec.arch) {
+        (Accel::Kvm, Arch::Amd64) => a.extend(["-accel".into(), "kvm".into()]),
+        _ => a.extend(["-accel".into(), "tcg".into()]),
     }
-    match spec.firmware {
+    match firmware {
         Firmware::Bios => a.extend(["-boot".into(), "n".into()]),
         Firmware::Uefi | Firmware::Http => {
-            for f in [OVMF_CODE, OVMF_VARS] {
+            let (code, vars_template, package) = uefi_firmware(spec.arch);
+            for f in [code, vars_template] {
                 if !Path::new(f).exists() {
                     return Err(file_err(
                         Path::new(f),
-                        "missing; install Debian's ovmf package (scripts/setup)",
+                        format!("missing; install Debian's {package} package (scripts/setup)"),
                     ));
                 }
             }
-            let vars = spec.dir.join("OVMF_VARS.fd");
+            let vars = spec.dir.join("UEFI_VARS.fd");
             if !vars.exists() {
-                std::fs::copy(OVMF_VARS, &vars).map_err(|e| file_err(&vars, e))?;
+                std::fs::copy(vars_template, &vars).map_err(|e| file_err(&vars, e))?;
             }
             a.push("-drive".into());
             a.push(format!(
-                "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
+                "if=pflash,format=raw,unit=0,readonly=on,file={code}"
             ));
             a.push("-drive".into());
             a.push(format!(
                 "if=pflash,format=raw,unit=1,file={}",
                 vars.display()
             ));
-            if spec.firmware == Firmware::Http {
+            if firmware == Firmware::Http {
                 // Skip OVMF's PXE attempts (they time out first), leaving HTTP Boot.
                 for v in ["IPv4PXESupport", "IPv6PXESupport"] {
                     a.push("-fw_cfg".into());
@@ -175,9 +208,9 @@ pub fn args(spec: &VmSpec) -> Result<Vec<String>, VmError> {
     Ok(a)
 }
 
-/// `qemu-system-x86_64 <args>` as a command inside `netns`.
+/// `qemu-system-<arch> <args>` as a command inside `netns`.
 pub fn command(netns: &super::netns::Netns, spec: &VmSpec) -> Result<Command, VmError> {
-    let mut c = netns.command("qemu-system-x86_64");
+    let mut c = netns.command(binary(spec.arch));
     c.args(args(spec)?);
     let err = spec.dir.join("qemu.stderr");
     let f = std::fs::OpenOptions::new()
@@ -315,6 +348,7 @@ mod tests {
         VmSpec {
             name: "worker-1".into(),
             mac: "52:54:00:77:00:21".parse().unwrap(),
+            arch: Arch::Amd64,
             tap: "ibl0".into(),
             firmware: fw,
             accel: Accel::Tcg,
@@ -342,10 +376,27 @@ mod tests {
             "{uefi}"
         );
         assert!(!uefi.contains("IPv4PXESupport"));
-        assert!(d.path().join("vm/OVMF_VARS.fd").exists());
+        assert!(d.path().join("vm/UEFI_VARS.fd").exists());
         let http = args(&spec(Firmware::Http, d.path())).unwrap().join(" ");
         assert!(http.contains("name=opt/org.tianocore/IPv4PXESupport,string=n"));
         assert!(http.contains("name=opt/org.tianocore/IPv6PXESupport,string=n"));
+        if Path::new(AAVMF_CODE).exists() {
+            let mut s = spec(Firmware::Bios, d.path());
+            s.arch = Arch::Arm64;
+            s.accel = Accel::Kvm;
+            s.dir = d.path().join("arm");
+            let arm = args(&s).unwrap().join(" ");
+            assert!(arm.starts_with("-machine virt -cpu cortex-a57 "), "{arm}");
+            assert!(
+                arm.contains("AAVMF_CODE.fd") && arm.contains(",romfile= "),
+                "{arm}"
+            );
+            assert!(
+                arm.contains("-accel tcg") && !arm.contains("-boot n"),
+                "{arm}"
+            );
+            assert_eq!(binary(s.arch), "qemu-system-aarch64");
+        }
     }
 
     #[test]

@@ -45,6 +45,7 @@ fn routes(state: AppState) -> Router {
     Router::new()
         .route("/boot.ipxe", get(script::boot_ipxe))
         .route("/ipxe/{mac}", get(script::by_mac))
+        .route("/grub/{mac}", get(script::grub_by_mac))
         .route("/images/{id}/{file}", get(images::get_artifact))
         .route("/boot/{name}", get(boot_loader))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -118,7 +119,7 @@ async fn boot_loader(
             return (StatusCode::NOT_FOUND, format!("{r}: {name}\n")).into_response();
         }
     };
-    let dir = st.shared.cluster().network.ipxe_binaries.clone();
+    let dir = st.shared.booter().boot_loader_dir(allowed);
     let files = st.boot_files.clone();
     match tokio::task::spawn_blocking(move || files.read(&dir, allowed)).await {
         Ok(Ok(bytes)) => {
@@ -154,18 +155,37 @@ async fn boot_loader(
     }
 }
 
-/// Serves [`app`] on `network.server:network.http_port` until the listener fails.
+/// Serves [`app`] on `network.server:network.http_port` until the listener fails; when the inventory has arm64
+/// machines and `network.grub_http_port` is another port, on that port too (GRUB 2.06 only fetches from 80).
 pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
-    let net = shared.cluster().network.clone();
-    let addr = SocketAddr::new(net.server.into(), net.http_port);
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-        format!("HTTP: cannot bind {addr} (network.server:network.http_port); is another server using the port?")
-    })?;
-    tracing::info!(%addr, "HTTP listening");
-    axum::serve(
-        listener,
-        app(shared).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await
-    .context("HTTP server")
+    let cluster = shared.cluster();
+    let net = &cluster.network;
+    let mut ports = vec![(net.http_port, "network.http_port")];
+    if cluster.has_arch(crate::config::Arch::Arm64) && net.grub_http_port != net.http_port {
+        ports.push((
+            net.grub_http_port,
+            "network.grub_http_port, for GRUB on arm64 machines",
+        ));
+    }
+    let app = app(shared.clone());
+    let mut servers = tokio::task::JoinSet::new();
+    for (port, key) in ports {
+        let addr = SocketAddr::new(net.server.into(), port);
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("HTTP: cannot bind {addr} (network.server and {key}); is another server using the port?")
+        })?;
+        tracing::info!(%addr, "HTTP listening");
+        let app = app.clone();
+        servers.spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+        });
+    }
+    match servers.join_next().await {
+        Some(r) => r.context("HTTP server task")?.context("HTTP server"),
+        None => Ok(()),
+    }
 }

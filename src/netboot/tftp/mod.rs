@@ -21,6 +21,7 @@ use tokio::net::UdpSocket;
 
 use self::packet::{ErrorCode, Packet, Request, encode_data_header, error_packet};
 use self::transfer::{Failure, Limits, Outgoing, Phase, Transfer};
+use super::boot::GRUB_ARM64_BOOTFILE;
 use super::bootfiles::{self, BootFiles};
 use super::metrics::TftpMetrics;
 use super::server::Shared;
@@ -59,10 +60,13 @@ async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
     let sock = UdpSocket::bind(addr).await.with_context(|| {
         format!("TFTP: cannot bind {addr} (network.server:network.tftp_port); is another TFTP server running?")
     })?;
-    bootfiles::report_missing(
-        &cluster.network.ipxe_binaries,
-        shared.booter().boot_loader_names(),
-    );
+    let booter = shared.booter();
+    for name in booter.boot_loader_names() {
+        if *name == GRUB_ARM64_BOOTFILE && !cluster.has_arch(crate::config::Arch::Arm64) {
+            continue;
+        }
+        bootfiles::report_missing(&booter.boot_loader_dir(name), &[name]);
+    }
     tracing::info!(%addr, "TFTP listening (read-only, allowlisted boot loaders)");
     let files = Arc::new(BootFiles::new());
     let active: Active = Arc::default();
@@ -199,7 +203,7 @@ async fn transfer_task(
 ) -> std::io::Result<()> {
     let sock = UdpSocket::bind(local).await?;
     sock.connect(peer).await?;
-    let dir = shared.cluster().network.ipxe_binaries.clone();
+    let dir = shared.booter().boot_loader_dir(name);
     let read = match files.cached(&dir, name) {
         Ok(Some(d)) => Ok(d),
         _ => {
