@@ -6,6 +6,9 @@ mod image_fixture;
 use std::process::Command;
 
 use image_fixture::{Fixture, mirrored, own_cache, sha};
+use imgbuild::config::Arch;
+use imgbuild::image::artifacts;
+use imgbuild::image::lock::Lock;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_imgbuild"))
@@ -124,7 +127,7 @@ fn build_without_fetch_names_the_missing_artifact_and_the_command_and_builds_not
     let lock = imgbuild::image::lock::Lock::load(&f.dir.path().join("imgbuild.lock")).unwrap();
     let e = lock.get("crictl").unwrap();
     std::fs::remove_file(f.cluster().paths.cache.join("artifacts").join(&e.sha256)).unwrap();
-    let err = imgbuild::image::artifacts::resolve(&f.cluster())
+    let err = imgbuild::image::artifacts::resolve(&f.cluster(), Arch::Amd64)
         .unwrap_err()
         .to_string();
     assert!(
@@ -148,7 +151,7 @@ fn real_artifacts_install_where_the_node_expects_them() {
     let (ok, out, err) = run(&f, &["fetch"]);
     assert!(ok, "{out}{err}");
     let root = tempfile::tempdir().unwrap();
-    for a in imgbuild::image::artifacts::resolve(&f.cluster()).unwrap() {
+    for a in imgbuild::image::artifacts::resolve(&f.cluster(), Arch::Amd64).unwrap() {
         imgbuild::image::install::install_real(root.path(), &a.name, &a.path).unwrap();
     }
     use std::os::unix::fs::PermissionsExt;
@@ -169,5 +172,130 @@ fn real_artifacts_install_where_the_node_expects_them() {
     assert_eq!(
         std::fs::read(root.path().join("usr/bin/kubeadm")).unwrap(),
         std::fs::read(m.join("kubeadm")).unwrap()
+    );
+}
+
+#[test]
+fn arch_placeholders_fetch_and_lock_one_file_per_architecture() {
+    let (f, m) = mirrored();
+    // runc gets one file per architecture, like the example cluster's `runc.{arch}`.
+    let arm = b"#!/bin/sh\necho mirror runc arm64\n";
+    let amd = std::fs::read(m.join("runc.amd64")).unwrap();
+    std::fs::write(m.join("runc.arm64"), arm).unwrap();
+    std::fs::write(
+        m.join("runc.sha256sum"),
+        format!("{}  runc.arm64\n{}  runc.amd64\n", sha(arm), sha(&amd)),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&f.config).unwrap();
+    std::fs::write(&f.config, text.replace("/runc.amd64\"", "/runc.{arch}\"")).unwrap();
+    let cluster = f.cluster();
+    let lock_path = f.dir.path().join("imgbuild.lock");
+    let runc_entries = || {
+        Lock::load(&lock_path)
+            .unwrap()
+            .artifacts
+            .into_iter()
+            .filter(|e| e.name == "runc")
+            .map(|e| {
+                (
+                    e.url.rsplit('/').next().unwrap().to_string(),
+                    e.version,
+                    e.sha256,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+
+    // The example's machines are amd64: `imgbuild fetch` fetches amd64's runc only.
+    let fetched = artifacts::fetch_all(&cluster, |_| {}).unwrap();
+    assert_eq!(fetched.len(), 10);
+    assert_eq!(
+        fetched.iter().find(|x| x.name == "runc").unwrap().arch,
+        Some(Arch::Amd64)
+    );
+    assert_eq!(
+        fetched
+            .iter()
+            .find(|x| x.name == "cni-manifest")
+            .unwrap()
+            .arch,
+        None,
+        "no {{arch}}: one file for every architecture"
+    );
+    let err = artifacts::resolve(&cluster, Arch::Arm64)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("artifact runc (1.3.3, arm64) is not fetched")
+            && err.contains("imgbuild fetch")
+            && err.contains("no machine is arm64"),
+        "{err}"
+    );
+
+    // Both architectures: two lock entries for runc, one for everything else.
+    let fetched = artifacts::fetch_all_for(&cluster, &[Arch::Amd64, Arch::Arm64], |_| {}).unwrap();
+    assert_eq!(fetched.len(), 11);
+    assert_eq!(
+        runc_entries(),
+        [
+            ("runc.amd64".into(), "1.3.3".into(), sha(&amd)),
+            ("runc.arm64".into(), "1.3.3".into(), sha(arm)),
+        ]
+    );
+    let lock = Lock::load(&lock_path).unwrap();
+    assert_eq!(
+        lock.artifacts
+            .iter()
+            .filter(|e| e.name == "kubeadm")
+            .count(),
+        1
+    );
+    let runc = |arch| {
+        artifacts::resolve(&cluster, arch)
+            .unwrap()
+            .into_iter()
+            .find(|r| r.name == "runc")
+            .unwrap()
+    };
+    assert_eq!(std::fs::read(runc(Arch::Arm64).path).unwrap(), arm);
+    assert_eq!(std::fs::read(runc(Arch::Amd64).path).unwrap(), amd);
+    let (da, db) = (
+        artifacts::locked_digests(&cluster, Arch::Amd64).unwrap(),
+        artifacts::locked_digests(&cluster, Arch::Arm64).unwrap(),
+    );
+    let differ: Vec<&String> = da.keys().filter(|k| da[*k] != db[*k]).collect();
+    assert_eq!(differ, ["runc"]);
+
+    // Fetching one architecture again leaves the other's entry alone; nothing is downloaded.
+    let again = artifacts::fetch_all_for(&cluster, &[Arch::Amd64], |_| {}).unwrap();
+    assert!(again.iter().all(|x| x.cached && !x.lock_updated));
+    assert_eq!(runc_entries().len(), 2);
+
+    // A new version re-locks the architecture fetched; the other one's entry is then stale and says so.
+    let text = std::fs::read_to_string(&f.config).unwrap();
+    std::fs::write(
+        &f.config,
+        text.replace(
+            "[artifacts.runc]\nversion = \"1.3.3\"",
+            "[artifacts.runc]\nversion = \"1.3.4\"",
+        ),
+    )
+    .unwrap();
+    let cluster = f.cluster();
+    artifacts::fetch_all_for(&cluster, &[Arch::Amd64], |_| {}).unwrap();
+    assert_eq!(
+        runc_entries(),
+        [
+            ("runc.amd64".into(), "1.3.4".into(), sha(&amd)),
+            ("runc.arm64".into(), "1.3.3".into(), sha(arm)),
+        ]
+    );
+    let err = artifacts::resolve(&cluster, Arch::Arm64)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("records version 1.3.3") && err.contains("asks for 1.3.4"),
+        "{err}"
     );
 }

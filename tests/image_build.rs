@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use image_fixture::{Fixture, mirrored, scan_tree, unpack_initrd};
-use imgbuild::config::Role;
+use imgbuild::config::{Arch, Role};
 use imgbuild::image::build::{self, Options, Report};
 use imgbuild::image::manifest::{INITRD, KERNEL, MANIFEST, Manifest, ROOTFS};
 use imgbuild::image::store;
@@ -81,7 +81,10 @@ fn root_image_builds_are_reproducible_immutable_cached_and_secret_free() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(
-        text.contains(&format!("worker image {}: up to date (cached", ra.id)),
+        text.contains(&format!(
+            "worker image {} (amd64): up to date (cached",
+            ra.id
+        )),
         "{text}"
     );
     assert!(
@@ -251,6 +254,131 @@ fn root_image_builds_are_reproducible_immutable_cached_and_secret_free() {
         ));
     }
     assert!(hits.is_empty(), "secrets in the image: {hits:#?}");
+}
+
+/// The ELF `e_machine` of a file (None when it is not an ELF file).
+fn elf_machine(path: &Path) -> Option<u16> {
+    let b = std::fs::read(path).ok()?;
+    (b.len() > 20 && b.starts_with(b"\x7fELF")).then(|| u16::from_le_bytes([b[18], b[19]]))
+}
+
+const EM_X86_64: u16 = 0x3e;
+const EM_AARCH64: u16 = 0xb7;
+
+#[test]
+fn root_arm64_worker_image_has_an_arm64_kernel_and_aarch64_binaries_and_its_own_id() {
+    // Emulated through qemu-user-static (./scripts/setup): the cold base takes minutes (docs/images.md).
+    let f = Fixture::new(|s| s);
+    let cluster = f.cluster();
+    let arm = build::build_for(&cluster, Role::Worker, Arch::Arm64, &standins()).unwrap();
+    assert_eq!(arm.arch, Arch::Arm64);
+    let m = Manifest::read(&f.images(), &arm.id).unwrap();
+    assert_eq!(m.arch, Arch::Arm64);
+    assert!(m.standins);
+    assert!(m.inputs.packages.contains_key("linux-image-arm64"));
+    assert!(!m.inputs.packages.contains_key("linux-image-amd64"));
+    assert_eq!(
+        m.kernel_args
+            .iter()
+            .rev()
+            .find(|a| a.starts_with("console="))
+            .unwrap(),
+        "console=ttyAMA0,115200",
+        "{:?}",
+        m.kernel_args
+    );
+
+    // The kernel is an arm64 Linux Image: magic "ARM\x64" at 0x38 (behind the EFI stub's "MZ").
+    let k = std::fs::read(arm.dir.join(KERNEL)).unwrap();
+    assert_eq!(&k[0x38..0x3c], b"ARM\x64", "not an arm64 Image");
+    assert_eq!(&k[..2], b"MZ", "EFI stub (GRUB boots it as an EFI image)");
+
+    // The root filesystem's binaries are aarch64, its stand-ins scripts.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    unsquash(&arm.dir.join(ROOTFS), &root);
+    for bin in [
+        "usr/bin/dpkg",
+        "usr/bin/busybox",
+        "usr/lib/systemd/systemd",
+        "usr/sbin/iscsid",
+    ] {
+        assert_eq!(elf_machine(&root.join(bin)), Some(EM_AARCH64), "{bin}");
+    }
+    let kubelet = std::fs::read_to_string(root.join("usr/bin/kubelet")).unwrap();
+    assert!(kubelet.starts_with("#!") && kubelet.contains("STAND-IN"));
+    let ld = std::fs::read_dir(root.join("usr/lib"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect::<Vec<_>>();
+    assert!(ld.iter().any(|n| n == "aarch64-linux-gnu"), "{ld:?}");
+    assert!(!ld.iter().any(|n| n == "x86_64-linux-gnu"), "{ld:?}");
+    let boot = std::fs::read_dir(root.join("usr/lib/modules"))
+        .unwrap()
+        .count();
+    assert_eq!(boot, 1);
+
+    // The initrd: imgbuild's script and aarch64 tools, and the virt machine's virtio modules.
+    let ia = tmp.path().join("initrd");
+    unpack_initrd(&arm.dir.join(INITRD), &ia);
+    assert!(ia.join("scripts/imgbuild").is_file());
+    for bin in ["usr/lib/imgbuild/bin/mke2fs", "usr/bin/busybox"] {
+        assert_eq!(elf_machine(&ia.join(bin)), Some(EM_AARCH64), "initrd {bin}");
+    }
+    let modules = std::fs::read_to_string(ia.join("conf/modules")).unwrap_or_default();
+    let kos: Vec<String> = walk(&ia.join("usr/lib/modules"))
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    for m in ["virtio_net", "virtio_blk", "squashfs", "overlay"] {
+        let built_in = std::fs::read_to_string(
+            walk(&ia.join("usr/lib/modules"))
+                .into_iter()
+                .find(|p| p.ends_with("modules.builtin"))
+                .unwrap_or_default(),
+        )
+        .unwrap_or_default()
+        .contains(&format!("/{m}.ko"));
+        assert!(
+            built_in || kos.iter().any(|k| k.starts_with(&format!("{m}.ko"))),
+            "initrd lacks {m} ({modules})"
+        );
+    }
+
+    // The amd64 image of the same role and inputs: another id, another base, x86-64 binaries.
+    let amd = build::build_for(&cluster, Role::Worker, Arch::Amd64, &standins()).unwrap();
+    assert_eq!(amd.arch, Arch::Amd64);
+    assert_ne!(amd.id, arm.id);
+    assert_ne!(amd.base_digest, arm.base_digest);
+    let ka = std::fs::read(amd.dir.join(KERNEL)).unwrap();
+    assert_ne!(&ka[0x38..0x3c], b"ARM\x64");
+    assert_eq!(&ka[0x202..0x206], b"HdrS", "an x86 bzImage");
+    let ra = tmp.path().join("amd-initrd");
+    unpack_initrd(&amd.dir.join(INITRD), &ra);
+    assert_eq!(elf_machine(&ra.join("usr/bin/busybox")), Some(EM_X86_64));
+
+    // Warm: the arm64 image comes from the index, not the amd64 one.
+    let again = build::build_for(&cluster, Role::Worker, Arch::Arm64, &standins()).unwrap();
+    assert!(again.cached && again.id == arm.id);
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
 }
 
 #[test]

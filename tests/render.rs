@@ -3,8 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use imgbuild::config::{self, Role, profile};
-use imgbuild::image::tree;
+use imgbuild::config::{self, Arch, Role, profile};
+use imgbuild::image::base::BaseSpec;
+use imgbuild::image::build::{self, Options};
+use imgbuild::image::{artifacts, initrd, tree};
 use imgbuild::template::Engine;
 
 fn root() -> PathBuf {
@@ -151,4 +153,219 @@ fn dir_digest(dir: &Path) -> Vec<(String, u32, Vec<u8>)> {
     }
     out.sort();
     out
+}
+
+#[test]
+fn profiles_follow_the_architecture_kernel_package_and_serial_console() {
+    let cluster = config::load(&root().join("cluster.toml")).expect("example valid");
+    for role in Role::ALL {
+        let amd = profile::resolve_for(&cluster.paths.profiles, role, Arch::Amd64).unwrap();
+        let arm = profile::resolve_for(&cluster.paths.profiles, role, Arch::Arm64).unwrap();
+        assert_eq!(amd.arch, Arch::Amd64);
+        assert_eq!(arm.arch, Arch::Arm64);
+        // resolve() is the amd64 profile.
+        let default = profile::resolve(&cluster.paths.profiles, role).unwrap();
+        assert_eq!(default.packages, amd.packages);
+        assert_eq!(default.kernel_args, amd.kernel_args);
+
+        assert!(amd.packages.iter().any(|p| p == "linux-image-amd64"));
+        assert!(!amd.packages.iter().any(|p| p == "linux-image-arm64"));
+        assert!(arm.packages.iter().any(|p| p == "linux-image-arm64"));
+        assert!(!arm.packages.iter().any(|p| p == "linux-image-amd64"));
+        // The same packages otherwise.
+        let other = |v: &[String]| {
+            let mut v: Vec<String> = v
+                .iter()
+                .filter(|p| !p.starts_with("linux-image-"))
+                .cloned()
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(other(&amd.packages), other(&arm.packages));
+
+        // The last console= gets /dev/console: the architecture's serial port.
+        let last_console = |args: &[String]| {
+            args.iter()
+                .rev()
+                .find(|a| a.starts_with("console="))
+                .cloned()
+                .unwrap()
+        };
+        assert_eq!(last_console(&amd.kernel_args), "console=ttyS0,115200");
+        assert_eq!(last_console(&arm.kernel_args), "console=ttyAMA0,115200");
+        assert!(!arm.kernel_args.iter().any(|a| a.contains("ttyS0")));
+        for a in ["net.ifnames=0", "panic=30", "console=tty0"] {
+            assert!(arm.kernel_args.iter().any(|x| x == a), "{role}: {a}");
+        }
+        // amd64's arguments are the ones from before architectures existed, in the same order.
+        assert_eq!(
+            amd.kernel_args[..4],
+            [
+                "net.ifnames=0",
+                "panic=30",
+                "console=tty0",
+                "console=ttyS0,115200"
+            ]
+        );
+    }
+}
+
+#[test]
+fn an_unknown_architecture_in_a_profile_is_an_error_naming_file_and_key() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(d.path().join("worker")).unwrap();
+    std::fs::write(
+        d.path().join("worker/profile.toml"),
+        "packages = [\"jq\"]\n\n[arch.riscv64]\npackages = [\"linux-image-riscv64\"]\n",
+    )
+    .unwrap();
+    let e = profile::resolve_for(d.path(), Role::Worker, Arch::Amd64)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("worker/profile.toml:3:") && e.contains("riscv64") && e.contains("amd64, arm64"),
+        "{e}"
+    );
+    std::fs::write(
+        d.path().join("worker/profile.toml"),
+        "[arch.arm64]\nkernel_package = \"linux-image-arm64\"\n",
+    )
+    .unwrap();
+    let e = profile::resolve_for(d.path(), Role::Worker, Arch::Arm64)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("kernel_package"), "{e}");
+}
+
+#[test]
+fn the_architecture_is_in_every_cache_key_and_amd64_and_arm64_never_share_one() {
+    let cluster = config::load(&root().join("cluster.toml")).expect("example valid");
+    let engine = Engine::new(&cluster.paths.profiles, &cluster.paths.ipxe);
+    let standins = Options {
+        standins: true,
+        progress: false,
+    };
+    let key = |arch| build::input_key(&cluster, Role::Worker, arch, &standins).unwrap();
+    assert_ne!(key(Arch::Amd64), key(Arch::Arm64), "index keys");
+    assert_eq!(key(Arch::Arm64), key(Arch::Arm64), "stable");
+
+    let spec = |arch| {
+        BaseSpec::new(
+            &cluster,
+            &profile::resolve_for(&cluster.paths.profiles, Role::Worker, arch).unwrap(),
+        )
+    };
+    let (amd, arm) = (spec(Arch::Amd64), spec(Arch::Arm64));
+    assert_ne!(amd.digest(), arm.digest(), "base digests");
+    assert!(arm.packages.contains(&"linux-image-arm64".to_string()));
+    // The three example roles still share one base per architecture.
+    for role in Role::ALL {
+        let p = profile::resolve_for(&cluster.paths.profiles, role, Arch::Arm64).unwrap();
+        assert_eq!(BaseSpec::new(&cluster, &p).digest(), arm.digest(), "{role}");
+    }
+
+    // The initrd: a different digest even for the same base digest, and arm64 carries virtio_mmio.
+    let ia = initrd::render(&cluster, &engine, &amd.digest(), Arch::Amd64).unwrap();
+    let ib = initrd::render(&cluster, &engine, &amd.digest(), Arch::Arm64).unwrap();
+    assert_ne!(ia.digest, ib.digest, "initrd digests");
+    let modules = |c: &initrd::InitrdConfig| {
+        let (_, _, b) = c.files.iter().find(|(p, _, _)| p == "modules").unwrap();
+        String::from_utf8(b.clone()).unwrap()
+    };
+    for m in [
+        "virtio_pci",
+        "virtio_net",
+        "virtio_blk",
+        "squashfs",
+        "overlay",
+    ] {
+        assert!(modules(&ia).lines().any(|l| l == m), "amd64 {m}");
+        assert!(modules(&ib).lines().any(|l| l == m), "arm64 {m}");
+    }
+    assert!(modules(&ib).lines().any(|l| l == "virtio_mmio"));
+    assert!(!modules(&ia).contains("virtio_mmio"));
+    assert!(
+        !modules(&ia).contains("\n\n"),
+        "no blank lines from the arch block"
+    );
+}
+
+#[test]
+fn artifact_urls_name_the_architecture() {
+    let cluster = config::load(&root().join("cluster.toml")).expect("example valid");
+    let art = |n: &str| cluster.artifacts.get(n).unwrap();
+    let kubeadm = artifacts::source(art("kubeadm"), Arch::Arm64);
+    assert!(
+        kubeadm.url.ends_with("/bin/linux/arm64/kubeadm"),
+        "{}",
+        kubeadm.url
+    );
+    assert_eq!(kubeadm.arch, Some(Arch::Arm64));
+    let ctd = artifacts::source(art("containerd"), Arch::Amd64);
+    assert!(ctd.url.ends_with("-linux-amd64.tar.gz"), "{}", ctd.url);
+    assert!(
+        ctd.checksum_url
+            .unwrap()
+            .ends_with("-linux-amd64.tar.gz.sha256sum"),
+        "the checksum URL too"
+    );
+    // Every binary artifact has one file per architecture; the YAML manifests one for all.
+    for (name, a) in &cluster.artifacts {
+        assert_eq!(
+            artifacts::is_per_arch(a),
+            !name.ends_with("-manifest"),
+            "{name}: {}",
+            a.url
+        );
+        for arch in Arch::ALL {
+            let s = artifacts::source(a, arch);
+            assert!(!s.url.contains('{'), "{name}: {}", s.url);
+            if artifacts::is_per_arch(a) {
+                assert!(s.url.contains(arch.as_str()), "{name}: {}", s.url);
+                let other = Arch::ALL.into_iter().find(|x| *x != arch).unwrap();
+                assert!(!s.url.contains(other.as_str()), "{name}: {}", s.url);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_cli_resolves_a_profile_for_an_architecture_and_rejects_unknown_ones() {
+    let bin = env!("CARGO_BIN_EXE_imgbuild");
+    let cfg = root().join("cluster.toml");
+    let out = Command::new(bin)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["profile", "worker", "--arch", "arm64", "--show"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("for arm64")
+            && text.contains("linux-image-arm64")
+            && text.contains("console=ttyAMA0"),
+        "{text}"
+    );
+    let out = Command::new(bin)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["profile", "worker", "--arch", "arm64", "--show", "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["arch"], "arm64");
+    let out = Command::new(bin)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["build", "--arch", "sparc"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("sparc") && err.contains("amd64, arm64"),
+        "{err}"
+    );
 }

@@ -3,11 +3,15 @@
 use std::process::ExitCode;
 
 use super::Cli;
-use crate::config::Role;
+use crate::config::{Arch, Role};
 use crate::image::build::{self, Options, Report};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// The CPU architecture (Debian's name): amd64 or arm64. arm64 on an amd64 machine needs
+    /// qemu-user-static (./scripts/setup).
+    #[arg(long, default_value = "amd64")]
+    pub arch: Arch,
     /// Build with labelled stand-ins for kubeadm, kubelet, containerd, ... (never a real cluster image).
     #[arg(long)]
     pub standins: bool,
@@ -21,8 +25,8 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     let opts = options(args.standins, args.json);
     let mut reports = Vec::new();
     for role in Role::ALL {
-        let r = build::build(&cluster, role, &opts)
-            .map_err(|e| anyhow::anyhow!("building the {role} image: {e}"))?;
+        let r = build::build_for(&cluster, role, args.arch, &opts)
+            .map_err(|e| anyhow::anyhow!("building the {role} {} image: {e}", args.arch))?;
         if !args.json {
             print_report(&r);
         }
@@ -59,7 +63,7 @@ pub fn print_report(r: &Report) {
     } else {
         format!("built in {:.1} s", r.seconds)
     };
-    println!("{} image {}: {what}", r.role, r.id);
+    println!("{} image {} ({}): {what}", r.role, r.id, r.arch);
     if r.standins {
         println!(
             "  WARNING: built with STAND-INS for kubeadm, kubelet, containerd, ...: boots and reports, but is never a working cluster"

@@ -5,13 +5,18 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::Cli;
-use crate::config::{Role, profile};
+use crate::config::{Arch, Role, profile};
 use crate::image::tree;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The role: master, worker or storage.
     pub role: Role,
+    /// The CPU architecture (Debian's name): amd64 or arm64. Picks the profiles' `[arch.<name>]` additions
+    /// (kernel package, serial console) and the artifacts' files; arm64 on an amd64 machine needs
+    /// qemu-user-static (./scripts/setup).
+    #[arg(long, default_value = "amd64")]
+    pub arch: Arch,
     /// Print the resolved profile (the inheritance chain merged).
     #[arg(long)]
     pub show: bool,
@@ -28,12 +33,17 @@ pub struct Args {
 
 pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     let cluster = super::load_cluster(&cli.config)?;
-    let prof = profile::resolve(&cluster.paths.profiles, args.role)?;
+    let prof = profile::resolve_for(&cluster.paths.profiles, args.role, args.arch)?;
     if args.show {
         if args.json {
             println!("{}", serde_json::to_string_pretty(&prof)?);
         } else {
-            println!("profile {} ({})", prof.role, prof.chain.join(" → "));
+            println!(
+                "profile {} for {} ({})",
+                prof.role,
+                prof.arch,
+                prof.chain.join(" → ")
+            );
             if !prof.description.is_empty() {
                 println!("  {}", prof.description);
             }
@@ -72,8 +82,8 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let opts = super::build::options(args.standins, args.json);
-    let report = crate::image::build::build(&cluster, args.role, &opts)
-        .map_err(|e| anyhow::anyhow!("building the {} image: {e}", args.role))?;
+    let report = crate::image::build::build_for(&cluster, args.role, args.arch, &opts)
+        .map_err(|e| anyhow::anyhow!("building the {} {} image: {e}", args.role, args.arch))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

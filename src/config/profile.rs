@@ -2,6 +2,11 @@
 //!
 //! A profile names the profile it `inherits` from (`master`, `worker` and `storage` inherit `base`). Resolving
 //! merges the chain: lists are appended without duplicates, sysctls and files are overridden by the child.
+//!
+//! A profile is resolved for one CPU architecture: an `[arch.<name>]` table (`amd64`, `arm64`) adds `packages`
+//! and `kernel_args` for that architecture only, after the profile's common lists (so an architecture's
+//! `console=` comes last and wins). The base profile keeps the kernel package (`linux-image-<arch>`) and the
+//! serial console (`ttyS0` on amd64, `ttyAMA0` on arm64) there.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::error::{ConfigError, Problem};
-use super::model::Role;
+use super::model::{Arch, Role};
 use super::validate::{Checker, Seg};
 
 /// `profile.toml` as written.
@@ -31,6 +36,19 @@ struct ProfileFile {
     sysctl: BTreeMap<String, toml::Value>,
     #[serde(default)]
     files: Vec<FileEntry>,
+    /// Per-architecture additions, keyed by Debian's architecture name.
+    #[serde(default)]
+    arch: BTreeMap<String, ArchEntry>,
+}
+
+/// `[arch.<name>]`: what a profile adds on one architecture.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ArchEntry {
+    #[serde(default)]
+    packages: Vec<String>,
+    #[serde(default)]
+    kernel_args: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,6 +81,8 @@ pub struct FileSpec {
 #[derive(Debug, Clone, Serialize)]
 pub struct Profile {
     pub role: Role,
+    /// The architecture the profile was resolved for (its `[arch.<name>]` additions are merged in).
+    pub arch: Arch,
     pub description: String,
     /// Profiles merged, base first.
     pub chain: Vec<String>,
@@ -186,13 +206,36 @@ fn read_one(dir: &Path, name: &str, problems: &mut Vec<Problem>) -> Option<(Prof
             );
         }
     }
+    for (a, entry) in &parsed.arch {
+        if let Err(e) = a.parse::<Arch>() {
+            c.error(&[Seg::Key("arch".into()), Seg::Key(a.clone())], e);
+        }
+        for (i, p) in entry.packages.iter().enumerate() {
+            if p.is_empty() || p.contains(char::is_whitespace) {
+                c.error(
+                    &[
+                        Seg::Key("arch".into()),
+                        Seg::Key(a.clone()),
+                        Seg::Key("packages".into()),
+                        Seg::Index(i),
+                    ],
+                    format!("{p:?} is not a Debian package name"),
+                );
+            }
+        }
+    }
     let bad = !c.problems.is_empty();
     problems.append(&mut c.problems);
     (!bad).then_some((parsed, path))
 }
 
-/// Loads `profiles/<role>/` and everything it inherits, merged.
+/// Loads `profiles/<role>/` and everything it inherits, merged, for amd64 (see [`resolve_for`]).
 pub fn resolve(profiles_dir: &Path, role: Role) -> Result<Profile, ConfigError> {
+    resolve_for(profiles_dir, role, Arch::Amd64)
+}
+
+/// Loads `profiles/<role>/` and everything it inherits, merged, with each profile's `[arch.<arch>]` additions.
+pub fn resolve_for(profiles_dir: &Path, role: Role, arch: Arch) -> Result<Profile, ConfigError> {
     let mut problems = Vec::new();
     let mut chain: Vec<(String, ProfileFile)> = Vec::new();
     let mut name = role.as_str().to_string();
@@ -223,6 +266,7 @@ pub fn resolve(profiles_dir: &Path, role: Role) -> Result<Profile, ConfigError> 
     chain.reverse();
     let mut out = Profile {
         role,
+        arch,
         description: String::new(),
         chain: chain.iter().map(|(n, _)| n.clone()).collect(),
         packages: vec![],
@@ -236,9 +280,14 @@ pub fn resolve(profiles_dir: &Path, role: Role) -> Result<Profile, ConfigError> 
         if !pf.description.is_empty() {
             out.description = pf.description.clone();
         }
+        let for_arch = pf.arch.get(arch.as_str());
         push_unique(&mut out.packages, &pf.packages);
         push_unique(&mut out.kernel_modules, &pf.kernel_modules);
         push_unique(&mut out.kernel_args, &pf.kernel_args);
+        if let Some(a) = for_arch {
+            push_unique(&mut out.packages, &a.packages);
+            push_unique(&mut out.kernel_args, &a.kernel_args);
+        }
         push_unique(&mut out.enable_units, &pf.enable_units);
         for (k, v) in &pf.sysctl {
             let v = match v {

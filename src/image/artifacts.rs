@@ -4,6 +4,11 @@
 //! the upstream checksum (`checksum_url`, a `.sha256` file with a bare digest or `digest  filename` lines) and
 //! against `imgbuild.lock`, and stores it as `cache/artifacts/<sha256>`. A build calls [`resolve`], which never
 //! downloads: every artifact must be locked and present in the cache with the locked digest.
+//!
+//! Architectures: `{arch}` in an artifact's `url` or `checksum_url` stands for Debian's architecture name
+//! (`amd64`, `arm64`), so one `[artifacts.*]` entry names a file per architecture ([`source`]). The lock holds
+//! one entry per artifact *and source URL*: the amd64 and arm64 files of an artifact are two entries (their
+//! URLs differ), an artifact without `{arch}` (the YAML manifests) is one entry every architecture shares.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -12,7 +17,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::lock::{Lock, LockEntry, LockError, Verified};
-use crate::config::{Artifact, Cluster};
+use crate::config::{Arch, Artifact, Cluster};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
@@ -51,13 +56,16 @@ pub enum ArtifactError {
         actual: String,
     },
     #[error(
-        "artifact {name} ({version}) is not fetched: {reason}. Run `imgbuild fetch` (or build with --standins \
-         for a labelled stand-in image)"
+        "artifact {name} ({version}, {arch}) is not fetched: {reason}. Run `imgbuild fetch` (or build with \
+         --standins for a labelled stand-in image){hint}"
     )]
     Missing {
         name: String,
         version: String,
+        arch: Arch,
         reason: String,
+        /// Extra advice (why `imgbuild fetch` did not fetch it), or empty.
+        hint: String,
     },
     #[error(
         "artifact {name}: cached file {path} has sha256 {actual}, not the locked {locked}: the cache is damaged; \
@@ -84,6 +92,62 @@ pub fn cache_dir(cluster: &Cluster) -> PathBuf {
     cluster.paths.cache.join("artifacts")
 }
 
+/// Where one architecture's file of an artifact comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub url: String,
+    pub checksum_url: Option<String>,
+    /// The architecture the file is for; `None` when the URL has no `{arch}` (one file for every architecture).
+    pub arch: Option<Arch>,
+}
+
+/// The placeholder for Debian's architecture name in artifact URLs.
+pub const ARCH_PLACEHOLDER: &str = "{arch}";
+
+/// Whether an artifact has one file per architecture (`{arch}` in its URL).
+pub fn is_per_arch(art: &Artifact) -> bool {
+    art.url.contains(ARCH_PLACEHOLDER)
+}
+
+/// The source of `art` for `arch`: `{arch}` replaced in its URL and checksum URL.
+pub fn source(art: &Artifact, arch: Arch) -> Source {
+    let r = |u: &str| u.replace(ARCH_PLACEHOLDER, arch.as_str());
+    Source {
+        url: r(&art.url),
+        checksum_url: art.checksum_url.as_deref().map(r),
+        arch: is_per_arch(art).then_some(arch),
+    }
+}
+
+/// The architectures `imgbuild fetch` fetches for: those of the cluster's machines (amd64 when it has none).
+pub fn cluster_arches(cluster: &Cluster) -> Vec<Arch> {
+    let mut v: Vec<Arch> = cluster.machines.iter().map(|m| m.arch).collect();
+    v.sort();
+    v.dedup();
+    if v.is_empty() {
+        v.push(Arch::Amd64);
+    }
+    v
+}
+
+/// The lock entry of `name` fetched from `url`.
+fn lock_get<'l>(lock: &'l Lock, name: &str, url: &str) -> Option<&'l LockEntry> {
+    lock.artifacts
+        .iter()
+        .find(|e| e.name == name && e.url == url)
+}
+
+/// Records `entry` for `art`: the entries of `art` for the other architectures stay while their URL is still
+/// the configured one; any other entry of the name (an older version or URL) is replaced. Sorted by name, URL.
+fn lock_put(lock: &mut Lock, art: &Artifact, entry: LockEntry) {
+    let current: Vec<String> = Arch::ALL.iter().map(|a| source(art, *a).url).collect();
+    lock.artifacts
+        .retain(|e| e.name != entry.name || (e.url != entry.url && current.contains(&e.url)));
+    lock.artifacts.push(entry);
+    lock.artifacts
+        .sort_by(|a, b| (&a.name, &a.url).cmp(&(&b.name, &b.url)));
+}
+
 /// A verified artifact file ready to install.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolved {
@@ -98,6 +162,9 @@ pub struct Resolved {
 pub struct Fetched {
     pub name: String,
     pub version: String,
+    /// The architecture of the file; absent when one file serves every architecture.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arch: Option<Arch>,
     pub sha256: String,
     pub size: u64,
     /// Already in the cache with the locked digest: nothing downloaded.
@@ -173,9 +240,20 @@ fn sha256_file(path: &Path) -> std::io::Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-/// Fetches every artifact of the cluster, verifies it and updates `imgbuild.lock`.
+/// Fetches every artifact of the cluster for the architectures of its machines ([`cluster_arches`]), verifies
+/// it and updates `imgbuild.lock`.
 pub fn fetch_all(
     cluster: &Cluster,
+    on_progress: impl FnMut(&str),
+) -> Result<Vec<Fetched>, ArtifactError> {
+    fetch_all_for(cluster, &cluster_arches(cluster), on_progress)
+}
+
+/// Fetches every artifact of the cluster for each of `arches` (an artifact without `{arch}` once), verifies
+/// it and updates `imgbuild.lock`. `on_progress` gets `name` or `name (arch)` before each.
+pub fn fetch_all_for(
+    cluster: &Cluster,
+    arches: &[Arch],
     mut on_progress: impl FnMut(&str),
 ) -> Result<Vec<Fetched>, ArtifactError> {
     let lock_path = &cluster.paths.lock;
@@ -187,13 +265,23 @@ pub fn fetch_all(
     })?;
     let mut out = Vec::new();
     for (name, art) in &cluster.artifacts {
-        on_progress(name);
-        let r = fetch_one(&dir, &mut lock, name, art);
-        // Save what was verified so far, even when a later artifact fails.
-        if r.as_ref().is_ok_and(|f| f.lock_updated) {
-            lock.save(lock_path)?;
+        let sources: Vec<Source> = if is_per_arch(art) {
+            arches.iter().map(|a| source(art, *a)).collect()
+        } else {
+            vec![source(art, Arch::Amd64)]
+        };
+        for src in sources {
+            match src.arch {
+                Some(a) => on_progress(&format!("{name} ({a})")),
+                None => on_progress(name),
+            }
+            let r = fetch_one(&dir, &mut lock, name, art, &src);
+            // Save what was verified so far, even when a later artifact fails.
+            if r.as_ref().is_ok_and(|f| f.lock_updated) {
+                lock.save(lock_path)?;
+            }
+            out.push(r?);
         }
-        out.push(r?);
     }
     Ok(out)
 }
@@ -203,10 +291,10 @@ fn fetch_one(
     lock: &mut Lock,
     name: &str,
     art: &Artifact,
+    src: &Source,
 ) -> Result<Fetched, ArtifactError> {
-    let locked = lock
-        .get(name)
-        .filter(|e| e.url == art.url && e.version == art.version)
+    let locked = lock_get(lock, name, &src.url)
+        .filter(|e| e.version == art.version)
         .cloned();
     // Already cached with the locked digest: nothing to download.
     if let Some(e) = &locked {
@@ -215,6 +303,7 @@ fn fetch_one(
             return Ok(Fetched {
                 name: name.into(),
                 version: art.version.clone(),
+                arch: src.arch,
                 sha256: e.sha256.clone(),
                 size: p.metadata().map(|m| m.len()).unwrap_or(0),
                 cached: true,
@@ -229,14 +318,14 @@ fn fetch_one(
     };
     // Download into a temp file beside the cache, hashing as we go.
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io(dir))?;
-    let mut reader = open(name, &art.url)?;
+    let mut reader = open(name, &src.url)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
     loop {
         let n = reader.read(&mut buf).map_err(|e| ArtifactError::Download {
             name: name.into(),
-            url: art.url.clone(),
+            url: src.url.clone(),
             detail: e.to_string(),
         })?;
         if n == 0 {
@@ -247,7 +336,7 @@ fn fetch_one(
         tmp.write_all(&buf[..n]).map_err(io(tmp.path()))?;
     }
     let actual = hex::encode(h.finalize());
-    let verified = match &art.checksum_url {
+    let verified = match &src.checksum_url {
         Some(curl) => {
             let mut text = String::new();
             open(name, curl)?
@@ -257,7 +346,7 @@ fn fetch_one(
                     url: curl.clone(),
                     detail: e.to_string(),
                 })?;
-            let file = file_name(&art.url);
+            let file = file_name(&src.url);
             let expected =
                 parse_checksum(&text, file).ok_or_else(|| ArtifactError::NoChecksum {
                     name: name.into(),
@@ -267,7 +356,7 @@ fn fetch_one(
             if expected != actual {
                 return Err(ArtifactError::UpstreamMismatch {
                     name: name.into(),
-                    url: art.url.clone(),
+                    url: src.url.clone(),
                     expected,
                     actual,
                 });
@@ -281,7 +370,7 @@ fn fetch_one(
     {
         return Err(ArtifactError::LockMismatch {
             name: name.into(),
-            url: art.url.clone(),
+            url: src.url.clone(),
             locked: e.sha256.clone(),
             actual,
         });
@@ -300,16 +389,21 @@ fn fetch_one(
         );
     }
     let lock_updated = locked.is_none();
-    lock.upsert(LockEntry {
-        name: name.into(),
-        version: art.version.clone(),
-        url: art.url.clone(),
-        sha256: actual.clone(),
-        verified,
-    });
+    lock_put(
+        lock,
+        art,
+        LockEntry {
+            name: name.into(),
+            version: art.version.clone(),
+            url: src.url.clone(),
+            sha256: actual.clone(),
+            verified,
+        },
+    );
     Ok(Fetched {
         name: name.into(),
         version: art.version.clone(),
+        arch: src.arch,
         sha256: actual,
         size,
         cached: false,
@@ -318,54 +412,99 @@ fn fetch_one(
     })
 }
 
-/// The locked digest of every artifact, without touching the files (for the image's input digest).
-pub fn locked_digests(cluster: &Cluster) -> Result<BTreeMap<String, String>, ArtifactError> {
+/// The locked digest of every artifact for `arch`, without touching the files (for the image's input digest).
+pub fn locked_digests(
+    cluster: &Cluster,
+    arch: Arch,
+) -> Result<BTreeMap<String, String>, ArtifactError> {
     let lock = Lock::load(&cluster.paths.lock)?;
     let mut out = BTreeMap::new();
     for (name, art) in &cluster.artifacts {
-        let e = locked_entry(&lock, name, art)?;
+        let e = locked_entry(cluster, &lock, name, art, arch)?;
         out.insert(name.clone(), e.sha256.clone());
     }
     Ok(out)
 }
 
+fn missing(
+    cluster: &Cluster,
+    name: &str,
+    art: &Artifact,
+    arch: Arch,
+    reason: String,
+) -> ArtifactError {
+    let hint = if cluster_arches(cluster).contains(&arch) {
+        String::new()
+    } else {
+        format!(
+            "; note that `imgbuild fetch` fetches for the architectures of the machines in cluster.toml ({}), \
+             and no machine is {arch}",
+            cluster_arches(cluster)
+                .iter()
+                .map(|a| a.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    ArtifactError::Missing {
+        name: name.into(),
+        version: art.version.clone(),
+        arch,
+        reason,
+        hint,
+    }
+}
+
 fn locked_entry<'l>(
+    cluster: &Cluster,
     lock: &'l Lock,
     name: &str,
     art: &Artifact,
+    arch: Arch,
 ) -> Result<&'l LockEntry, ArtifactError> {
-    let missing = |reason: String| ArtifactError::Missing {
-        name: name.into(),
-        version: art.version.clone(),
-        reason,
+    let src = source(art, arch);
+    let Some(e) = lock_get(lock, name, &src.url) else {
+        let reason = match lock.artifacts.iter().find(|e| e.name == name) {
+            Some(e) => format!(
+                "imgbuild.lock records version {} from {}, but cluster.toml asks for {} from {}",
+                e.version, e.url, art.version, src.url
+            ),
+            None => "imgbuild.lock has no entry for it".into(),
+        };
+        return Err(missing(cluster, name, art, arch, reason));
     };
-    let e = lock
-        .get(name)
-        .ok_or_else(|| missing("imgbuild.lock has no entry for it".into()))?;
-    if e.url != art.url || e.version != art.version {
-        return Err(missing(format!(
-            "imgbuild.lock records version {} from {}, but cluster.toml asks for {} from {}",
-            e.version, e.url, art.version, art.url
-        )));
+    if e.version != art.version {
+        return Err(missing(
+            cluster,
+            name,
+            art,
+            arch,
+            format!(
+                "imgbuild.lock records version {} from {}, but cluster.toml asks for {}",
+                e.version, e.url, art.version
+            ),
+        ));
     }
     Ok(e)
 }
 
-/// Every artifact of the cluster, verified: locked, present in the cache, and hashing to the locked digest.
-/// Never downloads.
-pub fn resolve(cluster: &Cluster) -> Result<Vec<Resolved>, ArtifactError> {
+/// Every artifact of the cluster for `arch`, verified: locked, present in the cache, and hashing to the locked
+/// digest. Never downloads.
+pub fn resolve(cluster: &Cluster, arch: Arch) -> Result<Vec<Resolved>, ArtifactError> {
     let lock = Lock::load(&cluster.paths.lock)?;
     let dir = cache_dir(cluster);
     let mut out = Vec::new();
     for (name, art) in &cluster.artifacts {
-        let e = locked_entry(&lock, name, art)?;
+        let e = locked_entry(cluster, &lock, name, art, arch)?;
         let path = dir.join(&e.sha256);
         if !path.is_file() {
-            return Err(ArtifactError::Missing {
-                name: name.clone(),
-                version: art.version.clone(),
-                reason: format!("{} is not in the cache", path.display()),
-            });
+            return Err(missing(
+                cluster,
+                name,
+                art,
+                arch,
+                format!("{} is not in the cache", path.display()),
+            ));
         }
         let actual = sha256_file(&path).map_err(|source| ArtifactError::Io {
             path: path.clone(),

@@ -1,8 +1,8 @@
 //! The base layer: a Debian root filesystem made by `mmdebstrap`, cached by the digest of its inputs.
 //!
-//! Inputs: release, mirror (or the snapshot.debian.org URL of `base.snapshot`), the sorted package set of the
-//! role's profile plus `base.packages`, the variant and [`SOURCE_DATE_EPOCH`]. Roles with the same package set
-//! share one base. The cache holds `cache/base/<digest>.tar` (mmdebstrap's tarball, byte-identical across runs
+//! Inputs: the architecture, release, mirror (or the snapshot.debian.org URL of `base.snapshot`), the sorted
+//! package set of the role's profile plus `base.packages`, the variant and [`SOURCE_DATE_EPOCH`]. Roles with the
+//! same package set and architecture share one base. The cache holds `cache/base/<digest>.tar` (mmdebstrap's tarball, byte-identical across runs
 //! with the same inputs and epoch); a file lock makes concurrent builds (and tests) share one mmdebstrap run.
 
 use std::path::{Path, PathBuf};
@@ -11,12 +11,15 @@ use std::process::Command;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::config::Cluster;
 use crate::config::profile::Profile;
+use crate::config::{Arch, Cluster};
 
 /// The fixed build time of every image: 2026-01-01T00:00:00Z. Every file time in the base, the squashfs and
 /// the initrd is clamped to it, so the same inputs give the same bytes on any day. Changing it changes every id.
 pub const SOURCE_DATE_EPOCH: u64 = 1_767_225_600;
+
+/// Where binfmt_misc is mounted.
+pub const BINFMT_MISC: &str = "/proc/sys/fs/binfmt_misc";
 
 /// mmdebstrap's variant: Essential and apt, plus the profile's packages.
 pub const VARIANT: &str = "minbase";
@@ -27,6 +30,11 @@ pub struct BaseSpec {
     pub format: u32,
     pub tool: &'static str,
     pub variant: &'static str,
+    /// Debian architecture (`mmdebstrap --architectures`). Left out of the JSON for amd64, so the digests of
+    /// amd64 bases (and the caches keyed by them) are those from before imgbuild built other architectures;
+    /// every other architecture is in the JSON, so no two architectures share a digest.
+    #[serde(skip_serializing_if = "is_amd64")]
+    pub arch: Arch,
     pub release: String,
     /// The mirror mmdebstrap reads (the snapshot URL when a snapshot is pinned).
     pub mirror: String,
@@ -43,6 +51,18 @@ pub enum BaseError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    #[error(
+        "cannot build an {arch} image on this {host} machine: {reason}. Its maintainer scripts and mkinitramfs \
+         run {arch} binaries through qemu-user-static and binfmt_misc: run ./scripts/setup (as root), or by \
+         hand: apt-get install qemu-user-static binfmt-support; mount -t binfmt_misc binfmt_misc \
+         /proc/sys/fs/binfmt_misc; update-binfmts --enable {qemu}"
+    )]
+    ForeignArch {
+        arch: Arch,
+        host: String,
+        qemu: String,
+        reason: String,
     },
     #[error("{command} failed ({status}); its last output:\n{tail}")]
     Command {
@@ -86,8 +106,144 @@ pub(crate) fn run(cmd: &mut Command) -> Result<String, BaseError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+fn is_amd64(a: &Arch) -> bool {
+    *a == Arch::Amd64
+}
+
+/// The architecture of the machine imgbuild runs on, if it is one imgbuild builds for.
+pub fn host_arch() -> Option<Arch> {
+    match std::env::consts::ARCH {
+        "x86_64" => Some(Arch::Amd64),
+        "aarch64" => Some(Arch::Arm64),
+        _ => None,
+    }
+}
+
+/// The ELF `e_machine` of an architecture's binaries.
+fn elf_machine(arch: Arch) -> u16 {
+    match arch {
+        Arch::Amd64 => 0x3e,
+        Arch::Arm64 => 0xb7,
+    }
+}
+
+/// The qemu-user binfmt handler name of an architecture (Debian's qemu-user-static).
+fn qemu_name(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Amd64 => "qemu-x86_64",
+        Arch::Arm64 => "qemu-aarch64",
+    }
+}
+
+/// The first 20 bytes of a little-endian 64-bit ELF executable (`ET_EXEC`) of `arch`: what binfmt_misc
+/// matches a handler's magic against.
+fn elf_header(arch: Arch) -> [u8; 20] {
+    let m = elf_machine(arch).to_le_bytes();
+    [
+        0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, m[0], m[1],
+    ]
+}
+
+fn parse_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Checks that this machine can run `arch` binaries, which building an image of `arch` needs (mmdebstrap's
+/// maintainer scripts, mkinitramfs and `systemctl preset` run inside the image's root). Native: always.
+/// Foreign: `binfmt_misc` (its directory is `binfmt_dir`, normally `/proc/sys/fs/binfmt_misc`) must be mounted
+/// and enabled, with an enabled handler whose magic matches `arch`'s ELF executables and the `F` (fix-binary)
+/// flag, so it works inside a chroot that has no emulator of its own.
+pub fn check_can_run(arch: Arch, binfmt_dir: &Path) -> Result<(), BaseError> {
+    let host = host_arch();
+    if host == Some(arch) {
+        return Ok(());
+    }
+    let fail = |reason: String| BaseError::ForeignArch {
+        arch,
+        host: host.map_or(std::env::consts::ARCH.to_string(), |h| h.to_string()),
+        qemu: qemu_name(arch).into(),
+        reason,
+    };
+    let status = std::fs::read_to_string(binfmt_dir.join("status")).map_err(|_| {
+        fail(format!(
+            "binfmt_misc is not mounted on {}",
+            binfmt_dir.display()
+        ))
+    })?;
+    if status.trim() != "enabled" {
+        return Err(fail("binfmt_misc is disabled".into()));
+    }
+    let header = elf_header(arch);
+    let mut names: Vec<PathBuf> = std::fs::read_dir(binfmt_dir)
+        .map_err(|e| fail(format!("cannot read {}: {e}", binfmt_dir.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n != "status" && n != "register")
+        })
+        .collect();
+    names.sort();
+    let mut disabled = None;
+    for p in names {
+        let Ok(text) = std::fs::read_to_string(&p) else {
+            continue;
+        };
+        let field = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_string())
+        };
+        let (Some(magic), Some(offset)) = (field("magic "), field("offset ")) else {
+            continue;
+        };
+        let (Some(magic), Ok(offset)) = (parse_hex(&magic), offset.parse::<usize>()) else {
+            continue;
+        };
+        let mask = field("mask ")
+            .and_then(|m| parse_hex(&m))
+            .unwrap_or_else(|| vec![0xff; magic.len()]);
+        let matches = offset + magic.len() <= header.len()
+            && magic
+                .iter()
+                .zip(&mask)
+                .enumerate()
+                .all(|(i, (m, k))| header[offset + i] & k == m & k);
+        if !matches {
+            continue;
+        }
+        let name = p
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        if text.lines().next() != Some("enabled") {
+            disabled = Some(format!("the binfmt_misc handler {name} is disabled"));
+            continue;
+        }
+        if !field("flags:").is_some_and(|f| f.contains('F')) {
+            return Err(fail(format!(
+                "the binfmt_misc handler {name} lacks the F (fix-binary) flag, so it cannot run inside the \
+                 image's chroot (Debian's qemu-user-static sets it)"
+            )));
+        }
+        return Ok(());
+    }
+    Err(fail(disabled.unwrap_or_else(|| {
+        format!(
+            "no binfmt_misc handler runs {arch} binaries ({} is not registered)",
+            qemu_name(arch)
+        )
+    })))
+}
+
 impl BaseSpec {
-    /// The base of a role: its profile's packages plus `[base] packages`.
+    /// The base of a role: its profile's packages plus `[base] packages`, for the profile's architecture.
     pub fn new(cluster: &Cluster, profile: &Profile) -> BaseSpec {
         let mut packages: Vec<String> = profile
             .packages
@@ -105,6 +261,7 @@ impl BaseSpec {
             format: 1,
             tool: "mmdebstrap",
             variant: VARIANT,
+            arch: profile.arch,
             release: cluster.base.release.clone(),
             mirror,
             snapshot: cluster.base.snapshot.clone(),
@@ -126,6 +283,7 @@ impl BaseSpec {
         c.env("SOURCE_DATE_EPOCH", self.source_date_epoch.to_string())
             .env("LC_ALL", "C.UTF-8")
             .arg(format!("--variant={}", self.variant))
+            .arg(format!("--architectures={}", self.arch))
             .arg("--quiet")
             .arg("--format=tar");
         if !self.packages.is_empty() {
@@ -224,4 +382,112 @@ pub fn unpack(base: &Base, dir: &Path) -> Result<(), BaseError> {
         .arg("-C")
         .arg(dir))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake binfmt_misc directory with Debian's qemu-aarch64 handler (flags as given, enabled or not).
+    fn binfmt(handler: Option<(&str, bool)>, status: &str) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("status"), format!("{status}\n")).unwrap();
+        std::fs::write(d.path().join("register"), "").unwrap();
+        // Another handler that must not count.
+        std::fs::write(
+            d.path().join("python3.11"),
+            "enabled\ninterpreter /usr/bin/python3.11\nflags: \noffset 0\nmagic a70d0d0a\n",
+        )
+        .unwrap();
+        if let Some((flags, enabled)) = handler {
+            std::fs::write(
+                d.path().join("qemu-aarch64"),
+                format!(
+                    "{}\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: {flags}\noffset 0\n\
+                     magic 7f454c460201010000000000000000000200b700\n\
+                     mask ffffffffffffff00fffffffffffffffffeffffff\n",
+                    if enabled { "enabled" } else { "disabled" }
+                ),
+            )
+            .unwrap();
+        }
+        d
+    }
+
+    #[test]
+    fn foreign_builds_need_a_mounted_binfmt_misc_with_an_enabled_fix_binary_handler() {
+        if host_arch() != Some(Arch::Amd64) {
+            return;
+        }
+        // Native: nothing is needed, whatever binfmt_misc holds.
+        check_can_run(Arch::Amd64, Path::new("/nonexistent")).unwrap();
+
+        let ok = binfmt(Some(("PF", true)), "enabled");
+        check_can_run(Arch::Arm64, ok.path()).unwrap();
+
+        let cases = [
+            (None, "enabled", "qemu-aarch64 is not registered"),
+            (Some(("PF", false)), "enabled", "qemu-aarch64 is disabled"),
+            (
+                Some(("P", true)),
+                "enabled",
+                "lacks the F (fix-binary) flag",
+            ),
+            (Some(("PF", true)), "disabled", "binfmt_misc is disabled"),
+        ];
+        for (handler, status, want) in cases {
+            let d = binfmt(handler, status);
+            let e = check_can_run(Arch::Arm64, d.path())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{want}: {e}");
+            assert!(
+                e.contains("./scripts/setup") && e.contains("qemu-user-static"),
+                "names the fix: {e}"
+            );
+        }
+        let e = check_can_run(Arch::Arm64, Path::new("/nonexistent/binfmt_misc"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cannot build an arm64 image on this amd64 machine")
+                && e.contains("binfmt_misc is not mounted")
+                && e.contains("mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc")
+                && e.contains("update-binfmts --enable qemu-aarch64"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_architecture_is_in_the_spec_digest_and_the_command_and_amd64_keeps_its_old_digest() {
+        let spec = |arch| BaseSpec {
+            format: 1,
+            tool: "mmdebstrap",
+            variant: VARIANT,
+            arch,
+            release: "bookworm".into(),
+            mirror: "http://deb.debian.org/debian".into(),
+            snapshot: None,
+            packages: vec!["busybox".into()],
+            source_date_epoch: SOURCE_DATE_EPOCH,
+        };
+        let (a, b) = (spec(Arch::Amd64), spec(Arch::Arm64));
+        assert_ne!(a.digest(), b.digest());
+        // amd64's JSON is the one from before architectures existed (the field is left out).
+        let json = serde_json::to_string(&a).unwrap();
+        assert!(!json.contains("arch"), "{json}");
+        assert!(
+            serde_json::to_string(&b)
+                .unwrap()
+                .contains("\"arch\":\"arm64\"")
+        );
+        let args = |s: &BaseSpec| {
+            s.command(Path::new("/x.tar"))
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+        };
+        assert!(args(&a).contains(&"--architectures=amd64".to_string()));
+        assert!(args(&b).contains(&"--architectures=arm64".to_string()));
+    }
 }

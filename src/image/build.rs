@@ -1,6 +1,12 @@
 //! Building one role's image: base → artifacts → initrd → role layer → squashfs → store, with a progress line
 //! per stage and a cache at every level.
 //!
+//! An image is built for one architecture (amd64 or arm64, Debian's names): the profile is resolved for it,
+//! mmdebstrap installs that architecture's packages (foreign ones run under qemu-user-static, see
+//! [`base::check_can_run`]), and the artifacts are that architecture's files. The architecture is in the base
+//! digest, the initrd digest, the input key and the manifest, so the images of two architectures never share a
+//! cache entry or an id.
+//!
 //! The image's inputs (base spec, rendered role layer, artifact digests, initrd templates, stand-ins flag) are
 //! hashed into an input key first; when `cache/index/<key>` names an intact image, the build is done (warm: no
 //! file is read but the manifest). Otherwise the base comes from its cache (or mmdebstrap), the initrd from its
@@ -25,7 +31,7 @@ use super::standins::{self, StandinError};
 use super::store::{self, StoreError};
 use super::tree::{self, TreeError};
 use crate::config::profile;
-use crate::config::{Cluster, ConfigError, Role};
+use crate::config::{Arch, Cluster, ConfigError, Role};
 use crate::template::Engine;
 
 /// The manifest format this builder writes.
@@ -82,6 +88,7 @@ pub struct Stage {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub role: Role,
+    pub arch: Arch,
     pub id: String,
     pub dir: PathBuf,
     pub standins: bool,
@@ -102,6 +109,9 @@ struct InputKey<'a> {
     format: u32,
     builder: &'static str,
     role: Role,
+    /// Absent for amd64: the keys of amd64 images are those from before other architectures were built.
+    #[serde(skip_serializing_if = "is_amd64")]
+    arch: Arch,
     chain: &'a [String],
     standins: bool,
     kernel_args: &'a [String],
@@ -110,6 +120,10 @@ struct InputKey<'a> {
     role_layer_digest: &'a str,
     artifacts: &'a BTreeMap<String, String>,
     initrd_digest: &'a str,
+}
+
+fn is_amd64(a: &Arch) -> bool {
+    *a == Arch::Amd64
 }
 
 /// sha256 of the parts of the configuration the image is built from that the role layer does not already cover
@@ -217,10 +231,43 @@ pub fn work_dir(cluster: &Cluster) -> PathBuf {
     cluster.paths.cache.join("work")
 }
 
-/// Builds (or finds in the cache) the image of `role`.
+/// Builds (or finds in the cache) the amd64 image of `role` (see [`build_for`]).
 pub fn build(cluster: &Cluster, role: Role, opts: &Options) -> Result<Report, BuildError> {
-    let t0 = Instant::now();
-    let profile = profile::resolve(&cluster.paths.profiles, role)?;
+    build_for(cluster, role, Arch::Amd64, opts)
+}
+
+/// The input key of the image of `role` for `arch`: the hash of everything that decides its bytes (without
+/// building anything; real builds need the artifacts locked).
+pub fn input_key(
+    cluster: &Cluster,
+    role: Role,
+    arch: Arch,
+    opts: &Options,
+) -> Result<String, BuildError> {
+    Ok(inputs(cluster, role, arch, opts)?.key)
+}
+
+/// Everything the build starts from: the resolved inputs and their key.
+struct Prepared {
+    profile: profile::Profile,
+    tree: tree::Tree,
+    role_layer_digest: String,
+    spec: BaseSpec,
+    base_digest: String,
+    artifact_digests: BTreeMap<String, String>,
+    standin_files: Option<standins::Standins>,
+    initrd_cfg: initrd::InitrdConfig,
+    config_digest: String,
+    key: String,
+}
+
+fn inputs(
+    cluster: &Cluster,
+    role: Role,
+    arch: Arch,
+    opts: &Options,
+) -> Result<Prepared, BuildError> {
+    let profile = profile::resolve_for(&cluster.paths.profiles, role, arch)?;
     let engine = Engine::new(&cluster.paths.profiles, &cluster.paths.ipxe);
     let tree = tree::render(cluster, &profile, &engine)?;
     let role_layer_digest = tree.digest();
@@ -230,15 +277,16 @@ pub fn build(cluster: &Cluster, role: Role, opts: &Options) -> Result<Report, Bu
         let s = standins::generate(cluster, &engine)?;
         (s.digests.clone(), Some(s))
     } else {
-        (artifacts::locked_digests(cluster)?, None)
+        (artifacts::locked_digests(cluster, arch)?, None)
     };
-    let initrd_cfg = initrd::render(cluster, &engine, &base_digest)?;
+    let initrd_cfg = initrd::render(cluster, &engine, &base_digest, arch)?;
     let config_digest = config_digest(cluster);
     let key = hex::encode(Sha256::digest(
         serde_json::to_vec(&InputKey {
             format: FORMAT,
             builder: env!("CARGO_PKG_VERSION"),
             role,
+            arch,
             chain: &profile.chain,
             standins: opts.standins,
             kernel_args: &profile.kernel_args,
@@ -250,11 +298,46 @@ pub fn build(cluster: &Cluster, role: Role, opts: &Options) -> Result<Report, Bu
         })
         .expect("serializes"),
     ));
+    Ok(Prepared {
+        profile,
+        tree,
+        role_layer_digest,
+        spec,
+        base_digest,
+        artifact_digests,
+        standin_files,
+        initrd_cfg,
+        config_digest,
+        key,
+    })
+}
+
+/// Builds (or finds in the cache) the image of `role` for `arch`.
+pub fn build_for(
+    cluster: &Cluster,
+    role: Role,
+    arch: Arch,
+    opts: &Options,
+) -> Result<Report, BuildError> {
+    let t0 = Instant::now();
+    let Prepared {
+        profile,
+        tree,
+        role_layer_digest,
+        spec,
+        base_digest,
+        artifact_digests,
+        standin_files,
+        initrd_cfg,
+        config_digest,
+        key,
+    } = inputs(cluster, role, arch, opts)?;
     let index_dir = cluster.paths.cache.join("index");
     let images = &cluster.paths.images;
     if let Some((id, m)) = store::lookup(&index_dir, images, &key) {
         return Ok(Report {
             role,
+            arch: m.arch,
             dir: images.join(&id),
             id,
             standins: m.standins,
@@ -272,8 +355,10 @@ pub fn build(cluster: &Cluster, role: Role, opts: &Options) -> Result<Report, Bu
     let real = if opts.standins {
         Vec::new()
     } else {
-        artifacts::resolve(cluster)?
+        artifacts::resolve(cluster, arch)?
     };
+    // A foreign architecture needs qemu-user-static: say so now, not after mmdebstrap's first failure.
+    base::check_can_run(arch, Path::new(base::BINFMT_MISC))?;
 
     let mut p = Progress::new(opts.progress);
     let base = p.stage("base", "mmdebstrap", || {
@@ -393,7 +478,7 @@ pub fn build(cluster: &Cluster, role: Role, opts: &Options) -> Result<Report, Bu
     let manifest = Manifest {
         format: FORMAT,
         role,
-        arch: Default::default(),
+        arch,
         profile: profile.chain.clone(),
         standins: opts.standins,
         kernel_args: profile.kernel_args.clone(),
@@ -423,6 +508,7 @@ pub fn build(cluster: &Cluster, role: Role, opts: &Options) -> Result<Report, Bu
     let m = Manifest::read(images, &id).map_err(StoreError::from)?;
     Ok(Report {
         role,
+        arch,
         dir: images.join(&id),
         id,
         standins: opts.standins,

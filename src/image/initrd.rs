@@ -16,7 +16,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::base::{BaseError, SOURCE_DATE_EPOCH, run};
-use crate::config::Cluster;
+use crate::config::{Arch, Cluster};
 use crate::template::{Engine, TemplateError};
 
 /// Template → file in the initramfs-tools configuration directory, and its mode.
@@ -62,6 +62,8 @@ pub enum InitrdError {
 #[derive(Serialize)]
 struct Ctx<'a> {
     cluster: &'a Cluster,
+    /// Debian's name of the image's architecture (`amd64`, `arm64`).
+    arch: &'a str,
     state_dirs: &'a [&'a str],
     state_label: &'a str,
     source_date_epoch: u64,
@@ -73,15 +75,18 @@ pub struct InitrdConfig {
     pub digest: String,
 }
 
-/// Renders the initrd templates. `base_digest` enters the digest: the initrd is built from the base's kernel
-/// and tools.
+/// Renders the initrd templates for `arch`. `base_digest` enters the digest (the initrd is built from the
+/// base's kernel and tools), and so does the architecture (amd64 adds nothing, keeping the digests of amd64
+/// initrds from before other architectures were built).
 pub fn render(
     cluster: &Cluster,
     engine: &Engine,
     base_digest: &str,
+    arch: Arch,
 ) -> Result<InitrdConfig, InitrdError> {
     let ctx = Ctx {
         cluster,
+        arch: arch.as_str(),
         state_dirs: STATE_DIRS,
         state_label: STATE_LABEL,
         source_date_epoch: SOURCE_DATE_EPOCH,
@@ -89,6 +94,10 @@ pub fn render(
     let mut h = Sha256::new();
     h.update(b"imgbuild-initrd-v1\0");
     h.update(base_digest.as_bytes());
+    if arch != Arch::Amd64 {
+        h.update(b"\0arch\0");
+        h.update(arch.as_str().as_bytes());
+    }
     h.update(ZSTD_LEVEL.to_be_bytes());
     let mut files = Vec::new();
     for (tmpl, rel, mode) in TEMPLATES {

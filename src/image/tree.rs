@@ -35,6 +35,8 @@ pub struct Tree {
 pub struct TemplateContext<'a> {
     pub cluster: &'a Cluster,
     pub role: &'a str,
+    /// Debian's name of the image's architecture (`amd64`, `arm64`): the profile's.
+    pub arch: &'a str,
     pub profile: &'a Profile,
     /// `http://server:port`, the base URL nodes report to.
     pub server_url: String,
@@ -45,6 +47,7 @@ impl<'a> TemplateContext<'a> {
         TemplateContext {
             cluster,
             role: profile.role.as_str(),
+            arch: profile.arch.as_str(),
             profile,
             server_url: cluster.network.http_base(),
         }
