@@ -175,9 +175,9 @@ fn root_lab_bios_full_dhcp_master_worker_storage_reach_joined_in_order_and_page_
         let expected = lab
             .images
             .iter()
-            .find(|(r, _)| *r == m.role)
+            .find(|(r, a, _)| *r == m.role && *a == m.arch)
             .unwrap()
-            .1
+            .2
             .clone();
         assert_eq!(
             n.image.as_deref(),

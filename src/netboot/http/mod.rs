@@ -1,7 +1,7 @@
 //! The HTTP server (axum): iPXE scripts, immutable image artifacts, boot loaders for UEFI HTTP Boot, events,
 //! health and metrics, on `network.server:network.http_port`.
 //!
-//! - [`script`]: `GET /boot.ipxe?mac=`, `GET /ipxe/{mac}`
+//! - [`script`]: `GET /boot.ipxe?mac=`, `GET /ipxe/{mac}`, `GET /grub/{mac}` (arm64)
 //! - [`images`]: `GET|HEAD /images/{id}/{file}` (strong ETag = sha256, Range, 304)
 //! - [`events`]: `POST /api/events`
 //! - `GET /boot/{name}`, `GET /healthz`, `GET /metrics` (this file)
@@ -175,17 +175,42 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
             format!("HTTP: cannot bind {addr} (network.server and {key}); is another server using the port?")
         })?;
         tracing::info!(%addr, "HTTP listening");
-        let app = app.clone();
-        servers.spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .await
-        });
+        servers.spawn(serve_listener(listener, app.clone()));
     }
     match servers.join_next().await {
         Some(r) => r.context("HTTP server task")?.context("HTTP server"),
         None => Ok(()),
+    }
+}
+
+/// Accepts connections on `listener` and serves `app` on each (HTTP/1.1) with the peer address available to
+/// handlers as `ConnectInfo`. Header names are sent in Title-Case (`Content-Length`): GRUB 2.06's HTTP client
+/// matches them case-sensitively and, not finding the length, waits for a close that keep-alive never sends.
+async fn serve_listener(listener: tokio::net::TcpListener, app: Router) -> std::io::Result<()> {
+    use tower::ServiceExt as _;
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors and the like: say so, back off a little, keep serving.
+                tracing::warn!(error = %e, "HTTP accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let app = app.clone().layer(axum::Extension(ConnectInfo(peer)));
+        let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            app.clone().oneshot(req)
+        });
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .title_case_headers(true)
+                .serve_connection(io, svc)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+            }
+        });
     }
 }
