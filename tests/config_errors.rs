@@ -130,6 +130,21 @@ fn unknown_role() {
 }
 
 #[test]
+fn unknown_arch() {
+    let (src, p) = problems_with(
+        "role = \"storage\"\nip = \"10.77.0.31\"",
+        "role = \"storage\"\narch = \"aarch64\"\nip = \"10.77.0.31\"",
+    );
+    assert_problem(
+        &src,
+        &p,
+        "machines[5].arch",
+        "unknown architecture \"aarch64\"; valid architectures are amd64, arm64",
+        "\"aarch64\"",
+    );
+}
+
+#[test]
 fn even_number_of_masters() {
     let (_, p) = problems_with(
         "hostname = \"master-3\"\nrole = \"master\"",

@@ -156,3 +156,91 @@ impl Pins {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::manifest::{FileEntry, Inputs};
+
+    /// A minimal intact image of `role` for `arch` in `images`; returns its id.
+    fn image(images: &Path, role: Role, arch: Arch) -> String {
+        let files = [
+            ("vmlinuz", b"k".to_vec()),
+            ("initrd.img", b"i".to_vec()),
+            ("rootfs.squashfs", b"r".to_vec()),
+        ];
+        let m = Manifest {
+            format: 1,
+            role,
+            arch,
+            profile: vec![role.to_string()],
+            standins: false,
+            kernel_args: vec![],
+            inputs: Inputs::default(),
+            files: files
+                .iter()
+                .map(|(n, b)| {
+                    use sha2::Digest;
+                    let e = FileEntry {
+                        size: b.len() as u64,
+                        sha256: hex::encode(sha2::Sha256::digest(b)),
+                    };
+                    (n.to_string(), e)
+                })
+                .collect(),
+        };
+        let id = m.id();
+        let d = images.join(&id);
+        std::fs::create_dir_all(&d).unwrap();
+        for (n, b) in &files {
+            std::fs::write(d.join(n), b).unwrap();
+        }
+        std::fs::write(d.join("manifest.json"), m.to_bytes()).unwrap();
+        id
+    }
+
+    #[test]
+    fn pins_are_kept_per_role_and_arch_and_survive_a_round_trip() {
+        let d = tempfile::tempdir().unwrap();
+        let images = d.path().join("images");
+        let amd = image(&images, Role::Worker, Arch::Amd64);
+        let arm = image(&images, Role::Worker, Arch::Arm64);
+        let mut pins = Pins::default();
+        assert_eq!(pins.pin(&images, Role::Worker, &amd).unwrap(), Arch::Amd64);
+        assert_eq!(pins.pin(&images, Role::Worker, &arm).unwrap(), Arch::Arm64);
+        assert_eq!(pins.get(Role::Worker, Arch::Amd64), Some(&amd));
+        assert_eq!(pins.get(Role::Worker, Arch::Arm64), Some(&arm));
+        let path = d.path().join("state/pins.toml");
+        pins.save(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("[amd64]") && text.contains("[arm64]"),
+            "{text}"
+        );
+        assert_eq!(Pins::load(&path).unwrap(), pins);
+        let resolved = pins.resolve(&images);
+        assert_eq!(resolved[&(Role::Worker, Arch::Arm64)].id, arm);
+        assert_eq!(resolved[&(Role::Worker, Arch::Amd64)].id, amd);
+        // A role mismatch is refused with the command that builds the right image.
+        let e = pins
+            .pin(&images, Role::Master, &amd)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("imgbuild profile master"), "{e}");
+    }
+
+    #[test]
+    fn a_hand_edited_pin_of_the_wrong_arch_is_not_served() {
+        let d = tempfile::tempdir().unwrap();
+        let images = d.path().join("images");
+        let amd = image(&images, Role::Worker, Arch::Amd64);
+        let path = d.path().join("pins.toml");
+        std::fs::write(&path, format!("[arm64]\nworker = \"{amd}\"\n")).unwrap();
+        let pins = Pins::load(&path).unwrap();
+        assert!(pins.resolve(&images).is_empty());
+        // Unknown sections (a typo, or the old `[pins]` layout) are an error naming the file, not silence.
+        std::fs::write(&path, format!("[pins]\nworker = \"{amd}\"\n")).unwrap();
+        let e = Pins::load(&path).unwrap_err().to_string();
+        assert!(e.contains("pins.toml") && e.contains("pins"), "{e}");
+    }
+}

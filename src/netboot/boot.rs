@@ -310,3 +310,120 @@ impl Booter {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ARM: &str = "52:54:00:77:00:41";
+
+    /// The example cluster plus an arm64 worker, with a worker image pinned for `pinned` only.
+    fn booter(pinned: &[Arch]) -> Booter {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut src = std::fs::read_to_string(root.join("cluster.toml")).unwrap();
+        src.push_str(&format!(
+            "\n[[machines]]\nhostname = \"arm-1\"\nrole = \"worker\"\narch = \"arm64\"\nmac = \"{ARM}\"\n\
+             ip = \"10.77.0.41\"\nstate_disk = \"/dev/vda\"\n"
+        ));
+        let cluster = crate::config::load_str(&root.join("cluster.toml"), &src, root).unwrap();
+        let pins = pinned
+            .iter()
+            .map(|a| {
+                let img = PinnedImage {
+                    id: format!("{a}-image"),
+                    kernel_sha256: format!("k{a}"),
+                    initrd_sha256: format!("i{a}"),
+                    rootfs_sha256: format!("r{a}"),
+                    kernel_args: vec![],
+                    standins: false,
+                };
+                ((Role::Worker, *a), img)
+            })
+            .collect();
+        Booter::new(Arc::new(cluster), pins)
+    }
+
+    fn client(mac: &str, arch: Option<u16>) -> Client {
+        Client {
+            mac: mac.parse().unwrap(),
+            arch,
+            is_ipxe: false,
+            relay_id: None,
+        }
+    }
+
+    #[test]
+    fn each_machine_boots_the_image_of_its_role_and_arch() {
+        let b = booter(&[Arch::Amd64, Arch::Arm64]);
+        let arm = b.plan(ARM.parse().unwrap()).unwrap();
+        assert_eq!(arm.image.id, "arm64-image");
+        assert_eq!(arm.kernel_path, "/images/arm64-image/vmlinuz?sha256=karm64");
+        assert_eq!(
+            arm.kernel_url,
+            format!("http://10.77.0.1:8080{}", arm.kernel_path)
+        );
+        assert!(arm.cmdline.contains("systemd.hostname=arm-1"));
+        let amd = b.plan("52:54:00:77:00:21".parse().unwrap()).unwrap();
+        assert_eq!(amd.image.id, "amd64-image");
+        assert_eq!(
+            amd.initrd_path,
+            "/images/amd64-image/initrd.img?sha256=iamd64"
+        );
+    }
+
+    #[test]
+    fn an_image_of_the_other_arch_is_never_served() {
+        let only_amd = booter(&[Arch::Amd64]);
+        let no = only_amd.plan(ARM.parse().unwrap()).unwrap_err();
+        assert_eq!(
+            no,
+            NoBoot::NotPinned {
+                hostname: "arm-1".into(),
+                role: Role::Worker,
+                arch: Arch::Arm64
+            }
+        );
+        assert!(
+            no.to_string()
+                .contains("imgbuild profile worker --arch arm64")
+        );
+        let only_arm = booter(&[Arch::Arm64]);
+        assert!(matches!(
+            only_arm.plan("52:54:00:77:00:21".parse().unwrap()),
+            Err(NoBoot::NotPinned {
+                arch: Arch::Amd64,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn arm64_firmware_gets_grub_over_tftp_or_http() {
+        let b = booter(&[Arch::Arm64]);
+        assert_eq!(
+            b.dhcp_bootfile(&client(ARM, Some(11))),
+            Some(BootFile::Tftp(GRUB_ARM64_BOOTFILE.into()))
+        );
+        assert_eq!(
+            b.dhcp_bootfile(&client(ARM, Some(19))),
+            Some(BootFile::Http(format!(
+                "http://10.77.0.1:8080/boot/{GRUB_ARM64_BOOTFILE}"
+            )))
+        );
+        assert_eq!(
+            b.dhcp_bootfile(&client("52:54:00:77:00:21", Some(7))),
+            Some(BootFile::Tftp(UEFI_BOOTFILE.into()))
+        );
+        assert_eq!(
+            b.boot_loader_dir(GRUB_ARM64_BOOTFILE),
+            b.cluster.paths.state.join("boot")
+        );
+        assert_eq!(
+            b.boot_loader_dir(UEFI_BOOTFILE),
+            b.cluster.network.ipxe_binaries
+        );
+        assert_eq!(Loader::Grub.stage(), "grub-config");
+        assert!(crate::status::STAGES.contains(&Loader::Grub.stage()));
+        assert!(crate::status::STAGES.contains(&Loader::Ipxe.stage()));
+    }
+}
