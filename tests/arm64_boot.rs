@@ -41,9 +41,16 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn new() -> Cluster {
+    fn new(proxy: bool) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mut text = std::fs::read_to_string(Path::new(REPO).join("cluster.toml")).unwrap();
+        if proxy {
+            text = text.replacen("dhcp_mode = \"full\"", "dhcp_mode = \"proxy\"", 1);
+            assert!(
+                text.contains("dhcp_mode = \"proxy\""),
+                "example cluster.toml changed"
+            );
+        }
         text.push_str(&format!(
             r#"
 [[machines]]
@@ -176,8 +183,9 @@ struct Lab {
 }
 
 impl Lab {
-    fn start(prefix: &str) -> Lab {
-        let cluster = Cluster::new();
+    /// `proxy`: a dnsmasq in the namespace hands out addresses (no boot information) and imgbuild is ProxyDHCP.
+    fn start(prefix: &str, proxy: bool) -> Lab {
+        let cluster = Cluster::new(proxy);
         let id = cluster.make_arm64_image();
         let out = cluster.imgbuild(&["pin", "worker", &id]);
         let said = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -190,6 +198,30 @@ impl Lab {
         let ns = Netns::create(prefix).unwrap();
         ns.add_bridge("br0", "10.77.0.1/24").unwrap();
         let mut children = Children::new();
+        if proxy {
+            let mut d = ns.command("dnsmasq");
+            d.args([
+                "-k",
+                "--port=0",
+                "--bind-interfaces",
+                "--no-ping",
+                "--interface=br0",
+            ])
+            .arg("--dhcp-range=10.77.0.150,10.77.0.199,255.255.255.0,1h")
+            .arg(format!("--dhcp-host={ARM_WORKER_MAC},10.77.0.41"))
+            .arg(format!(
+                "--dhcp-leasefile={}",
+                cluster.path("dnsmasq.leases").display()
+            ))
+            .arg("--pid-file=")
+            .arg(format!(
+                "--log-facility={}",
+                cluster.path("dnsmasq.log").display()
+            ))
+            .arg("--log-dhcp")
+            .stdin(std::process::Stdio::null());
+            children.spawn("dnsmasq", d).unwrap();
+        }
         let mut serve = ns.command(env!("CARGO_BIN_EXE_imgbuild"));
         serve
             .arg("-c")
@@ -250,7 +282,7 @@ impl Drop for Lab {
 
 #[test]
 fn root_arm64_grub_loader_and_per_machine_config_are_served_on_tftp_and_port_80() {
-    let lab = Lab::start("ibla");
+    let lab = Lab::start("ibla", false);
     // The loader over TFTP (what AAVMF's PXE fetches) and over HTTP (HTTP Boot): the same arm64 EFI binary.
     let efi = lab.cluster.path("grub.efi");
     let out = lab.curl(&[
@@ -310,7 +342,18 @@ fn root_arm64_grub_loader_and_per_machine_config_are_served_on_tftp_and_port_80(
 
 #[test]
 fn root_lab_arm64_vm_aavmf_pxe_boots_grub_then_the_pinned_kernel_and_initrd() {
-    let mut lab = Lab::start("iblv");
+    arm64_vm_boot(false);
+}
+
+#[test]
+fn root_lab_arm64_vm_boots_grub_with_proxy_dhcp_beside_dnsmasq() {
+    arm64_vm_boot(true);
+}
+
+/// An arm64 VM on AAVMF PXE-boots from the server: GRUB, then the pinned kernel and initrd, whose `/init` says
+/// it runs on aarch64 with the machine's command line.
+fn arm64_vm_boot(proxy: bool) {
+    let mut lab = Lab::start(if proxy { "iblp" } else { "iblv" }, proxy);
     lab.ns.add_tap("iblvt0", "br0").unwrap();
     let vm = lab.cluster.path("vm");
     let spec = VmSpec {
@@ -358,7 +401,7 @@ fn root_lab_arm64_vm_aavmf_pxe_boots_grub_then_the_pinned_kernel_and_initrd() {
     assert!(line.contains("aarch64"), "{line}");
     assert!(line.contains("imgbuild.mac=52:54:00:77:00:41"), "{line}");
     let seen = lab.cluster.stages(ARM_WORKER_MAC);
-    let want = [
+    let mut want = vec![
         "dhcp-offer",
         "dhcp-ack",
         "bootfile",
@@ -366,6 +409,16 @@ fn root_lab_arm64_vm_aavmf_pxe_boots_grub_then_the_pinned_kernel_and_initrd() {
         "kernel",
         "initrd",
     ];
+    if proxy {
+        // The address came from dnsmasq: imgbuild sent only the ProxyDHCP offer.
+        want.retain(|s| *s != "dhcp-ack");
+        let log = std::fs::read_to_string(lab.cluster.path("dnsmasq.log")).unwrap_or_default();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("DHCPACK") && l.contains(ARM_WORKER_MAC)),
+            "dnsmasq never acknowledged the VM: {log}"
+        );
+    }
     let pos: Vec<usize> = want
         .iter()
         .map(|w| {
