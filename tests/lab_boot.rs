@@ -304,6 +304,87 @@ fn root_lab_uefi_http_boot_proxy_dhcp_beside_dnsmasq_boots_master_and_worker() {
     http_boot(DhcpMode::Proxy);
 }
 
+/// The example cluster plus one arm64 worker (`arm-worker-1`), written into `dir` with absolute paths.
+fn config_with_arm64_worker(dir: &Path) -> PathBuf {
+    let mut text = std::fs::read_to_string(Path::new(REPO).join("cluster.toml")).unwrap();
+    text.push_str(&format!(
+        r#"
+[[machines]]
+hostname = "arm-worker-1"
+role = "worker"
+arch = "arm64"
+mac = "52:54:00:77:00:41"
+ip = "10.77.0.41"
+state_disk = "/dev/vda"
+init_blank = true
+
+[paths]
+profiles = "{REPO}/profiles"
+ipxe = "{REPO}/ipxe"
+images = "{REPO}/target/lab-images"
+cache = "{REPO}/target/lab-cache"
+"#
+    ));
+    let p = dir.join("cluster-arm64.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn root_lab_arm64_worker_built_by_the_image_builder_joins_beside_an_amd64_master() {
+    // The whole arm64 path: the worker image built for arm64 (emulated maintainer scripts), AAVMF PXE → GRUB →
+    // the arm64 image's kernel and initrd → rootfs verified → systemd → first boot → kubeadm join, on an emulated
+    // cortex-a57, beside an amd64 master booting by BIOS.
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(
+        dir.path(),
+        &["master-1", "arm-worker-1"],
+        Firmware::Bios,
+        DhcpMode::Full,
+    );
+    o.config = config_with_arm64_worker(dir.path());
+    let mut lab = Lab::prepare(o).unwrap();
+    for h in ["master-1", "arm-worker-1"] {
+        lab.start_vm(h).unwrap();
+    }
+    let host = "arm-worker-1".to_string();
+    let limit = lab.opts.timeout;
+    let report = lab
+        .wait(std::slice::from_ref(&host), 1, limit, |n| n.done)
+        .unwrap_or_else(|f| panic!("{f}"));
+    println!("{}", imgbuild::vm::lab::summary(&report, lab.standins));
+    let m = lab.cluster.machine_by_hostname(&host).unwrap().clone();
+    let arm_image = lab
+        .images
+        .iter()
+        .find(|(r, a, _)| *r == Role::Worker && *a == imgbuild::config::Arch::Arm64)
+        .unwrap()
+        .2
+        .clone();
+    assert_eq!(
+        node(&report, &host).image.as_deref(),
+        Some(arm_image.as_str())
+    );
+    let mut must: Vec<&str> = BOOT_PATH
+        .iter()
+        .map(|s| {
+            if *s == "ipxe-script" {
+                "grub-config"
+            } else {
+                *s
+            }
+        })
+        .collect();
+    must.extend(["bootfile", "kubeadm-join"]);
+    must.sort_by_key(|s| stage_pos(s));
+    assert_stages_in_order(&events(&lab), m.mac, &host, &must);
+    let console = std::fs::read_to_string(lab.console(&host)).unwrap_or_default();
+    assert!(
+        console.contains("aarch64") || console.contains("ARM64") || console.contains("arm64"),
+        "the console shows no arm64 kernel"
+    );
+}
+
 #[test]
 fn root_lab_reboot_keeps_state_no_second_join_upgrade_then_rollback() {
     // master-1 initialises the cluster (its add-on steps do not matter here); worker-1 joins, then is power-cycled
