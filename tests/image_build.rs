@@ -244,6 +244,10 @@ fn root_image_builds_are_reproducible_immutable_cached_and_secret_free() {
         "BOOT=imgbuild script in the initrd"
     );
     assert!(ia.join("usr/lib/imgbuild/bin/mke2fs").is_file());
+    assert!(
+        !ia.join("etc/initiatorname.iscsi").exists(),
+        "the base's random iSCSI initiator name must not reach the initrd"
+    );
 
     let mut hits = scan_tree(&sa);
     hits.extend(scan_tree(&sr));
@@ -322,6 +326,7 @@ fn root_arm64_worker_image_has_an_arm64_kernel_and_aarch64_binaries_and_its_own_
     let ia = tmp.path().join("initrd");
     unpack_initrd(&arm.dir.join(INITRD), &ia);
     assert!(ia.join("scripts/imgbuild").is_file());
+    assert!(!ia.join("etc/initiatorname.iscsi").exists());
     for bin in ["usr/lib/imgbuild/bin/mke2fs", "usr/bin/busybox"] {
         assert_eq!(elf_machine(&ia.join(bin)), Some(EM_AARCH64), "initrd {bin}");
     }
