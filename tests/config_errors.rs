@@ -272,7 +272,7 @@ fn kubernetes_version_not_xyz() {
 #[test]
 fn artifact_without_source() {
     let (src, p) = problems_with(
-        "url = \"https://github.com/kubernetes-sigs/cri-tools/releases/download/v{version}/crictl-v{version}-linux-amd64.tar.gz\"\n",
+        "url = \"https://github.com/kubernetes-sigs/cri-tools/releases/download/v{version}/crictl-v{version}-linux-{arch}.tar.gz\"\n",
         "",
     );
     assert_problem(
