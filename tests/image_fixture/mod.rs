@@ -1,5 +1,5 @@
 //! Shared set-up of the image tests: a cluster in a temp dir whose `[paths] cache` is one directory shared by
-//! every test of the run (`$CARGO_TARGET_TMPDIR/imgbuild-image-cache`), so the Debian base (mmdebstrap, ~30 s)
+//! every test of the run (`$CARGO_TARGET_TMPDIR/imgbuild-image-cache`), so the Debian base (mmdebstrap, ~30 s to ~3 min depending on the mirror)
 //! and the initrd are built once; base builds are serialized by the builder's file lock.
 
 #![allow(dead_code)]
