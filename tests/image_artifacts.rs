@@ -299,3 +299,26 @@ fn arch_placeholders_fetch_and_lock_one_file_per_architecture() {
         "{err}"
     );
 }
+
+#[test]
+fn fetch_for_an_arch_the_mirror_lacks_names_it_and_the_table_shows_each_file_s_arch() {
+    let (f, _m) = mirrored();
+    // runc becomes a per-architecture artifact; the test mirror holds only runc.amd64.
+    let text = std::fs::read_to_string(&f.config).unwrap();
+    assert!(text.contains("/runc.amd64\""), "fixture changed");
+    std::fs::write(&f.config, text.replace("/runc.amd64\"", "/runc.{arch}\"")).unwrap();
+    let (ok, out, err) = run(&f, &["fetch", "--arch", "arm64"]);
+    assert!(!ok, "{out}");
+    assert!(err.contains("runc.arm64"), "{err}");
+    let (ok, out, err) = run(&f, &["fetch", "--arch", "amd64"]);
+    assert!(ok, "{out}{err}");
+    let runc = out.lines().find(|l| l.starts_with("runc ")).unwrap();
+    assert!(runc.contains(" amd64 "), "{runc}");
+    let kubeadm = out.lines().find(|l| l.starts_with("kubeadm ")).unwrap();
+    assert!(kubeadm.contains(" any "), "{kubeadm}");
+    let (ok, _, err) = run(&f, &["fetch", "--arch", "riscv64"]);
+    assert!(
+        !ok && err.contains("valid architectures are amd64, arm64"),
+        "{err}"
+    );
+}

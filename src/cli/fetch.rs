@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use super::Cli;
+use crate::config::Arch;
 use crate::image::artifacts;
 
 #[derive(Debug, clap::Args)]
@@ -10,20 +11,43 @@ pub struct Args {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    /// Fetch for these architectures (amd64, arm64; comma-separated). Default: the inventory's machines'.
+    #[arg(long, value_delimiter = ',', value_parser = parse_arch)]
+    pub arch: Option<Vec<Arch>>,
+}
+
+fn parse_arch(s: &str) -> Result<Arch, String> {
+    s.parse()
 }
 
 pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     let cluster = super::load_cluster(&cli.config)?;
+    let arches = args
+        .arch
+        .clone()
+        .unwrap_or_else(|| artifacts::cluster_arches(&cluster));
+    // One download per architecture for per-arch artifacts (`{arch}` in the URL), one for the others.
+    let downloads: usize = cluster
+        .artifacts
+        .values()
+        .map(|a| {
+            if artifacts::is_per_arch(a) {
+                arches.len()
+            } else {
+                1
+            }
+        })
+        .sum();
     let pb = if args.json {
         indicatif::ProgressBar::hidden()
     } else {
-        indicatif::ProgressBar::new(cluster.artifacts.len() as u64)
+        indicatif::ProgressBar::new(downloads as u64)
     };
     pb.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
             .expect("static template"),
     );
-    let fetched = artifacts::fetch_all(&cluster, |name| {
+    let fetched = artifacts::fetch_all_for(&cluster, &arches, |name| {
         pb.set_message(name.to_string());
         pb.inc(1);
     });
@@ -35,8 +59,9 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     }
     for f in &fetched {
         println!(
-            "{:<18} {:<10} {}  {}{}",
+            "{:<18} {:<6} {:<10} {}  {}{}",
             f.name,
+            f.arch.map_or("any", Arch::as_str),
             f.version,
             &f.sha256[..16],
             if f.cached { "cached, " } else { "downloaded, " },
