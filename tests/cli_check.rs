@@ -181,3 +181,36 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+#[test]
+fn check_says_when_arm64_machines_cannot_boot_for_want_of_grub_modules() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let mut src = std::fs::read_to_string(example()).unwrap();
+    src = src.replacen(
+        "router_advertisements = true",
+        &format!(
+            "router_advertisements = true\ngrub_modules = \"{}/nowhere\"",
+            tmp.path().display()
+        ),
+        1,
+    );
+    src.push_str(&format!(
+        "\n[[machines]]\nhostname = \"arm-1\"\nrole = \"worker\"\narch = \"arm64\"\nmac = \"52:54:00:77:00:41\"\n\
+         ip = \"10.77.0.41\"\nstate_disk = \"/dev/vda\"\n\n[paths]\nprofiles = \"{repo}/profiles\"\nipxe = \"{repo}/ipxe\"\n"
+    ));
+    let cfg = tmp.path().join("cluster.toml");
+    std::fs::write(&cfg, src).unwrap();
+    let out = bin()
+        .arg("--config")
+        .arg(&cfg)
+        .arg("check")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("network.grub_modules") && err.contains("./scripts/setup"),
+        "{err}"
+    );
+}

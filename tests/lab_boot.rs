@@ -1,7 +1,8 @@
 //! End-to-end boots: real QEMU VMs PXE-boot the built images from the real `imgbuild serve` in a private network
 //! namespace (created and torn down by `imgbuild::vm::lab::Lab`), and the server's own event log is checked.
-//! All tests share one image build (cache `target/lab-cache`, store `target/lab-images`, serialised by a file
-//! lock). Images carry the labelled stand-ins: kubeadm and friends cannot be downloaded here.
+//! All tests share one image build (store `target/lab-images`, serialised by a file lock) and the image tests'
+//! build cache (`$CARGO_TARGET_TMPDIR/imgbuild-image-cache`: one Debian base per architecture for the whole run,
+//! under the base builder's own lock). Images carry the labelled stand-ins: kubeadm and friends cannot be downloaded here.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,6 +15,11 @@ use imgbuild::vm::qemu::Firmware;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
+/// The build cache the image tests use too (tests/image_fixture): each Debian base is built once per run.
+fn shared_cache() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("imgbuild-image-cache")
+}
+
 fn options(dir: &Path, nodes: &[&str], firmware: Firmware, dhcp: DhcpMode) -> Options {
     let mut o = Options::new(&Path::new(REPO).join("cluster.toml"));
     o.dir = dir.to_path_buf();
@@ -24,7 +30,7 @@ fn options(dir: &Path, nodes: &[&str], firmware: Firmware, dhcp: DhcpMode) -> Op
     o.timeout = Duration::from_secs(12 * 60);
     o.memory_mb = 2048;
     o.images = Some(Path::new(REPO).join("target/lab-images"));
-    o.cache = Some(Path::new(REPO).join("target/lab-cache"));
+    o.cache = Some(shared_cache());
     o.exe = PathBuf::from(env!("CARGO_BIN_EXE_imgbuild"));
     o.prefix = "ibl".into();
     o.verbose = true;
@@ -322,8 +328,9 @@ init_blank = true
 profiles = "{REPO}/profiles"
 ipxe = "{REPO}/ipxe"
 images = "{REPO}/target/lab-images"
-cache = "{REPO}/target/lab-cache"
-"#
+cache = "{cache}"
+"#,
+        cache = shared_cache().display()
     ));
     let p = dir.join("cluster-arm64.toml");
     std::fs::write(&p, text).unwrap();

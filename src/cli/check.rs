@@ -65,6 +65,21 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
                     },
                 }
             }
+            // arm64 machines boot GRUB: its embedded config must render and its modules be installed.
+            if cluster.has_arch(crate::config::Arch::Arm64) {
+                let grub = crate::netboot::grub::embedded_config(&cluster, &engine)
+                    .map_err(crate::netboot::grub::GrubError::from)
+                    .and_then(|_| crate::netboot::grub::check_modules(&cluster));
+                if let Err(e) = grub {
+                    problems.push(Problem {
+                        file: cli.config.clone(),
+                        line: None,
+                        column: None,
+                        key: "network.grub_modules".into(),
+                        message: e.to_string(),
+                    });
+                }
+            }
         }
     }
     // The same problem can be reached through two roles inheriting one profile.

@@ -82,8 +82,8 @@ pub fn embedded_config(cluster: &Cluster, engine: &Engine) -> Result<String, Tem
     )
 }
 
-/// Makes `state/boot/grubnetaa64.efi` for `cluster` and returns its path.
-pub fn make(cluster: &Cluster, engine: &Engine) -> Result<PathBuf, GrubError> {
+/// Checks that `network.grub_modules` holds arm64 GRUB modules.
+pub fn check_modules(cluster: &Cluster) -> Result<(), GrubError> {
     let mods = &cluster.network.grub_modules;
     for f in ["moddep.lst", "kernel.img", "efinet.mod", "http.mod"] {
         if !mods.join(f).is_file() {
@@ -93,6 +93,13 @@ pub fn make(cluster: &Cluster, engine: &Engine) -> Result<PathBuf, GrubError> {
             });
         }
     }
+    Ok(())
+}
+
+/// Makes `state/boot/grubnetaa64.efi` for `cluster` and returns its path.
+pub fn make(cluster: &Cluster, engine: &Engine) -> Result<PathBuf, GrubError> {
+    check_modules(cluster)?;
+    let mods = &cluster.network.grub_modules;
     let out_dir = dir(cluster);
     std::fs::create_dir_all(&out_dir).map_err(io(&out_dir))?;
     let cfg_text = embedded_config(cluster, engine)?;
