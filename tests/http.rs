@@ -21,7 +21,10 @@ fn root_http_scripts_per_role_unknown_unpinned_and_live_pin() {
         let o = c.imgbuild(&["pin", role, &id[..10]]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let out = text(o.stdout);
-        assert!(out.contains(&format!("{role} (amd64): (nothing) -> {id}")), "{out}");
+        assert!(
+            out.contains(&format!("{role} (amd64): (nothing) -> {id}")),
+            "{out}"
+        );
         assert!(out.contains("Reboot the"), "{out}");
     }
     // A worker image cannot be pinned for masters.
@@ -98,7 +101,10 @@ fn root_http_scripts_per_role_unknown_unpinned_and_live_pin() {
     let (code, _, body) = http(&ns, &[], &format!("/ipxe/{STORAGE1}"));
     assert_eq!(code, 200);
     let st = text(body);
-    assert!(st.contains("no amd64 image is pinned for role storage"), "{st}");
+    assert!(
+        st.contains("no amd64 image is pinned for role storage"),
+        "{st}"
+    );
     assert!(st.contains("imgbuild pin storage <image-id>"), "{st}");
     assert!(st.contains("sleep 30"), "{st}");
     assert!(
