@@ -208,52 +208,17 @@ fn root_lab_bios_full_dhcp_master_worker_storage_reach_joined_in_order_and_page_
 #[test]
 fn root_lab_uefi_proxy_dhcp_beside_dnsmasq_boots_master_and_worker() {
     // OVMF's own PXE client (no iPXE ROM), addresses from dnsmasq, boot information from imgbuild as ProxyDHCP.
-    // worker-1 must go the whole way; master-1 must initialise the cluster it joins.
-    let dir = tempfile::tempdir().unwrap();
-    let hosts = ["master-1", "worker-1"];
-    let mut lab =
-        Lab::prepare(options(dir.path(), &hosts, Firmware::Uefi, DhcpMode::Proxy)).unwrap();
-    for h in hosts {
-        lab.start_vm(h).unwrap();
-    }
-    let limit = lab.opts.timeout;
-    let report = lab
-        .wait(&["worker-1".to_string()], 1, limit, |n| n.done)
-        .unwrap_or_else(|f| panic!("{f}"));
-    println!("{}", imgbuild::vm::lab::summary(&report, lab.standins));
-    let evs = events(&lab);
-    // OVMF fetched iPXE over TFTP (bootfile); the DHCPACK with the address came from dnsmasq.
-    let mut must = BOOT_PATH.to_vec();
-    must.retain(|s| *s != "dhcp-ack");
-    must.push("bootfile");
-    must.push("kubeadm-join");
-    let w = lab.cluster.machine_by_hostname("worker-1").unwrap().clone();
-    assert_stages_in_order(&evs, w.mac, "worker-1", &must);
-    let m = lab.cluster.machine_by_hostname("master-1").unwrap().clone();
-    let seen = first_seen(&evs, m.mac);
-    for s in ["bootfile", "kernel", "systemd", "kubeadm-init", "init-done"] {
-        assert!(
-            seen.iter().any(|x| x == s),
-            "master-1 never reached {s}: {seen:?}"
-        );
-    }
-    let log = std::fs::read_to_string(dir.path().join("dnsmasq.log")).unwrap_or_default();
-    for mac in [m.mac, w.mac] {
-        assert!(
-            log.lines()
-                .any(|l| l.contains("DHCPACK") && l.contains(&mac.to_string())),
-            "dnsmasq never acknowledged {mac}: {log}"
-        );
-    }
+    master_and_worker_boot(Firmware::Uefi, DhcpMode::Proxy);
 }
 
-/// UEFI HTTP Boot (OVMF, arch 16, PXE switched off): the firmware fetches `snponly.efi` over HTTP from the URL in
-/// the offer, iPXE then fetches its script. master-1 initialises the cluster worker-1 joins; worker-1 must go the
-/// whole way, and its boot loader must have come over HTTP, never TFTP.
-fn http_boot(dhcp: DhcpMode) {
+/// master-1 and worker-1 boot with `firmware` (UEFI: OVMF's PXE fetches iPXE over TFTP; HTTP: OVMF's HTTP Boot,
+/// arch 16, PXE switched off, fetches it over HTTP from the URL in the offer). master-1 initialises the cluster
+/// worker-1 joins; worker-1 must go the whole way, its boot loader fetched the way the firmware implies. In proxy
+/// mode the addresses come from dnsmasq (its log must show the ACKs) and imgbuild sends no `dhcp-ack`.
+fn master_and_worker_boot(firmware: Firmware, dhcp: DhcpMode) {
     let dir = tempfile::tempdir().unwrap();
     let hosts = ["master-1", "worker-1"];
-    let mut lab = Lab::prepare(options(dir.path(), &hosts, Firmware::Http, dhcp)).unwrap();
+    let mut lab = Lab::prepare(options(dir.path(), &hosts, firmware, dhcp)).unwrap();
     for h in hosts {
         lab.start_vm(h).unwrap();
     }
@@ -271,14 +236,19 @@ fn http_boot(dhcp: DhcpMode) {
     must.push("kubeadm-join");
     let w = lab.cluster.machine_by_hostname("worker-1").unwrap().clone();
     assert_stages_in_order(&evs, w.mac, "worker-1", &must);
+    let via = if firmware == Firmware::Http {
+        "via HTTP"
+    } else {
+        "via TFTP"
+    };
     let loaders: Vec<&str> = evs
         .iter()
         .filter(|e| e.mac == w.mac && e.stage == "bootfile")
         .map(|e| e.detail.as_str())
         .collect();
     assert!(
-        !loaders.is_empty() && loaders.iter().all(|d| d.ends_with("via HTTP")),
-        "worker-1's boot loader did not come over HTTP: {loaders:?}"
+        !loaders.is_empty() && loaders.iter().all(|d| d.ends_with(via)),
+        "worker-1's boot loader did not come {via}: {loaders:?}"
     );
     let m = lab.cluster.machine_by_hostname("master-1").unwrap().clone();
     let seen = first_seen(&evs, m.mac);
@@ -302,12 +272,12 @@ fn http_boot(dhcp: DhcpMode) {
 
 #[test]
 fn root_lab_uefi_http_boot_full_dhcp_boots_master_and_worker() {
-    http_boot(DhcpMode::Full);
+    master_and_worker_boot(Firmware::Http, DhcpMode::Full);
 }
 
 #[test]
 fn root_lab_uefi_http_boot_proxy_dhcp_beside_dnsmasq_boots_master_and_worker() {
-    http_boot(DhcpMode::Proxy);
+    master_and_worker_boot(Firmware::Http, DhcpMode::Proxy);
 }
 
 /// The example cluster plus one arm64 worker (`arm-worker-1`), written into `dir` with absolute paths.
