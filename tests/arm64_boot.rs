@@ -331,6 +331,34 @@ fn root_arm64_grub_loader_and_per_machine_config_are_served_on_tftp_and_port_80(
     let cfg = lab.get("http://10.77.0.1/grub/52:54:00:99:99:99");
     assert!(cfg.contains("not in the inventory"), "{cfg}");
     assert!(cfg.contains(r#"mac = \"52:54:00:99:99:99\""#), "{cfg}");
+    // After UEFI HTTP Boot GRUB does not know its MAC: it asks by address (its inventory address), and a caller
+    // at an address no machine has is told so.
+    lab.ns
+        .ip(&["addr", "add", "10.77.0.41/32", "dev", "br0"])
+        .unwrap();
+    let out = lab.curl(&[
+        "-s",
+        "--interface",
+        "10.77.0.41",
+        "http://10.77.0.1/grub/by-address",
+    ]);
+    let cfg = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        cfg.contains(&want) && cfg.contains("systemd.hostname=arm-worker-1"),
+        "{cfg}"
+    );
+    let cfg = lab.get("http://10.77.0.1/grub/by-address");
+    assert!(
+        cfg.contains("no machine in the inventory has address 10.77.0.1"),
+        "{cfg}"
+    );
+    // The HTTP Boot loader asks DHCP first, then by address.
+    let out = lab.curl(&["-s", "http://10.77.0.1:8080/boot/grubhttpaa64.efi"]);
+    let http_loader = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        http_loader.contains("net_bootp") && http_loader.contains("/grub/by-address"),
+        "the HTTP Boot loader's embedded config does not ask DHCP and then by address"
+    );
     // The amd64 machines keep their iPXE scripts on the usual port; nothing is pinned for them here.
     let ipxe = lab.get("http://10.77.0.1:8080/ipxe/52:54:00:77:00:21");
     assert!(ipxe.starts_with("#!ipxe") && ipxe.contains("imgbuild profile worker --arch amd64"));
@@ -338,22 +366,48 @@ fn root_arm64_grub_loader_and_per_machine_config_are_served_on_tftp_and_port_80(
         lab.cluster.stages(ARM_WORKER_MAC),
         vec!["grub-config".to_string()]
     );
+    assert_eq!(
+        lab.cluster
+            .events()
+            .iter()
+            .filter(|e| e["mac"] == ARM_WORKER_MAC && e["stage"] == "grub-config")
+            .count(),
+        2,
+        "by MAC and by address"
+    );
 }
 
 #[test]
 fn root_lab_arm64_vm_aavmf_pxe_boots_grub_then_the_pinned_kernel_and_initrd() {
-    arm64_vm_boot(false);
+    arm64_vm_boot(false, Firmware::Uefi);
 }
 
 #[test]
 fn root_lab_arm64_vm_boots_grub_with_proxy_dhcp_beside_dnsmasq() {
-    arm64_vm_boot(true);
+    arm64_vm_boot(true, Firmware::Uefi);
 }
 
-/// An arm64 VM on AAVMF PXE-boots from the server: GRUB, then the pinned kernel and initrd, whose `/init` says
-/// it runs on aarch64 with the machine's command line.
-fn arm64_vm_boot(proxy: bool) {
-    let mut lab = Lab::start(if proxy { "iblp" } else { "iblv" }, proxy);
+#[test]
+fn root_lab_arm64_vm_uefi_http_boot_gets_grub_over_http_then_boots() {
+    arm64_vm_boot(false, Firmware::Http);
+}
+
+#[test]
+fn root_lab_arm64_vm_uefi_http_boot_with_proxy_dhcp_beside_dnsmasq() {
+    arm64_vm_boot(true, Firmware::Http);
+}
+
+/// An arm64 VM on AAVMF boots from the server — PXE (TFTP `grubnetaa64.efi`) or UEFI HTTP Boot (HTTP
+/// `grubhttpaa64.efi`) — into GRUB, then the pinned kernel and initrd, whose `/init` says it runs on aarch64 with
+/// the machine's command line.
+fn arm64_vm_boot(proxy: bool, firmware: Firmware) {
+    let prefix = match (proxy, firmware) {
+        (false, Firmware::Http) => "iblh",
+        (true, Firmware::Http) => "iblq",
+        (false, _) => "iblv",
+        (true, _) => "iblp",
+    };
+    let mut lab = Lab::start(prefix, proxy);
     lab.ns.add_tap("iblvt0", "br0").unwrap();
     let vm = lab.cluster.path("vm");
     let spec = VmSpec {
@@ -361,7 +415,7 @@ fn arm64_vm_boot(proxy: bool) {
         mac: ARM_WORKER_MAC.parse().unwrap(),
         arch: Arch::Arm64,
         tap: "iblvt0".into(),
-        firmware: Firmware::Uefi,
+        firmware,
         accel: Accel::Tcg,
         memory_mb: 1024,
         disks: vec![vm.join("state.img")],
@@ -436,11 +490,20 @@ fn arm64_vm_boot(proxy: bool) {
         .iter()
         .find(|e| e["mac"] == ARM_WORKER_MAC && e["stage"] == "bootfile")
         .unwrap();
+    let want = if firmware == Firmware::Http {
+        "grubhttpaa64.efi via HTTP"
+    } else {
+        "grubnetaa64.efi via TFTP"
+    };
     assert!(
-        bootfile["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("grubnetaa64.efi"),
+        bootfile["detail"].as_str().unwrap_or_default() == want,
         "{bootfile}"
+    );
+    println!(
+        "console:\n{}",
+        text.lines()
+            .filter(|l| l.contains("imgbuild") || l.contains("GRUB"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }

@@ -67,7 +67,7 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
             }
             // arm64 machines boot GRUB: its embedded config must render and its modules be installed.
             if cluster.has_arch(crate::config::Arch::Arm64) {
-                let grub = crate::netboot::grub::embedded_config(&cluster, &engine)
+                let grub = crate::netboot::grub::embedded_config(&cluster, &engine, true)
                     .map_err(crate::netboot::grub::GrubError::from)
                     .and_then(|_| crate::netboot::grub::check_modules(&cluster));
                 if let Err(e) = grub {

@@ -152,6 +152,14 @@ pub const UEFI_BOOTFILE: &str = "snponly.efi";
 pub const UEFI_BOOTFILE_FULL: &str = "ipxe.efi";
 /// The arm64 netboot loader: GRUB, made by the server from Debian's arm64 GRUB modules (`netboot::grub`).
 pub const GRUB_ARM64_BOOTFILE: &str = "grubnetaa64.efi";
+/// The same for UEFI HTTP Boot: GRUB 2.06 takes no network settings from an HTTP Boot, so this one asks DHCP
+/// itself first (`net_bootp`); the PXE one uses the firmware's and saves that round trip.
+pub const GRUB_ARM64_HTTP_BOOTFILE: &str = "grubhttpaa64.efi";
+
+/// Whether `name` is one of the GRUB loaders the server makes (not a file of `network.ipxe_binaries`).
+pub fn is_grub(name: &str) -> bool {
+    name == GRUB_ARM64_BOOTFILE || name == GRUB_ARM64_HTTP_BOOTFILE
+}
 
 /// The boot loader that asks the HTTP server for a machine's boot script.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,15 +221,20 @@ impl Booter {
             let mac = machine.map_or(client.mac, |m| m.mac);
             return Some(BootFile::Http(format!("{base}/ipxe/{mac}")));
         }
-        match Firmware::from_arch(client.arch.unwrap_or(0)) {
+        // No option 93: BIOS, unless the inventory says the machine is arm64 (GRUB's own DHCP sends none).
+        let default_arch = match machine.map(|m| m.arch) {
+            Some(Arch::Arm64) => 11,
+            _ => 0,
+        };
+        match Firmware::from_arch(client.arch.unwrap_or(default_arch)) {
             Firmware::Bios => Some(BootFile::Tftp(BIOS_BOOTFILE.into())),
             Firmware::UefiX64 => Some(BootFile::Tftp(UEFI_BOOTFILE.into())),
             Firmware::UefiX64Http => Some(BootFile::Http(format!("{base}/boot/{UEFI_BOOTFILE}"))),
             // Debian ships no arm64 iPXE; arm64 boots a GRUB netboot image (docs/lab.md, "arm64").
             Firmware::UefiArm64 => Some(BootFile::Tftp(GRUB_ARM64_BOOTFILE.into())),
-            Firmware::UefiArm64Http => {
-                Some(BootFile::Http(format!("{base}/boot/{GRUB_ARM64_BOOTFILE}")))
-            }
+            Firmware::UefiArm64Http => Some(BootFile::Http(format!(
+                "{base}/boot/{GRUB_ARM64_HTTP_BOOTFILE}"
+            ))),
             Firmware::Other(_) => None,
         }
     }
@@ -233,13 +246,14 @@ impl Booter {
             UEFI_BOOTFILE,
             UEFI_BOOTFILE_FULL,
             GRUB_ARM64_BOOTFILE,
+            GRUB_ARM64_HTTP_BOOTFILE,
         ]
     }
 
     /// The directory an allowlisted boot loader is read from: Debian's iPXE binaries, or the GRUB image the
     /// server made in `state/boot/`.
     pub fn boot_loader_dir(&self, name: &str) -> PathBuf {
-        if name == GRUB_ARM64_BOOTFILE {
+        if is_grub(name) {
             super::grub::dir(&self.cluster)
         } else {
             self.cluster.network.ipxe_binaries.clone()
@@ -407,8 +421,17 @@ mod tests {
         assert_eq!(
             b.dhcp_bootfile(&client(ARM, Some(19))),
             Some(BootFile::Http(format!(
-                "http://10.77.0.1:8080/boot/{GRUB_ARM64_BOOTFILE}"
+                "http://10.77.0.1:8080/boot/{GRUB_ARM64_HTTP_BOOTFILE}"
             )))
+        );
+        // GRUB's own DHCP sends no option 93: an arm64 machine of the inventory still gets a GRUB name.
+        assert_eq!(
+            b.dhcp_bootfile(&client(ARM, None)),
+            Some(BootFile::Tftp(GRUB_ARM64_BOOTFILE.into()))
+        );
+        assert_eq!(
+            b.dhcp_bootfile(&client("52:54:00:77:00:21", None)),
+            Some(BootFile::Tftp(BIOS_BOOTFILE.into()))
         );
         assert_eq!(
             b.dhcp_bootfile(&client("52:54:00:77:00:21", Some(7))),

@@ -78,7 +78,7 @@ pub fn report_missing(dir: &Path, names: &[&str]) -> Vec<String> {
                 missing.push(name.to_string());
             }
             Err(e) => {
-                let fix = if *name == crate::netboot::boot::GRUB_ARM64_BOOTFILE {
+                let fix = if crate::netboot::boot::is_grub(name) {
                     "the server makes it at start-up from network.grub_modules: see the GRUB error above"
                 } else {
                     "install Debian's `ipxe` package or set network.ipxe_binaries to a directory holding it"

@@ -1,5 +1,6 @@
-//! The arm64 netboot loader. Debian ships no arm64 iPXE, so arm64 machines boot GRUB: the server makes
-//! `grubnetaa64.efi` at start-up with `grub-mkimage` from Debian's arm64 GRUB modules (`network.grub_modules`,
+//! The arm64 netboot loaders. Debian ships no arm64 iPXE, so arm64 machines boot GRUB: the server makes
+//! `grubnetaa64.efi` (PXE) and `grubhttpaa64.efi` (UEFI HTTP Boot: also asks DHCP, as GRUB 2.06 takes no network
+//! settings from an HTTP Boot) at start-up with `grub-mkimage` from Debian's arm64 GRUB modules (`network.grub_modules`,
 //! extracted from `grub-efi-arm64-bin` by `scripts/setup`) and an embedded configuration rendered from
 //! `ipxe/grub-embedded.cfg.j2`. That configuration only says where to ask: `GET /grub/{mac}` on the server,
 //! which answers from the boot decision like `/ipxe/{mac}` does for iPXE (templates `ipxe/*.grub.j2`).
@@ -12,7 +13,7 @@ use std::process::Command;
 
 use serde_json::json;
 
-use super::boot::GRUB_ARM64_BOOTFILE;
+use super::boot::{GRUB_ARM64_BOOTFILE, GRUB_ARM64_HTTP_BOOTFILE};
 use crate::config::Cluster;
 use crate::template::{Engine, TemplateError};
 
@@ -69,8 +70,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> GrubError + '_ {
     }
 }
 
-/// The embedded configuration for `cluster`.
-pub fn embedded_config(cluster: &Cluster, engine: &Engine) -> Result<String, TemplateError> {
+/// The embedded configuration for `cluster`; `http_boot`: for the HTTP Boot loader (asks DHCP first).
+pub fn embedded_config(
+    cluster: &Cluster,
+    engine: &Engine,
+    http_boot: bool,
+) -> Result<String, TemplateError> {
     let net = &cluster.network;
     engine.render(
         EMBEDDED_TEMPLATE,
@@ -78,6 +83,7 @@ pub fn embedded_config(cluster: &Cluster, engine: &Engine) -> Result<String, Tem
             "server": net.server.to_string(),
             "http_device": net.grub_http_device(),
             "cluster": cluster.cluster.name,
+            "http_boot": http_boot,
         }),
     )
 }
@@ -96,20 +102,35 @@ pub fn check_modules(cluster: &Cluster) -> Result<(), GrubError> {
     Ok(())
 }
 
-/// Makes `state/boot/grubnetaa64.efi` for `cluster` and returns its path.
-pub fn make(cluster: &Cluster, engine: &Engine) -> Result<PathBuf, GrubError> {
+/// Makes both loaders in `state/boot/` for `cluster` and returns their paths.
+pub fn make(cluster: &Cluster, engine: &Engine) -> Result<Vec<PathBuf>, GrubError> {
+    [
+        (GRUB_ARM64_BOOTFILE, false),
+        (GRUB_ARM64_HTTP_BOOTFILE, true),
+    ]
+    .into_iter()
+    .map(|(name, http_boot)| make_one(cluster, engine, name, http_boot))
+    .collect()
+}
+
+fn make_one(
+    cluster: &Cluster,
+    engine: &Engine,
+    name: &str,
+    http_boot: bool,
+) -> Result<PathBuf, GrubError> {
     check_modules(cluster)?;
     let mods = &cluster.network.grub_modules;
     let out_dir = dir(cluster);
     std::fs::create_dir_all(&out_dir).map_err(io(&out_dir))?;
-    let cfg_text = embedded_config(cluster, engine)?;
+    let cfg_text = embedded_config(cluster, engine, http_boot)?;
     let tmp = tempfile::Builder::new()
         .prefix(".grub-")
         .tempdir_in(&out_dir)
         .map_err(io(&out_dir))?;
     let cfg = tmp.path().join("embedded.cfg");
     std::fs::write(&cfg, cfg_text).map_err(io(&cfg))?;
-    let img = tmp.path().join(GRUB_ARM64_BOOTFILE);
+    let img = tmp.path().join(name);
     let out = Command::new("grub-mkimage")
         .arg("--format=arm64-efi")
         .arg(format!("--directory={}", mods.display()))
@@ -128,7 +149,7 @@ pub fn make(cluster: &Cluster, engine: &Engine) -> Result<PathBuf, GrubError> {
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }
-    let dest = out_dir.join(GRUB_ARM64_BOOTFILE);
+    let dest = out_dir.join(name);
     std::fs::rename(&img, &dest).map_err(io(&dest))?;
     Ok(dest)
 }
@@ -140,7 +161,11 @@ pub fn prepare(cluster: &Cluster, engine: &Engine) {
         return;
     }
     match make(cluster, engine) {
-        Ok(p) => tracing::info!(file = %p.display(), "arm64 GRUB netboot loader made"),
+        Ok(files) => {
+            for p in files {
+                tracing::info!(file = %p.display(), "arm64 GRUB netboot loader made")
+            }
+        }
         Err(e) => tracing::error!("{e}"),
     }
 }
@@ -154,11 +179,19 @@ mod tests {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
         let cluster = crate::config::load(&repo.join("cluster.toml")).unwrap();
         let engine = Engine::new(&cluster.paths.profiles, &cluster.paths.ipxe);
-        let text = embedded_config(&cluster, &engine).unwrap();
+        let pxe = embedded_config(&cluster, &engine, false).unwrap();
         assert!(
-            text.contains("configfile (http,10.77.0.1)/grub/${net_default_mac}"),
-            "{text}"
+            pxe.contains("configfile (http,10.77.0.1)/grub/${net_default_mac}"),
+            "{pxe}"
         );
+        assert!(!pxe.contains("net_bootp"), "{pxe}");
+        let http = embedded_config(&cluster, &engine, true).unwrap();
+        let (dhcp, fetch) = (
+            http.find("net_bootp").unwrap(),
+            http.find("configfile (http,10.77.0.1)/grub/by-address")
+                .unwrap(),
+        );
+        assert!(dhcp < fetch, "{http}");
     }
 
     #[test]

@@ -273,7 +273,7 @@ fn every_architecture_and_user_class_gets_the_right_boot_file() {
         (
             Some(19),
             Some(b"HTTPClient:Arch:00019:UNDI:003001"),
-            Some(format!("{base}/boot/grubnetaa64.efi")),
+            Some(format!("{base}/boot/grubhttpaa64.efi")),
             false,
             Some(b"HTTPClient"),
         ),

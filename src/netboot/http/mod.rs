@@ -45,6 +45,7 @@ fn routes(state: AppState) -> Router {
     Router::new()
         .route("/boot.ipxe", get(script::boot_ipxe))
         .route("/ipxe/{mac}", get(script::by_mac))
+        .route("/grub/by-address", get(script::grub_by_address))
         .route("/grub/{mac}", get(script::grub_by_mac))
         .route("/images/{id}/{file}", get(images::get_artifact))
         .route("/boot/{name}", get(boot_loader))

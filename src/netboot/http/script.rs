@@ -57,6 +57,29 @@ pub async fn grub_by_mac(State(st): State<AppState>, Path(mac): Path<String>) ->
     script_for(&st, &mac, Loader::Grub)
 }
 
+/// `GET /grub/by-address`: the GRUB configuration of the inventory machine at the peer's address. GRUB 2.06 does
+/// not know its own MAC after a UEFI HTTP Boot on a card it did not configure itself; its address is enough.
+pub async fn grub_by_address(
+    State(st): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+) -> Response {
+    match crate::netboot::peers::mac_for_ip(&st.shared, peer.ip()) {
+        Some(mac) => script_for(&st, &mac.to_string(), Loader::Grub),
+        None => {
+            st.metrics.error("unknown_address");
+            tracing::warn!(%peer, "GRUB asked for its config by address, and no machine of the inventory has it");
+            (
+                StatusCode::NOT_FOUND,
+                format!(
+                    "echo \"imgbuild: no machine in the inventory has address {}; give the machine its inventory address (full DHCP does) or boot it by PXE\"\n",
+                    peer.ip()
+                ),
+            )
+                .into_response()
+        }
+    }
+}
+
 fn ipxe(text: String) -> Response {
     (
         [

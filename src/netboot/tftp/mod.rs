@@ -21,7 +21,7 @@ use tokio::net::UdpSocket;
 
 use self::packet::{ErrorCode, Packet, Request, encode_data_header, error_packet};
 use self::transfer::{Failure, Limits, Outgoing, Phase, Transfer};
-use super::boot::GRUB_ARM64_BOOTFILE;
+use super::boot::is_grub;
 use super::bootfiles::{self, BootFiles};
 use super::metrics::TftpMetrics;
 use super::server::Shared;
@@ -62,7 +62,7 @@ async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
     })?;
     let booter = shared.booter();
     for name in booter.boot_loader_names() {
-        if *name == GRUB_ARM64_BOOTFILE && !cluster.has_arch(crate::config::Arch::Arm64) {
+        if is_grub(name) && !cluster.has_arch(crate::config::Arch::Arm64) {
             continue;
         }
         bootfiles::report_missing(&booter.boot_loader_dir(name), &[name]);
