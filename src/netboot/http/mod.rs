@@ -187,6 +187,7 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
 /// Accepts connections on `listener` and serves `app` on each (HTTP/1.1) with the peer address available to
 /// handlers as `ConnectInfo`. Header names are sent in Title-Case (`Content-Length`): GRUB 2.06's HTTP client
 /// matches them case-sensitively and, not finding the length, waits for a close that keep-alive never sends.
+/// With the timer, a client that has not sent its request headers within hyper's default 30 s is dropped.
 async fn serve_listener(listener: tokio::net::TcpListener, app: Router) -> std::io::Result<()> {
     use tower::ServiceExt as _;
     loop {
@@ -207,6 +208,7 @@ async fn serve_listener(listener: tokio::net::TcpListener, app: Router) -> std::
             let io = hyper_util::rt::TokioIo::new(stream);
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .title_case_headers(true)
+                .timer(hyper_util::rt::TokioTimer::new())
                 .serve_connection(io, svc)
                 .await
             {
