@@ -4,6 +4,8 @@
 //! build cache (`$CARGO_TARGET_TMPDIR/imgbuild-image-cache`: one Debian base per architecture for the whole run,
 //! under the base builder's own lock). Images carry the labelled stand-ins: kubeadm and friends cannot be downloaded here.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -112,31 +114,6 @@ const BOOT_PATH: &[&str] = &[
     "joined",
 ];
 
-/// Loads the status page in headless Chromium inside the lab's namespace and returns the DOM after the page's
-/// script has polled `/api/status` (virtual time budget).
-fn chromium_dom(lab: &Lab) -> String {
-    let profile = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", lab.netns(), "timeout", "60", "chromium"])
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(format!("{}/", lab.server_url))
-        .output()
-        .expect("chromium (Debian package chromium; scripts/setup installs it)");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn root_lab_bios_full_dhcp_master_worker_storage_reach_joined_in_order_and_page_shows_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -157,7 +134,7 @@ fn root_lab_bios_full_dhcp_master_worker_storage_reach_joined_in_order_and_page_
         )
         .unwrap_or_else(|f| panic!("{f}"));
     assert!(node(&seen_kernel, "master-1").stage.is_some());
-    let dom = chromium_dom(&lab);
+    let (dom, _) = common::chromium_dom(Some(lab.netns()), &format!("{}/", lab.server_url));
     assert!(dom.contains("id=\"node-master-1\""), "{dom}");
     assert!(
         !dom.contains("data-live=\"0\""),

@@ -2,6 +2,8 @@
 //! routes on loopback; a stage recorded only after the page was served must appear through the page's own
 //! polling of `/api/status`.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -63,30 +65,10 @@ fn chromium_status_page_updates_live_from_api_status() {
         "kernel must not be in the served HTML yet"
     );
 
-    let profile = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new("timeout")
-        .args(["60", "chromium"])
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(format!("http://{addr}/"))
-        .output()
-        .expect("chromium (Debian package chromium; scripts/setup installs it)");
-    let dom = String::from_utf8_lossy(&out.stdout);
+    let (dom, stderr) = common::chromium_dom(None, &format!("http://{addr}/"));
     assert!(
         dom.contains("id=\"node-worker-1\""),
-        "no worker-1 row; chromium stderr: {}\n{dom}",
-        String::from_utf8_lossy(&out.stderr)
+        "no worker-1 row; chromium stderr: {stderr}\n{dom}"
     );
     assert!(
         !dom.contains("data-live=\"0\""),

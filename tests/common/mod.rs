@@ -97,3 +97,42 @@ pub fn yaml_docs(name: &str, text: &str) -> Vec<serde_json::Value> {
         .map(to_json)
         .collect()
 }
+
+/// Loads `url` in headless Chromium (Debian's `chromium`; inside network namespace `netns` when given) and
+/// returns the DOM after the page's scripts ran for 5 s of virtual time, with Chromium's stderr.
+pub fn chromium_dom(netns: Option<&str>, url: &str) -> (String, String) {
+    let profile = tempfile::tempdir().unwrap();
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = std::process::Command::new("ip");
+            c.args(["netns", "exec", ns, "timeout", "60", "chromium"]);
+            c
+        }
+        None => {
+            let mut c = std::process::Command::new("timeout");
+            c.args(["60", "chromium"]);
+            c
+        }
+    };
+    let out = cmd
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(url)
+        .output()
+        .expect("chromium (Debian package chromium; scripts/setup installs it)");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
