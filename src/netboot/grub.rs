@@ -104,6 +104,7 @@ pub fn check_modules(cluster: &Cluster) -> Result<(), GrubError> {
 
 /// Makes both loaders in `state/boot/` for `cluster` and returns their paths.
 pub fn make(cluster: &Cluster, engine: &Engine) -> Result<Vec<PathBuf>, GrubError> {
+    check_modules(cluster)?;
     [
         (GRUB_ARM64_BOOTFILE, false),
         (GRUB_ARM64_HTTP_BOOTFILE, true),
@@ -119,7 +120,6 @@ fn make_one(
     name: &str,
     http_boot: bool,
 ) -> Result<PathBuf, GrubError> {
-    check_modules(cluster)?;
     let mods = &cluster.network.grub_modules;
     let out_dir = dir(cluster);
     std::fs::create_dir_all(&out_dir).map_err(io(&out_dir))?;
@@ -202,7 +202,9 @@ mod tests {
         cluster.network.grub_modules = d.path().join("none");
         cluster.paths.state = d.path().join("state");
         let engine = Engine::new(&cluster.paths.profiles, &cluster.paths.ipxe);
-        let e = make(&cluster, &engine).unwrap_err().to_string();
+        let e = make(&cluster, &engine).unwrap_err();
+        assert!(matches!(e, GrubError::Modules { .. }), "{e}");
+        let e = e.to_string();
         assert!(
             e.contains("./scripts/setup") && e.contains("moddep.lst"),
             "{e}"
