@@ -106,12 +106,12 @@ impl Lab {
         )
         .unwrap();
         std::fs::copy(
-            common::shared("vendor/metallb-v0.16.1/metallb-frr.yaml"),
+            common::vendor("metallb-v0.16.1/metallb-frr.yaml"),
             man.join("metallb-manifest.yaml"),
         )
         .unwrap();
         std::fs::copy(
-            common::shared("vendor/longhorn-v1.12.1/longhorn.yaml"),
+            common::vendor("longhorn-v1.12.1/longhorn.yaml"),
             man.join("longhorn-manifest.yaml"),
         )
         .unwrap();

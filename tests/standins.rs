@@ -439,7 +439,7 @@ fn standin_kubectl_orders_crds_and_enforces_node_restriction() {
         &["--kubeconfig", &kc_admin, "apply", "-f", &objs],
         "no matches for kind \"IPAddressPool\"",
     );
-    let vendor = common::shared("vendor/metallb-v0.16.1/metallb-frr.yaml")
+    let vendor = common::vendor("metallb-v0.16.1/metallb-frr.yaml")
         .display()
         .to_string();
     let (ok, text) = r.run(
@@ -624,4 +624,62 @@ fn standin_kubectl_orders_crds_and_enforces_node_restriction() {
         "unknown command",
     );
     let _ = Path::new("");
+}
+
+#[test]
+fn the_metallb_standin_carries_metallbs_own_crds_and_takes_the_rendered_objects() {
+    let r = setup();
+    let engine = common::engine(&r.cluster);
+    let all = imgbuild::image::standins::generate(&r.cluster, &engine).unwrap();
+    let manifest = all
+        .files
+        .iter()
+        .find(|f| f.artifact == "metallb-manifest")
+        .expect("a metallb-manifest stand-in");
+    let text = std::str::from_utf8(&manifest.contents).unwrap();
+    assert!(text.starts_with("# STAND-IN"), "{text}");
+    let docs = common::yaml_docs("metallb stand-in", text);
+    // The CRDs of the three kinds imgbuild renders are MetalLB's own (vendored at v0.16.1), schemas and all.
+    for file in [
+        "metallb.io_ipaddresspools.yaml",
+        "metallb.io_bgpadvertisements.yaml",
+        "metallb.io_bgppeers.yaml",
+    ] {
+        let src = std::fs::read_to_string(common::vendor(&format!("metallb-v0.16.1/crds/{file}")))
+            .unwrap();
+        let want = &common::yaml_docs(file, &src)[0];
+        assert!(
+            docs.iter().any(|d| d == want),
+            "the stand-in lacks MetalLB's own CRD from {file}"
+        );
+    }
+    // The stand-in kubectl takes it, then the objects imgbuild renders, and the controller becomes Available.
+    let kc = r.write(
+        "etc/kubernetes/admin.conf",
+        "# standin-user: kubernetes-admin\napiVersion: v1\nkind: Config\n",
+    );
+    let path = r.write("metallb.yaml", text);
+    let (ok, out) = r.run("kubectl", &["--kubeconfig", &kc, "apply", "-f", &path]);
+    assert!(ok, "{out}");
+    let m = common::render(&r.cluster, Role::Master);
+    let objs = r.write(
+        "objs.yaml",
+        common::file(&m, "/usr/share/imgbuild/addons/metallb-objects.yaml"),
+    );
+    let (ok, out) = r.run("kubectl", &["--kubeconfig", &kc, "apply", "-f", &objs]);
+    assert!(ok, "{out}");
+    let (ok, out) = r.run(
+        "kubectl",
+        &[
+            "--kubeconfig",
+            &kc,
+            "-n",
+            "metallb-system",
+            "wait",
+            "--for=condition=Available",
+            "deployment/controller",
+            "--timeout=60s",
+        ],
+    );
+    assert!(ok, "{out}");
 }

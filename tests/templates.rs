@@ -182,10 +182,8 @@ fn kube_vip_uses_super_admin_during_init_and_admin_after() {
 // ---- MetalLB: a structural validator for the subset of OpenAPI v3 the CRDs use ----
 
 fn crd_schema(file: &str, version: &str) -> Value {
-    let text = std::fs::read_to_string(common::shared(&format!(
-        "vendor/metallb-v0.16.1/crds/{file}"
-    )))
-    .expect("../shared/vendor/metallb-v0.16.1/crds is readable");
+    let text = std::fs::read_to_string(common::vendor(&format!("metallb-v0.16.1/crds/{file}")))
+        .expect("profiles/standins/vendor/metallb-v0.16.1/crds is readable");
     let crd = &common::yaml_docs(file, &text)[0];
     crd["spec"]["versions"]
         .as_array()
@@ -413,7 +411,7 @@ fn longhorn_settings_match_the_vendor_manifest() {
         common::file(&m, "/usr/share/imgbuild/addons/longhorn-settings.yaml"),
     );
     let vendor_text =
-        std::fs::read_to_string(common::shared("vendor/longhorn-v1.12.1/longhorn.yaml")).unwrap();
+        std::fs::read_to_string(common::vendor("longhorn-v1.12.1/longhorn.yaml")).unwrap();
     let vendor = common::yaml_docs("longhorn.yaml", &vendor_text);
     let vcm = vendor
         .iter()
@@ -468,7 +466,7 @@ fn the_awk_filter_drops_only_the_vendor_default_setting() {
         common::file(&m, "/usr/lib/imgbuild/drop-longhorn-settings.awk"),
     )
     .unwrap();
-    let src = common::shared("vendor/longhorn-v1.12.1/longhorn.yaml");
+    let src = common::vendor("longhorn-v1.12.1/longhorn.yaml");
     let out = std::process::Command::new("awk")
         .arg("-f")
         .arg(&awk)

@@ -71,6 +71,16 @@ pub enum BaseError {
         qemu: String,
         reason: String,
     },
+    #[error(
+        "cannot build an {arch} image on this {host} machine: mmdebstrap needs `{tool}` for a foreign \
+         architecture and it is not on PATH. Run ./scripts/setup (as root), or by hand: apt-get install {package}"
+    )]
+    MissingTool {
+        arch: Arch,
+        host: String,
+        tool: &'static str,
+        package: &'static str,
+    },
     #[error("{command} failed ({status}); its last output:\n{tail}")]
     Command {
         command: String,
@@ -247,6 +257,27 @@ pub fn check_can_run(arch: Arch, binfmt_dir: &Path) -> Result<(), BaseError> {
             qemu_name(arch)
         )
     })))
+}
+
+/// Checks that the tools mmdebstrap calls for a foreign `arch` are installed (`arch-test`, which mmdebstrap runs to
+/// see that the machine can execute `arch` binaries; without it mmdebstrap stops with "install arch-test for
+/// foreign architecture support"). `path` is the search path (normally `$PATH`). Native: nothing needed.
+pub fn check_foreign_tools(arch: Arch, path: Option<&std::ffi::OsStr>) -> Result<(), BaseError> {
+    let host = host_arch();
+    if host == Some(arch) {
+        return Ok(());
+    }
+    let found =
+        |tool: &str| path.is_some_and(|p| std::env::split_paths(p).any(|d| d.join(tool).is_file()));
+    if found("arch-test") {
+        return Ok(());
+    }
+    Err(BaseError::MissingTool {
+        arch,
+        host: host.map_or(std::env::consts::ARCH.to_string(), |h| h.to_string()),
+        tool: "arch-test",
+        package: "arch-test",
+    })
 }
 
 impl BaseSpec {
@@ -513,5 +544,23 @@ mod tests {
                 .unwrap()
                 .contains("\"skip_debian_initrd\":true")
         );
+    }
+
+    #[test]
+    fn a_foreign_build_without_arch_test_names_the_package() {
+        let empty = tempfile::tempdir().unwrap();
+        let foreign = if host_arch() == Some(Arch::Arm64) {
+            Arch::Amd64
+        } else {
+            Arch::Arm64
+        };
+        let e = check_foreign_tools(foreign, Some(empty.path().as_os_str())).unwrap_err();
+        assert!(e.to_string().contains("apt-get install arch-test"), "{e}");
+        let bin = tempfile::tempdir().unwrap();
+        std::fs::write(bin.path().join("arch-test"), "#!/bin/sh\n").unwrap();
+        check_foreign_tools(foreign, Some(bin.path().as_os_str())).unwrap();
+        if let Some(native) = host_arch() {
+            check_foreign_tools(native, None).unwrap();
+        }
     }
 }

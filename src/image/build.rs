@@ -359,6 +359,7 @@ pub fn build_for(
     };
     // A foreign architecture needs qemu-user-static: say so now, not after mmdebstrap's first failure.
     base::check_can_run(arch, Path::new(base::BINFMT_MISC))?;
+    base::check_foreign_tools(arch, std::env::var_os("PATH").as_deref())?;
 
     let mut p = Progress::new(opts.progress);
     let base = p.stage("base", "mmdebstrap", || {

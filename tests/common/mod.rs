@@ -13,9 +13,10 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `../shared/...` (the shared directory beside the repository).
-pub fn shared(rel: &str) -> PathBuf {
-    repo().join("..").join("shared").join(rel)
+/// A vendored upstream file: `profiles/standins/vendor/<rel>` (MetalLB and Longhorn at their pinned tags, with their
+/// licenses; see `profiles/standins/vendor/README.md`). The repository is self-contained: nothing reads beside it.
+pub fn vendor(rel: &str) -> PathBuf {
+    repo().join("profiles/standins/vendor").join(rel)
 }
 
 /// Writes the example cluster.toml into `dir` (provisioning net moved to 127.77.0.0/24 when `loopback`),
@@ -40,9 +41,14 @@ pub fn load(dir: &Path, loopback: bool) -> Cluster {
     imgbuild::config::load(&write_cluster(dir, loopback, |t| t)).unwrap()
 }
 
+/// The template engine the product uses for `cluster`.
+pub fn engine(cluster: &Cluster) -> imgbuild::template::Engine {
+    imgbuild::cli::engine_for(cluster)
+}
+
 pub fn render(cluster: &Cluster, role: Role) -> Tree {
     let profile = imgbuild::config::profile::resolve(&cluster.paths.profiles, role).unwrap();
-    tree::render(cluster, &profile, &imgbuild::cli::engine_for(cluster)).unwrap()
+    tree::render(cluster, &profile, &engine(cluster)).unwrap()
 }
 
 pub fn file<'a>(t: &'a Tree, path: &str) -> &'a str {
@@ -59,7 +65,7 @@ pub fn standin(cluster: &Cluster, name: &str) -> String {
     let profile =
         imgbuild::config::profile::resolve(&cluster.paths.profiles, Role::Master).unwrap();
     let ctx = tree::TemplateContext::new(cluster, &profile);
-    imgbuild::cli::engine_for(cluster)
+    engine(cluster)
         .render(&format!("profiles/standins/{name}.sh.j2"), &ctx)
         .unwrap()
 }
