@@ -134,7 +134,9 @@ pub trait ImageStore: Send + Sync + std::fmt::Debug {
     fn remove(&self, id: &str) -> Result<(), StoreError>;
 }
 
-/// The image store a cluster description names (today: its `paths.images` directory).
+/// The image store a cluster description names (today: its `paths.images` directory). Cheap for the directory
+/// store, so callers open it where they use it (the HTTP handler per request, following a reload of `paths`); a
+/// store holding a client and a cache would be opened once and kept in the server's shared state instead.
 pub fn open(cluster: &Cluster) -> Arc<dyn ImageStore> {
     Arc::new(DirStore::new(&cluster.paths.images))
 }
