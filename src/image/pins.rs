@@ -19,7 +19,6 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::manifest::ManifestError;
 use super::store::{ImageStore, StoreError};
 use crate::config::{Arch, Cluster, Role};
 use crate::netboot::boot::PinMap;
@@ -46,8 +45,7 @@ pub enum PinError {
     },
     #[error("{path} is not a valid pins file: {detail}")]
     Parse { path: PathBuf, detail: String },
-    #[error(transparent)]
-    Manifest(#[from] ManifestError),
+    /// The image is missing or damaged (its manifest cannot be read or does not hash to its id).
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(

@@ -20,6 +20,7 @@ pub struct DirStore {
 }
 
 impl DirStore {
+    /// The store in directory `dir` (created on the first commit).
     pub fn new(dir: &Path) -> DirStore {
         DirStore {
             dir: dir.to_path_buf(),

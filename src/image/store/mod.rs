@@ -31,22 +31,30 @@ use crate::config::Cluster;
 
 pub use dir::DirStore;
 
+/// Why the store cannot do what was asked.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // the fields are named by the messages
 pub enum StoreError {
+    /// Reading or writing the store failed.
     #[error("image store {path}: {source}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+    /// The manifest cannot be read, does not hash to its id, or does not list the file.
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    /// No image has this id.
     #[error("no image {id} in {dir}; `imgbuild images` lists the images there")]
     NoImage { id: String, dir: String },
+    /// The id is not 64 hex digits (it could name a path outside the store).
     #[error("{id:?} is not an image id (64 hex digits)")]
     BadId { id: String },
+    /// The name is not a plain file name.
     #[error("image {id}: {name:?} is not a file name of an image")]
     BadName { id: String, name: String },
+    /// The manifest lists the file but the store does not have it.
     #[error("image {id} has no {name}")]
     NoFile { id: String, name: String },
     /// A symlink (or a special file) where the store keeps a directory or a regular file.
@@ -55,6 +63,7 @@ pub enum StoreError {
         what: String,
         expected: &'static str,
     },
+    /// The stored file's size is not the manifest's: the store was modified.
     #[error(
         "image {id}: {name} is {actual} bytes but its manifest says {expected}; the store was modified: rebuild the image"
     )]
@@ -83,15 +92,18 @@ pub struct Artifact {
 /// One image as listed by a store: its id, when it was stored, and its manifest (or why it cannot be read).
 #[derive(Debug)]
 pub struct Stored {
+    /// The image id.
     pub id: String,
     /// Seconds since the epoch when the image was committed.
     pub created: u64,
+    /// Its manifest, or why it cannot be read (a damaged image is still listed).
     pub manifest: Result<Manifest, StoreError>,
 }
 
 /// A finished commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
+    /// The image id (the sha256 of its manifest).
     pub id: String,
     /// The id was already in the store (then nothing in it changed).
     pub existed: bool,
@@ -196,9 +208,13 @@ pub fn remember(index_dir: &Path, key: &str, id: &str) -> Result<(), StoreError>
 /// One image in the store.
 #[derive(Debug, Clone, Serialize)]
 pub struct ImageInfo {
+    /// The image id.
     pub id: String,
+    /// The role it was built for (`?` when its manifest cannot be read).
     pub role: String,
+    /// Built with labelled stand-in binaries.
     pub standins: bool,
+    /// The artifacts' total size in bytes.
     pub size: u64,
     /// Seconds since the epoch when the image was committed.
     pub created: u64,
@@ -248,9 +264,13 @@ pub fn list(store: &dyn ImageStore, pins: &Pins) -> Result<Vec<ImageInfo>, Store
 /// The result of re-hashing one file of an image.
 #[derive(Debug, Clone, Serialize)]
 pub struct FileCheck {
+    /// The file's name in the image.
     pub file: String,
+    /// Its sha256 in the manifest.
     pub expected: String,
+    /// The sha256 of the stored bytes (`None`: they cannot be read).
     pub actual: Option<String>,
+    /// Digest and size match the manifest.
     pub ok: bool,
 }
 

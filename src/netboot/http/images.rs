@@ -36,10 +36,12 @@ pub const SERVED: &[&str] = &[
 /// Size of each read from disk while streaming a body.
 const CHUNK: usize = 1 << 20;
 
+/// `Cache-Control` of content-addressed responses: they never change.
 pub const CACHE_FOREVER: &str = "public, max-age=31536000, immutable";
 
 const ROUTE: &str = "/images/{id}/{file}";
 
+/// The query string of an artifact request.
 #[derive(Debug, Deserialize)]
 pub struct ArtifactQuery {
     /// The digest the client expects (the boot script puts it in every URL).
