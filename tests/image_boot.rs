@@ -158,12 +158,9 @@ fn root_qemu_boots_initrd_verifies_rootfs_creates_then_finds_state_partition_and
     )
     .unwrap();
     let mut pins = Pins::default();
-    pins.pin(&cluster.paths.images, Role::Worker, &r.id)
-        .unwrap();
-    let booter = Booter::new(
-        Arc::new(cluster.clone()),
-        pins.resolve(&cluster.paths.images),
-    );
+    let images = imgbuild::image::store::open(&cluster);
+    pins.pin(&*images, Role::Worker, &r.id).unwrap();
+    let booter = Booter::new(Arc::new(cluster.clone()), pins.resolve(&*images));
     let mac: MacAddr = "52:54:00:77:00:21".parse().unwrap();
     let mut plan = booter.plan(mac).unwrap();
     // Under TCG on a loaded host the kernel's crypto self-tests can starve for minutes (soft lockup in

@@ -11,8 +11,8 @@ use std::process::Command;
 use image_fixture::{Fixture, mirrored, scan_tree, unpack_initrd};
 use imgbuild::config::{Arch, Role};
 use imgbuild::image::build::{self, Options, Report};
-use imgbuild::image::manifest::{INITRD, KERNEL, MANIFEST, Manifest, ROOTFS};
-use imgbuild::image::store;
+use imgbuild::image::manifest::{INITRD, KERNEL, MANIFEST, ROOTFS};
+use imgbuild::image::store::{self, DirStore, ImageStore};
 
 fn standins() -> Options {
     Options {
@@ -60,7 +60,7 @@ fn root_image_builds_are_reproducible_immutable_cached_and_secret_free() {
             "{f} differs between two builds of the same inputs"
         );
     }
-    let m = Manifest::read(&a.images(), &ra.id).unwrap();
+    let m = DirStore::new(&a.images()).manifest(&ra.id).unwrap();
     assert!(m.standins);
     assert_eq!(m.inputs.packages.get("busybox").map(|_| ()), Some(()));
     assert!(m.inputs.packages.contains_key("linux-image-amd64"));
@@ -118,7 +118,7 @@ fn root_image_builds_are_reproducible_immutable_cached_and_secret_free() {
         .collect();
     assert!(leftovers.is_empty(), "staging dirs left: {leftovers:?}");
     assert!(
-        store::verify(&a.images(), &ra.id)
+        store::verify(&DirStore::new(&a.images()), &ra.id)
             .unwrap()
             .iter()
             .all(|c| c.ok)
@@ -129,7 +129,7 @@ fn root_image_builds_are_reproducible_immutable_cached_and_secret_free() {
     bytes[100] ^= 0xff;
     std::fs::remove_file(&victim).unwrap();
     std::fs::write(&victim, bytes).unwrap();
-    let checks = store::verify(&b.images(), &rb.id).unwrap();
+    let checks = store::verify(&DirStore::new(&b.images()), &rb.id).unwrap();
     assert!(
         checks.iter().any(|c| c.file == INITRD && !c.ok),
         "{checks:?}"
@@ -167,7 +167,7 @@ fn root_image_builds_are_reproducible_immutable_cached_and_secret_free() {
     imgbuild::image::artifacts::fetch_all(&r.cluster(), |_| {}).unwrap();
     let rr = build_worker(&r, &Options::default());
     assert_ne!(rr.id, ra.id, "a stand-in build never has a real build's id");
-    let mr = Manifest::read(&r.images(), &rr.id).unwrap();
+    let mr = DirStore::new(&r.images()).manifest(&rr.id).unwrap();
     assert!(!mr.standins);
 
     // 6. Inside the images: stand-ins labelled, real files installed, units enabled, nothing machine-specific,
@@ -276,7 +276,7 @@ fn root_arm64_worker_image_has_an_arm64_kernel_and_aarch64_binaries_and_its_own_
     let cluster = f.cluster();
     let arm = build::build_for(&cluster, Role::Worker, Arch::Arm64, &standins()).unwrap();
     assert_eq!(arm.arch, Arch::Arm64);
-    let m = Manifest::read(&f.images(), &arm.id).unwrap();
+    let m = DirStore::new(&f.images()).manifest(&arm.id).unwrap();
     assert_eq!(m.arch, Arch::Arm64);
     assert!(m.standins);
     assert!(m.inputs.packages.contains_key("linux-image-arm64"));

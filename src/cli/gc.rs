@@ -19,7 +19,7 @@ pub struct Args {
 pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     let cluster = super::load_cluster(&cli.config)?;
     let pins = Pins::load(&Pins::path(&cluster))?;
-    let removed = store::gc(&cluster.paths.images, &pins, args.keep)?;
+    let removed = store::gc(&*store::open(&cluster), &pins, args.keep)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&removed)?);
     } else {

@@ -16,7 +16,8 @@ pub struct Args {
 pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     let cluster = super::load_cluster(&cli.config)?;
     let pins = Pins::load(&Pins::path(&cluster))?;
-    let list = store::list(&cluster.paths.images, &pins)?;
+    let images = store::open(&cluster);
+    let list = store::list(&*images, &pins)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);
@@ -24,7 +25,7 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     if list.is_empty() {
         println!(
             "no images in {}; build one with `imgbuild profile <role>`",
-            cluster.paths.images.display()
+            images.location()
         );
     }
     for i in &list {

@@ -9,8 +9,8 @@ use anyhow::{Context, bail};
 
 use super::Cli;
 use crate::config::{Arch, Cluster, Role};
-use crate::image::manifest::Manifest;
 use crate::image::pins::Pins;
+use crate::image::store::{self, ImageStore};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -26,34 +26,32 @@ pub struct Args {
 }
 
 /// Expands a unique prefix of an image id found in the store.
-fn expand_id(cluster: &Cluster, given: &str) -> anyhow::Result<String> {
+fn expand_id(store: &dyn ImageStore, given: &str) -> anyhow::Result<String> {
     if given.len() == 64 {
         return Ok(given.to_string());
     }
     if given.len() < 6 || !given.bytes().all(|c| c.is_ascii_hexdigit()) {
         bail!(
-            "{given:?} is not an image id: give the 64 hex digits (or at least 6 of them) of a directory in {}",
-            cluster.paths.images.display()
+            "{given:?} is not an image id: give the 64 hex digits (or at least 6 of them) of an image in {}",
+            store.location()
         );
     }
-    let mut found: Vec<String> = std::fs::read_dir(&cluster.paths.images)
-        .with_context(|| format!("cannot list {}", cluster.paths.images.display()))?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| n.len() == 64 && n.starts_with(given))
+    let mut found: Vec<String> = store
+        .list()
+        .with_context(|| format!("cannot list {}", store.location()))?
+        .into_iter()
+        .map(|s| s.id)
+        .filter(|n| n.starts_with(given))
         .collect();
     match found.len() {
         1 => Ok(found.remove(0)),
-        0 => bail!(
-            "no image id in {} starts with {given}",
-            cluster.paths.images.display()
-        ),
+        0 => bail!("no image id in {} starts with {given}", store.location()),
         _ => bail!("{given} matches {} images; give more digits", found.len()),
     }
 }
 
-fn describe(cluster: &Cluster, id: &str) -> String {
-    match Manifest::read(&cluster.paths.images, id) {
+fn describe(store: &dyn ImageStore, id: &str) -> String {
+    match store.manifest(id) {
         Ok(m) if m.standins => format!("{id} (built with labelled STAND-INS)"),
         Ok(_) => id.to_string(),
         Err(e) => format!("{id} (UNUSABLE: {e})"),
@@ -77,13 +75,14 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     let cluster = super::load_cluster(&cli.config)?;
     let path = Pins::path(&cluster);
     let mut pins = Pins::load(&path)?;
+    let images = store::open(&cluster);
     if args.list {
         println!("pins ({}):", path.display());
         for role in Role::ALL {
             for arch in Arch::ALL {
                 let used = cluster.machines_with_role(role).any(|m| m.arch == arch);
                 match pins.get(role, arch) {
-                    Some(id) => println!("  {role:<8} {arch:<6} {}", describe(&cluster, id)),
+                    Some(id) => println!("  {role:<8} {arch:<6} {}", describe(&*images, id)),
                     None if used || arch == Arch::Amd64 => println!(
                         "  {role:<8} {arch:<6} (nothing pinned: run `imgbuild profile {role} --arch {arch}` then `imgbuild pin {role} <image-id>`)"
                     ),
@@ -96,9 +95,9 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     let (Some(role), Some(given)) = (args.role, args.image.as_deref()) else {
         bail!("usage: imgbuild pin <role> <image-id>, or imgbuild pin --list");
     };
-    let id = expand_id(&cluster, given)?;
+    let id = expand_id(&*images, given)?;
     let before = pins.clone();
-    let arch = pins.pin(&cluster.paths.images, role, &id)?;
+    let arch = pins.pin(&*images, role, &id)?;
     let old = before.get(role, arch).cloned();
     if old.as_deref() == Some(id.as_str()) {
         println!("{role} ({arch}): already pinned to {id}; nothing changed");
@@ -106,8 +105,8 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     }
     pins.save(&path)?;
     match old {
-        Some(o) => println!("{role} ({arch}): {o} -> {}", describe(&cluster, &id)),
-        None => println!("{role} ({arch}): (nothing) -> {}", describe(&cluster, &id)),
+        Some(o) => println!("{role} ({arch}): {o} -> {}", describe(&*images, &id)),
+        None => println!("{role} ({arch}): (nothing) -> {}", describe(&*images, &id)),
     }
     println!(
         "Reboot the {role} machines on {arch} ({}) to boot it; a running `imgbuild serve` uses the new pin from its next boot script.",

@@ -7,7 +7,7 @@ use crate::image::store;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The image id (a directory under images/).
+    /// The image id (as `imgbuild images` lists it).
     pub id: String,
     /// Machine-readable output.
     #[arg(long)]
@@ -16,7 +16,7 @@ pub struct Args {
 
 pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     let cluster = super::load_cluster(&cli.config)?;
-    let checks = store::verify(&cluster.paths.images, &args.id)?;
+    let checks = store::verify(&*store::open(&cluster), &args.id)?;
     let ok = checks.iter().all(|c| c.ok);
     if args.json {
         println!(

@@ -333,12 +333,12 @@ pub fn build_for(
         key,
     } = inputs(cluster, role, arch, opts)?;
     let index_dir = cluster.paths.cache.join("index");
-    let images = &cluster.paths.images;
-    if let Some((id, m)) = store::lookup(&index_dir, images, &key) {
+    let images = store::open(cluster);
+    if let Some((id, m)) = store::lookup(&index_dir, &*images, &key) {
         return Ok(Report {
             role,
             arch: m.arch,
-            dir: images.join(&id),
+            dir: images.locate(&id).into(),
             id,
             standins: m.standins,
             cached: true,
@@ -387,7 +387,7 @@ pub fn build_for(
             source,
         })?;
     let root = work.path().join("rootfs");
-    let staging = store::staging(images)?;
+    let staging = images.staging()?;
 
     let kver = p.stage("unpack", "tar --numeric-owner", || {
         base::unpack(&base, &root)?;
@@ -493,7 +493,7 @@ pub fn build_for(
         files: BTreeMap::new(),
     };
     let (id, existed) = p.stage("store", "hash + rename into images/", || {
-        let (id, existed) = store::commit(images, staging, manifest)?;
+        let store::Committed { id, existed } = images.commit(staging, manifest)?;
         let detail = format!(
             "{}{}",
             &id[..16],
@@ -506,11 +506,11 @@ pub fn build_for(
         Ok(((id, existed), false, detail))
     })?;
     store::remember(&index_dir, &key, &id)?;
-    let m = Manifest::read(images, &id).map_err(StoreError::from)?;
+    let m = images.manifest(&id)?;
     Ok(Report {
         role,
         arch,
-        dir: images.join(&id),
+        dir: images.locate(&id).into(),
         id,
         standins: opts.standins,
         cached: false,

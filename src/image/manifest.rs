@@ -1,7 +1,6 @@
 //! `manifest.json`: what an image is made of. The image id is the sha256 of this file's bytes.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -89,22 +88,16 @@ impl Manifest {
         hex::encode(Sha256::digest(self.to_bytes()))
     }
 
-    /// Reads `images/<id>/manifest.json` and checks that it hashes to `id`.
-    pub fn read(images_dir: &Path, id: &str) -> Result<Manifest, ManifestError> {
-        let path = images_dir.join(id).join(MANIFEST);
-        let bytes = std::fs::read(&path).map_err(|source| ManifestError::Read {
-            id: id.to_string(),
-            path: path.display().to_string(),
-            source,
-        })?;
-        let actual = hex::encode(Sha256::digest(&bytes));
+    /// Parses the bytes of image `id`'s `manifest.json`, after checking that they hash to `id`.
+    pub fn from_bytes(id: &str, bytes: &[u8]) -> Result<Manifest, ManifestError> {
+        let actual = hex::encode(Sha256::digest(bytes));
         if actual != id {
             return Err(ManifestError::IdMismatch {
                 id: id.to_string(),
                 actual,
             });
         }
-        serde_json::from_slice(&bytes).map_err(|e| ManifestError::Parse {
+        serde_json::from_slice(bytes).map_err(|e| ManifestError::Parse {
             id: id.to_string(),
             detail: e.to_string(),
         })

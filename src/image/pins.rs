@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::manifest::{Manifest, ManifestError};
+use super::store::{ImageStore, StoreError};
 use crate::config::{Arch, Cluster, Role};
 use crate::netboot::boot::PinMap;
 
@@ -45,8 +45,9 @@ pub enum PinError {
     },
     #[error("{path} is not a valid pins file: {detail}")]
     Parse { path: PathBuf, detail: String },
+    /// The image is missing or damaged (its manifest cannot be read or does not hash to its id).
     #[error(transparent)]
-    Manifest(#[from] ManifestError),
+    Store(#[from] StoreError),
     #[error(
         "image {id} is a {actual} image; it cannot be pinned for role {role} (build one with `imgbuild profile {role}`)"
     )]
@@ -117,8 +118,8 @@ impl Pins {
 
     /// Pins `id` for `role` after checking the image exists, is intact and is of that role. The architecture
     /// is the image's own (from its manifest); it is returned.
-    pub fn pin(&mut self, images_dir: &Path, role: Role, id: &str) -> Result<Arch, PinError> {
-        let m = Manifest::read(images_dir, id)?;
+    pub fn pin(&mut self, store: &dyn ImageStore, role: Role, id: &str) -> Result<Arch, PinError> {
+        let m = store.manifest(id)?;
         if m.role != role {
             return Err(PinError::WrongRole {
                 id: id.to_string(),
@@ -137,10 +138,10 @@ impl Pins {
     /// The boot decision's view: each pinned (role, arch) with its image's digests. Pins whose image is
     /// missing, damaged or of another architecture are left out, with a warning naming the command that
     /// fixes it.
-    pub fn resolve(&self, images_dir: &Path) -> PinMap {
+    pub fn resolve(&self, store: &dyn ImageStore) -> PinMap {
         let mut out = BTreeMap::new();
         for (role, arch, id) in self.iter() {
-            let m = Manifest::read(images_dir, id).and_then(|m| Ok((m.arch, m.pinned(id)?)));
+            let m = store.manifest(id).and_then(|m| Ok((m.arch, m.pinned(id)?)));
             match m {
                 Ok((built, p)) if built == arch => {
                     out.insert((role, arch), p);
@@ -160,15 +161,19 @@ impl Pins {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::manifest::{FileEntry, Inputs};
+    use crate::image::manifest::{Inputs, Manifest};
+    use crate::image::store::DirStore;
 
-    /// A minimal intact image of `role` for `arch` in `images`; returns its id.
-    fn image(images: &Path, role: Role, arch: Arch) -> String {
-        let files = [
-            ("vmlinuz", b"k".to_vec()),
-            ("initrd.img", b"i".to_vec()),
-            ("rootfs.squashfs", b"r".to_vec()),
-        ];
+    /// A minimal intact image of `role` for `arch` in `store`; returns its id.
+    fn image(store: &DirStore, role: Role, arch: Arch) -> String {
+        let st = store.staging().unwrap();
+        for (n, b) in [
+            ("vmlinuz", b"k"),
+            ("initrd.img", b"i"),
+            ("rootfs.squashfs", b"r"),
+        ] {
+            std::fs::write(st.path().join(n), b).unwrap();
+        }
         let m = Manifest {
             format: 1,
             role,
@@ -177,32 +182,15 @@ mod tests {
             standins: false,
             kernel_args: vec![],
             inputs: Inputs::default(),
-            files: files
-                .iter()
-                .map(|(n, b)| {
-                    use sha2::Digest;
-                    let e = FileEntry {
-                        size: b.len() as u64,
-                        sha256: hex::encode(sha2::Sha256::digest(b)),
-                    };
-                    (n.to_string(), e)
-                })
-                .collect(),
+            files: BTreeMap::new(),
         };
-        let id = m.id();
-        let d = images.join(&id);
-        std::fs::create_dir_all(&d).unwrap();
-        for (n, b) in &files {
-            std::fs::write(d.join(n), b).unwrap();
-        }
-        std::fs::write(d.join("manifest.json"), m.to_bytes()).unwrap();
-        id
+        store.commit(st, m).unwrap().id
     }
 
     #[test]
     fn pins_are_kept_per_role_and_arch_and_survive_a_round_trip() {
         let d = tempfile::tempdir().unwrap();
-        let images = d.path().join("images");
+        let images = DirStore::new(&d.path().join("images"));
         let amd = image(&images, Role::Worker, Arch::Amd64);
         let arm = image(&images, Role::Worker, Arch::Arm64);
         let mut pins = Pins::default();
@@ -232,7 +220,7 @@ mod tests {
     #[test]
     fn a_hand_edited_pin_of_the_wrong_arch_is_not_served() {
         let d = tempfile::tempdir().unwrap();
-        let images = d.path().join("images");
+        let images = DirStore::new(&d.path().join("images"));
         let amd = image(&images, Role::Worker, Arch::Amd64);
         let path = d.path().join("pins.toml");
         std::fs::write(&path, format!("[arm64]\nworker = \"{amd}\"\n")).unwrap();

@@ -46,7 +46,7 @@ impl PinWatch {
         }
         match Pins::load(&path) {
             Ok(p) => {
-                let resolved = p.resolve(&cluster.paths.images);
+                let resolved = p.resolve(&*crate::image::store::open(&cluster));
                 for ((role, arch), img) in &resolved {
                     tracing::info!(%role, %arch, image = %img.id, "pin in effect");
                     if img.standins {

@@ -82,7 +82,7 @@ impl Shared {
 pub fn prepare(config_path: &std::path::Path) -> anyhow::Result<Arc<Shared>> {
     let cluster = crate::config::load(config_path)?;
     let pins = crate::image::pins::Pins::load(&crate::image::pins::Pins::path(&cluster))?
-        .resolve(&cluster.paths.images);
+        .resolve(&*crate::image::store::open(&cluster));
     for ((role, arch), img) in &pins {
         if img.standins {
             tracing::warn!(%role, %arch, image = %img.id, "the pinned image was built with labelled STAND-IN binaries: nodes booting it cannot form a real cluster");
@@ -112,7 +112,7 @@ pub fn reload(shared: &Shared) {
     match crate::config::load(&shared.config_path) {
         Ok(cluster) => {
             let pins = crate::image::pins::Pins::load(&crate::image::pins::Pins::path(&cluster))
-                .map(|p| p.resolve(&cluster.paths.images))
+                .map(|p| p.resolve(&*crate::image::store::open(&cluster)))
                 .unwrap_or_else(|e| {
                     tracing::warn!(error = %e, "cannot read pins; keeping the current ones");
                     shared.booter().pins.clone()

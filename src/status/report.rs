@@ -113,22 +113,21 @@ impl NodeView {
     }
 }
 
-/// Whether an image was built with stand-ins, from its manifest under `images_dir` (unknown ids: `false`).
-pub fn image_standins(images_dir: &std::path::Path, id: &str) -> bool {
-    crate::image::manifest::Manifest::read(images_dir, id)
-        .map(|m| m.standins)
-        .unwrap_or(false)
+/// Whether an image was built with stand-ins, from its manifest in `store` (unknown ids: `false`).
+pub fn image_standins(store: &dyn crate::image::store::ImageStore, id: &str) -> bool {
+    store.manifest(id).map(|m| m.standins).unwrap_or(false)
 }
 
 /// Builds the report from the event log and the cluster (stand-in flags read from the image manifests).
 pub fn build(cluster: &Cluster, events: &[Event]) -> Report {
     let mut nodes = node::compute(events, &cluster.machines);
     let mut cache: std::collections::BTreeMap<String, bool> = Default::default();
+    let store = crate::image::store::open(cluster);
     for n in &mut nodes {
         if let Some(id) = &n.image {
             n.standins = *cache
                 .entry(id.clone())
-                .or_insert_with(|| image_standins(&cluster.paths.images, id));
+                .or_insert_with(|| image_standins(&*store, id));
         }
     }
     Report {

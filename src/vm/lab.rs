@@ -410,7 +410,7 @@ impl Lab {
                 arch,
                 opts.standins,
             )?;
-            standins |= report::image_standins(&cluster.paths.images, &id);
+            standins |= report::image_standins(&*crate::image::store::open(&cluster), &id);
             imgbuild(&opts.exe, &config, &["pin", &role.to_string(), &id])?;
             images.push((role, arch, id));
         }

@@ -2,14 +2,12 @@
 //!
 //! Only `vmlinuz`, `initrd.img`, `rootfs.squashfs` and `manifest.json` of an image whose `manifest.json`
 //! hashes to its id are served. The ETag is the artifact's sha256 from the manifest (the id for the manifest
-//! itself), so it is strong and names the content; responses may be cached forever. Symlinks anywhere under
-//! the image directory are refused, as is any file whose size differs from its manifest entry.
+//! itself), so it is strong and names the content; responses may be cached forever. The files come from the
+//! [`ImageStore`], opened on the blocking pool: it refuses symlinks and any file whose size differs from its
+//! manifest entry; this handler maps its refusals to HTTP statuses and error metrics.
 
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, SeekFrom};
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -21,7 +19,8 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::range::{Decision, decide};
-use crate::image::manifest::{self, Manifest};
+use crate::image::manifest::{self, ManifestError};
+use crate::image::store::{self, ImageStore, ReadSeek, StoreError};
 use crate::netboot::metrics::HttpMetrics;
 use crate::netboot::server::Shared;
 use crate::status::Source;
@@ -37,10 +36,12 @@ pub const SERVED: &[&str] = &[
 /// Size of each read from disk while streaming a body.
 const CHUNK: usize = 1 << 20;
 
+/// `Cache-Control` of content-addressed responses: they never change.
 pub const CACHE_FOREVER: &str = "public, max-age=31536000, immutable";
 
 const ROUTE: &str = "/images/{id}/{file}";
 
+/// The query string of an artifact request.
 #[derive(Debug, Deserialize)]
 pub struct ArtifactQuery {
     /// The digest the client expects (the boot script puts it in every URL).
@@ -95,8 +96,7 @@ pub async fn get_artifact(
             format!("images serve only {}\n", SERVED.join(", ")),
         );
     };
-    let images = shared.cluster().paths.images.clone();
-    let dir = images.join(&id);
+    let images = store::open(&shared.cluster());
     let h = |n: header::HeaderName| {
         headers
             .get(n)
@@ -111,9 +111,9 @@ pub async fn get_artifact(
     let head = method == axum::http::Method::HEAD;
     // One trip to the blocking pool: verify, open, decide, and read the first chunk of the body.
     let opened = {
-        let (dir, id) = (dir.clone(), id.clone());
+        let id = id.clone();
         tokio::task::spawn_blocking(move || {
-            let (mut f, size, sha) = open_artifact(&images, &dir, &id, file)?;
+            let (mut f, size, sha) = open_artifact(&*images, &id, file)?;
             let decision = decide(
                 conds.0.as_deref(),
                 conds.1.as_deref(),
@@ -232,87 +232,34 @@ pub async fn get_artifact(
 
 type Refused = (&'static str, StatusCode, String);
 
-/// Verifies the manifest and opens one artifact without following symlinks. Returns the file, its size and
-/// its sha256.
+/// Opens one artifact through the store (which verifies the manifest and refuses symlinks). Returns the
+/// reader, its size and its sha256, or the refusal: error kind, status and message.
 fn open_artifact(
-    images: &std::path::Path,
-    dir: &std::path::Path,
+    images: &dyn ImageStore,
     id: &str,
     file: &'static str,
-) -> Result<(File, u64, String), Refused> {
-    let nf = || {
-        (
-            "not_found",
-            StatusCode::NOT_FOUND,
-            format!("no image {id} in the store"),
-        )
-    };
-    // The image directory itself must be a real directory inside the store, not a symlink out of it.
-    let dmeta = std::fs::symlink_metadata(dir).map_err(|_| nf())?;
-    if dmeta.file_type().is_symlink() || !dmeta.is_dir() {
-        return Err((
-            "symlink",
-            StatusCode::NOT_FOUND,
-            format!("images/{id} is a symlink or not a directory; refusing to serve it"),
-        ));
-    }
-    let path: PathBuf = dir.join(file);
-    let fmeta = std::fs::symlink_metadata(&path).map_err(|_| {
-        (
-            "not_found",
-            StatusCode::NOT_FOUND,
-            format!("image {id} has no {file}"),
-        )
-    })?;
-    if fmeta.file_type().is_symlink() || !fmeta.is_file() {
-        return Err((
-            "symlink",
-            StatusCode::NOT_FOUND,
-            format!("images/{id}/{file} is a symlink or not a regular file; refusing to serve it"),
-        ));
-    }
-    let m = Manifest::read(images, id).map_err(|e| match e {
-        manifest::ManifestError::Read { .. } => nf(),
-        e => (
+) -> Result<(Box<dyn ReadSeek>, u64, String), Refused> {
+    let a = images.open(id, file).map_err(|e| refusal(e, id, file))?;
+    Ok((a.reader, a.size, a.sha256))
+}
+
+/// What a refusal of the store means to an HTTP client.
+fn refusal(e: StoreError, id: &str, file: &str) -> Refused {
+    let nf = |msg| ("not_found", StatusCode::NOT_FOUND, msg);
+    match e {
+        StoreError::NoImage { .. } | StoreError::Manifest(ManifestError::Read { .. }) => {
+            nf(format!("no image {id} in the store"))
+        }
+        StoreError::NoFile { .. } => nf(format!("image {id} has no {file}")),
+        StoreError::BadId { .. } | StoreError::BadName { .. } => nf(e.to_string()),
+        StoreError::NotRegular { .. } => ("symlink", StatusCode::NOT_FOUND, e.to_string()),
+        StoreError::Manifest(_) | StoreError::SizeMismatch { .. } => (
             "store_damaged",
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("{e}"),
+            e.to_string(),
         ),
-    })?;
-    let (size, sha) = if file == manifest::MANIFEST {
-        (fmeta.len(), id.to_string())
-    } else {
-        let e = m.files.get(file).ok_or_else(|| {
-            (
-                "store_damaged",
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("image {id}: manifest lists no {file}"),
-            )
-        })?;
-        (e.size, e.sha256.clone())
-    };
-    if fmeta.len() != size {
-        return Err((
-            "store_damaged",
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!(
-                "image {id}: {file} is {} bytes but its manifest says {size}; the store was modified: rebuild the image",
-                fmeta.len()
-            ),
-        ));
+        StoreError::Io { .. } => ("io", StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .map_err(|e| {
-            (
-                "io",
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot open {}: {e}", path.display()),
-            )
-        })?;
-    Ok((f, size, sha))
 }
 
 /// Decrements the in-flight gauge when the body is finished or dropped.
@@ -327,7 +274,7 @@ impl Drop for InFlight {
 struct BodyState {
     shared: Arc<Shared>,
     metrics: HttpMetrics,
-    file: Option<File>,
+    file: Option<Box<dyn ReadSeek>>,
     /// Read but not yet handed out.
     first: Option<Bytes>,
     pos: u64,
@@ -337,13 +284,13 @@ struct BodyState {
 }
 
 /// Seeks to the start of `range` and reads the first chunk of it.
-fn first_chunk(f: &mut File, range: std::ops::Range<u64>) -> std::io::Result<Bytes> {
+fn first_chunk(f: &mut dyn ReadSeek, range: std::ops::Range<u64>) -> std::io::Result<Bytes> {
     f.seek(SeekFrom::Start(range.start))?;
     read_chunk(f, (range.end - range.start).min(CHUNK as u64))
 }
 
 /// Reads exactly `n` bytes at the current position (no zero-filling of the buffer).
-fn read_chunk(f: &mut File, n: u64) -> std::io::Result<Bytes> {
+fn read_chunk(f: &mut dyn ReadSeek, n: u64) -> std::io::Result<Bytes> {
     let mut v = Vec::with_capacity(n as usize);
     f.take(n).read_to_end(&mut v)?;
     if (v.len() as u64) < n {
@@ -361,7 +308,7 @@ fn read_chunk(f: &mut File, n: u64) -> std::io::Result<Bytes> {
 fn stream_body(
     shared: Arc<Shared>,
     metrics: HttpMetrics,
-    file: File,
+    file: Box<dyn ReadSeek>,
     range: std::ops::Range<u64>,
     first: Bytes,
     event: Option<(crate::config::MacAddr, &'static str, String)>,

@@ -1,0 +1,304 @@
+//! The immutable image store: the [`ImageStore`] interface, the build index `cache/index/<input-key>` → id,
+//! and what is computed over any store (`list` with pins, `gc`, `verify`).
+//!
+//! An image is its `manifest.json` (whose sha256 is the image id) and the artifacts the manifest lists
+//! (`vmlinuz`, `initrd.img`, `rootfs.squashfs`). An image is assembled in a staging directory and committed
+//! once; an existing id is never rewritten. `verify` re-hashes every file; `gc` removes images no role pins,
+//! keeping the newest N.
+//!
+//! Implementations: [`dir::DirStore`], the directory `images/<id>/` (today's store). An object-store backend
+//! (S3 with a local read-through cache) is a second implementation of [`ImageStore`] in a sibling module,
+//! selected in [`open`]; nothing outside this module builds an artifact's path.
+//!
+//! **Sync, not async.** The trait is synchronous: the CLI and the image build are synchronous, and the HTTP
+//! server already does its file I/O on tokio's blocking pool (`spawn_blocking`), where it calls the store. An
+//! S3 implementation fills its local cache inside [`ImageStore::open`] (blocking on its own runtime handle,
+//! from that blocking thread), verifies the sha256 there, and hands back the cached file: what is served is
+//! always a local, verified, seekable file, so Range requests work as with the directory store.
+
+pub mod dir;
+
+use std::io::{Read, Seek};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::manifest::{FileEntry, INITRD, KERNEL, Manifest, ManifestError, ROOTFS};
+use super::pins::Pins;
+use crate::config::Cluster;
+
+pub use dir::DirStore;
+
+/// Why the store cannot do what was asked.
+#[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // the fields are named by the messages
+pub enum StoreError {
+    /// Reading or writing the store failed.
+    #[error("image store {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The manifest cannot be read, does not hash to its id, or does not list the file.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// No image has this id.
+    #[error("no image {id} in {dir}; `imgbuild images` lists the images there")]
+    NoImage { id: String, dir: String },
+    /// The id is not 64 hex digits (it could name a path outside the store).
+    #[error("{id:?} is not an image id (64 hex digits)")]
+    BadId { id: String },
+    /// The name is not a plain file name.
+    #[error("image {id}: {name:?} is not a file name of an image")]
+    BadName { id: String, name: String },
+    /// The manifest lists the file but the store does not have it.
+    #[error("image {id} has no {name}")]
+    NoFile { id: String, name: String },
+    /// A symlink (or a special file) where the store keeps a directory or a regular file.
+    #[error("{what} is a symlink or not a {expected}; refusing to serve it")]
+    NotRegular {
+        what: String,
+        expected: &'static str,
+    },
+    /// The stored file's size is not the manifest's: the store was modified.
+    #[error(
+        "image {id}: {name} is {actual} bytes but its manifest says {expected}; the store was modified: rebuild the image"
+    )]
+    SizeMismatch {
+        id: String,
+        name: String,
+        actual: u64,
+        expected: u64,
+    },
+}
+
+/// Anything an artifact can be read from: a file, a cached copy of an object.
+pub trait ReadSeek: Read + Seek + Send {}
+impl<T: Read + Seek + Send> ReadSeek for T {}
+
+/// One artifact opened for reading, checked against its image's manifest.
+pub struct Artifact {
+    /// Positioned at the start; seekable, for Range requests.
+    pub reader: Box<dyn ReadSeek>,
+    /// The size from the manifest (the stored bytes have that size).
+    pub size: u64,
+    /// The sha256 from the manifest (the id for `manifest.json` itself).
+    pub sha256: String,
+}
+
+/// One image as listed by a store: its id, when it was stored, and its manifest (or why it cannot be read).
+#[derive(Debug)]
+pub struct Stored {
+    /// The image id.
+    pub id: String,
+    /// Seconds since the epoch when the image was committed.
+    pub created: u64,
+    /// Its manifest, or why it cannot be read (a damaged image is still listed).
+    pub manifest: Result<Manifest, StoreError>,
+}
+
+/// A finished commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// The image id (the sha256 of its manifest).
+    pub id: String,
+    /// The id was already in the store (then nothing in it changed).
+    pub existed: bool,
+}
+
+/// Where images are kept. Written once per id; read by the HTTP server, the pins, the CLI and the status.
+pub trait ImageStore: Send + Sync + std::fmt::Debug {
+    /// Where the store is, for messages (a directory, a bucket).
+    fn location(&self) -> String;
+
+    /// Where one image is, for messages and build reports.
+    fn locate(&self, id: &str) -> String;
+
+    /// The manifest of image `id`, checked to hash to `id`. A missing image is [`StoreError::NoImage`].
+    fn manifest(&self, id: &str) -> Result<Manifest, StoreError>;
+
+    /// Opens `name` (`manifest.json` or a file its manifest lists) of image `id` for reading, after checking
+    /// the manifest against the id and the stored size against the manifest. Names outside the manifest are
+    /// refused.
+    fn open(&self, id: &str, name: &str) -> Result<Artifact, StoreError>;
+
+    /// Reads the stored bytes of `name` of image `id` and hashes them (no check against the manifest).
+    fn rehash(&self, id: &str, name: &str) -> Result<FileEntry, StoreError>;
+
+    /// A fresh, empty local directory to assemble an image in (`vmlinuz`, `initrd.img`, `rootfs.squashfs`).
+    fn staging(&self) -> Result<tempfile::TempDir, StoreError>;
+
+    /// Finishes an image assembled in `staging`: hashes the artifacts, completes and writes the manifest, and
+    /// makes the image visible under its id all at once. An existing id is left as it is.
+    fn commit(
+        &self,
+        staging: tempfile::TempDir,
+        manifest: Manifest,
+    ) -> Result<Committed, StoreError>;
+
+    /// Every committed image, in no particular order (half-written ones are never listed).
+    fn list(&self) -> Result<Vec<Stored>, StoreError>;
+
+    /// Removes image `id`.
+    fn remove(&self, id: &str) -> Result<(), StoreError>;
+}
+
+/// The image store a cluster description names (today: its `paths.images` directory). Cheap for the directory
+/// store, so callers open it where they use it (the HTTP handler per request, following a reload of `paths`); a
+/// store holding a client and a cache would be opened once and kept in the server's shared state instead.
+pub fn open(cluster: &Cluster) -> Arc<dyn ImageStore> {
+    Arc::new(DirStore::new(&cluster.paths.images))
+}
+
+/// Whether `s` can be an image id: 64 hex digits (so it never names a path outside the store).
+pub fn is_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// sha256 and size of everything `r` reads (`path` names it in errors).
+pub fn hash_reader(mut r: impl Read, path: &Path) -> Result<FileEntry, StoreError> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = r.read(&mut buf).map_err(io(path))?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        h.update(&buf[..n]);
+    }
+    Ok(FileEntry {
+        size,
+        sha256: hex::encode(h.finalize()),
+    })
+}
+
+/// The image id the index remembers for an input key, if that image is still intact in the store.
+pub fn lookup(index_dir: &Path, store: &dyn ImageStore, key: &str) -> Option<(String, Manifest)> {
+    let id = std::fs::read_to_string(index_dir.join(key)).ok()?;
+    let id = id.trim().to_string();
+    let m = store.manifest(&id).ok()?;
+    let all_present = [KERNEL, INITRD, ROOTFS]
+        .iter()
+        .all(|f| store.open(&id, f).is_ok());
+    all_present.then_some((id, m))
+}
+
+/// Remembers that `key` built `id`.
+pub fn remember(index_dir: &Path, key: &str, id: &str) -> Result<(), StoreError> {
+    std::fs::create_dir_all(index_dir).map_err(io(index_dir))?;
+    let p = index_dir.join(key);
+    let tmp = index_dir.join(format!(".{key}.{}", std::process::id()));
+    std::fs::write(&tmp, format!("{id}\n")).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &p).map_err(io(&p))?;
+    Ok(())
+}
+
+/// One image in the store.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageInfo {
+    /// The image id.
+    pub id: String,
+    /// The role it was built for (`?` when its manifest cannot be read).
+    pub role: String,
+    /// Built with labelled stand-in binaries.
+    pub standins: bool,
+    /// The artifacts' total size in bytes.
+    pub size: u64,
+    /// Seconds since the epoch when the image was committed.
+    pub created: u64,
+    /// Roles that pin this image.
+    pub pinned_by: Vec<String>,
+    /// Why the image is unusable, when it is.
+    pub problem: Option<String>,
+}
+
+/// Every image in the store, newest first.
+pub fn list(store: &dyn ImageStore, pins: &Pins) -> Result<Vec<ImageInfo>, StoreError> {
+    let mut out: Vec<ImageInfo> = store
+        .list()?
+        .into_iter()
+        .map(|s| {
+            let pinned_by = pins
+                .iter()
+                .filter(|(_, _, id)| **id == s.id)
+                .map(|(r, a, _)| format!("{r}/{a}"))
+                .collect();
+            match s.manifest {
+                Ok(m) => ImageInfo {
+                    size: m.files.values().map(|f| f.size).sum(),
+                    role: m.role.to_string(),
+                    standins: m.standins,
+                    id: s.id,
+                    created: s.created,
+                    pinned_by,
+                    problem: None,
+                },
+                Err(e) => ImageInfo {
+                    id: s.id,
+                    role: "?".into(),
+                    standins: false,
+                    size: 0,
+                    created: s.created,
+                    pinned_by,
+                    problem: Some(e.to_string()),
+                },
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| b.created.cmp(&a.created).then(a.id.cmp(&b.id)));
+    Ok(out)
+}
+
+/// The result of re-hashing one file of an image.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileCheck {
+    /// The file's name in the image.
+    pub file: String,
+    /// Its sha256 in the manifest.
+    pub expected: String,
+    /// The sha256 of the stored bytes (`None`: they cannot be read).
+    pub actual: Option<String>,
+    /// Digest and size match the manifest.
+    pub ok: bool,
+}
+
+/// Re-hashes the manifest (against the id) and every file (against the manifest).
+pub fn verify(store: &dyn ImageStore, id: &str) -> Result<Vec<FileCheck>, StoreError> {
+    let m = store.manifest(id)?;
+    let mut out = Vec::new();
+    for (file, e) in &m.files {
+        let actual = store.rehash(id, file).ok();
+        out.push(FileCheck {
+            file: file.clone(),
+            expected: e.sha256.clone(),
+            ok: actual
+                .as_ref()
+                .is_some_and(|a| a.sha256 == e.sha256 && a.size == e.size),
+            actual: actual.map(|a| a.sha256),
+        });
+    }
+    Ok(out)
+}
+
+/// Removes every image no role pins, except the newest `keep` of them. Returns the removed ids.
+pub fn gc(store: &dyn ImageStore, pins: &Pins, keep: usize) -> Result<Vec<String>, StoreError> {
+    let all = list(store, pins)?;
+    let mut removed = Vec::new();
+    for img in all.iter().filter(|i| i.pinned_by.is_empty()).skip(keep) {
+        store.remove(&img.id)?;
+        removed.push(img.id.clone());
+    }
+    Ok(removed)
+}
