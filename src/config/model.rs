@@ -452,7 +452,7 @@ pub struct Base {
     pub mirror: String,
     /// A snapshot.debian.org timestamp such as `20261101T000000Z`: pins the package set in time.
     pub snapshot: Option<String>,
-    /// Extra Debian packages installed in every role's image, beside the ones `profiles/base/profile.toml` lists.
+    /// Extra Debian packages installed in every role's image, beside the ones the role's profile chain lists.
     pub packages: Vec<String>,
 }
 
@@ -467,7 +467,8 @@ pub struct Paths {
     pub ipxe: PathBuf,
     /// The image store: one directory per built image (`[paths] images`, default `images/`).
     pub images: PathBuf,
-    /// Server state: pins, DHCP leases, enrollment and event journals (`[paths] state`, default `state/`).
+    /// Server state: image pins, the DHCP lease journal, enrollment state, the event log (`[paths] state`, default
+    /// `state/`).
     pub state: PathBuf,
     /// Cluster secrets: CAs, keys, bootstrap tokens (`[paths] secrets`, default `secrets/`).
     pub secrets: PathBuf,

@@ -154,7 +154,7 @@ pub struct Children {
 }
 
 impl Children {
-    /// No children yet.
+    /// An empty set: no children started yet.
     pub fn new() -> Self {
         Self::default()
     }

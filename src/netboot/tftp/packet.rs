@@ -33,7 +33,7 @@ pub enum ErrorCode {
     DiskFull = 3,
     /// 4: illegal TFTP operation (an unexpected packet, or a mode other than octet).
     IllegalOperation = 4,
-    /// 5: unknown transfer ID: a packet from a port the transfer is not with.
+    /// 5: unknown transfer ID: a packet from an address and port that is not the transfer's peer.
     UnknownTid = 5,
     /// 6: file already exists.
     FileExists = 6,
