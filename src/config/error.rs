@@ -6,12 +6,15 @@ use std::path::PathBuf;
 /// One problem in a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
+    /// The file the problem is in: `cluster.toml` or a `profile.toml`.
     pub file: PathBuf,
     /// 1-based line and column of the offending key or value, when it could be located.
     pub line: Option<usize>,
+    /// 1-based column of the offending key or value, with `line`.
     pub column: Option<usize>,
     /// The dotted key, e.g. `machines[2].mac`.
     pub key: String,
+    /// What is wrong and what would be valid.
     pub message: String,
 }
 
@@ -32,14 +35,18 @@ impl fmt::Display for Problem {
 /// Everything wrong with a configuration, all at once.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ConfigError {
+    /// The configuration file could not be read (missing, unreadable); pass `--config <file>` to name another one.
     #[error(
         "cannot read {path}: {source}; pass --config <file> to name another cluster description"
     )]
     Read {
+        /// The file that could not be read.
         path: PathBuf,
+        /// The operating system's error (shared, so the error can be cloned).
         #[source]
         source: std::sync::Arc<std::io::Error>,
     },
+    /// The file was read but is not valid: every problem found, in one list; fix them and run `imgbuild check`.
     #[error("{} problem(s) in the configuration:\n{}", .0.len(), render(.0))]
     Invalid(Vec<Problem>),
 }

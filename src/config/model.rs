@@ -15,14 +15,21 @@ use super::mac::MacAddr;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// Runs the control plane (API server, etcd, kube-vip); the first one in inventory order runs `kubeadm init`,
+    /// the others join as control-plane nodes.
     Master,
+    /// Runs workloads; joins with `kubeadm join` once the first master has published a token.
     Worker,
+    /// Joins like a worker and also carries Longhorn: its `[longhorn] disk` is mounted at the data path and
+    /// registered as a Longhorn disk.
     Storage,
 }
 
 impl Role {
+    /// Every role, in the order commands and reports list them.
     pub const ALL: [Role; 3] = [Role::Master, Role::Worker, Role::Storage];
 
+    /// The role's name as written in `cluster.toml` and used in profile directories and image names.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Master => "master",
@@ -59,12 +66,15 @@ impl std::str::FromStr for Role {
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Arch {
+    /// x86-64 machines (BIOS or UEFI); boot through iPXE.
     #[default]
     Amd64,
+    /// 64-bit ARM machines (UEFI only); boot through GRUB.
     Arm64,
 }
 
 impl Arch {
+    /// Every architecture, in the order images are built and listed.
     pub const ALL: [Arch; 2] = [Arch::Amd64, Arch::Arm64];
 
     /// Debian's architecture name (`dpkg --print-architecture`), also used in artifact URLs.
@@ -99,7 +109,9 @@ impl std::str::FromStr for Arch {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Cni {
+    /// flannel (the default): the `cni-manifest` artifact with its pod network replaced by `cluster.pod_cidr`.
     Flannel,
+    /// Cilium, with its own BGP off: MetalLB owns the peering.
     Cilium,
 }
 
@@ -107,7 +119,9 @@ pub enum Cni {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KubeVipMode {
+    /// kube-vip answers ARP for the VIP from the current leader (the only mode the first-boot templates support).
     Arp,
+    /// kube-vip announces the VIP over BGP (accepted by `cluster.toml`, refused when the master templates render).
     Bgp,
 }
 
@@ -115,15 +129,21 @@ pub enum KubeVipMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DhcpMode {
+    /// imgbuild's DHCP server hands out addresses from the inventory (and `unknown_pool`) and the boot information.
     Full,
+    /// Another DHCP server on the segment hands out addresses; imgbuild answers only with boot information
+    /// (proxyDHCP).
     Proxy,
 }
 
 /// A Kubernetes-style `x.y.z` version. Serialized as the string `x.y.z`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Version {
+    /// Major version, `1` in `1.37.2`.
     pub major: u32,
+    /// Minor version, `37` in `1.37.2`.
     pub minor: u32,
+    /// Patch release, `2` in `1.37.2`.
     pub patch: u32,
 }
 
@@ -167,61 +187,97 @@ pub struct Cluster {
     pub path: PathBuf,
     /// sha256 of the file's bytes.
     pub digest: String,
+    /// `[cluster]`: name, Kubernetes version, pod and service networks.
     pub cluster: ClusterInfo,
+    /// `[control_plane]`: the API server VIP and how kube-vip announces it.
     pub control_plane: ControlPlane,
+    /// `[network]`: the provisioning network and how the server serves it (DHCP, TFTP, HTTP).
     pub network: Network,
+    /// `[metallb]`: BGP peers, address pools and advertisements for LoadBalancer services.
     pub metallb: MetalLb,
+    /// `[longhorn]`: Longhorn's version, replica count and data disk.
     pub longhorn: Longhorn,
+    /// `[[machines]]`: the inventory, in file order (which decides the first master).
     pub machines: Vec<Machine>,
+    /// `[artifacts.<name>]`: upstream downloads by name (`kubeadm`, `containerd`, ...), all of `REQUIRED_ARTIFACTS`
+    /// present.
     pub artifacts: BTreeMap<String, Artifact>,
+    /// `[base]`: the Debian release and packages of the base layer.
     pub base: Base,
+    /// `[paths]`: the directories imgbuild reads and writes, made absolute.
     pub paths: Paths,
 }
 
+/// `[cluster]`: what kubeadm's ClusterConfiguration is rendered from.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClusterInfo {
+    /// The cluster's name (kubeadm `clusterName`, the kubeconfig's cluster entry).
     pub name: String,
+    /// The Kubernetes version to install; `cluster.toml` may write it with a leading `v`. Must equal the `kubeadm`
+    /// artifact's version.
     pub kubernetes_version: Version,
+    /// The pod network (kubeadm `podSubnet`, flannel's network), e.g. `10.244.0.0/16`.
     pub pod_cidr: Ipv4Net,
+    /// The service network (kubeadm `serviceSubnet`), e.g. `10.96.0.0/12`.
     pub service_cidr: Ipv4Net,
+    /// The cluster DNS domain (kubeadm `dnsDomain`); default `cluster.local`.
     pub domain: String,
+    /// The pod network add-on the first master installs; default flannel.
     pub cni: Cni,
 }
 
+/// `[control_plane]`: the highly available API server endpoint.
 #[derive(Debug, Clone, Serialize)]
 pub struct ControlPlane {
+    /// The virtual IP in front of the API servers (the `controlPlaneEndpoint` host), announced by kube-vip on the
+    /// masters.
     pub vip: Ipv4Addr,
+    /// The API server port on the VIP and on each master; default 6443.
     pub port: u16,
+    /// How kube-vip announces `vip`; default ARP.
     pub kube_vip_mode: KubeVipMode,
     /// The node interface kube-vip announces the VIP on (nodes boot with `net.ifnames=0`, so `eth0`).
     pub interface: String,
+    /// The kube-vip container image the masters' static pod runs; default `ghcr.io/kube-vip/kube-vip:v1.0.1`.
     pub kube_vip_image: String,
 }
 
+/// An inclusive range of IPv4 addresses, `start` to `end` (`[network] unknown_pool`).
 #[derive(Debug, Clone, Serialize)]
 pub struct Pool {
+    /// First address of the range.
     pub start: Ipv4Addr,
+    /// Last address of the range, included; not below `start`.
     pub end: Ipv4Addr,
 }
 
 impl Pool {
+    /// Whether `ip` lies within `start..=end`.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         ip >= self.start && ip <= self.end
     }
 }
 
+/// `[network]`: the provisioning network the machines boot on, and the server's place on it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Network {
     /// The server's provisioning interface. DHCP binds to it and nothing else.
     pub interface: String,
+    /// The provisioning subnet; every machine address, `server` and `gateway` lie in it.
     pub subnet: Ipv4Net,
+    /// The default router handed to machines (DHCP option 3).
     pub gateway: Ipv4Addr,
+    /// DNS servers handed to machines (DHCP option 6), in order; may be empty.
     pub dns: Vec<Ipv4Addr>,
     /// The server's own address on the provisioning network (TFTP `next-server`, HTTP host).
     pub server: Ipv4Addr,
+    /// `full` (default) or `proxy`: whether imgbuild assigns addresses or only answers with boot information.
     pub dhcp_mode: DhcpMode,
+    /// DHCP lease time in seconds, from `lease_time` (a duration such as `"1h"`, at least 1m).
     pub lease_secs: u32,
+    /// The TCP port of the HTTP server (boot scripts, kernels, images, events, the status page); default 8080.
     pub http_port: u16,
+    /// The UDP port of the TFTP server that serves the first-stage loaders; default 69.
     pub tftp_port: u16,
     /// Addresses for machines not in the inventory. `None`: unknown MACs get no answer.
     pub unknown_pool: Option<Pool>,
@@ -260,77 +316,112 @@ impl Network {
     }
 }
 
+/// `[metallb]`: MetalLB in BGP mode, rendered into its IPAddressPool, BGPPeer and BGPAdvertisement objects.
 #[derive(Debug, Clone, Serialize)]
 pub struct MetalLb {
+    /// The cluster's own AS number, which MetalLB speaks from (BGPPeer `myASN`).
     pub asn: u32,
+    /// `[[metallb.peers]]`: the routers MetalLB peers with.
     pub peers: Vec<BgpPeer>,
+    /// `[[metallb.pools]]`: the addresses LoadBalancer services get.
     pub pools: Vec<AddressPool>,
+    /// `[[metallb.advertisements]]`: which pools are announced to which peers.
     pub advertisements: Vec<Advertisement>,
 }
 
+/// One `[[metallb.peers]]` entry: a BGP router MetalLB peers with.
 #[derive(Debug, Clone, Serialize)]
 pub struct BgpPeer {
+    /// The peer's name, unique; advertisements refer to it and its password Secret is `metallb-bgp-<name>`.
     pub name: String,
+    /// The router's address.
     pub address: Ipv4Addr,
+    /// The router's AS number (BGPPeer `peerASN`).
     pub asn: u32,
     /// The BGP MD5 password. A secret: it reaches the first master through enrollment, never an image.
     #[serde(skip_serializing)]
     pub password: Option<String>,
+    /// Whether `password` is set; kept for templates and reports, which never see the password itself.
     pub has_password: bool,
     /// Hold time such as `90s`.
     pub hold_time: Option<String>,
 }
 
+/// One `[[metallb.pools]]` entry: a named set of addresses for LoadBalancer services.
 #[derive(Debug, Clone, Serialize)]
 pub struct AddressPool {
+    /// The pool's name, unique; advertisements refer to it.
     pub name: String,
+    /// The pool's ranges, each a CIDR or `start-end`; they must not overlap the machines' addresses.
     pub addresses: Vec<IpRange>,
 }
 
 /// An inclusive IPv4 range, written in `cluster.toml` (and rendered for MetalLB) as a CIDR or `a.b.c.d-e.f.g.h`.
 #[derive(Debug, Clone, Serialize)]
 pub struct IpRange {
+    /// First address of the range.
     pub start: Ipv4Addr,
+    /// Last address of the range, included.
     pub end: Ipv4Addr,
     /// The text as written, which MetalLB accepts verbatim.
     pub text: String,
 }
 
 impl IpRange {
+    /// Whether `ip` lies within the range.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         ip >= self.start && ip <= self.end
     }
 
+    /// Whether the range shares any address with the inclusive range `start..=end`.
     pub fn overlaps(&self, start: Ipv4Addr, end: Ipv4Addr) -> bool {
         self.start <= end && start <= self.end
     }
 }
 
+/// One `[[metallb.advertisements]]` entry: a BGPAdvertisement announcing pools to peers.
 #[derive(Debug, Clone, Serialize)]
 pub struct Advertisement {
+    /// The advertisement's name (the BGPAdvertisement object's name).
     pub name: String,
+    /// Names of the `[[metallb.pools]]` it announces.
     pub pools: Vec<String>,
+    /// Names of the `[[metallb.peers]]` it announces to; empty means every peer.
     pub peers: Vec<String>,
+    /// BGP aggregation length (prefix length announced per service, e.g. 32); `None` leaves MetalLB's default.
     pub aggregation_length: Option<u8>,
+    /// BGP communities attached, as `ASN:value` (or a large community `a:b:c`).
     pub communities: Vec<String>,
 }
 
+/// `[longhorn]`: the Longhorn storage install on the storage nodes.
 #[derive(Debug, Clone, Serialize)]
 pub struct Longhorn {
+    /// Longhorn's version, `x.y.z`, written into its default settings; should match the `longhorn-manifest`
+    /// artifact.
     pub version: String,
+    /// Default replica count per volume (default 3); no more than the number of storage nodes.
     pub replicas: u8,
+    /// Absolute path on storage nodes where `disk` is mounted and Longhorn keeps volume data; default
+    /// `/var/lib/longhorn`.
     pub data_path: String,
     /// The block device on storage nodes that holds Longhorn's data.
     pub disk: String,
 }
 
+/// One `[[machines]]` entry: a machine of the inventory.
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
+    /// The MAC address of the interface it boots from; identifies the machine to DHCP (unless `relay_id` does).
     pub mac: MacAddr,
+    /// Its hostname, unique in the inventory; given on the kernel command line (`systemd.hostname=`), so also its
+    /// Kubernetes node name.
     pub hostname: String,
+    /// Its role, which picks the profile and, with `arch`, the pinned image it boots.
     pub role: Role,
     /// CPU architecture (default amd64): with the role, it picks the image.
     pub arch: Arch,
+    /// Its fixed IPv4 address, handed out by DHCP in `full` mode; inside `network.subnet`.
     pub ip: Ipv4Addr,
     /// The block device holding the persistent state partition (label `IMGBUILD-STATE`).
     pub state_disk: String,
@@ -340,8 +431,10 @@ pub struct Machine {
     pub relay_id: Option<String>,
 }
 
+/// One `[artifacts.<name>]` entry: a file downloaded from upstream and verified by sha256.
 #[derive(Debug, Clone, Serialize)]
 pub struct Artifact {
+    /// The upstream version, substituted for `{version}` in `url` and `checksum_url`.
     pub version: String,
     /// Where the artifact is downloaded from (`https://`, `http://` or `file://`).
     pub url: String,
@@ -350,25 +443,39 @@ pub struct Artifact {
     pub checksum_url: Option<String>,
 }
 
+/// `[base]`: the Debian root filesystem every image starts from.
 #[derive(Debug, Clone, Serialize)]
 pub struct Base {
+    /// The Debian release, `bookworm` (default) or `trixie`.
     pub release: String,
+    /// The Debian mirror `mmdebstrap` installs from; default `http://deb.debian.org/debian`.
     pub mirror: String,
     /// A snapshot.debian.org timestamp such as `20261101T000000Z`: pins the package set in time.
     pub snapshot: Option<String>,
+    /// Extra Debian packages installed in every role's image, beside the ones the role's profile chain lists.
     pub packages: Vec<String>,
 }
 
 /// Directories imgbuild reads and writes, resolved against the directory of `cluster.toml`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Paths {
+    /// The directory `cluster.toml` is in; every other path is resolved against it.
     pub root: PathBuf,
+    /// Role profiles and their templates (`[paths] profiles`, default `profiles/`).
     pub profiles: PathBuf,
+    /// Boot-script templates (`[paths] ipxe`, default `ipxe/`).
     pub ipxe: PathBuf,
+    /// The image store: one directory per built image (`[paths] images`, default `images/`).
     pub images: PathBuf,
+    /// Server state: image pins, the DHCP lease journal, enrollment state, the event log (`[paths] state`, default
+    /// `state/`).
     pub state: PathBuf,
+    /// Cluster secrets: CAs, keys, bootstrap tokens (`[paths] secrets`, default `secrets/`).
     pub secrets: PathBuf,
+    /// Downloads and build caches: artifacts, base layers, initrds, work directories (`[paths] cache`, default
+    /// `cache/`).
     pub cache: PathBuf,
+    /// `imgbuild.lock` beside `cluster.toml`, the verified digest of every artifact (not configurable).
     pub lock: PathBuf,
 }
 
@@ -378,14 +485,17 @@ impl Cluster {
         self.machines.iter().any(|m| m.arch == arch)
     }
 
+    /// The inventory machine with this MAC, if any.
     pub fn machine_by_mac(&self, mac: MacAddr) -> Option<&Machine> {
         self.machines.iter().find(|m| m.mac == mac)
     }
 
+    /// The inventory machine with this hostname, if any.
     pub fn machine_by_hostname(&self, name: &str) -> Option<&Machine> {
         self.machines.iter().find(|m| m.hostname == name)
     }
 
+    /// The inventory machine whose `relay_id` is `id` (a DHCP option 82 circuit-id or remote-id), if any.
     pub fn machine_by_relay_id(&self, id: &str) -> Option<&Machine> {
         self.machines
             .iter()
@@ -397,6 +507,7 @@ impl Cluster {
         self.machines.iter().find(|m| m.role == Role::Master)
     }
 
+    /// The inventory machines of `role`, in inventory order.
     pub fn machines_with_role(&self, role: Role) -> impl Iterator<Item = &Machine> {
         self.machines.iter().filter(move |m| m.role == role)
     }

@@ -80,17 +80,26 @@ pub struct FileSpec {
 /// A fully resolved profile: the chain merged.
 #[derive(Debug, Clone, Serialize)]
 pub struct Profile {
+    /// The role the profile was resolved for.
     pub role: Role,
     /// The architecture the profile was resolved for (its `[arch.<name>]` additions are merged in).
     pub arch: Arch,
+    /// The role profile's `description`: one line saying what a node of the role is.
     pub description: String,
     /// Profiles merged, base first.
     pub chain: Vec<String>,
+    /// Debian packages of the whole chain and of the architecture, without duplicates.
     pub packages: Vec<String>,
+    /// Kernel modules loaded at boot (rendered into the modules-load file).
     pub kernel_modules: Vec<String>,
+    /// Kernel command-line arguments of the image, common ones first, then the architecture's (so its `console=`
+    /// wins).
     pub kernel_args: Vec<String>,
+    /// systemd units enabled in the image (through the rendered preset file and `systemctl preset`).
     pub enable_units: Vec<String>,
+    /// Sysctls by key (e.g. `net.ipv4.ip_forward`), values as text; a child profile overrides its parent's.
     pub sysctl: BTreeMap<String, String>,
+    /// Every file the role carries, a child's entry replacing its parent's for the same path.
     pub files: Vec<FileSpec>,
 }
 

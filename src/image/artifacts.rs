@@ -19,70 +19,110 @@ use sha2::{Digest, Sha256};
 use super::lock::{Lock, LockEntry, LockError, Verified};
 use crate::config::{Arch, Artifact, Cluster};
 
+/// Why fetching (`imgbuild fetch`) or resolving (a build) an artifact failed. Every message names the artifact and
+/// says what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
+    /// The source (or its checksum file) could not be opened or read: network, HTTP status, missing `file://` path
+    /// or an unsupported scheme. Nothing was stored; fix the URL or the network and fetch again.
     #[error("artifact {name}: cannot download {url}: {detail}")]
     Download {
+        /// The artifact's name, its `[artifacts.<name>]` key.
         name: String,
+        /// The URL that failed (the file or its checksum file).
         url: String,
+        /// The underlying error, as text.
         detail: String,
     },
+    /// The upstream checksum file has no digest for this file: neither a bare digest nor a line naming it. Check
+    /// `checksum_url`, or set it to `"none"` to trust the first fetch.
     #[error(
         "artifact {name}: checksum file {url} has no sha256 for {file:?} (expected a bare 64-hex digest or \"<digest>  {file}\" lines)"
     )]
     NoChecksum {
+        /// The artifact's name, its `[artifacts.<name>]` key.
         name: String,
+        /// The checksum file's URL.
         url: String,
+        /// The file name a line had to name: the last segment of the artifact's URL.
         file: String,
     },
+    /// The download's sha256 differs from the upstream checksum file: corrupt or tampered with; nothing was stored.
     #[error(
         "artifact {name}: {url} has sha256 {actual}, but upstream's checksum file says {expected}: the download is corrupt or tampered with; nothing was stored"
     )]
     UpstreamMismatch {
+        /// The artifact's name, its `[artifacts.<name>]` key.
         name: String,
+        /// The URL downloaded.
         url: String,
+        /// The sha256 upstream publishes, lowercase hex.
         expected: String,
+        /// The sha256 of the bytes received, lowercase hex.
         actual: String,
     },
+    /// The download's sha256 differs from the one `imgbuild.lock` records for this URL: the file changed upstream
+    /// or in the mirror. Nothing was stored; if the change is expected, remove the lock entry and fetch again.
     #[error(
         "artifact {name}: LOCK MISMATCH: {url} now has sha256 {actual}, but imgbuild.lock records {locked}. \
          The file changed upstream or in your mirror. Nothing was stored; if the change is expected, delete the \
          [[artifact]] entry for {name} from imgbuild.lock and run `imgbuild fetch` again"
     )]
     LockMismatch {
+        /// The artifact's name, its `[artifacts.<name>]` key.
         name: String,
+        /// The URL downloaded.
         url: String,
+        /// The sha256 `imgbuild.lock` records, lowercase hex.
         locked: String,
+        /// The sha256 of the bytes received, lowercase hex.
         actual: String,
     },
+    /// A build needs the artifact but it is not fetched for this architecture: no lock entry, a lock entry for
+    /// another version or URL, or no file in the cache. Run `imgbuild fetch`, or build with `--standins`.
     #[error(
         "artifact {name} ({version}, {arch}) is not fetched: {reason}. Run `imgbuild fetch` (or build with \
          --standins for a labelled stand-in image){hint}"
     )]
     Missing {
+        /// The artifact's name, its `[artifacts.<name>]` key.
         name: String,
+        /// The version `cluster.toml` asks for.
         version: String,
+        /// The architecture the build needs it for.
         arch: Arch,
+        /// Why it counts as not fetched (what the lock records against what `cluster.toml` asks), or that the file
+        /// is absent from the cache.
         reason: String,
         /// Extra advice (why `imgbuild fetch` did not fetch it), or empty.
         hint: String,
     },
+    /// The cached file `cache/artifacts/<sha256>` no longer hashes to its name and the locked digest: the cache is
+    /// damaged. Delete the file and run `imgbuild fetch`.
     #[error(
         "artifact {name}: cached file {path} has sha256 {actual}, not the locked {locked}: the cache is damaged; \
          delete it and run `imgbuild fetch`"
     )]
     CacheCorrupt {
+        /// The artifact's name, its `[artifacts.<name>]` key.
         name: String,
+        /// The cached file.
         path: PathBuf,
+        /// The sha256 `imgbuild.lock` records, lowercase hex.
         locked: String,
+        /// The sha256 the cached file has now, lowercase hex.
         actual: String,
     },
+    /// A file or directory of the artifact cache could not be created, written or read.
     #[error("cannot write the artifact cache {path}: {source}")]
     Io {
+        /// The file or directory concerned.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
+    /// `imgbuild.lock` could not be read, parsed or written.
     #[error(transparent)]
     Lock(#[from] LockError),
 }
@@ -95,7 +135,10 @@ pub fn cache_dir(cluster: &Cluster) -> PathBuf {
 /// Where one architecture's file of an artifact comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {
+    /// The download URL with `{version}` and `{arch}` substituted.
     pub url: String,
+    /// The checksum file's URL, substituted the same way; `None` when `checksum_url = "none"` (the first fetch is
+    /// trusted and locked).
     pub checksum_url: Option<String>,
     /// The architecture the file is for; `None` when the URL has no `{arch}` (one file for every architecture).
     pub arch: Option<Arch>,
@@ -151,21 +194,29 @@ fn lock_put(lock: &mut Lock, art: &Artifact, entry: LockEntry) {
 /// A verified artifact file ready to install.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolved {
+    /// The artifact's name, its `[artifacts.<name>]` key (the installer picks its destination by it).
     pub name: String,
+    /// The version `cluster.toml` asks for, equal to the locked version.
     pub version: String,
+    /// The verified sha256 of the file, lowercase hex: the locked digest.
     pub sha256: String,
+    /// The file in the cache, `cache/artifacts/<sha256>`.
     pub path: PathBuf,
 }
 
 /// What one fetch did for one artifact.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Fetched {
+    /// The artifact's name, its `[artifacts.<name>]` key.
     pub name: String,
+    /// The version fetched, as `cluster.toml` gives it.
     pub version: String,
     /// The architecture of the file; absent when one file serves every architecture.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arch: Option<Arch>,
+    /// The file's sha256, lowercase hex, as recorded in `imgbuild.lock`.
     pub sha256: String,
+    /// The file's size in bytes.
     pub size: u64,
     /// Already in the cache with the locked digest: nothing downloaded.
     pub cached: bool,

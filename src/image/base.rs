@@ -27,20 +27,26 @@ pub const VARIANT: &str = "minbase";
 /// Everything the base layer is built from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BaseSpec {
+    /// Version of this spec's layout (1); raising it changes every base digest.
     pub format: u32,
+    /// The tool that builds the base: `mmdebstrap`.
     pub tool: &'static str,
+    /// mmdebstrap's `--variant`, [`VARIANT`].
     pub variant: &'static str,
     /// Debian architecture (`mmdebstrap --architectures`). Left out of the JSON for amd64, so the digests of
     /// amd64 bases (and the caches keyed by them) are those from before imgbuild built other architectures;
     /// every other architecture is in the JSON, so no two architectures share a digest.
     #[serde(skip_serializing_if = "is_amd64")]
     pub arch: Arch,
+    /// The Debian release (`[base] release`), e.g. `bookworm`.
     pub release: String,
     /// The mirror mmdebstrap reads (the snapshot URL when a snapshot is pinned).
     pub mirror: String,
+    /// The snapshot.debian.org timestamp (`[base] snapshot`), if the package set is pinned in time.
     pub snapshot: Option<String>,
     /// Sorted, without duplicates.
     pub packages: Vec<String>,
+    /// The build time every file is clamped to, [`SOURCE_DATE_EPOCH`].
     pub source_date_epoch: u64,
     /// Run mmdebstrap with `INITRD=No`, so the kernel package's postinst hook does not build Debian's generic
     /// initrd (`MODULES=most`), which the role layer deletes anyway (the netboot initrd is imgbuild's own).
@@ -51,14 +57,22 @@ pub struct BaseSpec {
     pub skip_debian_initrd: bool,
 }
 
+/// Why making the base layer failed, or a command of the later build steps (unpacking, chroot, mksquashfs) that
+/// runs through the same helper.
 #[derive(Debug, thiserror::Error)]
 pub enum BaseError {
+    /// The base cache (`cache/base/`), a tarball in it or its lock file could not be created, read or written.
     #[error("cannot use the base cache {path}: {source}")]
     Io {
+        /// The file or directory concerned.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
+    /// This machine cannot run binaries of the image's architecture, which the build needs: binfmt_misc is not
+    /// mounted or disabled, or no enabled qemu-user handler with the `F` flag matches. Run `./scripts/setup` as
+    /// root.
     #[error(
         "cannot build an {arch} image on this {host} machine: {reason}. Its maintainer scripts and mkinitramfs \
          run {arch} binaries through qemu-user-static and binfmt_misc: run ./scripts/setup (as root), or by \
@@ -66,25 +80,40 @@ pub enum BaseError {
          /proc/sys/fs/binfmt_misc; update-binfmts --enable {qemu}"
     )]
     ForeignArch {
+        /// The architecture of the image being built.
         arch: Arch,
+        /// The architecture of this machine (Debian's name, or Rust's when imgbuild builds nothing for it).
         host: String,
+        /// The qemu-user handler that would run its binaries, e.g. `qemu-aarch64`.
         qemu: String,
+        /// What exactly is missing, e.g. `binfmt_misc is disabled`.
         reason: String,
     },
+    /// A tool mmdebstrap needs for a foreign architecture is not on `PATH`; install its package (or run
+    /// `./scripts/setup`).
     #[error(
         "cannot build an {arch} image on this {host} machine: mmdebstrap needs `{tool}` for a foreign \
          architecture and it is not on PATH. Run ./scripts/setup (as root), or by hand: apt-get install {package}"
     )]
     MissingTool {
+        /// The architecture of the image being built.
         arch: Arch,
+        /// The architecture of this machine.
         host: String,
+        /// The missing program, e.g. `arch-test`.
         tool: &'static str,
+        /// The Debian package that provides it.
         package: &'static str,
     },
+    /// An external command of the build (mmdebstrap, tar, chroot, dpkg-query, mksquashfs) could not start or exited
+    /// with failure; the message shows its output.
     #[error("{command} failed ({status}); its last output:\n{tail}")]
     Command {
+        /// The command line, cut at 300 characters.
         command: String,
+        /// Its exit status, or why it could not start.
         status: String,
+        /// The last 25 lines of its stdout and stderr (or a hint when it could not start).
         tail: String,
     },
 }
@@ -344,7 +373,9 @@ impl BaseSpec {
 /// A built base, ready to unpack.
 #[derive(Debug, Clone)]
 pub struct Base {
+    /// The digest of its [`BaseSpec`], which names it in the cache.
     pub digest: String,
+    /// The tarball `cache/base/<digest>.tar` mmdebstrap wrote.
     pub tarball: PathBuf,
     /// Whether this call found it in the cache.
     pub cached: bool,

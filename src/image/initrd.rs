@@ -43,18 +43,25 @@ pub const STATE_LABEL: &str = "IMGBUILD-STATE";
 /// zstd level of the initrd: fast enough for a cold build, and the kernel decompresses any level.
 pub const ZSTD_LEVEL: i32 = 12;
 
+/// Why the netboot initrd could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum InitrdError {
+    /// A template under `profiles/initrd/` failed to load or render.
     #[error(transparent)]
     Template(#[from] TemplateError),
+    /// A command of the build (`chroot ... mkinitramfs`) could not start or failed; the message shows its output.
     #[error(transparent)]
     Command(#[from] BaseError),
+    /// A file of the staging directory or the output could not be read or written.
     #[error("initrd: {path}: {source}")]
     Io {
+        /// The file concerned.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
+    /// Anything else: mkinitramfs left not exactly one staging directory, or zstd failed. Holds the explanation.
     #[error("initrd: {0}")]
     Other(String),
 }
@@ -71,7 +78,9 @@ struct Ctx<'a> {
 
 /// The rendered configuration: (relative path, mode, bytes), and its digest together with the base's.
 pub struct InitrdConfig {
+    /// The rendered files: path relative to the initramfs-tools configuration directory, Unix mode, contents.
     pub files: Vec<(String, u32, Vec<u8>)>,
+    /// sha256 over the files and the base's digest (and the architecture, except amd64): the initrd's cache key.
     pub digest: String,
 }
 

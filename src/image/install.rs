@@ -15,8 +15,11 @@ pub enum Kind {
     /// A release tarball: its regular files under `prefix` are installed into `dir` (mode kept, 0755 at least
     /// for executables). The stand-in installs `standin_binaries` there.
     Tarball {
+        /// The directory inside the tarball whose files are installed (`bin/` for containerd, empty for the root).
         prefix: &'static str,
+        /// The directory in the root filesystem they are installed into.
         dir: &'static str,
+        /// The executables a stand-in tarball provides in `dir`.
         standin_binaries: &'static [&'static str],
     },
     /// A YAML manifest, installed at `/usr/share/imgbuild/manifests/<name>.yaml`.
@@ -53,21 +56,35 @@ pub fn kind(name: &str) -> Option<Kind> {
     })
 }
 
+/// Why an artifact could not be installed into the image's root filesystem.
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
+    /// `cluster.toml` has an artifact imgbuild does not know how to install (see [`kind`]): remove it, or give it
+    /// one of the known names.
     #[error(
         "artifact {name}: imgbuild does not know where to install it; known artifacts are kubeadm, kubelet, kubectl, containerd, runc, cni-plugins, crictl and *-manifest"
     )]
-    Unknown { name: String },
+    Unknown {
+        /// The artifact's name, its `[artifacts.<name>]` key.
+        name: String,
+    },
+    /// The artifact file could not be read or, for a tarball, unpacked; run `imgbuild fetch` again or check its
+    /// URL.
     #[error("artifact {name}: {path}: {detail}")]
     Bad {
+        /// The artifact's name.
         name: String,
+        /// The artifact file in the cache.
         path: String,
+        /// What is wrong with it.
         detail: String,
     },
+    /// A file or directory inside the root filesystem could not be written.
     #[error("cannot write {path}: {source}")]
     Io {
+        /// The path concerned.
         path: String,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },

@@ -9,24 +9,38 @@ use super::base::{BaseError, run};
 use super::install::{InstallError, put};
 use super::tree::{Tree, TreeError};
 
+/// Why the role layer could not be applied to the unpacked base.
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {
+    /// The role tree could not be rendered or written.
     #[error(transparent)]
     Tree(#[from] TreeError),
+    /// An artifact (or stand-in) could not be installed.
     #[error(transparent)]
     Install(#[from] InstallError),
+    /// A command on the root (`chroot <root> systemctl preset`, `dpkg-query --admindir`) could not start or failed.
     #[error(transparent)]
     Command(#[from] BaseError),
+    /// A file of the root filesystem could not be removed or changed.
     #[error("cannot change {path}: {source}")]
     Io {
+        /// The path concerned.
         path: String,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
+    /// The image would carry a fixed iSCSI initiator name, which every node booting it would share and so break
+    /// Longhorn's iSCSI: the profile must render `GenerateName=yes`.
     #[error(
         "{path} in the image names one iSCSI initiator ({line}); every node needs its own. The profile must render it as `GenerateName=yes` (profiles/base/initiatorname.iscsi.j2)"
     )]
-    SharedInitiator { path: String, line: String },
+    SharedInitiator {
+        /// The file in the image, `/etc/iscsi/initiatorname.iscsi`.
+        path: String,
+        /// Its `InitiatorName=` line.
+        line: String,
+    },
 }
 
 /// Files that identify one machine and must not be shared by every node booting the image. `/etc/machine-id`

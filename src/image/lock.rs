@@ -33,33 +33,52 @@ impl std::fmt::Display for Verified {
 /// One locked artifact.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockEntry {
+    /// The artifact's name, its `[artifacts.<name>]` key; an artifact with `{arch}` in its URL has one entry per
+    /// architecture.
     pub name: String,
+    /// The version the file was fetched for.
     pub version: String,
+    /// The exact URL fetched (`{version}` and `{arch}` substituted): the entry's key with `name`.
     pub url: String,
+    /// The file's sha256, lowercase hex: the name of its file in `cache/artifacts/`.
     pub sha256: String,
+    /// How the digest was established: `upstream` or `trust-on-first-fetch`.
     pub verified: Verified,
 }
 
 /// The whole lock file, entries sorted by name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lock {
+    /// The lock file format version, [`LOCK_VERSION`]; another version is refused.
     pub version: u32,
+    /// Every locked file, `[[artifact]]` tables in the TOML, sorted by name and URL.
     #[serde(default, rename = "artifact")]
     pub artifacts: Vec<LockEntry>,
 }
 
+/// Why `imgbuild.lock` could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
+    /// The file exists but could not be read, or could not be written.
     #[error("cannot read or write {path}: {source}")]
     Io {
+        /// The lock file's path.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
+    /// The file is not valid TOML of the lock's shape, or has another format version: delete it and run
+    /// `imgbuild fetch` to write it again.
     #[error(
         "{path} is not a valid lock file: {detail}; delete it and run `imgbuild fetch` to write it again"
     )]
-    Parse { path: PathBuf, detail: String },
+    Parse {
+        /// The lock file's path.
+        path: PathBuf,
+        /// The TOML error, or the unsupported format version.
+        detail: String,
+    },
 }
 
 /// The lock file format version this build writes and reads.

@@ -13,6 +13,8 @@ use super::base::{BaseError, SOURCE_DATE_EPOCH, run};
 /// 128 KiB blocks, several times faster (measured in docs/images.md).
 pub const ZSTD_LEVEL: &str = "6";
 /// Block size.
+///
+/// mksquashfs's `-b`: 1 MiB, the largest squashfs allows; large blocks compress better (see [`ZSTD_LEVEL`]).
 pub const BLOCK_SIZE: &str = "1M";
 
 /// Packs `root` into the squashfs image `out`.

@@ -18,31 +18,49 @@ use crate::template::{Engine, TemplateError};
 /// One generated stand-in file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StandinFile {
+    /// The artifact it stands in for, its `[artifacts.<name>]` key.
     pub artifact: String,
     /// Absolute path in the root filesystem.
     pub path: String,
+    /// Unix permission bits: 0755 for scripts, 0644 for manifests.
     pub mode: u32,
+    /// The rendered script or YAML.
     pub contents: Vec<u8>,
 }
 
 /// All stand-ins of a cluster's artifacts, and the digest of each artifact's files.
 #[derive(Debug, Clone, Default)]
 pub struct Standins {
+    /// Every generated file, for every artifact of the cluster.
     pub files: Vec<StandinFile>,
     /// Artifact name → `standin:` + sha256 over its generated files.
     pub digests: BTreeMap<String, String>,
 }
 
+/// Why `--standins` could not generate the stand-ins.
 #[derive(Debug, thiserror::Error)]
 pub enum StandinError {
+    /// An artifact has no stand-in template under `profiles/standins/`: write one, or fetch the real artifact and
+    /// build without `--standins`.
     #[error(
         "artifact {artifact}: no stand-in template {template}; --standins needs one template per artifact under profiles/standins/ (write it, or fetch the real artifact with `imgbuild fetch` and build without --standins)"
     )]
-    Missing { artifact: String, template: String },
+    Missing {
+        /// The artifact without a stand-in, its `[artifacts.<name>]` key.
+        artifact: String,
+        /// The template that is missing, e.g. `profiles/standins/kubeadm.sh.j2`.
+        template: String,
+    },
+    /// `cluster.toml` has an artifact imgbuild does not know how to install, so no stand-in can be placed: remove
+    /// it, or give it one of the known names.
     #[error(
         "artifact {name}: imgbuild does not know where to install it; known artifacts are kubeadm, kubelet, kubectl, containerd, runc, cni-plugins, crictl and *-manifest"
     )]
-    Unknown { name: String },
+    Unknown {
+        /// The artifact's name, its `[artifacts.<name>]` key.
+        name: String,
+    },
+    /// A stand-in template failed to load or render.
     #[error(transparent)]
     Template(#[from] TemplateError),
 }

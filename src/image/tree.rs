@@ -17,32 +17,41 @@ use crate::template::{Engine, TemplateError};
 pub struct TreeFile {
     /// Absolute path inside the node's root filesystem.
     pub path: String,
+    /// Unix permission bits, from the profile entry's `mode` (default `0644`).
     pub mode: u32,
+    /// The rendered bytes (left out of the JSON listing).
     #[serde(skip)]
     pub contents: Vec<u8>,
+    /// sha256 of `contents`, lowercase hex.
     pub sha256: String,
 }
 
 /// The rendered role layer, sorted by path.
 #[derive(Debug, Clone, Serialize)]
 pub struct Tree {
+    /// The role's name, e.g. `master`.
     pub role: String,
+    /// Every file of the profile chain, sorted by path.
     pub files: Vec<TreeFile>,
 }
 
 /// The values every profile template sees.
 #[derive(Serialize)]
 pub struct TemplateContext<'a> {
+    /// The validated `cluster.toml`, as `cluster.<section>.<key>` (e.g. `cluster.longhorn.data_path`).
     pub cluster: &'a Cluster,
+    /// The role's name, e.g. `master`.
     pub role: &'a str,
     /// Debian's name of the image's architecture (`amd64`, `arm64`): the profile's.
     pub arch: &'a str,
+    /// The resolved profile: packages, kernel modules and args, units, sysctls, files.
     pub profile: &'a Profile,
     /// `http://server:port`, the base URL nodes report to.
     pub server_url: String,
 }
 
 impl<'a> TemplateContext<'a> {
+    /// The context for `profile`'s role and architecture in `cluster`.
     pub fn new(cluster: &'a Cluster, profile: &'a Profile) -> Self {
         TemplateContext {
             cluster,
@@ -54,13 +63,18 @@ impl<'a> TemplateContext<'a> {
     }
 }
 
+/// Why a role layer could not be rendered or written.
 #[derive(Debug, thiserror::Error)]
 pub enum TreeError {
+    /// A template failed to load or render (syntax error, undefined value, missing file).
     #[error(transparent)]
     Template(#[from] TemplateError),
+    /// A rendered file (or its directory) could not be written under the output directory.
     #[error("cannot write {path}: {source}")]
     Write {
+        /// The file's path on disk.
         path: String,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },

@@ -21,7 +21,9 @@ pub const CLIENT_VALIDITY_DAYS: i64 = 365;
 /// A certificate and its private key, PEM encoded.
 #[derive(Debug, Clone)]
 pub struct CertAndKey {
+    /// The certificate, PEM (`-----BEGIN CERTIFICATE-----`).
     pub cert_pem: String,
+    /// Its private key, PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`).
     pub key_pem: String,
 }
 

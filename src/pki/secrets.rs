@@ -38,13 +38,22 @@ pub fn all_files() -> impl Iterator<Item = &'static str> {
 /// The loaded secrets.
 #[derive(Debug, Clone)]
 pub struct Secrets {
+    /// The `secrets/` directory they were read from (`[paths] secrets`).
     pub dir: PathBuf,
+    /// The cluster CA (`ca.crt`, `ca.key`, `CN=kubernetes`): signs the API server's and every client certificate.
     pub ca: CertAndKey,
+    /// The front-proxy CA (`front-proxy-ca.crt`, `.key`): signs the API server's aggregation-layer client
+    /// certificate.
     pub front_proxy_ca: CertAndKey,
+    /// The etcd CA (`etcd/ca.crt`, `etcd/ca.key`): signs etcd's server and peer certificates.
     pub etcd_ca: CertAndKey,
+    /// The service-account signing key (`sa.key`), an RSA private key in PEM.
     pub sa_key: String,
+    /// Its public key (`sa.pub`), PEM, with which API servers verify service-account tokens.
     pub sa_pub: String,
+    /// The current kubeadm bootstrap token and its expiry (`token.json`).
     pub token: BootstrapToken,
+    /// kubeadm's CA discovery hash of `ca.crt`, `sha256:<hex>` (`discovery-hash`), for `kubeadm join`.
     pub discovery_hash: String,
     /// Hex text; the HMAC key of token publications (see [`super::enroll`]).
     pub publish_key: String,
@@ -53,8 +62,11 @@ pub struct Secrets {
 /// What `secrets init` made (printed to the user; holds no secret).
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
+    /// The `secrets/` directory written.
     pub dir: PathBuf,
+    /// kubeadm's CA discovery hash, `sha256:<hex>`: public, safe to print.
     pub discovery_hash: String,
+    /// When the bootstrap token expires, Unix seconds.
     pub token_expires_unix: u64,
 }
 

@@ -9,14 +9,27 @@ use hyper_util::rt::TokioIo;
 /// A request failed: unreachable server, timeout, bad URL or a non-2xx answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The URL is not `http://host[:port]/path` (HTTPS is not supported) or makes no valid request; holds the URL
+    /// as given (and the reason, in the second case).
     #[error("{0:?} is not an http://host:port/path URL")]
     BadUrl(String),
+    /// No answer: the connection failed or broke, or nothing came back within the timeout. Check that
+    /// `imgbuild serve` runs and that the address and port are right.
     #[error("cannot reach {url}: {detail}")]
-    Unreachable { url: String, detail: String },
+    Unreachable {
+        /// The URL requested.
+        url: String,
+        /// What went wrong, e.g. `Connection refused` or `no answer within 5s`.
+        detail: String,
+    },
+    /// The server answered with a status outside 200..=299.
     #[error("{url} answered {status}: {body}")]
     Status {
+        /// The URL requested.
         url: String,
+        /// The HTTP status code.
         status: u16,
+        /// The start of the answer's body (at most 300 characters), usually the server's explanation.
         body: String,
     },
 }

@@ -30,11 +30,13 @@ pub fn stage_index(stage: &str) -> Option<usize> {
 /// One reached stage of a boot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StageTime {
+    /// The stage's name, one of [`STAGES`].
     pub stage: String,
     /// When it was reached (ms since the Unix epoch).
     pub at_ms: u64,
     /// Time since the previous reached stage of this boot.
     pub duration_ms: u64,
+    /// The detail of the event that reached it (a file name, an image id, a message); empty when it had none.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub detail: String,
 }
@@ -44,17 +46,22 @@ pub struct StageTime {
 pub struct PastBoot {
     /// Its furthest stage, or `failed: <reason>`.
     pub outcome: String,
+    /// The image id that boot used, if an event named it.
     pub image: Option<String>,
+    /// When that boot started (its first event), ms since the Unix epoch.
     pub started_ms: u64,
 }
 
 /// Where a node is in its boot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NodeStatus {
+    /// The machine's MAC address, the key its events are filed under.
     pub mac: MacAddr,
     /// From the inventory; `None` for a MAC that is not in it.
     pub hostname: Option<String>,
+    /// The inventory role (`master`, `worker`, `storage`); `None` for an unknown MAC.
     pub role: Option<String>,
+    /// The inventory address; `None` for an unknown MAC.
     pub ip: Option<String>,
     /// The furthest stage of the current boot (`None`: no event yet).
     pub stage: Option<String>,
@@ -72,6 +79,7 @@ pub struct NodeStatus {
     pub started_ms: Option<u64>,
     /// The latest event of the current boot.
     pub last_seen_ms: Option<u64>,
+    /// The stages reached in the current boot, in the order reached (the order of [`STAGES`]).
     pub stages: Vec<StageTime>,
     /// Earlier boots, oldest first.
     pub previous: Vec<PastBoot>,

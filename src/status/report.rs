@@ -9,45 +9,67 @@ use crate::config::Cluster;
 /// Every node's boot state, as served by `GET /api/status`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
+    /// The cluster's name (`[cluster] name`).
     pub cluster: String,
     /// When the report was made (ms since the Unix epoch).
     pub generated_ms: u64,
     /// The stage names in order (the columns of the web page).
     pub stages: Vec<String>,
+    /// Every node: the inventory's machines in inventory order, then unknown MACs that sent events, by MAC.
     pub nodes: Vec<NodeView>,
 }
 
 /// One node in the report: [`NodeStatus`] flattened for JSON readers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeView {
+    /// The MAC address, `52:54:00:12:34:56` form.
     pub mac: String,
+    /// The name to show: the hostname, or the MAC for a machine not in the inventory.
     pub name: String,
+    /// The inventory hostname; `None` for an unknown MAC.
     pub hostname: Option<String>,
+    /// The inventory role (`master`, `worker`, `storage`); `None` for an unknown MAC.
     pub role: Option<String>,
+    /// The inventory address; `None` for an unknown MAC.
     pub ip: Option<String>,
     /// Furthest stage of the current boot, `failed: <reason>`, or `-`.
     pub state: String,
+    /// The furthest stage of the current boot; `None` before any event.
     pub stage: Option<String>,
+    /// The failure reason when the current boot failed.
     pub failed: Option<String>,
+    /// Whether the current boot reached `joined`.
     pub done: bool,
+    /// The image id the current boot uses, if an event named it.
     pub image: Option<String>,
+    /// Whether that image was built with labelled stand-in binaries (`--standins`): not a real cluster.
     pub standins: bool,
+    /// The number of the current boot: 1 for the first, 2 after one reboot, ...; 0 before any event.
     pub boot: u32,
+    /// How many boots joined the cluster (ran `kubeadm init` or `kubeadm join` and reached `joined`).
     pub joins: u32,
+    /// Start of the current boot (its first event), ms since the Unix epoch.
     pub started_ms: Option<u64>,
+    /// Milliseconds from the first to the latest event of the current boot.
     pub elapsed_ms: Option<u64>,
+    /// The stages reached in the current boot, in order.
     pub stages: Vec<StageView>,
+    /// Earlier boots, oldest first.
     pub previous: Vec<PreviousView>,
 }
 
 /// A reached stage.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StageView {
+    /// The stage's name, one of the report's `stages`.
     pub stage: String,
+    /// When it was reached, ms since the Unix epoch.
     pub at_ms: u64,
+    /// Milliseconds since the previous reached stage of this boot (0 for the first).
     pub duration_ms: u64,
     /// Milliseconds since the boot's first event.
     pub since_start_ms: u64,
+    /// The detail of the event that reached it (a file name, an image id, a message); may be empty.
     #[serde(default)]
     pub detail: String,
 }
@@ -55,8 +77,11 @@ pub struct StageView {
 /// An earlier boot of the node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PreviousView {
+    /// Its furthest stage, or `failed: <reason>`.
     pub outcome: String,
+    /// The image id it used, if an event named it.
     pub image: Option<String>,
+    /// When it started (its first event), ms since the Unix epoch.
     pub started_ms: u64,
 }
 

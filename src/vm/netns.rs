@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 #[derive(Debug, thiserror::Error)]
 #[error("`ip {args}` failed: {detail}")]
 pub struct IpError {
+    /// The arguments given to `ip`, joined by spaces.
     pub args: String,
+    /// Why it failed: its stderr, or that `ip` could not be started (install iproute2).
     pub detail: String,
 }
 
@@ -87,6 +89,7 @@ impl Netns {
         }
     }
 
+    /// The namespace's name, `<prefix>-<pid>-<n>` (for `ip netns exec` and `ip -n`).
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -151,6 +154,7 @@ pub struct Children {
 }
 
 impl Children {
+    /// An empty set: no children started yet.
     pub fn new() -> Self {
         Self::default()
     }

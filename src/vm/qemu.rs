@@ -15,9 +15,11 @@ use crate::config::{Arch, MacAddr};
 
 /// OVMF as shipped by Debian's `ovmf` package.
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+/// OVMF's template UEFI variable store; each VM gets its own copy in its `dir`.
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 /// AAVMF (UEFI for arm64 virt machines) as shipped by Debian's `qemu-efi-aarch64` package.
 pub const AAVMF_CODE: &str = "/usr/share/AAVMF/AAVMF_CODE.fd";
+/// AAVMF's template UEFI variable store; each VM gets its own copy in its `dir`.
 pub const AAVMF_VARS: &str = "/usr/share/AAVMF/AAVMF_VARS.fd";
 
 /// How a VM's firmware reaches iPXE.
@@ -44,21 +46,28 @@ impl std::fmt::Display for Firmware {
 /// The accelerator QEMU uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum Accel {
+    /// Hardware virtualization through `/dev/kvm` (`-accel kvm`); used for amd64 VMs only, when [`kvm_works`].
     Kvm,
+    /// QEMU's software emulator (`-accel tcg`): always for arm64, and for amd64 when KVM does not work here.
     Tcg,
 }
 
 /// One VM to start.
 #[derive(Debug, Clone)]
 pub struct VmSpec {
+    /// The VM's name (QEMU `-name`), normally the machine's hostname.
     pub name: String,
+    /// The MAC address of its NIC: the inventory's, so the DHCP server knows the machine.
     pub mac: MacAddr,
     /// amd64: q35 with the firmware below; arm64: `virt` on AAVMF (its PXE, or HTTP Boot for [`Firmware::Http`]).
     pub arch: Arch,
     /// The tap device (inside the namespace the VM runs in).
     pub tap: String,
+    /// How the firmware reaches the boot loader.
     pub firmware: Firmware,
+    /// KVM or TCG; arm64 VMs run under TCG whatever this says.
     pub accel: Accel,
+    /// Guest memory in MiB (QEMU `-m`).
     pub memory_mb: u32,
     /// Disks in order: `/dev/vda`, `/dev/vdb`, ... (raw files).
     pub disks: Vec<PathBuf>,
@@ -71,8 +80,16 @@ pub struct VmSpec {
 /// Something needed to start a VM is missing.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
+    /// A file the VM needs could not be created or copied (a disk, the per-VM directory, the variable store, the
+    /// QEMU stderr log), or a firmware file is not installed: install the Debian package the message names
+    /// (`scripts/setup`).
     #[error("{path}: {detail}")]
-    File { path: PathBuf, detail: String },
+    File {
+        /// The file concerned.
+        path: PathBuf,
+        /// What went wrong with it.
+        detail: String,
+    },
 }
 
 fn file_err(path: &Path, e: impl std::fmt::Display) -> VmError {

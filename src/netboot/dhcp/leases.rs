@@ -18,7 +18,9 @@ use crate::config::MacAddr;
 /// A granted lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
+    /// The client's hardware address (DHCP `chaddr`).
     pub mac: MacAddr,
+    /// The address it holds.
     pub ip: Ipv4Addr,
     /// Unix seconds.
     pub expires: u64,
@@ -30,18 +32,33 @@ pub struct Lease {
 pub enum Record {
     /// An ACK: `mac` holds `ip` until `expires` (Unix seconds). `at` is when it was granted.
     Grant {
+        /// The client granted the lease.
         mac: MacAddr,
+        /// The address granted.
         ip: Ipv4Addr,
+        /// When the lease ends, Unix seconds.
         expires: u64,
+        /// When it was granted (or re-written by a compaction), Unix seconds.
         at: u64,
     },
     /// A RELEASE: `mac` gave `ip` back.
-    Release { mac: MacAddr, ip: Ipv4Addr, at: u64 },
+    Release {
+        /// The client that released it.
+        mac: MacAddr,
+        /// The address given back.
+        ip: Ipv4Addr,
+        /// When the RELEASE arrived, Unix seconds.
+        at: u64,
+    },
     /// A DECLINE: `ip` is in use by someone else on the wire; not handed out until `until`.
     Decline {
+        /// The client that declined; all zeros in a line written by compaction.
         mac: MacAddr,
+        /// The address the client found in use.
         ip: Ipv4Addr,
+        /// Until when the address is not handed out, Unix seconds.
         until: u64,
+        /// When the DECLINE arrived (or the compaction ran), Unix seconds.
         at: u64,
     },
 }
@@ -51,23 +68,35 @@ pub enum Record {
 pub enum Change {
     /// Reserve a pool address for an OFFER until `until`.
     Offer {
+        /// The client offered the address.
         mac: MacAddr,
+        /// The pool address reserved for it.
         ip: Ipv4Addr,
+        /// When the reservation lapses, Unix seconds.
         until: u64,
     },
     /// The client chose another server: forget its offer.
     DropOffer {
+        /// The client whose offer is withdrawn.
         mac: MacAddr,
     },
     /// An ACK.
     Grant(Lease),
+    /// A RELEASE: the client gives its address back; applied only if it holds that address.
     Release {
+        /// The client releasing.
         mac: MacAddr,
+        /// The address released.
         ip: Ipv4Addr,
     },
+    /// A DECLINE: the client found the address in use; it is withdrawn from the client and not handed out until
+    /// `until`.
     Decline {
+        /// The client declining.
         mac: MacAddr,
+        /// The address in use.
         ip: Ipv4Addr,
+        /// Until when the address is kept out of the pool, Unix seconds.
         until: u64,
     },
 }
@@ -138,6 +167,7 @@ impl LeaseTable {
             .copied()
     }
 
+    /// Whether `ip` was declined by a client and is still kept out of the pool at `now` (Unix seconds).
     pub fn is_declined(&self, ip: Ipv4Addr, now: u64) -> bool {
         self.declined.get(&ip).is_some_and(|until| *until > now)
     }
@@ -258,9 +288,13 @@ impl LeaseTable {
 /// Errors of the lease journal.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
+    /// The journal (or its temp file, or their directory) could not be created, read, written, synced or renamed.
+    /// The server cannot promise leases it cannot record; check the disk and the permissions of `state/`.
     #[error("lease journal {path}: {source}")]
     Io {
+        /// The journal file concerned.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },

@@ -38,6 +38,7 @@ pub enum Malformed {
 }
 
 impl Malformed {
+    /// Every kind, in a fixed order: the `reason` labels of the dropped-datagram counter.
     pub const ALL: [Malformed; 7] = [
         Malformed::Truncated,
         Malformed::Oversize,
@@ -187,7 +188,11 @@ impl Vendor {
 /// Option 82 sub-options, as text (UTF-8 when printable, else lower-case hex).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RelayIds {
+    /// Sub-option 1, the agent circuit ID (typically the switch port); matched against `relay_id` in
+    /// `cluster.toml`.
     pub circuit_id: Option<String>,
+    /// Sub-option 2, the agent remote ID (typically the relay itself); matched against `relay_id` in
+    /// `cluster.toml`.
     pub remote_id: Option<String>,
 }
 
@@ -203,7 +208,9 @@ fn id_text(bytes: &[u8]) -> String {
 /// What a request says about its sender.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientInfo {
+    /// The DHCP message type (option 53): DISCOVER, REQUEST, RELEASE, ...
     pub msg_type: MessageType,
+    /// The client hardware address (`chaddr`), which picks its inventory machine unless a relay id does.
     pub mac: MacAddr,
     /// Option 93 (first entry).
     pub arch: Option<u16>,

@@ -6,10 +6,15 @@ use std::fmt;
 
 /// TFTP opcodes.
 pub const OP_RRQ: u16 = 1;
+/// Write request (opcode 2); this server is read-only and answers it with an access-violation error.
 pub const OP_WRQ: u16 = 2;
+/// DATA (opcode 3): a block number and up to `blksize` bytes of the file; a shorter block ends the transfer.
 pub const OP_DATA: u16 = 3;
+/// ACK (opcode 4): the client acknowledges a block number (block 0 acknowledges an OACK).
 pub const OP_ACK: u16 = 4;
+/// ERROR (opcode 5): an error code and a message; it ends the transfer.
 pub const OP_ERROR: u16 = 5;
+/// OACK (opcode 6, RFC 2347): the options the server accepted, sent before the first DATA block.
 pub const OP_OACK: u16 = 6;
 
 /// Longest file name or option string we accept (bytes). Real requests are far shorter.
@@ -18,14 +23,23 @@ pub const MAX_STRING: usize = 512;
 /// TFTP error codes (RFC 1350 §5, RFC 2347 code 8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
+    /// 0: not defined, see the message (sent when a transfer times out waiting for an ACK).
     NotDefined = 0,
+    /// 1: file not found; also the answer to a name outside the boot-file allowlist.
     FileNotFound = 1,
+    /// 2: access violation: write requests to this read-only server, absolute names and `..` components.
     AccessViolation = 2,
+    /// 3: disk full or allocation exceeded.
     DiskFull = 3,
+    /// 4: illegal TFTP operation (an unexpected packet, or a mode other than octet).
     IllegalOperation = 4,
+    /// 5: unknown transfer ID: a packet from an address and port that is not the transfer's peer.
     UnknownTid = 5,
+    /// 6: file already exists.
     FileExists = 6,
+    /// 7: no such user.
     NoSuchUser = 7,
+    /// 8: the transfer is aborted during option negotiation (RFC 2347).
     OptionRefused = 8,
 }
 
@@ -48,15 +62,20 @@ impl ErrorCode {
 /// Transfer mode of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// `octet`: raw bytes, the only mode this server serves.
     Octet,
+    /// `netascii`: lines converted to CR LF; parsed but refused with an illegal-operation error.
     NetAscii,
+    /// `mail` (obsolete in RFC 1350); parsed but refused.
     Mail,
 }
 
 /// A read or write request: file name, mode and the options in the order the client sent them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
+    /// The requested file name as sent, not yet checked against the allowlist.
     pub filename: String,
+    /// The transfer mode the client asked for.
     pub mode: Mode,
     /// `(name lower-cased, value)` pairs.
     pub options: Vec<(String, String)>,
@@ -65,23 +84,48 @@ pub struct Request {
 /// A parsed TFTP packet. `Data` borrows its payload from the datagram.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Packet<'a> {
+    /// Read request (RRQ): the client asks for a file.
     Rrq(Request),
+    /// Write request (WRQ): refused by this read-only server.
     Wrq(Request),
-    Data { block: u16, data: &'a [u8] },
-    Ack { block: u16 },
-    Error { code: u16, message: String },
-    Oack { options: Vec<(String, String)> },
+    /// A DATA block.
+    Data {
+        /// The block number: 1 for the first block, wrapping from 65535 to 0 on large files.
+        block: u16,
+        /// The block's payload, borrowed from the datagram; shorter than the block size on the last block.
+        data: &'a [u8],
+    },
+    /// An acknowledgement (ACK).
+    Ack {
+        /// The block number acknowledged; 0 acknowledges an OACK.
+        block: u16,
+    },
+    /// An ERROR packet; it ends the transfer.
+    Error {
+        /// The error code as received (see [`ErrorCode`] and [`error_code`]).
+        code: u16,
+        /// The message, lossily decoded and cut at [`MAX_STRING`] bytes; may be empty.
+        message: String,
+    },
+    /// An option acknowledgement (OACK): the options the server accepted.
+    Oack {
+        /// `(name lower-cased, value)` pairs, such as `("blksize", "1428")` or `("tsize", "1048576")`.
+        options: Vec<(String, String)>,
+    },
 }
 
 /// Why a datagram is not a TFTP packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ParseError {
+    /// Fewer bytes than the opcode and fixed fields of the packet need.
     TooShort,
+    /// An opcode other than 1 to 6.
     UnknownOpcode(u16),
     /// A string field has no terminating NUL.
     Unterminated,
     /// A string field is not UTF-8 / printable or is too long.
     BadString,
+    /// The mode of a request is not `octet`, `netascii` or `mail` (case-insensitive); holds the mode as sent.
     UnknownMode(String),
     /// An option has a name but no value, or a name appears twice.
     BadOptions,
