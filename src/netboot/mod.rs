@@ -10,4 +10,5 @@ pub mod peers;
 pub mod pinwatch;
 pub mod ra;
 pub mod server;
+pub mod state;
 pub mod tftp;

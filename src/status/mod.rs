@@ -17,11 +17,9 @@ pub mod client;
 pub mod metrics;
 pub mod node;
 pub mod report;
-pub mod web;
 
 pub use node::{LAST_STAGE, NodeStatus};
 pub use report::Report;
-pub use web::routes;
 
 /// What a labelled stand-in binary (kubelet, containerd, runc, crictl, CNI plugins of a `--standins` image)
 /// reports: kept in the event log so the user sees what would have run, never a step of the boot state machine.

@@ -42,7 +42,7 @@ pub fn load(dir: &Path, loopback: bool) -> Cluster {
 
 pub fn render(cluster: &Cluster, role: Role) -> Tree {
     let profile = imgbuild::config::profile::resolve(&cluster.paths.profiles, role).unwrap();
-    tree::render(cluster, &profile, &imgbuild::cli::engine_for(cluster)).unwrap()
+    tree::render(cluster, &profile, &imgbuild::template::engine_for(cluster)).unwrap()
 }
 
 pub fn file<'a>(t: &'a Tree, path: &str) -> &'a str {
@@ -59,7 +59,7 @@ pub fn standin(cluster: &Cluster, name: &str) -> String {
     let profile =
         imgbuild::config::profile::resolve(&cluster.paths.profiles, Role::Master).unwrap();
     let ctx = tree::TemplateContext::new(cluster, &profile);
-    imgbuild::cli::engine_for(cluster)
+    imgbuild::template::engine_for(cluster)
         .render(&format!("profiles/standins/{name}.sh.j2"), &ctx)
         .unwrap()
 }
