@@ -14,7 +14,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 
 use super::barrier::{self, barrier_reached};
-use super::reply::{NO_PEER, OutcomeCounter, count, outcome_counter, peer_of, retry_after, text};
+use super::reply::{
+    NO_PEER, OutcomeCounter, blocking, count, outcome_counter, peer_of, retry_after, text,
+};
 use super::token;
 use crate::config::{MacAddr, Role};
 use crate::netboot::state::Shared;
@@ -79,14 +81,7 @@ async fn enroll(State(ctx): State<Ctx>, UrlPath(mac): UrlPath<String>, req: Requ
         tracing::error!("{NO_PEER}");
         return text(StatusCode::INTERNAL_SERVER_ERROR, NO_PEER);
     };
-    let c = ctx.clone();
-    match tokio::task::spawn_blocking(move || enroll_blocking(&c, mac, peer)).await {
-        Ok(r) => r,
-        Err(e) => text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("enrollment task failed: {e}"),
-        ),
-    }
+    blocking("enrollment", move || enroll_blocking(&ctx, mac, peer)).await
 }
 
 fn enroll_blocking(ctx: &Ctx, mac: MacAddr, peer: IpAddr) -> Response {

@@ -51,6 +51,18 @@ pub fn peer_of(req: &Request) -> Option<IpAddr> {
         .map(|ci| ci.0.ip().to_canonical())
 }
 
+/// Runs `f` (file I/O under the enrollment lock) on the blocking pool; if the task dies, a 500 saying
+/// "`what` task failed".
+pub async fn blocking(what: &str, f: impl FnOnce() -> Response + Send + 'static) -> Response {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{what} task failed: {e}"),
+        ),
+    }
+}
+
 /// Said when a handler that needs the peer address finds none.
 pub const NO_PEER: &str = "server misconfigured: the HTTP app is not served with connect info (the TCP peer address); \
                            enrollment needs it";

@@ -13,7 +13,7 @@ use axum::routing::post;
 use axum::{Form, Router};
 use serde::Deserialize;
 
-use super::reply::{NO_PEER, OutcomeCounter, count, outcome_counter, peer_of, text};
+use super::reply::{NO_PEER, OutcomeCounter, blocking, count, outcome_counter, peer_of, text};
 use crate::config::MacAddr;
 use crate::netboot::state::Shared;
 use crate::pki::enroll::{PUBLISH_SKEW_SECS, Store, fmt_ms, publish_message, verify};
@@ -68,14 +68,7 @@ async fn publish(State(ctx): State<Ctx>, req: Request) -> Response {
             );
         }
     };
-    let c = ctx.clone();
-    match tokio::task::spawn_blocking(move || publish_blocking(&c, peer, form)).await {
-        Ok(r) => r,
-        Err(e) => text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("token task failed: {e}"),
-        ),
-    }
+    blocking("token", move || publish_blocking(&ctx, peer, form)).await
 }
 
 fn publish_blocking(ctx: &Ctx, peer: IpAddr, f: PublishForm) -> Response {
