@@ -1,7 +1,8 @@
 //! Token publication: `POST /api/token`, where the first master publishes the bootstrap token it renewed
 //! (form `mac`, `token`, `expires`, `ts`, `sig`; see `pki::enroll` for the signature). Accepted only from the
-//! first master's MAC and address, signed with the publish key, timely, not replayed, well formed and not
-//! expired; counted in `imgbuild_token_publications_total{outcome}`.
+//! first master's MAC and address, signed with the publish key, timely, well formed, not expired and not
+//! replayed (the rules: `pki::enroll::{publisher, check_publication, check_newer}`); counted in
+//! `imgbuild_token_publications_total{outcome}`.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -16,10 +17,24 @@ use serde::Deserialize;
 use super::reply::{NO_PEER, OutcomeCounter, blocking, count, outcome_counter, peer_of, text};
 use crate::config::MacAddr;
 use crate::netboot::state::Shared;
-use crate::pki::enroll::{PUBLISH_SKEW_SECS, Store, fmt_ms, publish_message, verify};
+use crate::pki::enroll::{
+    Publication, PublishRefusal, Store, check_newer, check_publication, fmt_ms, publisher,
+};
 use crate::pki::secrets;
 use crate::pki::token::{self, BootstrapToken};
 use crate::status::Source;
+
+/// The HTTP status of a refused publication.
+pub fn status_of(r: &PublishRefusal) -> StatusCode {
+    match r {
+        PublishRefusal::NoMaster
+        | PublishRefusal::NotFirstMaster { .. }
+        | PublishRefusal::BadSignature
+        | PublishRefusal::Skew { .. } => StatusCode::FORBIDDEN,
+        PublishRefusal::MalformedToken | PublishRefusal::Expired { .. } => StatusCode::BAD_REQUEST,
+        PublishRefusal::Replay { .. } => StatusCode::CONFLICT,
+    }
+}
 
 #[derive(Clone)]
 struct Ctx {
@@ -92,23 +107,10 @@ fn publish_blocking(ctx: &Ctx, peer: IpAddr, f: PublishForm) -> Response {
             format!("{:?} is not a MAC address", f.mac),
         );
     };
-    let Some(fm) = cluster.first_master() else {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            Some(mac),
-            "the inventory has no master".into(),
-        );
+    let fm = match publisher(&cluster, mac, peer) {
+        Ok(fm) => fm,
+        Err(r) => return refuse(status_of(&r), Some(mac), r.message()),
     };
-    if mac != fm.mac || peer != IpAddr::V4(fm.ip) {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            Some(mac),
-            format!(
-                "only the first master {} ({}, {}) publishes tokens — possible spoofer",
-                fm.hostname, fm.mac, fm.ip
-            ),
-        );
-    }
     let dir = &cluster.paths.secrets;
     let key = match std::fs::read_to_string(dir.join("publish.key")) {
         Ok(k) => k.trim().to_string(),
@@ -120,41 +122,15 @@ fn publish_blocking(ctx: &Ctx, peer: IpAddr, f: PublishForm) -> Response {
             );
         }
     };
-    if !verify(
-        &key,
-        &publish_message(mac, &f.token, f.expires, f.ts),
-        &f.sig,
-    ) {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            Some(mac),
-            "bad signature — possible spoofer".into(),
-        );
-    }
-    let now = token::now_unix();
-    if f.ts.abs_diff(now) > PUBLISH_SKEW_SECS {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            Some(mac),
-            format!(
-                "timestamp {} is more than {PUBLISH_SKEW_SECS}s from the server's clock {now}; check the node's time",
-                f.ts
-            ),
-        );
-    }
-    if !token::is_valid(&f.token) {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            Some(mac),
-            "the token is not of the form [a-z0-9]{6}.[a-z0-9]{16}".into(),
-        );
-    }
-    if f.expires <= now {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            Some(mac),
-            format!("the token's expiry {} has passed", f.expires),
-        );
+    let publication = Publication {
+        mac,
+        token: &f.token,
+        expires: f.expires,
+        ts: f.ts,
+        sig: &f.sig,
+    };
+    if let Err(r) = check_publication(&key, &publication, token::now_unix()) {
+        return refuse(status_of(&r), Some(mac), r.message());
     }
     // The store's lock serializes publications with enrollments.
     let store = Store::for_cluster(&cluster);
@@ -162,18 +138,9 @@ fn publish_blocking(ctx: &Ctx, peer: IpAddr, f: PublishForm) -> Response {
         Ok(l) => l,
         Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, Some(mac), e.to_string()),
     };
-    let current = secrets::load_token(dir).ok();
-    if let Some(cur) = &current
-        && f.ts <= cur.published_unix
-    {
-        return refuse(
-            StatusCode::CONFLICT,
-            Some(mac),
-            format!(
-                "timestamp {} is not newer than the last publication ({}) — a replay?",
-                f.ts, cur.published_unix
-            ),
-        );
+    let last = secrets::load_token(dir).ok().map(|t| t.published_unix);
+    if let Err(r) = check_newer(f.ts, last) {
+        return refuse(status_of(&r), Some(mac), r.message());
     }
     let t = BootstrapToken {
         token: f.token.clone(),
