@@ -173,7 +173,7 @@ mod tests {
     fn embedded_config_asks_the_server_for_the_machine_s_config() {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
         let cluster = crate::config::load(&repo.join("cluster.toml")).unwrap();
-        let engine = Engine::new(&cluster.paths.profiles, &cluster.paths.ipxe);
+        let engine = crate::template::engine_for(&cluster);
         let pxe = embedded_config(&cluster, &engine, false).unwrap();
         assert!(
             pxe.contains("configfile (http,10.77.0.1)/grub/${net_default_mac}"),
@@ -196,7 +196,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         cluster.network.grub_modules = d.path().join("none");
         cluster.paths.state = d.path().join("state");
-        let engine = Engine::new(&cluster.paths.profiles, &cluster.paths.ipxe);
+        let engine = crate::template::engine_for(&cluster);
         let e = make(&cluster, &engine).unwrap_err();
         assert!(matches!(e, GrubError::Modules { .. }), "{e}");
         let e = e.to_string();
