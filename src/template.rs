@@ -2,8 +2,10 @@
 //!
 //! Every text a node or firmware receives (units, kubeadm configs, manifests, iPXE scripts) is a template under
 //! `profiles/` or `ipxe/`. Names are relative to those roots' parent: `profiles/base/crictl.yaml.j2`,
-//! `ipxe/boot.ipxe.j2`. Nothing else on disk can be loaded. The server's own web pages (`web/*.html.j2`) are
-//! compiled into the binary, so `imgbuild serve` shows its status page wherever it runs.
+//! `ipxe/boot.ipxe.j2`. Nothing else on disk can be loaded. The server's own web pages (`web/*.html.j2`), the
+//! kernel command line (`ipxe/cmdline.j2`) and the fallback scripts are compiled into the binary
+//! (`BUILTIN_TEMPLATES`), so `imgbuild serve` shows its status page and answers every boot request wherever it
+//! runs. [`engine_for`] is the engine of a cluster.
 
 use std::path::{Path, PathBuf};
 
@@ -11,17 +13,39 @@ use minijinja::value::Serde;
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use serde::Serialize;
 
+use crate::config::Cluster;
+
 /// A template failed to load or render. The message names the template, the line and the undefined variable.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
 #[error("template {name}: {detail}")]
 pub struct TemplateError {
     pub name: String,
     pub detail: String,
 }
 
-/// The server's web pages, from the repository's `web/` directory. Values in them are escaped with `|e`.
-const WEB_TEMPLATES: &[(&str, &str)] =
-    &[("web/status.html.j2", include_str!("../web/status.html.j2"))];
+/// Templates compiled into the binary; they take precedence over files of the same name. The server's web
+/// pages, from the repository's `web/` directory (values in them are escaped with `|e`), and the texts of
+/// `ipxe/` the server must always be able to send: the kernel command line (read by the image's initrd and
+/// first-boot units) and the fallback scripts sent when no other script can be.
+const BUILTIN_TEMPLATES: &[(&str, &str)] = &[
+    ("web/status.html.j2", include_str!("../web/status.html.j2")),
+    (CMDLINE_TEMPLATE, include_str!("../ipxe/cmdline.j2")),
+    (
+        SERVER_ERROR_TEMPLATE,
+        include_str!("../ipxe/server-error.j2"),
+    ),
+    (
+        UNKNOWN_ADDRESS_TEMPLATE,
+        include_str!("../ipxe/unknown-address.grub.j2"),
+    ),
+];
+
+/// The kernel command line of a machine with a pinned image (built in).
+pub const CMDLINE_TEMPLATE: &str = "ipxe/cmdline.j2";
+/// The script sent when a boot script template fails to render (built in).
+pub const SERVER_ERROR_TEMPLATE: &str = "ipxe/server-error.j2";
+/// The GRUB answer for an address no inventory machine has (built in).
+pub const UNKNOWN_ADDRESS_TEMPLATE: &str = "ipxe/unknown-address.grub.j2";
 
 /// The engine: cheap to clone, safe to share across threads.
 #[derive(Clone)]
@@ -74,9 +98,9 @@ impl Engine {
             }
             Ok(None)
         });
-        for (name, source) in WEB_TEMPLATES {
+        for (name, source) in BUILTIN_TEMPLATES {
             env.add_template(name, source)
-                .expect("the built-in web templates parse");
+                .expect("the built-in templates parse");
         }
         Engine { env }
     }
@@ -108,6 +132,11 @@ impl Engine {
                 detail: e.to_string(),
             })
     }
+}
+
+/// The engine for a cluster: its profile and iPXE directories (`paths.profiles`, `paths.ipxe`).
+pub fn engine_for(cluster: &Cluster) -> Engine {
+    Engine::new(&cluster.paths.profiles, &cluster.paths.ipxe)
 }
 
 #[cfg(test)]

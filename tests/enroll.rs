@@ -9,7 +9,7 @@ mod common;
 use std::sync::Arc;
 
 use imgbuild::config::MacAddr;
-use imgbuild::netboot::server::Shared;
+use imgbuild::netboot::state::Shared;
 use imgbuild::pki::{enroll, secrets};
 use imgbuild::status::{Events, Source};
 
@@ -27,7 +27,7 @@ struct Lab {
 }
 
 async fn serve(shared: Arc<Shared>) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let app = enroll::routes(shared);
+    let app = imgbuild::netboot::http::enroll::routes(shared);
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let h = tokio::spawn(async move {

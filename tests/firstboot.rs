@@ -13,8 +13,9 @@ use std::sync::Arc;
 use axum::extract::{Form, State};
 use axum::routing::post;
 use imgbuild::config::{Cluster, MacAddr, Machine};
-use imgbuild::netboot::server::Shared;
-use imgbuild::pki::{enroll, secrets};
+use imgbuild::netboot::http::enroll;
+use imgbuild::netboot::state::Shared;
+use imgbuild::pki::secrets;
 use imgbuild::status::{Events, Source};
 
 #[derive(serde::Deserialize)]

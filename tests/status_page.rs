@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::Request;
 use axum::middleware::Next;
-use imgbuild::netboot::server::Shared;
+use imgbuild::netboot::http::status_page;
+use imgbuild::netboot::state::Shared;
 use imgbuild::status::{Events, Source};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -43,7 +44,7 @@ fn chromium_status_page_updates_live_from_api_status() {
     // The first /api/status request (from the page's script) records `kernel` just before it is answered.
     let s2 = shared.clone();
     let once = Arc::new(AtomicBool::new(false));
-    let app = imgbuild::status::routes(shared.clone()).layer(axum::middleware::from_fn(
+    let app = status_page::routes(shared.clone()).layer(axum::middleware::from_fn(
         move |req: Request, next: Next| {
             let (s2, once) = (s2.clone(), once.clone());
             async move {
@@ -108,7 +109,7 @@ fn status_cli_prints_the_table_and_json_from_a_server() {
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     let addr = listener.local_addr().unwrap();
-    rt.spawn(async move { axum::serve(listener, imgbuild::status::routes(shared)).await });
+    rt.spawn(async move { axum::serve(listener, status_page::routes(shared)).await });
     let bin = env!("CARGO_BIN_EXE_imgbuild");
     let out = std::process::Command::new(bin)
         .args(["status", "--server", &format!("http://{addr}")])

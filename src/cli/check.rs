@@ -43,7 +43,7 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         Ok(cluster) => {
             report.cluster = Some(cluster.cluster.name.clone());
             report.kubernetes_version = Some(cluster.cluster.kubernetes_version.to_string());
-            let engine = super::engine_for(&cluster);
+            let engine = crate::template::engine_for(&cluster);
             for role in Role::ALL {
                 report
                     .machines

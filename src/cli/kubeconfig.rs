@@ -17,7 +17,7 @@ pub struct Args {
 pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     let cluster = super::load_cluster(&cli.config)?;
     let s = secrets::load(&cluster.paths.secrets)?;
-    let text = kubeconfig::admin(&cluster, &s, &super::engine_for(&cluster))?;
+    let text = kubeconfig::admin(&cluster, &s, &crate::template::engine_for(&cluster))?;
     match &args.output {
         Some(p) => {
             write_atomic(p, text.as_bytes(), 0o600)?;

@@ -21,7 +21,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, Cluster};
-use crate::template::Engine;
 
 /// From power-on to a working kubeadm cluster: node images and the netboot server.
 #[derive(Debug, Parser)]
@@ -74,11 +73,6 @@ pub enum Command {
 /// Loads the cluster description named by `--config`.
 pub fn load_cluster(path: &std::path::Path) -> anyhow::Result<Cluster> {
     Ok(config::load(path)?)
-}
-
-/// The template engine for a cluster's profile and iPXE directories.
-pub fn engine_for(cluster: &Cluster) -> Engine {
-    Engine::new(&cluster.paths.profiles, &cluster.paths.ipxe)
 }
 
 fn init_tracing(verbose: u8) {

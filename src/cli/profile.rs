@@ -63,7 +63,7 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(dir) = &args.render {
-        let engine = super::engine_for(&cluster);
+        let engine = crate::template::engine_for(&cluster);
         let t = tree::render(&cluster, &prof, &engine)?;
         t.write_to(dir)?;
         if args.json {

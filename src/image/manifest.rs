@@ -6,7 +6,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Arch, Role};
-use crate::netboot::boot::PinnedImage;
 
 /// The artifact files every image has.
 pub const KERNEL: &str = "vmlinuz";
@@ -103,7 +102,8 @@ impl Manifest {
         })
     }
 
-    fn digest_of(&self, id: &str, file: &str) -> Result<String, ManifestError> {
+    /// The sha256 of one of the image's files (`KERNEL`, `INITRD`, `ROOTFS`), as recorded in the manifest.
+    pub fn digest_of(&self, id: &str, file: &str) -> Result<String, ManifestError> {
         self.files
             .get(file)
             .map(|f| f.sha256.clone())
@@ -111,17 +111,5 @@ impl Manifest {
                 id: id.to_string(),
                 file: file.to_string(),
             })
-    }
-
-    /// What the boot decision needs of this image.
-    pub fn pinned(&self, id: &str) -> Result<PinnedImage, ManifestError> {
-        Ok(PinnedImage {
-            id: id.to_string(),
-            kernel_sha256: self.digest_of(id, KERNEL)?,
-            initrd_sha256: self.digest_of(id, INITRD)?,
-            rootfs_sha256: self.digest_of(id, ROOTFS)?,
-            kernel_args: self.kernel_args.clone(),
-            standins: self.standins,
-        })
     }
 }

@@ -19,11 +19,41 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::manifest::{self, Manifest, ManifestError};
 use super::store::{ImageStore, StoreError};
 use crate::config::{Arch, Cluster, Role};
-use crate::netboot::boot::PinMap;
 
 pub const PINS_FILE: &str = "pins.toml";
+
+/// The image pinned for a role, with what the boot path needs of its manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PinnedImage {
+    pub id: String,
+    pub kernel_sha256: String,
+    pub initrd_sha256: String,
+    pub rootfs_sha256: String,
+    /// The kernel arguments of the image's profile (console, net.ifnames=0, ...), from its manifest.
+    pub kernel_args: Vec<String>,
+    /// Built with labelled stand-in binaries: served with a warning, never silently.
+    pub standins: bool,
+}
+
+/// The pinned image of each (role, architecture).
+pub type PinMap = BTreeMap<(Role, Arch), PinnedImage>;
+
+impl PinnedImage {
+    /// What the boot decision needs of image `id`, from its manifest.
+    pub fn from_manifest(id: &str, m: &Manifest) -> Result<Self, ManifestError> {
+        Ok(PinnedImage {
+            id: id.to_string(),
+            kernel_sha256: m.digest_of(id, manifest::KERNEL)?,
+            initrd_sha256: m.digest_of(id, manifest::INITRD)?,
+            rootfs_sha256: m.digest_of(id, manifest::ROOTFS)?,
+            kernel_args: m.kernel_args.clone(),
+            standins: m.standins,
+        })
+    }
+}
 
 /// Architecture → role → image id.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,7 +171,9 @@ impl Pins {
     pub fn resolve(&self, store: &dyn ImageStore) -> PinMap {
         let mut out = BTreeMap::new();
         for (role, arch, id) in self.iter() {
-            let m = store.manifest(id).and_then(|m| Ok((m.arch, m.pinned(id)?)));
+            let m = store
+                .manifest(id)
+                .and_then(|m| Ok((m.arch, PinnedImage::from_manifest(id, &m)?)));
             match m {
                 Ok((built, p)) if built == arch => {
                     out.insert((role, arch), p);

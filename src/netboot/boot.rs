@@ -5,13 +5,14 @@
 //! [`Booter`]; none of them decides on its own.
 
 use std::path::PathBuf;
-
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::Serialize;
+use serde_json::json;
 
 use crate::config::{Arch, Cluster, MacAddr, Machine, Role};
+use crate::image::pins::{PinMap, PinnedImage};
+use crate::template::{self, TemplateError};
 
 /// Client system architecture (DHCP option 93, RFC 4578 and the IANA registry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -82,22 +83,6 @@ impl BootFile {
     }
 }
 
-/// The image pinned for a role, with what the boot path needs of its manifest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PinnedImage {
-    pub id: String,
-    pub kernel_sha256: String,
-    pub initrd_sha256: String,
-    pub rootfs_sha256: String,
-    /// The kernel arguments of the image's profile (console, net.ifnames=0, ...), from its manifest.
-    pub kernel_args: Vec<String>,
-    /// Built with labelled stand-in binaries: served with a warning, never silently.
-    pub standins: bool,
-}
-
-/// The pinned image of each (role, architecture).
-pub type PinMap = BTreeMap<(Role, Arch), PinnedImage>;
-
 /// Everything the iPXE script template of a known machine needs.
 #[derive(Debug, Clone, Serialize)]
 pub struct BootPlan {
@@ -110,7 +95,8 @@ pub struct BootPlan {
     pub kernel_path: String,
     pub initrd_path: String,
     pub rootfs_url: String,
-    /// The full kernel command line (without `initrd=`, which the template adds for UEFI).
+    /// The full kernel command line (without `initrd=`, which the template adds for UEFI), from the template
+    /// `ipxe/cmdline.j2`.
     pub cmdline: String,
 }
 
@@ -125,6 +111,8 @@ pub enum NoBoot {
         role: Role,
         arch: Arch,
     },
+    /// The kernel command line template failed to render (a server bug, not the machine's).
+    Template(TemplateError),
 }
 
 impl std::fmt::Display for NoBoot {
@@ -142,6 +130,7 @@ impl std::fmt::Display for NoBoot {
                 f,
                 "{hostname}: no {arch} image is pinned for role {role}: run `imgbuild profile {role} --arch {arch}` then `imgbuild pin {role} <image-id>`"
             ),
+            NoBoot::Template(e) => write!(f, "{e}"),
         }
     }
 }
@@ -159,6 +148,11 @@ pub const GRUB_ARM64_HTTP_BOOTFILE: &str = "grubhttpaa64.efi";
 /// Whether `name` is one of the GRUB loaders the server makes (not a file of `network.ipxe_binaries`).
 pub fn is_grub(name: &str) -> bool {
     name == GRUB_ARM64_BOOTFILE || name == GRUB_ARM64_HTTP_BOOTFILE
+}
+
+/// Where the server keeps the boot loaders it makes (the arm64 GRUB images, `netboot::grub`).
+pub fn made_loader_dir(cluster: &Cluster) -> PathBuf {
+    cluster.paths.state.join("boot")
 }
 
 /// The boot loader that asks the HTTP server for a machine's boot script.
@@ -254,7 +248,7 @@ impl Booter {
     /// server made in `state/boot/`.
     pub fn boot_loader_dir(&self, name: &str) -> PathBuf {
         if is_grub(name) {
-            super::grub::dir(&self.cluster)
+            made_loader_dir(&self.cluster)
         } else {
             self.cluster.network.ipxe_binaries.clone()
         }
@@ -283,34 +277,24 @@ impl Booter {
             path("initrd.img", &image.initrd_sha256),
         );
         let rootfs_url = format!("{base}/images/{}/rootfs.squashfs", image.id);
-        let mut args: Vec<String> = vec![
-            format!("BOOTIF={}", machine.mac.bootif()),
-            format!(
-                "ip={}::{}:{}:{}:eth0:off",
-                machine.ip,
-                net.gateway,
-                net.subnet.netmask(),
-                machine.hostname
-            ),
-        ];
-        if let Some(dns) = net.dns.first() {
-            args.push(format!("nameserver={dns}"));
-        }
-        args.extend([
-            format!("systemd.hostname={}", machine.hostname),
-            format!("imgbuild.server={base}"),
-            format!("imgbuild.mac={}", machine.mac),
-            format!("imgbuild.role={}", machine.role),
-            format!("imgbuild.image={}", image.id),
-            format!("imgbuild.rootfs={rootfs_url}"),
-            format!("imgbuild.rootfs_sha256={}", image.rootfs_sha256),
-            format!("imgbuild.state_disk={}", machine.state_disk),
-            format!("imgbuild.state_init={}", u8::from(machine.init_blank)),
-        ]);
-        if image.standins {
-            args.push("imgbuild.standins=1".into());
-        }
-        args.extend(image.kernel_args.iter().cloned());
+        let cmdline = template::engine_for(&self.cluster)
+            .render(
+                template::CMDLINE_TEMPLATE,
+                &json!({
+                    "machine": machine,
+                    "image": image,
+                    "server_url": base,
+                    "rootfs_url": rootfs_url,
+                    "bootif": machine.mac.bootif(),
+                    "gateway": net.gateway,
+                    "netmask": net.subnet.netmask(),
+                    "nameserver": net.dns.first(),
+                }),
+            )
+            .map_err(NoBoot::Template)?
+            .lines()
+            .collect::<Vec<_>>()
+            .join(" ");
         Ok(BootPlan {
             machine: machine.clone(),
             image: image.clone(),
@@ -320,7 +304,7 @@ impl Booter {
             kernel_path,
             initrd_path,
             rootfs_url,
-            cmdline: args.join(" "),
+            cmdline,
         })
     }
 }
@@ -382,6 +366,39 @@ mod tests {
         assert_eq!(
             amd.initrd_path,
             "/images/amd64-image/initrd.img?sha256=iamd64"
+        );
+    }
+
+    /// The command line from `ipxe/cmdline.j2`, byte for byte as the `format!`s before it made it.
+    #[test]
+    fn kernel_command_line_is_exact() {
+        let mut b = booter(&[Arch::Amd64, Arch::Arm64]);
+        // A BIOS machine (amd64), the image as pinned.
+        let bios = b.plan("52:54:00:77:00:21".parse().unwrap()).unwrap();
+        assert_eq!(
+            bios.cmdline,
+            "BOOTIF=01-52-54-00-77-00-21 ip=10.77.0.21::10.77.0.1:255.255.255.0:worker-1:eth0:off \
+             nameserver=10.77.0.1 systemd.hostname=worker-1 imgbuild.server=http://10.77.0.1:8080 \
+             imgbuild.mac=52:54:00:77:00:21 imgbuild.role=worker imgbuild.image=amd64-image \
+             imgbuild.rootfs=http://10.77.0.1:8080/images/amd64-image/rootfs.squashfs \
+             imgbuild.rootfs_sha256=ramd64 imgbuild.state_disk=/dev/vda imgbuild.state_init=1"
+        );
+        // An arm64 machine whose image has stand-ins and profile kernel arguments, on a network without DNS.
+        let img = b.pins.get_mut(&(Role::Worker, Arch::Arm64)).unwrap();
+        img.standins = true;
+        img.kernel_args = vec!["console=ttyAMA0".into(), "net.ifnames=0".into()];
+        let mut cluster = (*b.cluster).clone();
+        cluster.network.dns.clear();
+        b.cluster = Arc::new(cluster);
+        let arm = b.plan(ARM.parse().unwrap()).unwrap();
+        assert_eq!(
+            arm.cmdline,
+            "BOOTIF=01-52-54-00-77-00-41 ip=10.77.0.41::10.77.0.1:255.255.255.0:arm-1:eth0:off \
+             systemd.hostname=arm-1 imgbuild.server=http://10.77.0.1:8080 imgbuild.mac=52:54:00:77:00:41 \
+             imgbuild.role=worker imgbuild.image=arm64-image \
+             imgbuild.rootfs=http://10.77.0.1:8080/images/arm64-image/rootfs.squashfs \
+             imgbuild.rootfs_sha256=rarm64 imgbuild.state_disk=/dev/vda imgbuild.state_init=0 \
+             imgbuild.standins=1 console=ttyAMA0 net.ifnames=0"
         );
     }
 

@@ -13,7 +13,7 @@ use std::process::Command;
 
 use serde_json::json;
 
-use super::boot::{GRUB_ARM64_BOOTFILE, GRUB_ARM64_HTTP_BOOTFILE};
+use super::boot::{GRUB_ARM64_BOOTFILE, GRUB_ARM64_HTTP_BOOTFILE, made_loader_dir};
 use crate::config::Cluster;
 use crate::template::{Engine, TemplateError};
 
@@ -56,11 +56,6 @@ pub enum GrubError {
         "grub-mkimage failed ({status}): {stderr}; install Debian's grub-common (./scripts/setup installs it)"
     )]
     Mkimage { status: String, stderr: String },
-}
-
-/// Where the server keeps the boot loaders it makes.
-pub fn dir(cluster: &Cluster) -> PathBuf {
-    cluster.paths.state.join("boot")
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> GrubError + '_ {
@@ -121,7 +116,7 @@ fn make_one(
     http_boot: bool,
 ) -> Result<PathBuf, GrubError> {
     let mods = &cluster.network.grub_modules;
-    let out_dir = dir(cluster);
+    let out_dir = made_loader_dir(cluster);
     std::fs::create_dir_all(&out_dir).map_err(io(&out_dir))?;
     let cfg_text = embedded_config(cluster, engine, http_boot)?;
     let tmp = tempfile::Builder::new()
@@ -178,7 +173,7 @@ mod tests {
     fn embedded_config_asks_the_server_for_the_machine_s_config() {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
         let cluster = crate::config::load(&repo.join("cluster.toml")).unwrap();
-        let engine = Engine::new(&cluster.paths.profiles, &cluster.paths.ipxe);
+        let engine = crate::template::engine_for(&cluster);
         let pxe = embedded_config(&cluster, &engine, false).unwrap();
         assert!(
             pxe.contains("configfile (http,10.77.0.1)/grub/${net_default_mac}"),
@@ -201,7 +196,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         cluster.network.grub_modules = d.path().join("none");
         cluster.paths.state = d.path().join("state");
-        let engine = Engine::new(&cluster.paths.profiles, &cluster.paths.ipxe);
+        let engine = crate::template::engine_for(&cluster);
         let e = make(&cluster, &engine).unwrap_err();
         assert!(matches!(e, GrubError::Modules { .. }), "{e}");
         let e = e.to_string();

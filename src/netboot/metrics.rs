@@ -1,5 +1,5 @@
 //! The TFTP and HTTP metric families. Each protocol registers its families in
-//! [`crate::netboot::server::Shared::registry`] when it starts (`TftpMetrics::register`,
+//! [`crate::netboot::state::Shared::registry`] when it starts (`TftpMetrics::register`,
 //! `HttpMetrics::register`) and keeps the handles; `GET /metrics` encodes the registry.
 
 use prometheus_client::encoding::EncodeLabelSet;

@@ -1,4 +1,12 @@
 //! The netboot server (`imgbuild serve`): DHCP, TFTP and HTTP around one boot decision.
+//!
+//! - [`state`]: what every protocol shares (`Shared`: cluster, boot decision, events, metrics registry);
+//!   [`server`]: prepares it, spawns the protocols on it and reloads it.
+//! - [`boot`]: the boot decision (boot file, boot plan, kernel command line from `ipxe/cmdline.j2`);
+//!   [`grub`]: the arm64 GRUB loaders the server makes; [`bootfiles`]: the boot-loader allowlist and cache.
+//! - [`dhcp`], [`tftp`], [`http`] (every HTTP route, including enrollment and the status page), [`ra`]:
+//!   the protocols; [`peers`]: address → inventory MAC; [`pinwatch`]: picks up re-pins; [`metrics`]: per-protocol
+//!   metric families.
 
 pub mod boot;
 pub mod bootfiles;
@@ -10,4 +18,5 @@ pub mod peers;
 pub mod pinwatch;
 pub mod ra;
 pub mod server;
+pub mod state;
 pub mod tftp;

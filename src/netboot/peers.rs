@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use super::server::Shared;
+use super::state::Shared;
 use crate::config::MacAddr;
 
 /// The MAC of the machine at `ip`: the inventory address of a machine (`Machine::ip`). When the DHCP side keeps

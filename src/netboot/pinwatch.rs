@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use super::server::Shared;
+use super::state::Shared;
 use crate::image::pins::Pins;
 
 type Stamp = Option<(SystemTime, u64, u64)>;

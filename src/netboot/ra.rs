@@ -16,7 +16,7 @@ use prometheus_client::metrics::counter::Counter;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::unix::AsyncFd;
 
-use super::server::Shared;
+use super::state::Shared;
 
 /// How often an unsolicited advertisement is sent.
 pub const PERIOD: Duration = Duration::from_secs(3);

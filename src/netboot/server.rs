@@ -1,88 +1,21 @@
-//! `imgbuild serve`: the state shared by DHCP, TFTP and HTTP, and the task that runs them together.
+//! `imgbuild serve`: prepares the shared state ([`Shared`]), spawns DHCP, TFTP, HTTP (and router
+//! advertisements) on it, and reloads it.
 //!
 //! Each protocol module exposes `run(shared) -> anyhow::Result<()>`; this file starts them and owns hot
 //! reload (SIGHUP / a changed `cluster.toml`): the cluster and the boot decision are swapped atomically.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-
-use super::boot::Booter;
-use crate::config::{Cluster, Role};
+use super::state::Shared;
+use crate::config::Role;
+use crate::image::pins::Pins;
 use crate::status::Events;
-
-/// State every protocol loop reads. Cheap to share (`Arc<Shared>`).
-pub struct Shared {
-    pub config_path: PathBuf,
-    cluster: ArcSwap<Cluster>,
-    booter: ArcSwap<Booter>,
-    pub events: Events,
-    /// Every protocol registers its metric families here when it starts; `/metrics` encodes it.
-    pub registry: std::sync::Mutex<prometheus_client::registry::Registry>,
-}
-
-impl Shared {
-    pub fn new(
-        config_path: PathBuf,
-        cluster: Cluster,
-        pins: crate::netboot::boot::PinMap,
-        events: Events,
-    ) -> Self {
-        let cluster = Arc::new(cluster);
-        Shared {
-            config_path,
-            booter: ArcSwap::from_pointee(Booter::new(cluster.clone(), pins)),
-            cluster: ArcSwap::new(cluster),
-            events,
-            registry: std::sync::Mutex::new(prometheus_client::registry::Registry::with_prefix(
-                "imgbuild",
-            )),
-        }
-    }
-
-    /// Registers metric families (call once per protocol at start-up); returns what `f` returns, typically the
-    /// protocol's metric handles.
-    pub fn register_metrics<T>(
-        &self,
-        f: impl FnOnce(&mut prometheus_client::registry::Registry) -> T,
-    ) -> T {
-        f(&mut self.registry.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    /// The Prometheus text exposition of every registered metric.
-    pub fn encode_metrics(&self) -> String {
-        let mut out = String::new();
-        let reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
-        prometheus_client::encoding::text::encode(&mut out, &reg)
-            .expect("writing to a String cannot fail");
-        out
-    }
-
-    /// The current cluster description.
-    pub fn cluster(&self) -> Arc<Cluster> {
-        self.cluster.load_full()
-    }
-
-    /// The current boot decision.
-    pub fn booter(&self) -> Arc<Booter> {
-        self.booter.load_full()
-    }
-
-    /// Replaces the cluster and pins (hot reload, re-pin). In-flight requests keep the old snapshot.
-    pub fn replace(&self, cluster: Cluster, pins: crate::netboot::boot::PinMap) {
-        let cluster = Arc::new(cluster);
-        self.booter
-            .store(Arc::new(Booter::new(cluster.clone(), pins)));
-        self.cluster.store(cluster);
-    }
-}
+use crate::template;
 
 /// Loads the cluster and the pins, and builds the shared state (events in `state/events.jsonl`).
 pub fn prepare(config_path: &std::path::Path) -> anyhow::Result<Arc<Shared>> {
     let cluster = crate::config::load(config_path)?;
-    let pins = crate::image::pins::Pins::load(&crate::image::pins::Pins::path(&cluster))?
-        .resolve(&*crate::image::store::open(&cluster));
+    let pins = Pins::load(&Pins::path(&cluster))?.resolve(&*crate::image::store::open(&cluster));
     for ((role, arch), img) in &pins {
         if img.standins {
             tracing::warn!(%role, %arch, image = %img.id, "the pinned image was built with labelled STAND-IN binaries: nodes booting it cannot form a real cluster");
@@ -111,7 +44,7 @@ pub fn prepare(config_path: &std::path::Path) -> anyhow::Result<Arc<Shared>> {
 pub fn reload(shared: &Shared) {
     match crate::config::load(&shared.config_path) {
         Ok(cluster) => {
-            let pins = crate::image::pins::Pins::load(&crate::image::pins::Pins::path(&cluster))
+            let pins = Pins::load(&Pins::path(&cluster))
                 .map(|p| p.resolve(&*crate::image::store::open(&cluster)))
                 .unwrap_or_else(|e| {
                     tracing::warn!(error = %e, "cannot read pins; keeping the current ones");
@@ -131,7 +64,7 @@ pub async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
     // arm64 machines boot GRUB: make its netboot image before TFTP and HTTP serve it.
     {
         let cluster = shared.cluster();
-        super::grub::prepare(&cluster, &crate::cli::engine_for(&cluster));
+        super::grub::prepare(&cluster, &template::engine_for(&cluster));
     }
     // One line per protocol.
     shared.register_metrics(|r| crate::status::metrics::register(r, &shared, |s| &s.events));

@@ -1,7 +1,8 @@
-//! Enrollment: how a node gets its secrets at first boot, and the init-done barrier.
+//! Enrollment: how a node gets its secrets at first boot — the enrollment store, the rules and the bundle.
+//! The HTTP routes that apply them live in `netboot::http` (`enroll`, `token`, `barrier`).
 //!
-//! Rules for `GET /api/enroll/{mac}` (all enforced here, every answer and refusal logged and recorded as an
-//! event):
+//! Rules for `GET /api/enroll/{mac}` ([`decide`], without I/O; the route logs every answer and refusal and
+//! records it as an event):
 //! 1. the MAC is in the inventory;
 //! 2. the request comes from the address the inventory gives that MAC (the TCP peer address is compared to
 //!    `Machine::ip`);
@@ -22,37 +23,24 @@
 //! `expires`, `ts`, `sig`), `sig` = hex HMAC-SHA256 keyed with the publish key's hex text over
 //! [`publish_message`]. Accepted only from the first master's MAC and address, with a valid signature, a
 //! timestamp within [`PUBLISH_SKEW_SECS`] of the server's clock and newer than the last accepted one (no
-//! replay), a well-formed token and an expiry in the future.
+//! replay), a well-formed token and an expiry in the future ([`publisher`], [`check_publication`],
+//! [`check_newer`]).
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::extract::{ConnectInfo, FromRequest, Path as UrlPath, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Form, Json, Router};
 use hmac::{Hmac, KeyInit, Mac};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use super::secrets::{self, Secrets};
-use super::token::{self, BootstrapToken};
+use super::secrets::Secrets;
 use super::{PkiError, io_err, write_atomic};
 use crate::config::{Cluster, MacAddr, Machine, Role};
-use crate::netboot::server::Shared;
-use crate::status::{Source, now_ms};
 
 /// How far a token publication's timestamp may be from the server's clock.
 pub const PUBLISH_SKEW_SECS: u64 = 300;
-/// Retry-After for a joiner that enrolls before the barrier.
-pub const RETRY_BARRIER_SECS: u64 = 10;
 
 /// One enrolled node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,18 +173,6 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub fn status(&self) -> StatusCode {
-        match self {
-            Refusal::UnknownMac | Refusal::WrongAddress { .. } | Refusal::Closed => {
-                StatusCode::FORBIDDEN
-            }
-            Refusal::AlreadyEnrolled { .. } => StatusCode::CONFLICT,
-            Refusal::WaitBarrier { .. } | Refusal::TokenExpired { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-        }
-    }
-
     /// Said to the client and logged.
     pub fn message(&self, mac: MacAddr, peer: IpAddr) -> String {
         match self {
@@ -226,7 +202,8 @@ impl Refusal {
     }
 }
 
-fn fmt_ms(ms: u64) -> String {
+/// `ms` since the epoch as an RFC 3339 time (seconds), for messages.
+pub fn fmt_ms(ms: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
         .to_string()
 }
@@ -357,17 +334,6 @@ pub fn bundle(cluster: &Cluster, secrets: &Secrets, m: &Machine) -> Bundle {
     }
 }
 
-/// Whether the first master has reported `init-done` (a node event in the server's log).
-pub fn barrier_reached(shared: &Shared, cluster: &Cluster) -> Option<u64> {
-    let fm = cluster.first_master()?;
-    shared
-        .events
-        .for_mac(fm.mac)
-        .into_iter()
-        .find(|e| e.stage == "init-done" && e.source == Source::Node)
-        .map(|e| e.at_ms)
-}
-
 /// The text a token publication signs.
 pub fn publish_message(mac: MacAddr, token: &str, expires: u64, ts: u64) -> String {
     format!("imgbuild-token-v1\n{mac}\n{token}\n{expires}\n{ts}\n")
@@ -389,25 +355,116 @@ fn verify(publish_key: &str, msg: &str, sig_hex: &str) -> bool {
     m.verify_slice(&sig).is_ok()
 }
 
-/// Enrollment metrics: `imgbuild_enroll_requests_total{outcome}` and
-/// `imgbuild_token_publications_total{outcome}`.
-#[derive(Clone, Default)]
-pub struct Metrics {
-    pub requests: Family<Vec<(String, String)>, Counter>,
-    pub publications: Family<Vec<(String, String)>, Counter>,
+/// A token publication (`POST /api/token`), its MAC parsed.
+#[derive(Debug, Clone, Copy)]
+pub struct Publication<'a> {
+    pub mac: MacAddr,
+    pub token: &'a str,
+    pub expires: u64,
+    pub ts: u64,
+    pub sig: &'a str,
 }
 
-impl Metrics {
-    fn request(&self, outcome: &str) {
-        self.requests
-            .get_or_create(&vec![("outcome".into(), outcome.into())])
-            .inc();
-    }
+/// Why a token publication is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishRefusal {
+    NoMaster,
+    NotFirstMaster {
+        hostname: String,
+        mac: MacAddr,
+        ip: std::net::Ipv4Addr,
+    },
+    BadSignature,
+    Skew {
+        ts: u64,
+        now: u64,
+    },
+    MalformedToken,
+    Expired {
+        expires: u64,
+    },
+    Replay {
+        ts: u64,
+        last: u64,
+    },
+}
 
-    fn publication(&self, outcome: &str) {
-        self.publications
-            .get_or_create(&vec![("outcome".into(), outcome.into())])
-            .inc();
+impl PublishRefusal {
+    /// Why, said to the client and logged.
+    pub fn message(&self) -> String {
+        match self {
+            PublishRefusal::NoMaster => "the inventory has no master".into(),
+            PublishRefusal::NotFirstMaster { hostname, mac, ip } => format!(
+                "only the first master {hostname} ({mac}, {ip}) publishes tokens — possible spoofer"
+            ),
+            PublishRefusal::BadSignature => "bad signature — possible spoofer".into(),
+            PublishRefusal::Skew { ts, now } => format!(
+                "timestamp {ts} is more than {PUBLISH_SKEW_SECS}s from the server's clock {now}; check the node's time"
+            ),
+            PublishRefusal::MalformedToken => {
+                "the token is not of the form [a-z0-9]{6}.[a-z0-9]{16}".into()
+            }
+            PublishRefusal::Expired { expires } => {
+                format!("the token's expiry {expires} has passed")
+            }
+            PublishRefusal::Replay { ts, last } => format!(
+                "timestamp {ts} is not newer than the last publication ({last}) — a replay?"
+            ),
+        }
+    }
+}
+
+/// The first publication rule: only the first master publishes, from its inventory address.
+pub fn publisher(
+    cluster: &Cluster,
+    mac: MacAddr,
+    peer: IpAddr,
+) -> Result<&Machine, PublishRefusal> {
+    let fm = cluster.first_master().ok_or(PublishRefusal::NoMaster)?;
+    if mac != fm.mac || peer != IpAddr::V4(fm.ip) {
+        return Err(PublishRefusal::NotFirstMaster {
+            hostname: fm.hostname.clone(),
+            mac: fm.mac,
+            ip: fm.ip,
+        });
+    }
+    Ok(fm)
+}
+
+/// The rules on the publication itself, in order: signed with `publish_key`, a timestamp within
+/// [`PUBLISH_SKEW_SECS`] of `now_unix`, a well-formed token, an expiry in the future.
+pub fn check_publication(
+    publish_key: &str,
+    p: &Publication<'_>,
+    now_unix: u64,
+) -> Result<(), PublishRefusal> {
+    if !verify(
+        publish_key,
+        &publish_message(p.mac, p.token, p.expires, p.ts),
+        p.sig,
+    ) {
+        return Err(PublishRefusal::BadSignature);
+    }
+    if p.ts.abs_diff(now_unix) > PUBLISH_SKEW_SECS {
+        return Err(PublishRefusal::Skew {
+            ts: p.ts,
+            now: now_unix,
+        });
+    }
+    if !super::token::is_valid(p.token) {
+        return Err(PublishRefusal::MalformedToken);
+    }
+    if p.expires <= now_unix {
+        return Err(PublishRefusal::Expired { expires: p.expires });
+    }
+    Ok(())
+}
+
+/// The last rule (checked under the store's lock): newer than the last accepted publication, if any.
+pub fn check_newer(ts: u64, last_published: Option<u64>) -> Result<(), PublishRefusal> {
+    match last_published {
+        Some(last) if ts <= last => Err(PublishRefusal::Replay { ts, last }),
+        _ => Ok(()),
     }
 }
 
@@ -423,379 +480,6 @@ impl Refusal {
             Refusal::TokenExpired { .. } => "token-expired",
         }
     }
-}
-
-#[derive(Clone)]
-struct Ctx {
-    shared: Arc<Shared>,
-    started_ms: u64,
-    auto_done: Arc<AtomicBool>,
-    metrics: Metrics,
-}
-
-/// The enrollment, barrier and token routes. The app must be served with
-/// `into_make_service_with_connect_info::<SocketAddr>()`: the rules need the TCP peer address.
-pub fn routes(shared: Arc<Shared>) -> Router {
-    let metrics = Metrics::default();
-    shared.register_metrics(|r| {
-        r.register(
-            "enroll_requests",
-            "Enrollment requests by outcome (served, or why not)",
-            metrics.requests.clone(),
-        );
-        r.register(
-            "token_publications",
-            "Bootstrap token publications by outcome",
-            metrics.publications.clone(),
-        );
-    });
-    let ctx = Ctx {
-        shared,
-        started_ms: now_ms(),
-        auto_done: Arc::new(AtomicBool::new(false)),
-        metrics,
-    };
-    Router::new()
-        .route("/api/enroll/{mac}", get(enroll))
-        .route("/api/barrier/init-done", get(barrier))
-        .route("/api/token", post(publish))
-        .with_state(ctx)
-}
-
-fn text(status: StatusCode, msg: impl Into<String>) -> Response {
-    let mut msg = msg.into();
-    msg.push('\n');
-    (status, msg).into_response()
-}
-
-fn retry_after(mut r: Response, secs: u64) -> Response {
-    r.headers_mut().insert(
-        header::RETRY_AFTER,
-        HeaderValue::from_str(&secs.to_string()).expect("digits"),
-    );
-    r
-}
-
-fn peer_of(req: &Request) -> Option<IpAddr> {
-    req.extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ci| ci.0.ip().to_canonical())
-}
-
-const NO_PEER: &str = "server misconfigured: the HTTP app is not served with connect info (the TCP peer address); \
-                       enrollment needs it";
-
-async fn enroll(State(ctx): State<Ctx>, UrlPath(mac): UrlPath<String>, req: Request) -> Response {
-    let Ok(mac) = mac.parse::<MacAddr>() else {
-        tracing::warn!(mac = %mac, "enrollment request with a malformed MAC");
-        return text(
-            StatusCode::BAD_REQUEST,
-            format!("{mac:?} is not a MAC address such as 52:54:00:12:34:56"),
-        );
-    };
-    let Some(peer) = peer_of(&req) else {
-        tracing::error!("{NO_PEER}");
-        return text(StatusCode::INTERNAL_SERVER_ERROR, NO_PEER);
-    };
-    let c = ctx.clone();
-    match tokio::task::spawn_blocking(move || enroll_blocking(&c, mac, peer)).await {
-        Ok(r) => r,
-        Err(e) => text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("enrollment task failed: {e}"),
-        ),
-    }
-}
-
-fn enroll_blocking(ctx: &Ctx, mac: MacAddr, peer: IpAddr) -> Response {
-    let shared = &ctx.shared;
-    let cluster = shared.cluster();
-    let store = Store::for_cluster(&cluster);
-    let internal = |what: String| {
-        ctx.metrics.request("error");
-        tracing::error!(%mac, %peer, "enrollment failed: {what}");
-        shared.events.record(
-            mac,
-            "failed",
-            format!("enrollment failed on the server: {what}"),
-            Source::Server,
-        );
-        text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("enrollment failed on the server: {what}"),
-        )
-    };
-    let mut locked = match store.lock() {
-        Ok(l) => l,
-        Err(e) => return internal(e.to_string()),
-    };
-    let token_expires = secrets::load_token(&cluster.paths.secrets).map(|t| t.expires_unix);
-    let now = now_ms();
-    let window = Window {
-        started_ms: ctx.started_ms,
-        auto_done: ctx.auto_done.load(Ordering::SeqCst),
-    };
-    let barrier = barrier_reached(shared, &cluster).is_some();
-    let decision = decide(
-        &cluster,
-        &locked.state,
-        window,
-        mac,
-        peer,
-        barrier,
-        *token_expires.as_ref().unwrap_or(&u64::MAX),
-        now,
-    );
-    let m = match decision {
-        Ok(m) => m,
-        Err(r) => {
-            ctx.metrics.request(r.outcome());
-            let msg = r.message(mac, peer);
-            let resp = text(r.status(), msg.clone());
-            return match r {
-                Refusal::WaitBarrier { .. } => {
-                    tracing::debug!(%mac, %peer, "{msg}");
-                    retry_after(resp, RETRY_BARRIER_SECS)
-                }
-                Refusal::TokenExpired { .. } => {
-                    tracing::warn!(%mac, %peer, "{msg}");
-                    retry_after(resp, 60)
-                }
-                _ => {
-                    tracing::warn!(%mac, %peer, "{msg}");
-                    shared.events.record(mac, "failed", msg, Source::Server);
-                    resp
-                }
-            };
-        }
-    };
-    let secrets = match secrets::load(&cluster.paths.secrets) {
-        Ok(s) => s,
-        Err(e) => return internal(e.to_string()),
-    };
-    let b = bundle(&cluster, &secrets, m);
-    locked.state.enrolled.insert(
-        mac,
-        Enrolled {
-            hostname: m.hostname.clone(),
-            ip: peer,
-            at_ms: now,
-        },
-    );
-    // Recorded before the bundle leaves: a crash after this line means the node must be re-armed, never that
-    // a bundle was handed out twice.
-    if let Err(e) = locked.save() {
-        return internal(e.to_string());
-    }
-    if locked.state.all_enrolled(&cluster) && !ctx.auto_done.swap(true, Ordering::SeqCst) {
-        tracing::info!(
-            "every inventory node has enrolled; the start-up enrollment window is closed"
-        );
-    }
-    drop(locked);
-    let what = if b.init {
-        "CA set, token, publish key (first master: kubeadm init)"
-    } else if m.role == Role::Master {
-        "CA set, token (kubeadm join --control-plane)"
-    } else {
-        "token, discovery hash (kubeadm join)"
-    };
-    let detail = format!(
-        "enrollment bundle served to {} ({}) at {peer}: {what}",
-        m.hostname, m.role
-    );
-    tracing::info!(%mac, %peer, "{detail}");
-    ctx.metrics.request("served");
-    shared
-        .events
-        .record(mac, "enrolled", detail, Source::Server);
-    let mut r = Json(b).into_response();
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
-}
-
-async fn barrier(State(ctx): State<Ctx>) -> Response {
-    let cluster = ctx.shared.cluster();
-    let Some(fm) = cluster.first_master() else {
-        return text(
-            StatusCode::NOT_FOUND,
-            "the inventory has no master; there is no init-done barrier",
-        );
-    };
-    match barrier_reached(&ctx.shared, &cluster) {
-        Some(at) => text(
-            StatusCode::OK,
-            format!("init-done: {} reported it at {}", fm.hostname, fmt_ms(at)),
-        ),
-        None => retry_after(
-            text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("waiting: {} has not reported init-done yet", fm.hostname),
-            ),
-            5,
-        ),
-    }
-}
-
-/// The form of `POST /api/token`.
-#[derive(Debug, Deserialize)]
-pub struct PublishForm {
-    pub mac: String,
-    pub token: String,
-    pub expires: u64,
-    pub ts: u64,
-    pub sig: String,
-}
-
-async fn publish(State(ctx): State<Ctx>, req: Request) -> Response {
-    let Some(peer) = peer_of(&req) else {
-        return text(StatusCode::INTERNAL_SERVER_ERROR, NO_PEER);
-    };
-    let form = match Form::<PublishForm>::from_request(req, &()).await {
-        Ok(f) => f.0,
-        Err(e) => {
-            let e = e.body_text();
-            ctx.metrics.publication("refused");
-            tracing::warn!(%peer, "token publication with a malformed body: {e}");
-            return text(
-                StatusCode::BAD_REQUEST,
-                format!("{e}; expected form fields mac, token, expires, ts, sig"),
-            );
-        }
-    };
-    let c = ctx.clone();
-    match tokio::task::spawn_blocking(move || publish_blocking(&c, peer, form)).await {
-        Ok(r) => r,
-        Err(e) => text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("token task failed: {e}"),
-        ),
-    }
-}
-
-fn publish_blocking(ctx: &Ctx, peer: IpAddr, f: PublishForm) -> Response {
-    let shared = &ctx.shared;
-    let cluster = shared.cluster();
-    let refuse = |status: StatusCode, mac: Option<MacAddr>, why: String| {
-        ctx.metrics.publication("refused");
-        let msg = format!("token publication from {peer} refused: {why}");
-        tracing::warn!("{msg}");
-        if let Some(mac) = mac {
-            shared
-                .events
-                .record(mac, "failed", msg.clone(), Source::Server);
-        }
-        text(status, msg)
-    };
-    let Ok(mac) = f.mac.parse::<MacAddr>() else {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            None,
-            format!("{:?} is not a MAC address", f.mac),
-        );
-    };
-    let Some(fm) = cluster.first_master() else {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            Some(mac),
-            "the inventory has no master".into(),
-        );
-    };
-    if mac != fm.mac || peer != IpAddr::V4(fm.ip) {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            Some(mac),
-            format!(
-                "only the first master {} ({}, {}) publishes tokens — possible spoofer",
-                fm.hostname, fm.mac, fm.ip
-            ),
-        );
-    }
-    let dir = &cluster.paths.secrets;
-    let key = match std::fs::read_to_string(dir.join("publish.key")) {
-        Ok(k) => k.trim().to_string(),
-        Err(e) => {
-            return refuse(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Some(mac),
-                format!("cannot read the publish key: {e}"),
-            );
-        }
-    };
-    if !verify(
-        &key,
-        &publish_message(mac, &f.token, f.expires, f.ts),
-        &f.sig,
-    ) {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            Some(mac),
-            "bad signature — possible spoofer".into(),
-        );
-    }
-    let now = token::now_unix();
-    if f.ts.abs_diff(now) > PUBLISH_SKEW_SECS {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            Some(mac),
-            format!(
-                "timestamp {} is more than {PUBLISH_SKEW_SECS}s from the server's clock {now}; check the node's time",
-                f.ts
-            ),
-        );
-    }
-    if !token::is_valid(&f.token) {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            Some(mac),
-            "the token is not of the form [a-z0-9]{6}.[a-z0-9]{16}".into(),
-        );
-    }
-    if f.expires <= now {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            Some(mac),
-            format!("the token's expiry {} has passed", f.expires),
-        );
-    }
-    // The store's lock serializes publications with enrollments.
-    let store = Store::for_cluster(&cluster);
-    let _locked = match store.lock() {
-        Ok(l) => l,
-        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, Some(mac), e.to_string()),
-    };
-    let current = secrets::load_token(dir).ok();
-    if let Some(cur) = &current
-        && f.ts <= cur.published_unix
-    {
-        return refuse(
-            StatusCode::CONFLICT,
-            Some(mac),
-            format!(
-                "timestamp {} is not newer than the last publication ({}) — a replay?",
-                f.ts, cur.published_unix
-            ),
-        );
-    }
-    let t = BootstrapToken {
-        token: f.token.clone(),
-        expires_unix: f.expires,
-        source: format!("published by {}", fm.hostname),
-        published_unix: f.ts,
-    };
-    if let Err(e) = secrets::save_token(dir, &t) {
-        return refuse(StatusCode::INTERNAL_SERVER_ERROR, Some(mac), e.to_string());
-    }
-    let id = f.token.split('.').next().unwrap_or_default();
-    let detail = format!(
-        "bootstrap token {id}.… published by {}, valid until {}",
-        fm.hostname,
-        fmt_ms(f.expires * 1000)
-    );
-    tracing::info!("{detail}");
-    ctx.metrics.publication("accepted");
-    text(StatusCode::OK, detail)
 }
 
 #[cfg(test)]
@@ -911,5 +595,66 @@ mod tests {
         }
         st.open_until_ms = None;
         assert!(!win(false).is_open(&st, &c, NOW), "nobody left to enroll");
+    }
+
+    #[test]
+    fn publication_rules_in_order() {
+        let c = cluster();
+        let m1: MacAddr = "52:54:00:77:00:11".parse().unwrap();
+        let w1: MacAddr = "52:54:00:77:00:21".parse().unwrap();
+        assert_eq!(
+            publisher(&c, m1, ip("10.77.0.11")).unwrap().hostname,
+            "master-1"
+        );
+        for (mac, peer) in [(w1, "10.77.0.11"), (m1, "10.77.0.21")] {
+            assert!(matches!(
+                publisher(&c, mac, ip(peer)),
+                Err(PublishRefusal::NotFirstMaster { .. })
+            ));
+        }
+        let now = 1_800_000_000;
+        let token = "abcdef.0123456789abcdef";
+        let signed = |key: &str, token: &'static str, expires: u64, ts: u64| {
+            let sig = sign(key, &publish_message(m1, token, expires, ts));
+            move |check_key: &str| {
+                check_publication(
+                    check_key,
+                    &Publication {
+                        mac: m1,
+                        token,
+                        expires,
+                        ts,
+                        sig: &sig,
+                    },
+                    now,
+                )
+            }
+        };
+        assert_eq!(signed("k", token, now + 60, now)("k"), Ok(()));
+        assert_eq!(
+            signed("other", token, now + 60, now)("k"),
+            Err(PublishRefusal::BadSignature)
+        );
+        assert_eq!(
+            signed("k", token, now + 60, now - PUBLISH_SKEW_SECS - 1)("k"),
+            Err(PublishRefusal::Skew {
+                ts: now - PUBLISH_SKEW_SECS - 1,
+                now
+            })
+        );
+        assert_eq!(
+            signed("k", "not-a-token", now + 60, now)("k"),
+            Err(PublishRefusal::MalformedToken)
+        );
+        assert_eq!(
+            signed("k", token, now, now)("k"),
+            Err(PublishRefusal::Expired { expires: now })
+        );
+        assert_eq!(check_newer(now, None), Ok(()));
+        assert_eq!(check_newer(now, Some(now - 1)), Ok(()));
+        assert_eq!(
+            check_newer(now, Some(now)),
+            Err(PublishRefusal::Replay { ts: now, last: now })
+        );
     }
 }

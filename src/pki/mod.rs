@@ -5,8 +5,9 @@
 //! - [`token`]: kubeadm bootstrap tokens.
 //! - [`secrets`]: the `secrets/` directory (`imgbuild secrets init`), written once, mode 0700/0600.
 //! - [`kubeconfig`]: the admin kubeconfig for the user (`imgbuild kubeconfig`).
-//! - [`enroll`]: the enrollment store and rules, and the HTTP routes nodes use at first boot
-//!   (`/api/enroll/{mac}`, `/api/barrier/init-done`, `/api/token`).
+//! - [`enroll`]: the enrollment store, the rules (a pure `decide`), the bundle and the token publication
+//!   signature. The HTTP routes nodes use at first boot (`/api/enroll/{mac}`, `/api/barrier/init-done`,
+//!   `/api/token`) are `netboot::http::{enroll, barrier, token}`.
 
 pub mod ca;
 pub mod enroll;

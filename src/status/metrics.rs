@@ -13,8 +13,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use super::event::{Event, Events};
 use super::node::NodeStatus;
-use super::{Event, Events};
 use crate::config::MacAddr;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

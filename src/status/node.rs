@@ -16,7 +16,7 @@
 
 use serde::Serialize;
 
-use super::{Event, STAGES};
+use super::event::{Event, STAGES};
 use crate::config::{MacAddr, Machine};
 
 /// The last stage of a successful boot.

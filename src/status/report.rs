@@ -2,8 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::event::{Event, STAGES};
 use super::node::{self, NodeStatus};
-use super::{Event, STAGES};
 use crate::config::Cluster;
 
 /// Every node's boot state, as served by `GET /api/status`.
@@ -157,7 +157,7 @@ pub fn build(cluster: &Cluster, events: &[Event]) -> Report {
     }
     Report {
         cluster: cluster.cluster.name.clone(),
-        generated_ms: super::now_ms(),
+        generated_ms: super::event::now_ms(),
         stages: STAGES.iter().map(|s| s.to_string()).collect(),
         nodes: nodes.iter().map(NodeView::from).collect(),
     }

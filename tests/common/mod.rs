@@ -43,7 +43,7 @@ pub fn load(dir: &Path, loopback: bool) -> Cluster {
 
 /// The template engine the product uses for `cluster`.
 pub fn engine(cluster: &Cluster) -> imgbuild::template::Engine {
-    imgbuild::cli::engine_for(cluster)
+    imgbuild::template::engine_for(cluster)
 }
 
 pub fn render(cluster: &Cluster, role: Role) -> Tree {

@@ -22,7 +22,7 @@ pub use self::core::{Context, Destination, Ignored, Outcome, Port, handle};
 pub use self::leases::{Journal, LeaseTable};
 pub use self::metrics::DhcpMetrics;
 use crate::netboot::boot::Booter;
-use crate::netboot::server::Shared;
+use crate::netboot::state::Shared;
 
 /// The lease journal's file name under `paths.state`.
 pub const LEASES_FILE: &str = "dhcp-leases.jsonl";

@@ -20,7 +20,7 @@ use super::metrics::DhcpMetrics;
 use super::packet::{self, Malformed};
 use super::{LEASES_FILE, Processed, message_type_label, process};
 use crate::config::{DhcpMode, MacAddr};
-use crate::netboot::server::Shared;
+use crate::netboot::state::Shared;
 use crate::status::Source;
 
 /// Datagrams handled per wake-up (one journal fsync each).

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::AppState;
+use super::app_state::AppState;
 use crate::config::MacAddr;
 use crate::status::{STAGES, STANDIN_STAGE, Source};
 

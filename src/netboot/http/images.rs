@@ -17,12 +17,12 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Deserialize;
 
-use super::AppState;
+use super::app_state::AppState;
 use super::range::{Decision, decide};
 use crate::image::manifest::{self, ManifestError};
 use crate::image::store::{self, ImageStore, ReadSeek, StoreError};
 use crate::netboot::metrics::HttpMetrics;
-use crate::netboot::server::Shared;
+use crate::netboot::state::Shared;
 use crate::status::Source;
 
 /// The files of an image that may be served.

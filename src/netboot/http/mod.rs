@@ -4,15 +4,24 @@
 //! - [`script`]: `GET /boot.ipxe?mac=`, `GET /ipxe/{mac}`, `GET /grub/{mac}` (arm64)
 //! - [`images`]: `GET|HEAD /images/{id}/{file}` (strong ETag = sha256, Range, 304)
 //! - [`events`]: `POST /api/events`
+//! - [`enroll`]: `GET /api/enroll/{mac}` (the rules are `pki::enroll`); [`token`]: `POST /api/token`;
+//!   [`barrier`]: `GET /api/barrier/init-done` — [`reply`] holds what these three share
+//! - [`status_page`]: `GET /` and `GET /api/status`
 //! - `GET /boot/{name}`, `GET /healthz`, `GET /metrics` (this file)
 //!
-//! [`app`] builds this module's routes, merges the other modules' routers (status page, enrollment) and adds
-//! the metrics layer over all of them.
+//! [`app`] builds this module's routes, merges the routers with their own state (enrollment, status page) and
+//! adds the metrics layer over all of them.
 
+pub mod app_state;
+pub mod barrier;
+pub mod enroll;
 pub mod events;
 pub mod images;
 pub mod range;
+pub mod reply;
 pub mod script;
+pub mod status_page;
+pub mod token;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,19 +35,12 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
+use app_state::AppState;
+
 use super::bootfiles::{self, BootFiles};
 use super::metrics::HttpMetrics;
 use super::pinwatch::PinWatch;
-use super::server::Shared;
-
-/// What the handlers share: the server state plus HTTP-only caches.
-#[derive(Clone)]
-pub struct AppState {
-    pub shared: Arc<Shared>,
-    pub metrics: HttpMetrics,
-    pub boot_files: Arc<BootFiles>,
-    pub pins: Arc<PinWatch>,
-}
+use super::state::Shared;
 
 /// This module's routes (without the metrics layer).
 fn routes(state: AppState) -> Router {
@@ -57,7 +59,7 @@ fn routes(state: AppState) -> Router {
 
 /// The whole HTTP application: every module's routes, with request metrics over all of them. Registers the
 /// HTTP metric families in `shared.registry`: call once per process.
-/// Other modules' routers (`status::routes`, enrollment) are merged here.
+/// The routers with their own state (`enroll::routes`, `status_page::routes`) are merged here.
 pub fn app(shared: Arc<Shared>) -> Router {
     let state = AppState {
         metrics: shared.register_metrics(HttpMetrics::register),
@@ -67,8 +69,8 @@ pub fn app(shared: Arc<Shared>) -> Router {
     };
     Router::new()
         .merge(routes(state.clone()))
-        .merge(crate::pki::enroll::routes(shared.clone()))
-        .merge(crate::status::routes(shared.clone()))
+        .merge(enroll::routes(shared.clone()))
+        .merge(status_page::routes(shared.clone()))
         .layer(axum::middleware::from_fn_with_state(state, track))
 }
 

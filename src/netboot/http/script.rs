@@ -7,6 +7,8 @@
 //! - `ipxe/unknown.<loader>.j2`: a MAC not in the inventory (context `mac`, `message`, `retry_url`, `retry_secs`)
 //! - `ipxe/not-pinned.<loader>.j2`: no image pinned for the role (same context plus `hostname`, `role`, `arch`)
 //! - `ipxe/chain.ipxe.j2`: `/boot.ipxe` without `mac=` chains to the per-MAC script (context `server_url`)
+//! - built into the server: `ipxe/server-error.j2` (a template failed to render) and
+//!   `ipxe/unknown-address.grub.j2` (`GET /grub/by-address` from an address no machine has)
 //!
 //! [`Booter::plan`]: crate::netboot::boot::Booter::plan
 
@@ -16,10 +18,11 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::AppState;
-use crate::config::MacAddr;
+use super::app_state::AppState;
+use crate::config::{Arch, MacAddr};
 use crate::netboot::boot::{Loader, NoBoot};
 use crate::status::Source;
+use crate::template::{self, Engine, TemplateError};
 
 /// Seconds an unbootable machine waits before asking again.
 pub const RETRY_SECS: u32 = 30;
@@ -35,13 +38,13 @@ pub async fn boot_ipxe(State(st): State<AppState>, Query(q): Query<BootQuery>) -
         Some(mac) => script_for(&st, &mac, Loader::Ipxe),
         None => {
             let cluster = st.shared.cluster();
-            let engine = crate::cli::engine_for(&cluster);
+            let engine = template::engine_for(&cluster);
             match engine.render(
                 "ipxe/chain.ipxe.j2",
                 &json!({"server_url": cluster.network.http_base()}),
             ) {
                 Ok(text) => ipxe(text),
-                Err(e) => template_error(&st, e),
+                Err(e) => template_error(&st, &engine, e),
             }
         }
     }
@@ -68,11 +71,13 @@ pub async fn grub_by_address(
         None => {
             st.metrics.error("unknown_address");
             tracing::warn!(%peer, "GRUB asked for its config by address, and no machine of the inventory has it");
+            let engine = template::engine_for(&st.shared.cluster());
             (
                 StatusCode::NOT_FOUND,
-                format!(
-                    "echo \"imgbuild: no machine in the inventory has address {}; give the machine its inventory address (full DHCP does) or boot it by PXE\"\n",
-                    peer.ip()
+                builtin(
+                    &engine,
+                    template::UNKNOWN_ADDRESS_TEMPLATE,
+                    &json!({"address": peer.ip()}),
                 ),
             )
                 .into_response()
@@ -91,13 +96,25 @@ fn ipxe(text: String) -> Response {
         .into_response()
 }
 
-fn template_error(st: &AppState, e: crate::template::TemplateError) -> Response {
+/// Renders one of the templates compiled into the server (the fallback answers). They render with the context
+/// their callers give (unit-tested); should one not, the failure is logged and the body is empty.
+fn builtin(engine: &Engine, name: &str, ctx: &serde_json::Value) -> String {
+    engine.render(name, ctx).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "built-in template failed to render");
+        String::new()
+    })
+}
+
+fn template_error(st: &AppState, engine: &Engine, e: TemplateError) -> Response {
     st.metrics.error("template");
     tracing::error!(error = %e, "boot script template failed to render");
-    // Both iPXE and GRUB read this: `echo`, `sleep` and `reboot` mean the same to each.
     (
         StatusCode::INTERNAL_SERVER_ERROR,
-        format!("#!ipxe\necho imgbuild: server error rendering the boot script - see the server log\nsleep {RETRY_SECS}\nreboot\n"),
+        builtin(
+            engine,
+            template::SERVER_ERROR_TEMPLATE,
+            &json!({"retry_secs": RETRY_SECS}),
+        ),
     )
         .into_response()
 }
@@ -113,7 +130,7 @@ fn script_for(st: &AppState, mac_text: &str, loader: Loader) -> Response {
     st.pins.refresh(&st.shared);
     let booter = st.shared.booter();
     let cluster = booter.cluster.clone();
-    let engine = crate::cli::engine_for(&cluster);
+    let engine = template::engine_for(&cluster);
     let kind = loader.as_str();
     let net = &cluster.network;
     let http_device = net.grub_http_device();
@@ -126,7 +143,7 @@ fn script_for(st: &AppState, mac_text: &str, loader: Loader) -> Response {
             if plan.image.standins {
                 tracing::warn!(%mac, host = %plan.machine.hostname, image = %plan.image.id, "serving an image built with labelled STAND-IN binaries");
             }
-            if (loader == Loader::Grub) != (plan.machine.arch == crate::config::Arch::Arm64) {
+            if (loader == Loader::Grub) != (plan.machine.arch == Arch::Arm64) {
                 tracing::warn!(%mac, host = %plan.machine.hostname, arch = %plan.machine.arch, "the {kind} boot script was asked for by a machine whose inventory arch is {}; check its `arch` in cluster.toml", plan.machine.arch);
             }
             tracing::info!(%mac, host = %plan.machine.hostname, image = %plan.image.id, "{kind} boot script served");
@@ -146,6 +163,7 @@ fn script_for(st: &AppState, mac_text: &str, loader: Loader) -> Response {
             let message = no.to_string();
             tracing::warn!(%mac, "{message}");
             match &no {
+                NoBoot::Template(e) => Err(e.clone()),
                 NoBoot::UnknownMachine { .. } => engine.render(
                     &format!("ipxe/unknown.{kind}.j2"),
                     &json!({"mac": mac, "message": message, "retry_url": retry_url, "retry_secs": RETRY_SECS}),
@@ -172,6 +190,36 @@ fn script_for(st: &AppState, mac_text: &str, loader: Loader) -> Response {
     };
     match rendered {
         Ok(text) => ipxe(text),
-        Err(e) => template_error(st, e),
+        Err(e) => template_error(st, &engine, e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The built-in fallback answers, byte for byte as the literals before them.
+    #[test]
+    fn fallback_scripts_are_exact() {
+        let d = tempfile::tempdir().unwrap();
+        // Whatever the ipxe/ directory holds (here: nothing), the built-in texts render.
+        let engine = Engine::new(&d.path().join("profiles"), &d.path().join("ipxe"));
+        assert_eq!(
+            builtin(
+                &engine,
+                template::SERVER_ERROR_TEMPLATE,
+                &json!({"retry_secs": RETRY_SECS})
+            ),
+            "#!ipxe\necho imgbuild: server error rendering the boot script - see the server log\nsleep 30\nreboot\n"
+        );
+        assert_eq!(
+            builtin(
+                &engine,
+                template::UNKNOWN_ADDRESS_TEMPLATE,
+                &json!({"address": "10.77.0.99".parse::<std::net::IpAddr>().unwrap()})
+            ),
+            "echo \"imgbuild: no machine in the inventory has address 10.77.0.99; give the machine its inventory \
+             address (full DHCP does) or boot it by PXE\"\n"
+        );
     }
 }

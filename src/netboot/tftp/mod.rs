@@ -24,7 +24,7 @@ use self::transfer::{Failure, Limits, Outgoing, Phase, Transfer};
 use super::boot::is_grub;
 use super::bootfiles::{self, BootFiles};
 use super::metrics::TftpMetrics;
-use super::server::Shared;
+use super::state::Shared;
 use crate::status::Source;
 
 /// Client addresses with a transfer in progress.

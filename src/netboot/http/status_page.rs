@@ -1,5 +1,6 @@
 //! The status page `GET /` (HTML from `web/status.html.j2`, refreshing itself from the API) and
-//! `GET /api/status` (the [`Report`] as JSON). Mount with `router.merge(status::web::routes(shared))`.
+//! `GET /api/status` (the [`Report`] as JSON): views of the server's event log (`status::report`). Mounted by
+//! [`super::app`].
 
 use std::sync::Arc;
 
@@ -10,8 +11,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
 
-use super::report::{self, Report};
-use crate::netboot::server::Shared;
+use crate::netboot::state::Shared;
+use crate::status::report::{self, Report};
+use crate::template::{self, Engine, TemplateError};
 
 /// How often the page polls `/api/status`.
 pub const REFRESH_MS: u64 = 1000;
@@ -58,10 +60,7 @@ struct Row {
 }
 
 /// Renders the page for a report (also used by tests).
-pub fn render_page(
-    engine: &crate::template::Engine,
-    report: &Report,
-) -> Result<String, crate::template::TemplateError> {
+pub fn render_page(engine: &Engine, report: &Report) -> Result<String, TemplateError> {
     let rows: Vec<Row> = report
         .nodes
         .iter()
@@ -109,7 +108,7 @@ pub fn render_page(
 
 async fn page(State(shared): State<Arc<Shared>>) -> Response {
     let cluster = shared.cluster();
-    let engine = crate::cli::engine_for(&cluster);
+    let engine = template::engine_for(&cluster);
     match render_page(&engine, &current(&shared)) {
         Ok(html) => (
             [

@@ -1,0 +1,74 @@
+//! The state every protocol loop shares (`Arc<Shared>`): the current cluster and boot decision (swapped
+//! atomically on reload or re-pin), the event log and the metrics registry. DHCP, TFTP, HTTP, router
+//! advertisements and the pin watcher import this module; `server.rs` creates it and spawns them.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::boot::Booter;
+use crate::config::Cluster;
+use crate::image::pins::PinMap;
+use crate::status::Events;
+
+/// State every protocol loop reads. Cheap to share (`Arc<Shared>`).
+pub struct Shared {
+    pub config_path: PathBuf,
+    cluster: ArcSwap<Cluster>,
+    booter: ArcSwap<Booter>,
+    pub events: Events,
+    /// Every protocol registers its metric families here when it starts; `/metrics` encodes it.
+    pub registry: std::sync::Mutex<prometheus_client::registry::Registry>,
+}
+
+impl Shared {
+    pub fn new(config_path: PathBuf, cluster: Cluster, pins: PinMap, events: Events) -> Self {
+        let cluster = Arc::new(cluster);
+        Shared {
+            config_path,
+            booter: ArcSwap::from_pointee(Booter::new(cluster.clone(), pins)),
+            cluster: ArcSwap::new(cluster),
+            events,
+            registry: std::sync::Mutex::new(prometheus_client::registry::Registry::with_prefix(
+                "imgbuild",
+            )),
+        }
+    }
+
+    /// Registers metric families (call once per protocol at start-up); returns what `f` returns, typically the
+    /// protocol's metric handles.
+    pub fn register_metrics<T>(
+        &self,
+        f: impl FnOnce(&mut prometheus_client::registry::Registry) -> T,
+    ) -> T {
+        f(&mut self.registry.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The Prometheus text exposition of every registered metric.
+    pub fn encode_metrics(&self) -> String {
+        let mut out = String::new();
+        let reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        prometheus_client::encoding::text::encode(&mut out, &reg)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// The current cluster description.
+    pub fn cluster(&self) -> Arc<Cluster> {
+        self.cluster.load_full()
+    }
+
+    /// The current boot decision.
+    pub fn booter(&self) -> Arc<Booter> {
+        self.booter.load_full()
+    }
+
+    /// Replaces the cluster and pins (hot reload, re-pin). In-flight requests keep the old snapshot.
+    pub fn replace(&self, cluster: Cluster, pins: PinMap) {
+        let cluster = Arc::new(cluster);
+        self.booter
+            .store(Arc::new(Booter::new(cluster.clone(), pins)));
+        self.cluster.store(cluster);
+    }
+}
