@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use super::Cli;
 use crate::image::pins::Pins;
-use crate::image::store;
+use crate::image::{catalog, store};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -19,7 +19,7 @@ pub struct Args {
 pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     let cluster = super::load_cluster(&cli.config)?;
     let pins = Pins::load(&Pins::path(&cluster))?;
-    let removed = store::gc(&*store::open(&cluster), &pins, args.keep)?;
+    let removed = catalog::gc(&*store::open(&cluster), &pins, args.keep)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&removed)?);
     } else {

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use super::Cli;
 use crate::image::pins::Pins;
-use crate::image::store;
+use crate::image::{catalog, store};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -17,7 +17,7 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     let cluster = super::load_cluster(&cli.config)?;
     let pins = Pins::load(&Pins::path(&cluster))?;
     let images = store::open(&cluster);
-    let list = store::list(&*images, &pins)?;
+    let list = catalog::list(&*images, &pins)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);

@@ -4,11 +4,13 @@
 //! - [`base`]: the Debian base from mmdebstrap; [`layer`]: the role layer over it.
 //! - [`artifacts`], [`lock`], [`install`], [`standins`]: kubeadm & co. — fetched and verified, or stand-ins.
 //! - [`initrd`]: the netboot initrd; [`squashfs`]: the root filesystem image.
-//! - [`store`]: `images/<id>/`, written once; [`manifest`], [`pins`], [`tree`].
+//! - [`store`]: the [`store::ImageStore`] interface and `images/<id>/`, written once; [`catalog`]: images with
+//!   their pins, `gc`; [`manifest`], [`pins`], [`tree`].
 
 pub mod artifacts;
 pub mod base;
 pub mod build;
+pub mod catalog;
 pub mod initrd;
 pub mod install;
 pub mod layer;

@@ -1,10 +1,10 @@
 //! The immutable image store: the [`ImageStore`] interface, the build index `cache/index/<input-key>` → id,
-//! and what is computed over any store (`list` with pins, `gc`, `verify`).
+//! and `verify`, computed over any store. The store knows nothing of pins: listing with pins and `gc` are in
+//! [`super::catalog`].
 //!
 //! An image is its `manifest.json` (whose sha256 is the image id) and the artifacts the manifest lists
 //! (`vmlinuz`, `initrd.img`, `rootfs.squashfs`). An image is assembled in a staging directory and committed
-//! once; an existing id is never rewritten. `verify` re-hashes every file; `gc` removes images no role pins,
-//! keeping the newest N.
+//! once; an existing id is never rewritten. `verify` re-hashes every file.
 //!
 //! Implementations: [`dir::DirStore`], the directory `images/<id>/` (today's store). An object-store backend
 //! (S3 with a local read-through cache) is a second implementation of [`ImageStore`] in a sibling module,
@@ -26,7 +26,6 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::manifest::{FileEntry, INITRD, KERNEL, Manifest, ManifestError, ROOTFS};
-use super::pins::Pins;
 use crate::config::Cluster;
 
 pub use dir::DirStore;
@@ -205,62 +204,6 @@ pub fn remember(index_dir: &Path, key: &str, id: &str) -> Result<(), StoreError>
     Ok(())
 }
 
-/// One image in the store.
-#[derive(Debug, Clone, Serialize)]
-pub struct ImageInfo {
-    /// The image id.
-    pub id: String,
-    /// The role it was built for (`?` when its manifest cannot be read).
-    pub role: String,
-    /// Built with labelled stand-in binaries.
-    pub standins: bool,
-    /// The artifacts' total size in bytes.
-    pub size: u64,
-    /// Seconds since the epoch when the image was committed.
-    pub created: u64,
-    /// Roles that pin this image.
-    pub pinned_by: Vec<String>,
-    /// Why the image is unusable, when it is.
-    pub problem: Option<String>,
-}
-
-/// Every image in the store, newest first.
-pub fn list(store: &dyn ImageStore, pins: &Pins) -> Result<Vec<ImageInfo>, StoreError> {
-    let mut out: Vec<ImageInfo> = store
-        .list()?
-        .into_iter()
-        .map(|s| {
-            let pinned_by = pins
-                .iter()
-                .filter(|(_, _, id)| **id == s.id)
-                .map(|(r, a, _)| format!("{r}/{a}"))
-                .collect();
-            match s.manifest {
-                Ok(m) => ImageInfo {
-                    size: m.files.values().map(|f| f.size).sum(),
-                    role: m.role.to_string(),
-                    standins: m.standins,
-                    id: s.id,
-                    created: s.created,
-                    pinned_by,
-                    problem: None,
-                },
-                Err(e) => ImageInfo {
-                    id: s.id,
-                    role: "?".into(),
-                    standins: false,
-                    size: 0,
-                    created: s.created,
-                    pinned_by,
-                    problem: Some(e.to_string()),
-                },
-            }
-        })
-        .collect();
-    out.sort_by(|a, b| b.created.cmp(&a.created).then(a.id.cmp(&b.id)));
-    Ok(out)
-}
-
 /// The result of re-hashing one file of an image.
 #[derive(Debug, Clone, Serialize)]
 pub struct FileCheck {
@@ -290,15 +233,4 @@ pub fn verify(store: &dyn ImageStore, id: &str) -> Result<Vec<FileCheck>, StoreE
         });
     }
     Ok(out)
-}
-
-/// Removes every image no role pins, except the newest `keep` of them. Returns the removed ids.
-pub fn gc(store: &dyn ImageStore, pins: &Pins, keep: usize) -> Result<Vec<String>, StoreError> {
-    let all = list(store, pins)?;
-    let mut removed = Vec::new();
-    for img in all.iter().filter(|i| i.pinned_by.is_empty()).skip(keep) {
-        store.remove(&img.id)?;
-        removed.push(img.id.clone());
-    }
-    Ok(removed)
 }

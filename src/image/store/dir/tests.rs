@@ -5,6 +5,7 @@ use std::io::{Read, Seek, SeekFrom};
 
 use super::*;
 use crate::config::Role;
+use crate::image::catalog;
 use crate::image::manifest::Inputs;
 use crate::image::pins::Pins;
 use crate::image::store::{self, ImageStore};
@@ -58,11 +59,11 @@ fn gc_keeps_pinned_and_the_newest_unpinned_and_verify_rehashes() {
     let ids: Vec<String> = (1..=4).map(|n| fake(&s, n, Role::Worker)).collect();
     let mut pins = Pins::default();
     pins.pin(&s, Role::Worker, &ids[0]).unwrap();
-    let listed = store::list(&s, &pins).unwrap();
+    let listed = catalog::list(&s, &pins).unwrap();
     assert_eq!(listed.len(), 4);
     assert_eq!(listed[0].id, ids[3], "newest first");
     assert_eq!(listed[3].pinned_by, vec!["worker/amd64".to_string()]);
-    let removed = store::gc(&s, &pins, 1).unwrap();
+    let removed = catalog::gc(&s, &pins, 1).unwrap();
     // Pinned (oldest) kept, newest unpinned kept, the two in between removed.
     assert_eq!(removed.len(), 2);
     assert!(removed.contains(&ids[1]) && removed.contains(&ids[2]));
@@ -264,7 +265,7 @@ fn path_traversal_in_an_id_or_a_name_is_refused() {
 fn remove_takes_the_image_away_and_list_is_newest_first() {
     let (_d, s) = store();
     let ids: Vec<String> = (1..=3).map(|n| fake(&s, n, Role::Storage)).collect();
-    let listed: Vec<String> = store::list(&s, &Pins::default())
+    let listed: Vec<String> = catalog::list(&s, &Pins::default())
         .unwrap()
         .into_iter()
         .map(|i| i.id)
@@ -275,7 +276,7 @@ fn remove_takes_the_image_away_and_list_is_newest_first() {
         s.manifest(&ids[1]),
         Err(StoreError::NoImage { .. })
     ));
-    let left: Vec<String> = store::list(&s, &Pins::default())
+    let left: Vec<String> = catalog::list(&s, &Pins::default())
         .unwrap()
         .into_iter()
         .map(|i| i.id)
@@ -285,7 +286,7 @@ fn remove_takes_the_image_away_and_list_is_newest_first() {
     let mp = s.dir.join(&ids[0]).join(MANIFEST);
     std::fs::set_permissions(&mp, std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::write(&mp, b"{}").unwrap();
-    let l = store::list(&s, &Pins::default()).unwrap();
+    let l = catalog::list(&s, &Pins::default()).unwrap();
     assert!(
         l[1].problem.as_deref().unwrap().contains("hashes to"),
         "{l:?}"
