@@ -26,14 +26,11 @@ pub(super) fn check(
             ),
         );
     }
-    let cni = match c
-        .one_of(&p!["cluster", "cni"], &f.cni, &["flannel", "cilium"])
-        .as_deref()
-    {
-        Some("cilium") => Some(Cni::Cilium),
-        Some(_) => Some(Cni::Flannel),
-        None => None,
-    };
+    let cni = c.one_of(
+        &p!["cluster", "cni"],
+        &f.cni,
+        &[("flannel", Cni::Flannel), ("cilium", Cni::Cilium)],
+    );
     known.kubernetes_version = kv;
     known.pod_cidr = pod;
     known.service_cidr = svc;

@@ -12,18 +12,11 @@ pub(super) fn check(
 ) -> Option<ControlPlane> {
     let vip = c.ip(&p!["control_plane", "vip"], &cp.vip);
     let api_port = c.port(&p!["control_plane", "port"], cp.port);
-    let kvm = match c
-        .one_of(
-            &p!["control_plane", "kube_vip_mode"],
-            &cp.kube_vip_mode,
-            &["arp", "bgp"],
-        )
-        .as_deref()
-    {
-        Some("bgp") => Some(KubeVipMode::Bgp),
-        Some(_) => Some(KubeVipMode::Arp),
-        None => None,
-    };
+    let kvm = c.one_of(
+        &p!["control_plane", "kube_vip_mode"],
+        &cp.kube_vip_mode,
+        &[("arp", KubeVipMode::Arp), ("bgp", KubeVipMode::Bgp)],
+    );
     if let (Some(vip), Some(sub)) = (vip, known.subnet) {
         if !sub.contains(&vip) {
             c.error(&p!["control_plane", "vip"], format!("the VIP {vip} is outside the provisioning subnet {sub}; the nodes must reach it on their own link"));

@@ -169,15 +169,17 @@ impl<'a> Checker<'a> {
         Some(net)
     }
 
-    fn one_of(&mut self, path: &[Seg], text: &str, valid: &[&str]) -> Option<String> {
-        if valid.contains(&text) {
-            Some(text.to_string())
+    /// The value whose name `text` is, out of `valid` (name, value) pairs.
+    fn one_of<T: Copy>(&mut self, path: &[Seg], text: &str, valid: &[(&str, T)]) -> Option<T> {
+        if let Some((_, v)) = valid.iter().find(|(name, _)| *name == text) {
+            Some(*v)
         } else {
+            let names: Vec<&str> = valid.iter().map(|(name, _)| *name).collect();
             self.error(
                 path,
                 format!(
                     "{text:?} is not valid; expected one of: {}",
-                    valid.join(", ")
+                    names.join(", ")
                 ),
             );
             None

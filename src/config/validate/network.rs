@@ -19,18 +19,11 @@ pub(super) fn check(c: &mut Checker, n: &raw::NetworkRaw, known: &mut Known) -> 
             dns.push(ip);
         }
     }
-    let dhcp_mode = match c
-        .one_of(
-            &p!["network", "dhcp_mode"],
-            &n.dhcp_mode,
-            &["full", "proxy"],
-        )
-        .as_deref()
-    {
-        Some("proxy") => Some(DhcpMode::Proxy),
-        Some(_) => Some(DhcpMode::Full),
-        None => None,
-    };
+    let dhcp_mode = c.one_of(
+        &p!["network", "dhcp_mode"],
+        &n.dhcp_mode,
+        &[("full", DhcpMode::Full), ("proxy", DhcpMode::Proxy)],
+    );
     let lease_secs = match humantime::parse_duration(&n.lease_time) {
         Ok(d) if d.as_secs() >= 60 && d.as_secs() <= u32::MAX as u64 => Some(d.as_secs() as u32),
         _ => {
