@@ -51,15 +51,19 @@ pub struct Options {
     pub dir: PathBuf,
     /// Hostnames to boot; `None`: every machine in the inventory.
     pub nodes: Option<Vec<String>>,
+    /// How the VMs boot: BIOS, UEFI PXE or UEFI HTTP Boot.
     pub firmware: Firmware,
+    /// Full DHCP from imgbuild, or ProxyDHCP beside dnsmasq as the router.
     pub dhcp: DhcpMode,
     /// Build and boot images with the labelled stand-in binaries.
     pub standins: bool,
     /// Overall time limit for every node to reach `joined`.
     pub timeout: Duration,
+    /// Memory of each VM.
     pub memory_mb: u32,
     /// Override the images / cache directories (tests share one build).
     pub images: Option<PathBuf>,
+    /// See `images`.
     pub cache: Option<PathBuf>,
     /// The `imgbuild` binary to run for `serve`, `profile`, `pin`, `secrets` (default: this executable).
     pub exe: PathBuf,
@@ -99,13 +103,17 @@ pub struct Lab {
     // Field order matters: children stop before the namespace is deleted.
     children: Children,
     netns: Netns,
+    /// What the lab was asked to do.
     pub opts: Options,
     /// The generated cluster.toml the server uses.
     pub config: PathBuf,
+    /// The generated cluster.toml, loaded.
     pub cluster: Cluster,
+    /// The VMs, one per machine booted.
     pub nodes: Vec<Node>,
     /// `http://server:port` (reachable only inside the namespace).
     pub server_url: String,
+    /// How QEMU runs here (KVM or TCG).
     pub accel: Accel,
     /// Image ids pinned per role by [`Lab::prepare`].
     pub images: Vec<(Role, Arch, String)>,

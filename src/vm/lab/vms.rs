@@ -20,7 +20,9 @@ pub const DATA_DISK_BYTES: u64 = 16 << 30;
 /// One VM of the lab.
 #[derive(Debug, Clone)]
 pub struct Node {
+    /// Its machine in the inventory.
     pub machine: Machine,
+    /// Its QEMU VM.
     pub spec: VmSpec,
 }
 

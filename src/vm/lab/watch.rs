@@ -140,11 +140,17 @@ impl Lab {
 /// Why a lab run failed: the node, its last stage, and the end of its console.
 #[derive(Debug)]
 pub struct LabFailure {
+    /// The node that failed (`-` when none did, e.g. the server was unreachable).
     pub node: String,
+    /// Its last stage (`-` when unknown).
     pub last_stage: String,
+    /// What went wrong.
     pub reason: String,
+    /// The last lines of its console.
     pub console: String,
+    /// The last lines of the server's log.
     pub server_log: String,
+    /// The last status report, when there was one.
     pub report: Option<Box<Report>>,
 }
 
