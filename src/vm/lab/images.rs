@@ -83,7 +83,6 @@ pub(super) fn build_and_pin(
     cluster: &Cluster,
     machines: &[Machine],
 ) -> anyhow::Result<Pinned> {
-    // then pinned.
     let mut slots: Vec<(Role, Arch)> = machines.iter().map(|m| (m.role, m.arch)).collect();
     slots.sort_by_key(|(r, a)| (r.to_string(), *a));
     slots.dedup();
@@ -114,9 +113,14 @@ pub(super) fn build_and_pin(
 impl Lab {
     /// Builds (or reuses) the amd64 image of `role` (same stand-in choice as the lab) and returns its id.
     pub fn build(&self, role: Role) -> anyhow::Result<String> {
+        self.build_amd64(&self.config, role)
+    }
+
+    /// Builds (or reuses) the amd64 image of `role` as `config` describes it, in the lab's cache.
+    fn build_amd64(&self, config: &Path, role: Role) -> anyhow::Result<String> {
         build_image(
             &self.opts.exe,
-            &self.config,
+            config,
             &self.cluster.paths.cache,
             role,
             Arch::Amd64,
@@ -129,14 +133,7 @@ impl Lab {
     pub fn build_with_profiles(&self, role: Role, profiles: &Path) -> anyhow::Result<String> {
         let variant = self.opts.dir.join("cluster-variant.toml");
         super::config::write_variant(&self.config, profiles, &variant)?;
-        build_image(
-            &self.opts.exe,
-            &variant,
-            &self.cluster.paths.cache,
-            role,
-            Arch::Amd64,
-            self.opts.standins,
-        )
+        self.build_amd64(&variant, role)
     }
 
     /// `imgbuild pin <role> <id>` on the lab's configuration (the running server picks it up).
