@@ -8,6 +8,8 @@
 //! placeholder the kernel never asks for. What is real: the server, AAVMF's own PXE client, TFTP, GRUB, HTTP
 //! and the kernel booting on an emulated cortex-a57. Everything runs in a namespace the test creates.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -20,7 +22,7 @@ use sha2::{Digest, Sha256};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 const ASSETS: &str = "/usr/local/lib/imgbuild/arm64";
-const ARM_WORKER_MAC: &str = "52:54:00:77:00:41";
+const ARM_WORKER_MAC: &str = common::ARM64_WORKER_MAC;
 const ARM_STORAGE_MAC: &str = "52:54:00:77:00:42";
 const MARKER: &str = "IMGBUILD-ARM64-INIT";
 
@@ -43,7 +45,7 @@ struct Cluster {
 impl Cluster {
     fn new(proxy: bool) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let mut text = std::fs::read_to_string(Path::new(REPO).join("cluster.toml")).unwrap();
+        let mut text = common::example_text();
         if proxy {
             text = text.replacen("dhcp_mode = \"full\"", "dhcp_mode = \"proxy\"", 1);
             assert!(
@@ -51,25 +53,16 @@ impl Cluster {
                 "example cluster.toml changed"
             );
         }
+        let mut text = common::with_arm64_machine(&text);
+        text.push_str(&common::arm64_machine(
+            "arm-storage-1",
+            "storage",
+            ARM_STORAGE_MAC,
+            "10.77.0.42",
+            false,
+        ));
         text.push_str(&format!(
             r#"
-[[machines]]
-hostname = "arm-worker-1"
-role = "worker"
-arch = "arm64"
-mac = "{ARM_WORKER_MAC}"
-ip = "10.77.0.41"
-state_disk = "/dev/vda"
-init_blank = true
-
-[[machines]]
-hostname = "arm-storage-1"
-role = "storage"
-arch = "arm64"
-mac = "{ARM_STORAGE_MAC}"
-ip = "10.77.0.42"
-state_disk = "/dev/vda"
-
 [paths]
 profiles = "{REPO}/profiles"
 ipxe = "{REPO}/ipxe"
@@ -465,14 +458,8 @@ fn arm64_vm_boot(proxy: bool, firmware: Firmware) {
         "{args:?}"
     );
     let seen = lab.cluster.stages(ARM_WORKER_MAC);
-    let mut want = vec![
-        "dhcp-offer",
-        "dhcp-ack",
-        "bootfile",
-        "grub-config",
-        "kernel",
-        "initrd",
-    ];
+    // The boot path up to the initrd, GRUB's way (no iPXE script).
+    let mut want = common::stages("dhcp-offer", "initrd", &["ipxe-script"]);
     if proxy {
         // The address came from dnsmasq: imgbuild sent only the ProxyDHCP offer.
         want.retain(|s| *s != "dhcp-ack");

@@ -1,5 +1,7 @@
 //! `imgbuild check` and `imgbuild profile` as a user runs them.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -195,9 +197,9 @@ fn check_says_when_arm64_machines_cannot_boot_for_want_of_grub_modules() {
         ),
         1,
     );
+    let mut src = common::with_arm64_machine(&src);
     src.push_str(&format!(
-        "\n[[machines]]\nhostname = \"arm-1\"\nrole = \"worker\"\narch = \"arm64\"\nmac = \"52:54:00:77:00:41\"\n\
-         ip = \"10.77.0.41\"\nstate_disk = \"/dev/vda\"\n\n[paths]\nprofiles = \"{repo}/profiles\"\nipxe = \"{repo}/ipxe\"\n"
+        "\n[paths]\nprofiles = \"{repo}/profiles\"\nipxe = \"{repo}/ipxe\"\n"
     ));
     let cfg = tmp.path().join("cluster.toml");
     std::fs::write(&cfg, src).unwrap();

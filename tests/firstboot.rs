@@ -188,18 +188,15 @@ impl Lab {
     }
 }
 
-/// The first master's first-boot steps, in order.
-const FIRST_MASTER_STAGES: [&str; 9] = [
-    "firstboot-started",
-    "enrolled",
-    "kube-vip",
-    "kubeadm-init",
-    "init-done",
-    "cni",
-    "metallb",
-    "longhorn",
-    "joined",
-];
+/// The first master's first-boot steps, in order: `firstboot-started` through `joined`, without the steps of a
+/// joining node.
+fn first_master_stages() -> Vec<&'static str> {
+    common::stages(
+        "firstboot-started",
+        "joined",
+        &["kubeadm-join", "longhorn-node"],
+    )
+}
 
 fn read(root: &Path, rel: &str) -> String {
     std::fs::read_to_string(root.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
@@ -227,7 +224,7 @@ async fn firstboot_init_then_joins_in_order_with_standins() {
         "master-1 failed:\n{log}\nevents: {:?}",
         lab.shared.events.for_mac(lab.machine("master-1").mac)
     );
-    assert_eq!(lab.stages("master-1"), FIRST_MASTER_STAGES);
+    assert_eq!(lab.stages("master-1"), first_master_stages());
     let m1 = lab.node("master-1");
     // kube-vip ran on super-admin.conf during init and on admin.conf after.
     assert!(
@@ -330,7 +327,7 @@ async fn firstboot_init_then_joins_in_order_with_standins() {
     let stages = lab.stages("storage-1");
     assert_eq!(
         stages[stages.len() - 3..],
-        ["kubeadm-join", "longhorn-node", "joined"],
+        common::stages("kubeadm-join", "joined", &[])[..],
         "{stages:?}"
     );
     assert!(read(&st, "test-shim-systemctl.log").contains("start iscsid.service"));
@@ -473,5 +470,5 @@ async fn first_master_completes_with_the_images_standin_manifests() {
         "master-1 failed with the stand-in manifests:\n{log}\nevents: {:?}",
         lab.shared.events.for_mac(lab.machine("master-1").mac)
     );
-    assert_eq!(lab.stages("master-1"), FIRST_MASTER_STAGES);
+    assert_eq!(lab.stages("master-1"), first_master_stages());
 }

@@ -100,19 +100,13 @@ fn assert_stages_in_order(events: &[Event], mac: MacAddr, host: &str, must: &[&s
     );
 }
 
-const BOOT_PATH: &[&str] = &[
-    "dhcp-offer",
-    "dhcp-ack",
-    "ipxe-script",
-    "kernel",
-    "initrd",
-    "rootfs-verified",
-    "state-disk",
-    "systemd",
-    "firstboot-started",
-    "enrolled",
-    "joined",
-];
+/// The boot path every node takes up to `enrolled` (iPXE's way; the boot loader's file depends on the firmware),
+/// then `joined`.
+fn boot_path() -> Vec<&'static str> {
+    let mut path = common::stages("dhcp-offer", "enrolled", &["bootfile", "grub-config"]);
+    path.push("joined");
+    path
+}
 
 #[test]
 fn root_lab_bios_full_dhcp_master_worker_storage_reach_joined_in_order_and_page_shows_it() {
@@ -169,7 +163,7 @@ fn root_lab_bios_full_dhcp_master_worker_storage_reach_joined_in_order_and_page_
         );
         assert!(n.standins);
         assert_eq!(n.joins, 1, "{h}");
-        let mut must = BOOT_PATH.to_vec();
+        let mut must = boot_path();
         must.push(if m.role == Role::Master && h == "master-1" {
             "kubeadm-init"
         } else {
@@ -205,7 +199,7 @@ fn master_and_worker_boot(firmware: Firmware, dhcp: DhcpMode) {
         .unwrap_or_else(|f| panic!("{f}"));
     println!("{}", imgbuild::vm::lab::summary(&report, lab.standins));
     let evs = events(&lab);
-    let mut must = BOOT_PATH.to_vec();
+    let mut must = boot_path();
     if dhcp == DhcpMode::Proxy {
         must.retain(|s| *s != "dhcp-ack");
     }
@@ -259,18 +253,9 @@ fn root_lab_uefi_http_boot_proxy_dhcp_beside_dnsmasq_boots_master_and_worker() {
 
 /// The example cluster plus one arm64 worker (`arm-worker-1`), written into `dir` with absolute paths.
 fn config_with_arm64_worker(dir: &Path) -> PathBuf {
-    let mut text = std::fs::read_to_string(Path::new(REPO).join("cluster.toml")).unwrap();
+    let mut text = common::with_arm64_machine(&common::example_text());
     text.push_str(&format!(
         r#"
-[[machines]]
-hostname = "arm-worker-1"
-role = "worker"
-arch = "arm64"
-mac = "52:54:00:77:00:41"
-ip = "10.77.0.41"
-state_disk = "/dev/vda"
-init_blank = true
-
 [paths]
 profiles = "{REPO}/profiles"
 ipxe = "{REPO}/ipxe"
@@ -319,7 +304,7 @@ fn root_lab_arm64_worker_built_by_the_image_builder_joins_beside_an_amd64_master
         node(&report, &host).image.as_deref(),
         Some(arm_image.as_str())
     );
-    let mut must: Vec<&str> = BOOT_PATH
+    let mut must: Vec<&str> = boot_path()
         .iter()
         .map(|s| {
             if *s == "ipxe-script" {

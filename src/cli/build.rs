@@ -6,15 +6,33 @@ use super::Cli;
 use crate::config::{Arch, Role};
 use crate::image::build::{self, Options, Report};
 
+/// The build arguments `imgbuild build` and `imgbuild profile` share.
 #[derive(Debug, clap::Args)]
-pub struct Args {
-    /// The CPU architecture (Debian's name): amd64 or arm64. arm64 on an amd64 machine needs
+pub struct BuildArgs {
+    /// The CPU architecture (Debian's name): amd64 or arm64. Picks the profiles' `[arch.<name>]` additions
+    /// (kernel package, serial console) and the artifacts' files; arm64 on an amd64 machine needs
     /// qemu-user-static (./scripts/setup).
     #[arg(long, default_value = "amd64")]
     pub arch: Arch,
     /// Build with labelled stand-ins for kubeadm, kubelet, containerd, ... (never a real cluster image).
     #[arg(long)]
     pub standins: bool,
+}
+
+impl BuildArgs {
+    /// The image builder's options: progress spinners unless the output is `json` for a script.
+    pub fn options(&self, json: bool) -> Options {
+        Options {
+            standins: self.standins,
+            progress: !json,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub build: BuildArgs,
     /// Machine-readable output (a JSON array of build reports).
     #[arg(long)]
     pub json: bool,
@@ -22,11 +40,12 @@ pub struct Args {
 
 pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     let cluster = super::load_cluster(&cli.config)?;
-    let opts = options(args.standins, args.json);
+    let opts = args.build.options(args.json);
+    let arch = args.build.arch;
     let mut reports = Vec::new();
     for role in Role::ALL {
-        let r = build::build_for(&cluster, role, args.arch, &opts)
-            .map_err(|e| anyhow::anyhow!("building the {role} {} image: {e}", args.arch))?;
+        let r = build::build_for(&cluster, role, arch, &opts)
+            .map_err(|e| anyhow::anyhow!("building the {role} {arch} image: {e}"))?;
         if !args.json {
             print_report(&r);
         }
@@ -36,14 +55,6 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Build options for the CLI: progress spinners unless the output is for a script.
-pub fn options(standins: bool, json: bool) -> Options {
-    Options {
-        standins,
-        progress: !json,
-    }
 }
 
 fn human(bytes: u64) -> String {

@@ -5,27 +5,22 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::Cli;
-use crate::config::{Arch, Role, profile};
+use super::build::BuildArgs;
+use crate::config::{Role, profile};
 use crate::image::tree;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The role: master, worker or storage.
     pub role: Role,
-    /// The CPU architecture (Debian's name): amd64 or arm64. Picks the profiles' `[arch.<name>]` additions
-    /// (kernel package, serial console) and the artifacts' files; arm64 on an amd64 machine needs
-    /// qemu-user-static (./scripts/setup).
-    #[arg(long, default_value = "amd64")]
-    pub arch: Arch,
+    #[command(flatten)]
+    pub build: BuildArgs,
     /// Print the resolved profile (the inheritance chain merged).
     #[arg(long)]
     pub show: bool,
     /// Write the exact tree of files a node of this role carries into this directory.
     #[arg(long, value_name = "DIR")]
     pub render: Option<PathBuf>,
-    /// Build with labelled stand-ins for kubeadm, kubelet, containerd, ... (never a real cluster image).
-    #[arg(long)]
-    pub standins: bool,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
@@ -33,7 +28,8 @@ pub struct Args {
 
 pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     let cluster = super::load_cluster(&cli.config)?;
-    let prof = profile::resolve_for(&cluster.paths.profiles, args.role, args.arch)?;
+    let arch = args.build.arch;
+    let prof = profile::resolve_for(&cluster.paths.profiles, args.role, arch)?;
     if args.show {
         if args.json {
             println!("{}", serde_json::to_string_pretty(&prof)?);
@@ -81,9 +77,9 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let opts = super::build::options(args.standins, args.json);
-    let report = crate::image::build::build_for(&cluster, args.role, args.arch, &opts)
-        .map_err(|e| anyhow::anyhow!("building the {} {} image: {e}", args.role, args.arch))?;
+    let opts = args.build.options(args.json);
+    let report = crate::image::build::build_for(&cluster, args.role, arch, &opts)
+        .map_err(|e| anyhow::anyhow!("building the {} {arch} image: {e}", args.role))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

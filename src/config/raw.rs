@@ -1,5 +1,5 @@
 //! `cluster.toml` exactly as written: serde structures with every semantically checked field kept as text,
-//! so that validation can report every problem in one run (see `validate.rs`).
+//! so that validation can report every problem in one run (see `validate/`).
 
 use std::collections::BTreeMap;
 

@@ -142,3 +142,49 @@ pub fn chromium_dom(netns: Option<&str>, url: &str) -> (String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The repository's example `cluster.toml`, as text.
+pub fn example_text() -> String {
+    std::fs::read_to_string(repo().join("cluster.toml")).unwrap()
+}
+
+/// The arm64 worker the arm64 tests add to the example inventory ([`with_arm64_machine`]).
+pub const ARM64_WORKER: &str = "arm-worker-1";
+/// Its MAC.
+pub const ARM64_WORKER_MAC: &str = "52:54:00:77:00:41";
+
+/// A `[[machines]]` entry for an arm64 machine whose state disk is /dev/vda.
+pub fn arm64_machine(hostname: &str, role: &str, mac: &str, ip: &str, init_blank: bool) -> String {
+    let mut s = format!(
+        "\n[[machines]]\nhostname = \"{hostname}\"\nrole = \"{role}\"\narch = \"arm64\"\nmac = \"{mac}\"\n\
+         ip = \"{ip}\"\nstate_disk = \"/dev/vda\"\n"
+    );
+    if init_blank {
+        s.push_str("init_blank = true\n");
+    }
+    s
+}
+
+/// `text` (a cluster.toml, usually [`example_text`]) plus the arm64 worker [`ARM64_WORKER`]
+/// ([`ARM64_WORKER_MAC`], 10.77.0.41, blank state disk initialised).
+pub fn with_arm64_machine(text: &str) -> String {
+    format!(
+        "{text}{}",
+        arm64_machine(ARM64_WORKER, "worker", ARM64_WORKER_MAC, "10.77.0.41", true)
+    )
+}
+
+/// The boot stages of `imgbuild::status::STAGES` from `first` through `last`, in order, without those in `skip`.
+pub fn stages(first: &str, last: &str, skip: &[&str]) -> Vec<&'static str> {
+    let pos = |s: &str| {
+        imgbuild::status::STAGES
+            .iter()
+            .position(|x| *x == s)
+            .unwrap_or_else(|| panic!("unknown stage {s}"))
+    };
+    imgbuild::status::STAGES[pos(first)..=pos(last)]
+        .iter()
+        .copied()
+        .filter(|s| !skip.contains(s))
+        .collect()
+}

@@ -1,0 +1,107 @@
+//! `[network]`: the provisioning network imgbuild serves (subnet, addresses, DHCP, ports, unknown-machine pool).
+
+use std::path::PathBuf;
+
+use ipnet::Ipv4Net;
+
+use super::{Checker, Known, Seg};
+use crate::config::model::{DhcpMode, Network, Pool};
+use crate::config::raw;
+
+/// Checks `[network]` and records the subnet, gateway, server and unknown-machine pool in `known`.
+pub(super) fn check(c: &mut Checker, n: &raw::NetworkRaw, known: &mut Known) -> Option<Network> {
+    let subnet = c.cidr(&p!["network", "subnet"], &n.subnet);
+    let gateway = c.ip(&p!["network", "gateway"], &n.gateway);
+    let server = c.ip(&p!["network", "server"], &n.server);
+    let mut dns = Vec::new();
+    for (i, d) in n.dns.iter().enumerate() {
+        if let Some(ip) = c.ip(&p!["network", "dns", i], d) {
+            dns.push(ip);
+        }
+    }
+    let dhcp_mode = c.one_of(
+        &p!["network", "dhcp_mode"],
+        &n.dhcp_mode,
+        &[("full", DhcpMode::Full), ("proxy", DhcpMode::Proxy)],
+    );
+    let lease_secs = match humantime::parse_duration(&n.lease_time) {
+        Ok(d) if d.as_secs() >= 60 && d.as_secs() <= u32::MAX as u64 => Some(d.as_secs() as u32),
+        _ => {
+            c.error(&p!["network", "lease_time"], format!("{:?} is not a lease time; expected a duration of at least 1m such as \"1h\" or \"12h\"", n.lease_time));
+            None
+        }
+    };
+    let http_port = c.port(&p!["network", "http_port"], n.http_port);
+    let tftp_port = c.port(&p!["network", "tftp_port"], n.tftp_port);
+    let grub_http_port = c.port(&p!["network", "grub_http_port"], n.grub_http_port);
+    if n.interface.is_empty() || n.interface.len() > 15 || n.interface.contains('/') {
+        c.error(
+            &p!["network", "interface"],
+            format!(
+                "{:?} is not a network interface name (1-15 characters, no '/')",
+                n.interface
+            ),
+        );
+    }
+    if let Some(sub) = subnet {
+        for (key, ip) in [("gateway", gateway), ("server", server)] {
+            if let Some(ip) = ip
+                && !sub.contains(&ip)
+            {
+                c.error(
+                    &p!["network", key],
+                    format!("{ip} is outside the provisioning subnet {sub}"),
+                );
+            }
+        }
+    }
+    let unknown_pool = n
+        .unknown_pool
+        .as_ref()
+        .and_then(|pool| check_pool(c, pool, subnet));
+    known.subnet = subnet;
+    known.gateway = gateway;
+    known.server = server;
+    known.unknown_pool = unknown_pool.clone();
+    Some(Network {
+        interface: n.interface.clone(),
+        subnet: subnet?,
+        gateway: gateway?,
+        dns,
+        server: server?,
+        dhcp_mode: dhcp_mode?,
+        lease_secs: lease_secs?,
+        http_port: http_port?,
+        tftp_port: tftp_port?,
+        unknown_pool,
+        ipxe_binaries: PathBuf::from(&n.ipxe_binaries),
+        grub_modules: PathBuf::from(&n.grub_modules),
+        grub_http_port: grub_http_port?,
+        router_advertisements: n.router_advertisements,
+    })
+}
+
+/// `[network.unknown_pool]`: a valid range inside the subnet (not checked against an invalid subnet).
+fn check_pool(c: &mut Checker, pool: &raw::PoolRaw, subnet: Option<Ipv4Net>) -> Option<Pool> {
+    let s = c.ip(&p!["network", "unknown_pool", "start"], &pool.start);
+    let e = c.ip(&p!["network", "unknown_pool", "end"], &pool.end);
+    let (Some(s), Some(e)) = (s, e) else {
+        return None;
+    };
+    if s > e {
+        c.error(
+            &p!["network", "unknown_pool", "end"],
+            format!("the pool ends ({e}) before it starts ({s})"),
+        );
+        return None;
+    }
+    let sub = subnet?;
+    if !sub.contains(&s) || !sub.contains(&e) {
+        c.error(
+            &p!["network", "unknown_pool"],
+            format!("the pool {s}-{e} is not inside the provisioning subnet {sub}"),
+        );
+        return None;
+    }
+    Some(Pool { start: s, end: e })
+}

@@ -1,0 +1,217 @@
+//! `imgbuild lab`: the whole boot path in QEMU on one Linux machine.
+//!
+//! As root: a private network namespace with the bridge named by `[network] interface` (the example: `br0` =
+//! 10.77.0.1/24), `imgbuild serve` (this same binary) inside it, the role images built (or reused from the
+//! cache) and pinned, one QEMU VM per machine on a tap with the inventory's MAC, a blank state disk (and a
+//! Longhorn disk on storage nodes), serial console to a log file. The lab then watches the server's
+//! `/api/status` until every node reached `joined`, a node failed, or the time ran out. Dropping the [`Lab`]
+//! stops every process it started (by PID) and deletes the namespace (taps and bridge with it).
+//!
+//! Everything the lab writes lives in its directory (default `lab/` beside `cluster.toml`): a generated
+//! `cluster.toml` (the user's, with `[paths]` state and secrets pointing into the lab directory and the DHCP
+//! mode chosen), `state/`, `secrets/`, `server.log`, `dnsmasq.log` and `vms/<host>/` (disks, console log).
+//! Images and the build cache are the user's (shared, content-addressed), so a second run reuses them.
+//!
+//! Here: what the lab is asked to do ([`Options`]), the running [`Lab`] and [`Lab::prepare`], which runs the
+//! steps in order. The steps live beside it: `tools` (root, host tools and firmware), `config` (the lab's
+//! `cluster.toml`), `images` (build or reuse, then pin, serialised by `lock`), `server` (dnsmasq and
+//! `imgbuild serve` in the namespace), `vms` (taps and QEMU), `watch` (waiting on `/api/status`, failures,
+//! the summary) and `interrupt` (Ctrl-C / SIGTERM).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use super::netns::{Children, Netns};
+use super::qemu::{self, Accel, Firmware};
+use crate::config::{Arch, Cluster, DhcpMode, Machine, Role};
+
+mod config;
+mod images;
+mod interrupt;
+mod lock;
+mod server;
+mod tools;
+mod vms;
+mod watch;
+
+pub use images::build_image;
+pub use interrupt::{catch_interrupts, interrupted};
+pub use server::in_netns;
+pub use vms::{DATA_DISK_BYTES, Node, STATE_DISK_BYTES};
+pub use watch::{LabFailure, summary};
+
+/// What `imgbuild lab` was asked to do.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The user's cluster.toml (the lab's is generated from it).
+    pub config: PathBuf,
+    /// The lab directory (wiped of earlier state at start).
+    pub dir: PathBuf,
+    /// Hostnames to boot; `None`: every machine in the inventory.
+    pub nodes: Option<Vec<String>>,
+    /// How the VMs boot: BIOS, UEFI PXE or UEFI HTTP Boot.
+    pub firmware: Firmware,
+    /// Full DHCP from imgbuild, or ProxyDHCP beside dnsmasq as the router.
+    pub dhcp: DhcpMode,
+    /// Build and boot images with the labelled stand-in binaries.
+    pub standins: bool,
+    /// Overall time limit for every node to reach `joined`.
+    pub timeout: Duration,
+    /// Memory of each VM.
+    pub memory_mb: u32,
+    /// Override the images / cache directories (tests share one build).
+    pub images: Option<PathBuf>,
+    /// See `images`.
+    pub cache: Option<PathBuf>,
+    /// The `imgbuild` binary to run for `serve`, `profile`, `pin`, `secrets` (default: this executable).
+    pub exe: PathBuf,
+    /// Namespace name prefix.
+    pub prefix: String,
+    /// Print progress (live table on a terminal, one line per stage change otherwise).
+    pub verbose: bool,
+}
+
+impl Options {
+    /// Defaults for `config`: lab dir `lab/` beside it, BIOS, full DHCP, 20 minutes, 2 GiB per VM.
+    pub fn new(config: &Path) -> Options {
+        let dir = config
+            .parent()
+            .map(|p| p.join("lab"))
+            .unwrap_or_else(|| PathBuf::from("lab"));
+        Options {
+            config: config.to_path_buf(),
+            dir,
+            nodes: None,
+            firmware: Firmware::Bios,
+            dhcp: DhcpMode::Full,
+            standins: false,
+            timeout: Duration::from_secs(20 * 60),
+            memory_mb: 2048,
+            images: None,
+            cache: None,
+            exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("imgbuild")),
+            prefix: "ibl".into(),
+            verbose: true,
+        }
+    }
+}
+
+/// A running lab. Drop tears it down (processes by PID, then the namespace).
+pub struct Lab {
+    // Field order matters: children stop before the namespace is deleted.
+    children: Children,
+    netns: Netns,
+    /// What the lab was asked to do.
+    pub opts: Options,
+    /// The generated cluster.toml the server uses.
+    pub config: PathBuf,
+    /// The generated cluster.toml, loaded.
+    pub cluster: Cluster,
+    /// The VMs, one per machine booted.
+    pub nodes: Vec<Node>,
+    /// `http://server:port` (reachable only inside the namespace).
+    pub server_url: String,
+    /// How QEMU runs here (KVM or TCG).
+    pub accel: Accel,
+    /// Image ids pinned per role by [`Lab::prepare`].
+    pub images: Vec<(Role, Arch, String)>,
+    /// Whether the pinned images carry stand-ins.
+    pub standins: bool,
+}
+
+impl Lab {
+    /// Sets up everything but the VMs: lab dir, config, secrets, images (built or reused) and pins, the
+    /// namespace with bridge and taps, dnsmasq (proxy mode) and the server, which it waits for.
+    pub fn prepare(opts: Options) -> anyhow::Result<Lab> {
+        let user = crate::config::load(&opts.config)?;
+        let machines = select_machines(&opts, &user)?;
+        if machines.is_empty() {
+            bail!("no machines to boot");
+        }
+        tools::check_tools(&opts, &machines)?;
+        reset_dir(&opts.dir)?;
+        let config = config::write_config(&opts, &user)?;
+        let cluster = crate::config::load(&config)?;
+        images::imgbuild(&opts.exe, &config, &["secrets", "init"])?;
+
+        // Images: one per role and architecture in use, built under a lock (concurrent labs share the cache),
+        // then pinned.
+        let images::Pinned { images, standins } =
+            images::build_and_pin(&opts, &config, &cluster, &machines)?;
+
+        let accel = qemu::best_accel_cached(&cluster.paths.cache);
+        let netns = Netns::create(&opts.prefix)?;
+        let net = &cluster.network;
+        netns.add_bridge(
+            &net.interface,
+            &format!("{}/{}", net.server, net.subnet.prefix_len()),
+        )?;
+        let nodes = vms::add_nodes(&opts, &netns, net, &machines, accel)?;
+        let mut lab = Lab {
+            children: Children::new(),
+            netns,
+            server_url: net.http_base(),
+            config,
+            cluster,
+            nodes,
+            accel,
+            images,
+            standins,
+            opts,
+        };
+        lab.start_services()?;
+        Ok(lab)
+    }
+
+    /// The namespace's name (for `ip netns exec`).
+    pub fn netns(&self) -> &str {
+        self.netns.name()
+    }
+
+    /// Stops every process and deletes the namespace now (also what dropping the lab does).
+    pub fn teardown(mut self) {
+        self.children.stop_all();
+    }
+}
+
+/// The machines `--nodes` names (all of the inventory without it), in that order.
+fn select_machines(opts: &Options, user: &Cluster) -> anyhow::Result<Vec<Machine>> {
+    Ok(match &opts.nodes {
+        None => user.machines.clone(),
+        Some(names) => {
+            let mut v = Vec::new();
+            for n in names {
+                let m = user.machine_by_hostname(n).with_context(|| {
+                    format!(
+                        "--nodes: no machine {n:?} in {}; known: {}",
+                        opts.config.display(),
+                        user.machines
+                            .iter()
+                            .map(|m| m.hostname.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })?;
+                v.push(m.clone());
+            }
+            v
+        }
+    })
+}
+
+/// A fresh lab: earlier state, secrets and disks go; `vms/` and `state/` are created empty.
+fn reset_dir(dir: &Path) -> anyhow::Result<()> {
+    for sub in ["state", "secrets", "vms"] {
+        let p = dir.join(sub);
+        if p.exists() {
+            std::fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
+        }
+    }
+    for sub in ["vms", "state"] {
+        std::fs::create_dir_all(dir.join(sub))
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! The lab's VMs: one per machine on its own tap with the inventory's MAC, powered on with blank disks, off,
+//! and booted all at once.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use super::watch::LabFailure;
+use super::{Lab, Options};
+use crate::config::{Machine, Network, Role};
+use crate::status::report::Report;
+use crate::vm::netns::Netns;
+use crate::vm::qemu::{self, Accel, VmSpec};
+
+/// Size of each VM's blank state disk (sparse).
+pub const STATE_DISK_BYTES: u64 = 8 << 30;
+/// Size of a storage node's blank Longhorn disk (sparse).
+pub const DATA_DISK_BYTES: u64 = 16 << 30;
+
+/// One VM of the lab.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Its machine in the inventory.
+    pub machine: Machine,
+    /// Its QEMU VM.
+    pub spec: VmSpec,
+}
+
+/// Adds a tap per machine to the bridge in `netns` and plans each machine's VM (disks and console under
+/// `vms/<host>/` in the lab directory).
+pub(super) fn add_nodes(
+    opts: &Options,
+    netns: &Netns,
+    net: &Network,
+    machines: &[Machine],
+    accel: Accel,
+) -> anyhow::Result<Vec<Node>> {
+    let mut nodes = Vec::new();
+    for (i, m) in machines.iter().enumerate() {
+        let tap = format!("{}t{i}", opts.prefix);
+        netns.add_tap(&tap, &net.interface)?;
+        let dir = opts.dir.join("vms").join(&m.hostname);
+        let mut disks = vec![dir.join("state.img")];
+        if m.role == Role::Storage {
+            disks.push(dir.join("longhorn.img"));
+        }
+        nodes.push(Node {
+            machine: m.clone(),
+            spec: VmSpec {
+                name: m.hostname.clone(),
+                mac: m.mac,
+                arch: m.arch,
+                tap,
+                firmware: opts.firmware,
+                accel,
+                memory_mb: opts.memory_mb,
+                disks,
+                console_log: dir.join("console.log"),
+                dir,
+            },
+        });
+    }
+    Ok(nodes)
+}
+
+impl Lab {
+    fn node(&self, host: &str) -> anyhow::Result<&Node> {
+        self.nodes
+            .iter()
+            .find(|n| n.machine.hostname == host)
+            .with_context(|| format!("no VM {host} in this lab"))
+    }
+
+    /// Powers a VM on (its disks are created blank the first time, kept afterwards).
+    pub fn start_vm(&mut self, host: &str) -> anyhow::Result<()> {
+        let node = self.node(host)?.clone();
+        for (i, d) in node.spec.disks.iter().enumerate() {
+            qemu::blank_disk(
+                d,
+                if i == 0 {
+                    STATE_DISK_BYTES
+                } else {
+                    DATA_DISK_BYTES
+                },
+            )?;
+        }
+        let cmd = qemu::command(&self.netns, &node.spec)?;
+        self.children.spawn(&format!("vm:{host}"), cmd)?;
+        Ok(())
+    }
+
+    /// Powers a VM off (kills QEMU); its disks stay.
+    pub fn stop_vm(&mut self, host: &str) {
+        self.children.stop(&format!("vm:{host}"));
+    }
+
+    /// Whether the VM's QEMU is running.
+    pub fn vm_running(&mut self, host: &str) -> bool {
+        self.children.running(&format!("vm:{host}"))
+    }
+
+    /// Console log path of `host`.
+    pub fn console(&self, host: &str) -> PathBuf {
+        self.opts.dir.join("vms").join(host).join("console.log")
+    }
+
+    /// Boots every VM and waits until all reached `joined` (or fails).
+    pub fn boot_all(&mut self) -> Result<Report, Box<LabFailure>> {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| n.machine.hostname.clone())
+            .collect();
+        for h in &hosts {
+            if let Err(e) = self.start_vm(h) {
+                return Err(self.failure(None, &format!("cannot start the VM {h}: {e:#}"), None));
+            }
+        }
+        let limit = self.opts.timeout;
+        self.wait(&hosts, 1, limit, |n| n.done)
+    }
+}
