@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use super::Cli;
+use super::global::Global;
 use crate::config::{Arch, Role};
 use crate::image::build::{self, Options, Report};
 
@@ -38,8 +38,8 @@ pub struct Args {
     pub json: bool,
 }
 
-pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
-    let cluster = super::load_cluster(&cli.config)?;
+pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
+    let cluster = cli.load_cluster()?;
     let opts = args.build.options(args.json);
     let arch = args.build.arch;
     let mut reports = Vec::new();

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
-use super::Cli;
+use super::global::Global;
 use crate::config::{self, ConfigError, Problem, Role, profile};
 use crate::image::tree;
 
@@ -26,7 +26,7 @@ struct Report {
     rendered_files: Vec<(String, usize)>,
 }
 
-pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
+pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
     let mut problems: Vec<Problem> = Vec::new();
     let mut report = Report {
         ok: false,

@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use super::Cli;
+use super::global::Global;
 use crate::pki::enroll::Store;
 use crate::status::now_ms;
 
@@ -27,8 +27,8 @@ fn when(ms: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
-pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
-    let cluster = super::load_cluster(&cli.config)?;
+pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
+    let cluster = cli.load_cluster()?;
     let store = Store::for_cluster(&cluster);
     let mut l = store.lock()?;
     let mut changed = false;

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use super::Cli;
+use super::global::Global;
 use crate::config::Arch;
 use crate::image::artifacts;
 
@@ -20,8 +20,8 @@ fn parse_arch(s: &str) -> Result<Arch, String> {
     s.parse()
 }
 
-pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
-    let cluster = super::load_cluster(&cli.config)?;
+pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
+    let cluster = cli.load_cluster()?;
     let arches = args
         .arch
         .clone()

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use super::Cli;
+use super::global::Global;
 use crate::image::pins::Pins;
 use crate::image::{catalog, store};
 
@@ -13,8 +13,8 @@ pub struct Args {
     pub json: bool,
 }
 
-pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
-    let cluster = super::load_cluster(&cli.config)?;
+pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
+    let cluster = cli.load_cluster()?;
     let pins = Pins::load(&Pins::path(&cluster))?;
     let images = store::open(&cluster);
     let list = catalog::list(&*images, &pins)?;

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use super::Cli;
+use super::global::Global;
 use crate::pki::{kubeconfig, secrets, write_atomic};
 
 #[derive(Debug, clap::Args)]
@@ -14,8 +14,8 @@ pub struct Args {
     pub output: Option<PathBuf>,
 }
 
-pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
-    let cluster = super::load_cluster(&cli.config)?;
+pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
+    let cluster = cli.load_cluster()?;
     let s = secrets::load(&cluster.paths.secrets)?;
     let text = kubeconfig::admin(&cluster, &s, &crate::template::engine_for(&cluster))?;
     match &args.output {

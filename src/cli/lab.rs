@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use super::Cli;
+use super::global::Global;
 use crate::config::DhcpMode;
 use crate::vm::lab::{self, Lab, Options};
 use crate::vm::qemu::Firmware;
@@ -45,7 +45,7 @@ pub struct Args {
     pub dir: Option<std::path::PathBuf>,
 }
 
-pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
+pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
     lab::catch_interrupts();
     let mut opts = Options::new(&cli.config);
     if let Some(d) = &args.dir {

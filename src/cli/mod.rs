@@ -5,6 +5,7 @@ mod check;
 mod enroll;
 mod fetch;
 mod gc;
+pub mod global;
 mod images;
 mod kubeconfig;
 mod lab;
@@ -15,24 +16,19 @@ mod serve;
 pub mod status;
 mod verify;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{self, Cluster};
+use global::Global;
 
 /// From power-on to a working kubeadm cluster: node images and the netboot server.
 #[derive(Debug, Parser)]
 #[command(name = "imgbuild", version, about, propagate_version = true)]
 pub struct Cli {
-    /// The cluster description.
-    #[arg(long, short = 'c', global = true, env = "IMGBUILD_CONFIG", default_value = config::DEFAULT_CONFIG)]
-    pub config: PathBuf,
-
-    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
-    #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
-    pub verbose: u8,
+    /// `--config`, `-v`: what every subcommand takes.
+    #[command(flatten)]
+    pub global: Global,
 
     #[command(subcommand)]
     pub command: Command,
@@ -70,11 +66,6 @@ pub enum Command {
     Status(status::Args),
 }
 
-/// Loads the cluster description named by `--config`.
-pub fn load_cluster(path: &std::path::Path) -> anyhow::Result<Cluster> {
-    Ok(config::load(path)?)
-}
-
 fn init_tracing(verbose: u8) {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
@@ -92,22 +83,22 @@ fn init_tracing(verbose: u8) {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.verbose);
+    init_tracing(cli.global.verbose);
     let result = match &cli.command {
-        Command::Check(a) => check::run(&cli, a),
-        Command::Profile(a) => profile::run(&cli, a),
-        Command::Build(a) => build::run(&cli, a),
-        Command::Fetch(a) => fetch::run(&cli, a),
-        Command::Images(a) => images::run(&cli, a),
-        Command::Verify(a) => verify::run(&cli, a),
-        Command::Gc(a) => gc::run(&cli, a),
-        Command::Pin(a) => pin::run(&cli, a),
-        Command::Serve(a) => serve::run(&cli, a),
-        Command::Status(a) => status::run(&cli, a),
-        Command::Lab(a) => lab::run(&cli, a),
-        Command::Secrets(a) => secrets::run(&cli, a),
-        Command::Enroll(a) => enroll::run(&cli, a),
-        Command::Kubeconfig(a) => kubeconfig::run(&cli, a),
+        Command::Check(a) => check::run(&cli.global, a),
+        Command::Profile(a) => profile::run(&cli.global, a),
+        Command::Build(a) => build::run(&cli.global, a),
+        Command::Fetch(a) => fetch::run(&cli.global, a),
+        Command::Images(a) => images::run(&cli.global, a),
+        Command::Verify(a) => verify::run(&cli.global, a),
+        Command::Gc(a) => gc::run(&cli.global, a),
+        Command::Pin(a) => pin::run(&cli.global, a),
+        Command::Serve(a) => serve::run(&cli.global, a),
+        Command::Status(a) => status::run(&cli.global, a),
+        Command::Lab(a) => lab::run(&cli.global, a),
+        Command::Secrets(a) => secrets::run(&cli.global, a),
+        Command::Enroll(a) => enroll::run(&cli.global, a),
+        Command::Kubeconfig(a) => kubeconfig::run(&cli.global, a),
     };
     match result {
         Ok(code) => code,

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 
-use super::Cli;
+use super::global::Global;
 use crate::config::{Arch, Cluster, Role};
 use crate::image::pins::Pins;
 use crate::image::store::{self, ImageStore};
@@ -71,8 +71,8 @@ fn hosts(cluster: &Cluster, role: Role, arch: Arch) -> String {
     }
 }
 
-pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
-    let cluster = super::load_cluster(&cli.config)?;
+pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
+    let cluster = cli.load_cluster()?;
     let path = Pins::path(&cluster);
     let mut pins = Pins::load(&path)?;
     let images = store::open(&cluster);

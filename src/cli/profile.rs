@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use super::Cli;
 use super::build::BuildArgs;
+use super::global::Global;
 use crate::config::{Role, profile};
 use crate::image::tree;
 
@@ -26,8 +26,8 @@ pub struct Args {
     pub json: bool,
 }
 
-pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
-    let cluster = super::load_cluster(&cli.config)?;
+pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
+    let cluster = cli.load_cluster()?;
     let arch = args.build.arch;
     let prof = profile::resolve_for(&cluster.paths.profiles, args.role, arch)?;
     if args.show {

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use super::Cli;
+use super::global::Global;
 use crate::pki::{secrets, token};
 
 #[derive(Debug, clap::Args)]
@@ -20,8 +20,8 @@ pub enum Sub {
     Show,
 }
 
-pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
-    let cluster = super::load_cluster(&cli.config)?;
+pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
+    let cluster = cli.load_cluster()?;
     let dir = &cluster.paths.secrets;
     match args.command {
         Sub::Init => {

@@ -2,13 +2,13 @@
 
 use std::process::ExitCode;
 
-use super::Cli;
+use super::global::Global;
 use crate::netboot::server;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {}
 
-pub fn run(cli: &Cli, _args: &Args) -> anyhow::Result<ExitCode> {
+pub fn run(cli: &Global, _args: &Args) -> anyhow::Result<ExitCode> {
     let shared = server::prepare(&cli.config)?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(server::serve(shared))?;

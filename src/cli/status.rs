@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::Cli;
+use super::global::Global;
 use crate::status::{Report, client, report};
 
 #[derive(Debug, clap::Args)]
@@ -29,10 +29,11 @@ pub async fn fetch(base: &str) -> anyhow::Result<Report> {
     serde_json::from_str(&body).with_context(|| format!("{url} did not return a status report"))
 }
 
-pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
+pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
     let base = match &args.server {
         Some(s) => s.clone(),
-        None => super::load_cluster(&cli.config)
+        None => cli
+            .load_cluster()
             .context("no --server given, and the server address is read from cluster.toml")?
             .network
             .http_base(),

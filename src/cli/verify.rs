@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use super::Cli;
+use super::global::Global;
 use crate::image::store;
 
 #[derive(Debug, clap::Args)]
@@ -14,8 +14,8 @@ pub struct Args {
     pub json: bool,
 }
 
-pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
-    let cluster = super::load_cluster(&cli.config)?;
+pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
+    let cluster = cli.load_cluster()?;
     let checks = store::verify(&*store::open(&cluster), &args.id)?;
     let ok = checks.iter().all(|c| c.ok);
     if args.json {
