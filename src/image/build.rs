@@ -90,13 +90,15 @@ pub struct Options {
 /// One stage of a build.
 #[derive(Debug, Clone, Serialize)]
 pub struct Stage {
-    /// The stage's name as shown on the progress line: `base`, `unpack`, `initrd`, `artifacts`, `role`, `squashfs`, `cleanup`, `store`.
+    /// The stage's name as shown on the progress line: `base`, `unpack`, `initrd`, `artifacts`, `role`,
+    /// `squashfs`, `cleanup`, `store`.
     pub name: &'static str,
     /// Wall-clock time the stage took, in seconds.
     pub seconds: f64,
     /// Taken from a cache.
     pub cached: bool,
-    /// What the stage produced, shown after its name (e.g. `kernel <version>`, a size, the id's first 16 hex digits).
+    /// What the stage produced, shown after its name (e.g. `kernel <version>`, a size, the id's first 16 hex
+    /// digits).
     pub detail: String,
 }
 

@@ -35,7 +35,8 @@ pub struct PinnedImage {
     pub kernel_sha256: String,
     /// sha256 of the image's `initrd.img`, from its manifest.
     pub initrd_sha256: String,
-    /// sha256 of the image's `rootfs.squashfs`, from its manifest; passed to the initrd on the kernel command line.
+    /// sha256 of the image's `rootfs.squashfs`, from its manifest; passed to the initrd on the kernel command
+    /// line (`imgbuild.rootfs_sha256=`).
     pub rootfs_sha256: String,
     /// The kernel arguments of the image's profile (console, net.ifnames=0, ...), from its manifest.
     pub kernel_args: Vec<String>,

@@ -95,7 +95,8 @@ pub struct BootPlan {
     pub image: PinnedImage,
     /// The HTTP server's base URL, `http://<server>:<port>` (no trailing slash).
     pub server_url: String,
-    /// The kernel's full URL, `<server_url>/images/<id>/vmlinuz?sha256=<hex>` (the server refuses a mismatching digest).
+    /// The kernel's full URL, `<server_url>/images/<id>/vmlinuz?sha256=<hex>` (the server refuses a mismatching
+    /// digest).
     pub kernel_url: String,
     /// The initrd's full URL, `<server_url>/images/<id>/initrd.img?sha256=<hex>`.
     pub initrd_url: String,
@@ -155,7 +156,8 @@ impl std::fmt::Display for NoBoot {
 pub const BIOS_BOOTFILE: &str = "undionly.kpxe";
 /// UEFI x64 (PXE and HTTP Boot): iPXE using the firmware's network driver (SNP).
 pub const UEFI_BOOTFILE: &str = "snponly.efi";
-/// UEFI x64 iPXE with its own drivers; allowlisted for TFTP and `/boot/`, though the boot decision names `snponly.efi`.
+/// UEFI x64 iPXE with its own drivers; allowlisted for TFTP and `/boot/`, though the boot decision names
+/// `snponly.efi`.
 pub const UEFI_BOOTFILE_FULL: &str = "ipxe.efi";
 /// The arm64 netboot loader: GRUB, made by the server from Debian's arm64 GRUB modules (`netboot::grub`).
 pub const GRUB_ARM64_BOOTFILE: &str = "grubnetaa64.efi";

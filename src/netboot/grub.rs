@@ -49,7 +49,8 @@ pub enum GrubError {
     Modules {
         /// The configured module directory (`network.grub_modules`).
         dir: PathBuf,
-        /// What is wrong, e.g. `moddep.lst missing` (it checks `moddep.lst`, `kernel.img`, `efinet.mod`, `http.mod`).
+        /// What is wrong, e.g. `moddep.lst missing` (it checks `moddep.lst`, `kernel.img`, `efinet.mod`,
+        /// `http.mod`).
         detail: String,
     },
     /// The embedded configuration template `ipxe/grub-embedded.cfg.j2` failed to render.

@@ -168,7 +168,8 @@ pub enum Refusal {
     },
     /// No enrollment window is open (403): open one with `imgbuild enroll --open 30m`.
     Closed,
-    /// The node already fetched its bundle (409, possible spoofer); re-arm it with `imgbuild enroll --reset <host>`.
+    /// The node already fetched its bundle (409, possible spoofer); re-arm it with
+    /// `imgbuild enroll --reset <host>`.
     AlreadyEnrolled {
         /// When the earlier fetch happened, in ms since the Unix epoch.
         at_ms: u64,
@@ -180,7 +181,8 @@ pub enum Refusal {
         /// Hostname of the first master the joiner waits for.
         first_master: String,
     },
-    /// Not a refusal: the stored bootstrap token has expired; retry once the first master publishes a renewed one (503, not consumed).
+    /// Not a refusal: the stored bootstrap token has expired; retry once the first master publishes a renewed
+    /// one (503, not consumed).
     TokenExpired {
         /// When the stored token expired, in seconds since the Unix epoch.
         expired_unix: u64,
