@@ -19,7 +19,9 @@ use crate::config::Cluster;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
 #[error("template {name}: {detail}")]
 pub struct TemplateError {
+    /// The template's name, relative to the template roots' parent (e.g. `ipxe/boot.ipxe.j2`).
     pub name: String,
+    /// minijinja's message, with the line and the undefined variable when it has them.
     pub detail: String,
 }
 

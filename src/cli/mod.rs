@@ -31,10 +31,12 @@ pub struct Cli {
     pub global: Global,
 
     #[command(subcommand)]
+    /// The subcommand to run.
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
+/// The subcommands; each variant's arguments are defined in the subcommand's module.
 pub enum Command {
     /// Validate cluster.toml, every profile and every template; report all problems at once.
     Check(check::Args),

@@ -10,6 +10,7 @@ use super::global::Global;
 use crate::status::{Report, client, report};
 
 #[derive(Debug, clap::Args)]
+/// Options of `imgbuild status`.
 pub struct Args {
     /// The server's base URL, e.g. http://10.77.0.1:8080 (default: `[network] server` and `http_port`).
     #[arg(long, value_name = "URL")]
@@ -29,6 +30,7 @@ pub async fn fetch(base: &str) -> anyhow::Result<Report> {
     serde_json::from_str(&body).with_context(|| format!("{url} did not return a status report"))
 }
 
+/// Runs `imgbuild status`: prints the report as a table or JSON, once or every second with `--watch` until Ctrl-C.
 pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
     let base = match &args.server {
         Some(s) => s.clone(),

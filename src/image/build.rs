@@ -38,29 +38,42 @@ use crate::template::Engine;
 pub const FORMAT: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
+/// Why an image build failed; each variant wraps the error of one step and says what to fix.
 pub enum BuildError {
     #[error(transparent)]
+    /// `cluster.toml` or a role profile is invalid, or the profile cannot be resolved for the architecture.
     Config(#[from] ConfigError),
     #[error(transparent)]
+    /// The role tree (files of the role layer) could not be rendered.
     Tree(#[from] TreeError),
     #[error(transparent)]
+    /// An artifact (kubeadm, kubelet, containerd, …) could not be fetched or did not match `imgbuild.lock`.
     Artifact(#[from] ArtifactError),
     #[error(transparent)]
+    /// A labelled stand-in binary could not be made (builds with `--standins`).
     Standin(#[from] StandinError),
     #[error("base layer: {0}")]
+    /// The base layer (mmdebstrap) could not be built or read from its cache.
     Base(#[from] BaseError),
     #[error(transparent)]
+    /// The initrd (mkinitramfs) could not be made.
     Initrd(#[from] InitrdError),
     #[error(transparent)]
+    /// Installing the artifacts into the root tree failed.
     Install(#[from] InstallError),
     #[error("role layer: {0}")]
+    /// The role layer could not be applied or its packages listed.
     Layer(#[from] LayerError),
     #[error(transparent)]
+    /// The image store refused the image (staging or commit).
     Store(#[from] StoreError),
     #[error("{path}: {source}")]
+    /// A file or directory of the build (work tree, staging) could not be created, copied or read.
     Io {
+        /// The path the operation was on.
         path: PathBuf,
         #[source]
+        /// The underlying I/O error.
         source: std::io::Error,
     },
 }
@@ -77,29 +90,44 @@ pub struct Options {
 /// One stage of a build.
 #[derive(Debug, Clone, Serialize)]
 pub struct Stage {
+    /// The stage's name as shown on the progress line: `base`, `unpack`, `initrd`, `artifacts`, `role`,
+    /// `squashfs`, `cleanup`, `store`.
     pub name: &'static str,
+    /// Wall-clock time the stage took, in seconds.
     pub seconds: f64,
     /// Taken from a cache.
     pub cached: bool,
+    /// What the stage produced, shown after its name (e.g. `kernel <version>`, a size, the id's first 16 hex
+    /// digits).
     pub detail: String,
 }
 
 /// What a build produced.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// The role the image was built for.
     pub role: Role,
+    /// The architecture the image was built for.
     pub arch: Arch,
+    /// The image id: sha256 of its `manifest.json`, lowercase hex.
     pub id: String,
+    /// Where the image lives in the store (`images/<id>/`).
     pub dir: PathBuf,
+    /// Built with labelled stand-ins instead of the real binaries: never a real cluster.
     pub standins: bool,
     /// The whole image came from the cache (no stage ran).
     pub cached: bool,
     /// The id already existed in the store: nothing in it changed.
     pub existed: bool,
+    /// Digest of the base layer's inputs (as in the manifest's `inputs.base_digest`).
     pub base_digest: String,
+    /// Digest of the rendered role layer (as in the manifest's `inputs.role_layer_digest`).
     pub role_layer_digest: String,
+    /// File name → size and sha256 of `vmlinuz`, `initrd.img`, `rootfs.squashfs`.
     pub files: BTreeMap<String, FileEntry>,
+    /// The stages in the order they ran; empty when the whole image came from the cache.
     pub stages: Vec<Stage>,
+    /// Wall-clock time of the whole build, in seconds.
     pub seconds: f64,
 }
 

@@ -9,14 +9,19 @@ use crate::config::{Arch, Role};
 
 /// The artifact files every image has.
 pub const KERNEL: &str = "vmlinuz";
+/// File name of the initrd (mkinitramfs output, reproducible cpio).
 pub const INITRD: &str = "initrd.img";
+/// File name of the root filesystem (squashfs, zstd), fetched by the initrd at boot.
 pub const ROOTFS: &str = "rootfs.squashfs";
+/// File name of the manifest in an image directory; the image id is the sha256 of its bytes.
 pub const MANIFEST: &str = "manifest.json";
 
 /// Size and digest of one file of the image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileEntry {
+    /// Size in bytes.
     pub size: u64,
+    /// sha256 of the file's bytes, lowercase hex.
     pub sha256: String,
 }
 
@@ -39,7 +44,9 @@ pub struct Inputs {
 /// The manifest of one image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
+    /// The manifest format version ([`crate::image::build::FORMAT`]); bumped when the layout changes.
     pub format: u32,
+    /// The role the image is for (master or worker).
     pub role: Role,
     /// The CPU architecture the image runs on (kernel, packages, artifacts). Pinned per role and architecture.
     #[serde(default)]
@@ -50,28 +57,52 @@ pub struct Manifest {
     pub standins: bool,
     /// Kernel arguments of the profile; the boot decision appends them to the command line.
     pub kernel_args: Vec<String>,
+    /// What went into the image: config, base and role-layer digests, packages, artifacts.
     pub inputs: Inputs,
     /// File name → size and sha256, for `vmlinuz`, `initrd.img`, `rootfs.squashfs`.
     pub files: BTreeMap<String, FileEntry>,
 }
 
 #[derive(Debug, thiserror::Error)]
+/// The manifest of an image in the store cannot be used; the image is damaged or was modified: rebuild it.
 pub enum ManifestError {
     #[error("image {id}: cannot read {path}: {source}")]
+    /// The manifest could not be read (missing, permissions): the image is not there or not readable.
     Read {
+        /// The image id.
         id: String,
+        /// The manifest's path.
         path: String,
+        /// The underlying I/O error.
         #[source]
         source: std::io::Error,
     },
     #[error("image {id}: manifest.json is not valid: {detail}")]
-    Parse { id: String, detail: String },
+    /// The manifest is not valid JSON of this format.
+    Parse {
+        /// The image id.
+        id: String,
+        /// The parser's message.
+        detail: String,
+    },
     #[error(
         "image {id}: manifest.json hashes to {actual}, not its id; the store was modified: rebuild the image"
     )]
-    IdMismatch { id: String, actual: String },
+    /// The manifest does not hash to its id: the store was modified; rebuild the image.
+    IdMismatch {
+        /// The id the image is stored under.
+        id: String,
+        /// The sha256 the manifest's bytes actually have.
+        actual: String,
+    },
     #[error("image {id}: manifest lists no {file}")]
-    MissingFile { id: String, file: String },
+    /// The manifest does not list a file every image has (or that was asked for).
+    MissingFile {
+        /// The image id.
+        id: String,
+        /// The file name that is not listed.
+        file: String,
+    },
 }
 
 impl Manifest {

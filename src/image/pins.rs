@@ -23,14 +23,20 @@ use super::manifest::{self, Manifest, ManifestError};
 use super::store::{ImageStore, StoreError};
 use crate::config::{Arch, Cluster, Role};
 
+/// File name of the pins in the state directory (`[paths] state`): `state/pins.toml`.
 pub const PINS_FILE: &str = "pins.toml";
 
 /// The image pinned for a role, with what the boot path needs of its manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PinnedImage {
+    /// The image id (sha256 of its `manifest.json`, lowercase hex); served under `/images/<id>/`.
     pub id: String,
+    /// sha256 of the image's `vmlinuz`, from its manifest (iPXE and GRUB check the download against it).
     pub kernel_sha256: String,
+    /// sha256 of the image's `initrd.img`, from its manifest.
     pub initrd_sha256: String,
+    /// sha256 of the image's `rootfs.squashfs`, from its manifest; passed to the initrd on the kernel command
+    /// line (`imgbuild.rootfs_sha256=`).
     pub rootfs_sha256: String,
     /// The kernel arguments of the image's profile (console, net.ifnames=0, ...), from its manifest.
     pub kernel_args: Vec<String>,
@@ -66,29 +72,45 @@ pub struct Pins {
 }
 
 #[derive(Debug, thiserror::Error)]
+/// Reading, writing or checking the pins failed.
 pub enum PinError {
     #[error("cannot read or write {path}: {source}")]
+    /// `state/pins.toml` could not be read or written (permissions, disk full, …).
     Io {
+        /// The pins file (or its temporary file).
         path: PathBuf,
         #[source]
+        /// The underlying I/O error.
         source: std::io::Error,
     },
     #[error("{path} is not a valid pins file: {detail}")]
-    Parse { path: PathBuf, detail: String },
+    /// `state/pins.toml` is not valid TOML of the expected shape (`[amd64]`/`[arm64]` tables of role = id); fix
+    /// or remove it and re-pin.
+    Parse {
+        /// The pins file.
+        path: PathBuf,
+        /// The parser's message.
+        detail: String,
+    },
     /// The image is missing or damaged (its manifest cannot be read or does not hash to its id).
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(
         "image {id} is a {actual} image; it cannot be pinned for role {role} (build one with `imgbuild profile {role}`)"
     )]
+    /// The image was built for another role than the one it is being pinned for.
     WrongRole {
+        /// The image id.
         id: String,
+        /// The role it was to be pinned for.
         role: Role,
+        /// The role the image's manifest says it was built for.
         actual: Role,
     },
 }
 
 impl Pins {
+    /// Where the pins live: `pins.toml` in the cluster's state directory (`[paths] state`).
     pub fn path(cluster: &Cluster) -> PathBuf {
         cluster.paths.state.join(PINS_FILE)
     }

@@ -32,6 +32,7 @@ pub enum Firmware {
 }
 
 impl Firmware {
+    /// The firmware for a DHCP option 93 value (`Other` for values not listed above).
     pub fn from_arch(arch: u16) -> Firmware {
         match arch {
             0 => Firmware::Bios,
@@ -48,6 +49,7 @@ impl Firmware {
         matches!(self, Firmware::UefiX64Http | Firmware::UefiArm64Http)
     }
 
+    /// Whether the firmware is UEFI (x64 or arm64, PXE or HTTP Boot); BIOS and unknown values are not.
     pub fn is_uefi(self) -> bool {
         !matches!(self, Firmware::Bios | Firmware::Other(_))
     }
@@ -56,6 +58,7 @@ impl Firmware {
 /// What a DHCP client told us about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Client {
+    /// The client's hardware address (`chaddr`), the inventory key.
     pub mac: MacAddr,
     /// Option 93, if sent. `None` is treated as BIOS.
     pub arch: Option<u16>,
@@ -86,14 +89,22 @@ impl BootFile {
 /// Everything the iPXE script template of a known machine needs.
 #[derive(Debug, Clone, Serialize)]
 pub struct BootPlan {
+    /// The machine's inventory entry (`[[machines]]` in `cluster.toml`).
     pub machine: Machine,
+    /// The image pinned for the machine's role and architecture.
     pub image: PinnedImage,
+    /// The HTTP server's base URL, `http://<server>:<port>` (no trailing slash).
     pub server_url: String,
+    /// The kernel's full URL, `<server_url>/images/<id>/vmlinuz?sha256=<hex>` (the server refuses a mismatching
+    /// digest).
     pub kernel_url: String,
+    /// The initrd's full URL, `<server_url>/images/<id>/initrd.img?sha256=<hex>`.
     pub initrd_url: String,
     /// The kernel's and initrd's URL paths (with their `?sha256=`), for GRUB's `(http,server)/path`.
     pub kernel_path: String,
+    /// The initrd's URL path with its `?sha256=`, for GRUB (see `kernel_path`).
     pub initrd_path: String,
+    /// The root filesystem's URL, `<server_url>/images/<id>/rootfs.squashfs`, fetched by the initrd.
     pub rootfs_url: String,
     /// The full kernel command line (without `initrd=`, which the template adds for UEFI), from the template
     /// `ipxe/cmdline.j2`.
@@ -104,11 +115,17 @@ pub struct BootPlan {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum NoBoot {
     /// The MAC is not in the inventory.
-    UnknownMachine { mac: MacAddr },
+    UnknownMachine {
+        /// The MAC the client sent.
+        mac: MacAddr,
+    },
     /// No image is pinned for the machine's role on its architecture.
     NotPinned {
+        /// The machine's inventory hostname.
         hostname: String,
+        /// The machine's role.
         role: Role,
+        /// The machine's architecture.
         arch: Arch,
     },
     /// The kernel command line template failed to render (a server bug, not the machine's).
@@ -137,7 +154,10 @@ impl std::fmt::Display for NoBoot {
 
 /// iPXE binary names for each firmware (files in `network.ipxe_binaries`).
 pub const BIOS_BOOTFILE: &str = "undionly.kpxe";
+/// UEFI x64 (PXE and HTTP Boot): iPXE using the firmware's network driver (SNP).
 pub const UEFI_BOOTFILE: &str = "snponly.efi";
+/// UEFI x64 iPXE with its own drivers; allowlisted for TFTP and `/boot/`, though the boot decision names
+/// `snponly.efi`.
 pub const UEFI_BOOTFILE_FULL: &str = "ipxe.efi";
 /// The arm64 netboot loader: GRUB, made by the server from Debian's arm64 GRUB modules (`netboot::grub`).
 pub const GRUB_ARM64_BOOTFILE: &str = "grubnetaa64.efi";
@@ -185,11 +205,14 @@ impl Loader {
 /// The decision point. Built from the cluster and the pins; rebuilt on reload or re-pin.
 #[derive(Debug, Clone)]
 pub struct Booter {
+    /// The cluster description the decisions read (inventory, network).
     pub cluster: Arc<Cluster>,
+    /// The image pinned for each (role, architecture), from `state/pins.toml`.
     pub pins: PinMap,
 }
 
 impl Booter {
+    /// A decision point over `cluster` and `pins`.
     pub fn new(cluster: Arc<Cluster>, pins: PinMap) -> Self {
         Booter { cluster, pins }
     }

@@ -104,6 +104,7 @@ pub struct BootFiles {
 }
 
 impl BootFiles {
+    /// An empty cache.
     pub fn new() -> Self {
         Self::default()
     }

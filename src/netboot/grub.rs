@@ -37,25 +37,44 @@ pub const MODULES: &[&str] = &[
 /// The template of the configuration embedded in the image.
 pub const EMBEDDED_TEMPLATE: &str = "ipxe/grub-embedded.cfg.j2";
 
+/// Why the server could not make the arm64 GRUB loaders at start-up; arm64 machines cannot netboot until fixed.
 #[derive(Debug, thiserror::Error)]
 pub enum GrubError {
+    /// `network.grub_modules` does not hold Debian's arm64-efi GRUB modules: run `./scripts/setup` or point
+    /// the key at such a directory.
     #[error(
         "{dir}: no arm64 GRUB modules ({detail}); arm64 machines cannot boot. Run ./scripts/setup (it extracts \
          Debian's grub-efi-arm64-bin there) or set network.grub_modules to a directory holding arm64-efi modules"
     )]
-    Modules { dir: PathBuf, detail: String },
+    Modules {
+        /// The configured module directory (`network.grub_modules`).
+        dir: PathBuf,
+        /// What is wrong, e.g. `moddep.lst missing` (it checks `moddep.lst`, `kernel.img`, `efinet.mod`,
+        /// `http.mod`).
+        detail: String,
+    },
+    /// The embedded configuration template `ipxe/grub-embedded.cfg.j2` failed to render.
     #[error(transparent)]
     Template(#[from] TemplateError),
+    /// Writing the embedded configuration or the loader under `state/boot/` failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file or directory the operation was on.
         path: PathBuf,
+        /// The underlying I/O error.
         #[source]
         source: std::io::Error,
     },
     #[error(
         "grub-mkimage failed ({status}): {stderr}; install Debian's grub-common (./scripts/setup installs it)"
     )]
-    Mkimage { status: String, stderr: String },
+    /// `grub-mkimage` could not be started or exited with an error: install Debian's `grub-common`.
+    Mkimage {
+        /// Its exit status, or `not started` when it could not be run.
+        status: String,
+        /// Its standard error (trimmed), or why it could not be started.
+        stderr: String,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> GrubError + '_ {

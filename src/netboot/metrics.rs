@@ -11,26 +11,32 @@ use prometheus_client::registry::Registry;
 /// Labels `route`, `status`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteStatus {
+    /// The axum route template (e.g. `/images/{id}/{file}`), or `unmatched`.
     pub route: String,
+    /// The HTTP status code, as decimal text.
     pub status: String,
 }
 
 /// Label `route`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabel {
+    /// The axum route template, or `unmatched`.
     pub route: String,
 }
 
 /// Label `kind`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Kind {
+    /// The error kind (e.g. `not_found`, `timeout`); each protocol documents its kinds on its `errors` family.
     pub kind: String,
 }
 
 /// TFTP counters. `file` is one of the allowlisted names (or `-` for refused names: clients choose the text).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FileResult {
+    /// The requested file name if allowlisted, else `-`.
     pub file: String,
+    /// How the request ended: `ok`, `refused`, `failed`, ...
     pub result: String,
 }
 
@@ -91,10 +97,12 @@ impl TftpMetrics {
         tftp
     }
 
+    /// Counts one TFTP error of `kind` in `tftp_errors`.
     pub fn error(&self, kind: &str) {
         self.errors.get_or_create(&Kind { kind: kind.into() }).inc();
     }
 
+    /// Counts one TFTP read request for `file` ending in `result` in `tftp_requests`.
     pub fn request(&self, file: &str, result: &str) {
         self.requests
             .get_or_create(&FileResult {
@@ -128,10 +136,12 @@ impl HttpMetrics {
         http
     }
 
+    /// Counts one HTTP error of `kind` in `http_errors`.
     pub fn error(&self, kind: &str) {
         self.errors.get_or_create(&Kind { kind: kind.into() }).inc();
     }
 
+    /// Counts one HTTP response with `status` on `route` (a route template) in `http_requests`.
     pub fn request(&self, route: &str, status: u16) {
         self.requests
             .get_or_create(&RouteStatus {
@@ -141,6 +151,7 @@ impl HttpMetrics {
             .inc();
     }
 
+    /// Adds `n` body bytes sent on `route` to `http_sent_bytes`.
     pub fn bytes(&self, route: &str, n: u64) {
         self.bytes
             .get_or_create(&RouteLabel {

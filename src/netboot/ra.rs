@@ -45,7 +45,9 @@ pub fn is_solicitation(msg: &[u8]) -> bool {
 /// Counters exported on `/metrics`.
 #[derive(Debug, Default, Clone)]
 pub struct RaMetrics {
+    /// Router advertisements sent, periodic and in answer to solicitations (`ra_sent`).
     pub sent: Counter,
+    /// Router solicitations received on the interface (`ra_solicitations`).
     pub solicitations: Counter,
 }
 

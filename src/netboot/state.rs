@@ -14,15 +14,18 @@ use crate::status::Events;
 
 /// State every protocol loop reads. Cheap to share (`Arc<Shared>`).
 pub struct Shared {
+    /// The `cluster.toml` the server was started with; re-read from here on reload (SIGHUP).
     pub config_path: PathBuf,
     cluster: ArcSwap<Cluster>,
     booter: ArcSwap<Booter>,
+    /// The event log (`state/events.jsonl`): boot stages seen by DHCP, TFTP, HTTP and reported by the nodes.
     pub events: Events,
     /// Every protocol registers its metric families here when it starts; `/metrics` encodes it.
     pub registry: std::sync::Mutex<prometheus_client::registry::Registry>,
 }
 
 impl Shared {
+    /// The state for a loaded `cluster` and its `pins`; the metrics registry starts empty with prefix `imgbuild`.
     pub fn new(config_path: PathBuf, cluster: Cluster, pins: PinMap, events: Events) -> Self {
         let cluster = Arc::new(cluster);
         Shared {

@@ -45,8 +45,11 @@ pub const PUBLISH_SKEW_SECS: u64 = 300;
 /// One enrolled node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Enrolled {
+    /// The node's inventory hostname.
     pub hostname: String,
+    /// The address the bundle was fetched from (the TCP peer address of the request).
     pub ip: IpAddr,
+    /// When the bundle was handed out, in ms since the Unix epoch.
     pub at_ms: u64,
 }
 
@@ -67,6 +70,7 @@ pub struct EnrollState {
 /// The enrollment store on disk.
 #[derive(Debug, Clone)]
 pub struct Store {
+    /// The state file, `state/enrollment.json`.
     pub path: PathBuf,
     lock: PathBuf,
 }
@@ -75,6 +79,7 @@ pub struct Store {
 pub struct Locked {
     path: PathBuf,
     _file: std::fs::File,
+    /// The state read under the lock; write it back with [`Locked::save`] before dropping the lock.
     pub state: EnrollState,
 }
 
@@ -154,20 +159,32 @@ impl EnrollState {
 /// Why a request is not answered with a bundle.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
+    /// The MAC is not in the inventory (403): add a `[[machines]]` entry to `cluster.toml`.
     UnknownMac,
+    /// The request came from another address than the inventory gives the MAC (403, possible spoofer).
     WrongAddress {
+        /// The address the inventory (`Machine::ip`) gives this MAC.
         expected: IpAddr,
     },
+    /// No enrollment window is open (403): open one with `imgbuild enroll --open 30m`.
     Closed,
+    /// The node already fetched its bundle (409, possible spoofer); re-arm it with
+    /// `imgbuild enroll --reset <host>`.
     AlreadyEnrolled {
+        /// When the earlier fetch happened, in ms since the Unix epoch.
         at_ms: u64,
+        /// The address the earlier fetch came from.
         from: IpAddr,
     },
     /// Not a refusal: come back later (not consumed).
     WaitBarrier {
+        /// Hostname of the first master the joiner waits for.
         first_master: String,
     },
+    /// Not a refusal: the stored bootstrap token has expired; retry once the first master publishes a renewed
+    /// one (503, not consumed).
     TokenExpired {
+        /// When the stored token expired, in seconds since the Unix epoch.
         expired_unix: u64,
     },
 }
@@ -275,15 +292,21 @@ pub fn decide<'c>(
 /// What a node receives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bundle {
+    /// The node's inventory hostname.
     pub hostname: String,
+    /// The node's role (master or worker); masters also receive the cluster CA files in `pki`.
     pub role: Role,
+    /// The node's MAC, as in the inventory.
     pub mac: MacAddr,
+    /// The node's address, as in the inventory.
     pub ip: IpAddr,
     /// This node runs `kubeadm init` (the first master).
     pub init: bool,
     /// `VIP:port`.
     pub api_endpoint: String,
+    /// The kubeadm bootstrap token (`[a-z0-9]{6}.[a-z0-9]{16}`) for `kubeadm init`/`join`.
     pub token: String,
+    /// When `token` expires, in seconds since the Unix epoch.
     pub token_expires_unix: u64,
     /// `sha256:<hex>` for `caCertHashes`.
     pub discovery_hash: String,
@@ -358,33 +381,53 @@ fn verify(publish_key: &str, msg: &str, sig_hex: &str) -> bool {
 /// A token publication (`POST /api/token`), its MAC parsed.
 #[derive(Debug, Clone, Copy)]
 pub struct Publication<'a> {
+    /// The MAC the publisher claims (form field `mac`); must be the first master's.
     pub mac: MacAddr,
+    /// The new bootstrap token, `[a-z0-9]{6}.[a-z0-9]{16}`.
     pub token: &'a str,
+    /// The token's expiry, in seconds since the Unix epoch.
     pub expires: u64,
+    /// When the publication was signed, in seconds since the Unix epoch (checked for skew and replay).
     pub ts: u64,
+    /// Hex HMAC-SHA256 over [`publish_message`], keyed with the publish key's text.
     pub sig: &'a str,
 }
 
 /// Why a token publication is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublishRefusal {
+    /// The inventory has no master, so nobody may publish (403).
     NoMaster,
+    /// The publication did not come from the first master's MAC and address (403, possible spoofer).
     NotFirstMaster {
+        /// The first master's hostname.
         hostname: String,
+        /// The first master's MAC.
         mac: MacAddr,
+        /// The first master's inventory address.
         ip: std::net::Ipv4Addr,
     },
+    /// `sig` does not verify against the publish key (403, possible spoofer).
     BadSignature,
+    /// `ts` is more than [`PUBLISH_SKEW_SECS`] from the server's clock (403): check the node's time.
     Skew {
+        /// The publication's timestamp, in seconds since the Unix epoch.
         ts: u64,
+        /// The server's clock, in seconds since the Unix epoch.
         now: u64,
     },
+    /// The token is not of the form `[a-z0-9]{6}.[a-z0-9]{16}` (400).
     MalformedToken,
+    /// The token's expiry has already passed (400).
     Expired {
+        /// The published expiry, in seconds since the Unix epoch.
         expires: u64,
     },
+    /// `ts` is not newer than the last accepted publication (409): a replay.
     Replay {
+        /// The refused publication's timestamp.
         ts: u64,
+        /// The timestamp of the last accepted publication.
         last: u64,
     },
 }

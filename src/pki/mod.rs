@@ -18,28 +18,54 @@ pub mod token;
 /// A secrets or enrollment operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
+    /// Reading or writing a file under `secrets/` or `state/` failed (permissions, disk full, …).
     #[error("{path}: {source}")]
     Io {
+        /// The file or directory the operation was on.
         path: String,
+        /// The underlying I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// Generating a key pair or certificate failed.
     #[error("cannot generate {what}: {source}")]
     Generate {
+        /// What was being generated (e.g. the cluster CA, the service-account key).
         what: String,
+        /// The error from `rcgen`.
         #[source]
         source: rcgen::Error,
     },
+    /// A stored secret or state file exists but cannot be used (bad PEM, malformed JSON, malformed token);
+    /// fix or restore the file named.
     #[error("{path}: {message}")]
-    Invalid { path: String, message: String },
+    Invalid {
+        /// The file that is invalid.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
     #[error(
         "secrets already exist in {dir} ({file} is there); refusing to overwrite them. To rotate: stop the server, \
          move {dir} away (keep it until every node has rejoined), run `imgbuild secrets init` again, then \
          `imgbuild enroll --reset <host>` for every node and rebuild the cluster"
     )]
-    Exists { dir: String, file: String },
+    /// `imgbuild secrets init` found secrets already there and refuses to overwrite them (the message says how
+    /// to rotate).
+    Exists {
+        /// The secrets directory (`[paths] secrets` in `cluster.toml`).
+        dir: String,
+        /// The existing file that was found first.
+        file: String,
+    },
     #[error("no secrets in {dir} ({file} is missing); run `imgbuild secrets init` first")]
-    Missing { dir: String, file: String },
+    /// A secret file is absent: run `imgbuild secrets init` first.
+    Missing {
+        /// The secrets directory (`[paths] secrets` in `cluster.toml`).
+        dir: String,
+        /// The file that is missing.
+        file: String,
+    },
 }
 
 pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {

@@ -57,11 +57,14 @@ pub enum Source {
 pub struct Event {
     /// Milliseconds since the Unix epoch.
     pub at_ms: u64,
+    /// The machine the event is about (the DHCP client's or reporting node's MAC).
     pub mac: MacAddr,
     /// A stage from [`STAGES`], or `failed`.
     pub stage: String,
     #[serde(default)]
+    /// Free text for people: an error message, a file name, a version; may be empty.
     pub detail: String,
+    /// Whether the server observed the event or the node reported it.
     pub source: Source,
 }
 

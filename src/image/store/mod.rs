@@ -32,12 +32,13 @@ pub use dir::DirStore;
 
 /// Why the store cannot do what was asked.
 #[derive(Debug, thiserror::Error)]
-#[allow(missing_docs)] // the fields are named by the messages
 pub enum StoreError {
     /// Reading or writing the store failed.
     #[error("image store {path}: {source}")]
     Io {
+        /// The file or directory of the store the operation was on.
         path: PathBuf,
+        /// The underlying I/O error.
         #[source]
         source: std::io::Error,
     },
@@ -46,20 +47,40 @@ pub enum StoreError {
     Manifest(#[from] ManifestError),
     /// No image has this id.
     #[error("no image {id} in {dir}; `imgbuild images` lists the images there")]
-    NoImage { id: String, dir: String },
+    NoImage {
+        /// The id asked for.
+        id: String,
+        /// Where the store looked ([`ImageStore::location`]: the `images/` directory for the directory store).
+        dir: String,
+    },
     /// The id is not 64 hex digits (it could name a path outside the store).
     #[error("{id:?} is not an image id (64 hex digits)")]
-    BadId { id: String },
+    BadId {
+        /// The text given as an id.
+        id: String,
+    },
     /// The name is not a plain file name.
     #[error("image {id}: {name:?} is not a file name of an image")]
-    BadName { id: String, name: String },
+    BadName {
+        /// The image id.
+        id: String,
+        /// The file name asked for.
+        name: String,
+    },
     /// The manifest lists the file but the store does not have it.
     #[error("image {id} has no {name}")]
-    NoFile { id: String, name: String },
+    NoFile {
+        /// The image id.
+        id: String,
+        /// The file name the manifest lists.
+        name: String,
+    },
     /// A symlink (or a special file) where the store keeps a directory or a regular file.
     #[error("{what} is a symlink or not a {expected}; refusing to serve it")]
     NotRegular {
+        /// The store path that was found, relative to the store (`images/<id>` or `images/<id>/<name>`).
         what: String,
+        /// What the store keeps there: `"directory"` or `"regular file"`.
         expected: &'static str,
     },
     /// The stored file's size is not the manifest's: the store was modified.
@@ -67,9 +88,13 @@ pub enum StoreError {
         "image {id}: {name} is {actual} bytes but its manifest says {expected}; the store was modified: rebuild the image"
     )]
     SizeMismatch {
+        /// The image id.
         id: String,
+        /// The file name.
         name: String,
+        /// The stored file's size, in bytes.
         actual: u64,
+        /// The size the manifest records, in bytes.
         expected: u64,
     },
 }

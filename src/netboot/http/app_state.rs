@@ -12,8 +12,12 @@ use crate::netboot::state::Shared;
 /// What the handlers share: the server state plus HTTP-only caches.
 #[derive(Clone)]
 pub struct AppState {
+    /// The server state every protocol shares: cluster, boot decision, events, metrics registry.
     pub shared: Arc<Shared>,
+    /// The HTTP metric families (`http_requests`, `http_sent_bytes`, ...), registered at start.
     pub metrics: HttpMetrics,
+    /// Cache of boot loader contents served under `GET /boot/{file}`.
     pub boot_files: Arc<BootFiles>,
+    /// Watches `state/pins.toml` so an `imgbuild pin` takes effect before the next boot decision.
     pub pins: Arc<PinWatch>,
 }

@@ -13,10 +13,14 @@ use crate::config::MacAddr;
 use crate::status::{STAGES, STANDIN_STAGE, Source};
 
 #[derive(Debug, Deserialize)]
+/// The form body of `POST /api/events`.
 pub struct EventForm {
+    /// The reporting node's MAC (any format [`MacAddr`] parses); must be in the inventory.
     pub mac: String,
+    /// The boot stage reached: one of [`crate::status::STAGES`], `failed` or `standin`.
     pub stage: String,
     #[serde(default)]
+    /// Free text for people (an error message, a version); optional, cut to [`MAX_DETAIL`] bytes.
     pub detail: String,
 }
 

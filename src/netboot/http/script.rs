@@ -28,7 +28,9 @@ use crate::template::{self, Engine, TemplateError};
 pub const RETRY_SECS: u32 = 30;
 
 #[derive(Debug, Deserialize)]
+/// The query of `GET /boot.ipxe`.
 pub struct BootQuery {
+    /// The client's MAC (iPXE's `${mac}`); absent, the answer is a script that chains to `/ipxe/${mac}`.
     pub mac: Option<String>,
 }
 

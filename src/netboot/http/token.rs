@@ -60,10 +60,15 @@ pub fn routes(shared: Arc<Shared>) -> Router {
 /// The form of `POST /api/token`.
 #[derive(Debug, Deserialize)]
 pub struct PublishForm {
+    /// The publisher's MAC; must be the first master's.
     pub mac: String,
+    /// The renewed bootstrap token, `[a-z0-9]{6}.[a-z0-9]{16}`.
     pub token: String,
+    /// The token's expiry, in seconds since the Unix epoch.
     pub expires: u64,
+    /// When the publication was signed, in seconds since the Unix epoch.
     pub ts: u64,
+    /// Hex HMAC-SHA256 over [`crate::pki::enroll::publish_message`], keyed with the publish key's text.
     pub sig: String,
 }
 
