@@ -103,7 +103,7 @@ pub(super) fn build_and_pin(
             arch,
             opts.standins,
         )?;
-        standins |= report::image_standins(&*crate::image::store::open(&cluster), &id);
+        standins |= report::image_standins(&*crate::image::store::open(cluster), &id);
         imgbuild(&opts.exe, config, &["pin", &role.to_string(), &id])?;
         images.push((role, arch, id));
     }
