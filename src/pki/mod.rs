@@ -12,6 +12,7 @@
 pub mod ca;
 pub mod enroll;
 pub mod kubeconfig;
+pub mod publish;
 pub mod secrets;
 pub mod token;
 
