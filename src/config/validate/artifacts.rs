@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Checker, Known, Seg, check_url};
+use super::checker::{Checker, Known, Seg, check_url, p};
 use crate::config::model::Artifact;
 use crate::config::raw;
 

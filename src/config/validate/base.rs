@@ -1,6 +1,6 @@
 //! `[base]`: the Debian release, mirror, optional snapshot and extra packages of the base image.
 
-use super::{Checker, Seg, check_url};
+use super::checker::{Checker, Seg, check_url, p};
 use crate::config::model::Base;
 use crate::config::raw;
 

@@ -1,6 +1,6 @@
 //! `[cluster]`: name, Kubernetes version, pod and service networks, CNI.
 
-use super::{Checker, Known, Seg, is_hostname};
+use super::checker::{Checker, Known, Seg, is_hostname, p};
 use crate::config::model::{ClusterInfo, Cni, Version};
 use crate::config::raw;
 

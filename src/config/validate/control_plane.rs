@@ -1,6 +1,6 @@
 //! `[control_plane]`: the API server's VIP and port, and how kube-vip announces the VIP.
 
-use super::{Checker, Known, Seg};
+use super::checker::{Checker, Known, Seg, p};
 use crate::config::model::{ControlPlane, KubeVipMode};
 use crate::config::raw;
 

@@ -1,6 +1,6 @@
 //! `[longhorn]`: the storage system's version, replica count (no more than the storage nodes), paths and disk.
 
-use super::{Checker, Seg};
+use super::checker::{Checker, Seg, p};
 use crate::config::model::{Longhorn, Version};
 use crate::config::raw;
 

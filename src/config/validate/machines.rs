@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
-use super::{Checker, Known, Seg, is_hostname};
+use super::checker::{Checker, Known, Seg, is_hostname, p};
 use crate::config::mac::MacAddr;
 use crate::config::model::{Arch, Machine, Role};
 use crate::config::raw;

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-use super::{Checker, Known, Seg};
+use super::checker::{Checker, Known, Seg, p};
 use crate::config::model::{AddressPool, Advertisement, BgpPeer, IpRange, Machine, MetalLb};
 use crate::config::raw;
 

@@ -1,251 +1,33 @@
 //! Semantic validation: from the raw file to a typed [`Cluster`], collecting every problem on the way.
 //!
 //! One function per `cluster.toml` section (`cluster.rs`, `network.rs`, `control_plane.rs`, `machines.rs`,
-//! `metallb.rs`, `longhorn.rs`, `artifacts.rs`, `base.rs`), run in the order of [`validate`], which is the order
-//! problems are reported in. They share the [`Checker`] (the problems found so far and where a key sits in the
-//! text) and [`Known`] (the values later sections check against, such as the provisioning subnet).
+//! `metallb.rs`, `longhorn.rs`, `artifacts.rs`, `base.rs`, `paths.rs`), run in the order of [`validate`], which
+//! is the order problems are reported in. They share what `checker.rs` holds: the [`Checker`] (the problems
+//! found so far and where a key sits in the text), key paths and `Known` (the values later sections check
+//! against, such as the provisioning subnet).
 
-use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
-use std::str::FromStr;
+use std::path::Path;
 
-use ipnet::Ipv4Net;
-
-use super::error::{Problem, line_col};
-use super::model::*;
+use super::model::Cluster;
 use super::raw;
-
-/// A step in a key path: `machines` / `[2]` / `mac`.
-#[derive(Debug, Clone)]
-pub enum Seg {
-    Key(String),
-    Index(usize),
-}
-
-fn key_string(path: &[Seg]) -> String {
-    let mut s = String::new();
-    for seg in path {
-        match seg {
-            Seg::Key(k) => {
-                if !s.is_empty() {
-                    s.push('.');
-                }
-                s.push_str(k);
-            }
-            Seg::Index(i) => s.push_str(&format!("[{i}]")),
-        }
-    }
-    s
-}
-
-/// Builds key paths concisely: `p!["machines", 2usize, "mac"]`.
-macro_rules! p {
-    ($($seg:expr),* $(,)?) => { [$(Seg::from($seg)),*] };
-}
-
-impl From<&str> for Seg {
-    fn from(s: &str) -> Self {
-        Seg::Key(s.to_string())
-    }
-}
-impl From<String> for Seg {
-    fn from(s: String) -> Self {
-        Seg::Key(s)
-    }
-}
-impl From<usize> for Seg {
-    fn from(i: usize) -> Self {
-        Seg::Index(i)
-    }
-}
 
 mod artifacts;
 mod base;
+mod checker;
 mod cluster;
 mod control_plane;
 mod longhorn;
 mod machines;
 mod metallb;
 mod network;
+mod paths;
 
 pub use artifacts::REQUIRED_ARTIFACTS;
-
-/// Collects problems and locates keys in the source text.
-pub struct Checker<'a> {
-    file: PathBuf,
-    src: &'a str,
-    doc: Option<toml_edit::Document<&'a str>>,
-    pub problems: Vec<Problem>,
-}
-
-impl<'a> Checker<'a> {
-    pub fn new(file: &Path, src: &'a str) -> Self {
-        Checker {
-            file: file.to_path_buf(),
-            src,
-            doc: toml_edit::Document::parse(src).ok(),
-            problems: Vec::new(),
-        }
-    }
-
-    /// Byte span of the value at `path` (or of the key, or of the nearest existing parent).
-    fn locate(&self, path: &[Seg]) -> Option<std::ops::Range<usize>> {
-        let doc = self.doc.as_ref()?;
-        let mut item = doc.as_item();
-        let mut best = None;
-        for seg in path {
-            let next = match seg {
-                Seg::Key(k) => {
-                    if let Some(t) = item.as_table_like() {
-                        if let Some((key, it)) = t.get_key_value(k) {
-                            best = key.span().or(best);
-                            Some(it)
-                        } else {
-                            None
-                        }
-                    } else {
-                        None
-                    }
-                }
-                Seg::Index(i) => item.get(*i),
-            };
-            match next {
-                Some(it) => {
-                    item = it;
-                    if let Some(sp) = it.span().or_else(|| it.as_value().and_then(|v| v.span())) {
-                        best = Some(sp);
-                    }
-                }
-                None => break,
-            }
-        }
-        best
-    }
-
-    pub fn error(&mut self, path: &[Seg], message: impl Into<String>) {
-        let (line, column) = match self.locate(path) {
-            Some(sp) => {
-                let (l, c) = line_col(self.src, sp.start);
-                (Some(l), Some(c))
-            }
-            None => (None, None),
-        };
-        self.problems.push(Problem {
-            file: self.file.clone(),
-            line,
-            column,
-            key: key_string(path),
-            message: message.into(),
-        });
-    }
-
-    fn parse<T: FromStr>(&mut self, path: &[Seg], text: &str, what: &str) -> Option<T> {
-        match text.parse::<T>() {
-            Ok(v) => Some(v),
-            Err(_) => {
-                self.error(path, format!("{text:?} is not {what}"));
-                None
-            }
-        }
-    }
-
-    fn ip(&mut self, path: &[Seg], text: &str) -> Option<Ipv4Addr> {
-        self.parse(path, text, "an IPv4 address such as 10.77.0.11")
-    }
-
-    fn cidr(&mut self, path: &[Seg], text: &str) -> Option<Ipv4Net> {
-        let net: Ipv4Net = self.parse(
-            path,
-            text,
-            "an IPv4 network in CIDR form such as 10.244.0.0/16",
-        )?;
-        if net.trunc() != net {
-            self.error(
-                path,
-                format!("{text:?} has host bits set; did you mean {}?", net.trunc()),
-            );
-            return None;
-        }
-        Some(net)
-    }
-
-    /// The value whose name `text` is, out of `valid` (name, value) pairs.
-    fn one_of<T: Copy>(&mut self, path: &[Seg], text: &str, valid: &[(&str, T)]) -> Option<T> {
-        if let Some((_, v)) = valid.iter().find(|(name, _)| *name == text) {
-            Some(*v)
-        } else {
-            let names: Vec<&str> = valid.iter().map(|(name, _)| *name).collect();
-            self.error(
-                path,
-                format!(
-                    "{text:?} is not valid; expected one of: {}",
-                    names.join(", ")
-                ),
-            );
-            None
-        }
-    }
-
-    fn port(&mut self, path: &[Seg], n: i64) -> Option<u16> {
-        match u16::try_from(n) {
-            Ok(p) if p > 0 => Some(p),
-            _ => {
-                self.error(path, format!("{n} is not a port; expected 1 to 65535"));
-                None
-            }
-        }
-    }
-
-    fn asn(&mut self, path: &[Seg], n: i64) -> Option<u32> {
-        // 0 and 4294967295 are reserved (RFC 7607, RFC 7300).
-        if (1..=4_294_967_294).contains(&n) {
-            Some(n as u32)
-        } else {
-            self.error(
-                path,
-                format!("AS number {n} is out of range; expected 1 to 4294967294 (private: 64512-65534 or 4200000000-4294967294)"),
-            );
-            None
-        }
-    }
-}
-
-fn is_hostname(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-fn check_url(c: &mut Checker, path: &[Seg], url: &str) {
-    if !(url.starts_with("https://") || url.starts_with("http://") || url.starts_with("file:///")) {
-        c.error(
-            path,
-            format!("{url:?} is not a source imgbuild can fetch; expected an https://, http:// or file:/// URL"),
-        );
-    }
-}
-
-/// Validates the raw file. `root` is the directory the relative paths are resolved against.
-/// What a section's checks take from the sections checked before it; each is `None` where that value was
-/// invalid (and already reported), so checks that need it are skipped.
-#[derive(Default)]
-struct Known {
-    kubernetes_version: Option<Version>,
-    pod_cidr: Option<Ipv4Net>,
-    service_cidr: Option<Ipv4Net>,
-    subnet: Option<Ipv4Net>,
-    gateway: Option<Ipv4Addr>,
-    server: Option<Ipv4Addr>,
-    unknown_pool: Option<Pool>,
-    vip: Option<Ipv4Addr>,
-}
+pub use checker::{Checker, Seg};
 
 /// Validates the raw file. `root` is the directory the relative paths are resolved against.
 pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> Option<Cluster> {
-    let mut known = Known::default();
+    let mut known = checker::Known::default();
     let cluster = cluster::check(c, &f.cluster, &mut known);
     let network = network::check(c, &f.network, &mut known);
     // Reported after the network's own problems: the pod network must also stay clear of its subnet.
@@ -256,7 +38,7 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
     let longhorn = longhorn::check(c, &f.longhorn, &f.machines);
     let artifacts = artifacts::check(c, &f.artifacts, &known);
     let base = base::check(c, &f.base);
-    let paths = paths(root, &f.paths);
+    let paths = paths::check(root, &f.paths);
 
     if !c.problems.is_empty() {
         return None;
@@ -274,19 +56,4 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
         base,
         paths,
     })
-}
-
-/// `[paths]`: each directory relative to `root` unless absolute, with its default name when not given.
-fn paths(root: &Path, p: &raw::PathsRaw) -> Paths {
-    let rel = |o: &Option<String>, d: &str| -> PathBuf { root.join(o.as_deref().unwrap_or(d)) };
-    Paths {
-        root: root.to_path_buf(),
-        profiles: rel(&p.profiles, "profiles"),
-        ipxe: rel(&p.ipxe, "ipxe"),
-        images: rel(&p.images, "images"),
-        state: rel(&p.state, "state"),
-        secrets: rel(&p.secrets, "secrets"),
-        cache: rel(&p.cache, "cache"),
-        lock: root.join("imgbuild.lock"),
-    }
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
 
-use super::{Checker, Known, Seg};
+use super::checker::{Checker, Known, Seg, p};
 use crate::config::model::{DhcpMode, Network, Pool};
 use crate::config::raw;
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use super::Options;
+use super::options::Options;
 use crate::config::{Cluster, DhcpMode};
 
 /// Writes the lab's cluster.toml: the user's file with `[paths]` made absolute (profiles, ipxe, images, cache

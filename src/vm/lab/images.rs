@@ -7,7 +7,8 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, bail};
 
 use super::lock::FileLock;
-use super::{Lab, Options};
+use super::options::Options;
+use super::state::Lab;
 use crate::config::{Arch, Cluster, Machine, Role};
 use crate::status::report;
 

@@ -12,114 +12,39 @@
 //! mode chosen), `state/`, `secrets/`, `server.log`, `dnsmasq.log` and `vms/<host>/` (disks, console log).
 //! Images and the build cache are the user's (shared, content-addressed), so a second run reuses them.
 //!
-//! Here: what the lab is asked to do ([`Options`]), the running [`Lab`] and [`Lab::prepare`], which runs the
-//! steps in order. The steps live beside it: `tools` (root, host tools and firmware), `config` (the lab's
+//! Here: [`Lab::prepare`], which runs the steps in order, and [`Lab::teardown`]. What the lab is asked to do
+//! ([`Options`]) is in `options`, the running [`Lab`] and its [`Node`]s in `state`; the steps live beside
+//! them and extend `Lab` where they need it: `tools` (root, host tools and firmware), `config` (the lab's
 //! `cluster.toml`), `images` (build or reuse, then pin, serialised by `lock`), `server` (dnsmasq and
 //! `imgbuild serve` in the namespace), `vms` (taps and QEMU), `watch` (waiting on `/api/status`, failures,
 //! the summary) and `interrupt` (Ctrl-C / SIGTERM).
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
 use anyhow::{Context, bail};
 
 use super::netns::{Children, Netns};
-use super::qemu::{self, Accel, Firmware};
-use crate::config::{Arch, Cluster, DhcpMode, Machine, Role};
+use super::qemu;
+use crate::config::{Cluster, Machine};
 
 mod config;
 mod images;
 mod interrupt;
 mod lock;
+mod options;
 mod server;
+mod state;
 mod tools;
 mod vms;
 mod watch;
 
 pub use images::build_image;
 pub use interrupt::{catch_interrupts, interrupted};
+pub use options::Options;
 pub use server::in_netns;
-pub use vms::{DATA_DISK_BYTES, Node, STATE_DISK_BYTES};
+pub use state::{Lab, Node};
+pub use vms::{DATA_DISK_BYTES, STATE_DISK_BYTES};
 pub use watch::{LabFailure, summary};
-
-/// What `imgbuild lab` was asked to do.
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// The user's cluster.toml (the lab's is generated from it).
-    pub config: PathBuf,
-    /// The lab directory (wiped of earlier state at start).
-    pub dir: PathBuf,
-    /// Hostnames to boot; `None`: every machine in the inventory.
-    pub nodes: Option<Vec<String>>,
-    /// How the VMs boot: BIOS, UEFI PXE or UEFI HTTP Boot.
-    pub firmware: Firmware,
-    /// Full DHCP from imgbuild, or ProxyDHCP beside dnsmasq as the router.
-    pub dhcp: DhcpMode,
-    /// Build and boot images with the labelled stand-in binaries.
-    pub standins: bool,
-    /// Overall time limit for every node to reach `joined`.
-    pub timeout: Duration,
-    /// Memory of each VM.
-    pub memory_mb: u32,
-    /// Override the images / cache directories (tests share one build).
-    pub images: Option<PathBuf>,
-    /// See `images`.
-    pub cache: Option<PathBuf>,
-    /// The `imgbuild` binary to run for `serve`, `profile`, `pin`, `secrets` (default: this executable).
-    pub exe: PathBuf,
-    /// Namespace name prefix.
-    pub prefix: String,
-    /// Print progress (live table on a terminal, one line per stage change otherwise).
-    pub verbose: bool,
-}
-
-impl Options {
-    /// Defaults for `config`: lab dir `lab/` beside it, BIOS, full DHCP, 20 minutes, 2 GiB per VM.
-    pub fn new(config: &Path) -> Options {
-        let dir = config
-            .parent()
-            .map(|p| p.join("lab"))
-            .unwrap_or_else(|| PathBuf::from("lab"));
-        Options {
-            config: config.to_path_buf(),
-            dir,
-            nodes: None,
-            firmware: Firmware::Bios,
-            dhcp: DhcpMode::Full,
-            standins: false,
-            timeout: Duration::from_secs(20 * 60),
-            memory_mb: 2048,
-            images: None,
-            cache: None,
-            exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("imgbuild")),
-            prefix: "ibl".into(),
-            verbose: true,
-        }
-    }
-}
-
-/// A running lab. Drop tears it down (processes by PID, then the namespace).
-pub struct Lab {
-    // Field order matters: children stop before the namespace is deleted.
-    children: Children,
-    netns: Netns,
-    /// What the lab was asked to do.
-    pub opts: Options,
-    /// The generated cluster.toml the server uses.
-    pub config: PathBuf,
-    /// The generated cluster.toml, loaded.
-    pub cluster: Cluster,
-    /// The VMs, one per machine booted.
-    pub nodes: Vec<Node>,
-    /// `http://server:port` (reachable only inside the namespace).
-    pub server_url: String,
-    /// How QEMU runs here (KVM or TCG).
-    pub accel: Accel,
-    /// Image ids pinned per role by [`Lab::prepare`].
-    pub images: Vec<(Role, Arch, String)>,
-    /// Whether the pinned images carry stand-ins.
-    pub standins: bool,
-}
 
 impl Lab {
     /// Sets up everything but the VMs: lab dir, config, secrets, images (built or reused) and pins, the

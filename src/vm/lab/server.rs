@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use super::Lab;
+use super::state::Lab;
 use crate::config::DhcpMode;
 use crate::status::report::Report;
 use crate::vm::qemu;

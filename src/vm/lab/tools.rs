@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::bail;
 
-use super::Options;
+use super::options::Options;
 use crate::config::{Arch, DhcpMode, Machine};
 use crate::vm::qemu::{self, Firmware};
 

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
+use super::options::Options;
+use super::state::{Lab, Node};
 use super::watch::LabFailure;
-use super::{Lab, Options};
 use crate::config::{Machine, Network, Role};
 use crate::status::report::Report;
 use crate::vm::netns::Netns;
@@ -16,15 +17,6 @@ use crate::vm::qemu::{self, Accel, VmSpec};
 pub const STATE_DISK_BYTES: u64 = 8 << 30;
 /// Size of a storage node's blank Longhorn disk (sparse).
 pub const DATA_DISK_BYTES: u64 = 16 << 30;
-
-/// One VM of the lab.
-#[derive(Debug, Clone)]
-pub struct Node {
-    /// Its machine in the inventory.
-    pub machine: Machine,
-    /// Its QEMU VM.
-    pub spec: VmSpec,
-}
 
 /// Adds a tap per machine to the bridge in `netns` and plans each machine's VM (disks and console under
 /// `vms/<host>/` in the lab directory).

@@ -4,8 +4,8 @@
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use super::Lab;
 use super::interrupt::interrupted;
+use super::state::Lab;
 use crate::status::report::{self, NodeView, Report};
 use crate::vm::qemu;
 

@@ -1,0 +1,63 @@
+//! What `imgbuild lab` is asked to do: [`Options`] and their defaults.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::DhcpMode;
+use crate::vm::qemu::Firmware;
+
+/// What `imgbuild lab` was asked to do.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The user's cluster.toml (the lab's is generated from it).
+    pub config: PathBuf,
+    /// The lab directory (wiped of earlier state at start).
+    pub dir: PathBuf,
+    /// Hostnames to boot; `None`: every machine in the inventory.
+    pub nodes: Option<Vec<String>>,
+    /// How the VMs boot: BIOS, UEFI PXE or UEFI HTTP Boot.
+    pub firmware: Firmware,
+    /// Full DHCP from imgbuild, or ProxyDHCP beside dnsmasq as the router.
+    pub dhcp: DhcpMode,
+    /// Build and boot images with the labelled stand-in binaries.
+    pub standins: bool,
+    /// Overall time limit for every node to reach `joined`.
+    pub timeout: Duration,
+    /// Memory of each VM.
+    pub memory_mb: u32,
+    /// Override the images / cache directories (tests share one build).
+    pub images: Option<PathBuf>,
+    /// See `images`.
+    pub cache: Option<PathBuf>,
+    /// The `imgbuild` binary to run for `serve`, `profile`, `pin`, `secrets` (default: this executable).
+    pub exe: PathBuf,
+    /// Namespace name prefix.
+    pub prefix: String,
+    /// Print progress (live table on a terminal, one line per stage change otherwise).
+    pub verbose: bool,
+}
+
+impl Options {
+    /// Defaults for `config`: lab dir `lab/` beside it, BIOS, full DHCP, 20 minutes, 2 GiB per VM.
+    pub fn new(config: &Path) -> Options {
+        let dir = config
+            .parent()
+            .map(|p| p.join("lab"))
+            .unwrap_or_else(|| PathBuf::from("lab"));
+        Options {
+            config: config.to_path_buf(),
+            dir,
+            nodes: None,
+            firmware: Firmware::Bios,
+            dhcp: DhcpMode::Full,
+            standins: false,
+            timeout: Duration::from_secs(20 * 60),
+            memory_mb: 2048,
+            images: None,
+            cache: None,
+            exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("imgbuild")),
+            prefix: "ibl".into(),
+            verbose: true,
+        }
+    }
+}

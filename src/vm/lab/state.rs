@@ -1,0 +1,41 @@
+//! The running lab's state: the [`Lab`] (what the steps in the sibling files read and extend) and its
+//! [`Node`]s. Building it is `mod.rs`'s job; the `impl Lab` blocks live with the concern they serve.
+
+use std::path::PathBuf;
+
+use super::options::Options;
+use crate::config::{Arch, Cluster, Machine, Role};
+use crate::vm::netns::{Children, Netns};
+use crate::vm::qemu::{Accel, VmSpec};
+
+/// A running lab. Drop tears it down (processes by PID, then the namespace).
+pub struct Lab {
+    // Field order matters: children stop before the namespace is deleted.
+    pub(super) children: Children,
+    pub(super) netns: Netns,
+    /// What the lab was asked to do.
+    pub opts: Options,
+    /// The generated cluster.toml the server uses.
+    pub config: PathBuf,
+    /// The generated cluster.toml, loaded.
+    pub cluster: Cluster,
+    /// The VMs, one per machine booted.
+    pub nodes: Vec<Node>,
+    /// `http://server:port` (reachable only inside the namespace).
+    pub server_url: String,
+    /// How QEMU runs here (KVM or TCG).
+    pub accel: Accel,
+    /// Image ids pinned per role by [`Lab::prepare`].
+    pub images: Vec<(Role, Arch, String)>,
+    /// Whether the pinned images carry stand-ins.
+    pub standins: bool,
+}
+
+/// One VM of the lab.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Its machine in the inventory.
+    pub machine: Machine,
+    /// Its QEMU VM.
+    pub spec: VmSpec,
+}
