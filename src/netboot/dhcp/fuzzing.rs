@@ -97,10 +97,16 @@ fn pick<T: Copy>(ops: &mut Ops<'_>, xs: &[T]) -> T {
 /// A DHCP request built from fuzz bytes: type, machine, PXE options, addresses, relay.
 fn request(ops: &mut Ops<'_>) -> Vec<u8> {
     let ty = pick(ops, &TYPES);
-    let mac = [0x52, 0x54, 0x00, 0x77, 0x00, pick(ops, &MACS)];
+    let m = pick(ops, &MACS);
+    let mac = [0x52, 0x54, 0x00, 0x77, 0x00, m];
+    // The machine's own inventory address (52:54:00:77:00:11 has 10.77.0.11), or one of the others.
+    let asked = match byte(ops) % 4 {
+        0 | 1 => Ipv4Addr::new(10, 77, 0, (m >> 4) * 10 + (m & 0xf)),
+        _ => pick(ops, &ASKED),
+    };
     let flags = byte(ops);
     let ciaddr = if flags & 0x01 != 0 {
-        pick(ops, &ASKED)
+        asked
     } else {
         Ipv4Addr::UNSPECIFIED
     };
@@ -137,7 +143,7 @@ fn request(ops: &mut Ops<'_>) -> Vec<u8> {
         o.insert(DhcpOption::UserClass(b"iPXE".to_vec()));
     }
     if flags & 0x40 != 0 {
-        o.insert(DhcpOption::RequestedIpAddress(pick(ops, &ASKED)));
+        o.insert(DhcpOption::RequestedIpAddress(asked));
     }
     if flags & 0x80 != 0 {
         let ours = byte(ops) & 1 == 0;
@@ -166,6 +172,17 @@ fn request(ops: &mut Ops<'_>) -> Vec<u8> {
     packet::encode(&m)
 }
 
+/// How far one run of [`run_ops`] got (the stable test checks the operations reach every outcome).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reached {
+    pub dropped: u64,
+    pub offers: u64,
+    pub acks: u64,
+    pub naks: u64,
+    /// Replies that wait for the journal (they grant a lease).
+    pub durable: u64,
+}
+
 /// Leases as a sorted list, to compare two tables.
 fn lease_list(t: &LeaseTable) -> Vec<(MacAddr, Ipv4Addr, u64)> {
     let mut v: Vec<_> = t.leases().map(|l| (l.mac, l.ip, l.expires)).collect();
@@ -178,14 +195,14 @@ fn lease_list(t: &LeaseTable) -> Vec<(MacAddr, Ipv4Addr, u64)> {
 /// Panics if an invariant breaks: a drop not counted, a reply that does not encode and decode, an address held
 /// by two machines, a reply waiting for the journal that is no ACK, or a table rebuilt from the journal
 /// records (as after kill -9) that differs from the live one in its leases.
-pub fn run_ops(data: &[u8], booters: &[Booter; 3]) {
+pub fn run_ops(data: &[u8], booters: &[Booter; 3]) -> Reached {
     let mut ops: Ops<'_> = data.iter();
     let booter = &booters[usize::from(byte(&mut ops)) % booters.len()];
     let metrics = DhcpMetrics::default();
     let mut table = LeaseTable::default();
     let mut mirror = LeaseTable::default();
     let mut now: u64 = 1_800_000_000;
-    let mut dropped = 0;
+    let mut reached = Reached::default();
     let from = SocketAddr::from(([10, 77, 0, 50], 68));
     for _ in 0..512 {
         if ops.as_slice().is_empty() {
@@ -220,7 +237,7 @@ pub fn run_ops(data: &[u8], booters: &[Booter; 3]) {
         };
         let mut records = Vec::new();
         match process(&bytes, port, booter, &mut table, now, &metrics) {
-            Processed::Dropped(_) => dropped += 1,
+            Processed::Dropped(_) => reached.dropped += 1,
             Processed::Handled(outcome) => {
                 if let Some(o) = outgoing(*outcome, from, port, now, &mut records) {
                     let msg: Message =
@@ -228,6 +245,13 @@ pub fn run_ops(data: &[u8], booters: &[Booter; 3]) {
                             .expect("a reply decodes");
                     if o.durable {
                         assert_eq!(msg.opts().msg_type(), Some(MessageType::Ack));
+                        reached.durable += 1;
+                    }
+                    match msg.opts().msg_type() {
+                        Some(MessageType::Offer) => reached.offers += 1,
+                        Some(MessageType::Ack) => reached.acks += 1,
+                        Some(MessageType::Nak) => reached.naks += 1,
+                        _ => {}
                     }
                 }
             }
@@ -235,7 +259,11 @@ pub fn run_ops(data: &[u8], booters: &[Booter; 3]) {
         for r in &records {
             mirror.replay(r);
         }
-        assert_eq!(metrics.dropped_total(), dropped, "every drop counted");
+        assert_eq!(
+            metrics.dropped_total(),
+            reached.dropped,
+            "every drop counted"
+        );
         assert_eq!(
             lease_list(&table),
             lease_list(&mirror),
@@ -251,4 +279,5 @@ pub fn run_ops(data: &[u8], booters: &[Booter; 3]) {
         live.dedup();
         assert_eq!(live.len(), n, "an address held by two machines");
     }
+    reached
 }

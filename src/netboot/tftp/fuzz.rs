@@ -106,12 +106,25 @@ struct Running {
     seen: u16,
 }
 
+/// How far one run of [`run_ops`] got (the stable tests check the operations reach every outcome).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reached {
+    pub started: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub refused: u64,
+    pub repeated: u64,
+    /// Completed transfers of more than 65535 blocks (block numbers wrapped).
+    pub wrapped: u64,
+}
+
 /// The model server: the listening port's in-flight set and the transfers by peer.
 struct Model {
     in_flight: InFlight,
     running: BTreeMap<SocketAddr, Running>,
     sizes: [u64; 3],
     now: Instant,
+    reached: Reached,
 }
 
 impl Model {
@@ -152,8 +165,13 @@ impl Model {
             if r.t.phase() == Phase::Done {
                 assert_eq!(r.t.bytes_acked(), r.size, "done before the whole file");
                 assert!(r.t.failure().is_none());
+                self.reached.completed += 1;
+                if r.size / r.t.blksize() as u64 >= 65535 {
+                    self.reached.wrapped += 1;
+                }
             } else {
                 assert!(r.t.failure().is_some(), "failed without a reason");
+                self.reached.failed += 1;
             }
             request::finished(&mut self.in_flight, p);
         }
@@ -181,13 +199,16 @@ impl Model {
                 assert!(ALLOW.contains(&name) && request.filename == name);
                 let size = self.sizes[ALLOW.iter().position(|a| *a == name).expect("allowed")];
                 let (t, out) = Transfer::start(&request, size, &Limits::default(), self.now);
+                self.reached.started += 1;
                 self.running.insert(peer, Running { t, size, seen: 0 });
                 self.sent(peer, &out);
             }
             Decision::Repeated { name } => {
                 assert!(was_in_flight && ALLOW.contains(&name));
+                self.reached.repeated += 1;
             }
             Decision::Refuse(r) => {
+                self.reached.refused += 1;
                 let error = r.packet();
                 let ok = request::decide(&error, peer, ALLOW, &mut InFlight::new());
                 assert!(
@@ -208,7 +229,7 @@ impl Model {
     }
 
     /// A packet from the client to its transfer's own socket.
-    fn to_transfer(&mut self, peer: SocketAddr, pkt: &Packet<'_>) {
+    fn deliver(&mut self, peer: SocketAddr, pkt: &Packet<'_>) {
         let now = self.now;
         let Some(r) = self.running.get_mut(&peer) else {
             return;
@@ -262,7 +283,7 @@ fn request_bytes(ops: &mut Ops<'_>) -> Vec<u8> {
 /// client port, an in-flight set that disagrees with the running transfers, DATA outside the file or longer
 /// than a block, a transfer done before its last byte, a failure without a reason, a live transfer whose
 /// deadline has passed, a refusal whose ERROR does not carry its code.
-pub fn run_ops(data: &[u8]) {
+pub fn run_ops(data: &[u8]) -> Reached {
     let mut ops = Ops(data);
     let mut m = Model {
         in_flight: InFlight::new(),
@@ -275,6 +296,7 @@ pub fn run_ops(data: &[u8]) {
             600_000 + u64::from(ops.u8()),
         ],
         now: Instant::now(),
+        reached: Reached::default(),
     };
     for _ in 0..2048 {
         if ops.0.is_empty() {
@@ -300,23 +322,23 @@ pub fn run_ops(data: &[u8]) {
                     Some(r) => r.seen.wrapping_sub(u16::from(skew - 200)),
                     None => skew.into(),
                 };
-                m.to_transfer(peer, &Packet::Ack { block });
+                m.deliver(peer, &Packet::Ack { block });
             }
             32..=35 => {
                 let block = ops.u16();
-                m.to_transfer(peer, &Packet::Ack { block });
+                m.deliver(peer, &Packet::Ack { block });
             }
             36..=39 => {
                 let n = usize::from(ops.u8() % 64);
                 let d = ops.bytes(n).to_vec();
                 // The loop drops what does not parse.
                 if let Ok(p) = Packet::parse(&d) {
-                    m.to_transfer(peer, &p);
+                    m.deliver(peer, &p);
                 }
             }
             40..=43 => {
                 let code = u16::from(ops.u8() % 9);
-                m.to_transfer(
+                m.deliver(
                     peer,
                     &Packet::Error {
                         code,
@@ -337,7 +359,7 @@ pub fn run_ops(data: &[u8]) {
                     } else {
                         r.seen
                     };
-                    m.to_transfer(peer, &Packet::Ack { block });
+                    m.deliver(peer, &Packet::Ack { block });
                 }
             }
             _ => {
@@ -347,17 +369,35 @@ pub fn run_ops(data: &[u8]) {
         }
         m.settle();
     }
+    m.reached
 }
 
 #[cfg(test)]
 #[test]
 fn fuzz_server_model_with_random_operation_sequences() {
     let mut rng = StdRng::seed_from_u64(0x0b5e_0b5e);
+    let mut total = Reached::default();
     for _ in 0..3_000 {
         let len = rng.random_range(0..600);
         let data: Vec<u8> = (0..len).map(|_| rng.random()).collect();
-        run_ops(&data);
+        let r = run_ops(&data);
+        total.started += r.started;
+        total.completed += r.completed;
+        total.failed += r.failed;
+        total.refused += r.refused;
+        total.repeated += r.repeated;
+        total.wrapped += r.wrapped;
     }
+    // Random bytes must reach every outcome, or this test proves little.
+    eprintln!("{total:?}");
+    assert!(
+        total.completed > 100
+            && total.failed > 100
+            && total.refused > 100
+            && total.repeated > 100
+            && total.wrapped > 0,
+        "{total:?}"
+    );
 }
 
 #[cfg(test)]
