@@ -1,8 +1,8 @@
-//! Fuzzing of the DHCP packet path without sockets (compiled for tests and with the `fuzzing` feature only;
-//! not part of the library's API): boot decisions built from the example `cluster.toml` in full mode, full
-//! mode with an unknown pool, and proxy mode with a relay id; and [`run_ops`], which drives
-//! [`super::process`] with sequences of requests on one lease table, quinn-proto style. Used by the stable
-//! in-suite fuzz tests and the cargo-fuzz targets `dhcp_packet` and `dhcp_ops` in `fuzz/`.
+//! Fuzzing of the DHCP packet path without sockets (compiled for tests and with the `fuzzing` feature
+//! only; not part of the library's API): boot decisions built from the example `cluster.toml` in full mode,
+//! full mode with an unknown pool, and proxy mode with a relay id; and [`run_ops`], which drives
+//! [`super::process::process`] with sequences of requests on one lease table, quinn-proto style. Used by the
+//! stable in-suite fuzz tests and the cargo-fuzz targets `dhcp_packet` and `dhcp_ops` in `fuzz/`.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};

@@ -1,18 +1,20 @@
 //! DHCPv4 for PXE: a full server for the inventory (plus an optional pool), or proxyDHCP beside another
 //! server; relays; leases that survive kill -9. See `docs/dhcp.md`.
 //!
-//! Everything but `socket` is sans-IO (bytes, state and time in; replies out). Imports run one way:
+//! Everything but `socket` and the journal in `leases` is sans-IO (bytes, state and time in; replies out).
+//! Imports run one way:
 //! `packet` ← `core` ← `metrics` ← `process` ← `socket`, with `leases` below them all; `socket` never
 //! imports this file.
 //!
 //! - [`packet`]: validation and decoding of datagrams (malformed → dropped and counted).
 //! - [`core`]: the sans-IO decision: request + boot decision + lease table + clock → reply + changes.
-//! - [`process`]: the sans-IO packet path: bytes → [`core`] → lease table updated, metrics counted, reply
-//!   encoded and addressed.
+//! - [`process`](mod@process): the sans-IO packet path: bytes → [`core`] → lease table updated, metrics
+//!   counted, reply encoded and addressed.
 //! - [`leases`]: the lease table and its fsynced journal `state/dhcp-leases.jsonl`.
 //! - [`metrics`]: Prometheus counters.
 //! - [`socket`]: the thin tokio loop bound to the provisioning interface: moves bytes and time only.
-//! - `fuzzing` (feature `fuzzing` or tests only): fixtures for the fuzz target in `fuzz/`.
+//! - `fuzzing` (feature `fuzzing` or tests only): fixtures and the operation-sequence driver for the fuzz
+//!   targets in `fuzz/`.
 
 pub mod core;
 #[cfg(any(test, feature = "fuzzing"))]
