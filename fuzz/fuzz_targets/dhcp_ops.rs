@@ -18,5 +18,5 @@ fn booters() -> &'static [Booter; 3] {
 }
 
 fuzz_target!(|data: &[u8]| {
-    fuzzing::run_ops(data, booters());
+    fuzzing::run_ops(data, booters(), &mut Default::default());
 });

@@ -9,5 +9,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    imgbuild::netboot::tftp::fuzz::run_ops(data);
+    imgbuild::netboot::tftp::fuzz::run_ops(data, &mut Default::default());
 });

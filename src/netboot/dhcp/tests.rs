@@ -798,21 +798,9 @@ fn fuzz_request_sequences_keep_table_and_journal_consistent() {
     for _ in 0..1_500 {
         let len = rng.random_range(0..800);
         let data: Vec<u8> = (0..len).map(|_| rng.random()).collect();
-        let r = super::fuzzing::run_ops(&data, &booters);
-        total.dropped += r.dropped;
-        total.offers += r.offers;
-        total.acks += r.acks;
-        total.naks += r.naks;
-        total.durable += r.durable;
+        super::fuzzing::run_ops(&data, &booters, &mut total);
     }
     // Random bytes must reach every outcome, or this test proves little.
     eprintln!("{total:?}");
-    assert!(
-        total.dropped > 100
-            && total.offers > 100
-            && total.acks > 100
-            && total.naks > 100
-            && total.durable > 100,
-        "{total:?}"
-    );
+    assert!(total.at_least(100), "{total:?}");
 }
