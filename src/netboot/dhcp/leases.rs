@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::MacAddr;
 
+/// The lease journal's file name under `paths.state`.
+pub const LEASES_FILE: &str = "dhcp-leases.jsonl";
+
 /// A granted lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {

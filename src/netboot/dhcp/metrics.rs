@@ -103,3 +103,19 @@ impl DhcpMetrics {
             .sum()
     }
 }
+
+/// The metric label of a message type.
+pub fn message_type_label(t: dhcproto::v4::MessageType) -> &'static str {
+    use dhcproto::v4::MessageType as T;
+    match t {
+        T::Discover => "discover",
+        T::Offer => "offer",
+        T::Request => "request",
+        T::Decline => "decline",
+        T::Ack => "ack",
+        T::Nak => "nak",
+        T::Release => "release",
+        T::Inform => "inform",
+        _ => "other",
+    }
+}

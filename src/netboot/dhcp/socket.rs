@@ -1,7 +1,8 @@
 //! The thin socket loop around the DHCP core: UDP 67 (and 4011 in proxy mode) bound to the provisioning
 //! interface only (SO_BINDTODEVICE), broadcast replies, group commit of the lease journal.
 //!
-//! Each wake-up drains a batch of datagrams and runs them through [`super::process`]; replies that grant
+//! Each wake-up drains a batch of datagrams and runs them through the sans-IO [`process`] and
+//! [`outgoing`] (bytes, table and clock in; journal records and addressed replies out); replies that grant
 //! nothing (OFFER, NAK) go out at once. The batch's lease records and ACKs go to the journal thread, which
 //! appends every waiting batch, fsyncs once, and only then sends the ACKs: an ACK never leaves before its
 //! lease is on disk, and the loop keeps answering during the fsync.
@@ -14,11 +15,11 @@ use anyhow::Context as _;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
-use super::core::{Destination, Ignored, Port};
-use super::leases::{Change, Journal, Record};
+use super::core::{Ignored, Port};
+use super::leases::{Journal, LEASES_FILE, Record};
 use super::metrics::DhcpMetrics;
 use super::packet::{self, Malformed};
-use super::{LEASES_FILE, Processed, message_type_label, process};
+use super::process::{Outgoing, Processed, outgoing, process};
 use crate::config::{DhcpMode, MacAddr};
 use crate::netboot::state::Shared;
 use crate::status::Source;
@@ -90,15 +91,6 @@ async fn readable(s: &Option<UdpSocket>) -> std::io::Result<()> {
     }
 }
 
-struct Pending {
-    bytes: Vec<u8>,
-    to: SocketAddr,
-    pxe_port: bool,
-    kind: &'static str,
-    durable: bool,
-    events: Vec<super::core::Note>,
-}
-
 /// Runs the DHCP server until an unrecoverable socket error.
 pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
     let cluster = shared.cluster();
@@ -131,7 +123,6 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
     let mut unknown_seen: HashSet<MacAddr> = HashSet::new();
     let mut warned_restart = false;
     let mut last_gauge = std::time::Instant::now();
-    let bcast = SocketAddr::from(SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
     loop {
         tokio::select! {
             r = s67.readable() => r?,
@@ -144,7 +135,7 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
             tracing::warn!(old_interface = %iface, new_interface = %net.interface, "the DHCP interface or mode changed in cluster.toml: restart `imgbuild serve` for that; everything else was reloaded");
         }
         let now = unix_now();
-        let mut out: Vec<Pending> = Vec::new();
+        let mut out: Vec<Outgoing> = Vec::new();
         let mut records: Vec<Record> = Vec::new();
         for (sock, port) in [(Some(&s67), Port::Dhcp), (s4011.as_ref(), Port::Pxe)] {
             let Some(sock) = sock else { continue };
@@ -164,13 +155,6 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
                     }
                     Processed::Handled(o) => o,
                 };
-                let mut durable = false;
-                for c in &outcome.changes {
-                    if let Some(rec) = c.record(now) {
-                        records.push(rec);
-                        durable |= matches!(c, Change::Grant(_));
-                    }
-                }
                 if let Some(w) = &outcome.warning {
                     tracing::warn!("{w}");
                 }
@@ -180,32 +164,14 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
                         tracing::info!(%mac, "DHCP request from a machine not in the inventory: ignored (logged once per MAC); add a [[machines]] entry with mac = \"{mac}\" to cluster.toml, or set [network] unknown_pool");
                     }
                 }
-                let Some(reply) = outcome.reply else { continue };
-                let to = match reply.to {
-                    Destination::Broadcast => bcast,
-                    Destination::Unicast(a) => SocketAddr::from(a),
-                    Destination::Relay(g) => SocketAddr::from(SocketAddrV4::new(g, 67)),
-                    Destination::Sender => from,
-                };
-                let kind = reply
-                    .msg
-                    .opts()
-                    .msg_type()
-                    .map(message_type_label)
-                    .unwrap_or("other");
-                out.push(Pending {
-                    bytes: packet::encode(&reply.msg),
-                    to,
-                    pxe_port: port == Port::Pxe && reply.to == Destination::Sender,
-                    kind,
-                    durable,
-                    events: outcome.events,
-                });
+                if let Some(o) = outgoing(*outcome, from, port, now, &mut records) {
+                    out.push(o);
+                }
             }
         }
         // Replies that grant nothing (OFFER, NAK, INFORM ACK, proxy) go out at once; the journal thread
         // writes and fsyncs the lease records, then sends the ACKs.
-        let (acks, rest): (Vec<Pending>, Vec<Pending>) = out.into_iter().partition(|p| p.durable);
+        let (acks, rest): (Vec<Outgoing>, Vec<Outgoing>) = out.into_iter().partition(|p| p.durable);
         for p in rest {
             send(&s67, s4011.as_ref(), p, &metrics, &shared).await;
         }
@@ -224,7 +190,7 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
 /// The lease records of a batch of requests and the ACKs that wait for them.
 struct Batch {
     records: Vec<Record>,
-    acks: Vec<Pending>,
+    acks: Vec<Outgoing>,
 }
 
 /// The journal thread: group commit. It takes every batch waiting, appends their records, fsyncs once, and
@@ -300,7 +266,7 @@ fn spawn_writer(
 }
 
 /// Sends on the (non-blocking) duplicate socket, waiting (poll, up to 2 s) while the send buffer is full.
-fn send_blocking(sock: &std::net::UdpSocket, p: &Pending) -> bool {
+fn send_blocking(sock: &std::net::UdpSocket, p: &Outgoing) -> bool {
     use std::os::fd::AsRawFd;
     for _ in 0..20 {
         match sock.send_to(&p.bytes, p.to) {
@@ -328,7 +294,7 @@ fn send_blocking(sock: &std::net::UdpSocket, p: &Pending) -> bool {
 async fn send(
     s67: &UdpSocket,
     s4011: Option<&UdpSocket>,
-    p: Pending,
+    p: Outgoing,
     metrics: &DhcpMetrics,
     shared: &Shared,
 ) {

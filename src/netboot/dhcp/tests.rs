@@ -9,8 +9,9 @@ use dhcproto::v4::{Architecture, DhcpOption, Message, MessageType, OptionCode};
 use super::core::{Destination, Ignored, Port};
 use super::fuzzing::{booter_with, proxy_mode, with_pool, with_relay_id};
 use super::leases::{Change, LeaseTable};
+use super::metrics::DhcpMetrics;
 use super::packet::{self, Malformed};
-use super::{DhcpMetrics, Processed, process};
+use super::process::{Processed, process};
 use crate::config::MacAddr;
 use crate::netboot::boot::Booter;
 
@@ -782,4 +783,24 @@ fn fuzz_packet_path_never_panics_and_counts_drops() {
         ips.dedup();
         assert_eq!(ips.len(), n);
     }
+}
+
+/// Bounded fuzzing of request sequences on stable Rust (the cargo-fuzz target is `fuzz/fuzz_targets/dhcp_ops.rs`):
+/// random operation bytes through [`super::fuzzing::run_ops`] in full, pool and proxy mode.
+#[test]
+fn fuzz_request_sequences_keep_table_and_journal_consistent() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    let booters = super::fuzzing::booters();
+    let mut rng = StdRng::seed_from_u64(0x0d4c_0005);
+    let mut total = super::fuzzing::Reached::default();
+    for _ in 0..1_500 {
+        let len = rng.random_range(0..800);
+        let data: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+        super::fuzzing::run_ops(&data, &booters, &mut total);
+    }
+    // Random bytes must reach every outcome, or this test proves little.
+    eprintln!("{total:?}");
+    assert!(total.at_least(100), "{total:?}");
 }

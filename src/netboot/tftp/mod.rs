@@ -1,14 +1,17 @@
 //! The TFTP server: read-only, allowlisted boot loaders only.
 //!
-//! [`packet`] parses and encodes, [`transfer`] is the per-transfer state machine (pure: packets and the clock in,
-//! packets out). This file is the thin tokio loop: a listening socket on `network.server:network.tftp_port`
-//! that checks each request, and one task with its own ephemeral socket per transfer (RFC 1350 TIDs). There is
-//! no cap on concurrent transfers. The socket of a transfer is connected to the client, so datagrams from any
-//! other address or port never reach it.
+//! Sans-IO cores, unit-tested and fuzzed without sockets: [`packet`] parses and encodes, [`request`] decides
+//! what a datagram on the listening port leads to (allowlist → TFTP error code, repeated-request guard), and
+//! [`transfer`] is the per-transfer state machine (option negotiation; packets and the clock in, packets out).
+//! This file is the thin tokio loop that only moves bytes and time: a listening socket on
+//! `network.server:network.tftp_port` that acts on each [`request::decide`], and one task with its own
+//! ephemeral socket per transfer (RFC 1350 TIDs). There is no cap on concurrent transfers. The socket of a
+//! transfer is connected to the client, so datagrams from any other address or port never reach it.
 
-#[cfg(test)]
-mod fuzz;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 pub mod packet;
+pub mod request;
 pub mod transfer;
 
 use std::net::SocketAddr;
@@ -20,6 +23,7 @@ use bytes::Bytes;
 use tokio::net::UdpSocket;
 
 use self::packet::{ErrorCode, Packet, Request, encode_data_header, error_packet};
+use self::request::{Accepted, Decision, InFlight, Why};
 use self::transfer::{Failure, Limits, Outgoing, Phase, Transfer};
 use super::boot::is_grub;
 use super::bootfiles::{self, BootFiles};
@@ -28,7 +32,7 @@ use super::state::Shared;
 use crate::status::Source;
 
 /// Client addresses with a transfer in progress.
-type Active = Arc<std::sync::Mutex<std::collections::HashSet<SocketAddr>>>;
+type Active = Arc<std::sync::Mutex<InFlight>>;
 
 /// Largest datagram we read (an RRQ with options is far smaller; ACKs are 4 bytes).
 const RECV_BUF: usize = 2048;
@@ -80,26 +84,37 @@ async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
                 continue;
             }
         };
-        match Packet::parse(&buf[..n]) {
-            Ok(Packet::Rrq(req)) => {
-                on_read_request(&shared, &m, &files, &active, &sock, peer, req).await;
-            }
-            Ok(Packet::Wrq(req)) => {
-                m.error("write_refused");
+        let booter = shared.booter();
+        let decision = request::decide(
+            &buf[..n],
+            peer,
+            booter.boot_loader_names(),
+            &mut active.lock().unwrap_or_else(|p| p.into_inner()),
+        );
+        match decision {
+            Decision::Start(accepted) => start(&shared, &m, &files, &active, &sock, peer, accepted),
+            Decision::Refuse(r) => {
+                m.error(r.kind());
                 m.request("-", "refused");
-                tracing::warn!(%peer, file = %req.filename, "TFTP write request refused: this server is read-only");
-                let _ = sock
-                    .send_to(
-                        &error_packet(ErrorCode::AccessViolation, "read-only server"),
-                        peer,
-                    )
-                    .await;
+                match r.why {
+                    Why::ReadOnly => {
+                        tracing::warn!(%peer, file = %r.filename, "TFTP write request refused: this server is read-only")
+                    }
+                    Why::Name(reason) => {
+                        tracing::warn!(%peer, file = %r.filename, reason = %reason, "TFTP request refused")
+                    }
+                }
+                let _ = sock.send_to(&r.packet(), peer).await;
             }
-            Ok(other) => {
+            Decision::Repeated { name } => {
+                // The client repeated its request while our first answer is on its way.
+                tracing::debug!(%peer, file = name, "repeated TFTP request ignored (transfer in progress)");
+            }
+            Decision::Unexpected(other) => {
                 m.error("unexpected_packet");
                 tracing::debug!(%peer, packet = ?other, "TFTP packet other than a request on the listening port; dropped");
             }
-            Err(e) => {
+            Decision::Malformed(e) => {
                 m.error("malformed");
                 tracing::debug!(%peer, error = %e, "malformed TFTP packet dropped");
             }
@@ -107,42 +122,17 @@ async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
     }
 }
 
-async fn on_read_request(
+/// Spawns the transfer task of an accepted request; `peer` is already in `active` and leaves it when the
+/// transfer ends.
+fn start(
     shared: &Arc<Shared>,
     m: &TftpMetrics,
     files: &Arc<BootFiles>,
     active: &Active,
     sock: &UdpSocket,
     peer: SocketAddr,
-    req: Request,
+    Accepted { name, request: req }: Accepted,
 ) {
-    let booter = shared.booter();
-    let name = match bootfiles::check_name(&req.filename, booter.boot_loader_names()) {
-        Ok(n) => n,
-        Err(r) => {
-            m.error(r.kind());
-            m.request("-", "refused");
-            tracing::warn!(%peer, file = %req.filename, reason = %r, "TFTP request refused");
-            let code = if r == bootfiles::Refusal::NotAllowed {
-                ErrorCode::FileNotFound
-            } else {
-                ErrorCode::AccessViolation
-            };
-            let _ = sock
-                .send_to(&error_packet(code, &r.to_string()), peer)
-                .await;
-            return;
-        }
-    };
-    if !active
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(peer)
-    {
-        // The client repeated its request while our first answer is on its way: one transfer per client port.
-        tracing::debug!(%peer, file = name, "repeated TFTP request ignored (transfer in progress)");
-        return;
-    }
     let local = SocketAddr::new(
         sock.local_addr()
             .map(|a| a.ip())
@@ -154,10 +144,7 @@ async fn on_read_request(
         m.in_flight.inc();
         let res = transfer_task(&shared, &m, &files, local, peer, &req, name).await;
         m.in_flight.dec();
-        active
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&peer);
+        request::finished(&mut active.lock().unwrap_or_else(|p| p.into_inner()), peer);
         if let Err(e) = res {
             m.error("io");
             m.request(name, "failed");
