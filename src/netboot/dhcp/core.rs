@@ -28,10 +28,13 @@ pub enum Port {
 
 /// Inputs of one decision besides the request.
 pub struct Context<'a> {
+    /// The boot decision: which machine a MAC is, and what its firmware should load.
     pub booter: &'a Booter,
+    /// The current leases (read only: the decision returns [`Change`]s, the caller applies them).
     pub leases: &'a LeaseTable,
     /// Unix seconds.
     pub now: u64,
+    /// The port the request arrived on (67, or 4011 for PXE boot server requests).
     pub port: Port,
 }
 
@@ -51,7 +54,9 @@ pub enum Destination {
 /// A reply to send.
 #[derive(Debug, Clone)]
 pub struct Reply {
+    /// The DHCP message to encode.
     pub msg: Message,
+    /// Where it goes.
     pub to: Destination,
 }
 
@@ -73,6 +78,7 @@ pub enum Ignored {
 }
 
 impl Ignored {
+    /// The metric label (`reason` of `dhcp_ignored_total`).
     pub fn as_str(self) -> &'static str {
         match self {
             Ignored::UnknownMac => "unknown_mac",
@@ -88,8 +94,11 @@ impl Ignored {
 /// A boot event to record (`dhcp-offer`, `dhcp-ack`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Note {
+    /// The machine the event is about.
     pub mac: MacAddr,
+    /// The boot stage (`dhcp-offer`, `dhcp-ack`).
     pub stage: &'static str,
+    /// What the status shows beside it (address, boot file).
     pub detail: String,
 }
 
@@ -98,9 +107,13 @@ pub struct Note {
 pub struct Outcome {
     /// The client's hardware address.
     pub mac: MacAddr,
+    /// The reply to send, if any.
     pub reply: Option<Reply>,
+    /// Lease table changes (offers, grants, releases, declines) for the caller to apply and journal.
     pub changes: Vec<Change>,
+    /// Boot events to record.
     pub events: Vec<Note>,
+    /// Why a valid request got no reply, when it did not.
     pub ignored: Option<Ignored>,
     /// Something the operator must hear about (an address conflict).
     pub warning: Option<String>,

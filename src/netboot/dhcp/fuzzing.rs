@@ -175,9 +175,13 @@ fn request(ops: &mut Ops<'_>) -> Vec<u8> {
 /// How far runs of [`run_ops`] got, added up (the stable test checks the operations reach every outcome).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Reached {
+    /// Datagrams dropped as malformed.
     pub dropped: u64,
+    /// OFFERs sent.
     pub offers: u64,
+    /// ACKs sent.
     pub acks: u64,
+    /// NAKs sent.
     pub naks: u64,
     /// Replies that wait for the journal (they grant a lease).
     pub durable: u64,

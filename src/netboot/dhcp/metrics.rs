@@ -83,12 +83,14 @@ impl DhcpMetrics {
         );
     }
 
+    /// Counts a malformed datagram dropped before any decision (`dhcp_dropped_total{reason}`).
     pub fn drop(&self, why: Malformed) {
         self.dropped
             .get_or_create(&[("reason", why.as_str())])
             .inc();
     }
 
+    /// Counts a valid request that got no reply (`dhcp_ignored_total{reason}`).
     pub fn ignore(&self, why: Ignored) {
         self.ignored
             .get_or_create(&[("reason", why.as_str())])

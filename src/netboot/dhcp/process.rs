@@ -15,7 +15,9 @@ use crate::netboot::boot::Booter;
 /// Result of [`process`]: a dropped datagram, or the core's outcome (already applied to the table).
 #[derive(Debug)]
 pub enum Processed {
+    /// The datagram was not a valid DHCP message; counted, no reply.
     Dropped(Malformed),
+    /// The core's decision, already applied to the lease table.
     Handled(Box<Outcome>),
 }
 
@@ -63,7 +65,9 @@ pub fn process(
 /// A reply ready for a socket: encoded and addressed.
 #[derive(Debug)]
 pub struct Outgoing {
+    /// The encoded reply.
     pub bytes: Vec<u8>,
+    /// The address and port it is sent to.
     pub to: SocketAddr,
     /// Send it from the PXE port (4011) rather than 67.
     pub pxe_port: bool,

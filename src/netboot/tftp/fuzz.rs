@@ -109,10 +109,15 @@ struct Running {
 /// How far runs of [`run_ops`] got, added up (the stable test checks the operations reach every outcome).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Reached {
+    /// Transfers started.
     pub started: u64,
+    /// Transfers whose last block was acknowledged.
     pub completed: u64,
+    /// Transfers abandoned (client error, illegal packet, timeouts).
     pub failed: u64,
+    /// Requests refused with an ERROR.
     pub refused: u64,
+    /// Requests repeated while their transfer was in flight (ignored).
     pub repeated: u64,
     /// Completed transfers of more than 65535 blocks (block numbers wrapped).
     pub wrapped: u64,

@@ -28,7 +28,10 @@ pub enum Decision<'a> {
     /// Answer with an ERROR and start nothing.
     Refuse(Refused),
     /// The peer repeated its request while its transfer is in flight: ignore it.
-    Repeated { name: &'static str },
+    Repeated {
+        /// The boot loader the in-flight transfer sends.
+        name: &'static str,
+    },
     /// A TFTP packet other than a request (DATA, ACK, ERROR, OACK): drop it.
     Unexpected(Packet<'a>),
     /// Not a TFTP packet: drop it.
@@ -49,6 +52,7 @@ pub struct Accepted {
 pub struct Refused {
     /// The file name the client asked for.
     pub filename: String,
+    /// Why, which also picks the TFTP error code.
     pub why: Why,
 }
 

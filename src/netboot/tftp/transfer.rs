@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use super::packet::{ErrorCode, Mode, Packet, Request, error_packet};
 
-/// RFC 2348 limits.
+/// RFC 2348's smallest block size.
 pub const MIN_BLKSIZE: u64 = 8;
+/// RFC 2348's largest block size.
 pub const MAX_BLKSIZE: u64 = 65464;
 /// RFC 1350 block size.
 pub const DEFAULT_BLKSIZE: usize = 512;
@@ -49,7 +50,12 @@ pub enum Outgoing {
     /// An encoded OACK or ERROR packet.
     Packet(Vec<u8>),
     /// A DATA packet: wire block number and the byte range of the file it carries.
-    Data { block: u16, range: Range<u64> },
+    Data {
+        /// The block number as sent (wraps 65535 → 0).
+        block: u16,
+        /// The bytes of the file this block carries.
+        range: Range<u64>,
+    },
 }
 
 /// Where a transfer is.
@@ -69,7 +75,12 @@ pub enum Phase {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
     /// The client sent an ERROR packet (e.g. code 8 after an OACK it dislikes, or it aborted).
-    ClientError { code: u16, message: String },
+    ClientError {
+        /// The client's TFTP error code.
+        code: u16,
+        /// The client's error message.
+        message: String,
+    },
     /// No acknowledgement after all retries.
     TimedOut,
     /// The client sent something other than an ACK.
@@ -79,8 +90,11 @@ pub enum Failure {
 /// The options a request ends up with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Negotiated {
+    /// Bytes per DATA block (RFC 2348; 512 without the option).
     pub blksize: usize,
+    /// Blocks sent before waiting for an ACK (RFC 7440; 1 without the option).
     pub windowsize: u16,
+    /// Retransmission timeout (RFC 2349 `timeout`, or the server's default).
     pub timeout: Duration,
     /// The options acknowledged in the OACK, in the client's order. Empty: no OACK, plain RFC 1350.
     pub oack: Vec<(String, String)>,
@@ -197,18 +211,22 @@ impl Transfer {
         }
     }
 
+    /// Where the transfer is.
     pub fn phase(&self) -> Phase {
         self.phase
     }
 
+    /// Why it failed, once [`Phase::Failed`].
     pub fn failure(&self) -> Option<&Failure> {
         self.failure.as_ref()
     }
 
+    /// The negotiated block size in bytes.
     pub fn blksize(&self) -> usize {
         self.blksize as usize
     }
 
+    /// The negotiated window size in blocks.
     pub fn windowsize(&self) -> u16 {
         self.windowsize as u16
     }
