@@ -64,3 +64,11 @@ pub fn load_str(path: &Path, src: &str, root: &Path) -> Result<Cluster, ConfigEr
         None => Err(ConfigError::Invalid(checker.problems)),
     }
 }
+
+/// The repository's example `cluster.toml`, loaded: the cluster unit tests check rules against.
+#[cfg(test)]
+pub(crate) fn example() -> Cluster {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let src = std::fs::read_to_string(root.join("cluster.toml")).expect("the example cluster.toml");
+    load_str(&root.join("cluster.toml"), &src, root).expect("the example cluster.toml is valid")
+}

@@ -369,11 +369,7 @@ impl Refusal {
 mod tests {
     use super::*;
 
-    fn cluster() -> Cluster {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let src = std::fs::read_to_string(root.join("cluster.toml")).unwrap();
-        crate::config::load_str(&root.join("cluster.toml"), &src, root).unwrap()
-    }
+    use crate::config::example as cluster;
 
     const NOW: u64 = 1_000_000_000;
 

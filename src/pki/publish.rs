@@ -176,11 +176,7 @@ pub fn check_newer(ts: u64, last_published: Option<u64>) -> Result<(), PublishRe
 mod tests {
     use super::*;
 
-    fn cluster() -> Cluster {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let src = std::fs::read_to_string(root.join("cluster.toml")).unwrap();
-        crate::config::load_str(&root.join("cluster.toml"), &src, root).unwrap()
-    }
+    use crate::config::example as cluster;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
