@@ -442,32 +442,9 @@ fn standin_kubectl_orders_crds_and_enforces_node_restriction() {
     let vendor = common::vendor("metallb-v0.16.1/metallb-frr.yaml")
         .display()
         .to_string();
-    let (ok, text) = r.run(
-        "kubectl",
-        &["--kubeconfig", &kc_admin, "apply", "-f", &vendor],
-    );
-    assert!(ok, "{text}");
-    let (ok, text) = r.run(
-        "kubectl",
-        &["--kubeconfig", &kc_admin, "apply", "-f", &objs],
-    );
-    assert!(ok, "{text}");
+    metallb_then_objects_then_controller_available(&r, &kc_admin, &vendor, &objs);
     assert!(r.exists("var/lib/imgbuild-standin/kubectl/IPAddressPool/metallb-system/services"));
     assert!(r.exists("var/lib/imgbuild-standin/kubectl/BGPPeer/metallb-system/router"));
-    let (ok, text) = r.run(
-        "kubectl",
-        &[
-            "--kubeconfig",
-            &kc_admin,
-            "-n",
-            "metallb-system",
-            "wait",
-            "--for=condition=Available",
-            "deployment/controller",
-            "--timeout=60s",
-        ],
-    );
-    assert!(ok, "{text}");
     expect_err(
         &r,
         "kubectl",
@@ -659,20 +636,34 @@ fn the_metallb_standin_carries_metallbs_own_crds_and_takes_the_rendered_objects(
         "# standin-user: kubernetes-admin\napiVersion: v1\nkind: Config\n",
     );
     let path = r.write("metallb.yaml", text);
-    let (ok, out) = r.run("kubectl", &["--kubeconfig", &kc, "apply", "-f", &path]);
-    assert!(ok, "{out}");
     let m = common::render(&r.cluster, Role::Master);
     let objs = r.write(
         "objs.yaml",
         common::file(&m, "/usr/share/imgbuild/addons/metallb-objects.yaml"),
     );
-    let (ok, out) = r.run("kubectl", &["--kubeconfig", &kc, "apply", "-f", &objs]);
-    assert!(ok, "{out}");
+    metallb_then_objects_then_controller_available(&r, &kc, &path, &objs);
+}
+
+/// With the stand-in kubectl as `kubeconfig`'s user: applies the MetalLB manifest at `manifest`, then the objects
+/// imgbuild renders (`objs`), then waits for MetalLB's controller to become Available; each step must succeed.
+fn metallb_then_objects_then_controller_available(
+    r: &Root,
+    kubeconfig: &str,
+    manifest: &str,
+    objs: &str,
+) {
+    for file in [manifest, objs] {
+        let (ok, out) = r.run(
+            "kubectl",
+            &["--kubeconfig", kubeconfig, "apply", "-f", file],
+        );
+        assert!(ok, "applying {file}: {out}");
+    }
     let (ok, out) = r.run(
         "kubectl",
         &[
             "--kubeconfig",
-            &kc,
+            kubeconfig,
             "-n",
             "metallb-system",
             "wait",
