@@ -288,6 +288,12 @@ pub fn check_can_run(arch: Arch, binfmt_dir: &Path) -> Result<(), BaseError> {
     })))
 }
 
+/// Whether `tool` is a file in one of the directories of the search path `path` (normally `$PATH`): how the
+/// builder and the lab check for host tools before they run anything.
+pub fn on_path(tool: &str, path: Option<&std::ffi::OsStr>) -> bool {
+    path.is_some_and(|p| std::env::split_paths(p).any(|d| d.join(tool).is_file()))
+}
+
 /// Checks that the tools mmdebstrap calls for a foreign `arch` are installed (`arch-test`, which mmdebstrap runs to
 /// see that the machine can execute `arch` binaries; without it mmdebstrap stops with "install arch-test for
 /// foreign architecture support"). `path` is the search path (normally `$PATH`). Native: nothing needed.
@@ -296,9 +302,7 @@ pub fn check_foreign_tools(arch: Arch, path: Option<&std::ffi::OsStr>) -> Result
     if host == Some(arch) {
         return Ok(());
     }
-    let found =
-        |tool: &str| path.is_some_and(|p| std::env::split_paths(p).any(|d| d.join(tool).is_file()));
-    if found("arch-test") {
+    if on_path("arch-test", path) {
         return Ok(());
     }
     Err(BaseError::MissingTool {

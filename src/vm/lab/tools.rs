@@ -6,6 +6,7 @@ use anyhow::bail;
 
 use super::options::Options;
 use crate::config::{Arch, DhcpMode, Machine};
+use crate::image::base;
 use crate::vm::qemu::{self, Firmware};
 
 /// Fails with what to install (or to run as root) when something the lab needs for `machines` is missing:
@@ -27,10 +28,7 @@ pub(super) fn check_tools(opts: &Options, machines: &[Machine]) -> anyhow::Resul
         need.push("dnsmasq");
     }
     for tool in need {
-        let found = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-            .unwrap_or(false);
-        if !found {
+        if !base::on_path(tool, std::env::var_os("PATH").as_deref()) {
             bail!(
                 "{tool} is not installed; run scripts/setup (it installs the Debian packages in .ci/apt-packages)"
             );
