@@ -32,7 +32,7 @@ use super::store::{self, StoreError};
 use super::tree::{self, TreeError};
 use crate::config::profile;
 use crate::config::{Arch, Cluster, ConfigError, Role};
-use crate::template::Engine;
+use crate::template::engine_for;
 
 /// The manifest format this builder writes.
 pub const FORMAT: u32 = 1;
@@ -296,7 +296,7 @@ fn inputs(
     opts: &Options,
 ) -> Result<Prepared, BuildError> {
     let profile = profile::resolve_for(&cluster.paths.profiles, role, arch)?;
-    let engine = Engine::new(&cluster.paths.profiles, &cluster.paths.ipxe);
+    let engine = engine_for(cluster);
     let tree = tree::render(cluster, &profile, &engine)?;
     let role_layer_digest = tree.digest();
     let spec = BaseSpec::new(cluster, &profile);
