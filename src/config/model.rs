@@ -206,6 +206,59 @@ pub struct Cluster {
     pub base: Base,
     /// `[paths]`: the directories imgbuild reads and writes, made absolute.
     pub paths: Paths,
+    /// `[limits]`: resource caps of the server's listeners.
+    pub limits: Limits,
+}
+
+/// `[limits]`: resource caps of the server's listeners (each has a metric; see `docs/security.md`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Limits {
+    /// `[limits.tftp]`.
+    pub tftp: TftpLimits,
+    /// `[limits.dhcp]`.
+    pub dhcp: DhcpLimits,
+}
+
+/// `[limits.tftp]`: what one client or a flood of spoofed requests may hold of the TFTP server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TftpLimits {
+    /// Transfers in flight at once, all clients together (each holds a socket).
+    pub transfers: usize,
+    /// Transfers in flight at once from one client address.
+    pub per_address: usize,
+    /// The largest retransmission timeout granted to a client's `timeout` option.
+    pub max_client_timeout: std::time::Duration,
+    /// The longest a transfer may last, start to end.
+    pub lifetime: std::time::Duration,
+}
+
+impl Default for TftpLimits {
+    fn default() -> Self {
+        TftpLimits {
+            transfers: 512,
+            per_address: 8,
+            max_client_timeout: std::time::Duration::from_secs(5),
+            lifetime: std::time::Duration::from_secs(300),
+        }
+    }
+}
+
+/// `[limits.dhcp]`: how much DECLINE state clients can make the server keep.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DhcpLimits {
+    /// Addresses kept out of use after DECLINEs at once (further DECLINEs are counted and ignored).
+    pub declined: usize,
+    /// How long a declined address is kept out of use, in seconds.
+    pub decline_hold_secs: u64,
+}
+
+impl Default for DhcpLimits {
+    fn default() -> Self {
+        DhcpLimits {
+            declined: 1024,
+            decline_hold_secs: 600,
+        }
+    }
 }
 
 /// `[cluster]`: what kubeadm's ClusterConfiguration is rendered from.

@@ -31,6 +31,9 @@ pub struct File {
     /// `[paths]`; every directory has a default.
     #[serde(default)]
     pub paths: PathsRaw,
+    /// `[limits]`: resource caps of the server's listeners, one sub-table per protocol; every key has a default.
+    #[serde(default)]
+    pub limits: LimitsRaw,
 }
 
 /// `[cluster]` as written.
@@ -334,4 +337,40 @@ pub struct PathsRaw {
     pub secrets: Option<String>,
     /// Downloads and build caches; default `cache`.
     pub cache: Option<String>,
+}
+
+/// `[limits]` as written: one sub-table per listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsRaw {
+    /// `[limits.tftp]`.
+    #[serde(default)]
+    pub tftp: TftpLimitsRaw,
+    /// `[limits.dhcp]`.
+    #[serde(default)]
+    pub dhcp: DhcpLimitsRaw,
+}
+
+/// `[limits.tftp]` as written (integers range-checked and durations parsed in validation).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TftpLimitsRaw {
+    /// Transfers in flight at once, all clients together; default 512.
+    pub transfers: Option<i64>,
+    /// Transfers in flight at once from one client address; default 8.
+    pub per_address: Option<i64>,
+    /// The largest retransmission timeout a client may ask for (RFC 2349 `timeout`); default `"5s"`.
+    pub max_client_timeout: Option<String>,
+    /// The longest a transfer may last, start to end; default `"5m"`.
+    pub lifetime: Option<String>,
+}
+
+/// `[limits.dhcp]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DhcpLimitsRaw {
+    /// Addresses kept out of use after DECLINEs at once; default 1024.
+    pub declined: Option<i64>,
+    /// How long a declined address is kept out of use; default `"10m"`.
+    pub decline_hold: Option<String>,
 }

@@ -31,6 +31,13 @@ pub struct Kind {
     pub kind: String,
 }
 
+/// Label `reason`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    /// Which limit refused (TFTP: `per_address`, `transfers`).
+    pub reason: String,
+}
+
 /// TFTP counters. `file` is one of the allowlisted names (or `-` for refused names: clients choose the text).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FileResult {
@@ -54,6 +61,16 @@ pub struct TftpMetrics {
     pub errors: Family<Kind, Counter>,
     /// DATA/OACK packets sent again after a timeout or a partial ACK.
     pub retransmits: Counter,
+    /// Requests refused by a `[limits.tftp]` cap, by `reason` (`per_address`, `transfers`).
+    pub refused: Family<Reason, Counter>,
+    /// Transfers in flight no client has acknowledged yet (spoofed or lost requests look like this).
+    pub unacknowledged: Gauge,
+    /// Unacknowledged transfers ended to make room for a new request under `limits.tftp.transfers`.
+    pub evicted: Counter,
+    /// Transfers ended at `limits.tftp.lifetime`.
+    pub lifetime_ended: Counter,
+    /// Requests whose `timeout` option was above `limits.tftp.max_client_timeout` (declined; default used).
+    pub timeout_clamped: Counter,
 }
 
 /// HTTP metrics.
@@ -89,6 +106,31 @@ impl TftpMetrics {
             tftp.in_flight.clone(),
         );
         r.register("tftp_errors", "TFTP errors by kind", tftp.errors.clone());
+        r.register(
+            "tftp_refused",
+            "TFTP requests refused by a [limits.tftp] cap, by reason",
+            tftp.refused.clone(),
+        );
+        r.register(
+            "tftp_transfers_unacknowledged",
+            "TFTP transfers in flight that no client has acknowledged yet",
+            tftp.unacknowledged.clone(),
+        );
+        r.register(
+            "tftp_evicted",
+            "unacknowledged TFTP transfers ended to make room under limits.tftp.transfers",
+            tftp.evicted.clone(),
+        );
+        r.register(
+            "tftp_lifetime_ended",
+            "TFTP transfers ended at limits.tftp.lifetime",
+            tftp.lifetime_ended.clone(),
+        );
+        r.register(
+            "tftp_timeout_clamped",
+            "TFTP requests whose timeout option exceeded limits.tftp.max_client_timeout",
+            tftp.timeout_clamped.clone(),
+        );
         r.register(
             "tftp_retransmits",
             "TFTP packets sent again after a timeout or partial ACK",

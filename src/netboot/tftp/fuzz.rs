@@ -22,7 +22,7 @@ use rand::{Rng, SeedableRng};
 use super::packet::Packet;
 #[cfg(test)]
 use super::packet::{Mode, Request};
-use super::request::{self, Accepted, Decision, InFlight};
+use super::request::{self, Accepted, Caps, Decision, InFlight, Why};
 use super::transfer::{Limits, Outgoing, Phase, Transfer};
 
 /// Valid packets to mutate.
@@ -48,6 +48,12 @@ pub fn check_packet(data: &[u8]) {
         assert_eq!(p, p2, "round trip of {data:?}");
     }
 }
+
+/// The model server's caps: small, so that floods and evictions happen often.
+const CAPS: Caps = Caps {
+    transfers: 2,
+    per_address: 1,
+};
 
 /// The allowlist of the model server.
 const ALLOW: &[&str] = &["snponly.efi", "undionly.kpxe", "grubaa64.efi"];
@@ -102,6 +108,7 @@ impl Ops<'_> {
 /// A transfer the model server runs, with the highest block the client has seen.
 struct Running {
     t: Transfer,
+    ticket: u64,
     size: u64,
     seen: u16,
 }
@@ -121,10 +128,15 @@ pub struct Reached {
     pub repeated: u64,
     /// Completed transfers of more than 65535 blocks (block numbers wrapped).
     pub wrapped: u64,
+    /// Requests refused by a cap on transfers in flight.
+    pub busy: u64,
+    /// Unacknowledged transfers ended to make room.
+    pub evicted: u64,
 }
 
 impl Reached {
-    /// Whether the runs started, completed, failed, refused and ignored at least `n` transfers each.
+    /// Whether the runs started, completed, failed, refused (by name and by a cap) and ignored at least `n`
+    /// transfers each.
     pub fn at_least(&self, n: u64) -> bool {
         [
             self.started,
@@ -132,6 +144,7 @@ impl Reached {
             self.failed,
             self.refused,
             self.repeated,
+            self.busy,
         ]
         .iter()
         .all(|c| *c >= n)
@@ -193,12 +206,21 @@ impl Model<'_> {
                 assert!(r.t.failure().is_some(), "failed without a reason");
                 self.reached.failed += 1;
             }
-            request::finished(&mut self.in_flight, p);
+            request::finished(&mut self.in_flight, p, r.ticket);
         }
         assert_eq!(
             self.in_flight.len(),
             self.running.len(),
             "in-flight set and transfers disagree"
+        );
+        assert!(self.in_flight.len() <= CAPS.transfers, "over the cap");
+        assert_eq!(
+            self.in_flight.unconfirmed(),
+            self.running
+                .values()
+                .filter(|r| !r.t.acknowledged())
+                .count(),
+            "unacknowledged transfers disagree"
         );
         for (p, r) in &self.running {
             assert!(self.in_flight.contains(p));
@@ -207,6 +229,7 @@ impl Model<'_> {
                 "a live transfer with a past deadline"
             );
             assert!(r.t.bytes_acked() <= r.size);
+            assert!(self.in_flight.from_address(p.ip()) <= CAPS.per_address);
         }
     }
 
@@ -214,13 +237,37 @@ impl Model<'_> {
     fn listen(&mut self, datagram: &[u8], peer: SocketAddr) {
         let was_in_flight = self.in_flight.contains(&peer);
         match request::decide(datagram, peer, ALLOW, &mut self.in_flight) {
-            Decision::Start(Accepted { name, request }) => {
+            Decision::Start(Accepted {
+                name,
+                request,
+                ticket,
+                evict,
+            }) => {
                 assert!(!was_in_flight, "second transfer to {peer}");
                 assert!(ALLOW.contains(&name) && request.filename == name);
+                if let Some((old, old_ticket)) = evict {
+                    // The loop aborts its task: it is gone without a last packet.
+                    let r = self
+                        .running
+                        .remove(&old)
+                        .expect("evicted a running transfer");
+                    assert_eq!(r.ticket, old_ticket);
+                    assert!(!r.t.acknowledged(), "evicted an acknowledged transfer");
+                    request::finished(&mut self.in_flight, old, old_ticket);
+                    self.reached.evicted += 1;
+                }
                 let size = self.sizes[ALLOW.iter().position(|a| *a == name).expect("allowed")];
                 let (t, out) = Transfer::start(&request, size, &Limits::default(), self.now);
                 self.reached.started += 1;
-                self.running.insert(peer, Running { t, size, seen: 0 });
+                self.running.insert(
+                    peer,
+                    Running {
+                        t,
+                        ticket,
+                        size,
+                        seen: 0,
+                    },
+                );
                 self.sent(peer, &out);
             }
             Decision::Repeated { name } => {
@@ -229,13 +276,21 @@ impl Model<'_> {
             }
             Decision::Refuse(r) => {
                 self.reached.refused += 1;
+                if let Why::Busy(_) = r.why {
+                    self.reached.busy += 1;
+                    assert!(!was_in_flight);
+                }
                 let error = r.packet();
-                let ok = request::decide(&error, peer, ALLOW, &mut InFlight::new());
+                let ok = request::decide(&error, peer, ALLOW, &mut InFlight::new(CAPS));
                 assert!(
                     matches!(ok, Decision::Unexpected(Packet::Error { code, .. }) if code == r.code() as u16),
                     "{ok:?}"
                 );
-                assert!(!ALLOW.contains(&r.filename.as_str()) || r.kind() == "write_refused");
+                assert!(
+                    !ALLOW.contains(&r.filename.as_str())
+                        || r.kind() == "write_refused"
+                        || r.kind() == "busy"
+                );
             }
             Decision::Unexpected(p) => {
                 assert!(!matches!(p, Packet::Rrq(_) | Packet::Wrq(_)));
@@ -255,6 +310,9 @@ impl Model<'_> {
             return;
         };
         let out = r.t.on_packet(pkt, now);
+        if r.t.acknowledged() {
+            request::confirmed(&mut self.in_flight, peer, r.ticket);
+        }
         self.sent(peer, &out);
     }
 
@@ -306,7 +364,7 @@ fn request_bytes(ops: &mut Ops<'_>) -> Vec<u8> {
 pub fn run_ops(data: &[u8], reached: &mut Reached) {
     let mut ops = Ops(data);
     let mut m = Model {
-        in_flight: InFlight::new(),
+        in_flight: InFlight::new(CAPS),
         running: BTreeMap::new(),
         // Sizes around block boundaries of the common block sizes, and one that needs wrapping block numbers
         // at blksize 8.
@@ -323,7 +381,8 @@ pub fn run_ops(data: &[u8], reached: &mut Reached) {
             break;
         }
         let op = ops.u8();
-        let peer = SocketAddr::from(([10, 77, 0, 11], 1000 + u16::from(op & 3)));
+        // Four client ports on three addresses (ports 0 and 3 share one), against caps of 2 and 1.
+        let peer = SocketAddr::from(([10, 77, 0, 11 + (op & 3) % 3], 1000 + u16::from(op & 3)));
         match op >> 2 {
             0..=11 => {
                 let d = request_bytes(&mut ops);
@@ -403,7 +462,10 @@ fn fuzz_server_model_with_random_operation_sequences() {
     }
     // Random bytes must reach every outcome, or this test proves little.
     eprintln!("{total:?}");
-    assert!(total.at_least(100) && total.wrapped > 0, "{total:?}");
+    assert!(
+        total.at_least(100) && total.wrapped > 0 && total.evicted >= 10,
+        "{total:?}"
+    );
 }
 
 #[cfg(test)]

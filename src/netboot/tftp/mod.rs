@@ -5,8 +5,13 @@
 //! [`transfer`] is the per-transfer state machine (option negotiation; packets and the clock in, packets out).
 //! This file is the thin tokio loop that only moves bytes and time: a listening socket on
 //! `network.server:network.tftp_port` that acts on each [`request::decide`], and one task with its own
-//! ephemeral socket per transfer (RFC 1350 TIDs). There is no cap on concurrent transfers. The socket of a
-//! transfer is connected to the client, so datagrams from any other address or port never reach it.
+//! ephemeral socket per transfer (RFC 1350 TIDs). The socket of a transfer is connected to the client, so
+//! datagrams from any other address or port never reach it.
+//!
+//! Bounded against a hostile LAN (`[limits.tftp]`): caps on transfers in flight, in all and per client
+//! address ([`request`] decides, evicting the oldest unacknowledged transfer first); the client's `timeout`
+//! option clamped and a lifetime per transfer ([`transfer`]); until the client's first ACK a transfer holds
+//! its socket and a few hundred bytes of state, and its DATA buffer grows only with the blocks it sends.
 
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
@@ -14,8 +19,9 @@ pub mod packet;
 pub mod request;
 pub mod transfer;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::Context;
@@ -23,7 +29,7 @@ use bytes::Bytes;
 use tokio::net::UdpSocket;
 
 use self::packet::{ErrorCode, Packet, Request, encode_data_header, error_packet};
-use self::request::{Accepted, Decision, InFlight, Why};
+use self::request::{Accepted, Caps, Decision, InFlight, Why};
 use self::transfer::{Failure, Limits, Outgoing, Phase, Transfer};
 use super::boot::is_grub;
 use super::bootfiles::{self, BootFiles};
@@ -31,11 +37,22 @@ use super::metrics::TftpMetrics;
 use super::state::Shared;
 use crate::status::Source;
 
-/// Client addresses with a transfer in progress.
-type Active = Arc<std::sync::Mutex<InFlight>>;
+/// The transfers in flight (the sans-IO books) and the tasks that run them, by ticket.
+struct Books {
+    in_flight: InFlight,
+    tasks: HashMap<u64, tokio::task::AbortHandle>,
+}
 
-/// Largest datagram we read (an RRQ with options is far smaller; ACKs are 4 bytes).
+type Active = Arc<Mutex<Books>>;
+
+fn lock(a: &Active) -> std::sync::MutexGuard<'_, Books> {
+    a.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Largest datagram read on the listening port (an RRQ with options is far smaller).
 const RECV_BUF: usize = 2048;
+/// Largest datagram read on a transfer's socket: ACKs are 4 bytes, a client's ERROR a short message.
+const TRANSFER_RECV: usize = 600;
 
 /// Runs the TFTP server until the socket fails. TFTP gets its own thread with a single-threaded runtime:
 /// lock-step transfers are latency-bound, and one thread that both polls the sockets and runs the transfers
@@ -73,7 +90,10 @@ async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
     }
     tracing::info!(%addr, "TFTP listening (read-only, allowlisted boot loaders)");
     let files = Arc::new(BootFiles::new());
-    let active: Active = Arc::default();
+    let active: Active = Arc::new(Mutex::new(Books {
+        in_flight: InFlight::new(Caps::from(&cluster.limits.tftp)),
+        tasks: HashMap::new(),
+    }));
     let mut buf = vec![0u8; RECV_BUF];
     loop {
         let (n, peer) = match sock.recv_from(&mut buf).await {
@@ -85,18 +105,46 @@ async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
             }
         };
         let booter = shared.booter();
-        let decision = request::decide(
-            &buf[..n],
-            peer,
-            booter.boot_loader_names(),
-            &mut active.lock().unwrap_or_else(|p| p.into_inner()),
-        );
+        let decision = {
+            let mut books = lock(&active);
+            books
+                .in_flight
+                .set_caps(Caps::from(&booter.cluster.limits.tftp));
+            let d = request::decide(
+                &buf[..n],
+                peer,
+                booter.boot_loader_names(),
+                &mut books.in_flight,
+            );
+            if let Decision::Start(Accepted {
+                evict: Some((old, ticket)),
+                ..
+            }) = &d
+            {
+                // The oldest transfer no client acknowledged makes room: end its task (its socket closes).
+                if let Some(task) = books.tasks.remove(ticket) {
+                    task.abort();
+                }
+                m.evicted.inc();
+                tracing::debug!(%old, "unacknowledged TFTP transfer ended to make room (limits.tftp.transfers)");
+            }
+            d
+        };
         match decision {
             Decision::Start(accepted) => start(&shared, &m, &files, &active, &sock, peer, accepted),
             Decision::Refuse(r) => {
                 m.error(r.kind());
                 m.request("-", "refused");
                 match r.why {
+                    Why::Busy(b) => {
+                        // Floods land here: counted, logged at debug only.
+                        m.refused
+                            .get_or_create(&super::metrics::Reason {
+                                reason: b.as_str().into(),
+                            })
+                            .inc();
+                        tracing::debug!(%peer, reason = b.as_str(), "TFTP request refused: a [limits.tftp] cap is reached");
+                    }
                     Why::ReadOnly => {
                         tracing::warn!(%peer, file = %r.filename, "TFTP write request refused: this server is read-only")
                     }
@@ -122,6 +170,38 @@ async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
     }
 }
 
+/// Takes a transfer out of the books however its task ends (done, failed, or aborted by an eviction).
+struct Slot {
+    active: Active,
+    m: TftpMetrics,
+    peer: SocketAddr,
+    ticket: u64,
+    acknowledged: bool,
+}
+
+impl Slot {
+    /// The client acknowledged for the first time: the transfer is real.
+    fn acknowledged(&mut self) {
+        if !self.acknowledged {
+            self.acknowledged = true;
+            self.m.unacknowledged.dec();
+            request::confirmed(&mut lock(&self.active).in_flight, self.peer, self.ticket);
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.m.in_flight.dec();
+        if !self.acknowledged {
+            self.m.unacknowledged.dec();
+        }
+        let mut books = lock(&self.active);
+        books.tasks.remove(&self.ticket);
+        request::finished(&mut books.in_flight, self.peer, self.ticket);
+    }
+}
+
 /// Spawns the transfer task of an accepted request; `peer` is already in `active` and leaves it when the
 /// transfer ends.
 fn start(
@@ -131,7 +211,12 @@ fn start(
     active: &Active,
     sock: &UdpSocket,
     peer: SocketAddr,
-    Accepted { name, request: req }: Accepted,
+    Accepted {
+        name,
+        request: req,
+        ticket,
+        ..
+    }: Accepted,
 ) {
     let local = SocketAddr::new(
         sock.local_addr()
@@ -140,17 +225,26 @@ fn start(
         0,
     );
     let (shared, files, active, m) = (shared.clone(), files.clone(), active.clone(), m.clone());
-    tokio::spawn(async move {
-        m.in_flight.inc();
-        let res = transfer_task(&shared, &m, &files, local, peer, &req, name).await;
-        m.in_flight.dec();
-        request::finished(&mut active.lock().unwrap_or_else(|p| p.into_inner()), peer);
+    m.in_flight.inc();
+    m.unacknowledged.inc();
+    let mut slot = Slot {
+        active: active.clone(),
+        m: m.clone(),
+        peer,
+        ticket,
+        acknowledged: false,
+    };
+    let task = tokio::spawn(async move {
+        let res = transfer_task(&shared, &m, &files, local, peer, &req, name, &mut slot).await;
+        drop(slot);
         if let Err(e) = res {
             m.error("io");
             m.request(name, "failed");
             tracing::warn!(%peer, file = name, error = %e, "TFTP transfer failed");
         }
     });
+    // The runtime is single-threaded: the task has not run yet, so its slot is still in the books.
+    lock(&active).tasks.insert(ticket, task.abort_handle());
 }
 
 fn server_ip(shared: &Shared) -> std::net::IpAddr {
@@ -179,6 +273,7 @@ async fn send_all(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn transfer_task(
     shared: &Shared,
     m: &TftpMetrics,
@@ -187,6 +282,7 @@ async fn transfer_task(
     peer: SocketAddr,
     req: &Request,
     name: &'static str,
+    slot: &mut Slot,
 ) -> std::io::Result<()> {
     let sock = UdpSocket::bind(local).await?;
     sock.connect(peer).await?;
@@ -212,10 +308,15 @@ async fn transfer_task(
         }
     };
     let started = Instant::now();
-    let (mut t, out) = Transfer::start(req, data.len() as u64, &Limits::default(), started);
+    let limits = Limits::from_config(&shared.cluster().limits.tftp);
+    let (mut t, out) = Transfer::start(req, data.len() as u64, &limits, started);
+    if t.timeout_clamped {
+        m.timeout_clamped.inc();
+    }
     tracing::debug!(%peer, file = name, blksize = t.blksize(), windowsize = t.windowsize(), "TFTP transfer started");
-    let mut pkt = Vec::with_capacity(t.blksize() + 4);
-    let mut buf = vec![0u8; RECV_BUF];
+    // Grows to one block with the first DATA sent: after ACK 0 when options were negotiated.
+    let mut pkt = Vec::new();
+    let mut buf = [0u8; TRANSFER_RECV];
     send_all(&sock, &out, &data, &mut pkt).await?;
     // One timer for the whole transfer, moved only when the state machine's deadline moves.
     let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(t.deadline()));
@@ -229,7 +330,13 @@ async fn transfer_task(
             r = sock.recv(&mut buf) => {
                 match r {
                     Ok(n) => match Packet::parse(&buf[..n]) {
-                        Ok(p) => t.on_packet(&p, Instant::now()),
+                        Ok(p) => {
+                            let out = t.on_packet(&p, Instant::now());
+                            if t.acknowledged() {
+                                slot.acknowledged();
+                            }
+                            out
+                        }
                         Err(_) => { m.error("malformed"); Vec::new() }
                     },
                     // ICMP port unreachable: the client went away.
@@ -268,6 +375,10 @@ async fn transfer_task(
         _ => {
             let (kind, what) = match t.failure() {
                 Some(Failure::TimedOut) => ("timeout", "timed out".to_string()),
+                Some(Failure::Lifetime) => {
+                    m.lifetime_ended.inc();
+                    ("lifetime", "reached limits.tftp.lifetime".to_string())
+                }
                 Some(Failure::ClientError { code, message }) => {
                     ("client_error", format!("client error {code}: {message}"))
                 }

@@ -30,6 +30,22 @@ pub struct Limits {
     pub max_timeout: Duration,
     /// Retransmissions of the same window before the transfer is abandoned.
     pub max_retries: u32,
+    /// The largest `timeout` option accepted (RFC 2349 lets a client ask up to 255 s); a larger one is left
+    /// out of the OACK and the server's default applies.
+    pub max_client_timeout: Duration,
+    /// The longest a transfer may last, start to end, however often the client acknowledges.
+    pub lifetime: Duration,
+}
+
+impl Limits {
+    /// The defaults with `[limits.tftp]`'s client timeout clamp and lifetime.
+    pub fn from_config(l: &crate::config::TftpLimits) -> Self {
+        Limits {
+            max_client_timeout: l.max_client_timeout,
+            lifetime: l.lifetime,
+            ..Limits::default()
+        }
+    }
 }
 
 impl Default for Limits {
@@ -40,6 +56,8 @@ impl Default for Limits {
             default_timeout: Duration::from_secs(1),
             max_timeout: Duration::from_secs(8),
             max_retries: 5,
+            max_client_timeout: Duration::from_secs(5),
+            lifetime: Duration::from_secs(300),
         }
     }
 }
@@ -83,6 +101,8 @@ pub enum Failure {
     },
     /// No acknowledgement after all retries.
     TimedOut,
+    /// The transfer reached [`Limits::lifetime`].
+    Lifetime,
     /// The client sent something other than an ACK.
     IllegalPacket,
 }
@@ -98,6 +118,9 @@ pub struct Negotiated {
     pub timeout: Duration,
     /// The options acknowledged in the OACK, in the client's order. Empty: no OACK, plain RFC 1350.
     pub oack: Vec<(String, String)>,
+    /// The client asked for a `timeout` above [`Limits::max_client_timeout`] (left out of the OACK: RFC 2349
+    /// lets the server only echo the client's value or decline the option).
+    pub timeout_clamped: bool,
 }
 
 /// Works out the options of a read request for a file of `size` bytes. Unknown or invalid options are left out
@@ -108,6 +131,7 @@ pub fn negotiate(req: &Request, size: u64, limits: &Limits) -> Negotiated {
         windowsize: 1,
         timeout: limits.default_timeout,
         oack: Vec::new(),
+        timeout_clamped: false,
     };
     for (name, value) in &req.options {
         let Ok(v) = value.trim().parse::<u64>() else {
@@ -120,6 +144,7 @@ pub fn negotiate(req: &Request, size: u64, limits: &Limits) -> Negotiated {
                 n.oack.push((name.clone(), b.to_string()));
             }
             "tsize" => n.oack.push((name.clone(), size.to_string())),
+            "timeout" if v > limits.max_client_timeout.as_secs().max(1) => n.timeout_clamped = true,
             "timeout" if (1..=255).contains(&v) => {
                 n.timeout = Duration::from_secs(v);
                 n.oack.push((name.clone(), v.to_string()));
@@ -156,6 +181,12 @@ pub struct Transfer {
     retries: u32,
     max_retries: u32,
     deadline: Instant,
+    /// Start + [`Limits::lifetime`]: the transfer fails at this instant whatever happens.
+    ends_at: Instant,
+    /// Whether the client has acknowledged anything (ACK 0 of an OACK, or a DATA block).
+    heard: bool,
+    /// The client's `timeout` option was above the clamp (see [`Negotiated::timeout_clamped`]).
+    pub timeout_clamped: bool,
     /// Packets sent again after a timeout or a partial ACK.
     pub retransmits: u64,
 }
@@ -187,6 +218,9 @@ impl Transfer {
             retries: 0,
             max_retries: limits.max_retries,
             deadline: now + n.timeout,
+            ends_at: now + limits.lifetime,
+            heard: false,
+            timeout_clamped: n.timeout_clamped,
             retransmits: 0,
         };
         if req.mode != Mode::Octet {
@@ -236,9 +270,27 @@ impl Transfer {
         matches!(self.phase, Phase::Done | Phase::Failed)
     }
 
-    /// When [`Transfer::on_timeout`] must be called if nothing arrives.
+    /// When [`Transfer::on_timeout`] must be called if nothing arrives (never after the end of its lifetime).
     pub fn deadline(&self) -> Instant {
-        self.deadline
+        self.deadline.min(self.ends_at)
+    }
+
+    /// Whether the client has acknowledged anything yet: until then the transfer may be a spoofed request, and
+    /// the loop holds nothing for it but its socket and this state.
+    pub fn acknowledged(&self) -> bool {
+        self.heard
+    }
+
+    /// Fails the transfer with [`Failure::Lifetime`] if `now` is past its lifetime.
+    fn outlived(&mut self, now: Instant) -> Option<Vec<Outgoing>> {
+        if now < self.ends_at {
+            return None;
+        }
+        self.fail(Failure::Lifetime);
+        Some(vec![Outgoing::Packet(error_packet(
+            ErrorCode::NotDefined,
+            "transfer took too long",
+        ))])
     }
 
     /// Bytes of the file acknowledged so far.
@@ -271,6 +323,12 @@ impl Transfer {
 
     /// Handles a packet from the client.
     pub fn on_packet(&mut self, pkt: &Packet<'_>, now: Instant) -> Vec<Outgoing> {
+        if self.finished() {
+            return Vec::new();
+        }
+        if let Some(out) = self.outlived(now) {
+            return out;
+        }
         match (self.phase, pkt) {
             (Phase::Done | Phase::Failed, _) => Vec::new(),
             (_, Packet::Error { code, message }) => {
@@ -281,6 +339,7 @@ impl Transfer {
                 Vec::new()
             }
             (Phase::Negotiating, Packet::Ack { block: 0 }) => {
+                self.heard = true;
                 self.phase = Phase::Sending;
                 self.oack = None;
                 self.retries = 0;
@@ -315,6 +374,7 @@ impl Transfer {
             return Vec::new();
         }
         self.acked = abs;
+        self.heard = true;
         self.retries = 0;
         self.timeout = self.base_timeout;
         if self.acked == self.nblocks {
@@ -332,7 +392,13 @@ impl Transfer {
     /// Called at or after [`Transfer::deadline`]: retransmits the unacknowledged window (or the OACK) with a
     /// doubled timeout, or abandons the transfer after the last retry.
     pub fn on_timeout(&mut self, now: Instant) -> Vec<Outgoing> {
-        if self.finished() || now < self.deadline {
+        if self.finished() {
+            return Vec::new();
+        }
+        if let Some(out) = self.outlived(now) {
+            return out;
+        }
+        if now < self.deadline {
             return Vec::new();
         }
         if self.retries >= self.max_retries {
@@ -554,6 +620,65 @@ mod tests {
         assert_eq!(t.phase(), Phase::Failed);
         assert_eq!(t.failure(), Some(&Failure::TimedOut));
         assert!(t.on_packet(&ack(2), now).is_empty());
+    }
+
+    #[test]
+    fn a_client_timeout_above_the_clamp_is_declined_and_the_default_applies() {
+        let t0 = Instant::now();
+        let limits = Limits::default();
+        let (t, out) = Transfer::start(
+            &rrq(&[("timeout", "255"), ("blksize", "1468")]),
+            10_000,
+            &limits,
+            t0,
+        );
+        assert!(t.timeout_clamped);
+        assert_eq!(t.deadline(), t0 + limits.default_timeout);
+        match &out[..] {
+            [Outgoing::Packet(p)] => assert_eq!(
+                Packet::parse(p).unwrap(),
+                Packet::Oack {
+                    options: vec![("blksize".into(), "1468".into())]
+                }
+            ),
+            o => panic!("{o:?}"),
+        }
+        let (t, _) = Transfer::start(&rrq(&[("timeout", "5")]), 1, &limits, t0);
+        assert!(!t.timeout_clamped);
+        assert_eq!(t.deadline(), t0 + Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_transfer_ends_at_its_lifetime_however_often_the_client_acknowledges() {
+        let t0 = Instant::now();
+        let limits = Limits {
+            lifetime: Duration::from_secs(30),
+            ..Limits::default()
+        };
+        let (mut t, _) = Transfer::start(&rrq(&[("blksize", "8")]), 1_000_000, &limits, t0);
+        assert!(!t.acknowledged());
+        let mut now = t0;
+        assert_eq!(blocks(&t.on_packet(&ack(0), now)), vec![1]);
+        assert!(t.acknowledged());
+        // One ACK every 900 ms keeps every retransmission timer happy, but not the lifetime.
+        for b in 1..=33u16 {
+            now += Duration::from_millis(900);
+            assert_eq!(blocks(&t.on_packet(&ack(b), now)), vec![b + 1], "{b}");
+        }
+        assert!(t.deadline() <= t0 + Duration::from_secs(30));
+        now += Duration::from_millis(900);
+        let out = t.on_packet(&ack(34), now);
+        assert!(
+            matches!(&out[..], [Outgoing::Packet(p)] if matches!(Packet::parse(p), Ok(Packet::Error{..})))
+        );
+        assert_eq!(t.failure(), Some(&Failure::Lifetime));
+        // A silent client: the timer fires at the lifetime at the latest.
+        let (mut t, _) = Transfer::start(&rrq(&[]), 100, &limits, t0);
+        assert!(t.on_timeout(t0 + Duration::from_secs(29)).len() == 1);
+        assert_eq!(t.phase(), Phase::Sending);
+        assert!(t.deadline() <= t0 + Duration::from_secs(30));
+        t.on_timeout(t0 + Duration::from_secs(30));
+        assert_eq!(t.failure(), Some(&Failure::Lifetime));
     }
 
     #[test]
