@@ -75,6 +75,10 @@ pub enum Ignored {
     NoBootFile,
     /// A message type this port does not answer (e.g. REQUEST on 67 in proxy mode, RELEASE, DECLINE).
     NoReplyNeeded,
+    /// A DECLINE of an address that was neither offered nor leased to that MAC (a careless or hostile host).
+    DeclineNotHeld,
+    /// A DECLINE while `limits.dhcp.declined` addresses are already kept out of use.
+    DeclineLimit,
 }
 
 impl Ignored {
@@ -87,6 +91,8 @@ impl Ignored {
             Ignored::PoolExhausted => "pool_exhausted",
             Ignored::NoBootFile => "no_boot_file",
             Ignored::NoReplyNeeded => "no_reply_needed",
+            Ignored::DeclineNotHeld => "decline_not_held",
+            Ignored::DeclineLimit => "decline_limit",
         }
     }
 }
@@ -458,11 +464,25 @@ fn full(req: &Message, info: &ClientInfo, ctx: &Context) -> Outcome {
             if machine.is_none() && net.unknown_pool.is_none() {
                 return Outcome::ignored(Ignored::UnknownMac);
             }
+            // Only an address this server offered or leased to that MAC: its inventory address, its open
+            // offer, its lease. Anything else would let any host keep any address out of use.
+            let held = machine.is_some_and(|m| m.ip == ip)
+                || ctx.leases.offer(info.mac, ctx.now) == Some(ip)
+                || ctx.leases.lease(info.mac).is_some_and(|l| l.ip == ip);
+            if !held {
+                return Outcome::ignored(Ignored::DeclineNotHeld);
+            }
+            let limits = &cluster.limits.dhcp;
+            if !ctx.leases.is_declined(ip, ctx.now)
+                && ctx.leases.declined(ctx.now) >= limits.declined
+            {
+                return Outcome::ignored(Ignored::DeclineLimit);
+            }
             let mut out = Outcome::ignored(Ignored::NoReplyNeeded);
             out.changes.push(Change::Decline {
                 mac: info.mac,
                 ip,
-                until: ctx.now + u64::from(net.lease_secs),
+                until: ctx.now + limits.decline_hold_secs,
             });
             out.warning = Some(match machine {
                 Some(m) => format!(
@@ -470,8 +490,8 @@ fn full(req: &Message, info: &ClientInfo, ctx: &Context) -> Outcome {
                     m.hostname, info.mac
                 ),
                 None => format!(
-                    "{} declined {ip}: another host uses it; not handing it out for a lease time",
-                    info.mac
+                    "{} declined {ip}: another host uses it; not handing it out for {} s (limits.dhcp.decline_hold)",
+                    info.mac, limits.decline_hold_secs
                 ),
             });
             out

@@ -185,6 +185,8 @@ pub struct Reached {
     pub naks: u64,
     /// Replies that wait for the journal (they grant a lease).
     pub durable: u64,
+    /// DECLINEs accepted (journaled).
+    pub declines: u64,
 }
 
 impl Reached {
@@ -212,8 +214,10 @@ fn lease_list(t: &LeaseTable) -> Vec<(MacAddr, Ipv4Addr, u64)> {
 /// Runs one fuzz input as a sequence of datagrams through [`process`] and [`outgoing`] on one lease table,
 /// as the socket loop would, with the clock moving on. The first byte picks the boot decision of `booters`.
 /// Panics if an invariant breaks: a drop not counted, a reply that does not encode and decode, an address held
-/// by two machines, a reply waiting for the journal that is no ACK, or a table rebuilt from the journal
-/// records (as after kill -9) that differs from the live one in its leases.
+/// by two machines, a reply waiting for the journal that is no ACK, a table rebuilt from the journal
+/// records (as after kill -9) that differs from the live one in its leases, a DECLINE accepted for an address
+/// never offered or leased to that MAC, or more declined addresses than `limits.dhcp.declined`. Moving the
+/// clock prunes ended offers and DECLINEs, as the socket loop does every second.
 pub fn run_ops(data: &[u8], booters: &[Booter; 3], reached: &mut Reached) {
     let mut ops: Ops<'_> = data.iter();
     let booter = &booters[usize::from(byte(&mut ops)) % booters.len()];
@@ -251,9 +255,12 @@ pub fn run_ops(data: &[u8], booters: &[Booter; 3], reached: &mut Reached) {
             }
             _ => {
                 now += u64::from(byte(&mut ops)) * 60;
+                table.prune(now);
+                mirror.prune(now);
                 continue;
             }
         };
+        let before = table.clone();
         let mut records = Vec::new();
         match process(&bytes, port, booter, &mut table, now, &metrics) {
             Processed::Dropped(_) => reached.dropped += 1,
@@ -276,8 +283,24 @@ pub fn run_ops(data: &[u8], booters: &[Booter; 3], reached: &mut Reached) {
             }
         }
         for r in &records {
+            if let super::leases::Record::Decline { mac, ip, .. } = r {
+                // Only an address offered or leased to that MAC (or its inventory address).
+                let inventory = booter
+                    .cluster
+                    .machines
+                    .iter()
+                    .any(|m| m.mac == *mac && m.ip == *ip);
+                assert!(
+                    inventory
+                        || before.offer(*mac, now) == Some(*ip)
+                        || before.lease(*mac).is_some_and(|l| l.ip == *ip),
+                    "DECLINE of {ip} accepted from {mac}, which was never offered it"
+                );
+                reached.declines += 1;
+            }
             mirror.replay(r);
         }
+        assert!(table.declined(now) <= booter.cluster.limits.dhcp.declined);
         assert_eq!(
             metrics.dropped_total(),
             reached.dropped - dropped_before,

@@ -2,7 +2,9 @@
 //!
 //! The journal is append-only JSON lines (`grant`, `release`, `decline`). The socket loop appends the records
 //! of a batch of requests, `fdatasync`s once, and only then sends the ACKs: every lease a client was told
-//! about is on disk. A torn last line (kill -9 mid-write) was never acknowledged and is skipped on load. On
+//! about is on disk. A torn last line (kill -9 mid-write) was never acknowledged and is skipped on load. A
+//! commit that fails (a full disk: a partial write, or a failed sync) truncates the file back to the end of
+//! the last good commit before anything else is written, so no torn record ever sits before a good one. On
 //! open, and when the journal grows past a threshold, it is compacted: one `grant` per live lease written to a
 //! temp file, fsynced and renamed over the journal (atomic replace).
 
@@ -175,6 +177,30 @@ impl LeaseTable {
         self.declined.get(&ip).is_some_and(|until| *until > now)
     }
 
+    /// Addresses kept out of use by DECLINEs at `now` (expired ones count until [`LeaseTable::prune`]).
+    pub fn declined(&self, now: u64) -> usize {
+        self.declined.values().filter(|until| **until > now).count()
+    }
+
+    /// Open offers and DECLINEs held in memory, expired or not (what [`LeaseTable::prune`] bounds).
+    pub fn held(&self) -> (usize, usize) {
+        (self.offers.len(), self.declined.len())
+    }
+
+    /// Forgets offers and DECLINEs that ended by `now`; the socket loop calls it every second.
+    pub fn prune(&mut self, now: u64) {
+        let stale: Vec<MacAddr> = self
+            .offers
+            .iter()
+            .filter(|(_, (_, until))| *until <= now)
+            .map(|(mac, _)| *mac)
+            .collect();
+        for mac in stale {
+            self.remove_offer(mac);
+        }
+        self.declined.retain(|_, until| *until > now);
+    }
+
     /// Every lease, in no particular order.
     pub fn leases(&self) -> impl Iterator<Item = &Lease> {
         self.by_mac.values()
@@ -308,6 +334,10 @@ pub struct Journal {
     path: PathBuf,
     file: std::fs::File,
     pending: Vec<u8>,
+    /// The file's length after the last successful commit (or rewrite).
+    good_len: u64,
+    /// A failed commit left bytes after `good_len` that could not be cut off yet.
+    torn: bool,
     lines: usize,
     /// Compact when `lines` reaches this: max(10 000, 4 × the live leases at the last compaction).
     compact_at: usize,
@@ -347,12 +377,15 @@ impl Journal {
             Err(e) => return Err(io(e)),
         }
         let file = Self::rewrite(path, &table.snapshot(now)).map_err(io)?;
+        let good_len = file.metadata().map_err(io)?.len();
         let lines = table.live(now);
         Ok((
             Journal {
                 path: path.to_path_buf(),
                 file,
                 pending: Vec::new(),
+                good_len,
+                torn: false,
                 lines,
                 compact_at: 10_000.max(4 * lines),
             },
@@ -364,7 +397,7 @@ impl Journal {
     /// returns `path` opened for appending.
     fn rewrite(path: &Path, records: &[Record]) -> std::io::Result<std::fs::File> {
         let tmp = path.with_extension("jsonl.tmp");
-        {
+        let written = (|| {
             let mut f = std::fs::File::create(&tmp)?;
             let mut buf = Vec::new();
             for r in records {
@@ -372,7 +405,12 @@ impl Journal {
                 buf.push(b'\n');
             }
             f.write_all(&buf)?;
-            f.sync_all()?;
+            f.sync_all()
+        })();
+        if let Err(e) = written {
+            // A full disk: do not leave a half temp file holding the space.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
         }
         std::fs::rename(&tmp, path)?;
         if let Some(dir) = path.parent() {
@@ -395,20 +433,45 @@ impl Journal {
         !self.pending.is_empty()
     }
 
-    /// Writes the queued records and `fdatasync`s: after `Ok`, they survive kill -9 and power loss.
+    /// Writes the queued records and `fdatasync`s: after `Ok`, they survive kill -9 and power loss. After
+    /// `Err` none of them is in the file: it is cut back to the end of the last good commit (now, or before
+    /// the next write if cutting fails too), and the caller must not acknowledge them.
     pub fn commit(&mut self) -> Result<(), JournalError> {
         if self.pending.is_empty() {
             return Ok(());
         }
         let res = self
-            .file
-            .write_all(&self.pending)
+            .cut_torn_tail()
+            .and_then(|_| self.file.write_all(&self.pending))
             .and_then(|_| self.file.sync_data());
         self.pending.clear();
+        if res.is_err() {
+            self.torn = true;
+            // Best effort now; retried before the next write if it fails.
+            let _ = self.cut_torn_tail();
+        } else {
+            self.good_len = self
+                .file
+                .metadata()
+                .map(|m| m.len())
+                .unwrap_or(self.good_len);
+        }
         res.map_err(|source| JournalError::Io {
             path: self.path.clone(),
             source,
         })
+    }
+
+    /// After a failed commit: truncates the file to the last good length (the file is opened for appending,
+    /// so the next write lands right after the last good record) and syncs that.
+    fn cut_torn_tail(&mut self) -> std::io::Result<()> {
+        if self.torn {
+            self.file.set_len(self.good_len)?;
+            self.file.sync_all()?;
+            self.torn = false;
+            tracing::info!(path = %self.path.display(), bytes = self.good_len, "lease journal cut back to its last good record after a failed write");
+        }
+        Ok(())
     }
 
     /// Rewrites the journal from the table when it has grown to many times the live leases (O(1) unless it
@@ -419,11 +482,13 @@ impl Journal {
         }
         let live = table.live(now);
         self.commit()?;
-        self.file =
-            Self::rewrite(&self.path, &table.snapshot(now)).map_err(|source| JournalError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
+        let io = |source| JournalError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        self.file = Self::rewrite(&self.path, &table.snapshot(now)).map_err(io)?;
+        self.good_len = self.file.metadata().map_err(io)?.len();
+        self.torn = false;
         self.lines = live;
         self.compact_at = 10_000.max(4 * live);
         Ok(())
@@ -527,5 +592,86 @@ mod tests {
         for n in 0..3u8 {
             assert_eq!(back.lease(mac(n)), t.lease(mac(n)));
         }
+    }
+
+    fn grant(n: u8) -> Record {
+        Change::Grant(Lease {
+            mac: mac(n),
+            ip: Ipv4Addr::new(10, 0, 0, n),
+            expires: 1000,
+        })
+        .record(1)
+        .unwrap()
+    }
+
+    /// A disk that fills mid-commit (RLIMIT_FSIZE stands for the full disk: the write stops part-way with
+    /// EFBIG, as it would with ENOSPC): the commit fails, the file is cut back to its last good record, and
+    /// the next commit after space returns lands right after it. nextest runs each test in its own process,
+    /// so the limit touches nothing else.
+    #[test]
+    fn a_failed_commit_truncates_back_to_the_last_good_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("leases.jsonl");
+        let (mut j, _) = Journal::open(&p, 0).unwrap();
+        j.append(&grant(1));
+        j.commit().unwrap();
+        let good = std::fs::metadata(&p).unwrap().len();
+        // SAFETY: ignoring SIGXFSZ and setting this process's file size limit; both restored below.
+        let old = unsafe {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let mut old = std::mem::zeroed::<libc::rlimit>();
+            libc::getrlimit(libc::RLIMIT_FSIZE, &mut old);
+            let tight = libc::rlimit {
+                rlim_cur: good + 70,
+                rlim_max: old.rlim_max,
+            };
+            assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &tight), 0);
+            old
+        };
+        for n in 2..=4 {
+            j.append(&grant(n));
+        }
+        let failed = j.commit();
+        // SAFETY: restoring the limit read above.
+        unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &old) };
+        assert!(failed.is_err(), "the write should have hit the limit");
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), good, "not cut back");
+        j.append(&grant(5));
+        j.commit().unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        for line in text.lines() {
+            serde_json::from_str::<Record>(line).unwrap();
+        }
+        let (_, t) = Journal::open(&p, 10).unwrap();
+        assert!(t.lease(mac(1)).is_some() && t.lease(mac(5)).is_some());
+        assert!((2..=4).all(|n| t.lease(mac(n)).is_none()));
+    }
+
+    #[test]
+    fn prune_forgets_ended_offers_and_declines() {
+        let mut t = LeaseTable::default();
+        let ip = |n| Ipv4Addr::new(10, 0, 0, n);
+        t.apply(&Change::Offer {
+            mac: mac(1),
+            ip: ip(1),
+            until: 100,
+        });
+        t.apply(&Change::Offer {
+            mac: mac(2),
+            ip: ip(2),
+            until: 300,
+        });
+        t.apply(&Change::Decline {
+            mac: mac(3),
+            ip: ip(3),
+            until: 100,
+        });
+        assert_eq!(t.held(), (2, 1));
+        assert_eq!(t.declined(50), 1);
+        t.prune(100);
+        assert_eq!(t.held(), (1, 0));
+        assert_eq!(t.offer(mac(2), 100), Some(ip(2)));
+        assert_eq!(t.holder(ip(1), 0), None);
     }
 }

@@ -27,6 +27,8 @@ pub struct DhcpMetrics {
     pub journal_errors: Counter,
     /// Leases not expired.
     pub leases: Gauge,
+    /// Addresses kept out of use by DECLINEs (capped by `limits.dhcp.declined`).
+    pub declined: Gauge,
     /// Seconds each lease journal write + fdatasync took (ACKs wait for it).
     pub journal_sync_seconds: Histogram,
 }
@@ -40,6 +42,7 @@ impl Default for DhcpMetrics {
             ignored: Family::default(),
             journal_errors: Counter::default(),
             leases: Gauge::default(),
+            declined: Gauge::default(),
             // 0.1 ms .. ~6.5 s
             journal_sync_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 17)),
         }
@@ -76,6 +79,11 @@ impl DhcpMetrics {
             self.journal_errors.clone(),
         );
         sub.register("leases", "Leases not expired", self.leases.clone());
+        sub.register(
+            "declined_addresses",
+            "Addresses kept out of use after DECLINEs (limits.dhcp.declined caps them)",
+            self.declined.clone(),
+        );
         sub.register(
             "journal_sync_seconds",
             "Time of each lease journal write and fdatasync (ACKs wait for it)",

@@ -182,7 +182,9 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
         }
         if last_gauge.elapsed().as_secs() >= 1 {
             last_gauge = std::time::Instant::now();
+            table.prune(now);
             metrics.leases.set(table.live(now) as i64);
+            metrics.declined.set(table.declined(now) as i64);
         }
     }
 }
@@ -214,11 +216,16 @@ fn spawn_writer(
                 for b in &batches {
                     for r in &b.records {
                         journal.append(r);
-                        mirror.replay(r);
                     }
                 }
                 let started = std::time::Instant::now();
                 let res = journal.commit();
+                if res.is_ok() {
+                    // Only what is on disk: a compaction must never write a lease that was not acknowledged.
+                    for r in batches.iter().flat_map(|b| &b.records) {
+                        mirror.replay(r);
+                    }
+                }
                 let took = started.elapsed();
                 metrics.journal_sync_seconds.observe(took.as_secs_f64());
                 if took > std::time::Duration::from_millis(500) {
@@ -231,7 +238,7 @@ fn spawn_writer(
                     Ok(()) => true,
                     Err(e) => {
                         tracing::error!(
-                            "{e}: withholding the ACKs of this batch (their leases are not on disk)"
+                            "{e}: withholding the ACKs of this batch (their leases are not on disk; the journal is cut back to its last good record); free space in the state directory"
                         );
                         false
                     }

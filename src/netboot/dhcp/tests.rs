@@ -802,5 +802,54 @@ fn fuzz_request_sequences_keep_table_and_journal_consistent() {
     }
     // Random bytes must reach every outcome, or this test proves little.
     eprintln!("{total:?}");
-    assert!(total.at_least(100), "{total:?}");
+    assert!(total.at_least(100) && total.declines >= 10, "{total:?}");
+}
+
+#[test]
+fn decline_only_for_an_address_offered_or_leased_to_that_mac_and_capped() {
+    let mut r = Run::new(booter_with(|s| {
+        with_pool(s)
+            .replace("declined = 1024", "declined = 2")
+            .replace("decline_hold = \"10m\"", "decline_hold = \"5m\"")
+    }));
+    let decline = |last: u8, ip: Ipv4Addr| {
+        let mut q = Req::new(MessageType::Decline, last);
+        q.server_id = Some(SERVER);
+        q.requested = Some(ip);
+        q
+    };
+    // A stranger declining pool and inventory addresses it was never offered: ignored, nothing kept.
+    for ip in [
+        Ipv4Addr::new(10, 77, 0, 200),
+        Ipv4Addr::new(10, 77, 0, 11),
+        Ipv4Addr::new(192, 168, 1, 1),
+    ] {
+        let out = r.send(&decline(0xb1, ip), Port::Dhcp);
+        assert_eq!(out.ignored, Some(Ignored::DeclineNotHeld), "{ip}");
+        assert!(out.changes.is_empty() && out.warning.is_none());
+    }
+    // master-1 may decline its own inventory address, not worker-1's.
+    let out = r.send(&decline(MASTER1, Ipv4Addr::new(10, 77, 0, 21)), Port::Dhcp);
+    assert_eq!(out.ignored, Some(Ignored::DeclineNotHeld));
+    let out = r.send(&decline(MASTER1, Ipv4Addr::new(10, 77, 0, 11)), Port::Dhcp);
+    assert!(out.warning.is_some());
+    assert!(r.table.is_declined(Ipv4Addr::new(10, 77, 0, 11), NOW));
+    // An unknown client may decline what it was offered: held for decline_hold (5 min), then pruned.
+    let (offer, _) = r.reply(&Req::new(MessageType::Discover, 0xa1), Port::Dhcp);
+    let ip = offer.yiaddr();
+    r.send(&decline(0xa1, ip), Port::Dhcp);
+    assert!(r.table.is_declined(ip, NOW + 299) && !r.table.is_declined(ip, NOW + 300));
+    // Two addresses are declined: the cap (2) refuses a third.
+    let (offer, _) = r.reply(&Req::new(MessageType::Discover, 0xa2), Port::Dhcp);
+    let out = r.send(&decline(0xa2, offer.yiaddr()), Port::Dhcp);
+    assert_eq!(out.ignored, Some(Ignored::DeclineLimit));
+    assert_eq!(r.table.declined(NOW), 2);
+    r.table.prune(NOW + 59);
+    assert_eq!(r.table.held(), (1, 2), "nothing ended yet");
+    r.table.prune(NOW + 300);
+    assert_eq!(
+        r.table.held(),
+        (0, 0),
+        "ended offers (60 s) and declines (5 min) pruned"
+    );
 }
