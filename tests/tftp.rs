@@ -303,3 +303,89 @@ print(' '.join('%.2f' % (t - ts[0]) for t in ts))
     assert!(m.contains("imgbuild_tftp_retransmits_total 2"), "{m}");
     assert!(m.contains("imgbuild_tftp_transfers_in_flight 0"), "{m}");
 }
+
+/// Open descriptors of a process.
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+/// The value of one metric line (`name{labels} value`) in the server's /metrics text, 0 when absent.
+fn metric(text: &str, line_start: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn root_tftp_3000_unacknowledged_requests_with_timeout_255_leave_another_host_served_and_descriptors_bounded()
+ {
+    let ns = Netns::new();
+    let c = ClusterDir::new(None);
+    let server = Server::start(&ns, &c);
+    let base = fds(server.pid());
+    // One host (master-1's address), 3,000 client ports, each asking undionly.kpxe with timeout=255 and never
+    // acknowledging; the sockets stay open (no ICMP tells the server they are gone) until we close stdin.
+    let script = r#"
+import socket, sys
+rrq = b'\x00\x01undionly.kpxe\x00octet\x00timeout\x00255\x00blksize\x001468\x00'
+socks = []
+for i in range(3000):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(('10.77.0.11', 0))
+    s.sendto(rrq, ('10.77.0.1', 69))
+    socks.append(s)
+print('sent', len(socks), flush=True)
+sys.stdin.read()
+"#;
+    let mut flood = ns
+        .cmd("timeout")
+        .args(["120", "python3", "-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(flood.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "sent 3000");
+    // Let the server work through its queue, then count what it holds.
+    let mut m = String::new();
+    for _ in 0..50 {
+        m = String::from_utf8(http(&ns, &[], "/metrics").2).unwrap();
+        if metric(&m, "imgbuild_tftp_refused_total{reason=\"per_address\"}") >= 1000.0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let held = fds(server.pid());
+    // limits.tftp.per_address is 8 (the example's default): 8 transfer sockets, plus a little slack for the
+    // runtime and the /metrics connection.
+    assert!(
+        held <= base + 8 + 4,
+        "{held} descriptors with the flood, {base} before"
+    );
+    assert!(metric(&m, "imgbuild_tftp_transfers_in_flight ") <= 8.0, "{m}");
+    assert!(
+        metric(&m, "imgbuild_tftp_refused_total{reason=\"per_address\"}") >= 1000.0,
+        "{m}"
+    );
+    assert!(metric(&m, "imgbuild_tftp_timeout_clamped_total ") >= 1.0, "{m}");
+    // Another host gets undionly.kpxe at once, byte-identical (curl gives up after 5 s).
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("got");
+    let o = fetch_curl(
+        &ns,
+        &out,
+        "undionly.kpxe",
+        &["--interface", WORKER1_IP, "--max-time", "5"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read(&out).unwrap() == std::fs::read("/usr/lib/ipxe/undionly.kpxe").unwrap());
+    drop(flood.stdin.take());
+    let _ = flood.wait();
+}

@@ -88,6 +88,8 @@ async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
         }
         bootfiles::report_missing(&booter.boot_loader_dir(name), &[name]);
     }
+    // A burst of PXE ROMs (or a flood) queues instead of being dropped before the caps can answer it.
+    let _ = socket2::SockRef::from(&sock).set_recv_buffer_size(1 << 20);
     tracing::info!(%addr, "TFTP listening (read-only, allowlisted boot loaders)");
     let files = Arc::new(BootFiles::new());
     let active: Active = Arc::new(Mutex::new(Books {
