@@ -881,3 +881,155 @@ fn root_netns_malformed_packets_are_dropped_and_counted_while_serving_continues(
         "{text}"
     );
 }
+
+/// A small tmpfs mounted on a directory (the state directory of the full-disk test); lazily unmounted on drop.
+struct Tmpfs(std::ffi::CString);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        use std::os::unix::ffi::OsStrExt;
+        std::fs::create_dir_all(dir).unwrap();
+        let target = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+        let fs = std::ffi::CString::new("tmpfs").unwrap();
+        let opts = std::ffi::CString::new(format!("size={size},mode=0755")).unwrap();
+        // SAFETY: mount(2) with valid C strings; the target is this test's own temp directory.
+        let rc = unsafe {
+            libc::mount(
+                fs.as_ptr(),
+                target.as_ptr(),
+                fs.as_ptr(),
+                0,
+                opts.as_ptr().cast(),
+            )
+        };
+        assert_eq!(rc, 0, "mount tmpfs: {}", std::io::Error::last_os_error());
+        Tmpfs(target)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // SAFETY: umount2(2) of the mount made above.
+        unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// Fills the file system of `path` (a file there, written until ENOSPC).
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 4096];
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.flush();
+}
+
+#[test]
+fn root_netns_full_disk_during_load_loses_no_acked_lease() {
+    let mut lab = Lab::new("f");
+    let state = lab.path("state");
+    let _tmpfs = Tmpfs::mount(&state, "1m");
+    let cfg = lab.write_config(pool("10.77.0.100", "10.77.0.250"));
+    run(&[
+        "ip",
+        "-n",
+        &lab.cli_ns,
+        "addr",
+        "add",
+        "10.77.0.254/24",
+        "dev",
+        &lab.cli_if,
+    ]);
+    let pid = lab.start_server(&cfg, "serve0.log");
+    // Load: DORAs with new MACs, one after another, until told to stop; every ACK is remembered.
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let acks = Arc::new(std::sync::Mutex::new(Vec::<([u8; 6], Ipv4Addr)>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (a2, k2, s2) = (attempts.clone(), acks.clone(), stop.clone());
+    let (iface, cli_ns) = (lab.cli_if.clone(), lab.cli_ns.clone());
+    let loader = std::thread::spawn(move || {
+        in_netns(&cli_ns, move || {
+            let s = client_socket(&iface, 68);
+            let mut n = 0u16;
+            while !s2.load(Ordering::SeqCst) && n < 2000 {
+                let mac = [0x02, 0xbd, 0xf0, 0, (n >> 8) as u8, n as u8];
+                if let Some(ip) = dora(&s, mac, 0x5000 + u32::from(n), Duration::from_millis(300)) {
+                    k2.lock().unwrap().push((mac, ip));
+                }
+                a2.fetch_add(1, Ordering::SeqCst);
+                n += 1;
+            }
+        })
+    });
+    let acked = |k: &Arc<std::sync::Mutex<Vec<([u8; 6], Ipv4Addr)>>>| k.lock().unwrap().len();
+    let wait = |what: &str, cond: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !cond() {
+            if Instant::now() > deadline {
+                let log = lab.log("serve0.log");
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                panic!(
+                    "timed out waiting for {what}; {} ACKs; server log ends:\n{}",
+                    acked(&acks),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait("20 ACKs", &|| acked(&acks) >= 20);
+    // The disk fills during the load: commits fail (some part-way), ACKs are withheld.
+    fill(&state.join("filler"));
+    wait("a failed journal commit", &|| {
+        lab.log("serve0.log").contains("withholding the ACKs")
+    });
+    let at = attempts.load(Ordering::SeqCst);
+    wait("more requests on the full disk", &|| {
+        attempts.load(Ordering::SeqCst) >= at + 10
+    });
+    // A real client while the disk is full: no lease.
+    lab.set_client_mac("02:bd:ff:00:00:01");
+    assert!(lab.udhcpc(&[]).is_none(), "a lease ACKed on a full disk");
+    // Space returns: the load goes on and is acknowledged again, without a restart.
+    std::fs::remove_file(state.join("filler")).unwrap();
+    let before = acked(&acks);
+    wait("ACKs after space returned", &|| acked(&acks) >= before + 20);
+    let env = lab
+        .udhcpc(&[])
+        .expect("udhcpc got no lease after space returned");
+    stop.store(true, Ordering::SeqCst);
+    loader.join().unwrap();
+    let mut all: BTreeMap<[u8; 6], Ipv4Addr> = acks.lock().unwrap().iter().copied().collect();
+    all.insert(
+        [0x02, 0xbd, 0xff, 0, 0, 1],
+        env["ip"].parse().expect("udhcpc's address"),
+    );
+    // No torn record between good ones: every line of the journal as written reads.
+    let journal = std::fs::read_to_string(state.join("dhcp-leases.jsonl")).unwrap();
+    for line in journal.lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "torn journal line {line:?}"
+        );
+    }
+    assert!(
+        lab.log("serve0.log")
+            .contains("lease journal cut back to its last good record"),
+        "{}",
+        lab.log("serve0.log")
+    );
+    // Restart: every ACKed lease is there, each client gets its own address again.
+    lab.signal(pid, libc::SIGKILL);
+    lab.start_server(&cfg, "serve1.log");
+    assert!(
+        !lab.log("serve1.log")
+            .contains("unreadable lease journal line"),
+        "{}",
+        lab.log("serve1.log")
+    );
+    let again = lab
+        .udhcpc(&[])
+        .expect("udhcpc got no lease after the restart");
+    assert_eq!(again["ip"], env["ip"]);
+    check_journal(&lab, &all);
+    assert!(all.len() >= 41, "{} leases", all.len());
+}
