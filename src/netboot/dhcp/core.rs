@@ -385,11 +385,9 @@ fn full(req: &Message, info: &ClientInfo, ctx: &Context) -> Outcome {
                     msg: m,
                     to: destination(req, false),
                 }),
-                events: vec![Note {
-                    mac: info.mac,
-                    stage: "dhcp-offer",
-                    detail: detail(ip, bf.as_ref(), &relay_note),
-                }],
+                events: note(machine, info.mac, "dhcp-offer", || {
+                    detail(ip, bf.as_ref(), &relay_note)
+                }),
                 ..Outcome::default()
             };
             if machine.is_none() {
@@ -446,11 +444,9 @@ fn full(req: &Message, info: &ClientInfo, ctx: &Context) -> Outcome {
                     ip,
                     expires: ctx.now + u64::from(net.lease_secs),
                 })],
-                events: vec![Note {
-                    mac: info.mac,
-                    stage: "dhcp-ack",
-                    detail: detail(ip, bf.as_ref(), &relay_note),
-                }],
+                events: note(machine, info.mac, "dhcp-ack", || {
+                    detail(ip, bf.as_ref(), &relay_note)
+                }),
                 ..Outcome::default()
             }
         }
@@ -533,6 +529,25 @@ fn full(req: &Message, info: &ClientInfo, ctx: &Context) -> Outcome {
     }
 }
 
+/// A boot event for an inventory machine; none for a pool client (issue #13: nothing is recorded for callers
+/// outside the inventory; they are counted in the metrics only). At 10,000 DORA/s of pool clients this was also
+/// two event-log writes per exchange on the DHCP threads.
+fn note(
+    machine: Option<&Machine>,
+    mac: MacAddr,
+    stage: &'static str,
+    detail: impl FnOnce() -> String,
+) -> Vec<Note> {
+    match machine {
+        Some(_) => vec![Note {
+            mac,
+            stage,
+            detail: detail(),
+        }],
+        None => Vec::new(),
+    }
+}
+
 fn detail(ip: Ipv4Addr, bf: Option<&BootFile>, relay: &str) -> String {
     match bf {
         Some(bf) => format!("ip={ip} boot={}{relay}", bf.as_str()),
@@ -602,11 +617,15 @@ fn proxy(req: &Message, info: &ClientInfo, ctx: &Context, port: Port) -> Outcome
         .unwrap_or_default();
     Outcome {
         reply: Some(Reply { msg: m, to }),
-        events: vec![Note {
-            mac: info.mac,
-            stage,
-            detail: format!("proxy boot={}{relay}", bf.as_str()),
-        }],
+        events: if known {
+            vec![Note {
+                mac: info.mac,
+                stage,
+                detail: format!("proxy boot={}{relay}", bf.as_str()),
+            }]
+        } else {
+            Vec::new()
+        },
         ..Outcome::default()
     }
 }
