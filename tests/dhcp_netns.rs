@@ -891,7 +891,7 @@ impl Tmpfs {
         std::fs::create_dir_all(dir).unwrap();
         let target = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
         let fs = std::ffi::CString::new("tmpfs").unwrap();
-        let opts = std::ffi::CString::new(format!("size={size},mode=0755")).unwrap();
+        let opts = std::ffi::CString::new(["mode=0755,size=", size].concat()).unwrap();
         // SAFETY: mount(2) with valid C strings; the target is this test's own temp directory.
         let rc = unsafe {
             libc::mount(
