@@ -923,6 +923,9 @@ fn fill(path: &Path) {
     let _ = f.flush();
 }
 
+/// The (MAC, address) pairs a load thread got ACKs for.
+type Acks = Arc<std::sync::Mutex<Vec<([u8; 6], Ipv4Addr)>>>;
+
 #[test]
 fn root_netns_full_disk_during_load_loses_no_acked_lease() {
     let mut lab = Lab::new("f");
@@ -942,7 +945,7 @@ fn root_netns_full_disk_during_load_loses_no_acked_lease() {
     let pid = lab.start_server(&cfg, "serve0.log");
     // Load: DORAs with new MACs, one after another, until told to stop; every ACK is remembered.
     let attempts = Arc::new(AtomicUsize::new(0));
-    let acks = Arc::new(std::sync::Mutex::new(Vec::<([u8; 6], Ipv4Addr)>::new()));
+    let acks: Acks = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let (a2, k2, s2) = (attempts.clone(), acks.clone(), stop.clone());
     let (iface, cli_ns) = (lab.cli_if.clone(), lab.cli_ns.clone());
@@ -960,7 +963,7 @@ fn root_netns_full_disk_during_load_loses_no_acked_lease() {
             }
         })
     });
-    let acked = |k: &Arc<std::sync::Mutex<Vec<([u8; 6], Ipv4Addr)>>>| k.lock().unwrap().len();
+    let acked = |k: &Acks| k.lock().unwrap().len();
     let wait = |what: &str, cond: &dyn Fn() -> bool| {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !cond() {
