@@ -161,7 +161,8 @@ fn kube_vip_uses_super_admin_during_init_and_admin_after() {
             .map(|e| (e["name"].as_str().unwrap().to_string(), e["value"].clone()))
             .collect();
         assert!(env.contains(&("address".into(), json!("10.77.0.10"))));
-        assert!(env.contains(&("vip_interface".into(), json!("eth0"))));
+        assert!(env.contains(&("vip_interface".into(), json!("@IMGBUILD_BOOT_NIC@"))));
+        // The interface is the boot NIC, found by the node from its MAC at first boot (issue 18, item 4).
         assert!(env.contains(&("vip_arp".into(), json!("true"))));
         assert!(pod["spec"]["hostNetwork"].as_bool().unwrap());
         pod["spec"]["volumes"][0]["hostPath"]["path"]
