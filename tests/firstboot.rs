@@ -499,7 +499,8 @@ async fn a_failing_kubeadm_is_reported_with_its_output() {
     let failed = lab.details("worker-2", "failed");
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert!(
-        failed[0].starts_with("kubeadm-join: `kubeadm join --config"),
+        // The strict `kubeadm config validate` before the join refuses it.
+        failed[0].starts_with("kubeadm-join: `kubeadm config validate --config"),
         "{}",
         failed[0]
     );
