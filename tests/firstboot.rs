@@ -270,7 +270,7 @@ async fn firstboot_init_then_joins_in_order_with_standins() {
     let net = &lab.cluster.network;
     assert!(
         started[0].contains(&format!(
-            "nic eth1; resolver {}; time source NTP {}",
+            "nic eth1 (no address); resolver {}; time source NTP {}",
             net.dns[0], net.ntp[0]
         )) && started[0].contains("clock offset to the server "),
         "{started:?}"
@@ -581,6 +581,13 @@ async fn an_interrupted_kubeadm_init_or_join_is_reset_and_retried_with_kube_vip_
         assert!(calls.contains("kubeadm reset -f"), "{calls}");
         assert!(root.join("var/lib/imgbuild/joined").exists());
         if host.starts_with("master-") {
+            assert!(
+                lab.details(host, "joined")
+                    .iter()
+                    .any(|d| d.contains("kube-vip manifest in place, vip_interface eth1")),
+                "{:?}",
+                lab.details(host, "joined")
+            );
             let kv = read(&root, "etc/kubernetes/manifests/kube-vip.yaml");
             assert!(kv.contains("path: /etc/kubernetes/admin.conf"), "{kv}");
             assert!(kv.contains("value: \"eth1\""), "{kv}");

@@ -112,8 +112,10 @@ fn boot_path() -> Vec<&'static str> {
 fn root_lab_bios_full_dhcp_master_worker_storage_reach_joined_in_order_and_page_shows_it() {
     let dir = tempfile::tempdir().unwrap();
     let hosts = ["master-1", "worker-1", "storage-1"];
-    let mut lab =
-        Lab::prepare(options(dir.path(), &hosts, Firmware::Bios, DhcpMode::Full)).unwrap();
+    let mut o = options(dir.path(), &hosts, Firmware::Bios, DhcpMode::Full);
+    // master-1 has two NICs and PXE-boots from the second (eth1): its address and kube-vip must be there.
+    o.decoy_nic = vec!["master-1".into()];
+    let mut lab = Lab::prepare(o).unwrap();
     assert!(lab.standins, "the test images are built with stand-ins");
     for h in hosts {
         lab.start_vm(h).unwrap();
@@ -173,7 +175,55 @@ fn root_lab_bios_full_dhcp_master_worker_storage_reach_joined_in_order_and_page_
             must.push("longhorn-node");
         }
         assert_stages_in_order(&evs, m.mac, h, &must);
+        // Each node reports its boot NIC with its address, its resolver and time source from cluster.toml,
+        // and its clock's offset from the server's.
+        let started = detail(&evs, m.mac, "firstboot-started");
+        let nic = if h == "master-1" { "eth1" } else { "eth0" };
+        let net = &lab.cluster.network;
+        let want = format!(
+            "nic {nic} ({}/{}); resolver {}; time source NTP {} (synchronized=",
+            m.ip,
+            net.subnet.prefix_len(),
+            net.dns[0],
+            net.ntp[0]
+        );
+        assert!(started.contains(&want), "{h}: {started:?} lacks {want:?}");
+        assert!(
+            started.contains("clock offset to the server ")
+                && !started.contains("offset to the server unknown"),
+            "{h}: {started}"
+        );
+        if m.role == Role::Storage {
+            // Longhorn's data path is the storage disk, not the state partition (/dev/vda1).
+            let disk = &lab.cluster.longhorn.disk;
+            assert!(
+                started.contains(&format!(
+                    "longhorn {} on {disk}",
+                    lab.cluster.longhorn.data_path
+                )),
+                "{h}: {started}"
+            );
+        }
     }
+    let joined = detail(
+        &evs,
+        lab.cluster.machine_by_hostname("master-1").unwrap().mac,
+        "joined",
+    );
+    assert!(
+        joined.contains("kube-vip manifest in place, vip_interface eth1"),
+        "{joined}"
+    );
+}
+
+/// The detail of the last node-reported `stage` of `mac`.
+fn detail(events: &[Event], mac: MacAddr, stage: &str) -> String {
+    events
+        .iter()
+        .rev()
+        .find(|e| e.mac == mac && e.stage == stage && e.source == imgbuild::status::Source::Node)
+        .map(|e| e.detail.clone())
+        .unwrap_or_else(|| panic!("{mac}: no {stage} event"))
 }
 
 #[test]
