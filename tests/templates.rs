@@ -79,15 +79,14 @@ fn kubeadm_configs_have_the_v1beta4_shape() {
     assert_eq!(cc["networking"]["podSubnet"], "10.244.0.0/16");
     assert_eq!(cc["networking"]["serviceSubnet"], "10.96.0.0/12");
     assert_eq!(cc["certificatesDir"], "/etc/kubernetes/pki");
-    {
-        let args = &cc["controllerManager"]["extraArgs"];
-        let list = args.as_array().expect("extraArgs is a list");
-        assert!(
-            list.iter()
-                .all(|a| a["name"].is_string() && a["value"].is_string()),
-            "{args}"
-        );
-    }
+    // kubeadm derives allocate-node-cidrs and cluster-cidr from podSubnet: no extraArgs repeating them.
+    assert!(
+        cc["controllerManager"].is_null(),
+        "{}",
+        cc["controllerManager"]
+    );
+    // The post-control-plane phases talk through the VIP: more than kubeadm's 1-minute API timeout.
+    assert_eq!(i["timeouts"]["kubernetesAPICall"], "5m0s");
     assert!(
         cc["apiServer"]["certSANs"]
             .as_array()
