@@ -408,6 +408,7 @@ fn arm64_vm_boot(proxy: bool, firmware: Firmware) {
     let spec = VmSpec {
         name: "arm-worker-1".into(),
         mac: ARM_WORKER_MAC.parse().unwrap(),
+        decoy_mac: None,
         arch: Arch::Arm64,
         tap: "iblvt0".into(),
         firmware,

@@ -357,3 +357,56 @@ fn a_missing_config_file_says_how_to_name_another() {
     let err = config::load(Path::new("/nonexistent/cluster.toml")).unwrap_err();
     assert!(err.to_string().contains("pass --config <file>"), "{err}");
 }
+
+#[test]
+fn ntp_servers_are_addresses_or_resolvable_names_and_default_to_the_gateway() {
+    // A typo in an address.
+    let (src, p) = problems_with(
+        "ntp = [\"10.77.0.1\"]",
+        "ntp = [\"10.77.0.1\", \"10.77.0.300\"]",
+    );
+    assert_problem(&src, &p, "network.ntp[1]", "not an NTP server", "ntp = [");
+    // An empty list would leave the nodes without a time source.
+    let (src, p) = problems_with("ntp = [\"10.77.0.1\"]", "ntp = []");
+    assert_problem(&src, &p, "network.ntp", "without a time source", "ntp = [");
+    // A name needs a resolver.
+    let src = EXAMPLE
+        .replacen("ntp = [\"10.77.0.1\"]", "ntp = [\"ntp.example.net\"]", 1)
+        .replacen("dns = [\"10.77.0.1\"]", "dns = []", 1);
+    match config::load_str(Path::new("cluster.toml"), &src, Path::new(".")) {
+        Err(ConfigError::Invalid(p)) => {
+            assert_problem(&src, &p, "network.ntp[0]", "dns is empty", "ntp = [")
+        }
+        other => panic!("accepted: {:?}", other.map(|c| c.network.ntp)),
+    }
+    // Absent: the gateway; a name with a resolver is kept as written.
+    let c = config::load_str(
+        Path::new("cluster.toml"),
+        &EXAMPLE.replacen("ntp = [\"10.77.0.1\"]", "", 1),
+        Path::new("."),
+    )
+    .unwrap();
+    assert_eq!(c.network.ntp, [c.network.gateway.to_string()]);
+    let c = config::load_str(
+        Path::new("cluster.toml"),
+        &EXAMPLE.replacen("ntp = [\"10.77.0.1\"]", "ntp = [\"ntp.example.net\"]", 1),
+        Path::new("."),
+    )
+    .unwrap();
+    assert_eq!(c.network.ntp, ["ntp.example.net"]);
+}
+
+#[test]
+fn a_kube_vip_interface_if_given_is_an_interface_name() {
+    let (src, p) = problems_with(
+        "# interface = \"bond0\"",
+        "interface = \"not an interface\"",
+    );
+    assert_problem(
+        &src,
+        &p,
+        "control_plane.interface",
+        "not a network interface name",
+        "interface = \"not an interface\"",
+    );
+}

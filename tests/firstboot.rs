@@ -116,19 +116,29 @@ impl Lab {
             man.join("longhorn-manifest.yaml"),
         )
         .unwrap();
-        std::fs::create_dir_all(root.join("proc")).unwrap();
+        // Two NICs, the node booted from the second: everything must use eth1, found by the MAC.
+        for (nic, mac) in [
+            ("eth0", "52:54:00:99:99:99".to_string()),
+            ("eth1", m.mac.to_string()),
+        ] {
+            let d = root.join("sys/class/net").join(nic);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("address"), format!("{mac}\n")).unwrap();
+        }
+        // kube-vip's image pull: crictl needs a running containerd, so a test-only shim logs the call.
         std::fs::write(
-            root.join("proc/cmdline"),
-            format!(
-                "BOOTIF={} ip={}::127.77.0.1:255.255.255.0:{host}:eth0:off systemd.hostname={host} imgbuild.server={} imgbuild.mac={} imgbuild.role={} imgbuild.kubeadm_ignore_preflight=NumCPU,Mem net.ifnames=0\n",
-                m.mac.bootif(),
-                m.ip,
-                self.url,
-                m.mac,
-                m.role
-            ),
+            root.join("usr/bin/crictl"),
+            "#!/bin/bash\n# test-only shim for crictl\necho \"$*\" >>\"$IMGBUILD_ROOT/test-shim-crictl.log\"\n",
         )
         .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            root.join("usr/bin/crictl"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        self.set_cmdline(host, "");
+        std::fs::create_dir_all(root.join("proc")).unwrap();
         // The node's HTTP requests leave from its inventory address (all of 127/8 is local).
         std::fs::create_dir_all(root.join("curlhome")).unwrap();
         std::fs::write(
@@ -137,6 +147,25 @@ impl Lab {
         )
         .unwrap();
         root
+    }
+
+    /// Writes the node's kernel command line, with `extra` arguments (e.g. the stand-in's fault injection).
+    fn set_cmdline(&self, host: &str, extra: &str) {
+        let m = self.machine(host);
+        let root = self.dir.path().join(host);
+        std::fs::create_dir_all(root.join("proc")).unwrap();
+        std::fs::write(
+            root.join("proc/cmdline"),
+            format!(
+                "BOOTIF={} ip={}::127.77.0.1:255.255.255.0:{host}::off systemd.hostname={host} imgbuild.server={} imgbuild.mac={} imgbuild.role={} imgbuild.kubeadm_ignore_preflight=NumCPU,Mem net.ifnames=0 {extra}\n",
+                m.mac.bootif(),
+                m.ip,
+                self.url,
+                m.mac,
+                m.role
+            ),
+        )
+        .unwrap();
     }
 
     async fn firstboot(&self, host: &str) -> (bool, String) {
@@ -226,11 +255,33 @@ async fn firstboot_init_then_joins_in_order_with_standins() {
     );
     assert_eq!(lab.stages("master-1"), first_master_stages());
     let m1 = lab.node("master-1");
-    // kube-vip ran on super-admin.conf during init and on admin.conf after.
+    // kube-vip ran on super-admin.conf during init and on admin.conf after, on the NIC the node booted from
+    // (eth1 here: its MAC is the inventory's), its image pulled before kubeadm ran.
+    let kv = read(&m1, "etc/kubernetes/manifests/kube-vip.yaml");
+    assert!(kv.contains("path: /etc/kubernetes/admin.conf"), "{kv}");
+    assert!(kv.contains("value: \"eth1\""), "{kv}");
+    assert!(!kv.contains("@IMGBUILD_"), "{kv}");
     assert!(
-        read(&m1, "etc/kubernetes/manifests/kube-vip.yaml")
-            .contains("path: /etc/kubernetes/admin.conf")
+        read(&m1, "test-shim-crictl.log").contains("pull ghcr.io/kube-vip/kube-vip:"),
+        "kube-vip's image is pre-pulled"
     );
+    // Every node reports its NIC, resolver and time source at first boot (from cluster.toml, not the host).
+    let started = lab.details("master-1", "firstboot-started");
+    let net = &lab.cluster.network;
+    assert!(
+        started[0].contains(&format!(
+            "nic eth1 (no address); resolver {}; time source NTP {}",
+            net.dns[0], net.ntp[0]
+        )) && started[0].contains("clock offset to the server "),
+        "{started:?}"
+    );
+    // The default StorageClass carries the configured replica count (2), not the manifest's 3.
+    let lh = read(&m1, "run/imgbuild/longhorn-manifest.yaml");
+    assert!(
+        lh.contains("      numberOfReplicas: \"2\"\n"),
+        "StorageClass not patched"
+    );
+    assert!(!lh.contains("numberOfReplicas: \"3\""));
     // kubeadm init used the pre-distributed CA.
     let sec = secrets::load(&lab.cluster.paths.secrets).unwrap();
     assert_eq!(read(&m1, "etc/kubernetes/pki/ca.key"), sec.ca.key_pem);
@@ -279,8 +330,20 @@ async fn firstboot_init_then_joins_in_order_with_standins() {
     let filtered = read(&m1, "run/imgbuild/longhorn-manifest.yaml");
     assert!(!filtered.contains("name: longhorn-default-setting"));
 
+    // master-3 before master-2 has joined: its turn does not come (masters join etcd one at a time).
+    let (ok, _) = lab.firstboot("master-3").await;
+    assert!(!ok);
+    assert!(
+        lab.details("master-3", "failed")
+            .iter()
+            .any(|d| d.contains("master-2 has not joined yet")),
+        "{:?}",
+        lab.details("master-3", "failed")
+    );
+    assert!(!lab.stages("master-3").contains(&"kubeadm-join".to_string()));
+
     // The other nodes after the barrier.
-    for host in ["worker-1", "master-2"] {
+    for host in ["worker-1", "master-2", "master-3"] {
         if host == "worker-1" {
             // Its first attempt failed before enrollment; a later boot (here: the operator restarting the
             // unit) enrolls and joins.
@@ -288,12 +351,10 @@ async fn firstboot_init_then_joins_in_order_with_standins() {
         let (ok, log) = lab.firstboot(host).await;
         assert!(ok, "{host} failed:\n{log}");
         let st = lab.stages(host);
-        let tail: Vec<&str> = st
-            .iter()
-            .map(String::as_str)
-            .skip_while(|s| *s != "enrolled")
-            .collect();
-        let want: &[&str] = if host == "master-2" {
+        // This boot's steps (master-3 had one failed attempt before).
+        let from = st.iter().rposition(|s| s == "enrolled").unwrap_or(0);
+        let tail: Vec<&str> = st[from..].iter().map(String::as_str).collect();
+        let want: &[&str] = if host.starts_with("master-") {
             &["enrolled", "kube-vip", "kubeadm-join", "joined"]
         } else {
             &["enrolled", "kubeadm-join", "joined"]
@@ -374,6 +435,14 @@ async fn firstboot_init_then_joins_in_order_with_standins() {
         .position(|e| e.stage == "kubeadm-join" && e.source == Source::Node)
         .unwrap();
     assert!(init_done < first_join);
+    // master-3's join started only after master-2 had joined.
+    let pos = |host: &str, stage: &str| {
+        let mac = lab.machine(host).mac;
+        all.iter()
+            .position(|e| e.mac == mac && e.stage == stage && e.source == Source::Node)
+            .unwrap()
+    };
+    assert!(pos("master-2", "joined") < pos("master-3", "kubeadm-join"));
 
     // A second boot does not join again, and no kubeadm runs.
     let calls_before = read(&m1, "var/lib/imgbuild-standin/calls.log");
@@ -430,7 +499,8 @@ async fn a_failing_kubeadm_is_reported_with_its_output() {
     let failed = lab.details("worker-2", "failed");
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert!(
-        failed[0].starts_with("kubeadm-join: `kubeadm join --config"),
+        // The strict `kubeadm config validate` before the join refuses it.
+        failed[0].starts_with("kubeadm-join: `kubeadm config validate --config"),
         "{}",
         failed[0]
     );
@@ -471,4 +541,57 @@ async fn first_master_completes_with_the_images_standin_manifests() {
         lab.shared.events.for_mac(lab.machine("master-1").mac)
     );
     assert_eq!(lab.stages("master-1"), first_master_stages());
+}
+
+/// An interrupted kubeadm (the stand-in fails once half-way, leaving static pods, kubeconfigs and etcd data, as a
+/// power cut would) is reset on the next attempt and retried: the node reaches `joined` with kube-vip's manifest
+/// in place (the reset empties /etc/kubernetes/manifests). Without the reset, the stand-in's preflight, like the
+/// real one, would refuse every later attempt.
+#[tokio::test]
+async fn an_interrupted_kubeadm_init_or_join_is_reset_and_retried_with_kube_vip_in_place() {
+    let lab = lab().await;
+    for (host, stage) in [
+        ("master-1", "kubeadm-init"),
+        ("master-2", "kubeadm-join"),
+        ("worker-1", "kubeadm-join"),
+    ] {
+        let root = lab.node(host);
+        lab.set_cmdline(host, &format!("imgbuild.standin_fail_once={stage}"));
+        let (ok, _) = lab.firstboot(host).await;
+        assert!(!ok, "{host}: the injected failure");
+        assert!(
+            lab.details(host, "failed")
+                .iter()
+                .any(|d| d.contains("injected failure half-way")),
+            "{host}: {:?}",
+            lab.details(host, "failed")
+        );
+        assert!(!root.join("var/lib/imgbuild/joined").exists());
+        // The next boot.
+        let (ok, log) = lab.firstboot(host).await;
+        assert!(ok, "{host} did not recover:\n{log}");
+        assert!(
+            lab.details(host, stage)
+                .iter()
+                .any(|d| d.contains("did not finish; kubeadm reset -f before retrying")),
+            "{host}: {:?}",
+            lab.details(host, stage)
+        );
+        let calls = read(&root, "var/lib/imgbuild-standin/calls.log");
+        assert!(calls.contains("kubeadm reset -f"), "{calls}");
+        assert!(root.join("var/lib/imgbuild/joined").exists());
+        if host.starts_with("master-") {
+            assert!(
+                lab.details(host, "joined")
+                    .iter()
+                    .any(|d| d.contains("kube-vip manifest in place, vip_interface eth1")),
+                "{:?}",
+                lab.details(host, "joined")
+            );
+            let kv = read(&root, "etc/kubernetes/manifests/kube-vip.yaml");
+            assert!(kv.contains("path: /etc/kubernetes/admin.conf"), "{kv}");
+            assert!(kv.contains("value: \"eth1\""), "{kv}");
+            assert!(root.join("etc/kubernetes/manifests/etcd.yaml").exists());
+        }
+    }
 }

@@ -54,7 +54,7 @@ fn root_http_scripts_per_role_unknown_unpinned_and_live_pin() {
         "{efi_kernel}"
     );
     for arg in [
-        "ip=10.77.0.11::10.77.0.1:255.255.255.0:master-1:eth0:off",
+        "ip=10.77.0.11::10.77.0.1:255.255.255.0:master-1::off",
         "systemd.hostname=master-1",
         "imgbuild.server=http://10.77.0.1:8080",
         "imgbuild.role=master",

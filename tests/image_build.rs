@@ -231,6 +231,16 @@ fn root_image_builds_are_reproducible_immutable_cached_and_secret_free() {
     }));
     let sr = tmp.path().join("real-root");
     unsquash(&rr.dir.join(ROOTFS), &sr);
+    // Nothing of the build host (mmdebstrap copies its resolv.conf and hostname into the base): the resolver
+    // and the time servers are cluster.toml's.
+    let cluster = a.cluster();
+    for root in [&sa, &sr] {
+        let found = build_host_values_in(root, &cluster);
+        assert!(
+            found.is_empty(),
+            "build-host values in the image: {found:?}"
+        );
+    }
     assert_eq!(
         std::fs::read(sr.join("usr/bin/kubeadm")).unwrap(),
         std::fs::read(mdir.join("kubeadm")).unwrap()
@@ -384,6 +394,114 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// Where the build host's own values appear in an unpacked root: its resolv.conf nameservers (unless the cluster
+/// names the same ones), hostname, machine-id, SSH host public keys; and whether resolv.conf and timesyncd say
+/// what `cluster.toml` says.
+fn build_host_values_in(root: &Path, cluster: &imgbuild::config::Cluster) -> Vec<String> {
+    let mut found = Vec::new();
+    let read = |rel: &str| std::fs::read_to_string(root.join(rel)).unwrap_or_default();
+    let dns: Vec<String> = cluster.network.dns.iter().map(|d| d.to_string()).collect();
+    let image_ns: Vec<String> = read("etc/resolv.conf")
+        .lines()
+        .filter_map(|l| l.strip_prefix("nameserver "))
+        .map(|s| s.trim().to_string())
+        .collect();
+    if image_ns != dns {
+        found.push(format!(
+            "/etc/resolv.conf has nameservers {image_ns:?}, cluster.toml says {dns:?}"
+        ));
+    }
+    for ns in std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("nameserver "))
+    {
+        if !dns.contains(&ns.trim().to_string()) && image_ns.contains(&ns.trim().to_string()) {
+            found.push(format!(
+                "the build host's nameserver {ns} in /etc/resolv.conf"
+            ));
+        }
+    }
+    let want_ntp = format!("NTP={}", cluster.network.ntp.join(" "));
+    if !read("etc/systemd/timesyncd.conf.d/imgbuild.conf")
+        .lines()
+        .any(|l| l == want_ntp)
+    {
+        found.push(format!("timesyncd does not say {want_ntp}"));
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host = host.trim();
+    for rel in ["etc/hostname", "etc/hosts", "etc/mailname"] {
+        if !host.is_empty()
+            && read(rel)
+                .split(|c: char| c.is_whitespace())
+                .any(|w| w == host)
+            && !["worker", "master", "storage", "localhost"].contains(&host)
+        {
+            found.push(format!("the build host's name {host:?} in /{rel}"));
+        }
+    }
+    let mut needles: Vec<(String, Vec<u8>)> = Vec::new();
+    let mid = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
+    if mid.trim().len() == 32 {
+        needles.push(("machine-id".into(), mid.trim().as_bytes().to_vec()));
+    }
+    for e in std::fs::read_dir("/etc/ssh")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("ssh_host_") && name.ends_with(".pub") {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            if let Some(key) = text.split_whitespace().nth(1) {
+                needles.push((format!("SSH host key {name}"), key.as_bytes().to_vec()));
+            }
+        }
+    }
+    for dir in ["etc", "var"] {
+        for f in walk(&root.join(dir)) {
+            if f.symlink_metadata().map(|m| !m.is_file()).unwrap_or(true) {
+                continue;
+            }
+            let Ok(data) = std::fs::read(&f) else {
+                continue;
+            };
+            for (what, n) in &needles {
+                if data.windows(n.len()).any(|w| w == n.as_slice()) {
+                    found.push(format!("the build host's {what} in {}", f.display()));
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_build_host_check_finds_the_hosts_resolver_and_name() {
+    // The check the image test relies on must be able to fail: a root carrying this machine's resolv.conf.
+    let f = Fixture::new(|s| s);
+    let cluster = f.cluster();
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(d.path().join("etc")).unwrap();
+    let host_resolv = "nameserver 192.0.2.53\n";
+    std::fs::write(d.path().join("etc/resolv.conf"), host_resolv).unwrap();
+    let found = build_host_values_in(d.path(), &cluster);
+    assert!(
+        found
+            .iter()
+            .any(|f| f.contains("/etc/resolv.conf has nameservers")),
+        "{found:?}"
+    );
+    assert!(found.iter().any(|f| f.contains("timesyncd")), "{found:?}");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    std::fs::write(d.path().join("etc/hostname"), &host).unwrap();
+    if !["worker", "master", "storage", "localhost"].contains(&host.trim()) {
+        let found = build_host_values_in(d.path(), &cluster);
+        assert!(found.iter().any(|f| f.contains("name")), "{found:?}");
+    }
 }
 
 #[test]

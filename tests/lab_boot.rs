@@ -112,8 +112,10 @@ fn boot_path() -> Vec<&'static str> {
 fn root_lab_bios_full_dhcp_master_worker_storage_reach_joined_in_order_and_page_shows_it() {
     let dir = tempfile::tempdir().unwrap();
     let hosts = ["master-1", "worker-1", "storage-1"];
-    let mut lab =
-        Lab::prepare(options(dir.path(), &hosts, Firmware::Bios, DhcpMode::Full)).unwrap();
+    let mut o = options(dir.path(), &hosts, Firmware::Bios, DhcpMode::Full);
+    // master-1 has two NICs and PXE-boots from the second (eth1): its address and kube-vip must be there.
+    o.decoy_nic = vec!["master-1".into()];
+    let mut lab = Lab::prepare(o).unwrap();
     assert!(lab.standins, "the test images are built with stand-ins");
     for h in hosts {
         lab.start_vm(h).unwrap();
@@ -173,7 +175,55 @@ fn root_lab_bios_full_dhcp_master_worker_storage_reach_joined_in_order_and_page_
             must.push("longhorn-node");
         }
         assert_stages_in_order(&evs, m.mac, h, &must);
+        // Each node reports its boot NIC with its address, its resolver and time source from cluster.toml,
+        // and its clock's offset from the server's.
+        let started = detail(&evs, m.mac, "firstboot-started");
+        let nic = if h == "master-1" { "eth1" } else { "eth0" };
+        let net = &lab.cluster.network;
+        let want = format!(
+            "nic {nic} ({}/{}); resolver {}; time source NTP {} (synchronized=",
+            m.ip,
+            net.subnet.prefix_len(),
+            net.dns[0],
+            net.ntp[0]
+        );
+        assert!(started.contains(&want), "{h}: {started:?} lacks {want:?}");
+        assert!(
+            started.contains("clock offset to the server ")
+                && !started.contains("offset to the server unknown"),
+            "{h}: {started}"
+        );
+        if m.role == Role::Storage {
+            // Longhorn's data path is the storage disk, not the state partition (/dev/vda1).
+            let disk = &lab.cluster.longhorn.disk;
+            assert!(
+                started.contains(&format!(
+                    "longhorn {} on {disk}",
+                    lab.cluster.longhorn.data_path
+                )),
+                "{h}: {started}"
+            );
+        }
     }
+    let joined = detail(
+        &evs,
+        lab.cluster.machine_by_hostname("master-1").unwrap().mac,
+        "joined",
+    );
+    assert!(
+        joined.contains("kube-vip manifest in place, vip_interface eth1"),
+        "{joined}"
+    );
+}
+
+/// The detail of the last node-reported `stage` of `mac`.
+fn detail(events: &[Event], mac: MacAddr, stage: &str) -> String {
+    events
+        .iter()
+        .rev()
+        .find(|e| e.mac == mac && e.stage == stage && e.source == imgbuild::status::Source::Node)
+        .map(|e| e.detail.clone())
+        .unwrap_or_else(|| panic!("{mac}: no {stage} event"))
 }
 
 #[test]
@@ -324,10 +374,28 @@ fn root_lab_arm64_worker_built_by_the_image_builder_joins_beside_an_amd64_master
     );
 }
 
+/// A copy of the repository's profiles with `arg` added to `role`'s kernel arguments.
+fn profiles_with_kernel_arg(dir: &Path, name: &str, role: &str, arg: &str) -> PathBuf {
+    let variant = dir.join(name);
+    copy_dir(&Path::new(REPO).join("profiles"), &variant);
+    let p = variant.join(role).join("profile.toml");
+    let mut doc: toml_edit::DocumentMut = std::fs::read_to_string(&p).unwrap().parse().unwrap();
+    let args = doc
+        .entry("kernel_args")
+        .or_insert(toml_edit::value(toml_edit::Array::new()));
+    args.as_array_mut()
+        .expect("kernel_args is an array")
+        .push(arg);
+    std::fs::write(&p, doc.to_string()).unwrap();
+    variant
+}
+
 #[test]
 fn root_lab_reboot_keeps_state_no_second_join_upgrade_then_rollback() {
-    // master-1 initialises the cluster (its add-on steps do not matter here); worker-1 joins, then is power-cycled
-    // with its state disk kept: first onto a newly pinned image (upgrade), then back onto the old one (rollback).
+    // master-1's first kubeadm init is made to fail half-way (the stand-in's fault injection), as a power cut
+    // would leave it; on its next boot it resets, retries and initialises the cluster with kube-vip in place.
+    // worker-1 joins, then is power-cycled with its state disk kept: first onto a newly pinned image (upgrade),
+    // then back onto the old one (rollback).
     let dir = tempfile::tempdir().unwrap();
     let host = "worker-1".to_string();
     let mut lab = Lab::prepare(options(
@@ -337,9 +405,43 @@ fn root_lab_reboot_keeps_state_no_second_join_upgrade_then_rollback() {
         DhcpMode::Full,
     ))
     .unwrap();
+    let failing = profiles_with_kernel_arg(
+        dir.path(),
+        "profiles-fail-once",
+        "master",
+        "imgbuild.standin_fail_once=kubeadm-init",
+    );
+    let master_id = lab.build_with_profiles(Role::Master, &failing).unwrap();
+    lab.pin(Role::Master, &master_id).unwrap();
     lab.start_vm("master-1").unwrap();
     lab.start_vm(&host).unwrap();
     let limit = lab.opts.timeout;
+    let m1 = "master-1".to_string();
+    let failure = lab
+        .wait(std::slice::from_ref(&m1), 1, limit, |n| n.done)
+        .expect_err("master-1's first init must fail");
+    assert!(
+        failure.reason.contains("injected failure half-way"),
+        "{failure}"
+    );
+    lab.stop_vm(&m1);
+    lab.start_vm(&m1).unwrap();
+    let r = lab
+        .wait(std::slice::from_ref(&m1), 2, limit, |n| n.done)
+        .unwrap_or_else(|f| panic!("master-1's second boot: {f}"));
+    assert_eq!(node(&r, &m1).boot, 2);
+    let evs = events(&lab);
+    let mac1 = lab.cluster.machine_by_hostname(&m1).unwrap().mac;
+    assert!(
+        evs.iter().any(|e| e.mac == mac1
+            && e.stage == "kubeadm-init"
+            && e.detail
+                .contains("did not finish; kubeadm reset -f before retrying")),
+        "master-1 did not reset before retrying"
+    );
+    let joined = detail(&evs, mac1, "joined");
+    assert!(joined.contains("kube-vip manifest in place"), "{joined}");
+
     let first = lab
         .wait(std::slice::from_ref(&host), 1, limit, |n| n.done)
         .unwrap_or_else(|f| panic!("{f}"));
@@ -347,17 +449,12 @@ fn root_lab_reboot_keeps_state_no_second_join_upgrade_then_rollback() {
     assert_eq!(node(&first, &host).joins, 1);
 
     // A second image for the role: the same profiles with one more (harmless) kernel argument.
-    let variant = dir.path().join("profiles-variant");
-    copy_dir(&Path::new(REPO).join("profiles"), &variant);
-    let p = variant.join("worker/profile.toml");
-    let mut doc: toml_edit::DocumentMut = std::fs::read_to_string(&p).unwrap().parse().unwrap();
-    let args = doc
-        .entry("kernel_args")
-        .or_insert(toml_edit::value(toml_edit::Array::new()));
-    args.as_array_mut()
-        .expect("kernel_args is an array")
-        .push("imgbuild.lab_variant=2");
-    std::fs::write(&p, doc.to_string()).unwrap();
+    let variant = profiles_with_kernel_arg(
+        dir.path(),
+        "profiles-variant",
+        "worker",
+        "imgbuild.lab_variant=2",
+    );
     let new_id = lab.build_with_profiles(Role::Worker, &variant).unwrap();
     assert_ne!(new_id, old_id);
 

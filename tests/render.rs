@@ -69,7 +69,7 @@ fn containerd_uses_the_systemd_cgroup_driver() {
 }
 
 #[test]
-fn roles_carry_their_modules_and_storage_its_multipath_blacklist() {
+fn roles_carry_their_modules_and_the_nodes_resolver_and_time_come_from_cluster_toml() {
     let trees = render_all();
     let file = |role: &str, path: &str| -> Option<String> {
         trees
@@ -79,20 +79,33 @@ fn roles_carry_their_modules_and_storage_its_multipath_blacklist() {
             .map(|f| String::from_utf8(f.contents.clone()).unwrap())
     };
     let storage_mods = file("storage", "/etc/modules-load.d/imgbuild.conf").unwrap();
-    for m in ["overlay", "br_netfilter", "iscsi_tcp"] {
+    for m in ["overlay", "br_netfilter", "iscsi_tcp", "dm_crypt"] {
         assert!(storage_mods.lines().any(|l| l == m), "storage lacks {m}");
+    }
+    // Longhorn volumes attach on workers: iSCSI and dm-crypt there too (issue 18, item 8).
+    let worker_mods = file("worker", "/etc/modules-load.d/imgbuild.conf").unwrap();
+    for m in ["iscsi_tcp", "dm_crypt"] {
+        assert!(worker_mods.lines().any(|l| l == m), "worker lacks {m}");
     }
     assert!(
         !file("master", "/etc/modules-load.d/imgbuild.conf")
             .unwrap()
             .contains("iscsi_tcp")
     );
-    assert!(
-        file("storage", "/etc/multipath.conf")
-            .unwrap()
-            .contains("blacklist")
-    );
-    assert!(file("worker", "/etc/multipath.conf").is_none());
+    // No multipath-tools in the image, so no multipath.conf that nothing reads.
+    for role in ["storage", "worker", "master"] {
+        assert!(file(role, "/etc/multipath.conf").is_none(), "{role}");
+        // The resolver and the NTP servers of cluster.toml (dns = ["10.77.0.1"], ntp = ["10.77.0.1"]).
+        let resolv = file(role, "/etc/resolv.conf").expect("resolv.conf rendered");
+        let ns: Vec<&str> = resolv
+            .lines()
+            .filter_map(|l| l.strip_prefix("nameserver "))
+            .collect();
+        assert_eq!(ns, ["10.77.0.1"], "{role}: {resolv}");
+        let ts = file(role, "/etc/systemd/timesyncd.conf.d/imgbuild.conf").unwrap();
+        assert!(ts.lines().any(|l| l == "NTP=10.77.0.1"), "{role}: {ts}");
+        assert!(ts.lines().any(|l| l == "FallbackNTP="), "{role}: {ts}");
+    }
     let sysctl = file("worker", "/etc/sysctl.d/90-imgbuild.conf").unwrap();
     assert!(sysctl.contains("net.ipv4.ip_forward = 1"));
 }

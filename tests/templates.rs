@@ -79,15 +79,14 @@ fn kubeadm_configs_have_the_v1beta4_shape() {
     assert_eq!(cc["networking"]["podSubnet"], "10.244.0.0/16");
     assert_eq!(cc["networking"]["serviceSubnet"], "10.96.0.0/12");
     assert_eq!(cc["certificatesDir"], "/etc/kubernetes/pki");
-    {
-        let args = &cc["controllerManager"]["extraArgs"];
-        let list = args.as_array().expect("extraArgs is a list");
-        assert!(
-            list.iter()
-                .all(|a| a["name"].is_string() && a["value"].is_string()),
-            "{args}"
-        );
-    }
+    // kubeadm derives allocate-node-cidrs and cluster-cidr from podSubnet: no extraArgs repeating them.
+    assert!(
+        cc["controllerManager"].is_null(),
+        "{}",
+        cc["controllerManager"]
+    );
+    // The post-control-plane phases talk through the VIP: more than kubeadm's 1-minute API timeout.
+    assert_eq!(i["timeouts"]["kubernetesAPICall"], "5m0s");
     assert!(
         cc["apiServer"]["certSANs"]
             .as_array()
@@ -161,7 +160,8 @@ fn kube_vip_uses_super_admin_during_init_and_admin_after() {
             .map(|e| (e["name"].as_str().unwrap().to_string(), e["value"].clone()))
             .collect();
         assert!(env.contains(&("address".into(), json!("10.77.0.10"))));
-        assert!(env.contains(&("vip_interface".into(), json!("eth0"))));
+        assert!(env.contains(&("vip_interface".into(), json!("@IMGBUILD_BOOT_NIC@"))));
+        // The interface is the boot NIC, found by the node from its MAC at first boot (issue 18, item 4).
         assert!(env.contains(&("vip_arp".into(), json!("true"))));
         assert!(pod["spec"]["hostNetwork"].as_bool().unwrap());
         pod["spec"]["volumes"][0]["hostPath"]["path"]

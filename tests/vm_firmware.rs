@@ -67,6 +67,7 @@ fn root_firmware_variants_start_network_boot_and_ipxe_gets_an_ra() {
         let spec = VmSpec {
             name: fw.to_string(),
             mac: mac.parse().unwrap(),
+            decoy_mac: None,
             arch: imgbuild::config::Arch::Amd64,
             tap,
             firmware: *fw,

@@ -289,7 +289,8 @@ pub struct ControlPlane {
     pub port: u16,
     /// How kube-vip announces `vip`; default ARP.
     pub kube_vip_mode: KubeVipMode,
-    /// The node interface kube-vip announces the VIP on (nodes boot with `net.ifnames=0`, so `eth0`).
+    /// The node interface kube-vip announces the VIP on; empty: the NIC the node booted from (found by its MAC
+    /// at first boot, never a fixed `eth0`).
     pub interface: String,
     /// The kube-vip container image the masters' static pod runs; default `ghcr.io/kube-vip/kube-vip:v1.0.1`.
     pub kube_vip_image: String,
@@ -322,6 +323,8 @@ pub struct Network {
     pub gateway: Ipv4Addr,
     /// DNS servers handed to machines (DHCP option 6), in order; may be empty.
     pub dns: Vec<Ipv4Addr>,
+    /// NTP servers the nodes' timesyncd uses (IPv4 addresses or host names), in order; default the gateway.
+    pub ntp: Vec<String>,
     /// The server's own address on the provisioning network (TFTP `next-server`, HTTP host).
     pub server: Ipv4Addr,
     /// `full` (default) or `proxy`: whether imgbuild assigns addresses or only answers with boot information.

@@ -75,7 +75,7 @@ pub struct ControlPlaneRaw {
     /// `arp` (default) or `bgp`.
     #[serde(default = "default_kube_vip_mode")]
     pub kube_vip_mode: String,
-    /// The node interface kube-vip announces on; default `eth0`.
+    /// The node interface kube-vip announces on; default empty: the NIC the node booted from.
     #[serde(default = "default_vip_interface")]
     pub interface: String,
     /// The kube-vip image; default `ghcr.io/kube-vip/kube-vip:v1.0.1`.
@@ -90,7 +90,7 @@ fn default_kube_vip_mode() -> String {
     "arp".into()
 }
 fn default_vip_interface() -> String {
-    "eth0".into()
+    String::new()
 }
 fn default_kube_vip_image() -> String {
     "ghcr.io/kube-vip/kube-vip:v1.0.1".into()
@@ -119,6 +119,8 @@ pub struct NetworkRaw {
     /// DNS servers, IPv4 addresses; default none.
     #[serde(default)]
     pub dns: Vec<String>,
+    /// NTP servers for the nodes (IPv4 addresses or host names); default: the gateway.
+    pub ntp: Option<Vec<String>>,
     /// The server's own IPv4 address on the subnet.
     pub server: String,
     /// `full` (default) or `proxy`.

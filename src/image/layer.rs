@@ -43,9 +43,14 @@ pub enum LayerError {
     },
 }
 
-/// Files that identify one machine and must not be shared by every node booting the image. `/etc/machine-id`
-/// is left empty (systemd makes one per boot); the rest are removed.
+/// Files that identify one machine (or the build host: mmdebstrap copies its `/etc/resolv.conf` and
+/// `/etc/hostname` into the base) and must not be shared by every node booting the image. `/etc/machine-id` is
+/// left empty (systemd makes one per boot); the rest are removed, and the base profile renders its own
+/// `/etc/resolv.conf`, `/etc/hostname` and `/etc/hosts` from `cluster.toml` (docs/images.md lists them).
 pub const MACHINE_SPECIFIC: &[&str] = &[
+    "/etc/resolv.conf",
+    "/etc/hostname",
+    "/etc/mailname",
     "/var/lib/dbus/machine-id",
     "/var/lib/systemd/random-seed",
     "/var/lib/systemd/credential.secret",

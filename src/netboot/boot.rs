@@ -400,7 +400,7 @@ mod tests {
         let bios = b.plan("52:54:00:77:00:21".parse().unwrap()).unwrap();
         assert_eq!(
             bios.cmdline,
-            "BOOTIF=01-52-54-00-77-00-21 ip=10.77.0.21::10.77.0.1:255.255.255.0:worker-1:eth0:off \
+            "BOOTIF=01-52-54-00-77-00-21 ip=10.77.0.21::10.77.0.1:255.255.255.0:worker-1::off \
              nameserver=10.77.0.1 systemd.hostname=worker-1 imgbuild.server=http://10.77.0.1:8080 \
              imgbuild.mac=52:54:00:77:00:21 imgbuild.role=worker imgbuild.image=amd64-image \
              imgbuild.rootfs=http://10.77.0.1:8080/images/amd64-image/rootfs.squashfs \
@@ -416,7 +416,7 @@ mod tests {
         let arm = b.plan(ARM.parse().unwrap()).unwrap();
         assert_eq!(
             arm.cmdline,
-            "BOOTIF=01-52-54-00-77-00-41 ip=10.77.0.41::10.77.0.1:255.255.255.0:arm-1:eth0:off \
+            "BOOTIF=01-52-54-00-77-00-41 ip=10.77.0.41::10.77.0.1:255.255.255.0:arm-1::off \
              systemd.hostname=arm-1 imgbuild.server=http://10.77.0.1:8080 imgbuild.mac=52:54:00:77:00:41 \
              imgbuild.role=worker imgbuild.image=arm64-image \
              imgbuild.rootfs=http://10.77.0.1:8080/images/arm64-image/rootfs.squashfs \

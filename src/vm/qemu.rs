@@ -59,6 +59,9 @@ pub struct VmSpec {
     pub name: String,
     /// The MAC address of its NIC: the inventory's, so the DHCP server knows the machine.
     pub mac: MacAddr,
+    /// A second NIC with this MAC placed before the boot NIC, on a hub port of its own (no network, no boot
+    /// ROM): the guest kernel probes it first, so the boot NIC is not `eth0` (multi-NIC servers in the lab).
+    pub decoy_mac: Option<MacAddr>,
     /// amd64: q35 with the firmware below; arm64: `virt` on AAVMF (its PXE, or HTTP Boot for [`Firmware::Http`]).
     pub arch: Arch,
     /// The tap device (inside the namespace the VM runs in).
@@ -169,6 +172,14 @@ pub fn args(spec: &VmSpec) -> Result<Vec<String>, VmError> {
         Firmware::Bios => "",
         Firmware::Uefi | Firmware::Http => ",romfile=",
     };
+    if let Some(decoy) = spec.decoy_mac {
+        a.extend([
+            "-netdev".into(),
+            "hubport,id=n1,hubid=1".into(),
+            "-device".into(),
+            format!("virtio-net-pci,netdev=n1,mac={decoy},romfile="),
+        ]);
+    }
     a.push("-device".into());
     a.push(format!(
         "virtio-net-pci,netdev=n0,mac={},bootindex=1{rom}",
@@ -365,6 +376,7 @@ mod tests {
         VmSpec {
             name: "worker-1".into(),
             mac: "52:54:00:77:00:21".parse().unwrap(),
+            decoy_mac: None,
             arch: Arch::Amd64,
             tap: "ibl0".into(),
             firmware: fw,
@@ -374,6 +386,22 @@ mod tests {
             console_log: dir.join("console.log"),
             dir: dir.join("vm"),
         }
+    }
+
+    #[test]
+    fn a_decoy_nic_comes_first_without_network_or_rom_and_the_boot_nic_keeps_the_boot_index() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = spec(Firmware::Bios, d.path());
+        s.decoy_mac = Some("02:00:00:77:00:21".parse().unwrap());
+        let a = args(&s).unwrap().join(" ");
+        let decoy = a
+            .find("netdev=n1,mac=02:00:00:77:00:21,romfile=")
+            .expect(&a);
+        let boot = a
+            .find("netdev=n0,mac=52:54:00:77:00:21,bootindex=1")
+            .expect(&a);
+        assert!(decoy < boot, "the decoy is probed first: {a}");
+        assert!(a.contains("-netdev hubport,id=n1,hubid=1"), "{a}");
     }
 
     #[test]

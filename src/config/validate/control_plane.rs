@@ -39,6 +39,20 @@ pub(super) fn check(
             );
         }
     }
+    if !cp.interface.is_empty()
+        && (cp.interface.len() > 15
+            || cp.interface.contains('/')
+            || cp.interface.chars().any(char::is_whitespace))
+    {
+        c.error(
+            &p!["control_plane", "interface"],
+            format!(
+                "{:?} is not a network interface name (1-15 characters, no '/' or space); leave it out to use \
+                 the NIC each master booted from",
+                cp.interface
+            ),
+        );
+    }
     known.vip = vip;
     Some(ControlPlane {
         vip: vip?,

@@ -19,6 +19,7 @@ pub(super) fn check(c: &mut Checker, n: &raw::NetworkRaw, known: &mut Known) -> 
             dns.push(ip);
         }
     }
+    let ntp = check_ntp(c, n, gateway);
     let dhcp_mode = c.one_of(
         &p!["network", "dhcp_mode"],
         &n.dhcp_mode,
@@ -68,6 +69,7 @@ pub(super) fn check(c: &mut Checker, n: &raw::NetworkRaw, known: &mut Known) -> 
         subnet: subnet?,
         gateway: gateway?,
         dns,
+        ntp: ntp?,
         server: server?,
         dhcp_mode: dhcp_mode?,
         lease_secs: lease_secs?,
@@ -104,4 +106,69 @@ fn check_pool(c: &mut Checker, pool: &raw::PoolRaw, subnet: Option<Ipv4Net>) -> 
         return None;
     }
     Some(Pool { start: s, end: e })
+}
+
+/// `[network] ntp`: IPv4 addresses or host names (a name needs `dns`); absent: the gateway. An empty list is an
+/// error: a node without a time source drifts until TLS against the cluster CA fails.
+fn check_ntp(
+    c: &mut Checker,
+    n: &raw::NetworkRaw,
+    gateway: Option<std::net::Ipv4Addr>,
+) -> Option<Vec<String>> {
+    let Some(list) = &n.ntp else {
+        return gateway.map(|g| vec![g.to_string()]);
+    };
+    if list.is_empty() {
+        c.error(
+            &p!["network", "ntp"],
+            "an empty list leaves the nodes without a time source; name at least one NTP server (an IPv4 \
+             address or a host name), or remove the key to use the gateway",
+        );
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (i, s) in list.iter().enumerate() {
+        let is_ip = s.parse::<std::net::Ipv4Addr>().is_ok();
+        let looks_ip = !s.is_empty() && s.chars().all(|ch| ch.is_ascii_digit() || ch == '.');
+        if is_ip {
+            out.push(s.clone());
+        } else if !looks_ip && is_hostname(s) {
+            if n.dns.is_empty() {
+                c.error(
+                    &p!["network", "ntp", i],
+                    format!(
+                        "{s:?} is a host name but [network] dns is empty, so nodes cannot resolve it; give an \
+                         IPv4 address or add a DNS server"
+                    ),
+                );
+                ok = false;
+            } else {
+                out.push(s.clone());
+            }
+        } else {
+            c.error(
+                &p!["network", "ntp", i],
+                format!(
+                    "{s:?} is not an NTP server; expected an IPv4 address such as 10.77.0.1 or a host name \
+                     such as ntp.example.net"
+                ),
+            );
+            ok = false;
+        }
+    }
+    ok.then_some(out)
+}
+
+/// An RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens, at most 253 characters.
+fn is_hostname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
 }

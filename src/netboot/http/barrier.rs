@@ -1,16 +1,18 @@
 //! The init-done barrier: `GET /api/barrier/init-done` answers whether the first master has reported
 //! `init-done` (joiners wait for it); [`barrier_reached`] is the same question for the enrollment route.
+//! `GET /api/barrier/join/{mac}` is a joining master's turn: every master before it in the inventory (after the
+//! first) has reported `joined`, so etcd members are added one at a time ([`join_turn`]).
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
 
 use super::reply::{retry_after, text};
-use crate::config::Cluster;
+use crate::config::{Cluster, MacAddr, Role};
 use crate::netboot::state::Shared;
 use crate::pki::enroll::fmt_ms;
 use crate::status::Source;
@@ -26,11 +28,75 @@ pub fn barrier_reached(shared: &Shared, cluster: &Cluster) -> Option<u64> {
         .map(|e| e.at_ms)
 }
 
-/// The barrier route.
+/// Whether `mac` may run its control-plane join now: `Ok(())`, or what it waits for (the first master's
+/// init-done, or the earliest master before it, after the first, that has not reported `joined` yet). Masters join in inventory
+/// order; a machine that is not a master only needs init-done.
+pub fn join_turn(shared: &Shared, cluster: &Cluster, mac: MacAddr) -> Result<(), String> {
+    let Some(me) = cluster.machine_by_mac(mac) else {
+        return Err(format!("{mac} is not in the inventory"));
+    };
+    if barrier_reached(shared, cluster).is_none() {
+        let fm = cluster.first_master().map(|m| m.hostname.as_str());
+        return Err(format!(
+            "{} has not reported init-done",
+            fm.unwrap_or("the first master")
+        ));
+    }
+    if me.role != Role::Master {
+        return Ok(());
+    }
+    for m in cluster.machines_with_role(Role::Master).skip(1) {
+        if m.mac == mac {
+            return Ok(());
+        }
+        let joined = shared
+            .events
+            .for_mac(m.mac)
+            .iter()
+            .any(|e| e.stage == "joined" && e.source == Source::Node);
+        if !joined {
+            return Err(format!(
+                "{} has not joined yet (boot it, or remove it from the inventory)",
+                m.hostname
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The barrier routes.
 pub fn routes(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/api/barrier/init-done", get(barrier))
+        .route("/api/barrier/join/{mac}", get(join))
         .with_state(shared)
+}
+
+async fn join(State(shared): State<Arc<Shared>>, Path(mac): Path<String>) -> Response {
+    let Ok(mac) = mac.parse::<MacAddr>() else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{mac:?} is not a MAC address; ask /api/barrier/join/<mac> with this node's MAC"
+            ),
+        );
+    };
+    let cluster = shared.cluster();
+    match join_turn(&shared, &cluster, mac) {
+        Ok(()) => text(StatusCode::OK, format!("{mac}: your turn to join")),
+        Err(waiting) if cluster.machine_by_mac(mac).is_none() => {
+            text(StatusCode::NOT_FOUND, waiting)
+        }
+        Err(waiting) => retry_after(
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "waiting: {waiting}; masters join the control plane one at a time, in inventory order"
+                ),
+            ),
+            5,
+        ),
+    }
 }
 
 async fn barrier(State(shared): State<Arc<Shared>>) -> Response {

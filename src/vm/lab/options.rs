@@ -35,6 +35,9 @@ pub struct Options {
     pub prefix: String,
     /// Print progress (live table on a terminal, one line per stage change otherwise).
     pub verbose: bool,
+    /// Hostnames whose VM gets a second NIC placed before the boot NIC (no network behind it): the kernel
+    /// probes it first, so it is `eth0` and the machine PXE-boots from its second NIC, `eth1`.
+    pub decoy_nic: Vec<String>,
 }
 
 impl Options {
@@ -58,6 +61,7 @@ impl Options {
             exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("imgbuild")),
             prefix: "ibl".into(),
             verbose: true,
+            decoy_nic: Vec::new(),
         }
     }
 }

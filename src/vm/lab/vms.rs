@@ -18,6 +18,15 @@ pub const STATE_DISK_BYTES: u64 = 8 << 30;
 /// Size of a storage node's blank Longhorn disk (sparse).
 pub const DATA_DISK_BYTES: u64 = 16 << 30;
 
+/// The MAC of a machine's decoy NIC: locally administered (02:…), the machine's last three bytes, so it is
+/// never an inventory MAC.
+fn decoy_mac(mac: crate::config::MacAddr) -> crate::config::MacAddr {
+    let b = mac.to_string();
+    format!("02:00:00:{}", &b[9..])
+        .parse()
+        .expect("a MAC with its first three bytes replaced is a MAC")
+}
+
 /// Adds a tap per machine to the bridge in `netns` and plans each machine's VM (disks and console under
 /// `vms/<host>/` in the lab directory).
 pub(super) fn add_nodes(
@@ -41,6 +50,10 @@ pub(super) fn add_nodes(
             spec: VmSpec {
                 name: m.hostname.clone(),
                 mac: m.mac,
+                decoy_mac: opts
+                    .decoy_nic
+                    .contains(&m.hostname)
+                    .then(|| decoy_mac(m.mac)),
                 arch: m.arch,
                 tap,
                 firmware: opts.firmware,
