@@ -71,6 +71,7 @@ async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
         }
         bootfiles::report_missing(&booter.boot_loader_dir(name), &[name]);
     }
+    shared.ready.bound("tftp");
     tracing::info!(%addr, "TFTP listening (read-only, allowlisted boot loaders)");
     let files = Arc::new(BootFiles::new());
     let active: Active = Arc::default();
