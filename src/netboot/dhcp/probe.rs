@@ -45,6 +45,12 @@ pub fn discover(mac: [u8; 6], xid: u32) -> Vec<u8> {
     super::packet::encode(&m)
 }
 
+/// Whether a request is our own probe's (client hardware address [`PROBE_MAC`]): the server drops it unanswered
+/// and unlogged, whatever its mode and pool.
+pub fn is_probe(bytes: &[u8]) -> bool {
+    bytes.get(28..34) == Some(&PROBE_MAC[..])
+}
+
 /// The address of the server that sent `bytes` when it is an OFFER to the probe (`xid`, `mac`) from another
 /// server than `own`: its server identifier (option 54), else the datagram's source address.
 pub fn offer_server(
@@ -323,6 +329,8 @@ mod tests {
             None
         );
         assert_eq!(offer_server(b"junk", 7, PROBE_MAC, own, src), None);
+        assert!(is_probe(&discover(PROBE_MAC, 9)));
+        assert!(!is_probe(&discover([2, 0, 0, 0, 0, 1], 9)) && !is_probe(b"short"));
     }
 
     #[test]

@@ -166,6 +166,9 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
                         break;
                     }
                 };
+                if super::probe::is_probe(&buf[..n]) {
+                    continue;
+                }
                 let outcome = match process(&buf[..n], port, &booter, &mut table, now, &metrics) {
                     Processed::Dropped(why) => {
                         log_drop(why, from, n);
