@@ -127,8 +127,8 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
         crate::netboot::notify::tell,
     )
     .await;
-    shared.ready.bound("dhcp");
     tracing::info!(interface = %iface, mode = ?mode, leases = table.live(unix_now()), journal = %journal_path.display(), "DHCP server listening");
+    shared.ready.bound("dhcp");
 
     let mut buf = vec![0u8; packet::MAX_LEN + 512];
     let mut unknown_seen: HashSet<MacAddr> = HashSet::new();

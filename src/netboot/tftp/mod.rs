@@ -71,8 +71,8 @@ async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
         }
         bootfiles::report_missing(&booter.boot_loader_dir(name), &[name]);
     }
-    shared.ready.bound("tftp");
     tracing::info!(%addr, "TFTP listening (read-only, allowlisted boot loaders)");
+    shared.ready.bound("tftp");
     let files = Arc::new(BootFiles::new());
     let active: Active = Arc::default();
     let mut buf = vec![0u8; RECV_BUF];
