@@ -61,10 +61,23 @@ fn root_package_builds_lints_clean_and_installs_into_a_fresh_debian_root() {
     // A fresh Debian root; downloaded packages are kept between runs in target/tmp (like the image cache).
     let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("imgbuild-package-apt-cache");
     std::fs::create_dir_all(&cache).unwrap();
-    let root = dir.path().join("root");
+    // The root on tmpfs when there is one (dpkg's many small writes and syncs: ~2.5x faster here).
+    let shm = std::path::Path::new("/dev/shm");
+    let rootdir = if shm.is_dir() {
+        tempfile::tempdir_in(shm).unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    };
+    let root = rootdir.path().join("root");
     let name = deb.file_name().unwrap().to_str().unwrap().to_string();
     run(Command::new("mmdebstrap")
-        .args(["--variant=minbase", "--include=systemd", "--skip=essential/unlink"])
+        .args([
+            "--variant=minbase",
+            "--include=systemd",
+            "--skip=essential/unlink",
+            "--dpkgopt=force-unsafe-io",
+            "--aptopt=Acquire::Languages \"none\"",
+        ])
         .arg("--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives")
         .arg(format!(
             "--setup-hook=sync-in {} /var/cache/apt/archives",
@@ -114,13 +127,13 @@ fn root_package_builds_lints_clean_and_installs_into_a_fresh_debian_root() {
         assert_eq!(m.permissions().mode() & 0o7777, mode, "{d}");
     }
 
-    // The packaged binary reads the packaged configuration, profiles and templates: no source checkout.
-    let check = run(Command::new("chroot").arg(&root).args([
-        "/usr/bin/imgbuild",
-        "-c",
-        "/etc/imgbuild/cluster.toml",
-        "check",
-    ]));
+    // The packaged binary reads the packaged configuration (its default when ./cluster.toml does not exist),
+    // profiles and templates: no source checkout.
+    let check = run(Command::new("chroot")
+        .arg(&root)
+        .args(["/usr/bin/imgbuild", "check"])
+        .env_remove("IMGBUILD_CONFIG"));
+    assert!(check.contains("/etc/imgbuild/cluster.toml: ok"), "{check}");
     eprintln!("imgbuild check in the chroot: {check}");
 
     let unit = "/lib/systemd/system/imgbuild.service";

@@ -87,7 +87,8 @@ fn init_tracing(verbose: u8) {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    cli.global.resolve_default();
     init_tracing(cli.global.verbose);
     let result = match &cli.command {
         Command::Check(a) => check::run(&cli.global, a),
