@@ -1,6 +1,8 @@
 //! The status page in a real browser: headless Chromium (Debian's `chromium`) loads `GET /` from the status
-//! routes on loopback; a stage recorded only after the page was served must appear through the page's own
-//! polling of `/api/status`.
+//! routes on loopback; a stage recorded only after the page was served must appear in the waterfall through the
+//! page's own polling of `/api/board`, a failed node shows its reason and last event inline, and a node's
+//! history opens; a screenshot is kept in target/tmp/status-page.png. `imgbuild status` against the routes,
+//! and against something that is not an imgbuild server.
 
 mod common;
 
@@ -16,7 +18,7 @@ use imgbuild::status::{Events, Source};
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
 #[test]
-fn chromium_status_page_updates_live_from_api_status() {
+fn chromium_status_page_waterfall_grows_failed_row_shows_reason_history_on_click() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("cluster.toml");
     let text = std::fs::read_to_string(format!("{REPO}/cluster.toml")).unwrap();
@@ -27,6 +29,7 @@ fn chromium_status_page_updates_live_from_api_status() {
     .unwrap();
     let cluster = imgbuild::config::load(&cfg).unwrap();
     let mac = cluster.machine_by_hostname("worker-1").unwrap().mac;
+    let failing = cluster.machine_by_hostname("storage-2").unwrap().mac;
     let shared = Arc::new(Shared::new(
         cfg,
         cluster,
@@ -35,20 +38,30 @@ fn chromium_status_page_updates_live_from_api_status() {
     ));
     shared.events.record(mac, "dhcp-offer", "", Source::Server);
     shared.events.record(mac, "dhcp-ack", "", Source::Server);
+    shared
+        .events
+        .record(failing, "dhcp-offer", "", Source::Server);
+    shared
+        .events
+        .record(failing, "state-disk", "looking for /dev/vdb", Source::Node);
+    shared
+        .events
+        .record(failing, "failed", "no state disk", Source::Node);
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     let addr = listener.local_addr().unwrap();
-    // The first /api/status request (from the page's script) records `kernel` just before it is answered.
+    // The first /api/board request (from the page's script) records `kernel` just before it is answered: a
+    // stage that arrives while the page is open.
     let s2 = shared.clone();
     let once = Arc::new(AtomicBool::new(false));
     let app = status_page::routes(shared.clone()).layer(axum::middleware::from_fn(
         move |req: Request, next: Next| {
             let (s2, once) = (s2.clone(), once.clone());
             async move {
-                if req.uri().path() == "/api/status" && !once.swap(true, Ordering::SeqCst) {
+                if req.uri().path() == "/api/board" && !once.swap(true, Ordering::SeqCst) {
                     s2.events
                         .record(mac, "kernel", "image 0123456789abcdef", Source::Server);
                 }
@@ -61,12 +74,23 @@ fn chromium_status_page_updates_live_from_api_status() {
     let html = rt
         .block_on(imgbuild::status::client::get(&format!("http://{addr}/")))
         .unwrap();
+    let bars = |doc: &str| {
+        let row = doc.split("id=\"node-worker-1\"").nth(1).unwrap_or("");
+        let row = row.split("</tr>").next().unwrap_or("");
+        row.matches("class=\"bar ").count()
+    };
+    assert_eq!(
+        bars(&html),
+        2,
+        "served: dhcp-offer and dhcp-ack bars: {html}"
+    );
     assert!(
-        !html.contains("data-stage=\"kernel\">0"),
+        !html.contains("data-stage=\"kernel\""),
         "kernel must not be in the served HTML yet"
     );
 
-    let (dom, stderr) = common::chromium_dom(None, &format!("http://{addr}/"));
+    // The page opened on storage-2's history (the link a click makes: /#node=<mac>).
+    let (dom, stderr) = common::chromium_dom(None, &format!("http://{addr}/#node={failing}"));
     assert!(
         dom.contains("id=\"node-worker-1\""),
         "no worker-1 row; chromium stderr: {stderr}\n{dom}"
@@ -75,15 +99,37 @@ fn chromium_status_page_updates_live_from_api_status() {
         !dom.contains("data-live=\"0\""),
         "the page never refreshed itself: {dom}"
     );
+    // The waterfall grew: dhcp-offer, dhcp-ack, kernel, and the hatched bar of a node waiting for its next stage.
+    assert_eq!(bars(&dom), 4, "{dom}");
+    assert!(dom.contains("data-stage=\"kernel\""), "{dom}");
+    assert!(dom.contains("class=\"bar waiting\""), "{dom}");
+    // The failed row: its reason and the last event before it, inline.
+    let row = dom
+        .split("id=\"node-storage-2\"")
+        .nth(1)
+        .unwrap()
+        .split("</tr>")
+        .next()
+        .unwrap();
+    assert!(row.contains("node failed"), "{row}");
+    assert!(row.contains("failed: no state disk"), "{row}");
     assert!(
-        dom.contains("class=\"st reached\" data-stage=\"kernel\""),
-        "the kernel stage recorded after the page load did not appear: {dom}"
+        row.contains("last event before the failure: state-disk: looking for /dev/vdb"),
+        "{row}"
     );
-    assert!(
-        dom.contains(">kernel<"),
-        "state column should say kernel: {dom}"
-    );
-    assert!(dom.contains("0123456789ab"), "image id column: {dom}");
+    assert!(row.contains("class=\"bar failed\""), "{row}");
+    // Its whole event history.
+    assert!(dom.contains("event history of storage-2"), "{dom}");
+    let history = dom.split("id=\"history\"").nth(1).unwrap();
+    assert_eq!(history.matches("class=\"event\"").count(), 3, "{history}");
+
+    // A screenshot, kept as a test artifact.
+    let shot = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
+    let _ = std::fs::remove_file(&shot);
+    common::chromium_screenshot(&format!("http://{addr}/#node={failing}"), &shot);
+    let len = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
+    assert!(len > 10_000, "no screenshot at {}", shot.display());
+    eprintln!("screenshot: {} ({len} bytes)", shot.display());
 }
 
 /// `imgbuild status --server URL` (table and `--json`) against the status routes on loopback.

@@ -2,6 +2,7 @@
 
 mod build;
 mod check;
+mod doctor;
 mod enroll;
 mod fetch;
 mod gc;
@@ -60,6 +61,8 @@ pub enum Command {
     Enroll(enroll::Args),
     /// Write an admin kubeconfig for the cluster (client certificate signed by the cluster CA).
     Kubeconfig(kubeconfig::Args),
+    /// Check this host before serving: interface, address, ports, another DHCP server, pins, secrets.
+    Doctor(doctor::Args),
     /// Run the netboot server: DHCP, TFTP and HTTP on the provisioning network.
     Serve(serve::Args),
     /// Boot the cluster in QEMU VMs from the real server in a private network namespace (needs root).
@@ -84,7 +87,8 @@ fn init_tracing(verbose: u8) {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    cli.global.resolve_default();
     init_tracing(cli.global.verbose);
     let result = match &cli.command {
         Command::Check(a) => check::run(&cli.global, a),
@@ -95,6 +99,7 @@ pub fn main() -> ExitCode {
         Command::Verify(a) => verify::run(&cli.global, a),
         Command::Gc(a) => gc::run(&cli.global, a),
         Command::Pin(a) => pin::run(&cli.global, a),
+        Command::Doctor(a) => doctor::run(&cli.global, a),
         Command::Serve(a) => serve::run(&cli.global, a),
         Command::Status(a) => status::run(&cli.global, a),
         Command::Lab(a) => lab::run(&cli.global, a),

@@ -197,9 +197,18 @@ impl Progress {
         pb.set_prefix(name);
         pb.set_message(what.to_string());
         pb.enable_steady_tick(Duration::from_millis(120));
+        // No spinner (not a terminal, or --json): one log line per stage instead, so a caller that passes our
+        // stderr on (the lab) shows the build's progress.
+        let lines = self.multi.is_hidden();
+        if lines {
+            tracing::info!(stage = name, "build: {what}");
+        }
         let t = Instant::now();
         let r = f();
         let secs = t.elapsed().as_secs_f64();
+        if lines && r.is_ok() {
+            tracing::info!(stage = name, seconds = secs, "build: {name} done");
+        }
         match r {
             Ok((v, cached, detail)) => {
                 pb.set_style(

@@ -7,16 +7,21 @@
 //! - [`dhcp`], [`tftp`], [`http`] (every HTTP route, including enrollment and the status page), [`ra`]:
 //!   the protocols; [`peers`]: address → inventory MAC; [`pinwatch`]: picks up re-pins; [`metrics`]: per-protocol
 //!   metric families.
+//! - [`doctor`]: `imgbuild doctor`'s checks of a host before the first start.
+//! - [`ready`]: which listeners are bound; [`notify`]: systemd's readiness, status and watchdog messages.
 
 pub mod boot;
 pub mod bootfiles;
 pub mod dhcp;
+pub mod doctor;
 pub mod grub;
 pub mod http;
 pub mod metrics;
+pub mod notify;
 pub mod peers;
 pub mod pinwatch;
 pub mod ra;
+pub mod ready;
 pub mod server;
 pub mod state;
 pub mod tftp;

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use super::notify;
 use super::state::Shared;
 use crate::config::Role;
 use crate::image::pins::Pins;
@@ -57,7 +58,22 @@ pub fn reload(shared: &Shared) {
     }
 }
 
-/// Runs every protocol until one fails or the process is interrupted. SIGHUP reloads.
+/// The listeners systemd waits for before the unit counts as started.
+const LISTENERS: [&str; 3] = ["dhcp", "tftp", "http"];
+
+/// Waits for the next watchdog keep-alive, or forever when systemd's watchdog is off.
+async fn tick(dog: &mut Option<tokio::time::Interval>) {
+    match dog {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs every protocol until one fails or the process is interrupted. SIGHUP reloads. Under systemd
+/// (`Type=notify`): `READY=1` once every listener is bound, `WATCHDOG=1` from this loop at half of
+/// `WatchdogSec=`, `RELOADING=1` … `READY=1` around a reload, `STOPPING=1` on the way out.
 pub async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
     let mut tasks: tokio::task::JoinSet<(&'static str, anyhow::Result<()>)> =
         tokio::task::JoinSet::new();
@@ -81,11 +97,27 @@ pub async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
 
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let ready = shared.ready.all(&LISTENERS);
+    tokio::pin!(ready);
+    let mut announced = false;
+    let mut dog = notify::watchdog_interval().map(tokio::time::interval);
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(&shared),
-            _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; stopping"); return Ok(()); }
-            _ = term.recv() => { tracing::info!("terminated; stopping"); return Ok(()); }
+            _ = &mut ready, if !announced => {
+                announced = true;
+                let lan = shared.dhcp_probe.snapshot().message;
+                let status = if lan.is_empty() { "serving DHCP, TFTP and HTTP".to_string() } else { lan };
+                tracing::info!(listeners = ?shared.ready.listeners(), "every listener is bound");
+                notify::tell(&format!("READY=1\nSTATUS={status}"));
+            }
+            _ = tick(&mut dog) => notify::tell("WATCHDOG=1"),
+            _ = hup.recv() => {
+                notify::tell("RELOADING=1");
+                reload(&shared);
+                notify::tell("READY=1");
+            }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; stopping"); notify::tell("STOPPING=1"); return Ok(()); }
+            _ = term.recv() => { tracing::info!("terminated; stopping"); notify::tell("STOPPING=1"); return Ok(()); }
             Some(done) = tasks.join_next() => {
                 let (name, res) = done?;
                 res.map_err(|e| e.context(format!("{name} server stopped")))?;

@@ -22,6 +22,10 @@ pub struct Shared {
     pub events: Events,
     /// Every protocol registers its metric families here when it starts; `/metrics` encodes it.
     pub registry: std::sync::Mutex<prometheus_client::registry::Registry>,
+    /// The listeners bound so far (systemd is told `READY=1` once all are).
+    pub ready: super::ready::Ready,
+    /// What the probes for other DHCP servers on the interface found (DHCP, `/metrics`, the status page).
+    pub dhcp_probe: Arc<super::dhcp::probe::Findings>,
 }
 
 impl Shared {
@@ -36,6 +40,8 @@ impl Shared {
             registry: std::sync::Mutex::new(prometheus_client::registry::Registry::with_prefix(
                 "imgbuild",
             )),
+            ready: Default::default(),
+            dhcp_probe: Default::default(),
         }
     }
 

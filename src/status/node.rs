@@ -86,6 +86,12 @@ pub struct NodeStatus {
     /// How many boots really joined: reached `joined` after `kubeadm-init` or `kubeadm-join` in the same boot. A
     /// reboot with the state disk kept reaches `joined` without either, so it does not count.
     pub joins: u32,
+    /// Enrollment state (`pending`, `enrolled`, `refused: spoofer`, …), when the server knows it.
+    #[serde(default)]
+    pub enrollment: Option<String>,
+    /// Whether the node booted with UEFI Secure Boot on, when it reported it.
+    #[serde(default)]
+    pub secure_boot: Option<bool>,
 }
 
 impl NodeStatus {
@@ -107,6 +113,8 @@ impl NodeStatus {
             stages: Vec::new(),
             previous: Vec::new(),
             joins: 0,
+            enrollment: None,
+            secure_boot: None,
         }
     }
 

@@ -56,6 +56,12 @@ pub struct NodeView {
     pub stages: Vec<StageView>,
     /// Earlier boots, oldest first.
     pub previous: Vec<PreviousView>,
+    /// Enrollment state (`pending`, `enrolled`, `refused: spoofer`, …), when known.
+    #[serde(default)]
+    pub enrollment: Option<String>,
+    /// Whether the node booted with UEFI Secure Boot on, when it reported it.
+    #[serde(default)]
+    pub secure_boot: Option<bool>,
 }
 
 /// A reached stage.
@@ -124,6 +130,8 @@ impl From<&NodeStatus> for NodeView {
                     started_ms: p.started_ms,
                 })
                 .collect(),
+            enrollment: n.enrollment.clone(),
+            secure_boot: n.secure_boot,
         }
     }
 }

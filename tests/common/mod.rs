@@ -143,6 +143,36 @@ pub fn chromium_dom(netns: Option<&str>, url: &str) -> (String, String) {
     )
 }
 
+/// Headless Chromium saves a screenshot of `url` (1600×900, after 5 s of virtual time) to `png`.
+pub fn chromium_screenshot(url: &str, png: &Path) {
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("timeout")
+        .args(["60", "chromium"])
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--window-size=1600,900",
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(url)
+        .output()
+        .expect("chromium (Debian package chromium; scripts/setup installs it)");
+    assert!(
+        png.exists(),
+        "chromium made no screenshot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The repository's example `cluster.toml`, as text.
 pub fn example_text() -> String {
     std::fs::read_to_string(repo().join("cluster.toml")).unwrap()

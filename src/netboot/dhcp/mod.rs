@@ -12,6 +12,7 @@
 //!   counted, reply encoded and addressed.
 //! - [`leases`]: the lease table and its fsynced journal `state/dhcp-leases.jsonl`.
 //! - [`metrics`]: Prometheus counters.
+//! - [`probe`]: is another DHCP server answering on the interface? (full mode then stops answering)
 //! - [`socket`]: the thin tokio loop bound to the provisioning interface: moves bytes and time only.
 //! - `fuzzing` (feature `fuzzing` or tests only): fixtures and the operation-sequence driver for the fuzz
 //!   targets in `fuzz/`.
@@ -22,6 +23,7 @@ pub mod fuzzing;
 pub mod leases;
 pub mod metrics;
 pub mod packet;
+pub mod probe;
 pub mod process;
 pub mod socket;
 #[cfg(test)]

@@ -117,7 +117,18 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
         metrics.clone(),
         shared.clone(),
     )?;
+    // Requests queue on the bound sockets while the first probe for another DHCP server runs (at most 2 s).
+    shared.register_metrics(|r| shared.dhcp_probe.register(r));
+    super::probe::watch(
+        shared.dhcp_probe.clone(),
+        iface.clone(),
+        cluster.network.server,
+        mode,
+        crate::netboot::notify::tell,
+    )
+    .await;
     tracing::info!(interface = %iface, mode = ?mode, leases = table.live(unix_now()), journal = %journal_path.display(), "DHCP server listening");
+    shared.ready.bound("dhcp");
 
     let mut buf = vec![0u8; packet::MAX_LEN + 512];
     let mut unknown_seen: HashSet<MacAddr> = HashSet::new();
@@ -127,6 +138,13 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
         tokio::select! {
             r = s67.readable() => r?,
             r = readable(&s4011) => r?,
+        }
+        if !shared.dhcp_probe.answering() {
+            // Full mode beside another DHCP server (see probe.rs): read and drop.
+            for s in [Some(&s67), s4011.as_ref()].into_iter().flatten() {
+                while s.try_recv_from(&mut buf).is_ok() {}
+            }
+            continue;
         }
         let booter = shared.booter();
         let net = &booter.cluster.network;
@@ -148,6 +166,9 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
                         break;
                     }
                 };
+                if super::probe::is_probe(&buf[..n]) {
+                    continue;
+                }
                 let outcome = match process(&buf[..n], port, &booter, &mut table, now, &metrics) {
                     Processed::Dropped(why) => {
                         log_drop(why, from, n);

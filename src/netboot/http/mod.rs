@@ -74,7 +74,7 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .layer(axum::middleware::from_fn_with_state(state, track))
 }
 
-/// Counts every request by route template and status, and the bytes of bodies of known length (streamed
+/// Adds `Server: imgbuild/<version>` to every answer; counts every request by route template and status, and the bytes of bodies of known length (streamed
 /// artifact bodies count themselves as they are sent).
 async fn track(State(st): State<AppState>, req: Request, next: Next) -> Response {
     let route = req
@@ -82,7 +82,10 @@ async fn track(State(st): State<AppState>, req: Request, next: Next) -> Response
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
-    let resp = next.run(req).await;
+    let mut resp = next.run(req).await;
+    // Clients (`imgbuild status`, the lab) tell an imgbuild server from another program on the port by this.
+    resp.headers_mut()
+        .insert(header::SERVER, HeaderValue::from_static(reply::SERVER));
     let m = &st.metrics;
     m.request(&route, resp.status().as_u16());
     if resp.status() == StatusCode::NOT_FOUND && route == "unmatched" {
@@ -180,6 +183,7 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
         tracing::info!(%addr, "HTTP listening");
         servers.spawn(serve_listener(listener, app.clone()));
     }
+    shared.ready.bound("http");
     match servers.join_next().await {
         Some(r) => r.context("HTTP server task")?.context("HTTP server"),
         None => Ok(()),

@@ -11,6 +11,18 @@ use prometheus_client::metrics::family::Family;
 
 use crate::netboot::state::Shared;
 
+/// The `Server` header of every answer: clients (`imgbuild status`, the lab) tell an imgbuild server from another
+/// program on the port by it (`status::client`).
+pub const SERVER: &str = concat!("imgbuild/", env!("CARGO_PKG_VERSION"));
+
+/// A layer that sets [`SERVER`] on every answer of a router.
+pub fn server_header() -> tower_http::set_header::SetResponseHeaderLayer<HeaderValue> {
+    tower_http::set_header::SetResponseHeaderLayer::overriding(
+        header::SERVER,
+        HeaderValue::from_static(SERVER),
+    )
+}
+
 /// Requests counted by their outcome label (`{outcome="served"}`, ...).
 pub type OutcomeCounter = Family<Vec<(String, String)>, Counter>;
 

@@ -91,6 +91,7 @@ async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
     // A burst of PXE ROMs (or a flood) queues instead of being dropped before the caps can answer it.
     let _ = socket2::SockRef::from(&sock).set_recv_buffer_size(1 << 20);
     tracing::info!(%addr, "TFTP listening (read-only, allowlisted boot loaders)");
+    shared.ready.bound("tftp");
     let files = Arc::new(BootFiles::new());
     let active: Active = Arc::new(Mutex::new(Books {
         in_flight: InFlight::new(Caps::from(&cluster.limits.tftp)),

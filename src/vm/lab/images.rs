@@ -50,7 +50,28 @@ pub fn build_image(
     if standins {
         args.push("--standins");
     }
-    let out = imgbuild(exe, config, &args).map_err(|e| {
+    // The build's progress (one line per stage) goes to our stderr as it happens; only stdout (the JSON report)
+    // is read.
+    let out = Command::new(exe)
+        .arg("-c")
+        .arg(config)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", exe.display()))
+        .and_then(|o| {
+            if o.status.success() {
+                Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+            } else {
+                Err(anyhow::anyhow!(
+                    "`imgbuild {}` failed ({}); its messages are above",
+                    args.join(" "),
+                    o.status
+                ))
+            }
+        })
+        .map_err(|e| {
         if standins {
             e
         } else {
