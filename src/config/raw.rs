@@ -31,6 +31,38 @@ pub struct File {
     /// `[paths]`; every directory has a default.
     #[serde(default)]
     pub paths: PathsRaw,
+    /// `[limits]`: the server's resource limits, one sub-table per concern; every limit has a default.
+    #[serde(default)]
+    pub limits: LimitsRaw,
+}
+
+/// `[limits]` as written: one sub-table per concern.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsRaw {
+    /// `[limits.events]`: the event log and the status table.
+    #[serde(default)]
+    pub events: EventLimitsRaw,
+}
+
+/// `[limits.events]` as written: integers as `i64` and durations as text, range-checked in validation.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventLimitsRaw {
+    /// Rotate `events.jsonl` when it reaches this many bytes; default 1 MiB.
+    pub file_bytes: Option<i64>,
+    /// How many event log files to keep, the live one included; default 4.
+    pub files: Option<i64>,
+    /// The longest an event the server observed waits for its fsync (humantime); default `200ms`.
+    pub fsync_interval: Option<String>,
+    /// The most events written between two fsyncs; default 256.
+    pub fsync_batch: Option<i64>,
+    /// How many boots of each node the history keeps; default 10.
+    pub boots_per_node: Option<i64>,
+    /// The most rows of the status table; default 512.
+    pub status_rows: Option<i64>,
+    /// Warnings of one kind logged per minute before the rest are only counted; default 10.
+    pub warnings_per_minute: Option<i64>,
 }
 
 /// `[cluster]` as written.
