@@ -178,7 +178,9 @@ pub fn load(path: &Path, files: u32) -> std::io::Result<Loaded> {
         if parsed.torn {
             tracing::info!(path = %p.display(), "cutting a torn last line off the event log (a crash during a write; it was never acknowledged)");
         }
-        if !parsed.bad.is_empty() || parsed.torn || parsed.redacted > 0 {
+        // A last line without its newline would merge with the next append: rewritten whole.
+        let unterminated = bytes.last().is_some_and(|&b| b != b'\n');
+        if !parsed.bad.is_empty() || parsed.torn || parsed.redacted > 0 || unterminated {
             rewrite(&p, &parsed.events)?;
         }
         if k > 0 {
