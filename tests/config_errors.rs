@@ -357,3 +357,31 @@ fn a_missing_config_file_says_how_to_name_another() {
     let err = config::load(Path::new("/nonexistent/cluster.toml")).unwrap_err();
     assert!(err.to_string().contains("pass --config <file>"), "{err}");
 }
+
+#[test]
+fn event_limits_out_of_range() {
+    let (src, p) = problems_with("file_bytes = 1048576", "file_bytes = 100");
+    assert_problem(
+        &src,
+        &p,
+        "limits.events.file_bytes",
+        "expected 4096 to",
+        "file_bytes = 100",
+    );
+    let (src, p) = problems_with("fsync_interval = \"200ms\"", "fsync_interval = \"1h\"");
+    assert_problem(
+        &src,
+        &p,
+        "limits.events.fsync_interval",
+        "from 1ms to 10s",
+        "fsync_interval = \"1h\"",
+    );
+    let (src, p) = problems_with("boots_per_node = 10", "boots_per_node = 0");
+    assert_problem(
+        &src,
+        &p,
+        "limits.events.boots_per_node",
+        "expected 1 to 1000",
+        "boots_per_node = 0",
+    );
+}

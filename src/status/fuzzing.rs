@@ -224,7 +224,7 @@ mod tests {
 
     #[test]
     fn fuzz_event_log_files_are_repaired_and_reload_the_same() {
-        let mut rng = StdRng::seed_from_u64(0xf11e_5);
+        let mut rng = StdRng::seed_from_u64(0x000f_11e5);
         let corpus = corpus();
         let dir = tempfile::tempdir().unwrap();
         for _ in 0..60 {

@@ -79,8 +79,10 @@ pub fn form_fixture() -> FormFixture {
         .expect("a temp dir");
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let src = format!(
-        "{}\n[paths]\nprofiles = \"{}\"\nipxe = \"{}\"\n\n[limits.events]\nfile_bytes = 16384\nfiles = 2\n",
-        include_str!("../../../cluster.toml"),
+        "{}\n[paths]\nprofiles = \"{}\"\nipxe = \"{}\"\n",
+        include_str!("../../../cluster.toml")
+            .replacen("file_bytes = 1048576", "file_bytes = 16384", 1)
+            .replacen("files = 4  ", "files = 2  ", 1),
         root.join("profiles").display(),
         root.join("ipxe").display()
     );
