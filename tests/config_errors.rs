@@ -410,3 +410,31 @@ fn a_kube_vip_interface_if_given_is_an_interface_name() {
         "interface = \"not an interface\"",
     );
 }
+
+#[test]
+fn event_limits_out_of_range() {
+    let (src, p) = problems_with("file_bytes = 1048576", "file_bytes = 100");
+    assert_problem(
+        &src,
+        &p,
+        "limits.events.file_bytes",
+        "expected 4096 to",
+        "file_bytes = 100",
+    );
+    let (src, p) = problems_with("fsync_interval = \"200ms\"", "fsync_interval = \"1h\"");
+    assert_problem(
+        &src,
+        &p,
+        "limits.events.fsync_interval",
+        "from 1ms to 10s",
+        "fsync_interval = \"1h\"",
+    );
+    let (src, p) = problems_with("boots_per_node = 10", "boots_per_node = 0");
+    assert_problem(
+        &src,
+        &p,
+        "limits.events.boots_per_node",
+        "expected 1 to 1000",
+        "boots_per_node = 0",
+    );
+}

@@ -217,6 +217,8 @@ pub struct Limits {
     pub tftp: TftpLimits,
     /// `[limits.dhcp]`.
     pub dhcp: DhcpLimits,
+    /// `[limits.events]`: the event log and the status table.
+    pub events: EventLimits,
 }
 
 /// `[limits.tftp]`: what one client or a flood of spoofed requests may hold of the TFTP server.
@@ -257,6 +259,42 @@ impl Default for DhcpLimits {
         DhcpLimits {
             declined: 1024,
             decline_hold_secs: 600,
+        }
+    }
+}
+
+/// `[limits.events]`: how much the server's recorded state (`state/events.jsonl` and the status table) may
+/// hold, and how often it is made durable. See `docs/security.md`, "Recorded state: durability and bounds".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventLimits {
+    /// Rotate `events.jsonl` when it reaches this many bytes (default 1 MiB).
+    pub file_bytes: u64,
+    /// Event log files kept, the live one included (default 4): the log never holds more than
+    /// `files × file_bytes` bytes.
+    pub files: u32,
+    /// The longest an event the server observed waits for its fsync (default 200 ms).
+    pub fsync_interval_ms: u64,
+    /// The most events written between two fsyncs (default 256).
+    pub fsync_batch: u32,
+    /// Boots of each node kept in the history (default 10); older boots are dropped from memory at once and
+    /// from disk when their file rotates out.
+    pub boots_per_node: u32,
+    /// The most rows of the status table (default 512): the inventory's rows always, then MACs from older logs.
+    pub status_rows: u32,
+    /// Warnings of one kind logged per minute (default 10); the rest are counted and summarised.
+    pub warnings_per_minute: u32,
+}
+
+impl Default for EventLimits {
+    fn default() -> Self {
+        EventLimits {
+            file_bytes: 1 << 20,
+            files: 4,
+            fsync_interval_ms: 200,
+            fsync_batch: 256,
+            boots_per_node: 10,
+            status_rows: 512,
+            warnings_per_minute: 10,
         }
     }
 }

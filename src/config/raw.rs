@@ -351,6 +351,9 @@ pub struct LimitsRaw {
     /// `[limits.dhcp]`.
     #[serde(default)]
     pub dhcp: DhcpLimitsRaw,
+    /// `[limits.events]`: the event log and the status table.
+    #[serde(default)]
+    pub events: EventLimitsRaw,
 }
 
 /// `[limits.tftp]` as written (integers range-checked and durations parsed in validation).
@@ -375,4 +378,24 @@ pub struct DhcpLimitsRaw {
     pub declined: Option<i64>,
     /// How long a declined address is kept out of use; default `"10m"`.
     pub decline_hold: Option<String>,
+}
+
+/// `[limits.events]` as written: integers as `i64` and durations as text, range-checked in validation.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventLimitsRaw {
+    /// Rotate `events.jsonl` when it reaches this many bytes; default 1 MiB.
+    pub file_bytes: Option<i64>,
+    /// How many event log files to keep, the live one included; default 4.
+    pub files: Option<i64>,
+    /// The longest an event the server observed waits for its fsync (humantime); default `200ms`.
+    pub fsync_interval: Option<String>,
+    /// The most events written between two fsyncs; default 256.
+    pub fsync_batch: Option<i64>,
+    /// How many boots of each node the history keeps; default 10.
+    pub boots_per_node: Option<i64>,
+    /// The most rows of the status table; default 512.
+    pub status_rows: Option<i64>,
+    /// Warnings of one kind logged per minute before the rest are only counted; default 10.
+    pub warnings_per_minute: Option<i64>,
 }

@@ -31,7 +31,10 @@ pub fn prepare(config_path: &std::path::Path) -> anyhow::Result<Arc<Shared>> {
             }
         }
     }
-    let events = Events::open(&cluster.paths.state.join("events.jsonl"))?;
+    let events = Events::open(
+        &cluster.paths.state.join("events.jsonl"),
+        &cluster.limits.events,
+    )?;
     Ok(Arc::new(Shared::new(
         config_path.to_path_buf(),
         cluster,

@@ -30,7 +30,9 @@ pub struct Shared {
 
 impl Shared {
     /// The state for a loaded `cluster` and its `pins`; the metrics registry starts empty with prefix `imgbuild`.
+    /// The event log records only the inventory's machines (set here and again on every reload).
     pub fn new(config_path: PathBuf, cluster: Cluster, pins: PinMap, events: Events) -> Self {
+        events.set_inventory(cluster.machines.iter().map(|m| m.mac));
         let cluster = Arc::new(cluster);
         Shared {
             config_path,
@@ -75,6 +77,8 @@ impl Shared {
 
     /// Replaces the cluster and pins (hot reload, re-pin). In-flight requests keep the old snapshot.
     pub fn replace(&self, cluster: Cluster, pins: PinMap) {
+        self.events
+            .set_inventory(cluster.machines.iter().map(|m| m.mac));
         let cluster = Arc::new(cluster);
         self.booter
             .store(Arc::new(Booter::new(cluster.clone(), pins)));

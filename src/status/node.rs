@@ -273,8 +273,9 @@ pub fn image_in(detail: &str) -> Option<String> {
 }
 
 /// Every node's status from the event log: the inventory's machines first (in inventory order, even without
-/// events), then unknown MACs that produced events, by MAC.
-pub fn compute(events: &[Event], machines: &[Machine]) -> Vec<NodeStatus> {
+/// events), then unknown MACs that produced events (only older logs hold any), by MAC — at most `max_rows`
+/// rows in all: the inventory always, then the unknown MACs seen last.
+pub fn compute(events: &[Event], machines: &[Machine], max_rows: usize) -> Vec<NodeStatus> {
     let mut nodes: Vec<NodeStatus> = machines
         .iter()
         .map(|m| NodeStatus::new(m.mac, Some(m)))
@@ -289,6 +290,17 @@ pub fn compute(events: &[Event], machines: &[Machine]) -> Vec<NodeStatus> {
                 .or_insert_with(|| NodeStatus::new(ev.mac, None))
                 .apply(ev);
         }
+    }
+    let room = max_rows.saturating_sub(nodes.len());
+    if unknown.len() > room {
+        let mut by_seen: Vec<(u64, MacAddr)> = unknown
+            .values()
+            .map(|n| (n.last_seen_ms.unwrap_or(0), n.mac))
+            .collect();
+        by_seen.sort_unstable_by(|a, b| b.cmp(a));
+        let keep: std::collections::BTreeSet<MacAddr> =
+            by_seen.into_iter().take(room).map(|(_, m)| m).collect();
+        unknown.retain(|m, _| keep.contains(m));
     }
     nodes.extend(unknown.into_values());
     nodes
@@ -456,7 +468,17 @@ mod tests {
         let stranger: MacAddr = "02:00:00:00:00:01".parse().unwrap();
         let mut e = ev(1, "dhcp-offer", "");
         e.mac = stranger;
-        let nodes = compute(&[ev(0, "dhcp-offer", ""), e], &cluster.machines);
+        let mut e2 = ev(2, "dhcp-offer", "");
+        e2.mac = "02:00:00:00:00:02".parse().unwrap();
+        let all = [ev(0, "dhcp-offer", ""), e, e2];
+        let n = cluster.machines.len();
+        assert_eq!(compute(&all, &cluster.machines, 100).len(), n + 2);
+        // The row cap: the inventory always, then the unknown MAC seen last.
+        let capped = compute(&all, &cluster.machines, n + 1);
+        assert_eq!(capped.len(), n + 1);
+        assert_eq!(capped[n].name(), "02:00:00:00:00:02");
+        assert_eq!(compute(&all, &cluster.machines, 1).len(), n);
+        let nodes = compute(&all[..2], &cluster.machines, 100);
         assert_eq!(nodes.len(), cluster.machines.len() + 1);
         let w = nodes.iter().find(|n| n.mac == mac()).unwrap();
         assert_eq!(w.hostname.as_deref(), Some("worker-1"));

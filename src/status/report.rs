@@ -153,7 +153,11 @@ pub fn image_standins(store: &dyn crate::image::store::ImageStore, id: &str) -> 
 
 /// Builds the report from the event log and the cluster (stand-in flags read from the image manifests).
 pub fn build(cluster: &Cluster, events: &[Event]) -> Report {
-    let mut nodes = node::compute(events, &cluster.machines);
+    let mut nodes = node::compute(
+        events,
+        &cluster.machines,
+        cluster.limits.events.status_rows as usize,
+    );
     let mut cache: std::collections::BTreeMap<String, bool> = Default::default();
     let store = crate::image::store::open(cluster);
     for n in &mut nodes {

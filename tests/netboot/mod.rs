@@ -229,9 +229,23 @@ pub struct Server {
 
 impl Server {
     pub fn start(ns: &Netns, cluster: &ClusterDir) -> Server {
+        Self::start_wrapped(ns, cluster, &[])
+    }
+
+    /// Like [`Server::start`], with `wrapper` (a command and its arguments) in front of `ip netns exec`: e.g.
+    /// `nsenter -t <pid> -m` to run it in another mount namespace. Its log is appended to.
+    pub fn start_wrapped(ns: &Netns, cluster: &ClusterDir, wrapper: &[&str]) -> Server {
         let log = cluster.dir.path().join("serve.log");
-        let child = ns
-            .cmd(env!("CARGO_BIN_EXE_imgbuild"))
+        let mut cmd = match wrapper.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).args(["ip", "netns", "exec", &ns.name]);
+                c.arg(env!("CARGO_BIN_EXE_imgbuild"));
+                c
+            }
+            None => ns.cmd(env!("CARGO_BIN_EXE_imgbuild")),
+        };
+        let child = cmd
             .arg("-c")
             .arg(&cluster.config)
             .arg("serve")
@@ -239,7 +253,13 @@ impl Server {
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            )
             .spawn()
             .unwrap();
         let s = Server { child, log };

@@ -68,7 +68,11 @@ pub(super) fn check(c: &mut Checker, l: &raw::LimitsRaw) -> Limits {
         )
         .map_or(d.decline_hold_secs, |d| d.as_secs()),
     };
-    Limits { tftp, dhcp }
+    Limits {
+        tftp,
+        dhcp,
+        ..Limits::default()
+    }
 }
 
 /// An optional integer in `lo..=hi`.

@@ -139,7 +139,9 @@ fn enroll_blocking(ctx: &Ctx, mac: MacAddr, peer: IpAddr) -> Response {
                     retry_after(resp, 60)
                 }
                 _ => {
-                    tracing::warn!(%mac, %peer, "{msg}");
+                    if let Some(n) = shared.events.warn_limit().allow("enroll-refused") {
+                        tracing::warn!(%mac, %peer, suppressed = n, "{msg}");
+                    }
                     shared.events.record(mac, "failed", msg, Source::Server);
                     resp
                 }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::app_state::AppState;
 use crate::config::MacAddr;
-use crate::status::{STAGES, STANDIN_STAGE, Source};
+use crate::status::{EventError, STAGES, STANDIN_STAGE, Source};
 
 #[derive(Debug, Deserialize)]
 /// The form body of `POST /api/events`.
@@ -24,12 +24,14 @@ pub struct EventForm {
     pub detail: String,
 }
 
-/// Longest `detail` kept (the rest is cut): the log is for people, not for payloads.
-pub const MAX_DETAIL: usize = 1024;
+/// Longest `detail` kept (the rest is cut, after redaction): the log is for people, not for payloads.
+pub const MAX_DETAIL: usize = crate::status::log::MAX_DETAIL;
 
 fn bad(st: &AppState, msg: String) -> Response {
     st.metrics.error("bad_request");
-    tracing::warn!("event refused: {msg}");
+    if let Some(n) = st.shared.events.warn_limit().allow("event-refused") {
+        tracing::warn!(suppressed = n, "event refused: {msg}");
+    }
     (StatusCode::BAD_REQUEST, format!("{msg}\n")).into_response()
 }
 
@@ -52,6 +54,9 @@ pub async fn post_event(
         Err(e) => return bad(&st, e.to_string()),
     };
     if st.shared.cluster().machine_by_mac(mac).is_none() {
+        st.shared
+            .events
+            .refused_outside_inventory(mac, "a node report");
         return bad(
             &st,
             format!("machine {mac} is not in the inventory (cluster.toml [[machines]])"),
@@ -67,14 +72,35 @@ pub async fn post_event(
             ),
         );
     }
-    let mut detail = f.detail;
-    if detail.len() > MAX_DETAIL {
-        let mut cut = MAX_DETAIL;
-        while !detail.is_char_boundary(cut) {
-            cut -= 1;
+    // The log redacts secrets, then cuts the detail to MAX_DETAIL bytes (cutting first could split a token).
+    let detail = f.detail;
+    // Acknowledged only once on disk (the fsync is shared with concurrent reports).
+    let (shared, stage) = (st.shared.clone(), stage.to_string());
+    let res = tokio::task::spawn_blocking(move || {
+        shared
+            .events
+            .record_acked(mac, &stage, detail, Source::Node)
+    })
+    .await;
+    match res {
+        Ok(Ok(_)) => (StatusCode::OK, "recorded\n").into_response(),
+        Ok(Err(e @ EventError::NotInInventory(_))) => bad(&st, e.to_string()),
+        Ok(Err(e)) => {
+            st.metrics.error("event_log");
+            let mut r = (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response();
+            r.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("5"),
+            );
+            r
         }
-        detail.truncate(cut);
+        Err(e) => {
+            st.metrics.error("event_log");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("recording the event failed: {e}; retry\n"),
+            )
+                .into_response()
+        }
     }
-    st.shared.events.record(mac, stage, detail, Source::Node);
-    (StatusCode::OK, "recorded\n").into_response()
 }

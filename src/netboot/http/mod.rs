@@ -16,6 +16,8 @@ pub mod app_state;
 pub mod barrier;
 pub mod enroll;
 pub mod events;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod images;
 pub mod range;
 pub mod reply;
