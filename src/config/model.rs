@@ -206,6 +206,8 @@ pub struct Cluster {
     pub base: Base,
     /// `[paths]`: the directories imgbuild reads and writes, made absolute.
     pub paths: Paths,
+    /// `[limits]`: the listeners' caps and timeouts, every one defaulted.
+    pub limits: super::limits::Limits,
 }
 
 /// `[cluster]`: what kubeadm's ClusterConfiguration is rendered from.

@@ -31,6 +31,9 @@ pub struct File {
     /// `[paths]`; every directory has a default.
     #[serde(default)]
     pub paths: PathsRaw,
+    /// `[limits]`; every limit has a default.
+    #[serde(default)]
+    pub limits: LimitsRaw,
 }
 
 /// `[cluster]` as written.
@@ -334,4 +337,33 @@ pub struct PathsRaw {
     pub secrets: Option<String>,
     /// Downloads and build caches; default `cache`.
     pub cache: Option<String>,
+}
+
+/// `[limits]` as written: one sub-table per protocol, each optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsRaw {
+    /// `[limits.http]`.
+    #[serde(default)]
+    pub http: HttpLimitsRaw,
+}
+
+/// `[limits.http]` as written: counts as integers and durations as text (`"10s"`), range-checked in validation.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpLimitsRaw {
+    /// Connections open at once over all HTTP listeners.
+    pub max_connections: Option<i64>,
+    /// Connections open at once from one address.
+    pub max_connections_per_address: Option<i64>,
+    /// Time to a request's complete header.
+    pub header_timeout: Option<String>,
+    /// Time a connection may move no byte.
+    pub idle_timeout: Option<String>,
+    /// Time from a request's header to the end of its body.
+    pub body_timeout: Option<String>,
+    /// Time one write may make no progress.
+    pub write_timeout: Option<String>,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: Option<i64>,
 }

@@ -265,6 +265,11 @@ impl Server {
         s
     }
 
+    /// The server's process id (`ip netns exec` execs it, so the child is the server).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -1,7 +1,8 @@
 //! Semantic validation: from the raw file to a typed [`Cluster`], collecting every problem on the way.
 //!
 //! One function per `cluster.toml` section (`cluster.rs`, `network.rs`, `control_plane.rs`, `machines.rs`,
-//! `metallb.rs`, `longhorn.rs`, `artifacts.rs`, `base.rs`, `paths.rs`), run in the order of [`validate`], which
+//! `metallb.rs`, `longhorn.rs`, `artifacts.rs`, `base.rs`, `paths.rs`,
+//! `limits.rs`), run in the order of [`validate`], which
 //! is the order problems are reported in. They share what `checker.rs` holds: the [`Checker`] (the problems
 //! found so far and where a key sits in the text), key paths and `Known` (the values later sections check
 //! against, such as the provisioning subnet).
@@ -16,6 +17,7 @@ mod base;
 mod checker;
 mod cluster;
 mod control_plane;
+mod limits;
 mod longhorn;
 mod machines;
 mod metallb;
@@ -39,6 +41,7 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
     let artifacts = artifacts::check(c, &f.artifacts, &known);
     let base = base::check(c, &f.base);
     let paths = paths::check(root, &f.paths);
+    let limits = limits::check(c, &f.limits);
 
     if !c.problems.is_empty() {
         return None;
@@ -55,5 +58,6 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
         artifacts,
         base,
         paths,
+        limits,
     })
 }
