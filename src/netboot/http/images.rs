@@ -6,7 +6,7 @@
 //! [`ImageStore`], opened on the blocking pool: it refuses symlinks and any file whose size differs from its
 //! manifest entry; this handler maps its refusals to HTTP statuses and error metrics.
 
-use std::io::{Read, SeekFrom};
+use std::io::SeekFrom;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -14,7 +14,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 
 use super::app_state::AppState;
@@ -33,8 +33,8 @@ pub const SERVED: &[&str] = &[
     manifest::MANIFEST,
 ];
 
-/// Size of each read from disk while streaming a body.
-const CHUNK: usize = 1 << 20;
+/// Size of each read from disk while streaming a body. Nothing is read before the response header is sent.
+const CHUNK: usize = 256 << 10;
 
 /// `Cache-Control` of content-addressed responses: they never change.
 pub const CACHE_FOREVER: &str = "public, max-age=31536000, immutable";
@@ -109,7 +109,8 @@ pub async fn get_artifact(
         h(header::IF_RANGE),
     );
     let head = method == axum::http::Method::HEAD;
-    // One trip to the blocking pool: verify, open, decide, and read the first chunk of the body.
+    // One trip to the blocking pool: verify, open, decide, and seek to the range's start. The body is read as it
+    // is sent, never ahead of the header.
     let opened = {
         let id = id.clone();
         tokio::task::spawn_blocking(move || {
@@ -121,26 +122,22 @@ pub async fn get_artifact(
                 &format!("\"{sha}\""),
                 size,
             );
-            let range = match &decision {
-                Decision::Full => Some(0..size),
-                Decision::Partial(r) => Some(r.clone()),
-                _ => None,
-            };
-            let first = match range {
-                Some(r) if !head => Some(first_chunk(&mut f, r).map_err(|e| {
+            if let Decision::Partial(r) = &decision
+                && !head
+            {
+                f.seek(SeekFrom::Start(r.start)).map_err(|e| {
                     (
                         "io",
                         StatusCode::INTERNAL_SERVER_ERROR,
                         format!("cannot read {file} of image {id}: {e}"),
                     )
-                })?),
-                _ => None,
-            };
-            Ok::<_, Refused>((f, size, sha, decision, first))
+                })?;
+            }
+            Ok::<_, Refused>((f, size, sha, decision))
         })
         .await
     };
-    let (f, size, sha, decision, first) = match opened {
+    let (f, size, sha, decision) = match opened {
         Ok(Ok(x)) => x,
         Ok(Err((kind, status, msg))) => {
             if kind == "store_damaged" || kind == "symlink" {
@@ -223,7 +220,6 @@ pub async fn get_artifact(
         st.metrics.clone(),
         f,
         range,
-        first.unwrap_or_default(),
         event,
     );
     // A streamed body has no exact size hint, so the metrics layer leaves its bytes to the stream.
@@ -275,42 +271,36 @@ struct BodyState {
     shared: Arc<Shared>,
     metrics: HttpMetrics,
     file: Option<Box<dyn ReadSeek>>,
-    /// Read but not yet handed out.
-    first: Option<Bytes>,
+    /// The read buffer: its space is reused once the connection has dropped the chunk cut from it.
+    buf: BytesMut,
     pos: u64,
     end: u64,
     event: Option<(crate::config::MacAddr, &'static str, String)>,
     _guard: InFlight,
 }
 
-/// Seeks to the start of `range` and reads the first chunk of it.
-fn first_chunk(f: &mut dyn ReadSeek, range: std::ops::Range<u64>) -> std::io::Result<Bytes> {
-    f.seek(SeekFrom::Start(range.start))?;
-    read_chunk(f, (range.end - range.start).min(CHUNK as u64))
+/// Reads exactly `n` bytes at the current position into `buf` and cuts them off as one chunk.
+fn read_chunk(f: &mut dyn ReadSeek, buf: &mut BytesMut, n: usize) -> std::io::Result<Bytes> {
+    buf.clear();
+    buf.resize(n, 0);
+    f.read_exact(&mut buf[..]).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            std::io::Error::new(e.kind(), "artifact shorter than its manifest entry")
+        } else {
+            e
+        }
+    })?;
+    Ok(buf.split().freeze())
 }
 
-/// Reads exactly `n` bytes at the current position (no zero-filling of the buffer).
-fn read_chunk(f: &mut dyn ReadSeek, n: u64) -> std::io::Result<Bytes> {
-    let mut v = Vec::with_capacity(n as usize);
-    f.take(n).read_to_end(&mut v)?;
-    if (v.len() as u64) < n {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "artifact shorter than its manifest entry",
-        ));
-    }
-    Ok(Bytes::from(v))
-}
-
-/// Streams `range` of `file` (whose first chunk `first` is already read, the file positioned after it) in
-/// [`CHUNK`]-sized reads on the blocking pool, counting bytes; records `event` when the last chunk is handed to
-/// the connection.
+/// Streams `range` of `file` (positioned at its start) in [`CHUNK`]-sized reads on the blocking pool, each
+/// made when the connection asks for the next chunk, counting bytes; records `event` when the last chunk is
+/// handed to the connection.
 fn stream_body(
     shared: Arc<Shared>,
     metrics: HttpMetrics,
     file: Box<dyn ReadSeek>,
     range: std::ops::Range<u64>,
-    first: Bytes,
     event: Option<(crate::config::MacAddr, &'static str, String)>,
 ) -> Body {
     metrics.in_flight.inc();
@@ -319,7 +309,7 @@ fn stream_body(
         metrics,
         shared,
         file: Some(file),
-        first: Some(first),
+        buf: BytesMut::new(),
         pos: range.start,
         end: range.end,
         event,
@@ -328,24 +318,21 @@ fn stream_body(
         if st.pos >= st.end {
             return None;
         }
-        let read = match st.first.take() {
-            Some(b) => Ok(b),
-            None => {
-                let n = (st.end - st.pos).min(CHUNK as u64);
-                let mut file = st.file.take().expect("file present while streaming");
-                match tokio::task::spawn_blocking(move || {
-                    let r = read_chunk(&mut file, n);
-                    (file, r)
-                })
-                .await
-                {
-                    Ok((file, r)) => {
-                        st.file = Some(file);
-                        r
-                    }
-                    Err(e) => Err(std::io::Error::other(e)),
-                }
+        let n = (st.end - st.pos).min(CHUNK as u64) as usize;
+        let mut file = st.file.take().expect("file present while streaming");
+        let mut buf = std::mem::take(&mut st.buf);
+        let read = match tokio::task::spawn_blocking(move || {
+            let r = read_chunk(&mut file, &mut buf, n);
+            (file, buf, r)
+        })
+        .await
+        {
+            Ok((file, buf, r)) => {
+                st.file = Some(file);
+                st.buf = buf;
+                r
             }
+            Err(e) => Err(std::io::Error::other(e)),
         };
         match read {
             Ok(chunk) => {
