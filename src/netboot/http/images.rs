@@ -33,8 +33,11 @@ pub const SERVED: &[&str] = &[
     manifest::MANIFEST,
 ];
 
-/// Size of each read from disk while streaming a body. Nothing is read before the response header is sent.
-const CHUNK: usize = 256 << 10;
+/// The first read of a body: made with the open, so the header leaves with the first 64 KiB (never more).
+const FIRST: usize = 64 << 10;
+/// The largest read while streaming: reads grow ×4 from [`FIRST`] up to this as the client keeps reading, so a
+/// small file takes few trips to the blocking pool and a slow client holds little memory.
+const CHUNK: usize = 1 << 20;
 
 /// `Cache-Control` of content-addressed responses: they never change.
 pub const CACHE_FOREVER: &str = "public, max-age=31536000, immutable";
@@ -109,8 +112,8 @@ pub async fn get_artifact(
         h(header::IF_RANGE),
     );
     let head = method == axum::http::Method::HEAD;
-    // One trip to the blocking pool: verify, open, decide, and seek to the range's start. The body is read as it
-    // is sent, never ahead of the header.
+    // One trip to the blocking pool: verify, open, decide, seek to the range's start and read the first
+    // FIRST bytes (which leave with the header). The rest is read as the connection asks for it.
     let opened = {
         let id = id.clone();
         tokio::task::spawn_blocking(move || {
@@ -122,22 +125,34 @@ pub async fn get_artifact(
                 &format!("\"{sha}\""),
                 size,
             );
-            if let Decision::Partial(r) = &decision
-                && !head
-            {
-                f.seek(SeekFrom::Start(r.start)).map_err(|e| {
-                    (
-                        "io",
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("cannot read {file} of image {id}: {e}"),
-                    )
-                })?;
-            }
-            Ok::<_, Refused>((f, size, sha, decision))
+            let range = match &decision {
+                Decision::Full => Some(0..size),
+                Decision::Partial(r) => Some(r.clone()),
+                _ => None,
+            };
+            let mut buf = BytesMut::new();
+            let first = match range {
+                Some(r) if !head => Some(
+                    f.seek(SeekFrom::Start(r.start))
+                        .and_then(|_| {
+                            let n = (r.end - r.start).min(FIRST as u64) as usize;
+                            read_chunk(&mut *f, &mut buf, n)
+                        })
+                        .map_err(|e| {
+                            (
+                                "io",
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                format!("cannot read {file} of image {id}: {e}"),
+                            )
+                        })?,
+                ),
+                _ => None,
+            };
+            Ok::<_, Refused>((f, size, sha, decision, first, buf))
         })
         .await
     };
-    let (f, size, sha, decision) = match opened {
+    let (f, size, sha, decision, first, buf) = match opened {
         Ok(Ok(x)) => x,
         Ok(Err((kind, status, msg))) => {
             if kind == "store_damaged" || kind == "symlink" {
@@ -220,6 +235,7 @@ pub async fn get_artifact(
         st.metrics.clone(),
         f,
         range,
+        (first.unwrap_or_default(), buf),
         event,
     );
     // A streamed body has no exact size hint, so the metrics layer leaves its bytes to the stream.
@@ -273,6 +289,9 @@ struct BodyState {
     file: Option<Box<dyn ReadSeek>>,
     /// The read buffer: its space is reused once the connection has dropped the chunk cut from it.
     buf: BytesMut,
+    /// Read with the open, not yet handed out.
+    first: Option<Bytes>,
+    start: u64,
     pos: u64,
     end: u64,
     event: Option<(crate::config::MacAddr, &'static str, String)>,
@@ -293,14 +312,15 @@ fn read_chunk(f: &mut dyn ReadSeek, buf: &mut BytesMut, n: usize) -> std::io::Re
     Ok(buf.split().freeze())
 }
 
-/// Streams `range` of `file` (positioned at its start) in [`CHUNK`]-sized reads on the blocking pool, each
-/// made when the connection asks for the next chunk, counting bytes; records `event` when the last chunk is
-/// handed to the connection.
+/// Streams `range` of `file` (its first chunk read with the open, the file positioned after it) in reads on the
+/// blocking pool growing from [`FIRST`] to [`CHUNK`], each made when the connection asks for the next chunk,
+/// counting bytes; records `event` when the last chunk is handed to the connection.
 fn stream_body(
     shared: Arc<Shared>,
     metrics: HttpMetrics,
     file: Box<dyn ReadSeek>,
     range: std::ops::Range<u64>,
+    (first, buf): (Bytes, BytesMut),
     event: Option<(crate::config::MacAddr, &'static str, String)>,
 ) -> Body {
     metrics.in_flight.inc();
@@ -309,7 +329,9 @@ fn stream_body(
         metrics,
         shared,
         file: Some(file),
-        buf: BytesMut::new(),
+        buf,
+        first: Some(first),
+        start: range.start,
         pos: range.start,
         end: range.end,
         event,
@@ -318,21 +340,27 @@ fn stream_body(
         if st.pos >= st.end {
             return None;
         }
-        let n = (st.end - st.pos).min(CHUNK as u64) as usize;
-        let mut file = st.file.take().expect("file present while streaming");
-        let mut buf = std::mem::take(&mut st.buf);
-        let read = match tokio::task::spawn_blocking(move || {
-            let r = read_chunk(&mut file, &mut buf, n);
-            (file, buf, r)
-        })
-        .await
-        {
-            Ok((file, buf, r)) => {
-                st.file = Some(file);
-                st.buf = buf;
-                r
+        let read = match st.first.take() {
+            Some(b) => Ok(b),
+            None => {
+                let sent = ((st.pos - st.start) * 4).min(CHUNK as u64);
+                let n = (st.end - st.pos).min(sent.max(FIRST as u64)) as usize;
+                let mut file = st.file.take().expect("file present while streaming");
+                let mut buf = std::mem::take(&mut st.buf);
+                match tokio::task::spawn_blocking(move || {
+                    let r = read_chunk(&mut file, &mut buf, n);
+                    (file, buf, r)
+                })
+                .await
+                {
+                    Ok((file, buf, r)) => {
+                        st.file = Some(file);
+                        st.buf = buf;
+                        r
+                    }
+                    Err(e) => Err(std::io::Error::other(e)),
+                }
             }
-            Err(e) => Err(std::io::Error::other(e)),
         };
         match read {
             Ok(chunk) => {
