@@ -4,6 +4,7 @@
 //! [`ConfigError`] listing every problem with its file, line, column and key.
 
 pub mod error;
+pub mod limits;
 pub mod mac;
 pub mod model;
 pub mod profile;
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 pub use error::{ConfigError, Problem};
+pub use limits::{DhcpLimits, EventLimits, HttpLimits, Limits, TftpLimits};
 pub use mac::MacAddr;
 pub use model::*;
 pub use validate::REQUIRED_ARTIFACTS;

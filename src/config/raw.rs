@@ -354,6 +354,9 @@ pub struct LimitsRaw {
     /// `[limits.events]`: the event log and the status table.
     #[serde(default)]
     pub events: EventLimitsRaw,
+    /// `[limits.http]`.
+    #[serde(default)]
+    pub http: HttpLimitsRaw,
 }
 
 /// `[limits.tftp]` as written (integers range-checked and durations parsed in validation).
@@ -398,4 +401,24 @@ pub struct EventLimitsRaw {
     pub status_rows: Option<i64>,
     /// Warnings of one kind logged per minute before the rest are only counted; default 10.
     pub warnings_per_minute: Option<i64>,
+}
+
+/// `[limits.http]` as written: counts as integers and durations as text (`"10s"`), range-checked in validation.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpLimitsRaw {
+    /// Connections open at once over all HTTP listeners.
+    pub max_connections: Option<i64>,
+    /// Connections open at once from one address.
+    pub max_connections_per_address: Option<i64>,
+    /// Time to a request's complete header.
+    pub header_timeout: Option<String>,
+    /// Time a connection may move no byte.
+    pub idle_timeout: Option<String>,
+    /// Time from a request's header to the end of its body.
+    pub body_timeout: Option<String>,
+    /// Time one write may make no progress.
+    pub write_timeout: Option<String>,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: Option<i64>,
 }

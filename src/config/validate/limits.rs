@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::checker::{Checker, Seg, p};
-use crate::config::model::{DhcpLimits, Limits, TftpLimits};
+use crate::config::limits::{DhcpLimits, Limits, TftpLimits};
 use crate::config::raw;
 
 /// Checks `[limits]`; a key left out keeps its default. A bad value is reported (and the default returned:

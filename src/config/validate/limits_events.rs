@@ -2,7 +2,7 @@
 //! history per node, status rows, warning rate), each with a safe default and a range it must lie in.
 
 use super::checker::{Checker, Seg, p};
-use crate::config::model::EventLimits;
+use crate::config::limits::EventLimits;
 use crate::config::raw;
 
 /// One integer limit: its key, value as written, valid range and what it bounds (for the message).

@@ -1,7 +1,8 @@
 //! Semantic validation: from the raw file to a typed [`Cluster`], collecting every problem on the way.
 //!
 //! One function per `cluster.toml` section (`cluster.rs`, `network.rs`, `control_plane.rs`, `machines.rs`,
-//! `metallb.rs`, `longhorn.rs`, `artifacts.rs`, `base.rs`, `paths.rs`, `limits.rs`, `limits_events.rs`), run in the order of [`validate`], which
+//! `metallb.rs`, `longhorn.rs`, `artifacts.rs`, `base.rs`, `paths.rs`, `limits.rs` (tftp, dhcp),
+//! `limits_events.rs`, `limits_http.rs`), run in the order of [`validate`], which
 //! is the order problems are reported in. They share what `checker.rs` holds: the [`Checker`] (the problems
 //! found so far and where a key sits in the text), key paths and `Known` (the values later sections check
 //! against, such as the provisioning subnet).
@@ -18,6 +19,7 @@ mod cluster;
 mod control_plane;
 mod limits;
 mod limits_events;
+mod limits_http;
 mod longhorn;
 mod machines;
 mod metallb;
@@ -43,6 +45,7 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
     let paths = paths::check(root, &f.paths);
     let limits = limits::check(c, &f.limits);
     let event_limits = limits_events::check(c, &f.limits.events);
+    let http_limits = limits_http::check(c, &f.limits.http);
 
     if !c.problems.is_empty() {
         return None;
@@ -59,8 +62,9 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
         artifacts,
         base,
         paths,
-        limits: super::model::Limits {
+        limits: super::limits::Limits {
             events: event_limits?,
+            http: http_limits,
             ..limits
         },
     })

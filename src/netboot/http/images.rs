@@ -6,7 +6,7 @@
 //! [`ImageStore`], opened on the blocking pool: it refuses symlinks and any file whose size differs from its
 //! manifest entry; this handler maps its refusals to HTTP statuses and error metrics.
 
-use std::io::{Read, SeekFrom};
+use std::io::SeekFrom;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -14,7 +14,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 
 use super::app_state::AppState;
@@ -33,7 +33,10 @@ pub const SERVED: &[&str] = &[
     manifest::MANIFEST,
 ];
 
-/// Size of each read from disk while streaming a body.
+/// The first read of a body: made with the open, so the header leaves with the first 64 KiB (never more).
+const FIRST: usize = 64 << 10;
+/// The largest read while streaming: reads grow ×4 from [`FIRST`] up to this as the client keeps reading, so a
+/// small file takes few trips to the blocking pool and a slow client holds little memory.
 const CHUNK: usize = 1 << 20;
 
 /// `Cache-Control` of content-addressed responses: they never change.
@@ -109,7 +112,8 @@ pub async fn get_artifact(
         h(header::IF_RANGE),
     );
     let head = method == axum::http::Method::HEAD;
-    // One trip to the blocking pool: verify, open, decide, and read the first chunk of the body.
+    // One trip to the blocking pool: verify, open, decide, seek to the range's start and read the first
+    // FIRST bytes (which leave with the header). The rest is read as the connection asks for it.
     let opened = {
         let id = id.clone();
         tokio::task::spawn_blocking(move || {
@@ -126,21 +130,29 @@ pub async fn get_artifact(
                 Decision::Partial(r) => Some(r.clone()),
                 _ => None,
             };
+            let mut buf = BytesMut::new();
             let first = match range {
-                Some(r) if !head => Some(first_chunk(&mut f, r).map_err(|e| {
-                    (
-                        "io",
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("cannot read {file} of image {id}: {e}"),
-                    )
-                })?),
+                Some(r) if !head => Some(
+                    f.seek(SeekFrom::Start(r.start))
+                        .and_then(|_| {
+                            let n = (r.end - r.start).min(FIRST as u64) as usize;
+                            read_chunk(&mut *f, &mut buf, n)
+                        })
+                        .map_err(|e| {
+                            (
+                                "io",
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                format!("cannot read {file} of image {id}: {e}"),
+                            )
+                        })?,
+                ),
                 _ => None,
             };
-            Ok::<_, Refused>((f, size, sha, decision, first))
+            Ok::<_, Refused>((f, size, sha, decision, first, buf))
         })
         .await
     };
-    let (f, size, sha, decision, first) = match opened {
+    let (f, size, sha, decision, first, buf) = match opened {
         Ok(Ok(x)) => x,
         Ok(Err((kind, status, msg))) => {
             if kind == "store_damaged" || kind == "symlink" {
@@ -223,7 +235,7 @@ pub async fn get_artifact(
         st.metrics.clone(),
         f,
         range,
-        first.unwrap_or_default(),
+        (first.unwrap_or_default(), buf),
         event,
     );
     // A streamed body has no exact size hint, so the metrics layer leaves its bytes to the stream.
@@ -275,42 +287,40 @@ struct BodyState {
     shared: Arc<Shared>,
     metrics: HttpMetrics,
     file: Option<Box<dyn ReadSeek>>,
-    /// Read but not yet handed out.
+    /// The read buffer: its space is reused once the connection has dropped the chunk cut from it.
+    buf: BytesMut,
+    /// Read with the open, not yet handed out.
     first: Option<Bytes>,
+    start: u64,
     pos: u64,
     end: u64,
     event: Option<(crate::config::MacAddr, &'static str, String)>,
     _guard: InFlight,
 }
 
-/// Seeks to the start of `range` and reads the first chunk of it.
-fn first_chunk(f: &mut dyn ReadSeek, range: std::ops::Range<u64>) -> std::io::Result<Bytes> {
-    f.seek(SeekFrom::Start(range.start))?;
-    read_chunk(f, (range.end - range.start).min(CHUNK as u64))
+/// Reads exactly `n` bytes at the current position into `buf` and cuts them off as one chunk.
+fn read_chunk(f: &mut dyn ReadSeek, buf: &mut BytesMut, n: usize) -> std::io::Result<Bytes> {
+    buf.clear();
+    buf.resize(n, 0);
+    f.read_exact(&mut buf[..]).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            std::io::Error::new(e.kind(), "artifact shorter than its manifest entry")
+        } else {
+            e
+        }
+    })?;
+    Ok(buf.split().freeze())
 }
 
-/// Reads exactly `n` bytes at the current position (no zero-filling of the buffer).
-fn read_chunk(f: &mut dyn ReadSeek, n: u64) -> std::io::Result<Bytes> {
-    let mut v = Vec::with_capacity(n as usize);
-    f.take(n).read_to_end(&mut v)?;
-    if (v.len() as u64) < n {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "artifact shorter than its manifest entry",
-        ));
-    }
-    Ok(Bytes::from(v))
-}
-
-/// Streams `range` of `file` (whose first chunk `first` is already read, the file positioned after it) in
-/// [`CHUNK`]-sized reads on the blocking pool, counting bytes; records `event` when the last chunk is handed to
-/// the connection.
+/// Streams `range` of `file` (its first chunk read with the open, the file positioned after it) in reads on the
+/// blocking pool growing from [`FIRST`] to [`CHUNK`], each made when the connection asks for the next chunk,
+/// counting bytes; records `event` when the last chunk is handed to the connection.
 fn stream_body(
     shared: Arc<Shared>,
     metrics: HttpMetrics,
     file: Box<dyn ReadSeek>,
     range: std::ops::Range<u64>,
-    first: Bytes,
+    (first, buf): (Bytes, BytesMut),
     event: Option<(crate::config::MacAddr, &'static str, String)>,
 ) -> Body {
     metrics.in_flight.inc();
@@ -319,7 +329,9 @@ fn stream_body(
         metrics,
         shared,
         file: Some(file),
+        buf,
         first: Some(first),
+        start: range.start,
         pos: range.start,
         end: range.end,
         event,
@@ -331,16 +343,19 @@ fn stream_body(
         let read = match st.first.take() {
             Some(b) => Ok(b),
             None => {
-                let n = (st.end - st.pos).min(CHUNK as u64);
+                let sent = ((st.pos - st.start) * 4).min(CHUNK as u64);
+                let n = (st.end - st.pos).min(sent.max(FIRST as u64)) as usize;
                 let mut file = st.file.take().expect("file present while streaming");
+                let mut buf = std::mem::take(&mut st.buf);
                 match tokio::task::spawn_blocking(move || {
-                    let r = read_chunk(&mut file, n);
-                    (file, r)
+                    let r = read_chunk(&mut file, &mut buf, n);
+                    (file, buf, r)
                 })
                 .await
                 {
-                    Ok((file, r)) => {
+                    Ok((file, buf, r)) => {
                         st.file = Some(file);
+                        st.buf = buf;
                         r
                     }
                     Err(e) => Err(std::io::Error::other(e)),

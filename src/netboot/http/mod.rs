@@ -8,6 +8,7 @@
 //!   [`barrier`]: `GET /api/barrier/init-done` — [`reply`] holds what these three share
 //! - [`status_page`]: `GET /` and `GET /api/status`
 //! - `GET /boot/{name}`, `GET /healthz`, `GET /metrics` (this file)
+//! - [`listener`]: the connection caps and timeouts of `[limits.http]`, under which [`run`] serves
 //!
 //! [`app`] builds this module's routes, merges the routers with their own state (enrollment, status page) and
 //! adds the metrics layer over all of them.
@@ -19,6 +20,7 @@ pub mod events;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod images;
+pub mod listener;
 pub mod range;
 pub mod reply;
 pub mod script;
@@ -176,52 +178,32 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
         ));
     }
     let app = app(shared.clone());
+    listener::ensure_descriptors(&cluster.limits.http);
+    let limiter = listener::Limiter::new(
+        shared.register_metrics(listener::ListenerMetrics::register),
+        {
+            let shared = shared.clone();
+            move || shared.cluster().limits.http
+        },
+    );
     let mut servers = tokio::task::JoinSet::new();
     for (port, key) in ports {
         let addr = SocketAddr::new(net.server.into(), port);
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| {
             format!("HTTP: cannot bind {addr} (network.server and {key}); is another server using the port?")
         })?;
         tracing::info!(%addr, "HTTP listening");
-        servers.spawn(serve_listener(listener, app.clone()));
+        let (app, limiter) = (app.clone(), limiter.clone());
+        servers.spawn(listener::accept_loop(
+            tcp,
+            limiter.clone(),
+            Some(listener::REFUSAL_503),
+            move |io, peer| listener::serve_http(io, peer, app.clone(), limiter.clone()),
+        ));
     }
     shared.ready.bound("http");
     match servers.join_next().await {
         Some(r) => r.context("HTTP server task")?.context("HTTP server"),
         None => Ok(()),
-    }
-}
-
-/// Accepts connections on `listener` and serves `app` on each (HTTP/1.1) with the peer address available to
-/// handlers as `ConnectInfo`. Header names are sent in Title-Case (`Content-Length`): GRUB 2.06's HTTP client
-/// matches them case-sensitively and, not finding the length, waits for a close that keep-alive never sends.
-/// With the timer, a client that has not sent its request headers within hyper's default 30 s is dropped.
-async fn serve_listener(listener: tokio::net::TcpListener, app: Router) -> std::io::Result<()> {
-    use tower::ServiceExt as _;
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // Out of descriptors and the like: say so, back off a little, keep serving.
-                tracing::warn!(error = %e, "HTTP accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let app = app.clone().layer(axum::Extension(ConnectInfo(peer)));
-        let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            app.clone().oneshot(req)
-        });
-        tokio::spawn(async move {
-            let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .title_case_headers(true)
-                .timer(hyper_util::rt::TokioTimer::new())
-                .serve_connection(io, svc)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
-            }
-        });
     }
 }
