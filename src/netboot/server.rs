@@ -31,6 +31,8 @@ pub fn prepare(config_path: &std::path::Path) -> anyhow::Result<Arc<Shared>> {
         }
     }
     let events = Events::open(&cluster.paths.state.join("events.jsonl"))?;
+    // The barrier and report counters must be readable: refuse to start rather than forget them.
+    crate::pki::report_state::ReportState::open(&cluster.paths.state)?;
     Ok(Arc::new(Shared::new(
         config_path.to_path_buf(),
         cluster,

@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use super::boot::Booter;
 use crate::config::Cluster;
 use crate::image::pins::PinMap;
+use crate::pki::report_state::ReportState;
 use crate::status::Events;
 
 /// State every protocol loop reads. Cheap to share (`Arc<Shared>`).
@@ -20,6 +21,9 @@ pub struct Shared {
     booter: ArcSwap<Booter>,
     /// The event log (`state/events.jsonl`): boot stages seen by DHCP, TFTP, HTTP and reported by the nodes.
     pub events: Events,
+    /// Durable state of accepted node reports: the init-done barrier and each node's last report counter
+    /// (`state/barrier.json`, `state/report-counters.json`), never derived from the event log.
+    pub reports: ReportState,
     /// Every protocol registers its metric families here when it starts; `/metrics` encodes it.
     pub registry: std::sync::Mutex<prometheus_client::registry::Registry>,
 }
@@ -28,7 +32,15 @@ impl Shared {
     /// The state for a loaded `cluster` and its `pins`; the metrics registry starts empty with prefix `imgbuild`.
     pub fn new(config_path: PathBuf, cluster: Cluster, pins: PinMap, events: Events) -> Self {
         let cluster = Arc::new(cluster);
+        let reports = ReportState::open(&cluster.paths.state).unwrap_or_else(|e| {
+            tracing::error!(
+                "{e}; starting with no barrier and no report counters (the barrier stays closed until the first \
+                 master reports init-done again)"
+            );
+            ReportState::empty(&cluster.paths.state)
+        });
         Shared {
+            reports,
             config_path,
             booter: ArcSwap::from_pointee(Booter::new(cluster.clone(), pins)),
             cluster: ArcSwap::new(cluster),

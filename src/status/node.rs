@@ -86,6 +86,10 @@ pub struct NodeStatus {
     /// How many boots really joined: reached `joined` after `kubeadm-init` or `kubeadm-join` in the same boot. A
     /// reboot with the state disk kept reaches `joined` without either, so it does not count.
     pub joins: u32,
+    /// The node's enrollment as the server sees it (filled in by the server from its enrollment state):
+    /// `pending` (approval mode, waiting for `imgbuild enroll approve <host>`), `approved`, `enrolled`, or
+    /// `spoofer-refused from <ip>` (a second claimant was refused); `None` before any contact.
+    pub enrollment: Option<String>,
 }
 
 impl NodeStatus {
@@ -107,6 +111,7 @@ impl NodeStatus {
             stages: Vec::new(),
             previous: Vec::new(),
             joins: 0,
+            enrollment: None,
         }
     }
 

@@ -48,6 +48,10 @@ pub struct NodeView {
     pub boot: u32,
     /// How many boots joined the cluster (ran `kubeadm init` or `kubeadm join` and reached `joined`).
     pub joins: u32,
+    /// The node's enrollment: `pending`, `approved`, `enrolled`, `spoofer-refused from <ip>`; absent before
+    /// any contact (see [`NodeStatus::enrollment`]).
+    #[serde(default)]
+    pub enrollment: Option<String>,
     /// Start of the current boot (its first event), ms since the Unix epoch.
     pub started_ms: Option<u64>,
     /// Milliseconds from the first to the latest event of the current boot.
@@ -102,6 +106,7 @@ impl From<&NodeStatus> for NodeView {
             standins: n.standins,
             boot: n.boot,
             joins: n.joins,
+            enrollment: n.enrollment.clone(),
             started_ms: n.started_ms,
             elapsed_ms: n.elapsed_ms(),
             stages: n
@@ -129,6 +134,17 @@ impl From<&NodeStatus> for NodeView {
 }
 
 impl NodeView {
+    /// The state text, followed by the enrollment when it needs a person: `[enrollment: pending]` (run
+    /// `imgbuild enroll approve <host>`) or `[enrollment: spoofer-refused from <ip>]`.
+    pub fn state_with_enrollment(&self) -> String {
+        match &self.enrollment {
+            Some(e) if e == "pending" || e.starts_with("spoofer") => {
+                format!("{} [enrollment: {e}]", self.state)
+            }
+            _ => self.state.clone(),
+        }
+    }
+
     /// When this boot reached `stage`, in ms since its first event.
     pub fn since_start(&self, stage: &str) -> Option<u64> {
         self.stages
@@ -198,7 +214,7 @@ pub fn table(report: &Report) -> String {
             n.role.clone().unwrap_or_else(|| "unknown".into()),
             n.ip.clone().unwrap_or_else(|| "-".into()),
             n.boot.to_string(),
-            n.state.clone(),
+            n.state_with_enrollment(),
             secs(n.elapsed_ms),
             image,
         ]);

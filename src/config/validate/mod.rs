@@ -55,5 +55,8 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
         artifacts,
         base,
         paths,
+        enrollment: super::model::Enrollment {
+            approve: f.enrollment.approve,
+        },
     })
 }

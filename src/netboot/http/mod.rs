@@ -7,6 +7,8 @@
 //! - [`enroll`]: `GET /api/enroll/{mac}` (the rules are `pki::enroll`); [`token`]: `POST /api/token`;
 //!   [`barrier`]: `GET /api/barrier/init-done` — [`reply`] holds what these three share
 //! - [`status_page`]: `GET /` and `GET /api/status`
+//! - [`tls`]: the same application over HTTPS on `network.https_port` (the node API; enrollment and token
+//!   publication refuse plain HTTP)
 //! - `GET /boot/{name}`, `GET /healthz`, `GET /metrics` (this file)
 //!
 //! [`app`] builds this module's routes, merges the routers with their own state (enrollment, status page) and
@@ -21,6 +23,7 @@ pub mod range;
 pub mod reply;
 pub mod script;
 pub mod status_page;
+pub mod tls;
 pub mod token;
 
 use std::net::SocketAddr;
@@ -65,6 +68,11 @@ pub fn app(shared: Arc<Shared>) -> Router {
         metrics: shared.register_metrics(HttpMetrics::register),
         pins: Arc::new(PinWatch::new(&shared)),
         boot_files: Arc::new(BootFiles::new()),
+        reports: reply::outcome_counter(
+            &shared,
+            "event_reports",
+            "Node reports (POST /api/events) by outcome: accepted, or why refused (nothing recorded)",
+        ),
         shared: shared.clone(),
     };
     Router::new()
@@ -179,6 +187,16 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
         })?;
         tracing::info!(%addr, "HTTP listening");
         servers.spawn(serve_listener(listener, app.clone()));
+    }
+    // The node API over HTTPS (tls.rs): enrollment, token, barrier and node events after the boot loader.
+    if let Some(id) = tls::server_identity(&cluster.paths.secrets, net.server) {
+        let acceptor = tls::acceptor(&id)?;
+        let addr = SocketAddr::new(net.server.into(), net.https_port);
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("HTTPS: cannot bind {addr} (network.server and network.https_port); is another server using the port?")
+        })?;
+        tracing::info!(%addr, "HTTPS node API listening (provisioning CA certificate)");
+        servers.spawn(tls::serve_tls_listener(listener, acceptor, app.clone()));
     }
     match servers.join_next().await {
         Some(r) => r.context("HTTP server task")?.context("HTTP server"),

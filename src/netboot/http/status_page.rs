@@ -26,9 +26,22 @@ pub fn routes(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// The current report of a running server.
+/// The current report of a running server, with each node's enrollment (pending, spoofer refused, ...) from
+/// the enrollment state.
 pub fn current(shared: &Shared) -> Report {
-    report::build(&shared.cluster(), &shared.events.snapshot())
+    let cluster = shared.cluster();
+    let mut r = report::build(&cluster, &shared.events.snapshot());
+    match crate::pki::enroll::Store::for_cluster(&cluster).read() {
+        Ok(st) => {
+            for n in &mut r.nodes {
+                if let Ok(mac) = n.mac.parse() {
+                    n.enrollment = st.label(mac);
+                }
+            }
+        }
+        Err(e) => tracing::warn!("status without enrollment: {e}"),
+    }
+    r
 }
 
 async fn api(State(shared): State<Arc<Shared>>) -> Response {
@@ -69,7 +82,7 @@ pub fn render_page(engine: &Engine, report: &Report) -> Result<String, TemplateE
             role: n.role.clone().unwrap_or_else(|| "unknown".into()),
             ip: n.ip.clone().unwrap_or_else(|| "-".into()),
             boot: n.boot,
-            state: n.state.clone(),
+            state: n.state_with_enrollment(),
             class: if n.failed.is_some() {
                 "failed"
             } else if n.done {
