@@ -130,11 +130,11 @@ fn record(st: &AppState, peer: IpAddr, f: EventForm) -> Response {
     } else {
         String::new()
     };
-    let detail = cut(f.detail);
+    // Signed as sent; cut only for the log.
     let report = Report {
         mac,
         stage,
-        detail: &detail,
+        detail: &f.detail,
         peer,
         signature,
     };
@@ -169,7 +169,9 @@ fn record(st: &AppState, peer: IpAddr, f: EventForm) -> Response {
                     Accepted::Signed { .. } => "accepted-signed",
                 },
             );
-            shared.events.record(mac, stage, detail, Source::Node);
+            shared
+                .events
+                .record(mac, stage, cut(f.detail), Source::Node);
             (StatusCode::OK, "recorded\n").into_response()
         }
         Err(r) => {
