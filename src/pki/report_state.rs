@@ -9,7 +9,15 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use super::{PkiError, write_atomic};
+use super::{PkiError, io_err};
+
+/// [`super::write_atomic`], creating the state directory first if needed.
+fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(io_err(d))?;
+    }
+    super::write_atomic(path, bytes, mode)
+}
 use crate::config::MacAddr;
 
 /// The init-done barrier, once reached.
@@ -54,7 +62,7 @@ fn read_json<T: serde::de::DeserializeOwned + Default>(p: &Path) -> Result<T, Pk
             ),
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
-        Err(e) => Err(super::io_err(p)(e)),
+        Err(e) => Err(io_err(p)(e)),
     }
 }
 

@@ -92,6 +92,13 @@ async fn enroll(State(ctx): State<Ctx>, UrlPath(mac): UrlPath<String>, req: Requ
         tracing::error!("{NO_PEER}");
         return text(StatusCode::INTERNAL_SERVER_ERROR, NO_PEER);
     };
+    if ctx.shared.cluster().machine_by_mac(mac).is_none() {
+        // Before the store's lock and any file: a flood of random MACs costs this counter only.
+        let r = Refusal::UnknownMac;
+        count(&ctx.requests, r.outcome());
+        tracing::debug!(%mac, %peer, "{}", r.message(mac, peer));
+        return text(status_of(&r), r.message(mac, peer));
+    }
     blocking("enrollment", move || enroll_blocking(&ctx, mac, peer)).await
 }
 
