@@ -172,7 +172,10 @@ mod tests {
             .iter()
             .map(|g| g.to_string())
             .collect();
-        assert!(names.iter().any(|n| n.contains("10.77.0.1")), "{names:?}");
+        assert!(
+            names.iter().any(|n| n.contains("0a:4d:00:01")),
+            "10.77.0.1: {names:?}"
+        );
         assert!(names.iter().any(|n| n.contains("imgbuild")), "{names:?}");
         assert!(c.extended_key_usage().unwrap().unwrap().value.server_auth);
         // Another CA did not sign it.

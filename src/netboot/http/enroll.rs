@@ -153,15 +153,14 @@ fn enroll_blocking(ctx: &Ctx, mac: MacAddr, peer: IpAddr) -> Response {
                 }
                 Refusal::Pending => {
                     // Shown on the page and in `imgbuild status` until `imgbuild enroll approve <host>`.
-                    if !locked.state.pending.contains_key(&mac) {
+                    if let std::collections::btree_map::Entry::Vacant(v) =
+                        locked.state.pending.entry(mac)
+                    {
                         tracing::warn!(%mac, %peer, "{msg}");
-                        locked.state.pending.insert(
-                            mac,
-                            Contact {
-                                ip: peer,
-                                at_ms: now,
-                            },
-                        );
+                        v.insert(Contact {
+                            ip: peer,
+                            at_ms: now,
+                        });
                         if let Err(e) = locked.save() {
                             return internal(e.to_string());
                         }
