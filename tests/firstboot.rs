@@ -34,7 +34,7 @@ async fn lab() -> Lab {
         cfg,
         cluster.clone(),
         BTreeMap::new(),
-        Events::in_memory(),
+        Events::open(&cluster.paths.state.join("events.jsonl")).unwrap(),
     ));
     // The server's real application over HTTPS (its certificate from the provisioning CA), as `serve` runs it.
     let app = imgbuild::netboot::http::app(shared.clone());
@@ -476,4 +476,61 @@ async fn first_master_completes_with_the_images_standin_manifests() {
         lab.shared.events.for_mac(lab.machine("master-1").mac)
     );
     assert_eq!(lab.stages("master-1"), first_master_stages());
+}
+
+/// Token renewal fails (the first master's clock is an hour behind inside token-renew, so the server refuses
+/// the publication as skewed): the step fails and is reported, and no bootstrap token appears in the step log,
+/// `events.jsonl`, `/api/status` or the page.
+#[tokio::test]
+async fn failing_token_renewal_on_clock_skew_leaks_no_token() {
+    let lab = lab().await;
+    let root = lab.node("master-1");
+    let shim = root.join("usr/bin/date");
+    std::fs::write(
+        &shim,
+        "#!/bin/bash\n# test shim: an hour behind for token-renew's timestamp only\n\
+         if [ \"${1:-}\" = +%s ] && tr '\\0' ' ' </proc/$PPID/cmdline | grep -q token-renew; then\n\
+         echo $(( $(/bin/date +%s) - 3600 )); else exec /bin/date \"$@\"; fi\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (ok, log) = lab.firstboot("master-1").await;
+    assert!(!ok, "the publication must fail: {log}");
+    let failed: Vec<String> = lab
+        .details("master-1", "failed")
+        .into_iter()
+        .filter(|d| !d.starts_with("STAND-IN"))
+        .collect();
+    assert!(
+        failed.iter().any(|d| d.starts_with("init-done:")),
+        "{failed:?}"
+    );
+    assert!(!lab.stages("master-1").contains(&"init-done".to_string()));
+    let token = secrets::load(&lab.cluster.paths.secrets)
+        .unwrap()
+        .token
+        .token;
+    let secret_half = token.split('.').nth(1).unwrap().to_string();
+    let events = std::fs::read_to_string(lab.cluster.paths.state.join("events.jsonl")).unwrap();
+    assert!(events.contains("init-done"), "{events}");
+    let report = imgbuild::netboot::http::status_page::current(&lab.shared);
+    let status = serde_json::to_string(&report).unwrap();
+    let page = imgbuild::netboot::http::status_page::render_page(
+        &imgbuild::template::engine_for(&lab.cluster),
+        &report,
+    )
+    .unwrap();
+    let step_log = read(&root, "run/imgbuild/init-done.log");
+    for (what, text) in [
+        ("events.jsonl", &events),
+        ("/api/status", &status),
+        ("the page", &page),
+        ("the step log", &step_log),
+    ] {
+        assert!(
+            !text.contains(&secret_half),
+            "{what} holds the token: {text}"
+        );
+    }
 }
