@@ -1,5 +1,7 @@
-//! Enrollment rules over real HTTP on loopback: curl binds the source address the inventory gives a machine
-//! (the example inventory moved to 127.77.0.0/24, all local on `lo`), the router runs on a loopback listener.
+//! Enrollment rules and authenticated node reports over real HTTPS on loopback: curl binds the source address
+//! the inventory gives a machine (the example inventory moved to 127.77.0.0/24, all local on `lo`) and verifies
+//! the server with the provisioning CA; the server's whole application runs behind `tls.rs` as `serve` runs it,
+//! and on a plain listener too (which must refuse secrets).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,7 +13,7 @@ use std::sync::Arc;
 use imgbuild::config::MacAddr;
 use imgbuild::netboot::state::Shared;
 use imgbuild::pki::{enroll, secrets};
-use imgbuild::status::{Events, Source};
+use imgbuild::status::Events;
 
 const M1: &str = "52:54:00:77:00:11";
 const M2: &str = "52:54:00:77:00:12";
@@ -23,19 +25,50 @@ struct Lab {
     config: PathBuf,
     shared: Arc<Shared>,
     addr: SocketAddr,
+    plain: SocketAddr,
     server: tokio::task::JoinHandle<()>,
 }
 
-async fn serve(shared: Arc<Shared>) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let app = imgbuild::netboot::http::enroll::routes(shared);
+static APP: std::sync::Mutex<Vec<(usize, axum::Router)>> = std::sync::Mutex::new(Vec::new());
+
+/// The server's application for `shared` (built once per state: it registers its metrics).
+fn app(shared: &Arc<Shared>) -> axum::Router {
+    let key = Arc::as_ptr(shared) as usize;
+    let mut apps = APP.lock().unwrap();
+    if let Some((_, a)) = apps.iter().find(|(k, _)| *k == key) {
+        return a.clone();
+    }
+    let a = imgbuild::netboot::http::app(shared.clone());
+    apps.push((key, a.clone()));
+    a
+}
+
+/// HTTPS (as `serve` runs it) and plain HTTP listeners on loopback for the same application.
+async fn serve(shared: Arc<Shared>) -> (SocketAddr, SocketAddr, tokio::task::JoinHandle<()>) {
+    let app = app(&shared);
+    let ca = imgbuild::pki::provisioning::load_ca(&shared.cluster().paths.secrets).unwrap();
+    let id = imgbuild::pki::provisioning::server_cert(&ca, &["127.0.0.1".parse().unwrap()], &[])
+        .unwrap();
+    let acceptor = imgbuild::netboot::http::tls::acceptor(&id).unwrap();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
+    let p = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let plain = p.local_addr().unwrap();
+    let plain_app = app.clone();
     let h = tokio::spawn(async move {
-        axum::serve(l, app.into_make_service_with_connect_info::<SocketAddr>())
+        tokio::spawn(async move {
+            axum::serve(
+                p,
+                plain_app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+            .unwrap();
+        });
+        imgbuild::netboot::http::tls::serve_tls_listener(l, acceptor, app)
             .await
             .unwrap();
     });
-    (addr, h)
+    (addr, plain, h)
 }
 
 impl Lab {
@@ -50,21 +83,27 @@ impl Lab {
             BTreeMap::new(),
             Events::in_memory(),
         ));
-        let (addr, server) = serve(shared.clone()).await;
+        let (addr, plain, server) = serve(shared.clone()).await;
         Lab {
             _dir: dir,
             config,
             shared,
             addr,
+            plain,
             server,
         }
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.shared.cluster().paths.provisioning_ca_cert()
     }
 
     /// A server restart: new routes (new start time) over the same state and events.
     async fn restart(&mut self) {
         self.server.abort();
-        let (addr, server) = serve(self.shared.clone()).await;
+        let (addr, plain, server) = serve(self.shared.clone()).await;
         self.addr = addr;
+        self.plain = plain;
         self.server = server;
     }
 
@@ -72,25 +111,39 @@ impl Lab {
         enroll::Store::for_cluster(&self.shared.cluster())
     }
 
-    /// curl from `src`: (status, Retry-After, body).
+    /// curl from `src` over HTTPS, verifying the server with the provisioning CA: (status, Retry-After, body).
     async fn curl(
         &self,
         src: &str,
         path: &str,
         form: Option<&str>,
     ) -> (u16, Option<String>, String) {
-        let url = format!("http://{}{}", self.addr, path);
+        let url = format!("https://{}{}", self.addr, path);
+        self.curl_url(src, &url, form).await
+    }
+
+    /// The same over plain HTTP.
+    async fn curl_plain(
+        &self,
+        src: &str,
+        path: &str,
+        form: Option<&str>,
+    ) -> (u16, Option<String>, String) {
+        let url = format!("http://{}{}", self.plain, path);
+        self.curl_url(src, &url, form).await
+    }
+
+    async fn curl_url(
+        &self,
+        src: &str,
+        url: &str,
+        form: Option<&str>,
+    ) -> (u16, Option<String>, String) {
         let mut cmd = tokio::process::Command::new("curl");
-        cmd.args([
-            "-sS",
-            "--max-time",
-            "10",
-            "--interface",
-            src,
-            "-D",
-            "-",
-            &url,
-        ]);
+        cmd.args(["-sS", "--max-time", "10", "--interface", src, "-D", "-"])
+            .arg("--cacert")
+            .arg(self.ca())
+            .arg(url);
         if let Some(f) = form {
             cmd.args(["--data", f]);
         }
@@ -125,13 +178,34 @@ impl Lab {
             .collect()
     }
 
+    /// Opens the barrier in the server's durable state directly (what an accepted, signed `init-done` of the
+    /// first master does; `reports_are_authenticated_and_refusals_leave_no_trace` goes through the route).
     fn init_done(&self) {
-        self.shared.events.record(
-            M1.parse::<MacAddr>().unwrap(),
-            "init-done",
-            "kubeadm init finished",
-            Source::Node,
+        self.shared.reports.with(|i, st| {
+            i.reach_barrier(
+                st,
+                M1.parse::<MacAddr>().unwrap(),
+                imgbuild::status::now_ms(),
+            )
+            .unwrap();
+        });
+    }
+
+    /// A report signed with `mac`'s report key (as the node scripts sign it).
+    fn signed(&self, mac: &str, stage: &str, detail: &str, ctr: u64) -> String {
+        use imgbuild::pki::report_auth::{hmac_hex, node_key, report_message};
+        let m: MacAddr = mac.parse().unwrap();
+        let at = self.store().read().unwrap().enrolled[&m].at_ms;
+        let key = node_key(
+            &secrets::load(&self.shared.cluster().paths.secrets)
+                .unwrap()
+                .report_key,
+            m,
+            at,
         );
+        let ts = imgbuild::pki::token::now_unix();
+        let sig = hmac_hex(&key, &report_message(m, stage, ts, ctr, detail));
+        format!("mac={mac}&stage={stage}&detail={detail}&ts={ts}&ctr={ctr}&sig={sig}")
     }
 }
 
@@ -143,11 +217,23 @@ fn bundle(body: &str) -> enroll::Bundle {
 async fn enrollment_rules_unknown_wrong_address_once_barrier_reset_restart() {
     let mut lab = Lab::new().await;
 
-    // Unknown MAC: refused, counted, nothing recorded for it.
+    // Plain HTTP: refused, whoever asks (the bundle carries secrets).
+    let (s, _, body) = lab
+        .curl_plain("127.77.0.11", &format!("/api/enroll/{M1}"), None)
+        .await;
+    assert_eq!(s, 403, "{body}");
+    assert!(body.contains("HTTPS only"), "{body}");
+
+    // Unknown MAC: refused, counted, nothing recorded.
     let (s, _, body) = lab.enroll("127.77.0.11", "52:54:00:aa:bb:cc").await;
     assert_eq!(s, 403, "{body}");
     assert!(body.contains("not in the inventory"), "{body}");
-    assert!(lab.events("52:54:00:aa:bb:cc", "failed").is_empty());
+    assert!(
+        lab.shared
+            .events
+            .for_mac("52:54:00:aa:bb:cc".parse().unwrap())
+            .is_empty()
+    );
     assert_eq!(lab.shared.events.stats().refused_not_in_inventory, 1);
     // Malformed MAC.
     assert_eq!(lab.enroll("127.77.0.11", "not-a-mac").await.0, 400);
@@ -159,7 +245,16 @@ async fn enrollment_rules_unknown_wrong_address_once_barrier_reset_restart() {
         body.contains("possible spoofer") && body.contains("127.77.0.11"),
         "{body}"
     );
-    assert!(lab.events(M1, "failed")[0].contains("127.77.0.99"));
+    // Remembered as a possible spoofer (shown on the page), not as an event of the node.
+    assert!(lab.events(M1, "failed").is_empty());
+    assert_eq!(
+        lab.store()
+            .read()
+            .unwrap()
+            .label(M1.parse().unwrap())
+            .as_deref(),
+        Some("spoofer-refused from 127.77.0.99")
+    );
 
     // A joiner before the barrier: retry later, nothing consumed, nothing recorded.
     let (s, retry, body) = lab.enroll("127.77.0.21", W1).await;
@@ -203,12 +298,19 @@ async fn enrollment_rules_unknown_wrong_address_once_barrier_reset_restart() {
     let (s, _, body) = lab.enroll("127.77.0.11", M1).await;
     assert_eq!(s, 409, "{body}");
     assert!(
-        body.contains("possible spoofer") && body.contains("enroll --reset"),
+        body.contains("possible spoofer") && body.contains("enroll reset"),
         "{body}"
     );
 
-    // The barrier opens when the first master reports init-done.
-    lab.init_done();
+    // The barrier opens when the first master reports init-done, signed with its report key.
+    let (s, _, body) = lab
+        .curl(
+            "127.77.0.11",
+            "/api/events",
+            Some(&lab.signed(M1, "init-done", "ok", 1)),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
     assert_eq!(
         lab.curl("127.77.0.21", "/api/barrier/init-done", None)
             .await
@@ -262,15 +364,19 @@ async fn enrollment_rules_unknown_wrong_address_once_barrier_reset_restart() {
 async fn enrollment_window_closes_and_opens() {
     let lab = Lab::new().await;
     lab.init_done();
-    // `imgbuild enroll --close`.
+    // `imgbuild enroll close`.
     {
         let mut l = lab.store().lock().unwrap();
         l.state.closed_at_ms = imgbuild::status::now_ms() + 1;
+        l.state.auto_closed = true;
         l.save().unwrap();
     }
     let (s, _, body) = lab.enroll("127.77.0.22", W2).await;
     assert_eq!(s, 403, "{body}");
-    assert!(body.contains("closed") && body.contains("--open"), "{body}");
+    assert!(
+        body.contains("closed") && body.contains("enroll open"),
+        "{body}"
+    );
     // `imgbuild enroll --open 30m`.
     {
         let mut l = lab.store().lock().unwrap();
@@ -423,4 +529,269 @@ async fn token_publication_is_authenticated_and_late_joiners_get_the_new_token()
     assert_eq!((s, retry.as_deref()), (503, Some("60")), "{body}");
     assert!(body.contains("expired"), "{body}");
     let _ = &lab.config;
+}
+
+fn dir_bytes(p: &std::path::Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// A host at a non-inventory address posts `init-done` for the first master and `failed` for a worker: the
+/// barrier stays closed, the status shows neither, both are counted. Signed reports: accepted once, a replay
+/// and a forgery refused; the barrier is durable state, not the event log. Then 4,000 requests for random MACs
+/// (enrollment and events): the state directory grows by less than 64 KiB and no status row appears.
+#[tokio::test]
+async fn reports_are_authenticated_and_refusals_leave_no_trace() {
+    let lab = Lab::new().await;
+    let state = lab.shared.cluster().paths.state.clone();
+    for (mac, stage) in [(M1, "init-done"), (W1, "failed")] {
+        let form = format!("mac={mac}&stage={stage}&detail=forged");
+        assert_eq!(
+            lab.curl("127.77.0.99", "/api/events", Some(&form)).await.0,
+            403
+        );
+        assert_eq!(
+            lab.curl_plain("127.77.0.99", "/api/events", Some(&form))
+                .await
+                .0,
+            403
+        );
+    }
+    // Unsigned init-done even from the first master's own address: refused.
+    let own = format!("mac={M1}&stage=init-done&detail=x");
+    assert_eq!(
+        lab.curl("127.77.0.11", "/api/events", Some(&own)).await.0,
+        403
+    );
+    assert_eq!(
+        lab.curl("127.77.0.21", "/api/barrier/init-done", None)
+            .await
+            .0,
+        503
+    );
+    assert!(
+        lab.shared.events.snapshot().is_empty(),
+        "refused reports record nothing"
+    );
+    let (_, _, body) = lab.curl("127.77.0.21", "/api/status", None).await;
+    let r: imgbuild::status::Report = serde_json::from_str(&body).unwrap();
+    assert!(
+        r.nodes
+            .iter()
+            .all(|n| n.stage.is_none() && n.failed.is_none()),
+        "{body}"
+    );
+    let metrics = lab.shared.encode_metrics();
+    for line in [
+        "imgbuild_event_reports_total{outcome=\"wrong-address\"} 2",
+        "imgbuild_event_reports_total{outcome=\"not-first-master\"} 3",
+    ] {
+        assert!(metrics.contains(line), "{line} not in:\n{metrics}");
+    }
+
+    // Enrolled: unsigned reports of the root filesystem's stages are refused, signed ones accepted once.
+    assert_eq!(lab.enroll("127.77.0.11", M1).await.0, 200);
+    let unsigned = format!("mac={M1}&stage=systemd&detail=x");
+    assert_eq!(
+        lab.curl("127.77.0.11", "/api/events", Some(&unsigned))
+            .await
+            .0,
+        403
+    );
+    let good = lab.signed(M1, "init-done", "done", 5);
+    let forged = good.replace("detail=done", "detail=other");
+    assert_eq!(
+        lab.curl("127.77.0.99", "/api/events", Some(&forged))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        lab.curl("127.77.0.99", "/api/events", Some(&good)).await.0,
+        200
+    );
+    let (s, _, body) = lab.curl("127.77.0.11", "/api/events", Some(&good)).await;
+    assert_eq!(s, 403, "a replay: {body}");
+    assert!(body.contains("replay"), "{body}");
+    assert_eq!(
+        lab.curl("127.77.0.21", "/api/barrier/init-done", None)
+            .await
+            .0,
+        200
+    );
+    assert!(state.join("barrier.json").exists());
+    // Durable: a new server state over the same directory still has the barrier and refuses the replay.
+    let again = imgbuild::pki::report_state::ReportState::open(&state).unwrap();
+    assert!(again.barrier().is_some());
+    again.with(|i, _| {
+        let at = lab.store().read().unwrap().enrolled[&M1.parse().unwrap()].at_ms;
+        assert_eq!(i.last_ctr(M1.parse().unwrap(), at), Some(5));
+    });
+
+    // The flood: 2,000 enrollment requests and 2,000 events for random MACs, over one connection each.
+    let before = dir_bytes(&state);
+    let cfg = lab._dir.path().join("flood.curlrc");
+    let mut text = String::new();
+    let common = format!(
+        "silent\ninterface = \"127.77.0.99\"\ncacert = \"{}\"\noutput = \"/dev/null\"\n",
+        lab.ca().display()
+    );
+    for i in 0..2000u32 {
+        let mac = format!("02:{:02x}:{:02x}:00:00:{:02x}", i >> 8, i & 0xff, i % 7);
+        if i > 0 {
+            text.push_str("next\n");
+        }
+        text.push_str(&format!(
+            "{common}url = \"https://{}/api/enroll/{mac}\"\nnext\n",
+            lab.addr
+        ));
+        text.push_str(&format!(
+            "{common}url = \"https://{}/api/events\"\ndata = \"mac={mac}&stage=failed&detail=flood\"\n",
+            lab.addr
+        ));
+    }
+    std::fs::write(&cfg, text).unwrap();
+    let t0 = std::time::Instant::now();
+    let out = tokio::process::Command::new("curl")
+        .arg("-K")
+        .arg(&cfg)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let grown = dir_bytes(&state).saturating_sub(before);
+    assert!(
+        grown < 64 * 1024,
+        "the state directory grew by {grown} bytes"
+    );
+    let r = imgbuild::netboot::http::status_page::current(&lab.shared);
+    assert_eq!(
+        r.nodes.len(),
+        lab.shared.cluster().machines.len(),
+        "no status row for a random MAC"
+    );
+    let metrics = lab.shared.encode_metrics();
+    assert!(
+        metrics.contains("imgbuild_event_reports_total{outcome=\"unknown-mac\"} 2000"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("imgbuild_enroll_requests_total{outcome=\"unknown-mac\"} 2000"),
+        "{metrics}"
+    );
+    eprintln!(
+        "4,000 requests in {:?}; state grew by {grown} bytes",
+        t0.elapsed()
+    );
+}
+
+/// A node whose image carries another CA refuses the server (curl: certificate problem), and the server's
+/// certificate names its address.
+#[tokio::test]
+async fn a_node_with_a_wrong_ca_refuses_the_server() {
+    let lab = Lab::new().await;
+    let other = lab._dir.path().join("other-ca.crt");
+    std::fs::write(
+        &other,
+        imgbuild::pki::provisioning::new_ca().unwrap().cert_pem,
+    )
+    .unwrap();
+    let url = format!("https://{}/api/enroll/{M1}", lab.addr);
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--interface", "127.77.0.11", "--cacert"])
+        .arg(&other)
+        .arg(&url)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(60),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        lab.store().read().unwrap().enrolled.is_empty(),
+        "nothing was handed out"
+    );
+    assert_eq!(
+        lab.enroll("127.77.0.11", M1).await.0,
+        200,
+        "the right CA works"
+    );
+}
+
+/// `[enrollment] approve = true`: a first contact waits as pending (on /api/status) until
+/// `imgbuild enroll approve <host>`; a second claimant is refused and shown as a possible spoofer.
+#[tokio::test]
+async fn approval_mode_holds_first_contacts_and_shows_spoofers() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::write_cluster(dir.path(), true, |t| {
+        t.replace("approve = false", "approve = true")
+    });
+    let cluster = imgbuild::config::load(&config).unwrap();
+    assert!(cluster.enrollment.approve);
+    secrets::init(&cluster.paths.secrets).unwrap();
+    let shared = Arc::new(Shared::new(
+        config.clone(),
+        cluster,
+        BTreeMap::new(),
+        Events::in_memory(),
+    ));
+    let (addr, plain, server) = serve(shared.clone()).await;
+    let lab = Lab {
+        _dir: dir,
+        config,
+        shared,
+        addr,
+        plain,
+        server,
+    };
+    let (s, retry, body) = lab.enroll("127.77.0.11", M1).await;
+    assert_eq!((s, retry.as_deref()), (503, Some("10")), "{body}");
+    assert!(body.contains("enroll approve"), "{body}");
+    let status = |lab: &Lab| {
+        let r = imgbuild::netboot::http::status_page::current(&lab.shared);
+        r.nodes.iter().find(|n| n.mac == M1).unwrap().clone()
+    };
+    assert_eq!(status(&lab).enrollment.as_deref(), Some("pending"));
+    assert!(
+        imgbuild::status::report::table(&imgbuild::netboot::http::status_page::current(
+            &lab.shared
+        ))
+        .contains("[enrollment: pending]")
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_imgbuild"))
+        .arg("-c")
+        .arg(&lab.config)
+        .args(["enroll", "approve", "master-1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("approved"));
+    assert_eq!(lab.enroll("127.77.0.11", M1).await.0, 200);
+    assert_eq!(status(&lab).enrollment.as_deref(), Some("enrolled"));
+    // A second claimant.
+    assert_eq!(lab.enroll("127.77.0.98", M1).await.0, 403);
+    assert_eq!(
+        status(&lab).enrollment.as_deref(),
+        Some("spoofer-refused from 127.77.0.98")
+    );
 }

@@ -6,42 +6,21 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use axum::extract::{Form, State};
-use axum::routing::post;
-use imgbuild::config::{Cluster, MacAddr, Machine};
-use imgbuild::netboot::http::enroll;
+use imgbuild::config::{Cluster, Machine};
+use imgbuild::netboot::http::tls;
 use imgbuild::netboot::state::Shared;
 use imgbuild::pki::secrets;
 use imgbuild::status::{Events, Source};
-
-#[derive(serde::Deserialize)]
-struct Ev {
-    mac: String,
-    stage: String,
-    #[serde(default)]
-    detail: String,
-}
-
-/// Stands in for the HTTP helper's `POST /api/events` (records node events), so the barrier can be reached.
-async fn events(State(s): State<Arc<Shared>>, Form(e): Form<Ev>) -> axum::http::StatusCode {
-    match e.mac.parse::<MacAddr>() {
-        Ok(mac) => {
-            s.events.record(mac, &e.stage, e.detail, Source::Node);
-            axum::http::StatusCode::NO_CONTENT
-        }
-        Err(_) => axum::http::StatusCode::BAD_REQUEST,
-    }
-}
 
 struct Lab {
     dir: tempfile::TempDir,
     cluster: Cluster,
     shared: Arc<Shared>,
     url: String,
+    api: String,
 }
 
 async fn lab() -> Lab {
@@ -55,25 +34,27 @@ async fn lab() -> Lab {
         cfg,
         cluster.clone(),
         BTreeMap::new(),
-        Events::in_memory(),
+        Events::open(
+            &cluster.paths.state.join("events.jsonl"),
+            &cluster.limits.events,
+        )
+        .unwrap(),
     ));
-    let app = enroll::routes(shared.clone()).merge(
-        axum::Router::new()
-            .route("/api/events", post(events))
-            .with_state(shared.clone()),
-    );
+    // The server's real application over HTTPS (its certificate from the provisioning CA), as `serve` runs it.
+    let app = imgbuild::netboot::http::app(shared.clone());
+    let ca = imgbuild::pki::provisioning::load_ca(&cluster.paths.secrets).unwrap();
+    let id = imgbuild::pki::provisioning::server_cert(&ca, &["127.0.0.1".parse().unwrap()], &[])
+        .unwrap();
+    let acceptor = tls::acceptor(&id).unwrap();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
-    tokio::spawn(async move {
-        axum::serve(l, app.into_make_service_with_connect_info::<SocketAddr>())
-            .await
-            .unwrap();
-    });
+    let api = format!("https://{}", l.local_addr().unwrap());
+    tokio::spawn(tls::serve_tls_listener(l, acceptor, app));
     Lab {
         dir,
         cluster,
         shared,
-        url,
+        url: "http://127.0.0.1:9".into(),
+        api,
     }
 }
 
@@ -157,10 +138,11 @@ impl Lab {
         std::fs::write(
             root.join("proc/cmdline"),
             format!(
-                "BOOTIF={} ip={}::127.77.0.1:255.255.255.0:{host}::off systemd.hostname={host} imgbuild.server={} imgbuild.mac={} imgbuild.role={} imgbuild.kubeadm_ignore_preflight=NumCPU,Mem net.ifnames=0 {extra}\n",
+                "BOOTIF={} ip={}::127.77.0.1:255.255.255.0:{host}::off systemd.hostname={host} imgbuild.server={} imgbuild.api={} imgbuild.mac={} imgbuild.role={} imgbuild.kubeadm_ignore_preflight=NumCPU,Mem net.ifnames=0 {extra}\n",
                 m.mac.bootif(),
                 m.ip,
                 self.url,
+                self.api,
                 m.mac,
                 m.role
             ),
@@ -469,16 +451,38 @@ async fn firstboot_init_then_joins_in_order_with_standins() {
             "%{http_code}",
             "--interface",
             "127.77.0.21",
+            "--cacert",
         ])
+        .arg(lab.cluster.paths.provisioning_ca_cert())
         .arg(format!(
             "{}/api/enroll/{}",
-            lab.url,
+            lab.api,
             lab.machine("worker-1").mac
         ))
         .output()
         .await
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "409");
+
+    // No secret in any step log or event: the bootstrap token (kubeadm init printed it in its join command)
+    // and the CA keys stay out.
+    let token = secrets::load(&lab.cluster.paths.secrets)
+        .unwrap()
+        .token
+        .token;
+    let init_log = read(&lab.node("master-1"), "run/imgbuild/kubeadm-init.log");
+    assert!(!init_log.is_empty());
+    for host in ["master-1", "master-2", "worker-1"] {
+        let dir = lab.node(host).join("run/imgbuild");
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let t = std::fs::read_to_string(e.unwrap().path()).unwrap_or_default();
+            assert!(!t.contains(&token), "{host}: a step log holds the token");
+            assert!(!t.contains("PRIVATE KEY"), "{host}: a step log holds a key");
+        }
+    }
+    for e in lab.shared.events.snapshot() {
+        assert!(!e.detail.contains(&token), "event {e:?} holds the token");
+    }
 }
 
 #[tokio::test]
@@ -496,7 +500,12 @@ async fn a_failing_kubeadm_is_reported_with_its_output() {
     std::fs::write(&p, text).unwrap();
     let (ok, _) = lab.firstboot("worker-2").await;
     assert!(!ok);
-    let failed = lab.details("worker-2", "failed");
+    // The unit's own report (the stand-in reports its refusal too, labelled).
+    let failed: Vec<String> = lab
+        .details("worker-2", "failed")
+        .into_iter()
+        .filter(|d| !d.starts_with("STAND-IN"))
+        .collect();
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert!(
         // The strict `kubeadm config validate` before the join refuses it.
@@ -593,5 +602,62 @@ async fn an_interrupted_kubeadm_init_or_join_is_reset_and_retried_with_kube_vip_
             assert!(kv.contains("value: \"eth1\""), "{kv}");
             assert!(root.join("etc/kubernetes/manifests/etcd.yaml").exists());
         }
+    }
+}
+
+/// Token renewal fails (the first master's clock is an hour behind inside token-renew, so the server refuses
+/// the publication as skewed): the step fails and is reported, and no bootstrap token appears in the step log,
+/// `events.jsonl`, `/api/status` or the page.
+#[tokio::test]
+async fn failing_token_renewal_on_clock_skew_leaks_no_token() {
+    let lab = lab().await;
+    let root = lab.node("master-1");
+    let shim = root.join("usr/bin/date");
+    std::fs::write(
+        &shim,
+        "#!/bin/bash\n# test shim: an hour behind for token-renew's timestamp only\n\
+         if [ \"${1:-}\" = +%s ] && tr '\\0' ' ' </proc/$PPID/cmdline | grep -q token-renew; then\n\
+         echo $(( $(/bin/date +%s) - 3600 )); else exec /bin/date \"$@\"; fi\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (ok, log) = lab.firstboot("master-1").await;
+    assert!(!ok, "the publication must fail: {log}");
+    let failed: Vec<String> = lab
+        .details("master-1", "failed")
+        .into_iter()
+        .filter(|d| !d.starts_with("STAND-IN"))
+        .collect();
+    assert!(
+        failed.iter().any(|d| d.starts_with("init-done:")),
+        "{failed:?}"
+    );
+    assert!(!lab.stages("master-1").contains(&"init-done".to_string()));
+    let token = secrets::load(&lab.cluster.paths.secrets)
+        .unwrap()
+        .token
+        .token;
+    let secret_half = token.split('.').nth(1).unwrap().to_string();
+    let events = std::fs::read_to_string(lab.cluster.paths.state.join("events.jsonl")).unwrap();
+    assert!(events.contains("init-done"), "{events}");
+    let report = imgbuild::netboot::http::status_page::current(&lab.shared);
+    let status = serde_json::to_string(&report).unwrap();
+    let page = imgbuild::netboot::http::status_page::render_page(
+        &imgbuild::template::engine_for(&lab.cluster),
+        &imgbuild::netboot::http::status_page::board_of(&lab.shared, &lab.shared.events.snapshot()),
+    )
+    .unwrap();
+    let step_log = read(&root, "run/imgbuild/init-done.log");
+    for (what, text) in [
+        ("events.jsonl", &events),
+        ("/api/status", &status),
+        ("the page", &page),
+        ("the step log", &step_log),
+    ] {
+        assert!(
+            !text.contains(&secret_half),
+            "{what} holds the token: {text}"
+        );
     }
 }

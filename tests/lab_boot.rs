@@ -117,6 +117,12 @@ fn root_lab_bios_full_dhcp_master_worker_storage_reach_joined_in_order_and_page_
     o.decoy_nic = vec!["master-1".into()];
     let mut lab = Lab::prepare(o).unwrap();
     assert!(lab.standins, "the test images are built with stand-ins");
+    // A packet capture of the whole enrollment on the lab's bridge (tcpdump in the lab's namespace).
+    let pcap = dir.path().join("lab.pcap");
+    let mut capture = Capture::start(lab.netns(), &lab.cluster.network.interface, &pcap);
+    let first_token = imgbuild::pki::secrets::load_token(&lab.cluster.paths.secrets)
+        .unwrap()
+        .token;
     for h in hosts {
         lab.start_vm(h).unwrap();
     }
@@ -219,6 +225,43 @@ fn root_lab_bios_full_dhcp_master_worker_storage_reach_joined_in_order_and_page_
         joined.contains("kube-vip manifest in place, vip_interface eth1"),
         "{joined}"
     );
+    // Nothing secret crossed the wire in clear: no PEM block, no bootstrap token (the one `secrets init` made,
+    // which every bundle carried, and the one master-1 renewed and published, now in token.json).
+    capture.stop();
+    let bytes = std::fs::read(&pcap).unwrap();
+    let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        has(b"GET /ipxe/") || has(b"GET /boot.ipxe"),
+        "the capture saw the plain-HTTP boot path (a capture that sees nothing proves nothing)"
+    );
+    assert!(
+        bytes.len() > 1_000_000,
+        "the capture holds the images ({} bytes)",
+        bytes.len()
+    );
+    assert!(!has(b"-----BEGIN"), "a PEM block crossed the LAN in clear");
+    assert!(
+        !has(b"PRIVATE KEY"),
+        "a private key crossed the LAN in clear"
+    );
+    let renewed = imgbuild::pki::secrets::load_token(&lab.cluster.paths.secrets)
+        .unwrap()
+        .token;
+    for t in [&first_token, &renewed] {
+        assert!(
+            !has(t.as_bytes()),
+            "a bootstrap token crossed the LAN in clear"
+        );
+        assert!(
+            !has(t.split('.').nth(1).unwrap().as_bytes()),
+            "a bootstrap token's secret half crossed the LAN in clear"
+        );
+    }
+    let renewed_by = std::fs::read_to_string(lab.cluster.paths.secrets.join("token.json")).unwrap();
+    assert!(
+        renewed_by.contains("published by master-1"),
+        "master-1 published its token over HTTPS: {renewed_by}"
+    );
 }
 
 /// The detail of the last node-reported `stage` of `mac`.
@@ -229,6 +272,40 @@ fn detail(events: &[Event], mac: MacAddr, stage: &str) -> String {
         .find(|e| e.mac == mac && e.stage == stage && e.source == imgbuild::status::Source::Node)
         .map(|e| e.detail.clone())
         .unwrap_or_else(|| panic!("{mac}: no {stage} event"))
+}
+
+/// tcpdump on the lab's bridge, inside its namespace; stopped (by PID) on `stop` or drop.
+struct Capture(Option<std::process::Child>);
+
+impl Capture {
+    fn start(netns: &str, iface: &str, file: &Path) -> Capture {
+        let child = std::process::Command::new("ip")
+            .args([
+                "netns", "exec", netns, "tcpdump", "-i", iface, "-n", "-U", "-s", "0", "-w",
+            ])
+            .arg(file)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tcpdump (Debian package tcpdump)");
+        // Give it the moment it needs to open the interface.
+        std::thread::sleep(Duration::from_millis(500));
+        Capture(Some(child))
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            // SIGTERM: tcpdump flushes and exits.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 #[test]

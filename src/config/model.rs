@@ -208,6 +208,16 @@ pub struct Cluster {
     pub paths: Paths,
     /// `[limits]`: the listeners' and the recorded state's caps and timeouts, every one defaulted.
     pub limits: super::limits::Limits,
+    /// `[enrollment]`: how a node's first contact is admitted.
+    pub enrollment: Enrollment,
+}
+
+/// `[enrollment]`: how a node's first contact is admitted (docs/security.md).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Enrollment {
+    /// Hold a node's first contact as *pending* (shown on the page and in `imgbuild status`) until
+    /// `imgbuild enroll approve <host>`; default false (the first contact from the inventory address enrolls).
+    pub approve: bool,
 }
 
 /// `[cluster]`: what kubeadm's ClusterConfiguration is rendered from.
@@ -282,6 +292,9 @@ pub struct Network {
     pub lease_secs: u32,
     /// The TCP port of the HTTP server (boot scripts, kernels, images, events, the status page); default 8080.
     pub http_port: u16,
+    /// The TCP port of the HTTPS node API (enrollment, token publication, barrier, node events), served with a
+    /// certificate from the provisioning CA; default 8443.
+    pub https_port: u16,
     /// The UDP port of the TFTP server that serves the first-stage loaders; default 69.
     pub tftp_port: u16,
     /// Addresses for machines not in the inventory. `None`: unknown MACs get no answer.
@@ -307,6 +320,11 @@ impl Network {
         } else {
             format!("http://{}:{}", self.server, self.http_port)
         }
+    }
+
+    /// `https://server:https_port`, the base of the node API (enrollment, reports, barrier, token).
+    pub fn https_base(&self) -> String {
+        format!("https://{}:{}", self.server, self.https_port)
     }
 
     /// GRUB's device for the server's HTTP side, `(http,server)`: paths are appended to it. GRUB 2.06 always
@@ -482,6 +500,17 @@ pub struct Paths {
     pub cache: PathBuf,
     /// `imgbuild.lock` beside `cluster.toml`, the verified digest of every artifact (not configurable).
     pub lock: PathBuf,
+}
+
+/// The provisioning CA's certificate in the secrets directory (public: it goes into every image, so nodes can
+/// verify the server's HTTPS certificate). `imgbuild secrets init` writes it beside its key.
+pub const PROVISIONING_CA_CERT: &str = "provisioning-ca.crt";
+
+impl Paths {
+    /// `secrets/provisioning-ca.crt`.
+    pub fn provisioning_ca_cert(&self) -> PathBuf {
+        self.secrets.join(PROVISIONING_CA_CERT)
+    }
 }
 
 impl Cluster {

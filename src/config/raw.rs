@@ -34,6 +34,18 @@ pub struct File {
     /// `[limits]`: resource caps of the server's listeners, one sub-table per protocol; every key has a default.
     #[serde(default)]
     pub limits: LimitsRaw,
+    /// `[enrollment]`: how first contacts are admitted; absent means the defaults.
+    #[serde(default)]
+    pub enrollment: EnrollmentRaw,
+}
+
+/// `[enrollment]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollmentRaw {
+    /// Hold every first contact as pending until `imgbuild enroll approve <host>`; default false.
+    #[serde(default)]
+    pub approve: bool,
 }
 
 /// `[cluster]` as written.
@@ -132,6 +144,9 @@ pub struct NetworkRaw {
     /// The HTTP port; default 8080.
     #[serde(default = "default_http_port")]
     pub http_port: i64,
+    /// The HTTPS port of the node API (enrollment, token, barrier, node events); default 8443.
+    #[serde(default = "default_https_port")]
+    pub https_port: i64,
     /// The TFTP port; default 69.
     #[serde(default = "default_tftp_port")]
     pub tftp_port: i64,
@@ -159,6 +174,9 @@ fn default_lease() -> String {
 }
 fn default_http_port() -> i64 {
     8080
+}
+fn default_https_port() -> i64 {
+    8443
 }
 fn default_tftp_port() -> i64 {
     69

@@ -46,8 +46,13 @@ pub struct TemplateContext<'a> {
     pub arch: &'a str,
     /// The resolved profile: packages, kernel modules and args, units, sysctls, files.
     pub profile: &'a Profile,
-    /// `http://server:port`, the base URL nodes report to.
+    /// `http://server:port`, the base URL of boot scripts and artifacts.
     pub server_url: String,
+    /// `https://server:https_port`, the node API (enrollment, reports, barrier, token).
+    pub api_url: String,
+    /// The provisioning CA certificate (PEM, public) from `secrets/provisioning-ca.crt`, which node API calls
+    /// verify the server with; empty when `imgbuild secrets init` has not run yet (the image then cannot enroll).
+    pub provisioning_ca: String,
 }
 
 impl<'a> TemplateContext<'a> {
@@ -59,6 +64,25 @@ impl<'a> TemplateContext<'a> {
             arch: profile.arch.as_str(),
             profile,
             server_url: cluster.network.http_base(),
+            api_url: cluster.network.https_base(),
+            provisioning_ca: provisioning_ca(cluster),
+        }
+    }
+}
+
+/// The provisioning CA certificate an image carries: read from the secrets directory (public; the key next to
+/// it never is). Empty, with a warning, when there is none yet.
+pub fn provisioning_ca(cluster: &Cluster) -> String {
+    let p = cluster.paths.provisioning_ca_cert();
+    match std::fs::read_to_string(&p) {
+        Ok(t) if t.contains("-----BEGIN CERTIFICATE-----") => t.trim_end().to_string(),
+        _ => {
+            tracing::warn!(
+                "{} is missing: images built now cannot enroll (their node API calls have no CA to verify the \
+                 server with); run `imgbuild secrets init` before building",
+                p.display()
+            );
+            String::new()
         }
     }
 }
@@ -80,7 +104,8 @@ pub enum TreeError {
     },
 }
 
-/// Renders every file of the profile.
+/// Renders every file of the profile. Besides the cluster and the profile, the one input read from disk is the
+/// provisioning CA certificate (public), so a new CA gives a new role layer.
 pub fn render(cluster: &Cluster, profile: &Profile, engine: &Engine) -> Result<Tree, TreeError> {
     let ctx = TemplateContext::new(cluster, profile);
     let mut files = Vec::with_capacity(profile.files.len());

@@ -35,6 +35,8 @@ pub fn prepare(config_path: &std::path::Path) -> anyhow::Result<Arc<Shared>> {
         &cluster.paths.state.join("events.jsonl"),
         &cluster.limits.events,
     )?;
+    // The barrier and report counters must be readable: refuse to start rather than forget them.
+    crate::pki::report_state::ReportState::open(&cluster.paths.state)?;
     Ok(Arc::new(Shared::new(
         config_path.to_path_buf(),
         cluster,

@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use super::boot::Booter;
 use crate::config::Cluster;
 use crate::image::pins::PinMap;
+use crate::pki::report_state::ReportState;
 use crate::status::Events;
 
 /// State every protocol loop reads. Cheap to share (`Arc<Shared>`).
@@ -20,6 +21,9 @@ pub struct Shared {
     booter: ArcSwap<Booter>,
     /// The event log (`state/events.jsonl`): boot stages seen by DHCP, TFTP, HTTP and reported by the nodes.
     pub events: Events,
+    /// Durable state of accepted node reports: the init-done barrier and each node's last report counter
+    /// (`state/barrier.json`, `state/report-counters.json`), never derived from the event log.
+    pub reports: ReportState,
     /// Every protocol registers its metric families here when it starts; `/metrics` encodes it.
     pub registry: std::sync::Mutex<prometheus_client::registry::Registry>,
     /// The listeners bound so far (systemd is told `READY=1` once all are).
@@ -34,7 +38,15 @@ impl Shared {
     pub fn new(config_path: PathBuf, cluster: Cluster, pins: PinMap, events: Events) -> Self {
         events.set_inventory(cluster.machines.iter().map(|m| m.mac));
         let cluster = Arc::new(cluster);
+        let reports = ReportState::open(&cluster.paths.state).unwrap_or_else(|e| {
+            tracing::error!(
+                "{e}; starting with no barrier and no report counters (the barrier stays closed until the first \
+                 master reports init-done again)"
+            );
+            ReportState::empty(&cluster.paths.state)
+        });
         Shared {
+            reports,
             config_path,
             booter: ArcSwap::from_pointee(Booter::new(cluster.clone(), pins)),
             cluster: ArcSwap::new(cluster),

@@ -6,11 +6,14 @@
 //! 1. the MAC is in the inventory;
 //! 2. the request comes from the address the inventory gives that MAC (the TCP peer address is compared to
 //!    `Machine::ip`);
-//! 3. enrollment is open: from server start until every inventory node has enrolled, or for a window set with
-//!    `imgbuild enroll --open 30m` (`--close` ends both);
+//! 3. enrollment is open: from the first server start until every inventory node has enrolled once (then
+//!    closed for good, in `state/enrollment.json`: a restart does not re-open it), or for a window set with
+//!    `imgbuild enroll open 30m` (`imgbuild enroll close` ends both);
 //! 4. once per node: a second fetch is refused with 409 and a warning ("possible spoofer"), until
-//!    `imgbuild enroll --reset <host>` re-arms the node;
-//! 5. nodes that join (every node but the first master) are told to retry (503 + Retry-After, nothing
+//!    `imgbuild enroll reset <host>` re-arms the node;
+//! 5. with `[enrollment] approve = true`, a first contact is held as *pending* (503 + Retry-After, shown on the
+//!    page and in `imgbuild status`) until `imgbuild enroll approve <host>`;
+//! 6. nodes that join (every node but the first master) are told to retry (503 + Retry-After, nothing
 //!    consumed) until the first master has reported `init-done`, and while the stored bootstrap token has
 //!    expired — so a joiner always receives the token the first master created or last renewed.
 //!
@@ -47,9 +50,32 @@ pub struct Enrolled {
     pub at_ms: u64,
 }
 
+/// A contact the server remembers about a node: from where, when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contact {
+    /// The TCP peer address of the request.
+    pub ip: IpAddr,
+    /// When, in ms since the Unix epoch.
+    pub at_ms: u64,
+}
+
 /// `state/enrollment.json`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnrollState {
+    /// The start-up window has ended for good (every node enrolled once, or `imgbuild enroll close`): a server
+    /// restart does not re-open it; `imgbuild enroll open` does, for a while.
+    #[serde(default)]
+    pub auto_closed: bool,
+    /// Approval mode: nodes `imgbuild enroll approve` has let through (until they enroll).
+    #[serde(default)]
+    pub approved: std::collections::BTreeSet<MacAddr>,
+    /// Approval mode: first contacts waiting for `imgbuild enroll approve <host>`.
+    #[serde(default)]
+    pub pending: BTreeMap<MacAddr, Contact>,
+    /// The last refused claimant of each inventory node (wrong address, or a second fetch): a possible spoofer,
+    /// shown on the page. One entry per inventory MAC, so it stays small.
+    #[serde(default)]
+    pub refused: BTreeMap<MacAddr, Contact>,
     /// An explicit window (`imgbuild enroll --open`): open until this time (ms since the epoch).
     #[serde(default)]
     pub open_until_ms: Option<u64>,
@@ -160,8 +186,10 @@ pub enum Refusal {
         /// The address the inventory (`Machine::ip`) gives this MAC.
         expected: IpAddr,
     },
-    /// No enrollment window is open (403): open one with `imgbuild enroll --open 30m`.
+    /// No enrollment window is open (403): open one with `imgbuild enroll open 30m`.
     Closed,
+    /// Approval mode: held until `imgbuild enroll approve <host>` (503, not consumed).
+    Pending,
     /// The node already fetched its bundle (409, possible spoofer); re-arm it with
     /// `imgbuild enroll --reset <host>`.
     AlreadyEnrolled {
@@ -194,11 +222,14 @@ impl Refusal {
                 "enrollment refused: {mac} asked from {peer}, but the inventory gives it {expected} — possible spoofer"
             ),
             Refusal::Closed => format!(
-                "enrollment refused: {mac} (from {peer}): enrollment is closed; open it with `imgbuild enroll --open 30m`"
+                "enrollment refused: {mac} (from {peer}): enrollment is closed; open it with `imgbuild enroll open 30m`"
+            ),
+            Refusal::Pending => format!(
+                "not yet: {mac} (from {peer}) waits for approval; run `imgbuild enroll approve <host>` on the server"
             ),
             Refusal::AlreadyEnrolled { at_ms, from } => format!(
                 "enrollment refused: {mac} (from {peer}) already enrolled at {} from {from} — possible spoofer; if the \
-                 node was reinstalled, re-arm it with `imgbuild enroll --reset <host>`",
+                 node was reinstalled, re-arm it with `imgbuild enroll reset <host>`",
                 fmt_ms(*at_ms)
             ),
             Refusal::WaitBarrier { first_master } => format!(
@@ -219,22 +250,43 @@ pub fn fmt_ms(ms: u64) -> String {
         .to_string()
 }
 
-/// The window state the pure rules need.
-#[derive(Debug, Clone, Copy)]
-pub struct Window {
-    /// When this server started (the automatic window opens then).
-    pub started_ms: u64,
-    /// Whether the automatic window has already ended (every node enrolled once since start).
-    pub auto_done: bool,
-}
-
-impl Window {
-    /// Whether enrollment is open at `now_ms`.
-    pub fn is_open(&self, state: &EnrollState, cluster: &Cluster, now_ms: u64) -> bool {
-        let timed = state.open_until_ms.is_some_and(|u| now_ms < u);
-        let auto =
-            !self.auto_done && state.closed_at_ms < self.started_ms && !state.all_enrolled(cluster);
+impl EnrollState {
+    /// Whether enrollment is open at `now_ms`: an explicit window, or the start-up window (until every node
+    /// has enrolled once or it was closed; durable, so a restart does not re-open it).
+    pub fn is_open(&self, cluster: &Cluster, now_ms: u64) -> bool {
+        let timed = self.open_until_ms.is_some_and(|u| now_ms < u);
+        let auto = !self.auto_closed && self.closed_at_ms == 0 && !self.all_enrolled(cluster);
         timed || auto
+    }
+
+    /// Remembers a refused claimant of inventory node `mac` (shown as a possible spoofer). Returns whether the
+    /// state changed enough to be written (a new address, or a minute since the last write), so a flood of
+    /// claims costs no more than one write a minute per inventory node.
+    pub fn note_refused(&mut self, mac: MacAddr, ip: IpAddr, now_ms: u64) -> bool {
+        match self.refused.get(&mac) {
+            Some(c) if c.ip == ip && now_ms.saturating_sub(c.at_ms) < 60_000 => false,
+            _ => {
+                self.refused.insert(mac, Contact { ip, at_ms: now_ms });
+                true
+            }
+        }
+    }
+
+    /// What the page and `imgbuild status` say about a node's enrollment: `spoofer-refused from <ip>`,
+    /// `pending`, `approved`, `enrolled`, or `None` before any contact.
+    pub fn label(&self, mac: MacAddr) -> Option<String> {
+        if let Some(c) = self.refused.get(&mac) {
+            return Some(format!("spoofer-refused from {}", c.ip));
+        }
+        if self.enrolled.contains_key(&mac) {
+            Some("enrolled".into())
+        } else if self.pending.contains_key(&mac) {
+            Some("pending".into())
+        } else if self.approved.contains(&mac) {
+            Some("approved".into())
+        } else {
+            None
+        }
     }
 }
 
@@ -243,7 +295,6 @@ impl Window {
 pub fn decide<'c>(
     cluster: &'c Cluster,
     state: &EnrollState,
-    window: Window,
     mac: MacAddr,
     peer: IpAddr,
     barrier_reached: bool,
@@ -262,8 +313,11 @@ pub fn decide<'c>(
             from: e.ip,
         });
     }
-    if !window.is_open(state, cluster, now_ms) {
+    if !state.is_open(cluster, now_ms) {
         return Err(Refusal::Closed);
+    }
+    if cluster.enrollment.approve && !state.approved.contains(&mac) {
+        return Err(Refusal::Pending);
     }
     let first = cluster.first_master().map(|f| f.mac);
     if first != Some(mac) {
@@ -313,10 +367,12 @@ pub struct Bundle {
     /// First master: BGP peer name → MD5 password, for the MetalLB Secrets it creates.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub bgp_passwords: BTreeMap<String, String>,
+    /// The node's report key (hex text): it signs the node's reports (`pki::report_auth`).
+    pub report_key: String,
 }
 
-/// The bundle for machine `m`.
-pub fn bundle(cluster: &Cluster, secrets: &Secrets, m: &Machine) -> Bundle {
+/// The bundle for machine `m`, enrolled at `enrolled_at_ms` (its report key derives from it).
+pub fn bundle(cluster: &Cluster, secrets: &Secrets, m: &Machine, enrolled_at_ms: u64) -> Bundle {
     let init = cluster.first_master().map(|f| f.mac) == Some(m.mac);
     let mut pki = BTreeMap::new();
     if m.role == Role::Master {
@@ -348,6 +404,7 @@ pub fn bundle(cluster: &Cluster, secrets: &Secrets, m: &Machine) -> Bundle {
         pki,
         publish_key: init.then(|| secrets.publish_key.clone()),
         bgp_passwords: bgp,
+        report_key: super::report_auth::node_key(&secrets.report_key, m.mac, enrolled_at_ms),
     }
 }
 
@@ -358,6 +415,7 @@ impl Refusal {
             Refusal::UnknownMac => "unknown-mac",
             Refusal::WrongAddress { .. } => "wrong-address",
             Refusal::Closed => "closed",
+            Refusal::Pending => "pending",
             Refusal::AlreadyEnrolled { .. } => "already-enrolled",
             Refusal::WaitBarrier { .. } => "wait-barrier",
             Refusal::TokenExpired { .. } => "token-expired",
@@ -373,13 +431,6 @@ mod tests {
 
     const NOW: u64 = 1_000_000_000;
 
-    fn win(auto_done: bool) -> Window {
-        Window {
-            started_ms: NOW - 1000,
-            auto_done,
-        }
-    }
-
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
@@ -391,7 +442,7 @@ mod tests {
         let w1: MacAddr = "52:54:00:77:00:21".parse().unwrap();
         let mut st = EnrollState::default();
         let d = |st: &EnrollState, mac, peer, barrier, tok| {
-            decide(&c, st, win(false), mac, ip(peer), barrier, tok, NOW)
+            decide(&c, st, mac, ip(peer), barrier, tok, NOW)
         };
         assert_eq!(
             d(
@@ -450,20 +501,20 @@ mod tests {
     fn window_semantics() {
         let c = cluster();
         let mut st = EnrollState::default();
-        assert!(win(false).is_open(&st, &c, NOW), "open from start-up");
-        assert!(
-            !win(true).is_open(&st, &c, NOW),
-            "closed once everyone enrolled"
-        );
-        st.closed_at_ms = NOW - 10; // `--close` after this server started
-        assert!(!win(false).is_open(&st, &c, NOW));
-        st.closed_at_ms = NOW - 5000; // closed before this server started: a restart reopens it
-        assert!(win(false).is_open(&st, &c, NOW));
-        st.open_until_ms = Some(NOW + 1);
-        assert!(win(true).is_open(&st, &c, NOW), "--open beats everything");
-        assert!(!win(true).is_open(&st, &c, NOW + 1), "until its end");
+        assert!(st.is_open(&c, NOW), "open from the first start");
+        st.auto_closed = true; // every node enrolled once, or `enroll close`: a restart does not re-open it
+        assert!(!st.is_open(&c, NOW));
+        let mut old = EnrollState {
+            closed_at_ms: NOW - 5000, // closed by an older imgbuild: stays closed
+            ..Default::default()
+        };
+        assert!(!old.is_open(&c, NOW));
+        old.open_until_ms = Some(NOW + 1);
+        assert!(old.is_open(&c, NOW), "`enroll open` beats everything");
+        assert!(!old.is_open(&c, NOW + 1), "until its end");
+        let mut all = EnrollState::default();
         for m in &c.machines {
-            st.enrolled.insert(
+            all.enrolled.insert(
                 m.mac,
                 Enrolled {
                     hostname: m.hostname.clone(),
@@ -472,7 +523,38 @@ mod tests {
                 },
             );
         }
-        st.open_until_ms = None;
-        assert!(!win(false).is_open(&st, &c, NOW), "nobody left to enroll");
+        assert!(!all.is_open(&c, NOW), "nobody left to enroll");
+    }
+
+    #[test]
+    fn approval_mode_holds_first_contacts_and_spoofers_are_labelled() {
+        let mut c = cluster();
+        c.enrollment.approve = true;
+        let m1: MacAddr = "52:54:00:77:00:11".parse().unwrap();
+        let mut st = EnrollState::default();
+        let d = |st: &EnrollState, peer| decide(&c, st, m1, ip(peer), false, u64::MAX, NOW);
+        assert_eq!(d(&st, "10.77.0.11").unwrap_err(), Refusal::Pending);
+        st.pending.insert(
+            m1,
+            Contact {
+                ip: ip("10.77.0.11"),
+                at_ms: NOW,
+            },
+        );
+        assert_eq!(st.label(m1).as_deref(), Some("pending"));
+        st.approved.insert(m1);
+        assert_eq!(d(&st, "10.77.0.11").unwrap().hostname, "master-1");
+        // A second claimant from another address: refused, remembered once a minute, labelled.
+        assert!(matches!(
+            d(&st, "10.77.0.99"),
+            Err(Refusal::WrongAddress { .. })
+        ));
+        assert!(st.note_refused(m1, ip("10.77.0.99"), NOW));
+        assert!(!st.note_refused(m1, ip("10.77.0.99"), NOW + 1000));
+        assert!(st.note_refused(m1, ip("10.77.0.98"), NOW + 1000));
+        assert_eq!(
+            st.label(m1).as_deref(),
+            Some("spoofer-refused from 10.77.0.98")
+        );
     }
 }

@@ -5,6 +5,8 @@
 //! - [`token`]: kubeadm bootstrap tokens.
 //! - [`secrets`]: the `secrets/` directory (`imgbuild secrets init`), written once, mode 0700/0600.
 //! - [`kubeconfig`]: the admin kubeconfig for the user (`imgbuild kubeconfig`).
+//! - [`provisioning`]: the provisioning CA and the server's HTTPS certificate issued from it.
+//! - [`report_auth`]: who may report what about a node (address before enrollment, per-node HMAC after).
 //! - [`enroll`]: the enrollment store, the rules (a pure `decide`), the bundle and the token publication
 //!   signature. The HTTP routes nodes use at first boot (`/api/enroll/{mac}`, `/api/barrier/init-done`,
 //!   `/api/token`) are `netboot::http::{enroll, barrier, token}`.
@@ -12,7 +14,10 @@
 pub mod ca;
 pub mod enroll;
 pub mod kubeconfig;
+pub mod provisioning;
 pub mod publish;
+pub mod report_auth;
+pub mod report_state;
 pub mod secrets;
 pub mod token;
 

@@ -3,7 +3,9 @@
 //! Layout (kubeadm's file names, so the directory can be copied into `/etc/kubernetes/pki` as is):
 //! `ca.crt`, `ca.key`, `front-proxy-ca.crt`, `front-proxy-ca.key`, `etcd/ca.crt`, `etcd/ca.key`, `sa.key`,
 //! `sa.pub`; plus `token.json` (the current bootstrap token and its expiry), `discovery-hash`
-//! (`sha256:<hex>`) and `publish.key` (the key the first master signs token renewals with).
+//! (`sha256:<hex>`) and `publish.key` (the key the first master signs token renewals with); and the node API's
+//! trust: `provisioning-ca.crt` / `.key` (the HTTPS server's CA, `super::provisioning`) and `report.key` (the
+//! master key of per-node report keys, `super::report_auth`).
 //! Directories are 0700, files 0600. Nothing here ever goes into an image.
 
 use std::path::{Path, PathBuf};
@@ -30,9 +32,61 @@ pub const CA_FILES: &[&str] = &[
 /// The files `secrets init` writes besides the CA set: the token, the discovery hash, the publish key.
 pub const OTHER_FILES: &[&str] = &["token.json", "discovery-hash", "publish.key"];
 
+/// The files of the node API's trust (`provisioning-ca.crt` and `.key`, `report.key`). `secrets init` adds the
+/// missing ones to a directory that already holds the cluster's secrets (made by an older imgbuild), and keeps a
+/// provisioning CA already there (the lab keeps one across runs so its images stay cached).
+pub const TRUST_FILES: &[&str] = &[
+    super::provisioning::PROVISIONING_CA_CERT,
+    super::provisioning::PROVISIONING_CA_KEY,
+    super::report_auth::REPORT_KEY_FILE,
+];
+
 /// Every file `secrets init` writes.
 pub fn all_files() -> impl Iterator<Item = &'static str> {
-    CA_FILES.iter().chain(OTHER_FILES).copied()
+    CA_FILES
+        .iter()
+        .chain(OTHER_FILES)
+        .chain(TRUST_FILES)
+        .copied()
+}
+
+/// Writes whichever of [`TRUST_FILES`] is missing: the provisioning CA (both files, or neither) and the report
+/// master key. Returns the names written.
+fn init_trust(dir: &Path) -> Result<Vec<&'static str>, PkiError> {
+    use super::provisioning::{PROVISIONING_CA_CERT, PROVISIONING_CA_KEY};
+    let mut written = Vec::new();
+    let crt = dir.join(PROVISIONING_CA_CERT).exists();
+    let key = dir.join(PROVISIONING_CA_KEY).exists();
+    if crt != key {
+        return Err(PkiError::Invalid {
+            path: dir.join(PROVISIONING_CA_KEY).display().to_string(),
+            message: format!(
+                "{PROVISIONING_CA_CERT} and {PROVISIONING_CA_KEY} go together; restore the missing one, or move both \
+                 away and run `imgbuild secrets init` again (then rebuild the images: they carry the CA certificate)"
+            ),
+        });
+    }
+    if !crt {
+        let ca = super::provisioning::new_ca()?;
+        write_atomic(&dir.join(PROVISIONING_CA_KEY), ca.key_pem.as_bytes(), 0o600)?;
+        write_atomic(
+            &dir.join(PROVISIONING_CA_CERT),
+            ca.cert_pem.as_bytes(),
+            0o600,
+        )?;
+        written.extend([PROVISIONING_CA_CERT, PROVISIONING_CA_KEY]);
+    }
+    let rk = super::report_auth::REPORT_KEY_FILE;
+    if !dir.join(rk).exists() {
+        let k: [u8; 32] = rand::rng().random();
+        write_atomic(
+            &dir.join(rk),
+            format!("{}\n", hex::encode(k)).as_bytes(),
+            0o600,
+        )?;
+        written.push(rk);
+    }
+    Ok(written)
 }
 
 /// The loaded secrets.
@@ -57,6 +111,9 @@ pub struct Secrets {
     pub discovery_hash: String,
     /// Hex text; the HMAC key of token publications (see [`super::enroll`]).
     pub publish_key: String,
+    /// Hex text (`report.key`); the master key each node's report key is derived from
+    /// ([`super::report_auth::node_key`]).
+    pub report_key: String,
 }
 
 /// What `secrets init` made (printed to the user; holds no secret).
@@ -82,16 +139,37 @@ fn ensure_dir(dir: &Path) -> Result<(), PkiError> {
 
 /// Generates every secret into `dir`. Refuses if any of the files already exists.
 pub fn init(dir: &Path) -> Result<Summary, PkiError> {
-    for f in all_files() {
-        if dir.join(f).exists() {
+    let cluster_files: Vec<&str> = CA_FILES.iter().chain(OTHER_FILES).copied().collect();
+    let present: Vec<&str> = cluster_files
+        .iter()
+        .copied()
+        .filter(|f| dir.join(f).exists())
+        .collect();
+    if present.len() == cluster_files.len() {
+        // An older secrets directory: add the node API's trust files, nothing else.
+        let written = init_trust(dir)?;
+        if written.is_empty() {
             return Err(PkiError::Exists {
                 dir: dir.display().to_string(),
-                file: f.to_string(),
+                file: cluster_files[0].to_string(),
             });
         }
+        let s = load(dir)?;
+        return Ok(Summary {
+            dir: dir.to_path_buf(),
+            discovery_hash: s.discovery_hash,
+            token_expires_unix: s.token.expires_unix,
+        });
+    }
+    if let Some(f) = present.first() {
+        return Err(PkiError::Exists {
+            dir: dir.display().to_string(),
+            file: f.to_string(),
+        });
     }
     ensure_dir(dir)?;
     ensure_dir(&dir.join("etcd"))?;
+    init_trust(dir)?;
     let cluster_ca = ca::new_ca("kubernetes")?;
     let front = ca::new_ca("front-proxy-ca")?;
     let etcd = ca::new_ca("etcd-ca")?;
@@ -191,6 +269,9 @@ pub fn load(dir: &Path) -> Result<Secrets, PkiError> {
         token: load_token(dir)?,
         discovery_hash: read(dir, "discovery-hash")?.trim().to_string(),
         publish_key: read(dir, "publish.key")?.trim().to_string(),
+        report_key: read(dir, super::report_auth::REPORT_KEY_FILE)?
+            .trim()
+            .to_string(),
     };
     let computed = ca::discovery_hash(&s.ca.cert_pem)?;
     if computed != s.discovery_hash {

@@ -86,7 +86,9 @@ pub struct NodeStatus {
     /// How many boots really joined: reached `joined` after `kubeadm-init` or `kubeadm-join` in the same boot. A
     /// reboot with the state disk kept reaches `joined` without either, so it does not count.
     pub joins: u32,
-    /// Enrollment state (`pending`, `enrolled`, `refused: spoofer`, …), when the server knows it.
+    /// The node's enrollment as the server sees it (filled in by the server from its enrollment state):
+    /// `pending` (approval mode, waiting for `imgbuild enroll approve <host>`), `approved`, `enrolled`, or
+    /// `spoofer-refused from <ip>` (a second claimant was refused); `None` before any contact.
     #[serde(default)]
     pub enrollment: Option<String>,
     /// Whether the node booted with UEFI Secure Boot on, when it reported it.

@@ -48,6 +48,10 @@ pub struct NodeView {
     pub boot: u32,
     /// How many boots joined the cluster (ran `kubeadm init` or `kubeadm join` and reached `joined`).
     pub joins: u32,
+    /// The node's enrollment: `pending`, `approved`, `enrolled`, `spoofer-refused from <ip>`; absent before
+    /// any contact (see [`NodeStatus::enrollment`]).
+    #[serde(default)]
+    pub enrollment: Option<String>,
     /// Start of the current boot (its first event), ms since the Unix epoch.
     pub started_ms: Option<u64>,
     /// Milliseconds from the first to the latest event of the current boot.
@@ -56,9 +60,6 @@ pub struct NodeView {
     pub stages: Vec<StageView>,
     /// Earlier boots, oldest first.
     pub previous: Vec<PreviousView>,
-    /// Enrollment state (`pending`, `enrolled`, `refused: spoofer`, …), when known.
-    #[serde(default)]
-    pub enrollment: Option<String>,
     /// Whether the node booted with UEFI Secure Boot on, when it reported it.
     #[serde(default)]
     pub secure_boot: Option<bool>,
@@ -108,6 +109,7 @@ impl From<&NodeStatus> for NodeView {
             standins: n.standins,
             boot: n.boot,
             joins: n.joins,
+            enrollment: n.enrollment.clone(),
             started_ms: n.started_ms,
             elapsed_ms: n.elapsed_ms(),
             stages: n
@@ -130,13 +132,23 @@ impl From<&NodeStatus> for NodeView {
                     started_ms: p.started_ms,
                 })
                 .collect(),
-            enrollment: n.enrollment.clone(),
             secure_boot: n.secure_boot,
         }
     }
 }
 
 impl NodeView {
+    /// The state text, followed by the enrollment when it needs a person: `[enrollment: pending]` (run
+    /// `imgbuild enroll approve <host>`) or `[enrollment: spoofer-refused from <ip>]`.
+    pub fn state_with_enrollment(&self) -> String {
+        match &self.enrollment {
+            Some(e) if e == "pending" || e.starts_with("spoofer") => {
+                format!("{} [enrollment: {e}]", self.state)
+            }
+            _ => self.state.clone(),
+        }
+    }
+
     /// When this boot reached `stage`, in ms since its first event.
     pub fn since_start(&self, stage: &str) -> Option<u64> {
         self.stages
@@ -210,7 +222,7 @@ pub fn table(report: &Report) -> String {
             n.role.clone().unwrap_or_else(|| "unknown".into()),
             n.ip.clone().unwrap_or_else(|| "-".into()),
             n.boot.to_string(),
-            n.state.clone(),
+            n.state_with_enrollment(),
             secs(n.elapsed_ms),
             image,
         ]);

@@ -7,7 +7,6 @@ use super::checker::{Checker, Seg, p};
 use crate::config::limits::HttpLimits;
 use crate::config::raw;
 
-
 /// An integer count in `min..=max`, or the default.
 fn count(c: &mut Checker, path: &[Seg], v: Option<i64>, min: i64, max: i64, default: u64) -> u64 {
     match v {
@@ -49,7 +48,6 @@ fn duration(
         }
     }
 }
-
 
 /// Checks `[limits.http]`; a problem is reported and the default kept in its place (the cluster is refused anyway).
 pub(super) fn check(c: &mut Checker, h: &raw::HttpLimitsRaw) -> HttpLimits {

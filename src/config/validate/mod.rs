@@ -67,5 +67,8 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
             http: http_limits,
             ..limits
         },
+        enrollment: super::model::Enrollment {
+            approve: f.enrollment.approve,
+        },
     })
 }

@@ -34,6 +34,15 @@ pub(super) fn check(c: &mut Checker, n: &raw::NetworkRaw, known: &mut Known) -> 
     };
     let http_port = c.port(&p!["network", "http_port"], n.http_port);
     let tftp_port = c.port(&p!["network", "tftp_port"], n.tftp_port);
+    let https_port = c.port(&p!["network", "https_port"], n.https_port);
+    if let (Some(a), Some(b)) = (http_port, https_port)
+        && a == b
+    {
+        c.error(
+            &p!["network", "https_port"],
+            format!("{b} is also network.http_port; the HTTPS node API needs a port of its own such as 8443"),
+        );
+    }
     let grub_http_port = c.port(&p!["network", "grub_http_port"], n.grub_http_port);
     if n.interface.is_empty() || n.interface.len() > 15 || n.interface.contains('/') {
         c.error(
@@ -74,6 +83,7 @@ pub(super) fn check(c: &mut Checker, n: &raw::NetworkRaw, known: &mut Known) -> 
         dhcp_mode: dhcp_mode?,
         lease_secs: lease_secs?,
         http_port: http_port?,
+        https_port: https_port?,
         tftp_port: tftp_port?,
         unknown_pool,
         ipxe_binaries: PathBuf::from(&n.ipxe_binaries),

@@ -20,4 +20,7 @@ pub struct AppState {
     pub boot_files: Arc<BootFiles>,
     /// Watches `state/pins.toml` so an `imgbuild pin` takes effect before the next boot decision.
     pub pins: Arc<PinWatch>,
+    /// Node reports by outcome (`imgbuild_event_reports_total{outcome}`: accepted-address, accepted-signed, or
+    /// why refused).
+    pub reports: super::reply::OutcomeCounter,
 }

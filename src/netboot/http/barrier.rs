@@ -1,5 +1,8 @@
 //! The init-done barrier: `GET /api/barrier/init-done` answers whether the first master has reported
-//! `init-done` (joiners wait for it); [`barrier_reached`] is the same question for the enrollment route.
+//! `init-done` (joiners wait for it); [`barrier_reached`] is the same question for the enrollment route. The
+//! barrier is durable server state (`state/barrier.json`, `pki::report_state`), written once when the first
+//! master's *signed* `init-done` report is accepted (`events.rs`, rules in `pki::report_auth`) — never derived
+//! from the event log, which anybody's refused report cannot touch either.
 //! `GET /api/barrier/join/{mac}` is a joining master's turn: every master before it in the inventory (after the
 //! first) has reported `joined`, so etcd members are added one at a time ([`join_turn`]).
 
@@ -17,15 +20,15 @@ use crate::netboot::state::Shared;
 use crate::pki::enroll::fmt_ms;
 use crate::status::Source;
 
-/// Whether the first master has reported `init-done` (a node event in the server's log): when, if it has.
+/// Whether the first master has reported `init-done` (signed; recorded in durable state): when, if it has.
+/// A barrier recorded for another MAC (the inventory's first master changed) does not count.
 pub fn barrier_reached(shared: &Shared, cluster: &Cluster) -> Option<u64> {
     let fm = cluster.first_master()?;
     shared
-        .events
-        .for_mac(fm.mac)
-        .into_iter()
-        .find(|e| e.stage == "init-done" && e.source == Source::Node)
-        .map(|e| e.at_ms)
+        .reports
+        .barrier()
+        .filter(|b| b.mac == fm.mac)
+        .map(|b| b.at_ms)
 }
 
 /// Whether `mac` may run its control-plane join now: `Ok(())`, or what it waits for (the first master's

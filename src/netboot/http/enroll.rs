@@ -1,11 +1,12 @@
 //! Enrollment: `GET /api/enroll/{mac}` hands an inventory node its bundle (secrets, token, discovery hash) once,
-//! if [`pki::enroll::decide`](crate::pki::enroll::decide) allows it; every answer and refusal is logged,
-//! counted (`imgbuild_enroll_requests_total{outcome}`) and recorded as an event. [`routes`] also mounts the
+//! if [`pki::enroll::decide`](crate::pki::enroll::decide) allows it, over HTTPS only (`tls.rs`; plain HTTP is
+//! refused). Every answer and refusal is counted (`imgbuild_enroll_requests_total{outcome}`); a served bundle is
+//! recorded as an event; a refusal for a MAC outside the inventory records nothing; a second claimant is
+//! remembered in the enrollment state (shown as "possible spoofer"), never as an event. [`routes`] also mounts the
 //! other first-boot routes: token publication ([`super::token`]) and the init-done barrier ([`super::barrier`]).
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::{Path as UrlPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -17,10 +18,11 @@ use super::barrier::{self, barrier_reached};
 use super::reply::{
     NO_PEER, OutcomeCounter, blocking, count, outcome_counter, peer_of, retry_after, text,
 };
+use super::tls::via_tls;
 use super::token;
 use crate::config::{MacAddr, Role};
 use crate::netboot::state::Shared;
-use crate::pki::enroll::{Enrolled, Refusal, Store, Window, bundle, decide};
+use crate::pki::enroll::{Contact, Enrolled, Refusal, Store, bundle, decide};
 use crate::pki::secrets;
 use crate::status::{Source, now_ms};
 
@@ -34,7 +36,7 @@ pub fn status_of(r: &Refusal) -> StatusCode {
             StatusCode::FORBIDDEN
         }
         Refusal::AlreadyEnrolled { .. } => StatusCode::CONFLICT,
-        Refusal::WaitBarrier { .. } | Refusal::TokenExpired { .. } => {
+        Refusal::WaitBarrier { .. } | Refusal::TokenExpired { .. } | Refusal::Pending => {
             StatusCode::SERVICE_UNAVAILABLE
         }
     }
@@ -43,8 +45,6 @@ pub fn status_of(r: &Refusal) -> StatusCode {
 #[derive(Clone)]
 struct Ctx {
     shared: Arc<Shared>,
-    started_ms: u64,
-    auto_done: Arc<AtomicBool>,
     requests: OutcomeCounter,
 }
 
@@ -58,8 +58,6 @@ pub fn routes(shared: Arc<Shared>) -> Router {
     );
     let ctx = Ctx {
         shared: shared.clone(),
-        started_ms: now_ms(),
-        auto_done: Arc::new(AtomicBool::new(false)),
         requests,
     };
     Router::new()
@@ -70,8 +68,21 @@ pub fn routes(shared: Arc<Shared>) -> Router {
 }
 
 async fn enroll(State(ctx): State<Ctx>, UrlPath(mac): UrlPath<String>, req: Request) -> Response {
+    if !via_tls(&req) {
+        count(&ctx.requests, "plain-http");
+        let c = ctx.shared.cluster();
+        return text(
+            StatusCode::FORBIDDEN,
+            format!(
+                "enrollment is served over HTTPS only (it carries secrets): {}/api/enroll/<mac>, verified with the \
+                 provisioning CA certificate in the image",
+                c.network.https_base()
+            ),
+        );
+    }
     let Ok(mac) = mac.parse::<MacAddr>() else {
-        tracing::warn!(mac = %mac, "enrollment request with a malformed MAC");
+        count(&ctx.requests, "bad-request");
+        tracing::debug!(mac = %mac, "enrollment request with a malformed MAC");
         return text(
             StatusCode::BAD_REQUEST,
             format!("{mac:?} is not a MAC address such as 52:54:00:12:34:56"),
@@ -81,6 +92,13 @@ async fn enroll(State(ctx): State<Ctx>, UrlPath(mac): UrlPath<String>, req: Requ
         tracing::error!("{NO_PEER}");
         return text(StatusCode::INTERNAL_SERVER_ERROR, NO_PEER);
     };
+    if ctx.shared.cluster().machine_by_mac(mac).is_none() {
+        // Before the store's lock and any file: a flood of random MACs costs this counter only.
+        let r = Refusal::UnknownMac;
+        count(&ctx.requests, r.outcome());
+        tracing::debug!(%mac, %peer, "{}", r.message(mac, peer));
+        return text(status_of(&r), r.message(mac, peer));
+    }
     blocking("enrollment", move || enroll_blocking(&ctx, mac, peer)).await
 }
 
@@ -108,15 +126,10 @@ fn enroll_blocking(ctx: &Ctx, mac: MacAddr, peer: IpAddr) -> Response {
     };
     let token_expires = secrets::load_token(&cluster.paths.secrets).map(|t| t.expires_unix);
     let now = now_ms();
-    let window = Window {
-        started_ms: ctx.started_ms,
-        auto_done: ctx.auto_done.load(Ordering::SeqCst),
-    };
     let barrier = barrier_reached(shared, &cluster).is_some();
     let decision = decide(
         &cluster,
         &locked.state,
-        window,
         mac,
         peer,
         barrier,
@@ -138,7 +151,46 @@ fn enroll_blocking(ctx: &Ctx, mac: MacAddr, peer: IpAddr) -> Response {
                     tracing::warn!(%mac, %peer, "{msg}");
                     retry_after(resp, 60)
                 }
-                _ => {
+                Refusal::Pending => {
+                    // Shown on the page and in `imgbuild status` until `imgbuild enroll approve <host>`.
+                    if let std::collections::btree_map::Entry::Vacant(v) =
+                        locked.state.pending.entry(mac)
+                    {
+                        if let Some(n) = shared.events.warn_limit().allow("enroll-pending") {
+                            tracing::warn!(%mac, %peer, suppressed = n, "{msg}");
+                        }
+                        v.insert(Contact {
+                            ip: peer,
+                            at_ms: now,
+                        });
+                        if let Err(e) = locked.save() {
+                            return internal(e.to_string());
+                        }
+                    }
+                    retry_after(resp, RETRY_BARRIER_SECS)
+                }
+                // Nothing recorded for a MAC outside the inventory: counted only.
+                Refusal::UnknownMac => {
+                    shared
+                        .events
+                        .refused_outside_inventory(mac, "an enrollment request");
+                    tracing::debug!(%mac, %peer, "{msg}");
+                    resp
+                }
+                // A second claimant: remembered (bounded: one entry per inventory node, written at most once a
+                // minute per address) and shown as a possible spoofer, never as an event of the node.
+                Refusal::WrongAddress { .. } | Refusal::AlreadyEnrolled { .. } => {
+                    if let Some(n) = shared.events.warn_limit().allow("enroll-refused") {
+                        tracing::warn!(%mac, %peer, suppressed = n, "{msg}");
+                    }
+                    if locked.state.note_refused(mac, peer, now)
+                        && let Err(e) = locked.save()
+                    {
+                        tracing::error!(%mac, "cannot remember the refused claimant: {e}");
+                    }
+                    resp
+                }
+                Refusal::Closed => {
                     if let Some(n) = shared.events.warn_limit().allow("enroll-refused") {
                         tracing::warn!(%mac, %peer, suppressed = n, "{msg}");
                     }
@@ -152,7 +204,9 @@ fn enroll_blocking(ctx: &Ctx, mac: MacAddr, peer: IpAddr) -> Response {
         Ok(s) => s,
         Err(e) => return internal(e.to_string()),
     };
-    let b = bundle(&cluster, &secrets, m);
+    let b = bundle(&cluster, &secrets, m, now);
+    locked.state.pending.remove(&mac);
+    locked.state.approved.remove(&mac);
     locked.state.enrolled.insert(
         mac,
         Enrolled {
@@ -161,15 +215,17 @@ fn enroll_blocking(ctx: &Ctx, mac: MacAddr, peer: IpAddr) -> Response {
             at_ms: now,
         },
     );
+    if locked.state.all_enrolled(&cluster) && !locked.state.auto_closed {
+        // Durable: a restart does not re-open it (`imgbuild enroll open` does).
+        locked.state.auto_closed = true;
+        tracing::info!(
+            "every inventory node has enrolled; the start-up enrollment window is closed for good"
+        );
+    }
     // Recorded before the bundle leaves: a crash after this line means the node must be re-armed, never that
     // a bundle was handed out twice.
     if let Err(e) = locked.save() {
         return internal(e.to_string());
-    }
-    if locked.state.all_enrolled(&cluster) && !ctx.auto_done.swap(true, Ordering::SeqCst) {
-        tracing::info!(
-            "every inventory node has enrolled; the start-up enrollment window is closed"
-        );
     }
     drop(locked);
     let what = if b.init {

@@ -7,6 +7,8 @@
 //! - [`enroll`]: `GET /api/enroll/{mac}` (the rules are `pki::enroll`); [`token`]: `POST /api/token`;
 //!   [`barrier`]: `GET /api/barrier/init-done` — [`reply`] holds what these three share
 //! - [`status_page`]: `GET /` and `GET /api/status`
+//! - [`tls`]: the same application over HTTPS on `network.https_port` (the node API; enrollment and token
+//!   publication refuse plain HTTP)
 //! - `GET /boot/{name}`, `GET /healthz`, `GET /metrics` (this file)
 //! - [`listener`]: the connection caps and timeouts of `[limits.http]`, under which [`run`] serves
 //!
@@ -25,6 +27,7 @@ pub mod range;
 pub mod reply;
 pub mod script;
 pub mod status_page;
+pub mod tls;
 pub mod token;
 
 use std::net::SocketAddr;
@@ -69,6 +72,11 @@ pub fn app(shared: Arc<Shared>) -> Router {
         metrics: shared.register_metrics(HttpMetrics::register),
         pins: Arc::new(PinWatch::new(&shared)),
         boot_files: Arc::new(BootFiles::new()),
+        reports: reply::outcome_counter(
+            &shared,
+            "event_reports",
+            "Node reports (POST /api/events) by outcome: accepted, or why refused (nothing recorded)",
+        ),
         shared: shared.clone(),
     };
     Router::new()
@@ -199,6 +207,25 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
             limiter.clone(),
             Some(listener::REFUSAL_503),
             move |io, peer| listener::serve_http(io, peer, app.clone(), limiter.clone()),
+        ));
+    }
+    // The node API over HTTPS (tls.rs): enrollment, token, barrier and node events after the boot loader, behind
+    // the same connection caps and timeouts.
+    if let Some(id) = tls::server_identity(&cluster.paths.secrets, net.server) {
+        let acceptor = tls::acceptor(&id)?;
+        let addr = SocketAddr::new(net.server.into(), net.https_port);
+        let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("HTTPS: cannot bind {addr} (network.server and network.https_port); is another server using the port?")
+        })?;
+        tracing::info!(%addr, "HTTPS node API listening (provisioning CA certificate)");
+        let (app, limiter) = (app.clone(), limiter.clone());
+        servers.spawn(listener::accept_loop(
+            tcp,
+            limiter.clone(),
+            None,
+            move |io, peer| {
+                tls::serve_tls_connection(acceptor.clone(), io, peer, app.clone(), limiter.clone())
+            },
         ));
     }
     shared.ready.bound("http");

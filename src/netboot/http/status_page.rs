@@ -58,9 +58,29 @@ fn asset(ty: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-/// The current report of a running server.
+/// The current report of a running server, with each node's enrollment (pending, spoofer refused, ...) from
+/// the enrollment state.
 pub fn current(shared: &Shared) -> Report {
-    report::build(&shared.cluster(), &shared.events.snapshot())
+    with_enrollment(
+        shared,
+        report::build(&shared.cluster(), &shared.events.snapshot()),
+    )
+}
+
+/// `r` with each node's enrollment label read from the enrollment state (left empty, with a warning, when the
+/// state cannot be read).
+fn with_enrollment(shared: &Shared, mut r: Report) -> Report {
+    match crate::pki::enroll::Store::for_cluster(&shared.cluster()).read() {
+        Ok(st) => {
+            for n in &mut r.nodes {
+                if let Ok(mac) = n.mac.parse() {
+                    n.enrollment = st.label(mac);
+                }
+            }
+        }
+        Err(e) => tracing::warn!("status without enrollment: {e}"),
+    }
+    r
 }
 
 async fn api(State(shared): State<Arc<Shared>>) -> Response {
@@ -107,7 +127,7 @@ pub fn board_of(shared: &Shared, events: &[Event]) -> Board {
         );
     }
     Board {
-        report: report::build(&shared.cluster(), events),
+        report: with_enrollment(shared, report::build(&shared.cluster(), events)),
         lan: shared.dhcp_probe.snapshot(),
         last,
     }

@@ -1,4 +1,4 @@
-//! Token publication: `POST /api/token`, where the first master publishes the bootstrap token it renewed
+//! Token publication: `POST /api/token` (HTTPS only), where the first master publishes the bootstrap token it renewed
 //! (form `mac`, `token`, `expires`, `ts`, `sig`; see `pki::enroll` for the signature). Accepted only from the
 //! first master's MAC and address, signed with the publish key, timely, well formed, not expired and not
 //! replayed (the rules: `pki::enroll::{publisher, check_publication, check_newer}`); counted in
@@ -22,7 +22,6 @@ use crate::pki::enroll::{
 };
 use crate::pki::secrets;
 use crate::pki::token::{self, BootstrapToken};
-use crate::status::Source;
 
 /// The HTTP status of a refused publication.
 pub fn status_of(r: &PublishRefusal) -> StatusCode {
@@ -73,6 +72,16 @@ pub struct PublishForm {
 }
 
 async fn publish(State(ctx): State<Ctx>, req: Request) -> Response {
+    if !super::tls::via_tls(&req) {
+        count(&ctx.publications, "plain-http");
+        return text(
+            StatusCode::FORBIDDEN,
+            format!(
+                "token publication is accepted over HTTPS only (it carries the bootstrap token): {}/api/token",
+                ctx.shared.cluster().network.https_base()
+            ),
+        );
+    }
     let Some(peer) = peer_of(&req) else {
         return text(StatusCode::INTERNAL_SERVER_ERROR, NO_PEER);
     };
@@ -94,15 +103,12 @@ async fn publish(State(ctx): State<Ctx>, req: Request) -> Response {
 fn publish_blocking(ctx: &Ctx, peer: IpAddr, f: PublishForm) -> Response {
     let shared = &ctx.shared;
     let cluster = shared.cluster();
-    let refuse = |status: StatusCode, mac: Option<MacAddr>, why: String| {
+    // A refusal is counted and logged, never recorded as an event of the node: whoever sends a bad
+    // publication must not be able to mark the first master failed.
+    let refuse = |status: StatusCode, _mac: Option<MacAddr>, why: String| {
         count(&ctx.publications, "refused");
         let msg = format!("token publication from {peer} refused: {why}");
         tracing::warn!("{msg}");
-        if let Some(mac) = mac {
-            shared
-                .events
-                .record(mac, "failed", msg.clone(), Source::Server);
-        }
         text(status, msg)
     };
     let Ok(mac) = f.mac.parse::<MacAddr>() else {

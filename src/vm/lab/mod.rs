@@ -59,7 +59,14 @@ impl Lab {
         reset_dir(&opts.dir)?;
         let config = config::write_config(&opts, &user)?;
         let cluster = crate::config::load(&config)?;
-        images::imgbuild(&opts.exe, &config, &["secrets", "init"])?;
+        {
+            // Concurrent labs share the kept CA: one at a time.
+            std::fs::create_dir_all(&cluster.paths.cache)?;
+            let _ca_lock = lock::FileLock::acquire(&cluster.paths.cache.join("lab-ca.lock"))?;
+            keep_provisioning_ca(&cluster, false)?;
+            images::imgbuild(&opts.exe, &config, &["secrets", "init"])?;
+            keep_provisioning_ca(&cluster, true)?;
+        }
 
         // Images: one per role and architecture in use, built under a lock (concurrent labs share the cache),
         // then pinned.
@@ -124,6 +131,38 @@ fn select_machines(opts: &Options, user: &Cluster) -> anyhow::Result<Vec<Machine
             v
         }
     })
+}
+
+/// The lab's provisioning CA lives on across runs in the shared cache (`cache/lab-provisioning-ca/`): images
+/// carry its certificate, so a new CA per run would rebuild every role layer. `save = false` copies a kept CA
+/// into the fresh secrets directory (which `secrets init` then keeps); `save = true` keeps the one just made.
+/// A lab's CA is a test CA: a real site keeps its provisioning CA in `secrets/` only.
+fn keep_provisioning_ca(cluster: &Cluster, save: bool) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let kept = cluster.paths.cache.join("lab-provisioning-ca");
+    let names = [
+        crate::pki::provisioning::PROVISIONING_CA_CERT,
+        crate::pki::provisioning::PROVISIONING_CA_KEY,
+    ];
+    let (from, to) = if save {
+        (&cluster.paths.secrets, &kept)
+    } else {
+        (&kept, &cluster.paths.secrets)
+    };
+    if !names.iter().all(|n| from.join(n).exists()) || names.iter().any(|n| to.join(n).exists()) {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(to)
+        .with_context(|| format!("creating {}", to.display()))?;
+    for n in names {
+        let dst = to.join(n);
+        std::fs::copy(from.join(n), &dst).with_context(|| format!("copying {}", dst.display()))?;
+        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
 }
 
 /// A fresh lab: earlier state, secrets and disks go; `vms/` and `state/` are created empty.

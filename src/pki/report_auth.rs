@@ -1,0 +1,414 @@
+//! Who may report what about a node: the rules for `POST /api/events` (and, through [`check_report`], the
+//! barrier), as pure functions; the routes in `netboot::http::{events, barrier}` only do I/O.
+//!
+//! - A report names an inventory MAC, or it is refused ([`ReportRefusal::UnknownMac`]).
+//! - **Signed** reports carry `ts`, `ctr` and `sig` = hex HMAC-SHA256 over [`report_message`], keyed with the
+//!   node's report key ([`node_key`]: derived from `secrets/report.key`, the MAC and the time the node
+//!   enrolled, delivered in its enrollment bundle, so a re-armed node gets a new key). Accepted when the node
+//!   is enrolled, the signature verifies, `ts` is within [`REPORT_SKEW_SECS`] of the server's clock and `ctr`
+//!   is greater than the last accepted counter of that enrollment (no replay).
+//! - **Unsigned** reports are accepted only from the address the server knows for the MAC (its inventory
+//!   address) and, once the node has enrolled, only for the stages a node reports before its root filesystem
+//!   holds the key ([`UNSIGNED_AFTER_ENROLLMENT`]: the initrd's).
+//! - `init-done` (which opens the join barrier) is accepted only signed with the first master's key.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+use crate::config::{Cluster, MacAddr};
+
+/// How far a signed report's timestamp may be from the server's clock.
+pub const REPORT_SKEW_SECS: u64 = 300;
+
+/// The server-side master key of report keys in the secrets directory (hex text, 0600).
+pub const REPORT_KEY_FILE: &str = "report.key";
+
+/// The stage that opens the join barrier: only the first master, signed.
+pub const INIT_DONE: &str = "init-done";
+
+/// Stages an enrolled node may still report unsigned (from its inventory address): the initrd's, which runs
+/// before the root filesystem and its key are there. `failed` is among them so an initrd failure (a bad root
+/// filesystem digest, no state disk) still reaches the page.
+pub const UNSIGNED_AFTER_ENROLLMENT: &[&str] =
+    &["initrd", "rootfs-verified", "state-disk", "failed"];
+
+/// A node's report key: hex HMAC-SHA256 keyed with the master key's text over the MAC and the time the node
+/// enrolled. Nodes use its hex text as their HMAC key.
+pub fn node_key(master_key: &str, mac: MacAddr, enrolled_at_ms: u64) -> String {
+    hmac_hex(
+        master_key,
+        &format!("imgbuild-node-key-v1\n{mac}\n{enrolled_at_ms}\n"),
+    )
+}
+
+/// The text a report signs: a version line, the MAC, the stage, the timestamp, the counter, then the detail.
+pub fn report_message(mac: MacAddr, stage: &str, ts: u64, ctr: u64, detail: &str) -> String {
+    format!("imgbuild-report-v1\n{mac}\n{stage}\n{ts}\n{ctr}\n{detail}")
+}
+
+/// Hex HMAC-SHA256 of `msg` keyed with the bytes of `key` (the key's text, as the node scripts use it).
+pub fn hmac_hex(key: &str, msg: &str) -> String {
+    let mut m = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes any key");
+    m.update(msg.as_bytes());
+    hex::encode(m.finalize().into_bytes())
+}
+
+fn verify(key: &str, msg: &str, sig_hex: &str) -> bool {
+    let Ok(sig) = hex::decode(sig_hex.trim()) else {
+        return false;
+    };
+    let mut m = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes any key");
+    m.update(msg.as_bytes());
+    m.verify_slice(&sig).is_ok()
+}
+
+/// The signature fields of a signed report.
+#[derive(Debug, Clone, Copy)]
+pub struct Signature<'a> {
+    /// When the node signed it, in seconds since the Unix epoch.
+    pub ts: u64,
+    /// The node's report counter: greater than every earlier accepted one of this enrollment.
+    pub ctr: u64,
+    /// Hex HMAC-SHA256 over [`report_message`] keyed with the node's report key.
+    pub sig: &'a str,
+}
+
+/// One report as it arrived.
+#[derive(Debug, Clone, Copy)]
+pub struct Report<'a> {
+    /// The MAC the report is about.
+    pub mac: MacAddr,
+    /// The stage reported.
+    pub stage: &'a str,
+    /// The free-text detail (signed as sent).
+    pub detail: &'a str,
+    /// The TCP peer address it came from.
+    pub peer: IpAddr,
+    /// The signature, when the report is signed.
+    pub signature: Option<Signature<'a>>,
+}
+
+/// What the server knows about the node, read before the rules run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NodeFacts {
+    /// When the node enrolled (ms since the epoch), if it has: its report key derives from it.
+    pub enrolled_at_ms: Option<u64>,
+    /// The last accepted counter of this enrollment.
+    pub last_ctr: Option<u64>,
+    /// An address the DHCP side currently leases to the MAC, besides its inventory address.
+    pub lease: Option<IpAddr>,
+}
+
+/// How a report was accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// Unsigned, from the node's known address.
+    Address,
+    /// Signed with the node's key; `ctr` is the new last counter to store.
+    Signed {
+        /// The counter to remember for replay protection.
+        ctr: u64,
+    },
+}
+
+/// Why a report is refused. Nothing of a refused report is recorded; it is counted by [`ReportRefusal::outcome`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReportRefusal {
+    /// The MAC is not in the inventory.
+    UnknownMac,
+    /// Unsigned, and not from the address the server knows for the MAC.
+    WrongAddress {
+        /// The inventory address of the MAC.
+        expected: Ipv4Addr,
+    },
+    /// Unsigned, but the node has enrolled and this stage must be signed with its key.
+    Unsigned,
+    /// Signed, but the node has not enrolled (it has no key yet).
+    NotEnrolled,
+    /// The signature does not verify.
+    BadSignature,
+    /// The timestamp is more than [`REPORT_SKEW_SECS`] from the server's clock.
+    Skew {
+        /// The report's timestamp.
+        ts: u64,
+        /// The server's clock.
+        now: u64,
+    },
+    /// The counter is not greater than the last accepted one: a replay.
+    Replay {
+        /// The refused counter.
+        ctr: u64,
+        /// The last accepted counter.
+        last: u64,
+    },
+    /// `init-done` for another node than the first master, or unsigned.
+    NotFirstMaster,
+}
+
+impl ReportRefusal {
+    /// The metric label (`imgbuild_event_reports_total{outcome}`).
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            ReportRefusal::UnknownMac => "unknown-mac",
+            ReportRefusal::WrongAddress { .. } => "wrong-address",
+            ReportRefusal::Unsigned => "unsigned",
+            ReportRefusal::NotEnrolled => "not-enrolled",
+            ReportRefusal::BadSignature => "bad-signature",
+            ReportRefusal::Skew { .. } => "skew",
+            ReportRefusal::Replay { .. } => "replay",
+            ReportRefusal::NotFirstMaster => "not-first-master",
+        }
+    }
+
+    /// Said to the client (and logged, rate-limited by the caller).
+    pub fn message(&self, mac: MacAddr, peer: IpAddr) -> String {
+        match self {
+            ReportRefusal::UnknownMac => {
+                format!("report refused: {mac} is not in the inventory (cluster.toml [[machines]])")
+            }
+            ReportRefusal::WrongAddress { expected } => format!(
+                "report refused: {mac} reported from {peer}, but its address is {expected}; unsigned reports are \
+                 accepted only from the node's own address"
+            ),
+            ReportRefusal::Unsigned => format!(
+                "report refused: {mac} has enrolled, so this stage must be signed with its report key (ts, ctr, sig)"
+            ),
+            ReportRefusal::NotEnrolled => format!(
+                "report refused: {mac} signed a report but has not enrolled; re-arm it with `imgbuild enroll reset <host>`"
+            ),
+            ReportRefusal::BadSignature => {
+                format!("report refused: bad signature for {mac} — possible spoofer")
+            }
+            ReportRefusal::Skew { ts, now } => format!(
+                "report refused: timestamp {ts} is more than {REPORT_SKEW_SECS}s from the server's clock {now}; check \
+                 the node's time"
+            ),
+            ReportRefusal::Replay { ctr, last } => format!(
+                "report refused: counter {ctr} is not greater than the last accepted one ({last}) — a replay"
+            ),
+            ReportRefusal::NotFirstMaster => format!(
+                "report refused: {INIT_DONE} is accepted only from the first master, signed with its report key"
+            ),
+        }
+    }
+}
+
+/// The rules, in order (see the module documentation). `master_key` is the text of `secrets/report.key`.
+pub fn check_report(
+    cluster: &Cluster,
+    r: &Report<'_>,
+    facts: &NodeFacts,
+    master_key: &str,
+    now_unix: u64,
+) -> Result<Accepted, ReportRefusal> {
+    let m = cluster
+        .machine_by_mac(r.mac)
+        .ok_or(ReportRefusal::UnknownMac)?;
+    let first_master = cluster.first_master().map(|f| f.mac) == Some(r.mac);
+    if r.stage == INIT_DONE && (!first_master || r.signature.is_none()) {
+        return Err(ReportRefusal::NotFirstMaster);
+    }
+    match r.signature {
+        Some(s) => {
+            let at = facts.enrolled_at_ms.ok_or(ReportRefusal::NotEnrolled)?;
+            let key = node_key(master_key, r.mac, at);
+            let msg = report_message(r.mac, r.stage, s.ts, s.ctr, r.detail);
+            if !verify(&key, &msg, s.sig) {
+                return Err(ReportRefusal::BadSignature);
+            }
+            if s.ts.abs_diff(now_unix) > REPORT_SKEW_SECS {
+                return Err(ReportRefusal::Skew {
+                    ts: s.ts,
+                    now: now_unix,
+                });
+            }
+            if let Some(last) = facts.last_ctr
+                && s.ctr <= last
+            {
+                return Err(ReportRefusal::Replay { ctr: s.ctr, last });
+            }
+            Ok(Accepted::Signed { ctr: s.ctr })
+        }
+        None => {
+            let known = r.peer == IpAddr::V4(m.ip) || facts.lease == Some(r.peer);
+            if !known {
+                return Err(ReportRefusal::WrongAddress { expected: m.ip });
+            }
+            if facts.enrolled_at_ms.is_some() && !UNSIGNED_AFTER_ENROLLMENT.contains(&r.stage) {
+                return Err(ReportRefusal::Unsigned);
+            }
+            Ok(Accepted::Address)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::example as cluster;
+
+    const NOW: u64 = 1_800_000_000;
+    const MASTER: &str = "k3y";
+
+    fn mac(s: &str) -> MacAddr {
+        s.parse().unwrap()
+    }
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn signed<'a>(
+        m: MacAddr,
+        stage: &'a str,
+        peer: &str,
+        at: u64,
+        ts: u64,
+        ctr: u64,
+        sig: &'a mut String,
+    ) -> Report<'a> {
+        *sig = hmac_hex(
+            &node_key(MASTER, m, at),
+            &report_message(m, stage, ts, ctr, "d"),
+        );
+        Report {
+            mac: m,
+            stage,
+            detail: "d",
+            peer: ip(peer),
+            signature: Some(Signature { ts, ctr, sig }),
+        }
+    }
+
+    #[test]
+    fn unsigned_reports_only_from_the_known_address() {
+        let c = cluster();
+        let w1 = mac("52:54:00:77:00:21");
+        let fresh = NodeFacts::default();
+        let r = |m, stage, peer: &str| Report {
+            mac: m,
+            stage,
+            detail: "",
+            peer: ip(peer),
+            signature: None,
+        };
+        assert_eq!(
+            check_report(
+                &c,
+                &r(mac("02:00:00:00:00:01"), "systemd", "10.77.0.21"),
+                &fresh,
+                MASTER,
+                NOW
+            ),
+            Err(ReportRefusal::UnknownMac)
+        );
+        assert_eq!(
+            check_report(&c, &r(w1, "failed", "10.77.0.99"), &fresh, MASTER, NOW),
+            Err(ReportRefusal::WrongAddress {
+                expected: "10.77.0.21".parse().unwrap()
+            })
+        );
+        assert_eq!(
+            check_report(&c, &r(w1, "systemd", "10.77.0.21"), &fresh, MASTER, NOW),
+            Ok(Accepted::Address)
+        );
+        let leased = NodeFacts {
+            lease: Some(ip("10.77.0.150")),
+            ..fresh
+        };
+        assert_eq!(
+            check_report(&c, &r(w1, "systemd", "10.77.0.150"), &leased, MASTER, NOW),
+            Ok(Accepted::Address)
+        );
+        // Enrolled: the initrd's stages still unsigned, the rest must be signed.
+        let enrolled = NodeFacts {
+            enrolled_at_ms: Some(5),
+            ..fresh
+        };
+        assert_eq!(
+            check_report(
+                &c,
+                &r(w1, "rootfs-verified", "10.77.0.21"),
+                &enrolled,
+                MASTER,
+                NOW
+            ),
+            Ok(Accepted::Address)
+        );
+        assert_eq!(
+            check_report(&c, &r(w1, "joined", "10.77.0.21"), &enrolled, MASTER, NOW),
+            Err(ReportRefusal::Unsigned)
+        );
+        // init-done: never unsigned, even from the first master's own address.
+        let m1 = mac("52:54:00:77:00:11");
+        assert_eq!(
+            check_report(&c, &r(m1, INIT_DONE, "10.77.0.11"), &fresh, MASTER, NOW),
+            Err(ReportRefusal::NotFirstMaster)
+        );
+    }
+
+    #[test]
+    fn signed_reports_verify_and_never_replay() {
+        let c = cluster();
+        let m1 = mac("52:54:00:77:00:11");
+        let w1 = mac("52:54:00:77:00:21");
+        let facts = NodeFacts {
+            enrolled_at_ms: Some(42),
+            last_ctr: Some(7),
+            lease: None,
+        };
+        let mut s = String::new();
+        // From any address: the key is the proof.
+        let ok = signed(m1, INIT_DONE, "10.77.0.99", 42, NOW, 8, &mut s);
+        assert_eq!(
+            check_report(&c, &ok, &facts, MASTER, NOW),
+            Ok(Accepted::Signed { ctr: 8 })
+        );
+        let replay = signed(m1, INIT_DONE, "10.77.0.11", 42, NOW, 7, &mut s);
+        assert_eq!(
+            check_report(&c, &replay, &facts, MASTER, NOW),
+            Err(ReportRefusal::Replay { ctr: 7, last: 7 })
+        );
+        let skewed = signed(m1, "cni", "10.77.0.11", 42, NOW - 301, 9, &mut s);
+        assert!(matches!(
+            check_report(&c, &skewed, &facts, MASTER, NOW),
+            Err(ReportRefusal::Skew { .. })
+        ));
+        // A key of an earlier enrollment (re-armed node) no longer verifies.
+        let old = signed(m1, "cni", "10.77.0.11", 41, NOW, 9, &mut s);
+        assert_eq!(
+            check_report(&c, &old, &facts, MASTER, NOW),
+            Err(ReportRefusal::BadSignature)
+        );
+        // A forged signature (tampered detail).
+        let mut forged = signed(m1, "cni", "10.77.0.11", 42, NOW, 9, &mut s);
+        forged.detail = "other";
+        assert_eq!(
+            check_report(&c, &forged, &facts, MASTER, NOW),
+            Err(ReportRefusal::BadSignature)
+        );
+        // A worker's valid key does not open the barrier.
+        let w = signed(w1, INIT_DONE, "10.77.0.21", 42, NOW, 9, &mut s);
+        assert_eq!(
+            check_report(&c, &w, &facts, MASTER, NOW),
+            Err(ReportRefusal::NotFirstMaster)
+        );
+        let not_enrolled = signed(w1, "cni", "10.77.0.21", 42, NOW, 9, &mut s);
+        assert_eq!(
+            check_report(&c, &not_enrolled, &NodeFacts::default(), MASTER, NOW),
+            Err(ReportRefusal::NotEnrolled)
+        );
+    }
+
+    /// The node scripts' pure-bash HMAC (`ib_hmac` in profiles/base/imgbuild-lib.sh.j2) gives the same
+    /// signature; checked in tests/firstboot.rs against this function's known answer.
+    #[test]
+    fn hmac_known_answer() {
+        // RFC 4231 test case 2 ("Jefe").
+        assert_eq!(
+            hmac_hex("Jefe", "what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}
