@@ -251,6 +251,81 @@ fn root_lab_uefi_http_boot_proxy_dhcp_beside_dnsmasq_boots_master_and_worker() {
     master_and_worker_boot(Firmware::Http, DhcpMode::Proxy);
 }
 
+/// UEFI Secure Boot enforced with the cluster's own keys enrolled (OVMF's Secure Boot build, SMM): master-1 and
+/// worker-1 get their role's signed UKI straight from the firmware by UEFI HTTP Boot (no iPXE, no script), the
+/// initrd learns the machine's facts from DHCP and the server, and both go the whole way; the worker's row and
+/// /metrics say Secure Boot was on.
+#[test]
+fn root_lab_secure_boot_http_boot_signed_ukis_master_and_worker_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = ["master-1", "worker-1"];
+    let mut o = options(dir.path(), &hosts, Firmware::Http, DhcpMode::Full);
+    o.secure_boot = true;
+    let mut lab = Lab::prepare(o).unwrap();
+    for h in hosts {
+        lab.start_vm(h).unwrap();
+    }
+    let limit = lab.opts.timeout;
+    let report = lab
+        .wait(&["worker-1".to_string()], 1, limit, |n| n.done)
+        .unwrap_or_else(|f| panic!("{f}"));
+    println!("{}", imgbuild::vm::lab::summary(&report, lab.standins));
+    let evs = events(&lab);
+    for h in hosts {
+        let m = lab.cluster.machine_by_hostname(h).unwrap().clone();
+        assert!(m.secure_boot, "{h}");
+        let seen = first_seen(&evs, m.mac);
+        assert!(
+            !seen.iter().any(|s| s == "ipxe-script"),
+            "{h} ran iPXE under Secure Boot: {seen:?}"
+        );
+        let loaders: Vec<&str> = evs
+            .iter()
+            .filter(|e| e.mac == m.mac && e.stage == "bootfile")
+            .map(|e| e.detail.as_str())
+            .collect();
+        assert!(
+            !loaders.is_empty()
+                && loaders
+                    .iter()
+                    .all(|d| d.starts_with("uki.efi of image") && d.ends_with("via HTTP")),
+            "{h} did not boot its UKI by HTTP: {loaders:?}"
+        );
+        assert_eq!(
+            node(&report, h).secure_boot,
+            Some(true),
+            "{h}: Secure Boot not reported on"
+        );
+    }
+    let w = lab.cluster.machine_by_hostname("worker-1").unwrap().clone();
+    let mut must = boot_path();
+    // The firmware fetched kernel and initrd inside the UKI: the server sees no `kernel` fetch; the node's own
+    // initrd reports `initrd`.
+    must.retain(|s| *s != "ipxe-script" && *s != "kernel");
+    must.push("bootfile");
+    must.push("kubeadm-join");
+    assert_stages_in_order(&evs, w.mac, "worker-1", &must);
+    assert_eq!(node(&report, "worker-1").secure_boot, Some(true));
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            lab.netns(),
+            "curl",
+            "-fsS",
+            "--max-time",
+            "20",
+        ])
+        .arg(format!("{}/metrics", lab.server_url))
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        metrics.contains(&format!("imgbuild_node_secure_boot{{mac=\"{}\"}} 1", w.mac)),
+        "{metrics}"
+    );
+}
+
 /// The example cluster plus one arm64 worker (`arm-worker-1`), written into `dir` with absolute paths.
 fn config_with_arm64_worker(dir: &Path) -> PathBuf {
     let mut text = common::with_arm64_machine(&common::example_text());

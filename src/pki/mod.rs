@@ -14,6 +14,7 @@ pub mod enroll;
 pub mod kubeconfig;
 pub mod publish;
 pub mod secrets;
+pub mod secureboot;
 pub mod token;
 
 /// A secrets or enrollment operation failed.

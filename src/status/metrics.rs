@@ -3,6 +3,7 @@
 //! `imgbuild_boot_stage_duration_seconds{stage="kernel"}` observes, for every boot of every node, the time from
 //! the previous reached stage to this one; `imgbuild_boot_to_stage_seconds{stage=...}` the time from the boot's
 //! first event. Both come from the persisted log, so a restarted server exports the same numbers.
+//! `imgbuild_node_secure_boot{mac=...}` is 1 when a node reported Secure Boot enforced in its current boot.
 
 use std::sync::{Arc, Weak};
 
@@ -10,6 +11,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -27,11 +29,17 @@ fn family() -> Family<StageLabel, Histogram, fn() -> Histogram> {
     Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.05, 2.0, 14)))
 }
 
-/// Fills the two histogram families from a list of events.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabel {
+    mac: String,
+}
+
+/// Fills the two histogram families from a list of events, and `secure_boot` with each node's last report.
 fn observe(
     events: &[Event],
     step: &Family<StageLabel, Histogram, fn() -> Histogram>,
     total: &Family<StageLabel, Histogram, fn() -> Histogram>,
+    secure_boot: &Family<NodeLabel, Gauge>,
 ) {
     let mut nodes: std::collections::HashMap<MacAddr, NodeStatus> = Default::default();
     for ev in events {
@@ -48,6 +56,15 @@ fn observe(
             total
                 .get_or_create(&label)
                 .observe(st.at_ms.saturating_sub(start) as f64 / 1000.0);
+        }
+    }
+    for (mac, n) in &nodes {
+        if let Some(sb) = n.secure_boot {
+            secure_boot
+                .get_or_create(&NodeLabel {
+                    mac: mac.to_string(),
+                })
+                .set(i64::from(sb));
         }
     }
 }
@@ -71,7 +88,8 @@ impl<T: Send + Sync + 'static> Collector for StageDurations<T> {
         };
         let events = (self.events)(&src).snapshot();
         let (step, total) = (family(), family());
-        observe(&events, &step, &total);
+        let secure_boot = Family::<NodeLabel, Gauge>::default();
+        observe(&events, &step, &total, &secure_boot);
         step.encode(encoder.encode_descriptor(
             "boot_stage_duration_seconds",
             "Time from the previous boot stage to this one, per stage, over every boot of every node",
@@ -83,6 +101,12 @@ impl<T: Send + Sync + 'static> Collector for StageDurations<T> {
             "Time from a boot's first event (DHCP) to this stage, per stage",
             None,
             MetricType::Histogram,
+        )?)?;
+        secure_boot.encode(encoder.encode_descriptor(
+            "node_secure_boot",
+            "1 when the node's firmware enforced UEFI Secure Boot in its current boot, 0 when not (per MAC, once reported)",
+            None,
+            MetricType::Gauge,
         )?)?;
         Ok(())
     }

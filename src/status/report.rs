@@ -56,6 +56,9 @@ pub struct NodeView {
     pub stages: Vec<StageView>,
     /// Earlier boots, oldest first.
     pub previous: Vec<PreviousView>,
+    /// Whether the firmware enforced Secure Boot in the current boot, as the node reported; `None` until then.
+    #[serde(default)]
+    pub secure_boot: Option<bool>,
 }
 
 /// A reached stage.
@@ -102,6 +105,7 @@ impl From<&NodeStatus> for NodeView {
             standins: n.standins,
             boot: n.boot,
             joins: n.joins,
+            secure_boot: n.secure_boot,
             started_ms: n.started_ms,
             elapsed_ms: n.elapsed_ms(),
             stages: n
@@ -186,6 +190,7 @@ pub fn table(report: &Report) -> String {
         "BOOT".into(),
         "STAGE".into(),
         "ELAPSED".into(),
+        "SECBOOT".into(),
         "IMAGE".into(),
     ]];
     for n in &report.nodes {
@@ -200,10 +205,15 @@ pub fn table(report: &Report) -> String {
             n.boot.to_string(),
             n.state.clone(),
             secs(n.elapsed_ms),
+            match n.secure_boot {
+                Some(true) => "on".into(),
+                Some(false) => "off".into(),
+                None => "-".into(),
+            },
             image,
         ]);
     }
-    let mut widths = [0usize; 7];
+    let mut widths = [0usize; 8];
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());

@@ -1,7 +1,7 @@
 //! Semantic validation: from the raw file to a typed [`Cluster`], collecting every problem on the way.
 //!
 //! One function per `cluster.toml` section (`cluster.rs`, `network.rs`, `control_plane.rs`, `machines.rs`,
-//! `metallb.rs`, `longhorn.rs`, `artifacts.rs`, `base.rs`, `paths.rs`), run in the order of [`validate`], which
+//! `metallb.rs`, `longhorn.rs`, `artifacts.rs`, `base.rs`, `paths.rs`, `secure_boot.rs`), run in the order of [`validate`], which
 //! is the order problems are reported in. They share what `checker.rs` holds: the [`Checker`] (the problems
 //! found so far and where a key sits in the text), key paths and `Known` (the values later sections check
 //! against, such as the provisioning subnet).
@@ -21,6 +21,7 @@ mod machines;
 mod metallb;
 mod network;
 mod paths;
+mod secure_boot;
 
 pub use artifacts::REQUIRED_ARTIFACTS;
 pub use checker::{Checker, Seg};
@@ -33,12 +34,16 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
     // Reported after the network's own problems: the pod network must also stay clear of its subnet.
     cluster::check_ranges(c, &known);
     let control_plane = control_plane::check(c, &f.control_plane, &mut known);
-    let machines = machines::check(c, &f.machines, &known);
+    let mut machines = machines::check(c, &f.machines, &known);
     let metallb = metallb::check(c, &f.metallb, &machines, &known);
     let longhorn = longhorn::check(c, &f.longhorn, &f.machines);
     let artifacts = artifacts::check(c, &f.artifacts, &known);
     let base = base::check(c, &f.base);
     let paths = paths::check(root, &f.paths);
+    let secure_boot = secure_boot::check(c, &f.secure_boot, root, &paths.secrets);
+    if let Some(sb) = &secure_boot {
+        secure_boot::resolve_machines(c, sb, &f.machines, &mut machines);
+    }
 
     if !c.problems.is_empty() {
         return None;
@@ -55,5 +60,6 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
         artifacts,
         base,
         paths,
+        secure_boot: secure_boot?,
     })
 }
