@@ -30,6 +30,7 @@ pub const SERVED: &[&str] = &[
     manifest::KERNEL,
     manifest::INITRD,
     manifest::ROOTFS,
+    manifest::UKI,
     manifest::MANIFEST,
 ];
 
