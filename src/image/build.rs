@@ -170,6 +170,7 @@ struct InputKey<'a> {
 struct UkiInputs {
     db_cert_sha256: String,
     server_url: String,
+    signer: &'static str,
 }
 
 fn is_amd64(a: &Arch) -> bool {
@@ -337,6 +338,7 @@ fn inputs(
             db_cert_sha256: uki::cert_digest(&cluster.secure_boot.db_cert)
                 .map_err(|e| BuildError::SecureBootKey(e.to_string()))?,
             server_url: cluster.network.http_base(),
+            signer: "osslsigncode -time SOURCE_DATE_EPOCH",
         })
     } else {
         None
@@ -535,7 +537,7 @@ pub fn build_for(
         Ok((v, false, detail))
     })?;
     if let Some(u) = &uki_inputs {
-        p.stage("uki", "objcopy + sbsign", || {
+        p.stage("uki", "objcopy + osslsigncode", || {
             let cmdline = engine_for(cluster)
                 .render(
                     crate::template::UKI_CMDLINE_TEMPLATE,

@@ -5,8 +5,10 @@
 //! sections added by `objcopy`, each placed after the previous one at the stub's section alignment: `.osrel`
 //! (os-release), `.cmdline` (the role-level command line of `ipxe/uki-cmdline.j2`, carrying the root
 //! filesystem's dm-verity root hash), `.linux` (the image's kernel) and `.initrd` (its netboot initrd). The
-//! joined file is signed with the db key by `sbsign`. Same inputs and key, same bytes: objcopy copies the stub's
-//! header as is, and the RSA PKCS#1 v1.5 signature sbsign makes carries no time.
+//! joined file is signed with the db key by `osslsigncode` (Authenticode, sha256). Same inputs and key, same
+//! bytes: the PE header's time stamp objcopy writes is set to `SOURCE_DATE_EPOCH` (and its checksum to 0), the
+//! signature's signing time is `SOURCE_DATE_EPOCH` too, and RSA PKCS#1 v1.5 signatures are deterministic.
+//! (`sbsign` would do, but it signs the current time into the signature: every signing gives other bytes.)
 //!
 //! The signature is part of the image: `uki.efi` is in the manifest with its sha256, so the image id names the
 //! exact signed bytes served to firmware. The db certificate's sha256 is among the image's inputs: a new db
@@ -18,7 +20,7 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
-use super::base::{BaseError, run};
+use super::base::{BaseError, SOURCE_DATE_EPOCH, run};
 use crate::config::Arch;
 
 pub use super::manifest::UKI;
@@ -52,7 +54,7 @@ pub struct Parts<'a> {
     pub kernel: &'a Path,
     /// The initrd (`.initrd`).
     pub initrd: &'a Path,
-    /// The db private key (PEM) and its certificate (PEM) for `sbsign`.
+    /// The db private key (PEM) and its certificate (PEM) for `osslsigncode`.
     pub key: &'a Path,
     /// See `key`.
     pub cert: &'a Path,
@@ -86,6 +88,22 @@ fn pe_layout(pe: &[u8]) -> Option<(u64, u64, u64)> {
         end = end.max(va + vsize);
     }
     Some((end.div_ceil(align) * align, base, align))
+}
+
+/// Sets the PE header's TimeDateStamp to [`SOURCE_DATE_EPOCH`] and its (unused by UEFI) CheckSum to 0.
+fn fix_header(pe: &mut [u8]) -> bool {
+    let Some(off) = pe
+        .get(0x3c..0x40)
+        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+    else {
+        return false;
+    };
+    if pe.get(off..off + 4) != Some(b"PE\0\0") || pe.len() < off + 24 + 68 {
+        return false;
+    }
+    pe[off + 8..off + 12].copy_from_slice(&(SOURCE_DATE_EPOCH as u32).to_le_bytes());
+    pe[off + 24 + 64..off + 24 + 68].copy_from_slice(&[0; 4]);
+    true
 }
 
 /// Joins the parts on the stub (in `work`) and signs the result into `out`.
@@ -122,14 +140,30 @@ pub fn make(parts: &Parts, work: &Path, out: &Path) -> Result<(), BaseError> {
     }
     let unsigned = work.join("uki.unsigned.efi");
     run(cmd.arg(parts.stub).arg(&unsigned))?;
-    run(Command::new("sbsign")
-        .arg("--key")
-        .arg(parts.key)
-        .arg("--cert")
+    // objcopy stamps the PE header with the current time (binutils 2.40 ignores SOURCE_DATE_EPOCH here) and
+    // recomputes the checksum over it: fix both so the same parts give the same bytes.
+    let mut pe = std::fs::read(&unsigned).map_err(io(&unsigned))?;
+    if !fix_header(&mut pe) {
+        return Err(BaseError::Command {
+            command: format!("objcopy … {}", unsigned.display()),
+            status: "wrote no PE32+ file".into(),
+            tail: String::new(),
+        });
+    }
+    std::fs::write(&unsigned, &pe).map_err(io(&unsigned))?;
+    // osslsigncode with a fixed signing time: sbsign (sbsigntool 0.9.4) puts the current time in the signature's
+    // signed attributes, so two signings of the same file differ.
+    run(Command::new("osslsigncode")
+        .arg("sign")
+        .arg("-certs")
         .arg(parts.cert)
-        .arg("--output")
-        .arg(out)
-        .arg(&unsigned))?;
+        .arg("-key")
+        .arg(parts.key)
+        .args(["-h", "sha256", "-time", &SOURCE_DATE_EPOCH.to_string()])
+        .arg("-in")
+        .arg(&unsigned)
+        .arg("-out")
+        .arg(out))?;
     Ok(())
 }
 
@@ -177,9 +211,9 @@ mod tests {
     fn a_uki_is_reproducible_and_signed_by_the_db_key() {
         let s = stub(Arch::Amd64);
         if !s.is_file()
-            || !crate::image::base::on_path("sbsign", std::env::var_os("PATH").as_deref())
+            || !crate::image::base::on_path("osslsigncode", std::env::var_os("PATH").as_deref())
         {
-            eprintln!("systemd-boot-efi or sbsigntool missing: skipped");
+            eprintln!("systemd-boot-efi or osslsigncode missing: skipped");
             return;
         }
         let d = tempfile::tempdir().unwrap();
@@ -200,8 +234,19 @@ mod tests {
         };
         let (a, b) = (d.path().join("a.efi"), d.path().join("b.efi"));
         make(&parts, &d.path().join("wa"), &a).unwrap();
+        // objcopy writes the current second into the header: build the second one in another second.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
         make(&parts, &d.path().join("wb"), &b).unwrap();
-        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+        let (ba, bb) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+        let diff: Vec<usize> = (0..ba.len().min(bb.len()))
+            .filter(|&i| ba[i] != bb[i])
+            .collect();
+        assert!(
+            diff.is_empty() && ba.len() == bb.len(),
+            "the two UKIs differ at {diff:x?} (sizes {} and {})",
+            ba.len(),
+            bb.len()
+        );
         let verify = |c: &Path| {
             Command::new("sbverify")
                 .arg("--cert")
