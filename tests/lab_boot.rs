@@ -267,8 +267,9 @@ fn root_lab_secure_boot_http_boot_signed_ukis_master_and_worker_join() {
         lab.start_vm(h).unwrap();
     }
     let limit = lab.opts.timeout;
+    let both: Vec<String> = hosts.iter().map(|s| s.to_string()).collect();
     let report = lab
-        .wait(&["worker-1".to_string()], 1, limit, |n| n.done)
+        .wait(&both, 1, limit, |n| n.done)
         .unwrap_or_else(|f| panic!("{f}"));
     println!("{}", imgbuild::vm::lab::summary(&report, lab.standins));
     let evs = events(&lab);
