@@ -32,6 +32,7 @@ pub struct TemplateError {
 const BUILTIN_TEMPLATES: &[(&str, &str)] = &[
     ("web/status.html.j2", include_str!("../web/status.html.j2")),
     (CMDLINE_TEMPLATE, include_str!("../ipxe/cmdline.j2")),
+    (UKI_CMDLINE_TEMPLATE, include_str!("../ipxe/uki-cmdline.j2")),
     (
         SERVER_ERROR_TEMPLATE,
         include_str!("../ipxe/server-error.j2"),
@@ -44,6 +45,8 @@ const BUILTIN_TEMPLATES: &[(&str, &str)] = &[
 
 /// The kernel command line of a machine with a pinned image (built in).
 pub const CMDLINE_TEMPLATE: &str = "ipxe/cmdline.j2";
+/// The role-level kernel command line signed into a UKI (built in: the initrd reads it).
+pub const UKI_CMDLINE_TEMPLATE: &str = "ipxe/uki-cmdline.j2";
 /// The script sent when a boot script template fails to render (built in).
 pub const SERVER_ERROR_TEMPLATE: &str = "ipxe/server-error.j2";
 /// The GRUB answer for an address no inventory machine has (built in).

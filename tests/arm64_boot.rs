@@ -138,6 +138,7 @@ cache = "cache"
                     )
                 })
                 .collect(),
+            rootfs_verity: None,
         };
         let id = manifest.id();
         let d = self.path("images").join(&id);
@@ -417,6 +418,7 @@ fn arm64_vm_boot(proxy: bool, firmware: Firmware) {
         disks: vec![vm.join("state.img")],
         console_log: vm.join("console.log"),
         dir: vm.clone(),
+        secure_boot_vars: None,
     };
     qemu::blank_disk(&spec.disks[0], 1 << 30).unwrap();
     let t0 = Instant::now();

@@ -438,3 +438,53 @@ fn event_limits_out_of_range() {
         "boots_per_node = 0",
     );
 }
+
+#[test]
+fn secure_boot_on_a_machine_needs_the_section_enabled() {
+    let (src, p) = problems_with(
+        "hostname = \"worker-1\"\n",
+        "hostname = \"worker-1\"\nsecure_boot = true\n",
+    );
+    assert_problem(
+        &src,
+        &p,
+        "machines[3].secure_boot",
+        "set `enabled = true` under [secure_boot]",
+        "secure_boot = true",
+    );
+}
+
+#[test]
+fn secure_boot_db_key_needs_its_certificate() {
+    let (src, p) = problems_with("# db_key = \"keys/db.key\"", "db_key = \"keys/db.key\"");
+    assert_problem(
+        &src,
+        &p,
+        "secure_boot.db_key",
+        "give both",
+        "db_key = \"keys/db.key\"",
+    );
+}
+
+#[test]
+fn secure_boot_defaults_follow_the_roles_and_spare_arm64() {
+    let src = EXAMPLE
+        .replacen("enabled = false", "enabled = true", 1)
+        .replacen(
+            "# roles = [\"master\", \"worker\", \"storage\"]",
+            "roles = [\"worker\"]",
+            1,
+        );
+    let c = config::load_str(Path::new("cluster.toml"), &src, Path::new("."))
+        .expect("valid with secure boot");
+    for m in &c.machines {
+        assert_eq!(
+            m.secure_boot,
+            m.role == imgbuild::config::Role::Worker,
+            "{}",
+            m.hostname
+        );
+    }
+    assert!(!c.secure_boot.own_db);
+    assert!(c.secure_boot.db_key.ends_with("secrets/secureboot/db.key"));
+}

@@ -383,76 +383,114 @@ fn root_lab_uefi_http_boot_proxy_dhcp_beside_dnsmasq_boots_master_and_worker() {
     master_and_worker_boot(Firmware::Http, DhcpMode::Proxy);
 }
 
-/// The example cluster plus one arm64 worker (`arm-worker-1`), written into `dir` with absolute paths.
-fn config_with_arm64_worker(dir: &Path) -> PathBuf {
-    let mut text = common::with_arm64_machine(&common::example_text());
-    text.push_str(&format!(
-        r#"
-[paths]
-profiles = "{REPO}/profiles"
-ipxe = "{REPO}/ipxe"
-images = "{REPO}/target/lab-images"
-cache = "{cache}"
-"#,
-        cache = shared_cache().display()
-    ));
-    let p = dir.join("cluster-arm64.toml");
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
+/// UEFI Secure Boot enforced with the cluster's own keys enrolled (OVMF's Secure Boot build, SMM): master-1 and
+/// worker-1 get their role's signed UKI straight from the firmware by UEFI HTTP Boot (no iPXE, no script), the
+/// initrd learns the machine's facts from DHCP and the server, and both go the whole way; their rows and
+/// /metrics say Secure Boot was on. Then the same firmware and keys refuse the worker's UKI with one byte changed
+/// and re-signed by another key (booted from a FAT disk, no network, bounded waits).
 #[test]
-fn root_lab_arm64_worker_built_by_the_image_builder_joins_beside_an_amd64_master() {
-    // The whole arm64 path: the worker image built for arm64 (emulated maintainer scripts), AAVMF PXE → GRUB →
-    // the arm64 image's kernel and initrd → rootfs verified → systemd → first boot → kubeadm join, on an emulated
-    // cortex-a57, beside an amd64 master booting by BIOS.
+fn root_lab_secure_boot_http_boot_signed_ukis_master_and_worker_join() {
     let dir = tempfile::tempdir().unwrap();
-    let mut o = options(
-        dir.path(),
-        &["master-1", "arm-worker-1"],
-        Firmware::Bios,
-        DhcpMode::Full,
-    );
-    o.config = config_with_arm64_worker(dir.path());
+    let hosts = ["master-1", "worker-1"];
+    let mut o = options(dir.path(), &hosts, Firmware::Http, DhcpMode::Full);
+    o.secure_boot = true;
     let mut lab = Lab::prepare(o).unwrap();
-    for h in ["master-1", "arm-worker-1"] {
+    for h in hosts {
         lab.start_vm(h).unwrap();
     }
-    let host = "arm-worker-1".to_string();
     let limit = lab.opts.timeout;
+    let both: Vec<String> = hosts.iter().map(|s| s.to_string()).collect();
     let report = lab
-        .wait(std::slice::from_ref(&host), 1, limit, |n| n.done)
+        .wait(&both, 1, limit, |n| n.done)
         .unwrap_or_else(|f| panic!("{f}"));
     println!("{}", imgbuild::vm::lab::summary(&report, lab.standins));
-    let m = lab.cluster.machine_by_hostname(&host).unwrap().clone();
-    let arm_image = lab
+    let evs = events(&lab);
+    for h in hosts {
+        let m = lab.cluster.machine_by_hostname(h).unwrap().clone();
+        assert!(m.secure_boot, "{h}");
+        let seen = first_seen(&evs, m.mac);
+        assert!(
+            !seen.iter().any(|s| s == "ipxe-script"),
+            "{h} ran iPXE under Secure Boot: {seen:?}"
+        );
+        let loaders: Vec<&str> = evs
+            .iter()
+            .filter(|e| e.mac == m.mac && e.stage == "bootfile")
+            .map(|e| e.detail.as_str())
+            .collect();
+        assert!(
+            !loaders.is_empty()
+                && loaders
+                    .iter()
+                    .all(|d| d.starts_with("uki.efi of image") && d.ends_with("via HTTP")),
+            "{h} did not boot its UKI by HTTP: {loaders:?}"
+        );
+        assert_eq!(
+            node(&report, h).secure_boot,
+            Some(true),
+            "{h}: Secure Boot not reported on"
+        );
+    }
+    let w = lab.cluster.machine_by_hostname("worker-1").unwrap().clone();
+    let mut must = boot_path();
+    // The firmware fetched kernel and initrd inside the UKI: the server sees no `kernel` fetch; the node's own
+    // initrd reports `initrd`.
+    must.retain(|s| *s != "ipxe-script" && *s != "kernel");
+    must.push("bootfile");
+    must.push("kubeadm-join");
+    assert_stages_in_order(&evs, w.mac, "worker-1", &must);
+    assert_eq!(node(&report, "worker-1").secure_boot, Some(true));
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            lab.netns(),
+            "curl",
+            "-fsS",
+            "--max-time",
+            "20",
+        ])
+        .arg(format!("{}/metrics", lab.server_url))
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        metrics.contains(&format!("imgbuild_node_secure_boot{{mac=\"{}\"}} 1", w.mac)),
+        "{metrics}"
+    );
+
+    // The same firmware and keys refuse the worker's UKI with one byte changed, and the UKI re-signed by a key
+    // that is not in db: "Access Denied", no kernel runs (a bounded wait each, no network).
+    let worker_image = &lab
         .images
         .iter()
-        .find(|(r, a, _)| *r == Role::Worker && *a == imgbuild::config::Arch::Arm64)
+        .find(|(r, _, _)| *r == Role::Worker)
         .unwrap()
-        .2
-        .clone();
-    assert_eq!(
-        node(&report, &host).image.as_deref(),
-        Some(arm_image.as_str())
-    );
-    let mut must: Vec<&str> = boot_path()
-        .iter()
-        .map(|s| {
-            if *s == "ipxe-script" {
-                "grub-config"
-            } else {
-                *s
-            }
-        })
-        .collect();
-    must.extend(["bootfile", "kubeadm-join"]);
-    must.sort_by_key(|s| stage_pos(s));
-    assert_stages_in_order(&events(&lab), m.mac, &host, &must);
-    let console = std::fs::read_to_string(lab.console(&host)).unwrap_or_default();
+        .2;
+    let images = imgbuild::image::store::open(&lab.cluster);
+    let uki =
+        std::fs::read(Path::new(&images.locate(worker_image)).join(imgbuild::image::manifest::UKI))
+            .unwrap();
+    let vars = dir.path().join("secureboot/OVMF_VARS.enrolled.fd");
+    let work = dir.path().join("refused");
+    let mut changed = uki.clone();
+    let mid = changed.len() / 2;
+    changed[mid] ^= 0x01;
+    let other = resigned_by_another_key(&uki, &work.join("other-key"));
+    // Both at once: each waits for OVMF's Secure Boot build under TCG (~1-2 min here).
+    let cons = firmware_consoles(&vars, &[changed, other], &work);
+    assert_refused(&cons[0], "with one byte changed");
+    assert_refused(&cons[1], "signed by another key");
+}
+
+fn assert_refused(con: &str, what: &str) {
     assert!(
-        console.contains("aarch64") || console.contains("ARM64") || console.contains("arm64"),
-        "the console shows no arm64 kernel"
+        con.contains("Access Denied"),
+        "the UKI {what} was not refused by the firmware: {con}"
+    );
+    assert!(
+        !con.contains("Linux version") && !con.contains("EFI stub"),
+        "a kernel ran from the UKI {what}: {con}"
     );
 }
 
@@ -566,6 +604,177 @@ fn root_lab_reboot_keeps_state_no_second_join_upgrade_then_rollback() {
         let joined = n.stages.iter().find(|s| s.stage == "joined").unwrap();
         println!("boot {boot} on {}: joined ({})", &id[..12], joined.detail);
     }
+}
+
+/// `uki` with its signature removed and signed again by a fresh key the firmware does not trust.
+fn resigned_by_another_key(uki: &[u8], dir: &Path) -> Vec<u8> {
+    std::fs::create_dir_all(dir).unwrap();
+    let (key, cert, f) = (dir.join("k.pem"), dir.join("c.pem"), dir.join("uki.efi"));
+    std::fs::write(&f, uki).unwrap();
+    let run = |c: &mut std::process::Command| {
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{c:?}: {o:?}");
+    };
+    run(std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=not in db", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert));
+    run(std::process::Command::new("sbattach")
+        .arg("--remove")
+        .arg(&f));
+    run(std::process::Command::new("sbsign")
+        .arg("--key")
+        .arg(&key)
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--output")
+        .arg(&f)
+        .arg(&f));
+    std::fs::read(&f).unwrap()
+}
+
+/// Boots each UKI as the removable-media loader of a FAT disk (QEMU's vvfat, read-only virtio) under OVMF's
+/// Secure Boot build with a copy of the enrolled `vars`, with no network, all at once; returns each console once
+/// the firmware refused it, a kernel started, or 300 s passed.
+fn firmware_consoles(vars: &Path, ukis: &[Vec<u8>], work: &Path) -> Vec<String> {
+    let mut vms = Vec::new();
+    for (i, uki) in ukis.iter().enumerate() {
+        let d = work.join(i.to_string());
+        let esp = d.join("esp/EFI/BOOT");
+        std::fs::create_dir_all(&esp).unwrap();
+        std::fs::write(esp.join("BOOTX64.EFI"), uki).unwrap();
+        let v = d.join("vars.fd");
+        std::fs::copy(vars, &v).unwrap();
+        let console = d.join("console.log");
+        let vm = std::process::Command::new("qemu-system-x86_64")
+            .args(["-machine", "q35,smm=on", "-global"])
+            .arg("driver=cfi.pflash01,property=secure,value=on")
+            .args([
+                "-m",
+                "512",
+                "-smp",
+                "1",
+                "-accel",
+                "tcg",
+                "-nographic",
+                "-no-reboot",
+            ])
+            .args(["-monitor", "none", "-nic", "none", "-serial"])
+            .arg(format!("file:{}", console.display()))
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                imgbuild::vm::qemu::OVMF_CODE_SECBOOT
+            ))
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,unit=1,file={}", v.display()))
+            .arg("-drive")
+            .arg(format!(
+                "file=fat:{},format=raw,if=none,id=esp,readonly=on",
+                d.join("esp").display()
+            ))
+            .args(["-device", "virtio-blk-pci,drive=esp"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        vms.push((vm, console, None::<String>));
+    }
+    let t = std::time::Instant::now();
+    while vms.iter().any(|(_, _, done)| done.is_none()) {
+        std::thread::sleep(Duration::from_millis(500));
+        for (vm, console, done) in vms.iter_mut().filter(|(_, _, d)| d.is_none()) {
+            let text =
+                String::from_utf8_lossy(&std::fs::read(&*console).unwrap_or_default()).into_owned();
+            if text.contains("Access Denied")
+                || text.contains("Linux version")
+                || vm.try_wait().unwrap().is_some()
+                || t.elapsed() > Duration::from_secs(300)
+            {
+                let _ = vm.kill();
+                let _ = vm.wait();
+                *done = Some(text);
+            }
+        }
+    }
+    vms.into_iter().map(|(_, _, d)| d.unwrap()).collect()
+}
+
+/// The example cluster plus one arm64 worker (`arm-worker-1`), written into `dir` with absolute paths.
+fn config_with_arm64_worker(dir: &Path) -> PathBuf {
+    let mut text = common::with_arm64_machine(&common::example_text());
+    text.push_str(&format!(
+        r#"
+[paths]
+profiles = "{REPO}/profiles"
+ipxe = "{REPO}/ipxe"
+images = "{REPO}/target/lab-images"
+cache = "{cache}"
+"#,
+        cache = shared_cache().display()
+    ));
+    let p = dir.join("cluster-arm64.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn root_lab_arm64_worker_built_by_the_image_builder_joins_beside_an_amd64_master() {
+    // The whole arm64 path: the worker image built for arm64 (emulated maintainer scripts), AAVMF PXE → GRUB →
+    // the arm64 image's kernel and initrd → rootfs verified → systemd → first boot → kubeadm join, on an emulated
+    // cortex-a57, beside an amd64 master booting by BIOS.
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(
+        dir.path(),
+        &["master-1", "arm-worker-1"],
+        Firmware::Bios,
+        DhcpMode::Full,
+    );
+    o.config = config_with_arm64_worker(dir.path());
+    let mut lab = Lab::prepare(o).unwrap();
+    for h in ["master-1", "arm-worker-1"] {
+        lab.start_vm(h).unwrap();
+    }
+    let host = "arm-worker-1".to_string();
+    let limit = lab.opts.timeout;
+    let report = lab
+        .wait(std::slice::from_ref(&host), 1, limit, |n| n.done)
+        .unwrap_or_else(|f| panic!("{f}"));
+    println!("{}", imgbuild::vm::lab::summary(&report, lab.standins));
+    let m = lab.cluster.machine_by_hostname(&host).unwrap().clone();
+    let arm_image = lab
+        .images
+        .iter()
+        .find(|(r, a, _)| *r == Role::Worker && *a == imgbuild::config::Arch::Arm64)
+        .unwrap()
+        .2
+        .clone();
+    assert_eq!(
+        node(&report, &host).image.as_deref(),
+        Some(arm_image.as_str())
+    );
+    let mut must: Vec<&str> = boot_path()
+        .iter()
+        .map(|s| {
+            if *s == "ipxe-script" {
+                "grub-config"
+            } else {
+                *s
+            }
+        })
+        .collect();
+    must.extend(["bootfile", "kubeadm-join"]);
+    must.sort_by_key(|s| stage_pos(s));
+    assert_stages_in_order(&events(&lab), m.mac, &host, &must);
+    let console = std::fs::read_to_string(lab.console(&host)).unwrap_or_default();
+    assert!(
+        console.contains("aarch64") || console.contains("ARM64") || console.contains("arm64"),
+        "the console shows no arm64 kernel"
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {

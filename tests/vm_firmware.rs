@@ -76,6 +76,7 @@ fn root_firmware_variants_start_network_boot_and_ipxe_gets_an_ra() {
             disks: vec![vm.join("state.img")],
             console_log: vm.join("console.log"),
             dir: vm.clone(),
+            secure_boot_vars: None,
         };
         qemu::blank_disk(&spec.disks[0], 1 << 30).unwrap();
         children

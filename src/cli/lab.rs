@@ -31,6 +31,10 @@ pub struct Args {
     /// Boot images built with the labelled stand-in binaries (no real cluster forms).
     #[arg(long)]
     pub standins: bool,
+    /// UEFI Secure Boot: signed UKIs, and the UEFI VMs enforce Secure Boot with the cluster's keys enrolled
+    /// (with --firmware uefi or http).
+    #[arg(long)]
+    pub secure_boot: bool,
     /// Leave everything running after the boot, until Ctrl-C.
     #[arg(long)]
     pub keep: bool,
@@ -58,6 +62,7 @@ pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
         Dhcp::Proxy => DhcpMode::Proxy,
     };
     opts.standins = args.standins;
+    opts.secure_boot = args.secure_boot;
     opts.timeout = args.timeout;
     opts.memory_mb = args.memory;
     let mut lab = Lab::prepare(opts)?;

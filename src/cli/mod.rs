@@ -13,6 +13,7 @@ mod lab;
 mod pin;
 mod profile;
 mod secrets;
+mod secureboot;
 mod serve;
 pub mod status;
 mod verify;
@@ -57,6 +58,8 @@ pub enum Command {
     Pin(pin::Args),
     /// Generate the cluster's secrets (CAs, service-account keys, bootstrap token) once.
     Secrets(secrets::Args),
+    /// UEFI Secure Boot: write the files that enroll the cluster's keys into firmware.
+    Secureboot(secureboot::Args),
     /// Show or change enrollment: open or close the window, re-arm a node.
     Enroll(enroll::Args),
     /// Write an admin kubeconfig for the cluster (client certificate signed by the cluster CA).
@@ -104,6 +107,7 @@ pub fn main() -> ExitCode {
         Command::Status(a) => status::run(&cli.global, a),
         Command::Lab(a) => lab::run(&cli.global, a),
         Command::Secrets(a) => secrets::run(&cli.global, a),
+        Command::Secureboot(a) => secureboot::run(&cli.global, a),
         Command::Enroll(a) => enroll::run(&cli.global, a),
         Command::Kubeconfig(a) => kubeconfig::run(&cli.global, a),
     };

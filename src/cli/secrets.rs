@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use super::global::Global;
-use crate::pki::{secrets, token};
+use crate::pki::{PkiError, secrets, secureboot, token};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -14,7 +14,8 @@ pub struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Sub {
-    /// Generate every secret. Refuses to overwrite existing ones.
+    /// Generate every secret (and the Secure Boot PK, KEK, db where missing). Refuses to overwrite existing
+    /// ones.
     Init,
     /// Show what is there (no secret is printed): discovery hash, token id and expiry.
     Show,
@@ -25,7 +26,20 @@ pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
     let dir = &cluster.paths.secrets;
     match args.command {
         Sub::Init => {
-            let s = secrets::init(dir)?;
+            // The Secure Boot hierarchy is made where missing, also beside cluster secrets made earlier.
+            let made = secureboot::ensure(&cluster)?;
+            if !made.is_empty() {
+                println!(
+                    "Secure Boot keys {} written to {} (mode 0600); enroll them with `imgbuild secureboot \
+                     enroll-files DIR` (docs/secure-boot.md)",
+                    made.join(", "),
+                    secureboot::dir(&cluster).display()
+                );
+            }
+            let s = match secrets::init(dir) {
+                Err(PkiError::Exists { .. }) if !made.is_empty() => return Ok(ExitCode::SUCCESS),
+                r => r?,
+            };
             println!(
                 "secrets written to {} (mode 0700/0600; never put them in an image or in git)",
                 s.dir.display()

@@ -210,6 +210,8 @@ pub struct Cluster {
     pub limits: super::limits::Limits,
     /// `[enrollment]`: how a node's first contact is admitted.
     pub enrollment: Enrollment,
+    /// `[secure_boot]`: whether images carry a signed UKI, and the db key that signs it.
+    pub secure_boot: SecureBoot,
 }
 
 /// `[enrollment]`: how a node's first contact is admitted (docs/security.md).
@@ -219,6 +221,24 @@ pub struct Enrollment {
     /// `imgbuild enroll approve <host>`; default false (the first contact from the inventory address enrolls).
     pub approve: bool,
 }
+
+/// `[secure_boot]`: the signed unified kernel image (UKI) of each role, and the key it is signed with.
+#[derive(Debug, Clone, Serialize)]
+pub struct SecureBoot {
+    /// Images carry a UKI signed with the db key; machines with `secure_boot` boot it directly from firmware.
+    pub enabled: bool,
+    /// The roles whose machines boot with Secure Boot by default.
+    pub roles: Vec<Role>,
+    /// The db private key (PEM) the UKIs are signed with: `secrets/secureboot/db.key` unless your own is given.
+    pub db_key: PathBuf,
+    /// The certificate of `db_key` (PEM), enrolled in the firmware's db.
+    pub db_cert: PathBuf,
+    /// `db_key` and `db_cert` are the user's own (given in `cluster.toml`), not made by `imgbuild secrets init`.
+    pub own_db: bool,
+}
+
+/// Where `imgbuild secrets init` keeps the Secure Boot key hierarchy, under the secrets directory.
+pub const SECUREBOOT_DIR: &str = "secureboot";
 
 /// `[cluster]`: what kubeadm's ClusterConfiguration is rendered from.
 #[derive(Debug, Clone, Serialize)]
@@ -452,6 +472,8 @@ pub struct Machine {
     pub init_blank: bool,
     /// A DHCP relay agent circuit-id or remote-id (option 82) that identifies this machine instead of its MAC.
     pub relay_id: Option<String>,
+    /// Boots its role's signed UKI under UEFI Secure Boot (its `secure_boot`, else `[secure_boot] roles`).
+    pub secure_boot: bool,
 }
 
 /// One `[artifacts.<name>]` entry: a file downloaded from upstream and verified by sha256.

@@ -37,6 +37,9 @@ pub struct File {
     /// `[enrollment]`: how first contacts are admitted; absent means the defaults.
     #[serde(default)]
     pub enrollment: EnrollmentRaw,
+    /// `[secure_boot]`: signed UKIs for the machines that boot with UEFI Secure Boot; absent means off.
+    #[serde(default)]
+    pub secure_boot: SecureBootRaw,
 }
 
 /// `[enrollment]` as written.
@@ -46,6 +49,22 @@ pub struct EnrollmentRaw {
     /// Hold every first contact as pending until `imgbuild enroll approve <host>`; default false.
     #[serde(default)]
     pub approve: bool,
+}
+
+/// `[secure_boot]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecureBootRaw {
+    /// Build a signed UKI per role and boot Secure Boot machines from it; default false.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The roles whose machines boot with Secure Boot unless their `[[machines]]` entry says otherwise;
+    /// default every role.
+    pub roles: Option<Vec<String>>,
+    /// Your own db signing key (PEM), relative to `cluster.toml`; default the one `imgbuild secrets init` makes.
+    pub db_key: Option<String>,
+    /// The certificate of `db_key` (PEM); given together with it.
+    pub db_cert: Option<String>,
 }
 
 /// `[cluster]` as written.
@@ -303,6 +322,8 @@ pub struct MachineRaw {
     pub init_blank: bool,
     /// A DHCP option 82 circuit-id or remote-id that identifies the machine, if any.
     pub relay_id: Option<String>,
+    /// Boots its role's signed UKI under UEFI Secure Boot; absent: as `[secure_boot] roles` says.
+    pub secure_boot: Option<bool>,
 }
 
 /// One `[artifacts.<name>]` entry as written; missing fields are reported by name in validation.

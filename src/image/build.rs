@@ -30,6 +30,8 @@ use super::squashfs;
 use super::standins::{self, StandinError};
 use super::store::{self, StoreError};
 use super::tree::{self, TreeError};
+use super::uki;
+use super::verity;
 use crate::config::profile;
 use crate::config::{Arch, Cluster, ConfigError, Role};
 use crate::template::engine_for;
@@ -67,6 +69,15 @@ pub enum BuildError {
     #[error(transparent)]
     /// The image store refused the image (staging or commit).
     Store(#[from] StoreError),
+    #[error(
+        "[secure_boot] is enabled but the db certificate cannot be read ({0}): run `imgbuild secrets init` \
+         (or set [secure_boot] db_key and db_cert to your own pair)"
+    )]
+    /// `[secure_boot]` is on but the db certificate is missing or unreadable.
+    SecureBootKey(String),
+    #[error("uki: {0}")]
+    /// The UKI's command line template failed to render.
+    Uki(String),
     #[error("{path}: {source}")]
     /// A file or directory of the build (work tree, staging) could not be created, copied or read.
     Io {
@@ -148,6 +159,18 @@ struct InputKey<'a> {
     role_layer_digest: &'a str,
     artifacts: &'a BTreeMap<String, String>,
     initrd_digest: &'a str,
+    /// Absent without `[secure_boot]`: the keys of images without a UKI are those from before UKIs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uki: Option<&'a UkiInputs>,
+}
+
+/// What decides a UKI's bytes beyond the kernel, initrd and root filesystem: the db certificate it is signed
+/// with and the server URL on its command line.
+#[derive(Serialize)]
+struct UkiInputs {
+    db_cert_sha256: String,
+    server_url: String,
+    signer: &'static str,
 }
 
 fn is_amd64(a: &Arch) -> bool {
@@ -295,6 +318,7 @@ struct Prepared {
     standin_files: Option<standins::Standins>,
     initrd_cfg: initrd::InitrdConfig,
     config_digest: String,
+    uki: Option<UkiInputs>,
     key: String,
 }
 
@@ -318,6 +342,16 @@ fn inputs(
     };
     let initrd_cfg = initrd::render(cluster, &engine, &base_digest, arch)?;
     let config_digest = config_digest(cluster);
+    let uki = if cluster.secure_boot.enabled && arch == Arch::Amd64 {
+        Some(UkiInputs {
+            db_cert_sha256: uki::cert_digest(&cluster.secure_boot.db_cert)
+                .map_err(|e| BuildError::SecureBootKey(e.to_string()))?,
+            server_url: cluster.network.http_base(),
+            signer: "osslsigncode -time SOURCE_DATE_EPOCH",
+        })
+    } else {
+        None
+    };
     let key = hex::encode(Sha256::digest(
         serde_json::to_vec(&InputKey {
             format: FORMAT,
@@ -332,6 +366,7 @@ fn inputs(
             role_layer_digest: &role_layer_digest,
             artifacts: &artifact_digests,
             initrd_digest: &initrd_cfg.digest,
+            uki: uki.as_ref(),
         })
         .expect("serializes"),
     ));
@@ -345,6 +380,7 @@ fn inputs(
         standin_files,
         initrd_cfg,
         config_digest,
+        uki,
         key,
     })
 }
@@ -367,6 +403,7 @@ pub fn build_for(
         standin_files,
         initrd_cfg,
         config_digest,
+        uki: uki_inputs,
         key,
     } = inputs(cluster, role, arch, opts)?;
     let index_dir = cluster.paths.cache.join("index");
@@ -494,7 +531,7 @@ pub fn build_for(
         Ok((pk, false, detail))
     })?;
 
-    p.stage("squashfs", "mksquashfs -comp zstd", || {
+    let rootfs_verity = p.stage("squashfs", "mksquashfs -comp zstd + veritysetup", || {
         let kernel = root.join(format!("boot/vmlinuz-{kver}"));
         let kout = staging.path().join(KERNEL);
         std::fs::copy(&kernel, &kout).map_err(|source| BuildError::Io {
@@ -503,9 +540,55 @@ pub fn build_for(
         })?;
         let out = staging.path().join(ROOTFS);
         squashfs::pack(&root, &out)?;
+        let v = verity::append(&out)?;
         let size = out.metadata().map(|m| m.len()).unwrap_or(0);
-        Ok(((), false, human(size)))
+        let detail = format!("{}, verity {}", human(size), &v.root_hash[..12]);
+        Ok((v, false, detail))
     })?;
+    if let Some(u) = &uki_inputs {
+        p.stage("uki", "objcopy + osslsigncode", || {
+            let cmdline = engine_for(cluster)
+                .render(
+                    crate::template::UKI_CMDLINE_TEMPLATE,
+                    &serde_json::json!({
+                        "role": role,
+                        "server_url": u.server_url,
+                        "verity": rootfs_verity,
+                        "kernel_args": profile.kernel_args,
+                        "standins": opts.standins,
+                    }),
+                )
+                .map_err(|e| BuildError::Uki(e.to_string()))?
+                .lines()
+                .collect::<Vec<_>>()
+                .join(" ");
+            let osrel_path = root.join("usr/lib/os-release");
+            let osrel = std::fs::read_to_string(&osrel_path).map_err(|source| BuildError::Io {
+                path: osrel_path.clone(),
+                source,
+            })?;
+            let out = staging.path().join(uki::UKI);
+            uki::make(
+                &uki::Parts {
+                    stub: &uki::stub(arch),
+                    osrel: &osrel,
+                    cmdline: &cmdline,
+                    kernel: &staging.path().join(KERNEL),
+                    initrd: &staging.path().join(INITRD),
+                    key: &cluster.secure_boot.db_key,
+                    cert: &cluster.secure_boot.db_cert,
+                },
+                &work.path().join("uki"),
+                &out,
+            )?;
+            let size = out.metadata().map(|m| m.len()).unwrap_or(0);
+            Ok((
+                (),
+                false,
+                format!("{} signed by db {}", human(size), &u.db_cert_sha256[..12]),
+            ))
+        })?;
+    }
     p.stage("cleanup", "removing the work tree", || {
         let path = work.path().to_path_buf();
         work.close()
@@ -526,8 +609,10 @@ pub fn build_for(
             role_layer_digest: role_layer_digest.clone(),
             packages,
             artifacts: artifact_digests,
+            db_cert_sha256: uki_inputs.as_ref().map(|u| u.db_cert_sha256.clone()),
         },
         files: BTreeMap::new(),
+        rootfs_verity: Some(rootfs_verity),
     };
     let (id, existed) = p.stage("store", "hash + rename into images/", || {
         let store::Committed { id, existed } = images.commit(staging, manifest)?;

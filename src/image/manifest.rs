@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::verity::Verity;
 use crate::config::{Arch, Role};
 
 /// The artifact files every image has.
@@ -13,6 +14,8 @@ pub const KERNEL: &str = "vmlinuz";
 pub const INITRD: &str = "initrd.img";
 /// File name of the root filesystem (squashfs, zstd), fetched by the initrd at boot.
 pub const ROOTFS: &str = "rootfs.squashfs";
+/// File name of the signed unified kernel image, present when `[secure_boot]` is enabled (amd64).
+pub const UKI: &str = "uki.efi";
 /// File name of the manifest in an image directory; the image id is the sha256 of its bytes.
 pub const MANIFEST: &str = "manifest.json";
 
@@ -39,6 +42,9 @@ pub struct Inputs {
     pub packages: BTreeMap<String, String>,
     /// Artifact name (kubeadm, containerd, ...) → sha256 of the file installed.
     pub artifacts: BTreeMap<String, String>,
+    /// sha256 of the db certificate (PEM) the image's `uki.efi` is signed with; absent without a UKI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_cert_sha256: Option<String>,
 }
 
 /// The manifest of one image.
@@ -59,8 +65,13 @@ pub struct Manifest {
     pub kernel_args: Vec<String>,
     /// What went into the image: config, base and role-layer digests, packages, artifacts.
     pub inputs: Inputs,
-    /// File name → size and sha256, for `vmlinuz`, `initrd.img`, `rootfs.squashfs`.
+    /// File name → size and sha256, for `vmlinuz`, `initrd.img`, `rootfs.squashfs` (and `uki.efi` when the
+    /// image has a signed UKI).
     pub files: BTreeMap<String, FileEntry>,
+    /// The dm-verity tree appended to `rootfs.squashfs`: its root hash goes on the kernel command line (signed
+    /// in the UKI). Absent in images built before dm-verity (their initrd checks the sha256 instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs_verity: Option<Verity>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -3,7 +3,7 @@
 //! - [`build`]: one role's image from its inputs, with caches at every level.
 //! - [`base`]: the Debian base from mmdebstrap; [`layer`]: the role layer over it.
 //! - [`artifacts`], [`lock`], [`install`], [`standins`]: kubeadm & co. — fetched and verified, or stand-ins.
-//! - [`initrd`]: the netboot initrd; [`squashfs`]: the root filesystem image.
+//! - [`initrd`]: the netboot initrd; [`squashfs`]: the root filesystem image; [`verity`]: its dm-verity tree.
 //! - [`store`]: the [`store::ImageStore`] interface and `images/<id>/`, written once; [`catalog`]: images with
 //!   their pins, `gc`; [`manifest`], [`pins`], [`tree`].
 
@@ -21,3 +21,5 @@ pub mod squashfs;
 pub mod standins;
 pub mod store;
 pub mod tree;
+pub mod uki;
+pub mod verity;

@@ -40,6 +40,11 @@ pub struct PinnedImage {
     pub rootfs_sha256: String,
     /// The kernel arguments of the image's profile (console, net.ifnames=0, ...), from its manifest.
     pub kernel_args: Vec<String>,
+    /// The root filesystem's dm-verity root hash and hash offset, from its manifest; on the command line
+    /// (`imgbuild.rootfs_verity=`, `imgbuild.rootfs_hash_offset=`) instead of the sha256 when present.
+    pub rootfs_verity: Option<crate::image::verity::Verity>,
+    /// sha256 of the image's signed `uki.efi`, from its manifest; `None` when the image has no UKI.
+    pub uki_sha256: Option<String>,
     /// Built with labelled stand-in binaries: served with a warning, never silently.
     pub standins: bool,
 }
@@ -56,6 +61,8 @@ impl PinnedImage {
             initrd_sha256: m.digest_of(id, manifest::INITRD)?,
             rootfs_sha256: m.digest_of(id, manifest::ROOTFS)?,
             kernel_args: m.kernel_args.clone(),
+            rootfs_verity: m.rootfs_verity.clone(),
+            uki_sha256: m.files.get(manifest::UKI).map(|f| f.sha256.clone()),
             standins: m.standins,
         })
     }
@@ -237,6 +244,7 @@ mod tests {
             kernel_args: vec![],
             inputs: Inputs::default(),
             files: BTreeMap::new(),
+            rootfs_verity: None,
         };
         store.commit(st, m).unwrap().id
     }

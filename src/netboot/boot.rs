@@ -165,6 +165,10 @@ pub const GRUB_ARM64_BOOTFILE: &str = "grubnetaa64.efi";
 /// itself first (`net_bootp`); the PXE one uses the firmware's and saves that round trip.
 pub const GRUB_ARM64_HTTP_BOOTFILE: &str = "grubhttpaa64.efi";
 
+/// The name a Secure Boot machine's firmware fetches over TFTP: its pinned image's signed UKI (`uki.efi`),
+/// resolved per peer (the TFTP loop asks [`Booter::uki_for_ip`]). No unsigned loader is served to it.
+pub const UKI_BOOTFILE: &str = "uki.efi";
+
 /// Whether `name` is one of the GRUB loaders the server makes (not a file of `network.ipxe_binaries`).
 pub fn is_grub(name: &str) -> bool {
     name == GRUB_ARM64_BOOTFILE || name == GRUB_ARM64_HTTP_BOOTFILE
@@ -238,6 +242,22 @@ impl Booter {
             let mac = machine.map_or(client.mac, |m| m.mac);
             return Some(BootFile::Http(format!("{base}/ipxe/{mac}")));
         }
+        // A Secure Boot machine's UEFI firmware boots its role's signed UKI directly: no iPXE in between.
+        if let Some((img, fw)) = machine
+            .and_then(|m| self.uki_image(m))
+            .zip(client.arch.map(Firmware::from_arch))
+        {
+            match fw {
+                Firmware::UefiX64 => return Some(BootFile::Tftp(UKI_BOOTFILE.into())),
+                Firmware::UefiX64Http => {
+                    return Some(BootFile::Http(format!(
+                        "{base}/images/{}/{UKI_BOOTFILE}",
+                        img.id
+                    )));
+                }
+                _ => {}
+            }
+        }
         // No option 93: BIOS, unless the inventory says the machine is arm64 (GRUB's own DHCP sends none).
         let default_arch = match machine.map(|m| m.arch) {
             Some(Arch::Arm64) => 11,
@@ -256,9 +276,46 @@ impl Booter {
         }
     }
 
+    /// The pinned image whose signed UKI `machine` boots: `Some` when the machine boots with Secure Boot
+    /// (`secure_boot` in the inventory, or its role's default) and its pinned image carries a UKI.
+    pub fn uki_image(&self, machine: &Machine) -> Option<&PinnedImage> {
+        if !machine.secure_boot {
+            return None;
+        }
+        let img = self.pins.get(&(machine.role, machine.arch))?;
+        if img.uki_sha256.is_none() {
+            tracing::warn!(host = %machine.hostname, image = %img.id,
+                "secure_boot is on but the pinned image has no signed UKI: serving iPXE (refused by firmware that \
+                 enforces Secure Boot); rebuild the image with [secure_boot] enabled and re-pin");
+            return None;
+        }
+        Some(img)
+    }
+
+    /// The image id whose `uki.efi` TFTP serves to the machine at `ip` (its inventory address), if it boots one.
+    pub fn uki_for_ip(&self, ip: std::net::IpAddr) -> Option<String> {
+        let std::net::IpAddr::V4(v4) = ip else {
+            return None;
+        };
+        let m = self.cluster.machines.iter().find(|m| m.ip == v4)?;
+        self.uki_image(m).map(|i| i.id.clone())
+    }
+
     /// Names TFTP (and `/boot/` over HTTP) may serve: the boot loaders the decision above can name.
     pub fn boot_loader_names(&self) -> &'static [&'static str] {
         &[
+            BIOS_BOOTFILE,
+            UEFI_BOOTFILE,
+            UEFI_BOOTFILE_FULL,
+            GRUB_ARM64_BOOTFILE,
+            GRUB_ARM64_HTTP_BOOTFILE,
+        ]
+    }
+
+    /// Names TFTP may serve: the boot loaders, and the name under which a Secure Boot machine gets its UKI.
+    pub fn tftp_names(&self) -> &'static [&'static str] {
+        &[
+            UKI_BOOTFILE,
             BIOS_BOOTFILE,
             UEFI_BOOTFILE,
             UEFI_BOOTFILE_FULL,
@@ -356,6 +413,8 @@ mod tests {
                     initrd_sha256: format!("i{a}"),
                     rootfs_sha256: format!("r{a}"),
                     kernel_args: vec![],
+                    rootfs_verity: None,
+                    uki_sha256: None,
                     standins: false,
                 };
                 ((Role::Worker, *a), img)
@@ -422,6 +481,86 @@ mod tests {
              imgbuild.rootfs=http://10.77.0.1:8080/images/arm64-image/rootfs.squashfs \
              imgbuild.rootfs_sha256=rarm64 imgbuild.state_disk=/dev/vda imgbuild.state_init=0 \
              imgbuild.standins=1 console=ttyAMA0 net.ifnames=0"
+        );
+    }
+
+    /// Images with a dm-verity tree put its root hash on the command line instead of the sha256.
+    #[test]
+    fn the_verity_root_hash_replaces_the_sha256() {
+        let mut b = booter(&[Arch::Amd64]);
+        let img = b.pins.get_mut(&(Role::Worker, Arch::Amd64)).unwrap();
+        img.rootfs_verity = Some(crate::image::verity::Verity {
+            root_hash: "ab".repeat(32),
+            hash_offset: 4096 * 3,
+            salt: "cd".repeat(32),
+        });
+        let p = b.plan("52:54:00:77:00:21".parse().unwrap()).unwrap();
+        assert!(
+            p.cmdline.contains(&format!(
+                "imgbuild.rootfs_verity={} imgbuild.rootfs_hash_offset=12288 ",
+                "ab".repeat(32)
+            )),
+            "{}",
+            p.cmdline
+        );
+        assert!(!p.cmdline.contains("rootfs_sha256"), "{}", p.cmdline);
+    }
+
+    /// A Secure Boot machine whose pinned image has a UKI gets it straight from UEFI firmware (HTTP Boot: its
+    /// URL; PXE: the TFTP name resolved by address); BIOS, iPXE and machines without Secure Boot keep iPXE.
+    #[test]
+    fn secure_boot_machines_get_the_signed_uki_and_no_loader() {
+        let mut b = booter(&[Arch::Amd64]);
+        b.pins
+            .get_mut(&(Role::Worker, Arch::Amd64))
+            .unwrap()
+            .uki_sha256 = Some("u".into());
+        let w = "52:54:00:77:00:21";
+        let mut cluster = (*b.cluster).clone();
+        cluster
+            .machines
+            .iter_mut()
+            .find(|m| m.mac.to_string() == w)
+            .unwrap()
+            .secure_boot = true;
+        b.cluster = Arc::new(cluster);
+        assert_eq!(
+            b.dhcp_bootfile(&client(w, Some(16))),
+            Some(BootFile::Http(
+                "http://10.77.0.1:8080/images/amd64-image/uki.efi".into()
+            ))
+        );
+        assert_eq!(
+            b.dhcp_bootfile(&client(w, Some(7))),
+            Some(BootFile::Tftp(UKI_BOOTFILE.into()))
+        );
+        assert_eq!(
+            b.uki_for_ip("10.77.0.21".parse().unwrap()).as_deref(),
+            Some("amd64-image")
+        );
+        assert!(b.tftp_names().contains(&UKI_BOOTFILE));
+        assert!(!b.boot_loader_names().contains(&UKI_BOOTFILE));
+        // BIOS has no Secure Boot: iPXE as before.
+        assert_eq!(
+            b.dhcp_bootfile(&client(w, None)),
+            Some(BootFile::Tftp(BIOS_BOOTFILE.into()))
+        );
+        // Another worker without secure_boot: iPXE over TFTP.
+        assert_eq!(
+            b.dhcp_bootfile(&client("52:54:00:77:00:22", Some(7))),
+            Some(BootFile::Tftp(UEFI_BOOTFILE.into()))
+        );
+        assert_eq!(b.uki_for_ip("10.77.0.22".parse().unwrap()), None);
+        // An image without a UKI: the machine keeps iPXE (with a warning in the log).
+        b.pins
+            .get_mut(&(Role::Worker, Arch::Amd64))
+            .unwrap()
+            .uki_sha256 = None;
+        assert_eq!(
+            b.dhcp_bootfile(&client(w, Some(16))),
+            Some(BootFile::Http(format!(
+                "http://10.77.0.1:8080/boot/{UEFI_BOOTFILE}"
+            )))
         );
     }
 

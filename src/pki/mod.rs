@@ -19,6 +19,7 @@ pub mod publish;
 pub mod report_auth;
 pub mod report_state;
 pub mod secrets;
+pub mod secureboot;
 pub mod token;
 
 /// A secrets or enrollment operation failed.

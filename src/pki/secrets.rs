@@ -127,7 +127,7 @@ pub struct Summary {
     pub token_expires_unix: u64,
 }
 
-fn ensure_dir(dir: &Path) -> Result<(), PkiError> {
+pub(crate) fn ensure_dir(dir: &Path) -> Result<(), PkiError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)

@@ -7,6 +7,8 @@
 //! The same collector exports the event log's bounds, one metric per `[limits.events]` limit and what it
 //! caught: `imgbuild_event_log_bytes` against `imgbuild_event_log_limit{limit="…"}`, writes, fsyncs, rotations,
 //! refusals, moved-aside lines and files, dropped events, status rows hidden, suppressed warnings.
+//!
+//! `imgbuild_node_secure_boot{mac=...}` is 1 when a node reported Secure Boot enforced in its current boot.
 
 use std::sync::{Arc, Weak};
 
@@ -15,7 +17,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetri
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -169,11 +171,17 @@ fn family() -> Family<StageLabel, Histogram, fn() -> Histogram> {
     Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.05, 2.0, 14)))
 }
 
-/// Fills the two histogram families from a list of events.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabel {
+    mac: String,
+}
+
+/// Fills the two histogram families from a list of events, and `secure_boot` with each node's last report.
 fn observe(
     events: &[Event],
     step: &Family<StageLabel, Histogram, fn() -> Histogram>,
     total: &Family<StageLabel, Histogram, fn() -> Histogram>,
+    secure_boot: &Family<NodeLabel, Gauge>,
 ) {
     let mut nodes: std::collections::HashMap<MacAddr, NodeStatus> = Default::default();
     for ev in events {
@@ -190,6 +198,15 @@ fn observe(
             total
                 .get_or_create(&label)
                 .observe(st.at_ms.saturating_sub(start) as f64 / 1000.0);
+        }
+    }
+    for (mac, n) in &nodes {
+        if let Some(sb) = n.secure_boot {
+            secure_boot
+                .get_or_create(&NodeLabel {
+                    mac: mac.to_string(),
+                })
+                .set(i64::from(sb));
         }
     }
 }
@@ -220,7 +237,8 @@ impl<T: Send + Sync + 'static> Collector for StageDurations<T> {
             log.inventory_len(),
         )?;
         let (step, total) = (family(), family());
-        observe(&events, &step, &total);
+        let secure_boot = Family::<NodeLabel, Gauge>::default();
+        observe(&events, &step, &total, &secure_boot);
         step.encode(encoder.encode_descriptor(
             "boot_stage_duration_seconds",
             "Time from the previous boot stage to this one, per stage, over every boot of every node",
@@ -232,6 +250,12 @@ impl<T: Send + Sync + 'static> Collector for StageDurations<T> {
             "Time from a boot's first event (DHCP) to this stage, per stage",
             None,
             MetricType::Histogram,
+        )?)?;
+        secure_boot.encode(encoder.encode_descriptor(
+            "node_secure_boot",
+            "1 when the node's firmware enforced UEFI Secure Boot in its current boot, 0 when not (per MAC, once reported)",
+            None,
+            MetricType::Gauge,
         )?)?;
         Ok(())
     }

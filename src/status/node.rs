@@ -91,7 +91,8 @@ pub struct NodeStatus {
     /// `spoofer-refused from <ip>` (a second claimant was refused); `None` before any contact.
     #[serde(default)]
     pub enrollment: Option<String>,
-    /// Whether the node booted with UEFI Secure Boot on, when it reported it.
+    /// Whether the firmware enforced UEFI Secure Boot in the current boot (the `SecureBoot` EFI variable, read
+    /// by the initrd and reported as `secure_boot=on|off` in its first event); `None` until reported.
     #[serde(default)]
     pub secure_boot: Option<bool>,
 }
@@ -163,6 +164,7 @@ impl NodeStatus {
         self.failed = None;
         self.done = false;
         self.image = None;
+        self.secure_boot = None;
         self.stages.clear();
         self.started_ms = Some(at_ms);
         self.last_seen_ms = Some(at_ms);
@@ -191,6 +193,9 @@ impl NodeStatus {
             && self.failed.is_none()
         {
             self.image = Some(id);
+        }
+        if let Some(sb) = secure_boot_in(&ev.detail) {
+            self.secure_boot = Some(sb);
         }
         if self.failed.is_some() {
             return None;
@@ -235,6 +240,17 @@ impl NodeStatus {
         }
         Some(st)
     }
+}
+
+/// `secure_boot=on` / `secure_boot=off` in an event detail (the initrd's first event).
+pub fn secure_boot_in(detail: &str) -> Option<bool> {
+    detail
+        .split_whitespace()
+        .find_map(|t| match t.strip_prefix("secure_boot=")? {
+            "on" => Some(true),
+            "off" => Some(false),
+            _ => None,
+        })
 }
 
 /// The image id named in an event detail: `image=<id>`, `imgbuild.image=<id>`, `image <id>` or an
@@ -486,5 +502,49 @@ mod tests {
         assert_eq!(w.hostname.as_deref(), Some("worker-1"));
         assert_eq!(w.stage.as_deref(), Some("dhcp-offer"));
         assert_eq!(nodes.last().unwrap().name(), "02:00:00:00:00:01");
+    }
+}
+
+#[cfg(test)]
+mod secure_boot_tests {
+    use super::*;
+
+    #[test]
+    fn secure_boot_is_read_from_the_initrd_event_and_reset_by_a_reboot() {
+        assert_eq!(
+            secure_boot_in("network up on eth0 10.77.0.21 secure_boot=on"),
+            Some(true)
+        );
+        assert_eq!(secure_boot_in("secure_boot=off"), Some(false));
+        assert_eq!(secure_boot_in("secure_boot=maybe"), None);
+        assert_eq!(secure_boot_in("network up"), None);
+        let mac: MacAddr = "52:54:00:77:00:21".parse().unwrap();
+        let mut n = NodeStatus::new(mac, None);
+        assert_eq!(n.secure_boot, None);
+        for (i, (stage, detail)) in [
+            ("bootfile", "uki.efi of image x via HTTP"),
+            ("initrd", "network up on eth0 10.77.0.21 secure_boot=on"),
+            ("rootfs-verified", ""),
+        ]
+        .iter()
+        .enumerate()
+        {
+            n.apply(&Event {
+                at_ms: 1000 * (i as u64 + 1),
+                mac,
+                stage: stage.to_string(),
+                detail: detail.to_string(),
+                source: crate::status::Source::Node,
+            });
+        }
+        assert_eq!(n.secure_boot, Some(true));
+        n.apply(&Event {
+            at_ms: 9000,
+            mac,
+            stage: "dhcp-offer".into(),
+            detail: String::new(),
+            source: crate::status::Source::Server,
+        });
+        assert_eq!(n.secure_boot, None, "a new boot has not reported yet");
     }
 }

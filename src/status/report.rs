@@ -60,7 +60,7 @@ pub struct NodeView {
     pub stages: Vec<StageView>,
     /// Earlier boots, oldest first.
     pub previous: Vec<PreviousView>,
-    /// Whether the node booted with UEFI Secure Boot on, when it reported it.
+    /// Whether the firmware enforced Secure Boot in the current boot, as the node reported; `None` until then.
     #[serde(default)]
     pub secure_boot: Option<bool>,
 }
@@ -210,6 +210,7 @@ pub fn table(report: &Report) -> String {
         "BOOT".into(),
         "STAGE".into(),
         "ELAPSED".into(),
+        "SECBOOT".into(),
         "IMAGE".into(),
     ]];
     for n in &report.nodes {
@@ -224,10 +225,15 @@ pub fn table(report: &Report) -> String {
             n.boot.to_string(),
             n.state_with_enrollment(),
             secs(n.elapsed_ms),
+            match n.secure_boot {
+                Some(true) => "on".into(),
+                Some(false) => "off".into(),
+                None => "-".into(),
+            },
             image,
         ]);
     }
-    let mut widths = [0usize; 7];
+    let mut widths = [0usize; 8];
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());

@@ -17,6 +17,8 @@ use crate::config::{Arch, MacAddr};
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 /// OVMF's template UEFI variable store; each VM gets its own copy in its `dir`.
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// OVMF with Secure Boot and SMM-protected variables (q35, `smm=on`): for VMs given an enrolled store.
+pub const OVMF_CODE_SECBOOT: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
 /// AAVMF (UEFI for arm64 virt machines) as shipped by Debian's `qemu-efi-aarch64` package.
 pub const AAVMF_CODE: &str = "/usr/share/AAVMF/AAVMF_CODE.fd";
 /// AAVMF's template UEFI variable store; each VM gets its own copy in its `dir`.
@@ -78,6 +80,9 @@ pub struct VmSpec {
     pub console_log: PathBuf,
     /// Per-VM files (the UEFI variable store copy).
     pub dir: PathBuf,
+    /// An OVMF variable store with Secure Boot keys enrolled (`vm::uefi_vars`): the VM runs OVMF's Secure Boot
+    /// build (q35 with SMM) from a copy of it and enforces Secure Boot. amd64 UEFI only; `None`: no Secure Boot.
+    pub secure_boot_vars: Option<PathBuf>,
 }
 
 /// Something needed to start a VM is missing.
@@ -133,7 +138,16 @@ fn uefi_firmware(arch: Arch) -> (&'static str, &'static str, &'static str) {
 /// The QEMU arguments for `spec` (for [`binary`]). For UEFI it copies the variable store into `spec.dir` (once).
 pub fn args(spec: &VmSpec) -> Result<Vec<String>, VmError> {
     std::fs::create_dir_all(&spec.dir).map_err(|e| file_err(&spec.dir, e))?;
+    let secure = spec.secure_boot_vars.as_ref().filter(|_| {
+        spec.arch == Arch::Amd64 && matches!(spec.firmware, Firmware::Uefi | Firmware::Http)
+    });
     let machine: &[&str] = match spec.arch {
+        Arch::Amd64 if secure.is_some() => &[
+            "-machine",
+            "q35,smm=on",
+            "-global",
+            "driver=cfi.pflash01,property=secure,value=on",
+        ],
         Arch::Amd64 => &["-machine", "q35"],
         Arch::Arm64 => &["-machine", "virt", "-cpu", "cortex-a57"],
     };
@@ -202,7 +216,10 @@ pub fn args(spec: &VmSpec) -> Result<Vec<String>, VmError> {
     match firmware {
         Firmware::Bios => a.extend(["-boot".into(), "n".into()]),
         Firmware::Uefi | Firmware::Http => {
-            let (code, vars_template, package) = uefi_firmware(spec.arch);
+            let (code, vars_template, package) = match secure {
+                Some(v) => (OVMF_CODE_SECBOOT, v.to_str().unwrap_or_default(), "ovmf"),
+                None => uefi_firmware(spec.arch),
+            };
             for f in [code, vars_template] {
                 if !Path::new(f).exists() {
                     return Err(file_err(
@@ -385,6 +402,7 @@ mod tests {
             disks: vec![dir.join("state.img"), dir.join("data.img")],
             console_log: dir.join("console.log"),
             dir: dir.join("vm"),
+            secure_boot_vars: None,
         }
     }
 

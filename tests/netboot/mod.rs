@@ -191,6 +191,7 @@ impl ClusterDir {
                     )
                 })
                 .collect(),
+            rootfs_verity: None,
         };
         let id = manifest.id();
         let d = self.images.join(&id);

@@ -145,6 +145,8 @@ fn check_machine(
         state_disk: m.state_disk.clone(),
         init_blank: m.init_blank,
         relay_id: m.relay_id.clone(),
+        // Resolved against `[secure_boot]` by `secure_boot::resolve_machines`.
+        secure_boot: false,
     })
 }
 

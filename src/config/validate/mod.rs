@@ -2,7 +2,7 @@
 //!
 //! One function per `cluster.toml` section (`cluster.rs`, `network.rs`, `control_plane.rs`, `machines.rs`,
 //! `metallb.rs`, `longhorn.rs`, `artifacts.rs`, `base.rs`, `paths.rs`, `limits.rs` (tftp, dhcp),
-//! `limits_events.rs`, `limits_http.rs`), run in the order of [`validate`], which
+//! `limits_events.rs`, `limits_http.rs`, `secure_boot.rs`), run in the order of [`validate`], which
 //! is the order problems are reported in. They share what `checker.rs` holds: the [`Checker`] (the problems
 //! found so far and where a key sits in the text), key paths and `Known` (the values later sections check
 //! against, such as the provisioning subnet).
@@ -25,6 +25,7 @@ mod machines;
 mod metallb;
 mod network;
 mod paths;
+mod secure_boot;
 
 pub use artifacts::REQUIRED_ARTIFACTS;
 pub use checker::{Checker, Seg};
@@ -37,7 +38,7 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
     // Reported after the network's own problems: the pod network must also stay clear of its subnet.
     cluster::check_ranges(c, &known);
     let control_plane = control_plane::check(c, &f.control_plane, &mut known);
-    let machines = machines::check(c, &f.machines, &known);
+    let mut machines = machines::check(c, &f.machines, &known);
     let metallb = metallb::check(c, &f.metallb, &machines, &known);
     let longhorn = longhorn::check(c, &f.longhorn, &f.machines);
     let artifacts = artifacts::check(c, &f.artifacts, &known);
@@ -46,6 +47,10 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
     let limits = limits::check(c, &f.limits);
     let event_limits = limits_events::check(c, &f.limits.events);
     let http_limits = limits_http::check(c, &f.limits.http);
+    let secure_boot = secure_boot::check(c, &f.secure_boot, root, &paths.secrets);
+    if let Some(sb) = &secure_boot {
+        secure_boot::resolve_machines(c, sb, &f.machines, &mut machines);
+    }
 
     if !c.problems.is_empty() {
         return None;
@@ -70,5 +75,6 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
         enrollment: super::model::Enrollment {
             approve: f.enrollment.approve,
         },
+        secure_boot: secure_boot?,
     })
 }

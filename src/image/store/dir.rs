@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use super::{Artifact, Committed, ImageStore, StoreError, Stored, hash_reader, io, is_id};
 use crate::image::manifest::{
-    FileEntry, INITRD, KERNEL, MANIFEST, Manifest, ManifestError, ROOTFS,
+    FileEntry, INITRD, KERNEL, MANIFEST, Manifest, ManifestError, ROOTFS, UKI,
 };
 
 /// The directory store `images/`.
@@ -155,8 +155,12 @@ impl ImageStore for DirStore {
         staging: tempfile::TempDir,
         mut manifest: Manifest,
     ) -> Result<Committed, StoreError> {
-        for f in [KERNEL, INITRD, ROOTFS] {
+        for f in [KERNEL, INITRD, ROOTFS, UKI] {
             let p = staging.path().join(f);
+            // The signed UKI is there only when `[secure_boot]` is on.
+            if f == UKI && !p.exists() {
+                continue;
+            }
             let file = std::fs::File::open(&p).map_err(io(&p))?;
             manifest.files.insert(f.to_string(), hash_reader(file, &p)?);
             // Read-only: the store is never written in place.

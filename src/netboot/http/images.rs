@@ -30,6 +30,7 @@ pub const SERVED: &[&str] = &[
     manifest::KERNEL,
     manifest::INITRD,
     manifest::ROOTFS,
+    manifest::UKI,
     manifest::MANIFEST,
 ];
 
@@ -216,16 +217,20 @@ pub async fn get_artifact(
             .body(Body::empty())
             .expect("static response");
     }
-    // A full kernel or initrd sent to a machine of the inventory is a boot event.
+    // A full kernel, initrd or UKI sent to a machine of the inventory is a boot event.
     let event = if status == StatusCode::OK {
         let stage = match file {
             manifest::KERNEL => Some("kernel"),
             manifest::INITRD => Some("initrd"),
+            // The signed UKI fetched by UEFI HTTP Boot is the machine's boot loader (and kernel and initrd).
+            manifest::UKI => Some("bootfile"),
             _ => None,
         };
         stage.and_then(|s| {
-            crate::netboot::peers::mac_for_ip(shared, peer.ip())
-                .map(|mac| (mac, s, format!("{file} of image {id}")))
+            crate::netboot::peers::mac_for_ip(shared, peer.ip()).map(|mac| {
+                let via = if s == "bootfile" { " via HTTP" } else { "" };
+                (mac, s, format!("{file} of image {id}{via}"))
+            })
         })
     } else {
         None

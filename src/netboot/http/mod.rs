@@ -3,7 +3,7 @@
 //!
 //! - [`script`]: `GET /boot.ipxe?mac=`, `GET /ipxe/{mac}`, `GET /grub/{mac}` (arm64)
 //! - [`images`]: `GET|HEAD /images/{id}/{file}` (strong ETag = sha256, Range, 304)
-//! - [`events`]: `POST /api/events`
+//! - [`events`]: `POST /api/events`; [`node`]: `GET /api/node/{mac}` (a UKI-booted machine's own facts)
 //! - [`enroll`]: `GET /api/enroll/{mac}` (the rules are `pki::enroll`); [`token`]: `POST /api/token`;
 //!   [`barrier`]: `GET /api/barrier/init-done` — [`reply`] holds what these three share
 //! - [`status_page`]: `GET /` and `GET /api/status`
@@ -23,6 +23,7 @@ pub mod events;
 pub mod fuzzing;
 pub mod images;
 pub mod listener;
+pub mod node;
 pub mod range;
 pub mod reply;
 pub mod script;
@@ -57,6 +58,7 @@ fn routes(state: AppState) -> Router {
         .route("/grub/by-address", get(script::grub_by_address))
         .route("/grub/{mac}", get(script::grub_by_mac))
         .route("/images/{id}/{file}", get(images::get_artifact))
+        .route("/api/node/{mac}", get(node::node_args))
         .route("/boot/{name}", get(boot_loader))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))

@@ -31,7 +31,7 @@ use tokio::net::UdpSocket;
 use self::packet::{ErrorCode, Packet, Request, encode_data_header, error_packet};
 use self::request::{Accepted, Caps, Decision, InFlight, Why};
 use self::transfer::{Failure, Limits, Outgoing, Phase, Transfer};
-use super::boot::is_grub;
+use super::boot::{UKI_BOOTFILE, is_grub};
 use super::bootfiles::{self, BootFiles};
 use super::metrics::TftpMetrics;
 use super::state::Shared;
@@ -113,12 +113,7 @@ async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
             books
                 .in_flight
                 .set_caps(Caps::from(&booter.cluster.limits.tftp));
-            let d = request::decide(
-                &buf[..n],
-                peer,
-                booter.boot_loader_names(),
-                &mut books.in_flight,
-            );
+            let d = request::decide(&buf[..n], peer, booter.tftp_names(), &mut books.in_flight);
             if let Decision::Start(Accepted {
                 evict: Some((old, ticket)),
                 ..
@@ -250,6 +245,23 @@ fn start(
     lock(&active).tasks.insert(ticket, task.abort_handle());
 }
 
+/// The bytes of image `id`'s `uki.efi` (none: the peer boots no UKI).
+fn read_uki(cluster: &crate::config::Cluster, id: Option<String>) -> std::io::Result<Bytes> {
+    use std::io::Read;
+    let id = id.ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "this machine boots no UKI (no secure_boot, or its pinned image has none)",
+        )
+    })?;
+    let mut a = crate::image::store::open(cluster)
+        .open(&id, UKI_BOOTFILE)
+        .map_err(std::io::Error::other)?;
+    let mut v = Vec::with_capacity(a.size as usize);
+    a.reader.read_to_end(&mut v)?;
+    Ok(Bytes::from(v))
+}
+
 fn server_ip(shared: &Shared) -> std::net::IpAddr {
     shared.cluster().network.server.into()
 }
@@ -291,6 +303,14 @@ async fn transfer_task(
     sock.connect(peer).await?;
     let dir = shared.booter().boot_loader_dir(name);
     let read = match files.cached(&dir, name) {
+        _ if name == UKI_BOOTFILE => {
+            // The signed UKI of the peer's pinned image, read through the image store (manifest-checked).
+            let (shared_c, ip) = (shared.cluster(), peer.ip());
+            let id = shared.booter().uki_for_ip(ip);
+            tokio::task::spawn_blocking(move || read_uki(&shared_c, id))
+                .await
+                .map_err(std::io::Error::other)?
+        }
         Ok(Some(d)) => Ok(d),
         _ => {
             let (files, dir) = (files.clone(), dir.clone());

@@ -40,6 +40,12 @@ pub(super) fn write_config(opts: &Options, user: &Cluster) -> anyhow::Result<Pat
         DhcpMode::Full => "full",
         DhcpMode::Proxy => "proxy",
     });
+    if opts.secure_boot {
+        if doc.get("secure_boot").is_none() {
+            doc["secure_boot"] = toml_edit::table();
+        }
+        doc["secure_boot"]["enabled"] = toml_edit::value(true);
+    }
     let out = opts.dir.join("cluster.toml");
     std::fs::write(&out, doc.to_string()).with_context(|| format!("writing {}", out.display()))?;
     // The artifact lock lives beside the config: let the lab's config see the user's.

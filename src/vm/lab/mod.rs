@@ -67,6 +67,26 @@ impl Lab {
             images::imgbuild(&opts.exe, &config, &["secrets", "init"])?;
             keep_provisioning_ca(&cluster, true)?;
         }
+        // Secure Boot: the machines' inventory entries as the lab's config resolves them, and a variable store
+        // with the cluster's keys enrolled (from the files `imgbuild secureboot enroll-files` writes).
+        let machines: Vec<_> = machines
+            .iter()
+            .map(|m| {
+                cluster
+                    .machine_by_hostname(&m.hostname)
+                    .cloned()
+                    .unwrap_or_else(|| m.clone())
+            })
+            .collect();
+        let enrolled_vars = if opts.secure_boot {
+            let dir = opts.dir.join("secureboot");
+            crate::pki::secureboot::enroll_files(&cluster, &dir)?;
+            let vars = dir.join("OVMF_VARS.enrolled.fd");
+            crate::vm::uefi_vars::enrolled(Path::new(qemu::OVMF_VARS), &dir, &vars)?;
+            Some(vars)
+        } else {
+            None
+        };
 
         // Images: one per role and architecture in use, built under a lock (concurrent labs share the cache),
         // then pinned.
@@ -80,7 +100,7 @@ impl Lab {
             &net.interface,
             &format!("{}/{}", net.server, net.subnet.prefix_len()),
         )?;
-        let nodes = vms::add_nodes(&opts, &netns, net, &machines, accel)?;
+        let nodes = vms::add_nodes(&opts, &netns, net, &machines, accel, enrolled_vars)?;
         let mut lab = Lab {
             children: Children::new(),
             netns,

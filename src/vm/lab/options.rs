@@ -21,6 +21,9 @@ pub struct Options {
     pub dhcp: DhcpMode,
     /// Build and boot images with the labelled stand-in binaries.
     pub standins: bool,
+    /// UEFI Secure Boot: `[secure_boot] enabled` in the lab's config (signed UKIs), and the amd64 UEFI VMs of
+    /// Secure Boot machines run OVMF's Secure Boot build with the cluster's keys enrolled.
+    pub secure_boot: bool,
     /// Overall time limit for every node to reach `joined`.
     pub timeout: Duration,
     /// Memory of each VM.
@@ -54,6 +57,7 @@ impl Options {
             firmware: Firmware::Bios,
             dhcp: DhcpMode::Full,
             standins: false,
+            secure_boot: false,
             timeout: Duration::from_secs(20 * 60),
             memory_mb: 2048,
             images: None,

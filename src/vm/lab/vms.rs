@@ -35,6 +35,7 @@ pub(super) fn add_nodes(
     net: &Network,
     machines: &[Machine],
     accel: Accel,
+    enrolled_vars: Option<PathBuf>,
 ) -> anyhow::Result<Vec<Node>> {
     let mut nodes = Vec::new();
     for (i, m) in machines.iter().enumerate() {
@@ -62,6 +63,7 @@ pub(super) fn add_nodes(
                 disks,
                 console_log: dir.join("console.log"),
                 dir,
+                secure_boot_vars: enrolled_vars.clone().filter(|_| m.secure_boot),
             },
         });
     }

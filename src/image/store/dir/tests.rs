@@ -23,6 +23,7 @@ fn manifest(n: u8, role: Role) -> Manifest {
             ..Inputs::default()
         },
         files: BTreeMap::new(),
+        rootfs_verity: None,
     }
 }
 

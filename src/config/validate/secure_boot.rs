@@ -1,0 +1,95 @@
+//! `[secure_boot]`: the roles that boot signed UKIs, the db key pair (both or neither), and each machine's
+//! `secure_boot` against it (only amd64: Debian's AAVMF has no Secure Boot build with a protected variable
+//! store, so arm64 stays on GRUB).
+
+use std::path::Path;
+
+use super::checker::{Checker, Seg, p};
+use crate::config::model::{Arch, Machine, Role, SECUREBOOT_DIR, SecureBoot};
+use crate::config::raw;
+
+/// Checks `[secure_boot]`; `secrets` is the resolved secrets directory (the default key pair lives there).
+pub(super) fn check(
+    c: &mut Checker,
+    sb: &raw::SecureBootRaw,
+    root: &Path,
+    secrets: &Path,
+) -> Option<SecureBoot> {
+    let mut roles = Vec::new();
+    let mut ok = true;
+    match &sb.roles {
+        None => roles = vec![Role::Master, Role::Worker, Role::Storage],
+        Some(list) => {
+            for (i, r) in list.iter().enumerate() {
+                match r.parse::<Role>() {
+                    Ok(r) => roles.push(r),
+                    Err(e) => {
+                        c.error(&p!["secure_boot", "roles", i], e);
+                        ok = false;
+                    }
+                }
+            }
+        }
+    }
+    let dir = secrets.join(SECUREBOOT_DIR);
+    let (db_key, db_cert, own_db) = match (&sb.db_key, &sb.db_cert) {
+        (None, None) => (dir.join("db.key"), dir.join("db.crt"), false),
+        (Some(k), Some(crt)) => (root.join(k), root.join(crt), true),
+        (Some(_), None) => {
+            c.error(
+                &p!["secure_boot", "db_key"],
+                "db_key is given without db_cert: give both (your db key and its certificate, PEM), or neither \
+                 to use the pair `imgbuild secrets init` makes",
+            );
+            return None;
+        }
+        (None, Some(_)) => {
+            c.error(
+                &p!["secure_boot", "db_cert"],
+                "db_cert is given without db_key: give both (your db key and its certificate, PEM), or neither \
+                 to use the pair `imgbuild secrets init` makes",
+            );
+            return None;
+        }
+    };
+    ok.then_some(SecureBoot {
+        enabled: sb.enabled,
+        roles,
+        db_key,
+        db_cert,
+        own_db,
+    })
+}
+
+/// Resolves each machine's `secure_boot` (its own setting, else its role's default when enabled) and reports
+/// a machine that asks for Secure Boot where it cannot have it.
+pub(super) fn resolve_machines(
+    c: &mut Checker,
+    sb: &SecureBoot,
+    raw_machines: &[raw::MachineRaw],
+    machines: &mut [Machine],
+) {
+    for (i, m) in machines.iter_mut().enumerate() {
+        let asked = raw_machines.get(i).and_then(|r| r.secure_boot);
+        m.secure_boot = match asked {
+            Some(true) if !sb.enabled => {
+                c.error(
+                    &p!["machines", i, "secure_boot"],
+                    "secure_boot = true but [secure_boot] enabled is not true: set `enabled = true` under \
+                     [secure_boot] (images then carry a signed UKI), or drop this key",
+                );
+                false
+            }
+            Some(true) if m.arch == Arch::Arm64 => {
+                c.error(
+                    &p!["machines", i, "secure_boot"],
+                    "secure_boot = true on an arm64 machine: Debian's AAVMF has no Secure Boot build with a \
+                     protected variable store, so arm64 machines boot through GRUB; drop this key",
+                );
+                false
+            }
+            Some(v) => v,
+            None => sb.enabled && m.arch == Arch::Amd64 && sb.roles.contains(&m.role),
+        };
+    }
+}
