@@ -4,6 +4,7 @@
 //! [`ConfigError`] listing every problem with its file, line, column and key.
 
 pub mod error;
+pub mod image_ref;
 pub mod mac;
 pub mod model;
 pub mod profile;
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 pub use error::{ConfigError, Problem};
+pub use image_ref::ImageRef;
 pub use mac::MacAddr;
 pub use model::*;
 pub use validate::REQUIRED_ARTIFACTS;

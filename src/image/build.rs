@@ -26,6 +26,7 @@ use super::initrd::{self, InitrdError};
 use super::install::{self, InstallError};
 use super::layer::{self, LayerError};
 use super::manifest::{FileEntry, INITRD, Inputs, KERNEL, Manifest, ROOTFS};
+use super::oci::{OciError, layout};
 use super::squashfs;
 use super::standins::{self, StandinError};
 use super::store::{self, StoreError};
@@ -49,6 +50,9 @@ pub enum BuildError {
     #[error(transparent)]
     /// An artifact (kubeadm, kubelet, containerd, …) could not be fetched or did not match `imgbuild.lock`.
     Artifact(#[from] ArtifactError),
+    #[error(transparent)]
+    /// A container image of the role is not fetched, or could not be written into the image.
+    Images(#[from] OciError),
     #[error(transparent)]
     /// A labelled stand-in binary could not be made (builds with `--standins`).
     Standin(#[from] StandinError),
@@ -148,6 +152,9 @@ struct InputKey<'a> {
     role_layer_digest: &'a str,
     artifacts: &'a BTreeMap<String, String>,
     initrd_digest: &'a str,
+    /// The container images baked in (absent when none: the keys of images without any are unchanged).
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    images: &'a [layout::BakedImage],
 }
 
 fn is_amd64(a: &Arch) -> bool {
@@ -286,6 +293,7 @@ struct Prepared {
     standin_files: Option<standins::Standins>,
     initrd_cfg: initrd::InitrdConfig,
     config_digest: String,
+    images: Vec<layout::BakedImage>,
     key: String,
 }
 
@@ -309,6 +317,16 @@ fn inputs(
     };
     let initrd_cfg = initrd::render(cluster, &engine, &base_digest, arch)?;
     let config_digest = config_digest(cluster);
+    // A real build needs every image of the role fetched; a stand-in build bakes those that are.
+    let (images, unfetched) = layout::role_images(cluster, role, arch, !opts.standins)?;
+    if !unfetched.is_empty() {
+        tracing::warn!(
+            role = role.as_str(),
+            "{} container image(s) of the role are not fetched and not baked in (nodes would pull them): {}",
+            unfetched.len(),
+            unfetched.join(", ")
+        );
+    }
     let key = hex::encode(Sha256::digest(
         serde_json::to_vec(&InputKey {
             format: FORMAT,
@@ -323,6 +341,7 @@ fn inputs(
             role_layer_digest: &role_layer_digest,
             artifacts: &artifact_digests,
             initrd_digest: &initrd_cfg.digest,
+            images: &images,
         })
         .expect("serializes"),
     ));
@@ -336,6 +355,7 @@ fn inputs(
         standin_files,
         initrd_cfg,
         config_digest,
+        images,
         key,
     })
 }
@@ -358,6 +378,7 @@ pub fn build_for(
         standin_files,
         initrd_cfg,
         config_digest,
+        images: baked,
         key,
     } = inputs(cluster, role, arch, opts)?;
     let index_dir = cluster.paths.cache.join("index");
@@ -470,6 +491,15 @@ pub fn build_for(
         },
     )?;
 
+    p.stage("images", "container images (OCI layout)", || {
+        let bytes = layout::write(&cluster.paths.cache, &baked, &root)?;
+        Ok((
+            (),
+            false,
+            format!("{} images, {}", baked.len(), human(bytes)),
+        ))
+    })?;
+
     let packages = p.stage("role", "role layer", || {
         layer::scrub(&root)?;
         layer::apply_tree(&root, &tree)?;
@@ -517,6 +547,7 @@ pub fn build_for(
             role_layer_digest: role_layer_digest.clone(),
             packages,
             artifacts: artifact_digests,
+            images: baked,
         },
         files: BTreeMap::new(),
     };

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::oci::layout::BakedImage;
 use crate::config::{Arch, Role};
 
 /// The artifact files every image has.
@@ -39,6 +40,9 @@ pub struct Inputs {
     pub packages: BTreeMap<String, String>,
     /// Artifact name (kubeadm, containerd, ...) → sha256 of the file installed.
     pub artifacts: BTreeMap<String, String>,
+    /// The container images baked in (`/usr/share/imgbuild/images`), sorted by reference; absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<BakedImage>,
 }
 
 /// The manifest of one image.
