@@ -175,13 +175,13 @@ fn root_image_builds_are_reproducible_immutable_cached_and_secret_free() {
         format!("{text}\n[images.test]\nroles = [\"worker\"]\nrefs = [\"{box_ref}\"]\n"),
     )
     .unwrap();
+    imgbuild::image::artifacts::fetch_all(&r.cluster(), |_| {}).unwrap();
     // A real build refuses an image that is not fetched, naming it.
     let e = build::build(&r.cluster(), Role::Worker, &Options::default()).unwrap_err();
     assert!(
         e.to_string().contains(&box_ref) && e.to_string().contains("imgbuild fetch"),
         "{e}"
     );
-    imgbuild::image::artifacts::fetch_all(&r.cluster(), |_| {}).unwrap();
     imgbuild::image::oci::pull::fetch_images(&r.cluster(), &[Arch::Amd64], false, |_| {}).unwrap();
     drop(reg);
     let rr = build_worker(&r, &Options::default());
