@@ -68,8 +68,7 @@ fn lock_of(f: &Fixture) -> Lock {
 }
 
 #[test]
-fn fetch_locks_multi_arch_images_refuses_tampering_names_missing_and_moved_tags_and_bundles_move_them()
- {
+fn fetch_locks_multi_arch_images_a_second_fetch_is_a_no_op_and_a_bundle_carries_cache_and_lock() {
     let reg = Registry::start();
     let arches = oci_registry::arches();
     let arch_arg = arches.join(",");
@@ -243,5 +242,154 @@ fn a_tampered_blob_is_refused_a_missing_image_is_named_and_a_moved_tag_is_report
     assert_eq!(
         std::fs::read_to_string(f.dir.path().join("imgbuild.lock")).unwrap(),
         lock_text
+    );
+}
+
+/// Debian's containerd on a private socket and root under `dir`, started by PID, stopped on drop.
+struct Containerd {
+    child: std::process::Child,
+    sock: std::path::PathBuf,
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Containerd {
+    fn start(dir: &std::path::Path) -> Containerd {
+        let sock = dir.join("containerd.sock");
+        let cfg = dir.join("config.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n[grpc]\n  address = \"{1}\"\n",
+                dir.display(),
+                sock.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("containerd.log")).unwrap())
+            .spawn()
+            .expect("containerd runs (apt-get install containerd runc)");
+        let c = Containerd { child, sock };
+        let t0 = std::time::Instant::now();
+        while !c.ctr(&["version"]).status.success() {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(30),
+                "containerd did not answer within 30 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        c
+    }
+
+    fn ctr(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(&self.sock)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+#[test]
+fn root_a_baked_image_layout_imports_into_real_containerd_which_runs_a_container_from_it() {
+    use imgbuild::config::{Arch, Role};
+    use imgbuild::image::oci::layout;
+    let reg = Registry::start();
+    let (index, _) = reg.push_multiarch("test/box", "v1", "hello from the baked image");
+    let box_ref = format!("{}/test/box:v1", reg.host);
+    let f = cluster_with(std::slice::from_ref(&box_ref));
+    let (ok, out, err) = run(&f, &["fetch", "--arch", "amd64"]);
+    assert!(ok, "{out}{err}");
+    // Stop the registry: from here on nothing can be pulled.
+    drop(reg);
+
+    // The layout exactly as the build bakes it into a worker's root, and the import script the worker runs.
+    let cluster = f.cluster();
+    let (images, missing) = layout::role_images(&cluster, Role::Worker, Arch::Amd64, true).unwrap();
+    assert!(
+        missing.is_empty() && images.len() == 1,
+        "{images:?} {missing:?}"
+    );
+    let root = f.dir.path().join("root");
+    layout::write(&cluster.paths.cache, &images, &root).unwrap();
+    let profile =
+        imgbuild::config::profile::resolve(&cluster.paths.profiles, Role::Worker).unwrap();
+    let tree = imgbuild::image::tree::render(
+        &cluster,
+        &profile,
+        &imgbuild::template::engine_for(&cluster),
+    )
+    .unwrap();
+    let script = tree
+        .files
+        .iter()
+        .find(|x| x.path == "/usr/lib/imgbuild/import-images")
+        .expect("the worker carries the import script");
+    let script_path = f.dir.path().join("import-images");
+    std::fs::write(&script_path, &script.contents).unwrap();
+    let reports = f.dir.path().join("reports");
+    let reporter = f.dir.path().join("report");
+    std::fs::write(
+        &reporter,
+        format!(
+            "#!/bin/sh\nprintf '%s|%s\\n' \"$1\" \"$2\" >>{}\n",
+            reports.display()
+        ),
+    )
+    .unwrap();
+    for p in [&script_path, &reporter] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    let cdir = tempfile::tempdir().unwrap();
+    let ctd = Containerd::start(cdir.path());
+    let out = Command::new("sh")
+        .arg(&script_path)
+        .env(
+            "IMGBUILD_IMAGES_DIR",
+            root.join("usr/share/imgbuild/images"),
+        )
+        .env("IMGBUILD_REPORT", &reporter)
+        .env("CONTAINERD_ADDRESS", &ctd.sock)
+        .output()
+        .unwrap();
+    let reported = std::fs::read_to_string(&reports).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{}{}{reported}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        reported.starts_with("images-imported|1 images from "),
+        "{reported}"
+    );
+    // Known to containerd by the name and pointing at the locked index.
+    let ls = ctd.ctr(&["-n", "k8s.io", "images", "ls"]);
+    let ls = String::from_utf8_lossy(&ls.stdout).into_owned();
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with(&box_ref) && l.contains(&index)),
+        "{ls}"
+    );
+    // runc runs a container from it, with the registry gone.
+    let run_out = ctd.ctr(&["-n", "k8s.io", "run", "--rm", &box_ref, "imgbuild-test"]);
+    assert!(
+        run_out.status.success()
+            && String::from_utf8_lossy(&run_out.stdout).contains("hello from the baked image"),
+        "{}{}",
+        String::from_utf8_lossy(&run_out.stdout),
+        String::from_utf8_lossy(&run_out.stderr)
     );
 }
