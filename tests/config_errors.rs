@@ -488,3 +488,74 @@ fn secure_boot_defaults_follow_the_roles_and_spare_arm64() {
     assert!(!c.secure_boot.own_db);
     assert!(c.secure_boot.db_key.ends_with("secrets/secureboot/db.key"));
 }
+
+#[test]
+fn container_images_name_the_reference_role_and_version_at_their_line() {
+    // No tag, pinned by digest, an unknown role, the control plane at another version, listed twice.
+    let (src, p) = problems_with(
+        "  \"registry.k8s.io/etcd:3.6.5-0\",",
+        "  \"registry.k8s.io/etcd\",",
+    );
+    assert_problem(
+        &src,
+        &p,
+        "images.kubernetes.refs[3]",
+        "has no tag",
+        "\"registry.k8s.io/etcd\"",
+    );
+    let (src, p) = problems_with(
+        "  \"quay.io/frrouting/frr:10.5.3\",",
+        "  \"quay.io/frrouting/frr@sha256:0000\",",
+    );
+    assert_problem(
+        &src,
+        &p,
+        "images.node.refs[6]",
+        "pinned by digest",
+        "frr@sha256",
+    );
+    let (src, p) = problems_with(
+        "roles = [\"worker\", \"storage\"]",
+        "roles = [\"worker\", \"stroage\"]",
+    );
+    assert_problem(
+        &src,
+        &p,
+        "images.longhorn.roles[1]",
+        "expected one of: master, worker, storage",
+        "\"stroage\"",
+    );
+    let (src, p) = problems_with(
+        "  \"registry.k8s.io/kube-scheduler:v1.37.2\",",
+        "  \"registry.k8s.io/kube-scheduler:v1.36.0\",",
+    );
+    assert_problem(
+        &src,
+        &p,
+        "images.kubernetes.refs[2]",
+        "cluster.kubernetes_version is 1.37.2",
+        "kube-scheduler:v1.36.0",
+    );
+    let (src, p) = problems_with(
+        "  \"quay.io/metallb/controller:v0.16.1\",",
+        "  \"quay.io/metallb/controller:v0.16.1\",\n  \"ghcr.io/kube-vip/kube-vip:v1.0.1\",",
+    );
+    let (_, p2) = (src.clone(), p.clone());
+    let dup = p2
+        .iter()
+        .find(|p| p.key == "images.control-plane-addons.refs[2]")
+        .unwrap_or_else(|| panic!("{p2:#?}"));
+    assert!(
+        dup.message.contains("listed twice for role master")
+            && dup.message.contains("images.control-plane-addons.refs[0]"),
+        "{dup}"
+    );
+    // kube-vip's image left out of the masters' images: they would pull it.
+    let (src, p) = problems_with("  \"ghcr.io/kube-vip/kube-vip:v1.0.1\",\n", "");
+    let _ = src;
+    assert!(
+        p.iter()
+            .any(|p| p.key == "images" && p.message.contains("kube_vip_image")),
+        "{p:#?}"
+    );
+}

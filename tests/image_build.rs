@@ -3,6 +3,7 @@
 //! so the expensive builds are shared; the Debian base comes from the run's shared cache.
 
 mod image_fixture;
+mod oci_registry;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -164,11 +165,36 @@ fn root_image_builds_are_reproducible_immutable_cached_and_secret_free() {
         ),
     )
     .unwrap();
+    // With a container image for the workers, served by a local registry (docs/air-gapped.md).
+    let reg = oci_registry::Registry::start();
+    let (box_index, _) = reg.push_multiarch("test/box", "v1", "box-v1");
+    let box_ref = format!("{}/test/box:v1", reg.host);
+    let text = std::fs::read_to_string(&r.config).unwrap();
+    std::fs::write(
+        &r.config,
+        format!("{text}\n[images.test]\nroles = [\"worker\"]\nrefs = [\"{box_ref}\"]\n"),
+    )
+    .unwrap();
     imgbuild::image::artifacts::fetch_all(&r.cluster(), |_| {}).unwrap();
+    // A real build refuses an image that is not fetched, naming it.
+    let e = build::build(&r.cluster(), Role::Worker, &Options::default()).unwrap_err();
+    assert!(
+        e.to_string().contains(&box_ref) && e.to_string().contains("imgbuild fetch"),
+        "{e}"
+    );
+    imgbuild::image::oci::pull::fetch_images(&r.cluster(), &[Arch::Amd64], false, |_| {}).unwrap();
+    drop(reg);
     let rr = build_worker(&r, &Options::default());
     assert_ne!(rr.id, ra.id, "a stand-in build never has a real build's id");
     let mr = DirStore::new(&r.images()).manifest(&rr.id).unwrap();
     assert!(!mr.standins);
+    assert_eq!(mr.inputs.images.len(), 1, "{:?}", mr.inputs.images);
+    assert_eq!(mr.inputs.images[0].reference, box_ref);
+    assert_eq!(mr.inputs.images[0].digest, box_index);
+    // Rebuilt from the lock and the cache into an empty store (the registry is gone): the same bytes.
+    std::fs::remove_dir_all(r.images()).unwrap();
+    let rr2 = build_worker(&r, &Options::default());
+    assert!(!rr2.cached && rr2.id == rr.id, "{} != {}", rr2.id, rr.id);
 
     // 6. Inside the images: stand-ins labelled, real files installed, units enabled, nothing machine-specific,
     // and no secret anywhere (squashfs, initrd, kernel, manifest).
@@ -246,6 +272,17 @@ fn root_image_builds_are_reproducible_immutable_cached_and_secret_free() {
         std::fs::read(mdir.join("kubeadm")).unwrap()
     );
     assert!(sr.join("usr/local/bin/containerd-shim-runc-v2").is_file());
+    // The baked OCI layout: named for containerd, pointing at the locked index, with the amd64 blobs.
+    let layout = sr.join("usr/share/imgbuild/images");
+    let index = std::fs::read_to_string(layout.join("index.json")).unwrap();
+    assert!(
+        index.contains(&format!("\"io.containerd.image.name\": \"{box_ref}\""))
+            && index.contains(&box_index),
+        "{index}"
+    );
+    let hex = box_index.strip_prefix("sha256:").unwrap();
+    assert!(layout.join("blobs/sha256").join(hex).is_file());
+    assert!(layout.join("oci-layout").is_file());
 
     let ia = tmp.path().join("initrd");
     unpack_initrd(&ra.dir.join(INITRD), &ia);

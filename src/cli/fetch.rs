@@ -1,10 +1,12 @@
-//! `imgbuild fetch`: download every artifact, verify it upstream and against imgbuild.lock, cache it.
+//! `imgbuild fetch`: download every artifact and container image, verify it upstream and against imgbuild.lock,
+//! cache it.
 
 use std::process::ExitCode;
 
 use super::global::Global;
 use crate::config::Arch;
 use crate::image::artifacts;
+use crate::image::oci::pull;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -14,6 +16,16 @@ pub struct Args {
     /// Fetch for these architectures (amd64, arm64; comma-separated). Default: the inventory's machines'.
     #[arg(long, value_delimiter = ',', value_parser = parse_arch)]
     pub arch: Option<Vec<Arch>>,
+    /// Contact nothing: check that every artifact and image is locked and in the cache with its locked digest
+    /// (a disconnected site after `imgbuild bundle import`).
+    #[arg(long)]
+    pub offline: bool,
+}
+
+#[derive(serde::Serialize)]
+struct Report<'a> {
+    artifacts: &'a [artifacts::Fetched],
+    images: &'a [pull::FetchedImage],
 }
 
 fn parse_arch(s: &str) -> Result<Arch, String> {
@@ -47,14 +59,31 @@ pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
             .expect("static template"),
     );
-    let fetched = artifacts::fetch_all_for(&cluster, &arches, |name| {
-        pb.set_message(name.to_string());
-        pb.inc(1);
+    pb.inc_length((cluster.images.len() * arches.len()) as u64);
+    let fetched = if args.offline {
+        offline_artifacts(&cluster, &arches)
+    } else {
+        artifacts::fetch_all_for(&cluster, &arches, |name| {
+            pb.set_message(name.to_string());
+            pb.inc(1);
+        })
+        .map_err(anyhow::Error::from)
+    };
+    let images = fetched.and_then(|f| {
+        let i = pull::fetch_images(&cluster, &arches, args.offline, |name| {
+            pb.set_message(name.to_string());
+            pb.inc(1);
+        })?;
+        Ok((f, i))
     });
     pb.finish_and_clear();
-    let fetched = fetched?;
+    let (fetched, images) = images?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&fetched)?);
+        let r = Report {
+            artifacts: &fetched,
+            images: &images,
+        };
+        println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(ExitCode::SUCCESS);
     }
     for f in &fetched {
@@ -75,10 +104,53 @@ pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    for i in &images {
+        println!(
+            "{:<60} {:<6} {}  {} MiB  {}",
+            i.reference,
+            i.arch.as_str(),
+            &i.manifest[..23],
+            i.size / (1 << 20),
+            if i.cached { "cached" } else { "downloaded" }
+        );
+    }
+    if !images.is_empty() {
+        println!(
+            "{} images verified ({} downloaded)",
+            images.len(),
+            images.iter().filter(|i| !i.cached).count()
+        );
+    }
     println!(
         "{} artifacts verified; lock: {}",
         fetched.len(),
         cluster.paths.lock.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--offline`: every artifact resolved from the lock and the cache, nothing downloaded.
+fn offline_artifacts(
+    cluster: &crate::config::Cluster,
+    arches: &[Arch],
+) -> anyhow::Result<Vec<artifacts::Fetched>> {
+    let mut out: Vec<artifacts::Fetched> = Vec::new();
+    for arch in arches {
+        for r in artifacts::resolve(cluster, *arch)? {
+            if out.iter().any(|f| f.sha256 == r.sha256) {
+                continue;
+            }
+            out.push(artifacts::Fetched {
+                name: r.name,
+                version: r.version,
+                arch: Some(*arch),
+                sha256: r.sha256,
+                size: r.path.metadata().map(|m| m.len()).unwrap_or(0),
+                cached: true,
+                verified: "locked".into(),
+                lock_updated: false,
+            });
+        }
+    }
+    Ok(out)
 }

@@ -1,6 +1,7 @@
 //! The `imgbuild` command line: parsing (clap) and one module per subcommand.
 
 mod build;
+mod bundle;
 mod check;
 mod doctor;
 mod enroll;
@@ -46,8 +47,10 @@ pub enum Command {
     Profile(profile::Args),
     /// Build the image of every role.
     Build(build::Args),
-    /// Download and verify every artifact into the cache; write or check imgbuild.lock.
+    /// Download and verify every artifact and container image into the cache; write or check imgbuild.lock.
     Fetch(fetch::Args),
+    /// Carry the fetched artifacts, container images and imgbuild.lock to a disconnected site as one file.
+    Bundle(bundle::Args),
     /// List the images in the store.
     Images(images::Args),
     /// Re-hash an image against its id.
@@ -98,6 +101,7 @@ pub fn main() -> ExitCode {
         Command::Profile(a) => profile::run(&cli.global, a),
         Command::Build(a) => build::run(&cli.global, a),
         Command::Fetch(a) => fetch::run(&cli.global, a),
+        Command::Bundle(a) => bundle::run(&cli.global, a),
         Command::Images(a) => images::run(&cli.global, a),
         Command::Verify(a) => verify::run(&cli.global, a),
         Command::Gc(a) => gc::run(&cli.global, a),

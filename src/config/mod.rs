@@ -4,6 +4,7 @@
 //! [`ConfigError`] listing every problem with its file, line, column and key.
 
 pub mod error;
+pub mod image_ref;
 pub mod limits;
 pub mod mac;
 pub mod model;
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 pub use error::{ConfigError, Problem};
+pub use image_ref::ImageRef;
 pub use limits::{DhcpLimits, EventLimits, HttpLimits, Limits, TftpLimits};
 pub use mac::MacAddr;
 pub use model::*;

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+use super::image_ref::ImageRef;
 use super::mac::MacAddr;
 
 /// A node's job in the cluster. Each role has a profile under `profiles/<role>/` and one pinned image.
@@ -202,6 +203,8 @@ pub struct Cluster {
     /// `[artifacts.<name>]`: upstream downloads by name (`kubeadm`, `containerd`, ...), all of `REQUIRED_ARTIFACTS`
     /// present.
     pub artifacts: BTreeMap<String, Artifact>,
+    /// `[images.<group>]`: the container images baked into the role images, in group then file order.
+    pub images: Vec<ContainerImage>,
     /// `[base]`: the Debian release and packages of the base layer.
     pub base: Base,
     /// `[paths]`: the directories imgbuild reads and writes, made absolute.
@@ -476,6 +479,17 @@ pub struct Machine {
     pub secure_boot: bool,
 }
 
+/// One container image a role needs: written by tag in `cluster.toml`; `imgbuild.lock` records its digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ContainerImage {
+    /// The `[images.<group>]` it is listed in (`kubernetes`, `longhorn`, your own `ingress`, ...).
+    pub group: String,
+    /// The parsed reference.
+    pub reference: ImageRef,
+    /// The roles whose images carry it, in [`Role::ALL`] order.
+    pub roles: Vec<Role>,
+}
+
 /// One `[artifacts.<name>]` entry: a file downloaded from upstream and verified by sha256.
 #[derive(Debug, Clone, Serialize)]
 pub struct Artifact {
@@ -561,6 +575,15 @@ impl Cluster {
     /// The master that runs `kubeadm init`: the first master in inventory order.
     pub fn first_master(&self) -> Option<&Machine> {
         self.machines.iter().find(|m| m.role == Role::Master)
+    }
+
+    /// The container images the image of `role` carries, each once, in `cluster.toml` order.
+    pub fn images_for(&self, role: Role) -> Vec<&ContainerImage> {
+        let mut seen = std::collections::BTreeSet::new();
+        self.images
+            .iter()
+            .filter(|i| i.roles.contains(&role) && seen.insert(i.reference.full()))
+            .collect()
     }
 
     /// The inventory machines of `role`, in inventory order.

@@ -26,6 +26,9 @@ pub struct File {
     /// `[artifacts.<name>]`, by name; every required artifact must be present (checked in validation).
     #[serde(default)]
     pub artifacts: BTreeMap<String, ArtifactRaw>,
+    /// `[images.<group>]`: the container images baked into the role images; absent means none.
+    #[serde(default)]
+    pub images: BTreeMap<String, ImageGroupRaw>,
     /// `[base]`: Debian release, mirror, snapshot, extra packages.
     pub base: BaseRaw,
     /// `[paths]`; every directory has a default.
@@ -336,6 +339,17 @@ pub struct ArtifactRaw {
     pub url: Option<String>,
     /// The checksum file's URL; absent: `<url>.sha256`; `"none"`: upstream publishes none.
     pub checksum_url: Option<String>,
+}
+
+/// One `[images.<group>]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageGroupRaw {
+    /// The roles whose images carry the group's images; absent means every role.
+    pub roles: Option<Vec<String>>,
+    /// The images, `[registry/]repository:tag`.
+    #[serde(default)]
+    pub refs: Vec<String>,
 }
 
 /// `[base]` as written.

@@ -26,6 +26,7 @@ use super::initrd::{self, InitrdError};
 use super::install::{self, InstallError};
 use super::layer::{self, LayerError};
 use super::manifest::{FileEntry, INITRD, Inputs, KERNEL, Manifest, ROOTFS};
+use super::oci::{OciError, layout};
 use super::squashfs;
 use super::standins::{self, StandinError};
 use super::store::{self, StoreError};
@@ -51,6 +52,9 @@ pub enum BuildError {
     #[error(transparent)]
     /// An artifact (kubeadm, kubelet, containerd, …) could not be fetched or did not match `imgbuild.lock`.
     Artifact(#[from] ArtifactError),
+    #[error(transparent)]
+    /// A container image of the role is not fetched, or could not be written into the image.
+    Images(#[from] OciError),
     #[error(transparent)]
     /// A labelled stand-in binary could not be made (builds with `--standins`).
     Standin(#[from] StandinError),
@@ -162,6 +166,9 @@ struct InputKey<'a> {
     /// Absent without `[secure_boot]`: the keys of images without a UKI are those from before UKIs.
     #[serde(skip_serializing_if = "Option::is_none")]
     uki: Option<&'a UkiInputs>,
+    /// The container images baked in (absent when none: the keys of images without any are unchanged).
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    images: &'a [layout::BakedImage],
 }
 
 /// What decides a UKI's bytes beyond the kernel, initrd and root filesystem: the db certificate it is signed
@@ -319,6 +326,7 @@ struct Prepared {
     initrd_cfg: initrd::InitrdConfig,
     config_digest: String,
     uki: Option<UkiInputs>,
+    images: Vec<layout::BakedImage>,
     key: String,
 }
 
@@ -352,6 +360,16 @@ fn inputs(
     } else {
         None
     };
+    // A real build needs every image of the role fetched; a stand-in build bakes those that are.
+    let (images, unfetched) = layout::role_images(cluster, role, arch, !opts.standins)?;
+    if !unfetched.is_empty() {
+        tracing::warn!(
+            role = role.as_str(),
+            "{} container image(s) of the role are not fetched and not baked in (nodes would pull them): {}",
+            unfetched.len(),
+            unfetched.join(", ")
+        );
+    }
     let key = hex::encode(Sha256::digest(
         serde_json::to_vec(&InputKey {
             format: FORMAT,
@@ -367,6 +385,7 @@ fn inputs(
             artifacts: &artifact_digests,
             initrd_digest: &initrd_cfg.digest,
             uki: uki.as_ref(),
+            images: &images,
         })
         .expect("serializes"),
     ));
@@ -381,6 +400,7 @@ fn inputs(
         initrd_cfg,
         config_digest,
         uki,
+        images,
         key,
     })
 }
@@ -404,6 +424,7 @@ pub fn build_for(
         initrd_cfg,
         config_digest,
         uki: uki_inputs,
+        images: baked,
         key,
     } = inputs(cluster, role, arch, opts)?;
     let index_dir = cluster.paths.cache.join("index");
@@ -516,6 +537,15 @@ pub fn build_for(
         },
     )?;
 
+    p.stage("images", "container images (OCI layout)", || {
+        let bytes = layout::write(&cluster.paths.cache, &baked, &root)?;
+        Ok((
+            (),
+            false,
+            format!("{} images, {}", baked.len(), human(bytes)),
+        ))
+    })?;
+
     let packages = p.stage("role", "role layer", || {
         layer::scrub(&root)?;
         layer::apply_tree(&root, &tree)?;
@@ -610,6 +640,7 @@ pub fn build_for(
             packages,
             artifacts: artifact_digests,
             db_cert_sha256: uki_inputs.as_ref().map(|u| u.db_cert_sha256.clone()),
+            images: baked,
         },
         files: BTreeMap::new(),
         rootfs_verity: Some(rootfs_verity),

@@ -54,6 +54,29 @@ pub struct Lock {
     /// Every locked file, `[[artifact]]` tables in the TOML, sorted by name and URL.
     #[serde(default, rename = "artifact")]
     pub artifacts: Vec<LockEntry>,
+    /// Every locked container image, `[[image]]` tables, sorted by reference and architecture.
+    #[serde(default, rename = "image", skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ImageLockEntry>,
+}
+
+/// One container image for one architecture, as `imgbuild fetch` resolved and verified it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageLockEntry {
+    /// The reference as `cluster.toml` writes it, normalised (`registry.k8s.io/pause:3.10.1`).
+    #[serde(rename = "ref")]
+    pub reference: String,
+    /// The Debian architecture the image manifest is for.
+    pub arch: String,
+    /// The digest of the tag's target when it is a multi-arch index (`sha256:...`); absent when the tag names a
+    /// single image manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<String>,
+    /// The digest of the image manifest for `arch` (`sha256:...`): what nodes run, `repository@digest`.
+    pub manifest: String,
+    /// The digest of the image's config (`sha256:...`): the image id `ctr`/`crictl` show.
+    pub config: String,
+    /// The size in bytes of the manifest, the config and every layer together.
+    pub size: u64,
 }
 
 /// Why `imgbuild.lock` could not be used.
@@ -106,7 +129,7 @@ impl Lock {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Lock {
                 version: LOCK_VERSION,
-                artifacts: Vec::new(),
+                ..Lock::default()
             }),
             Err(source) => Err(LockError::Io {
                 path: path.to_path_buf(),
@@ -127,13 +150,31 @@ impl Lock {
         self.artifacts.sort_by(|a, b| a.name.cmp(&b.name));
     }
 
+    /// The locked image `reference` (normalised) for `arch`.
+    pub fn image(&self, reference: &str, arch: &str) -> Option<&ImageLockEntry> {
+        self.images
+            .iter()
+            .find(|e| e.reference == reference && e.arch == arch)
+    }
+
+    /// Adds or replaces the entry of (`entry.reference`, `entry.arch`), keeping the entries sorted.
+    pub fn upsert_image(&mut self, entry: ImageLockEntry) {
+        self.images
+            .retain(|e| !(e.reference == entry.reference && e.arch == entry.arch));
+        self.images.push(entry);
+        self.images
+            .sort_by(|a, b| (&a.reference, &a.arch).cmp(&(&b.reference, &b.arch)));
+    }
+
     /// The file's text: a header and TOML.
     pub fn to_text(&self) -> String {
         let mut lock = self.clone();
         lock.version = LOCK_VERSION;
         lock.artifacts.sort_by(|a, b| a.name.cmp(&b.name));
+        lock.images
+            .sort_by(|a, b| (&a.reference, &a.arch).cmp(&(&b.reference, &b.arch)));
         format!(
-            "# imgbuild.lock: the verified sha256 of every artifact. Written by `imgbuild fetch`; commit it.\n\
+            "# imgbuild.lock: the verified sha256 of every artifact and container image. Written by `imgbuild fetch`; commit it.\n\
              # A build uses only files whose digest is recorded here.\n\n{}",
             toml::to_string(&lock).expect("lock serializes")
         )

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::oci::layout::BakedImage;
 use super::verity::Verity;
 use crate::config::{Arch, Role};
 
@@ -45,6 +46,9 @@ pub struct Inputs {
     /// sha256 of the db certificate (PEM) the image's `uki.efi` is signed with; absent without a UKI.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub db_cert_sha256: Option<String>,
+    /// The container images baked in (`/usr/share/imgbuild/images`), sorted by reference; absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<BakedImage>,
 }
 
 /// The manifest of one image.

@@ -10,12 +10,14 @@
 pub mod artifacts;
 pub mod base;
 pub mod build;
+pub mod bundle;
 pub mod catalog;
 pub mod initrd;
 pub mod install;
 pub mod layer;
 pub mod lock;
 pub mod manifest;
+pub mod oci;
 pub mod pins;
 pub mod squashfs;
 pub mod standins;

@@ -24,6 +24,8 @@ pub const STAGES: &[&str] = &[
     "rootfs-verified",
     "state-disk",
     "systemd",
+    // The container images baked into the image, imported into containerd before the kubelet and the join.
+    "images-imported",
     "firstboot-started",
     "enrolled",
     "kube-vip",

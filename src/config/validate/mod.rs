@@ -17,6 +17,7 @@ mod base;
 mod checker;
 mod cluster;
 mod control_plane;
+mod images;
 mod limits;
 mod limits_events;
 mod limits_http;
@@ -42,6 +43,7 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
     let metallb = metallb::check(c, &f.metallb, &machines, &known);
     let longhorn = longhorn::check(c, &f.longhorn, &f.machines);
     let artifacts = artifacts::check(c, &f.artifacts, &known);
+    let images = images::check(c, &f.images, &known, &f.control_plane.kube_vip_image);
     let base = base::check(c, &f.base);
     let paths = paths::check(root, &f.paths);
     let limits = limits::check(c, &f.limits);
@@ -65,6 +67,7 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
         longhorn: longhorn?,
         machines,
         artifacts,
+        images,
         base,
         paths,
         limits: super::limits::Limits {
