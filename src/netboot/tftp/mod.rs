@@ -341,12 +341,15 @@ async fn transfer_task(
     let mut pkt = Vec::new();
     let mut buf = [0u8; TRANSFER_RECV];
     send_all(&sock, &out, &data, &mut pkt).await?;
-    // One timer for the whole transfer, moved only when the state machine's deadline moves.
+    // One lazy timer for the whole transfer: every ACK moves the deadline later, and resetting a tokio timer
+    // per block was measurable (docs/performance.md). The armed timer stays where it is; when it fires early it
+    // is re-armed to the real deadline (one timer operation per timeout period, not per block). Only a deadline
+    // that moved earlier (an ACK during backoff) re-arms it at once.
     let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(t.deadline()));
     tokio::pin!(timer);
     while !t.finished() {
         let deadline = tokio::time::Instant::from_std(t.deadline());
-        if timer.deadline() != deadline {
+        if deadline < timer.deadline() {
             timer.as_mut().reset(deadline);
         }
         let out = tokio::select! {
@@ -372,7 +375,12 @@ async fn transfer_task(
                     Err(e) => return Err(e),
                 }
             }
-            _ = &mut timer => t.on_timeout(Instant::now()),
+            _ = &mut timer => {
+                let now = Instant::now();
+                let out = if now >= t.deadline() { t.on_timeout(now) } else { Vec::new() };
+                timer.as_mut().reset(tokio::time::Instant::from_std(t.deadline()));
+                out
+            }
         };
         send_all(&sock, &out, &data, &mut pkt).await?;
     }
