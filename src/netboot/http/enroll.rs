@@ -96,6 +96,9 @@ async fn enroll(State(ctx): State<Ctx>, UrlPath(mac): UrlPath<String>, req: Requ
         // Before the store's lock and any file: a flood of random MACs costs this counter only.
         let r = Refusal::UnknownMac;
         count(&ctx.requests, r.outcome());
+        ctx.shared
+            .events
+            .refused_outside_inventory(mac, "an enrollment request");
         tracing::debug!(%mac, %peer, "{}", r.message(mac, peer));
         return text(status_of(&r), r.message(mac, peer));
     }
