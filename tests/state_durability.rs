@@ -116,8 +116,15 @@ fn init_done_line() -> String {
 fn root_event_log_corrupt_line_keeps_every_other_event_and_the_barrier() {
     let ns = Netns::new();
     let c = ClusterDir::new(None);
-    // The first master reported init-done in an earlier run.
+    // The first master reported init-done in an earlier run: the event log holds its report, and the barrier is
+    // the durable server state that report opened (state/barrier.json, `pki::report_state`), which no damage to
+    // the event log may close.
     std::fs::write(c.state.join("events.jsonl"), init_done_line()).unwrap();
+    std::fs::write(
+        c.state.join("barrier.json"),
+        format!("{{\"at_ms\":1000,\"mac\":\"{MASTER1}\"}}\n"),
+    )
+    .unwrap();
     let server = Server::start(&ns, &c);
     let (code, _, _) = http(&ns, &[], "/api/barrier/init-done");
     assert_eq!(code, 200, "{}", server.log_text());
