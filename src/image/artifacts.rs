@@ -277,7 +277,8 @@ pub fn parse_checksum(text: &str, file: &str) -> Option<String> {
     None
 }
 
-fn sha256_file(path: &Path) -> std::io::Result<String> {
+/// Hex sha256 of a file's bytes, read in 1 MiB pieces.
+pub(crate) fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut f = std::fs::File::open(path)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];

@@ -1,7 +1,6 @@
 //! The content-addressed blob cache every fetched image shares: `cache/oci/blobs/sha256/<hex>`, the layout of an
 //! OCI image layout's blob directory. A blob is stored only after its bytes hash to its digest.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -27,19 +26,12 @@ pub fn digest_of(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data)))
 }
 
-/// `sha256:<hex>` of a file's bytes.
+/// `sha256:<hex>` of a file's bytes (streamed, as the artifact cache hashes its downloads).
 pub fn digest_file(path: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(format!("sha256:{}", hex::encode(h.finalize())))
+    Ok(format!(
+        "sha256:{}",
+        crate::image::artifacts::sha256_file(path)?
+    ))
 }
 
 impl Blobs {
