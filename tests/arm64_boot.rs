@@ -24,6 +24,8 @@ const REPO: &str = env!("CARGO_MANIFEST_DIR");
 const ASSETS: &str = "/usr/local/lib/imgbuild/arm64";
 const ARM_WORKER_MAC: &str = common::ARM64_WORKER_MAC;
 const ARM_STORAGE_MAC: &str = "52:54:00:77:00:42";
+/// A second arm64 worker: in the VM boots it starts on UEFI HTTP Boot beside arm-worker-1 on PXE.
+const ARM_WORKER2_MAC: &str = "52:54:00:77:00:43";
 const MARKER: &str = "IMGBUILD-ARM64-INIT";
 
 fn asset(name: &str) -> PathBuf {
@@ -60,6 +62,13 @@ impl Cluster {
             ARM_STORAGE_MAC,
             "10.77.0.42",
             false,
+        ));
+        text.push_str(&common::arm64_machine(
+            "arm-worker-2",
+            "worker",
+            ARM_WORKER2_MAC,
+            "10.77.0.43",
+            true,
         ));
         text.push_str(&format!(
             r#"
@@ -205,6 +214,7 @@ impl Lab {
             ])
             .arg("--dhcp-range=10.77.0.150,10.77.0.199,255.255.255.0,1h")
             .arg(format!("--dhcp-host={ARM_WORKER_MAC},10.77.0.41"))
+            .arg(format!("--dhcp-host={ARM_WORKER2_MAC},10.77.0.43"))
             .arg(format!(
                 "--dhcp-leasefile={}",
                 cluster.path("dnsmasq.leases").display()
@@ -374,77 +384,86 @@ fn root_arm64_grub_loader_and_per_machine_config_are_served_on_tftp_and_port_80(
 }
 
 #[test]
-fn root_lab_arm64_vm_aavmf_pxe_boots_grub_then_the_pinned_kernel_and_initrd() {
-    arm64_vm_boot(false, Firmware::Uefi);
+fn root_lab_arm64_vms_full_dhcp_pxe_and_http_boot_grub_then_the_pinned_kernel_and_initrd() {
+    arm64_vm_boots(false);
 }
 
 #[test]
-fn root_lab_arm64_vm_boots_grub_with_proxy_dhcp_beside_dnsmasq() {
-    arm64_vm_boot(true, Firmware::Uefi);
+fn root_lab_arm64_vms_proxy_dhcp_beside_dnsmasq_pxe_and_http_boot_grub_then_boot() {
+    arm64_vm_boots(true);
 }
 
-#[test]
-fn root_lab_arm64_vm_uefi_http_boot_gets_grub_over_http_then_boots() {
-    arm64_vm_boot(false, Firmware::Http);
-}
-
-#[test]
-fn root_lab_arm64_vm_uefi_http_boot_with_proxy_dhcp_beside_dnsmasq() {
-    arm64_vm_boot(true, Firmware::Http);
-}
-
-/// An arm64 VM on AAVMF boots from the server — PXE (TFTP `grubnetaa64.efi`) or UEFI HTTP Boot (HTTP
-/// `grubhttpaa64.efi`) — into GRUB, then the pinned kernel and initrd, whose `/init` says it runs on aarch64 with
-/// the machine's command line.
-fn arm64_vm_boot(proxy: bool, firmware: Firmware) {
-    let prefix = match (proxy, firmware) {
-        (false, Firmware::Http) => "iblh",
-        (true, Firmware::Http) => "iblq",
-        (false, _) => "iblv",
-        (true, _) => "iblp",
-    };
-    let mut lab = Lab::start(prefix, proxy);
-    lab.ns.add_tap("iblvt0", "br0").unwrap();
-    let vm = lab.cluster.path("vm");
-    let spec = VmSpec {
-        name: "arm-worker-1".into(),
-        mac: ARM_WORKER_MAC.parse().unwrap(),
-        decoy_mac: None,
-        arch: Arch::Arm64,
-        tap: "iblvt0".into(),
-        firmware,
-        accel: Accel::Tcg,
-        memory_mb: 1024,
-        disks: vec![vm.join("state.img")],
-        console_log: vm.join("console.log"),
-        dir: vm.clone(),
-        secure_boot_vars: None,
-    };
-    qemu::blank_disk(&spec.disks[0], 1 << 30).unwrap();
+/// Two arm64 VMs on AAVMF boot side by side from the server (one run, both boot paths): arm-worker-1 by PXE
+/// (TFTP `grubnetaa64.efi`), arm-worker-2 by UEFI HTTP Boot (HTTP `grubhttpaa64.efi`), each into GRUB, then the
+/// pinned kernel and initrd, whose `/init` says it runs on aarch64 with the machine's command line.
+fn arm64_vm_boots(proxy: bool) {
+    let mut lab = Lab::start(if proxy { "iblp" } else { "iblv" }, proxy);
+    let vms = [
+        ("arm-worker-1", ARM_WORKER_MAC, Firmware::Uefi),
+        ("arm-worker-2", ARM_WORKER2_MAC, Firmware::Http),
+    ];
+    let mut specs = Vec::new();
+    for (i, (name, mac, firmware)) in vms.iter().enumerate() {
+        let tap = format!("iblvt{i}");
+        lab.ns.add_tap(&tap, "br0").unwrap();
+        let vm = lab.cluster.path(&format!("vm-{name}"));
+        let spec = VmSpec {
+            name: name.to_string(),
+            mac: mac.parse().unwrap(),
+            decoy_mac: None,
+            arch: Arch::Arm64,
+            tap,
+            firmware: *firmware,
+            accel: Accel::Tcg,
+            memory_mb: 1024,
+            disks: vec![vm.join("state.img")],
+            console_log: vm.join("console.log"),
+            dir: vm.clone(),
+            secure_boot_vars: None,
+        };
+        std::fs::create_dir_all(&vm).unwrap();
+        qemu::blank_disk(&spec.disks[0], 1 << 30).unwrap();
+        lab.children
+            .spawn(name, qemu::command(&lab.ns, &spec).unwrap())
+            .unwrap();
+        specs.push(spec);
+    }
     let t0 = Instant::now();
-    lab.children
-        .spawn("arm-worker-1", qemu::command(&lab.ns, &spec).unwrap())
-        .unwrap();
-    let console = || {
+    let console = |spec: &VmSpec| {
         String::from_utf8_lossy(&std::fs::read(&spec.console_log).unwrap_or_default()).into_owned()
     };
-    let limit = Duration::from_secs(300);
-    // The initrd reports one short line per fact (its arch, each word of its command line, then `end`), so no
-    // assertion depends on how the serial console wraps a long line.
+    // Two emulated arm64 machines on a shared 2-core host: a generous, finite limit for both.
+    let limit = Duration::from_secs(420);
     let end = format!("{MARKER} end");
-    while t0.elapsed() < limit && !console().contains(&end) {
-        if !lab.children.running("arm-worker-1") {
-            break;
+    let mut took = vec![None; specs.len()];
+    while t0.elapsed() < limit && took.iter().any(Option::is_none) {
+        for (i, spec) in specs.iter().enumerate() {
+            if took[i].is_none()
+                && (console(spec).contains(&end) || !lab.children.running(&spec.name))
+            {
+                took[i] = Some(t0.elapsed());
+            }
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    let took = t0.elapsed();
-    let text = console();
+    for (spec, took) in specs.iter().zip(&took) {
+        check_arm64_boot(&lab, spec, proxy, *took);
+    }
+}
+
+/// What one arm64 VM of [`arm64_vm_boots`] must have shown: its init's report on the console, the boot path's
+/// stages in order, and its GRUB fetched the way its firmware implies.
+fn check_arm64_boot(lab: &Lab, spec: &VmSpec, proxy: bool, took: Option<Duration>) {
+    let mac = spec.mac.to_string();
+    let text =
+        String::from_utf8_lossy(&std::fs::read(&spec.console_log).unwrap_or_default()).into_owned();
+    let end = format!("{MARKER} end");
     assert!(
         text.contains(&end),
-        "no {end} after {took:?}; console:\n{}\nqemu: {}\nserver:\n{}",
+        "{}: no {end} after {took:?}; console:\n{}\nqemu: {}\nserver:\n{}",
+        spec.name,
         qemu::console_tail(&spec.console_log, 40),
-        std::fs::read_to_string(vm.join("qemu.stderr")).unwrap_or_default(),
+        std::fs::read_to_string(spec.dir.join("qemu.stderr")).unwrap_or_default(),
         lab.log()
     );
     let report = |key: &str| -> Vec<String> {
@@ -454,13 +473,16 @@ fn arm64_vm_boot(proxy: bool, firmware: Firmware) {
             .collect()
     };
     let (arch, args) = (report("arch"), report("arg"));
-    println!("arm64 VM reached its init in {took:.1?}: arch {arch:?}, command line {args:?}");
+    println!(
+        "{} reached its init in {took:.1?}: arch {arch:?}, command line {args:?}",
+        spec.name
+    );
     assert_eq!(arch, ["aarch64"], "{text}");
     assert!(
-        args.iter().any(|a| a == "imgbuild.mac=52:54:00:77:00:41"),
+        args.iter().any(|a| *a == format!("imgbuild.mac={mac}")),
         "{args:?}"
     );
-    let seen = lab.cluster.stages(ARM_WORKER_MAC);
+    let seen = lab.cluster.stages(&mac);
     // The boot path up to the initrd, GRUB's way (no iPXE script).
     let mut want = common::stages("dhcp-offer", "initrd", &["ipxe-script"]);
     if proxy {
@@ -469,8 +491,9 @@ fn arm64_vm_boot(proxy: bool, firmware: Firmware) {
         let log = std::fs::read_to_string(lab.cluster.path("dnsmasq.log")).unwrap_or_default();
         assert!(
             log.lines()
-                .any(|l| l.contains("DHCPACK") && l.contains(ARM_WORKER_MAC)),
-            "dnsmasq never acknowledged the VM: {log}"
+                .any(|l| l.contains("DHCPACK") && l.contains(&mac)),
+            "dnsmasq never acknowledged {}: {log}",
+            spec.name
         );
     }
     let pos: Vec<usize> = want
@@ -478,29 +501,32 @@ fn arm64_vm_boot(proxy: bool, firmware: Firmware) {
         .map(|w| {
             seen.iter()
                 .position(|s| s == w)
-                .unwrap_or_else(|| panic!("stage {w} never recorded: {seen:?}"))
+                .unwrap_or_else(|| panic!("{}: stage {w} never recorded: {seen:?}", spec.name))
         })
         .collect();
     assert!(
         pos.windows(2).all(|p| p[0] < p[1]),
-        "out of order: {seen:?}"
+        "{}: out of order: {seen:?}",
+        spec.name
     );
     let events = lab.cluster.events();
     let bootfile = events
         .iter()
-        .find(|e| e["mac"] == ARM_WORKER_MAC && e["stage"] == "bootfile")
-        .unwrap();
-    let want = if firmware == Firmware::Http {
+        .find(|e| e["mac"] == mac.as_str() && e["stage"] == "bootfile")
+        .unwrap_or_else(|| panic!("{}: no bootfile event", spec.name));
+    let want = if spec.firmware == Firmware::Http {
         "grubhttpaa64.efi via HTTP"
     } else {
         "grubnetaa64.efi via TFTP"
     };
     assert!(
         bootfile["detail"].as_str().unwrap_or_default() == want,
-        "{bootfile}"
+        "{}: {bootfile}",
+        spec.name
     );
     println!(
-        "console:\n{}",
+        "{} console:\n{}",
+        spec.name,
         text.lines()
             .filter(|l| l.contains("imgbuild") || l.contains("GRUB"))
             .collect::<Vec<_>>()

@@ -109,12 +109,15 @@ fn boot_path() -> Vec<&'static str> {
 }
 
 #[test]
-fn root_lab_bios_full_dhcp_master_worker_storage_reach_joined_in_order_and_page_shows_it() {
+fn root_lab_full_dhcp_bios_master_worker_and_http_boot_storage_reach_joined_in_order_and_page_shows_it()
+ {
     let dir = tempfile::tempdir().unwrap();
     let hosts = ["master-1", "worker-1", "storage-1"];
     let mut o = options(dir.path(), &hosts, Firmware::Bios, DhcpMode::Full);
     // master-1 has two NICs and PXE-boots from the second (eth1): its address and kube-vip must be there.
     o.decoy_nic = vec!["master-1".into()];
+    // storage-1 proves UEFI HTTP Boot with full DHCP in the same run (OVMF fetches iPXE over HTTP).
+    o.firmware_of = vec![("storage-1".into(), Firmware::Http)];
     let mut lab = Lab::prepare(o).unwrap();
     assert!(lab.standins, "the test images are built with stand-ins");
     // A packet capture of the whole enrollment on the lab's bridge (tcpdump in the lab's namespace).
@@ -186,6 +189,8 @@ fn root_lab_bios_full_dhcp_master_worker_storage_reach_joined_in_order_and_page_
             must.push("longhorn-node");
         }
         assert_stages_in_order(&evs, m.mac, h, &must);
+        let fw = lab.opts.firmware_for(h);
+        assert_loader_came(&evs, m.mac, h, fw);
         // Each node reports its boot NIC with its address, its resolver and time source from cluster.toml,
         // and its clock's offset from the server's.
         let started = detail(&evs, m.mac, "firstboot-started");
@@ -314,19 +319,23 @@ impl Drop for Capture {
 }
 
 #[test]
-fn root_lab_uefi_proxy_dhcp_beside_dnsmasq_boots_master_and_worker() {
-    // OVMF's own PXE client (no iPXE ROM), addresses from dnsmasq, boot information from imgbuild as ProxyDHCP.
-    master_and_worker_boot(Firmware::Uefi, DhcpMode::Proxy);
+fn root_lab_proxy_dhcp_beside_dnsmasq_uefi_pxe_master_and_http_boot_worker() {
+    // Addresses from dnsmasq, boot information from imgbuild as ProxyDHCP; one run proves both UEFI paths:
+    // master-1 on OVMF's own PXE client (no iPXE ROM; iPXE over TFTP), worker-1 on UEFI HTTP Boot.
+    master_and_worker_boot(Firmware::Uefi, Firmware::Http, DhcpMode::Proxy);
 }
 
-/// master-1 and worker-1 boot with `firmware` (UEFI: OVMF's PXE fetches iPXE over TFTP; HTTP: OVMF's HTTP Boot,
-/// arch 16, PXE switched off, fetches it over HTTP from the URL in the offer). master-1 initialises the cluster
-/// worker-1 joins; worker-1 must go the whole way, its boot loader fetched the way the firmware implies. In proxy
-/// mode the addresses come from dnsmasq (its log must show the ACKs) and imgbuild sends no `dhcp-ack`.
-fn master_and_worker_boot(firmware: Firmware, dhcp: DhcpMode) {
+/// master-1 boots with `master_fw` and worker-1 with `worker_fw` (UEFI: OVMF's PXE fetches iPXE over TFTP;
+/// HTTP: OVMF's HTTP Boot, arch 16, PXE switched off, fetches it over HTTP from the URL in the offer). master-1
+/// initialises the cluster worker-1 joins; worker-1 must go the whole way; each one's boot loader is fetched the
+/// way its firmware implies. In proxy mode the addresses come from dnsmasq (its log must show the ACKs) and
+/// imgbuild sends no `dhcp-ack`.
+fn master_and_worker_boot(master_fw: Firmware, worker_fw: Firmware, dhcp: DhcpMode) {
     let dir = tempfile::tempdir().unwrap();
     let hosts = ["master-1", "worker-1"];
-    let mut lab = Lab::prepare(options(dir.path(), &hosts, firmware, dhcp)).unwrap();
+    let mut o = options(dir.path(), &hosts, master_fw, dhcp);
+    o.firmware_of = vec![("worker-1".into(), worker_fw)];
+    let mut lab = Lab::prepare(o).unwrap();
     for h in hosts {
         lab.start_vm(h).unwrap();
     }
@@ -344,21 +353,9 @@ fn master_and_worker_boot(firmware: Firmware, dhcp: DhcpMode) {
     must.push("kubeadm-join");
     let w = lab.cluster.machine_by_hostname("worker-1").unwrap().clone();
     assert_stages_in_order(&evs, w.mac, "worker-1", &must);
-    let via = if firmware == Firmware::Http {
-        "via HTTP"
-    } else {
-        "via TFTP"
-    };
-    let loaders: Vec<&str> = evs
-        .iter()
-        .filter(|e| e.mac == w.mac && e.stage == "bootfile")
-        .map(|e| e.detail.as_str())
-        .collect();
-    assert!(
-        !loaders.is_empty() && loaders.iter().all(|d| d.ends_with(via)),
-        "worker-1's boot loader did not come {via}: {loaders:?}"
-    );
     let m = lab.cluster.machine_by_hostname("master-1").unwrap().clone();
+    assert_loader_came(&evs, m.mac, "master-1", master_fw);
+    assert_loader_came(&evs, w.mac, "worker-1", worker_fw);
     let seen = first_seen(&evs, m.mac);
     for s in ["bootfile", "kernel", "systemd", "kubeadm-init", "init-done"] {
         assert!(
@@ -378,27 +375,40 @@ fn master_and_worker_boot(firmware: Firmware, dhcp: DhcpMode) {
     }
 }
 
-#[test]
-fn root_lab_uefi_http_boot_full_dhcp_boots_master_and_worker() {
-    master_and_worker_boot(Firmware::Http, DhcpMode::Full);
-}
-
-#[test]
-fn root_lab_uefi_http_boot_proxy_dhcp_beside_dnsmasq_boots_master_and_worker() {
-    master_and_worker_boot(Firmware::Http, DhcpMode::Proxy);
+/// `host`'s boot loader (its `bootfile` events) came the way `firmware` fetches it: over HTTP for UEFI HTTP
+/// Boot, over TFTP for PXE.
+fn assert_loader_came(evs: &[Event], mac: MacAddr, host: &str, firmware: Firmware) {
+    let via = if firmware == Firmware::Http {
+        "via HTTP"
+    } else {
+        "via TFTP"
+    };
+    let loaders: Vec<&str> = evs
+        .iter()
+        .filter(|e| e.mac == mac && e.stage == "bootfile")
+        .map(|e| e.detail.as_str())
+        .collect();
+    assert!(
+        !loaders.is_empty() && loaders.iter().all(|d| d.ends_with(via)),
+        "{host}'s boot loader did not come {via}: {loaders:?}"
+    );
 }
 
 /// UEFI Secure Boot enforced with the cluster's own keys enrolled (OVMF's Secure Boot build, SMM): master-1 and
-/// worker-1 get their role's signed UKI straight from the firmware by UEFI HTTP Boot (no iPXE, no script), the
+/// worker-1 get their role's signed UKI straight from the firmware (no iPXE, no script) — master-1 by UEFI HTTP
+/// Boot, worker-1 by OVMF's PXE client over TFTP — the
 /// initrd learns the machine's facts from DHCP and the server, and both go the whole way; their rows and
 /// /metrics say Secure Boot was on. Then the same firmware and keys refuse the worker's UKI with one byte changed
 /// and re-signed by another key (booted from a FAT disk, no network, bounded waits).
 #[test]
-fn root_lab_secure_boot_http_boot_signed_ukis_master_and_worker_join() {
+fn root_lab_secure_boot_signed_ukis_by_http_boot_and_pxe_tftp_master_and_worker_join() {
     let dir = tempfile::tempdir().unwrap();
     let hosts = ["master-1", "worker-1"];
     let mut o = options(dir.path(), &hosts, Firmware::Http, DhcpMode::Full);
     o.secure_boot = true;
+    // worker-1 proves the other Secure Boot path in the same run: OVMF's PXE client fetches the signed UKI over
+    // TFTP (master-1 gets its own by UEFI HTTP Boot).
+    o.firmware_of = vec![("worker-1".into(), Firmware::Uefi)];
     let mut lab = Lab::prepare(o).unwrap();
     for h in hosts {
         lab.start_vm(h).unwrap();
@@ -423,12 +433,17 @@ fn root_lab_secure_boot_http_boot_signed_ukis_master_and_worker_join() {
             .filter(|e| e.mac == m.mac && e.stage == "bootfile")
             .map(|e| e.detail.as_str())
             .collect();
+        let via = if lab.opts.firmware_for(h) == Firmware::Http {
+            "via HTTP"
+        } else {
+            "via TFTP"
+        };
         assert!(
             !loaders.is_empty()
                 && loaders
                     .iter()
-                    .all(|d| d.starts_with("uki.efi of image") && d.ends_with("via HTTP")),
-            "{h} did not boot its UKI by HTTP: {loaders:?}"
+                    .all(|d| d.starts_with("uki.efi of image") && d.ends_with(via)),
+            "{h} did not boot its UKI {via}: {loaders:?}"
         );
         assert_eq!(
             node(&report, h).secure_boot,

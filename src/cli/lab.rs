@@ -25,6 +25,10 @@ pub struct Args {
     /// Firmware: bios (SeaBIOS + iPXE ROM), uefi (OVMF PXE → TFTP snponly.efi → iPXE), http (UEFI HTTP Boot).
     #[arg(long, value_enum, default_value_t = Firmware::Bios)]
     pub firmware: Firmware,
+    /// A machine that boots with another firmware than --firmware, as HOST=FIRMWARE (repeatable), e.g.
+    /// `--firmware-of worker-1=http`: one lab run then proves several boot paths.
+    #[arg(long = "firmware-of", value_parser = parse_firmware_of)]
+    pub firmware_of: Vec<(String, Firmware)>,
     /// DHCP: full (imgbuild) or proxy (dnsmasq hands out addresses, imgbuild is ProxyDHCP).
     #[arg(long, value_enum, default_value_t = Dhcp::Full)]
     pub dhcp: Dhcp,
@@ -49,6 +53,17 @@ pub struct Args {
     pub dir: Option<std::path::PathBuf>,
 }
 
+/// `HOST=FIRMWARE` of `--firmware-of`.
+fn parse_firmware_of(s: &str) -> Result<(String, Firmware), String> {
+    use clap::ValueEnum;
+    let (host, fw) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not HOST=FIRMWARE (e.g. worker-1=http)"))?;
+    let fw = Firmware::from_str(fw, true)
+        .map_err(|_| format!("{fw:?} is not a firmware: bios, uefi or http"))?;
+    Ok((host.to_string(), fw))
+}
+
 pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
     lab::catch_interrupts();
     let mut opts = Options::new(&cli.config);
@@ -57,6 +72,7 @@ pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
     }
     opts.nodes = args.nodes.clone();
     opts.firmware = args.firmware;
+    opts.firmware_of = args.firmware_of.clone();
     opts.dhcp = match args.dhcp {
         Dhcp::Full => DhcpMode::Full,
         Dhcp::Proxy => DhcpMode::Proxy,

@@ -17,6 +17,9 @@ pub struct Options {
     pub nodes: Option<Vec<String>>,
     /// How the VMs boot: BIOS, UEFI PXE or UEFI HTTP Boot.
     pub firmware: Firmware,
+    /// Hostnames that boot with another firmware than `firmware` (one lab run can prove several boot paths at
+    /// once: e.g. a master on UEFI PXE beside a worker on UEFI HTTP Boot, both behind the same DHCP server).
+    pub firmware_of: Vec<(String, Firmware)>,
     /// Full DHCP from imgbuild, or ProxyDHCP beside dnsmasq as the router.
     pub dhcp: DhcpMode,
     /// Build and boot images with the labelled stand-in binaries.
@@ -44,6 +47,14 @@ pub struct Options {
 }
 
 impl Options {
+    /// The firmware `host`'s VM boots with: its entry in `firmware_of`, else `firmware`.
+    pub fn firmware_for(&self, host: &str) -> Firmware {
+        self.firmware_of
+            .iter()
+            .find(|(h, _)| h == host)
+            .map_or(self.firmware, |(_, f)| *f)
+    }
+
     /// Defaults for `config`: lab dir `lab/` beside it, BIOS, full DHCP, 20 minutes, 2 GiB per VM.
     pub fn new(config: &Path) -> Options {
         let dir = config
@@ -55,6 +66,7 @@ impl Options {
             dir,
             nodes: None,
             firmware: Firmware::Bios,
+            firmware_of: Vec::new(),
             dhcp: DhcpMode::Full,
             standins: false,
             secure_boot: false,

@@ -18,6 +18,15 @@ pub(super) fn check_tools(opts: &Options, machines: &[Machine]) -> anyhow::Resul
             "imgbuild lab needs root: it creates a network namespace, a bridge and taps (run it with sudo)"
         );
     }
+    for (host, fw) in &opts.firmware_of {
+        if !machines.iter().any(|m| &m.hostname == host) {
+            let booted: Vec<&str> = machines.iter().map(|m| m.hostname.as_str()).collect();
+            bail!(
+                "--firmware-of {host}={fw}: {host} is not one of the machines this lab boots ({}); name one of them",
+                booted.join(", ")
+            );
+        }
+    }
     let mut need = vec!["ip"];
     for arch in Arch::ALL {
         if machines.iter().any(|m| m.arch == arch) {
@@ -34,9 +43,13 @@ pub(super) fn check_tools(opts: &Options, machines: &[Machine]) -> anyhow::Resul
             );
         }
     }
-    if matches!(opts.firmware, Firmware::Uefi | Firmware::Http)
-        && machines.iter().any(|m| m.arch == Arch::Amd64)
-        && !Path::new(qemu::OVMF_CODE).exists()
+    if machines.iter().any(|m| {
+        m.arch == Arch::Amd64
+            && matches!(
+                opts.firmware_for(&m.hostname),
+                Firmware::Uefi | Firmware::Http
+            )
+    }) && !Path::new(qemu::OVMF_CODE).exists()
     {
         bail!(
             "{} is missing: install Debian's ovmf package (scripts/setup)",

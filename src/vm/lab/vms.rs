@@ -57,7 +57,7 @@ pub(super) fn add_nodes(
                     .then(|| decoy_mac(m.mac)),
                 arch: m.arch,
                 tap,
-                firmware: opts.firmware,
+                firmware: opts.firmware_for(&m.hostname),
                 accel,
                 memory_mb: opts.memory_mb,
                 disks,
