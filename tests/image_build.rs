@@ -12,7 +12,7 @@ use std::process::Command;
 use image_fixture::{Fixture, mirrored, scan_tree, unpack_initrd};
 use imgbuild::config::{Arch, Role};
 use imgbuild::image::build::{self, Options, Report};
-use imgbuild::image::manifest::{INITRD, KERNEL, MANIFEST, ROOTFS};
+use imgbuild::image::manifest::{INITRD, KERNEL, MANIFEST, ROOTFS, UKI};
 use imgbuild::image::store::{self, DirStore, ImageStore};
 
 fn standins() -> Options {
@@ -37,12 +37,54 @@ fn unsquash(img: &Path, dir: &Path) {
 }
 
 #[test]
+/// A db key and certificate (PEM) for signing UKIs, made with openssl in `dir`: the same pair for several
+/// fixtures, so their signed UKIs can be compared byte for byte.
+fn db_key_pair(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (key, cert) = (dir.join("db.key"), dir.join("db.crt"));
+    let st = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
+        ])
+        .args(["-subj", "/CN=imgbuild test db"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "openssl req");
+    (key, cert)
+}
+
+/// `cluster.toml` text with Secure Boot on, signed by `key`/`cert`: every image then carries a signed UKI.
+fn with_secure_boot(text: String, key: &Path, cert: &Path) -> String {
+    let out = text.replacen(
+        "[secure_boot]\nenabled = false",
+        &format!(
+            "[secure_boot]\nenabled = true\ndb_key = \"{}\"\ndb_cert = \"{}\"",
+            key.display(),
+            cert.display()
+        ),
+        1,
+    );
+    assert_ne!(
+        out, text,
+        "the example cluster.toml's [secure_boot] changed"
+    );
+    out
+}
+
+#[test]
 fn root_image_builds_are_reproducible_immutable_cached_and_secret_free() {
-    // 1. A stand-in build, then the same inputs into a second, empty store: same bytes, same id.
-    let a = Fixture::new(|s| s);
+    // 1. A stand-in build with Secure Boot on (the image carries a signed UKI), then the same inputs into a
+    //    second, empty store: same bytes, same id — the signed UKI included (same db key).
+    let keys = tempfile::tempdir().unwrap();
+    let (db_key, db_cert) = db_key_pair(keys.path());
+    let a = Fixture::new(|s| with_secure_boot(s, &db_key, &db_cert));
     let ra = build_worker(&a, &standins());
     assert!(!ra.cached);
-    let b = Fixture::new(|s| s);
+    let b = Fixture::new(|s| with_secure_boot(s, &db_key, &db_cert));
     let rb = build_worker(&b, &standins());
     assert!(
         !rb.cached,
@@ -54,7 +96,7 @@ fn root_image_builds_are_reproducible_immutable_cached_and_secret_free() {
         rb.stages
     );
     assert_eq!(ra.id, rb.id, "same inputs, same id");
-    for f in [KERNEL, INITRD, ROOTFS, MANIFEST] {
+    for f in [KERNEL, INITRD, ROOTFS, UKI, MANIFEST] {
         assert_eq!(
             std::fs::read(ra.dir.join(f)).unwrap(),
             std::fs::read(rb.dir.join(f)).unwrap(),

@@ -191,13 +191,14 @@ fn root_lab_full_dhcp_bios_master_worker_and_http_boot_storage_reach_joined_in_o
         assert_stages_in_order(&evs, m.mac, h, &must);
         let fw = lab.opts.firmware_for(h);
         assert_loader_came(&evs, m.mac, h, fw);
-        // Each node reports its boot NIC with its address, its resolver and time source from cluster.toml,
-        // and its clock's offset from the server's.
+        // Each node reports its boot NIC with its address, its resolver and time source from cluster.toml —
+        // synchronised by timesyncd against the lab's NTP server (chronyd at the server's address), with the
+        // offset timesyncd measured — and its clock's offset from the server's.
         let started = detail(&evs, m.mac, "firstboot-started");
         let nic = if h == "master-1" { "eth1" } else { "eth0" };
         let net = &lab.cluster.network;
         let want = format!(
-            "nic {nic} ({}/{}); resolver {}; time source NTP {} (synchronized=",
+            "nic {nic} ({}/{}); resolver {}; time source NTP {} (synchronized=yes, offset ",
             m.ip,
             net.subnet.prefix_len(),
             net.dns[0],
@@ -534,13 +535,15 @@ fn profiles_with_kernel_arg(dir: &Path, name: &str, role: &str, arg: &str) -> Pa
 fn root_lab_reboot_keeps_state_no_second_join_upgrade_then_rollback() {
     // master-1's first kubeadm init is made to fail half-way (the stand-in's fault injection), as a power cut
     // would leave it; on its next boot it resets, retries and initialises the cluster with kube-vip in place.
-    // worker-1 joins, then is power-cycled with its state disk kept: first onto a newly pinned image (upgrade),
-    // then back onto the old one (rollback).
+    // master-2 and master-3, powered on at the same time, wait for it and then join one at a time, in inventory
+    // order (etcd members are added one by one). worker-1 joins, then is power-cycled with its state disk kept:
+    // first onto a newly pinned image (upgrade), then back onto the old one (rollback).
     let dir = tempfile::tempdir().unwrap();
     let host = "worker-1".to_string();
+    let masters = ["master-1", "master-2", "master-3"];
     let mut lab = Lab::prepare(options(
         dir.path(),
-        &["master-1", "worker-1"],
+        &["master-1", "master-2", "master-3", "worker-1"],
         Firmware::Bios,
         DhcpMode::Full,
     ))
@@ -553,7 +556,9 @@ fn root_lab_reboot_keeps_state_no_second_join_upgrade_then_rollback() {
     );
     let master_id = lab.build_with_profiles(Role::Master, &failing).unwrap();
     lab.pin(Role::Master, &master_id).unwrap();
-    lab.start_vm("master-1").unwrap();
+    for m in masters {
+        lab.start_vm(m).unwrap();
+    }
     lab.start_vm(&host).unwrap();
     let limit = lab.opts.timeout;
     let m1 = "master-1".to_string();
@@ -587,6 +592,34 @@ fn root_lab_reboot_keeps_state_no_second_join_upgrade_then_rollback() {
         .unwrap_or_else(|f| panic!("{f}"));
     let old_id = node(&first, &host).image.clone().unwrap();
     assert_eq!(node(&first, &host).joins, 1);
+    // The other masters: each one's join began only after the one before it had joined (master-1: init-done).
+    let later: Vec<String> = masters[1..].iter().map(|s| s.to_string()).collect();
+    lab.wait(&later, 1, limit, |n| n.done)
+        .unwrap_or_else(|f| panic!("{f}"));
+    let evs = events(&lab);
+    let at = |host: &str, stage: &str, first: bool| -> u64 {
+        let mac = lab.cluster.machine_by_hostname(host).unwrap().mac;
+        let mut it = evs.iter().filter(|e| e.mac == mac && e.stage == stage);
+        let e = if first { it.next() } else { it.last() };
+        e.unwrap_or_else(|| panic!("{host}: no {stage} event"))
+            .at_ms
+    };
+    let mut before = ("master-1", at("master-1", "init-done", false));
+    for m in &masters[1..] {
+        let join = at(m, "kubeadm-join", true);
+        assert!(
+            join >= before.1,
+            "{m} began kubeadm-join at {join}, before {} had {} ({})",
+            before.0,
+            if before.0 == "master-1" {
+                "init-done"
+            } else {
+                "joined"
+            },
+            before.1
+        );
+        before = (m, at(m, "joined", true));
+    }
 
     // A second image for the role: the same profiles with one more (harmless) kernel argument.
     let variant = profiles_with_kernel_arg(

@@ -73,6 +73,12 @@ function render(b) {
       d.textContent = "last event before the failure: " + last.stage + ": " + last.detail;
       st.appendChild(d);
     }
+    if (n.hint) {
+      const d = document.createElement("div");
+      d.className = "detail hint";
+      d.textContent = n.hint;
+      st.appendChild(d);
+    }
     cell(tr, n.elapsed_ms == null ? "-" : (n.elapsed_ms / 1000).toFixed(1) + "s");
     const img = cell(tr, (n.image || "-").slice(0, 12));
     if (n.standins) { const s = document.createElement("span"); s.className = "standins"; s.textContent = " standins"; img.appendChild(s); }

@@ -15,6 +15,7 @@ pub mod client;
 pub mod event;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod hint;
 pub mod history;
 pub mod journal;
 pub mod log;

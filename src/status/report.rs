@@ -63,6 +63,10 @@ pub struct NodeView {
     /// Whether the firmware enforced Secure Boot in the current boot, as the node reported; `None` until then.
     #[serde(default)]
     pub secure_boot: Option<bool>,
+    /// What to do next when the node has been quiet at its last stage for longer than that stage usually takes
+    /// ([`super::hint`]); `None` while it moves, and once it is done or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
 }
 
 /// A reached stage.
@@ -133,6 +137,7 @@ impl From<&NodeStatus> for NodeView {
                 })
                 .collect(),
             secure_boot: n.secure_boot,
+            hint: None,
         }
     }
 }
@@ -179,11 +184,19 @@ pub fn build(cluster: &Cluster, events: &[Event]) -> Report {
                 .or_insert_with(|| image_standins(&*store, id));
         }
     }
+    let now = super::event::now_ms();
     Report {
         cluster: cluster.cluster.name.clone(),
-        generated_ms: super::event::now_ms(),
+        generated_ms: now,
         stages: STAGES.iter().map(|s| s.to_string()).collect(),
-        nodes: nodes.iter().map(NodeView::from).collect(),
+        nodes: nodes
+            .iter()
+            .map(|n| {
+                let mut v = NodeView::from(n);
+                v.hint = super::hint::hint(&v, now);
+                v
+            })
+            .collect(),
     }
 }
 
@@ -248,6 +261,11 @@ pub fn table(report: &Report) -> String {
             .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
+    }
+    for n in &report.nodes {
+        if let Some(h) = &n.hint {
+            out.push_str(&format!("{}: {h}\n", n.name));
+        }
     }
     out
 }

@@ -31,6 +31,7 @@ mod config;
 mod images;
 mod interrupt;
 mod lock;
+mod ntp;
 mod options;
 mod server;
 mod state;
@@ -113,6 +114,7 @@ impl Lab {
             standins,
             opts,
         };
+        lab.start_ntp()?;
         lab.start_services()?;
         Ok(lab)
     }
