@@ -36,7 +36,6 @@ fn unsquash(img: &Path, dir: &Path) {
     assert!(st.success());
 }
 
-#[test]
 /// A db key and certificate (PEM) for signing UKIs, made with openssl in `dir`: the same pair for several
 /// fixtures, so their signed UKIs can be compared byte for byte.
 fn db_key_pair(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {

@@ -9,7 +9,10 @@
 //!   is greater than the last accepted counter of that enrollment (no replay).
 //! - **Unsigned** reports are accepted only from the address the server knows for the MAC (its inventory
 //!   address) and, once the node has enrolled, only for the stages a node reports before its root filesystem
-//!   holds the key ([`UNSIGNED_AFTER_ENROLLMENT`]: the initrd's).
+//!   holds the key ([`UNSIGNED_AFTER_ENROLLMENT`]: the initrd's), and only while the server itself sees the
+//!   node in its initrd ([`NodeFacts::in_initrd`]: it served the node its kernel or UKI within
+//!   [`INITRD_WINDOW_MS`] and the node has not reported `systemd` since). A host that takes an enrolled node's
+//!   address can then forge initrd stages only during that node's own boot, not at any time.
 //! - `init-done` (which opens the join barrier) is accepted only signed with the first master's key.
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -33,6 +36,11 @@ pub const INIT_DONE: &str = "init-done";
 /// filesystem digest, no state disk) still reaches the page.
 pub const UNSIGNED_AFTER_ENROLLMENT: &[&str] =
     &["initrd", "rootfs-verified", "state-disk", "failed"];
+
+/// How long after the server served a node its kernel (or UKI) it still takes the node's unsigned initrd stages,
+/// once the node has enrolled: the initrd's download of the root filesystem and the state disk, with room for
+/// slow links.
+pub const INITRD_WINDOW_MS: u64 = 15 * 60 * 1000;
 
 /// A node's report key: hex HMAC-SHA256 keyed with the master key's text over the MAC and the time the node
 /// enrolled. Nodes use its hex text as their HMAC key.
@@ -99,6 +107,9 @@ pub struct NodeFacts {
     pub last_ctr: Option<u64>,
     /// An address the DHCP side currently leases to the MAC, besides its inventory address.
     pub lease: Option<IpAddr>,
+    /// The server served this node its kernel or UKI within [`INITRD_WINDOW_MS`] and the node has reported no
+    /// `systemd` since: it is in its initrd, the only time its unsigned initrd stages are taken once enrolled.
+    pub in_initrd: bool,
 }
 
 /// How a report was accepted.
@@ -125,6 +136,9 @@ pub enum ReportRefusal {
     },
     /// Unsigned, but the node has enrolled and this stage must be signed with its key.
     Unsigned,
+    /// An unsigned initrd stage of an enrolled node, but the server has not seen the node boot a kernel within
+    /// [`INITRD_WINDOW_MS`] (or it has reached `systemd` since).
+    NotInInitrd,
     /// Signed, but the node has not enrolled (it has no key yet).
     NotEnrolled,
     /// The signature does not verify.
@@ -154,6 +168,7 @@ impl ReportRefusal {
             ReportRefusal::UnknownMac => "unknown-mac",
             ReportRefusal::WrongAddress { .. } => "wrong-address",
             ReportRefusal::Unsigned => "unsigned",
+            ReportRefusal::NotInInitrd => "not-in-initrd",
             ReportRefusal::NotEnrolled => "not-enrolled",
             ReportRefusal::BadSignature => "bad-signature",
             ReportRefusal::Skew { .. } => "skew",
@@ -174,6 +189,12 @@ impl ReportRefusal {
             ),
             ReportRefusal::Unsigned => format!(
                 "report refused: {mac} has enrolled, so this stage must be signed with its report key (ts, ctr, sig)"
+            ),
+            ReportRefusal::NotInInitrd => format!(
+                "report refused: {mac} has enrolled, and the server has not served it a kernel in the last {} min \
+                 (or it has reached systemd since): unsigned initrd stages are taken only while the node is in its \
+                 initrd — possible spoofer at its address",
+                INITRD_WINDOW_MS / 60_000
             ),
             ReportRefusal::NotEnrolled => format!(
                 "report refused: {mac} signed a report but has not enrolled; re-arm it with `imgbuild enroll reset <host>`"
@@ -236,8 +257,13 @@ pub fn check_report(
             if !known {
                 return Err(ReportRefusal::WrongAddress { expected: m.ip });
             }
-            if facts.enrolled_at_ms.is_some() && !UNSIGNED_AFTER_ENROLLMENT.contains(&r.stage) {
-                return Err(ReportRefusal::Unsigned);
+            if facts.enrolled_at_ms.is_some() {
+                if !UNSIGNED_AFTER_ENROLLMENT.contains(&r.stage) {
+                    return Err(ReportRefusal::Unsigned);
+                }
+                if !facts.in_initrd {
+                    return Err(ReportRefusal::NotInInitrd);
+                }
             }
             Ok(Accepted::Address)
         }
@@ -321,11 +347,23 @@ mod tests {
             check_report(&c, &r(w1, "systemd", "10.77.0.150"), &leased, MASTER, NOW),
             Ok(Accepted::Address)
         );
-        // Enrolled: the initrd's stages still unsigned, the rest must be signed.
+        // Enrolled: the initrd's stages still unsigned while the node is in its initrd, the rest must be signed.
         let enrolled = NodeFacts {
             enrolled_at_ms: Some(5),
+            in_initrd: true,
             ..fresh
         };
+        let not_booting = NodeFacts {
+            in_initrd: false,
+            ..enrolled
+        };
+        for stage in UNSIGNED_AFTER_ENROLLMENT {
+            assert_eq!(
+                check_report(&c, &r(w1, stage, "10.77.0.21"), &not_booting, MASTER, NOW),
+                Err(ReportRefusal::NotInInitrd),
+                "{stage}"
+            );
+        }
         assert_eq!(
             check_report(
                 &c,
@@ -357,6 +395,7 @@ mod tests {
             enrolled_at_ms: Some(42),
             last_ctr: Some(7),
             lease: None,
+            in_initrd: false,
         };
         let mut s = String::new();
         // From any address: the key is the proof.

@@ -147,6 +147,9 @@ fn record(st: &AppState, peer: IpAddr, f: EventForm) -> Response {
             enrolled_at_ms,
             last_ctr: enrolled_at_ms.and_then(|at| inner.last_ctr(mac, at)),
             lease: None,
+            in_initrd: enrolled_at_ms.is_some()
+                && report_auth::UNSIGNED_AFTER_ENROLLMENT.contains(&stage)
+                && in_initrd(&shared.events.for_mac(mac), now),
         };
         let accepted = check_report(&cluster, &report, &facts, &master_key, now / 1000)?;
         if let (Accepted::Signed { ctr }, Some(at)) = (accepted, enrolled_at_ms) {
@@ -201,5 +204,69 @@ fn record(st: &AppState, peer: IpAddr, f: EventForm) -> Response {
             }
             refuse(st, StatusCode::FORBIDDEN, r.outcome(), r.message(mac, peer))
         }
+    }
+}
+
+/// Whether the server sees the node of `events` (its own, oldest first) in its initrd at `now` (ms): the server
+/// served it its kernel (a server-observed `kernel`) or its signed UKI (a `bootfile` of `uki.efi`) within
+/// [`report_auth::INITRD_WINDOW_MS`], and the node has reported `systemd` (its root filesystem, which holds its
+/// report key) in no event since. See [`NodeFacts::in_initrd`].
+fn in_initrd(events: &[crate::status::Event], now: u64) -> bool {
+    let boot = events.iter().rposition(|e| {
+        e.source == Source::Server
+            && (e.stage == "kernel" || (e.stage == "bootfile" && e.detail.starts_with("uki.efi")))
+    });
+    let Some(i) = boot else { return false };
+    now.saturating_sub(events[i].at_ms) <= report_auth::INITRD_WINDOW_MS
+        && !events[i..].iter().any(|e| e.stage == "systemd")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::Event;
+
+    fn ev(at_ms: u64, stage: &str, detail: &str, source: Source) -> Event {
+        Event {
+            at_ms,
+            mac: "52:54:00:77:00:21".parse().unwrap(),
+            stage: stage.into(),
+            detail: detail.into(),
+            source,
+        }
+    }
+
+    #[test]
+    fn a_node_is_in_its_initrd_from_its_kernel_fetch_until_systemd_or_the_window_ends() {
+        let min = 60_000;
+        let kernel = ev(0, "kernel", "vmlinuz", Source::Server);
+        assert!(!in_initrd(&[], 1), "never booted: never in the initrd");
+        assert!(in_initrd(std::slice::from_ref(&kernel), 14 * min));
+        assert!(
+            !in_initrd(std::slice::from_ref(&kernel), 16 * min),
+            "the window ended"
+        );
+        let up = [kernel.clone(), ev(min, "systemd", "", Source::Node)];
+        assert!(
+            !in_initrd(&up, 2 * min),
+            "its root filesystem (and key) is up"
+        );
+        // The next boot opens the window again; a UKI fetch counts as a kernel.
+        let again = [
+            kernel.clone(),
+            ev(min, "systemd", "", Source::Node),
+            ev(
+                30 * min,
+                "bootfile",
+                "uki.efi of image 0123 via HTTP",
+                Source::Server,
+            ),
+        ];
+        assert!(in_initrd(&again, 31 * min));
+        // A `kernel` the node itself claims (a forger can post any stage) opens nothing.
+        let claimed = [ev(0, "kernel", "", Source::Node)];
+        assert!(!in_initrd(&claimed, 1));
+        let loader = [ev(0, "bootfile", "snponly.efi via TFTP", Source::Server)];
+        assert!(!in_initrd(&loader, 1), "a boot loader is not yet a kernel");
     }
 }
