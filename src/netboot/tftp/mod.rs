@@ -60,7 +60,7 @@ const TRANSFER_RECV: usize = 600;
 /// wake-up per packet (as dnsmasq does) instead of a hand-off between runtime threads, so a transfer stays on
 /// one thread for its whole life. Transfers are spread over the threads round-robin, so hundreds of clients
 /// are served by all cores, and a machine busy with other work schedules several TFTP threads, not one.
-const WORKERS: usize = 4;
+const WORKERS: usize = 8;
 
 /// Runs the TFTP server until the socket fails. TFTP gets its own threads: the listening socket on one, the
 /// transfers spread over [`WORKERS`] others (each transfer has its own socket, RFC 1350 TIDs).
