@@ -5,8 +5,8 @@
 //! [`transfer`] is the per-transfer state machine (option negotiation; packets and the clock in, packets out).
 //! This file is the thin tokio loop that only moves bytes and time: a listening socket on
 //! `network.server:network.tftp_port` that acts on each [`request::decide`], and one task with its own
-//! ephemeral socket per transfer (RFC 1350 TIDs), the tasks spread over a few threads ([`WORKERS`]). The socket of a transfer is connected to the client, so
-//! datagrams from any other address or port never reach it.
+//! ephemeral socket per transfer (RFC 1350 TIDs), the tasks spread over a few threads ([`WORKERS`]). The
+//! socket of a transfer is connected to the client, so datagrams from any other address or port never reach it.
 //!
 //! Bounded against a hostile LAN (`[limits.tftp]`): caps on transfers in flight, in all and per client
 //! address ([`request`] decides, evicting the oldest unacknowledged transfer first); the client's `timeout`
