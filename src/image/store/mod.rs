@@ -149,6 +149,20 @@ pub trait ImageStore: Send + Sync + std::fmt::Debug {
     /// refused.
     fn open(&self, id: &str, name: &str) -> Result<Artifact, StoreError>;
 
+    /// Like [`ImageStore::open`], but trusting `manifest`, which this store returned for `id` before (from
+    /// [`ImageStore::manifest`]: images never change, so a server may keep it), instead of reading and hashing
+    /// the manifest again. It still refuses symlinks, names the manifest does not list and a stored size that
+    /// differs from the manifest's. `manifest.json` itself is always opened through [`ImageStore::open`].
+    fn open_listed(
+        &self,
+        id: &str,
+        name: &str,
+        manifest: &Manifest,
+    ) -> Result<Artifact, StoreError> {
+        let _ = manifest;
+        self.open(id, name)
+    }
+
     /// Reads the stored bytes of `name` of image `id` and hashes them (no check against the manifest).
     fn rehash(&self, id: &str, name: &str) -> Result<FileEntry, StoreError>;
 

@@ -341,6 +341,8 @@ pub struct Journal {
     lines: usize,
     /// Compact when `lines` reaches this: max(10 000, 4 × the live leases at the last compaction).
     compact_at: usize,
+    /// Lines skipped at open as unreadable (not JSON, not a record, not UTF-8), a torn last line not counted.
+    skipped: usize,
 }
 
 impl Journal {
@@ -354,20 +356,26 @@ impl Journal {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
         let mut table = LeaseTable::default();
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
-                let lines: Vec<&str> = text.lines().collect();
+        let mut skipped = 0;
+        // Bytes, not text: a line that is not UTF-8 (a damaged block) is skipped like any other unreadable line
+        // instead of stopping the server.
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+                // The text after the last newline (empty when the file ends with one) is the last line.
+                let last = lines.len() - 1;
                 for (n, line) in lines.iter().enumerate() {
-                    if line.trim().is_empty() {
+                    if line.trim_ascii().is_empty() {
                         continue;
                     }
-                    match serde_json::from_str::<Record>(line) {
+                    match serde_json::from_slice::<Record>(line) {
                         Ok(rec) => table.replay(&rec),
                         // The last line may be torn by a crash mid-write; it was never acknowledged.
-                        Err(_) if n + 1 == lines.len() => {
+                        Err(_) if n == last => {
                             tracing::info!(path = %path.display(), "skipping a torn last line in the lease journal (crash during a write)")
                         }
                         Err(e) => {
+                            skipped += 1;
                             tracing::warn!(path = %path.display(), line = n + 1, error = %e, "skipping an unreadable lease journal line")
                         }
                     }
@@ -388,6 +396,7 @@ impl Journal {
                 torn: false,
                 lines,
                 compact_at: 10_000.max(4 * lines),
+                skipped,
             },
             table,
         ))
@@ -417,6 +426,12 @@ impl Journal {
             std::fs::File::open(dir)?.sync_all()?;
         }
         std::fs::OpenOptions::new().append(true).open(path)
+    }
+
+    /// Lines skipped at open as unreadable (not JSON, not a record, not UTF-8); a torn last line, left by a
+    /// crash mid-write, is not counted. They are gone from the file after the open's compaction.
+    pub fn skipped_lines(&self) -> usize {
+        self.skipped
     }
 
     /// Queues a record; nothing is durable until [`Journal::commit`].

@@ -31,6 +31,8 @@ pub struct DhcpMetrics {
     pub declined: Gauge,
     /// Seconds each lease journal write + fdatasync took (ACKs wait for it).
     pub journal_sync_seconds: Histogram,
+    /// Unreadable lines skipped when the lease journal was loaded at start.
+    pub journal_skipped_lines: Gauge,
 }
 
 impl Default for DhcpMetrics {
@@ -45,6 +47,7 @@ impl Default for DhcpMetrics {
             declined: Gauge::default(),
             // 0.1 ms .. ~6.5 s
             journal_sync_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 17)),
+            journal_skipped_lines: Gauge::default(),
         }
     }
 }
@@ -88,6 +91,11 @@ impl DhcpMetrics {
             "journal_sync_seconds",
             "Time of each lease journal write and fdatasync (ACKs wait for it)",
             self.journal_sync_seconds.clone(),
+        );
+        sub.register(
+            "journal_skipped_lines",
+            "Unreadable lines (not JSON, not a record, not UTF-8) skipped when the lease journal was loaded",
+            self.journal_skipped_lines.clone(),
         );
     }
 

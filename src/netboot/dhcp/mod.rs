@@ -20,6 +20,8 @@
 pub mod core;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+#[cfg(test)]
+mod journal_tests;
 pub mod leases;
 pub mod metrics;
 pub mod packet;

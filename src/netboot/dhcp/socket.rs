@@ -101,6 +101,9 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
     let journal_path = cluster.paths.state.join(LEASES_FILE);
     let (journal, mut table) = Journal::open(&journal_path, unix_now())?;
     metrics.leases.set(table.live(unix_now()) as i64);
+    metrics
+        .journal_skipped_lines
+        .set(journal.skipped_lines() as i64);
     let (s67, w67) = bind_pair(&iface, 67)?;
     let (s4011, w4011) = match mode {
         DhcpMode::Proxy => {

@@ -18,6 +18,8 @@ pub struct AppState {
     pub metrics: HttpMetrics,
     /// Cache of boot loader contents served under `GET /boot/{file}`.
     pub boot_files: Arc<BootFiles>,
+    /// The image manifests the artifact route has verified, kept per image (images never change).
+    pub manifests: Arc<super::manifest_cache::ManifestCache>,
     /// Watches `state/pins.toml` so an `imgbuild pin` takes effect before the next boot decision.
     pub pins: Arc<PinWatch>,
     /// Node reports by outcome (`imgbuild_event_reports_total{outcome}`: accepted-address, accepted-signed, or

@@ -18,6 +18,7 @@ use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 
 use super::app_state::AppState;
+use super::manifest_cache::ManifestCache;
 use super::range::{Decision, decide};
 use crate::image::manifest::{self, ManifestError};
 use crate::image::store::{self, ImageStore, ReadSeek, StoreError};
@@ -34,10 +35,12 @@ pub const SERVED: &[&str] = &[
     manifest::MANIFEST,
 ];
 
-/// The first read of a body: made with the open, so the header leaves with the first 64 KiB (never more).
+/// The first read of a body larger than [`CHUNK`]: made with the open, so the header leaves with the first
+/// 64 KiB.
 const FIRST: usize = 64 << 10;
 /// The largest read while streaming: reads grow ×4 from [`FIRST`] up to this as the client keeps reading, so a
-/// small file takes few trips to the blocking pool and a slow client holds little memory.
+/// slow client holds at most this much. A body of at most this size (`ipxe.efi`, a boot script's UKI-less
+/// files) is read whole with the open: one trip to the blocking pool per request.
 const CHUNK: usize = 1 << 20;
 
 /// `Cache-Control` of content-addressed responses: they never change.
@@ -101,6 +104,7 @@ pub async fn get_artifact(
         );
     };
     let images = store::open(&shared.cluster());
+    let manifests = st.manifests.clone();
     let h = |n: header::HeaderName| {
         headers
             .get(n)
@@ -113,12 +117,13 @@ pub async fn get_artifact(
         h(header::IF_RANGE),
     );
     let head = method == axum::http::Method::HEAD;
-    // One trip to the blocking pool: verify, open, decide, seek to the range's start and read the first
-    // FIRST bytes (which leave with the header). The rest is read as the connection asks for it.
+    // One trip to the blocking pool: the manifest (verified once per image, then kept), open, decide, seek to
+    // the range's start and read the whole range when it is at most CHUNK, else its first FIRST bytes (which
+    // leave with the header). The rest is read as the connection asks for it.
     let opened = {
         let id = id.clone();
         tokio::task::spawn_blocking(move || {
-            let (mut f, size, sha) = open_artifact(&*images, &id, file)?;
+            let (mut f, size, sha) = open_artifact(&*images, &manifests, &id, file)?;
             let decision = decide(
                 conds.0.as_deref(),
                 conds.1.as_deref(),
@@ -136,7 +141,12 @@ pub async fn get_artifact(
                 Some(r) if !head => Some(
                     f.seek(SeekFrom::Start(r.start))
                         .and_then(|_| {
-                            let n = (r.end - r.start).min(FIRST as u64) as usize;
+                            let len = r.end - r.start;
+                            let n = len.min(if len <= CHUNK as u64 {
+                                CHUNK as u64
+                            } else {
+                                FIRST as u64
+                            }) as usize;
                             read_chunk(&mut *f, &mut buf, n)
                         })
                         .map_err(|e| {
@@ -249,14 +259,25 @@ pub async fn get_artifact(
 
 type Refused = (&'static str, StatusCode, String);
 
-/// Opens one artifact through the store (which verifies the manifest and refuses symlinks). Returns the
-/// reader, its size and its sha256, or the refusal: error kind, status and message.
+/// Opens one artifact through the store, with the image's manifest verified once and kept in `manifests` (the
+/// store still refuses symlinks and a size that differs from the manifest). Returns the reader, its size and its
+/// sha256, or the refusal: error kind, status and message.
 fn open_artifact(
     images: &dyn ImageStore,
+    manifests: &ManifestCache,
     id: &str,
     file: &'static str,
 ) -> Result<(Box<dyn ReadSeek>, u64, String), Refused> {
-    let a = images.open(id, file).map_err(|e| refusal(e, id, file))?;
+    let m = manifests
+        .get(images, id)
+        .map_err(|e| refusal(e, id, file))?;
+    let a = images.open_listed(id, file, &m).map_err(|e| {
+        if matches!(e, StoreError::NoImage { .. } | StoreError::NoFile { .. }) {
+            // Removed since (gc): read the manifest again at the next request.
+            manifests.forget(images, id);
+        }
+        refusal(e, id, file)
+    })?;
     Ok((a.reader, a.size, a.sha256))
 }
 
@@ -317,7 +338,8 @@ fn read_chunk(f: &mut dyn ReadSeek, buf: &mut BytesMut, n: usize) -> std::io::Re
     Ok(buf.split().freeze())
 }
 
-/// Streams `range` of `file` (its first chunk read with the open, the file positioned after it) in reads on the
+/// Streams `range` of `file` (its first chunk read with the open, the file positioned after it; the whole range
+/// when it is at most [`CHUNK`]) in reads on the
 /// blocking pool growing from [`FIRST`] to [`CHUNK`], each made when the connection asks for the next chunk,
 /// counting bytes; records `event` when the last chunk is handed to the connection.
 fn stream_body(

@@ -23,6 +23,7 @@ pub mod events;
 pub mod fuzzing;
 pub mod images;
 pub mod listener;
+pub mod manifest_cache;
 pub mod node;
 pub mod range;
 pub mod reply;
@@ -74,6 +75,7 @@ pub fn app(shared: Arc<Shared>) -> Router {
         metrics: shared.register_metrics(HttpMetrics::register),
         pins: Arc::new(PinWatch::new(&shared)),
         boot_files: Arc::new(BootFiles::new()),
+        manifests: Arc::new(manifest_cache::ManifestCache::default()),
         reports: reply::outcome_counter(
             &shared,
             "event_reports",

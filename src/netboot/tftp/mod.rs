@@ -5,8 +5,8 @@
 //! [`transfer`] is the per-transfer state machine (option negotiation; packets and the clock in, packets out).
 //! This file is the thin tokio loop that only moves bytes and time: a listening socket on
 //! `network.server:network.tftp_port` that acts on each [`request::decide`], and one task with its own
-//! ephemeral socket per transfer (RFC 1350 TIDs). The socket of a transfer is connected to the client, so
-//! datagrams from any other address or port never reach it.
+//! ephemeral socket per transfer (RFC 1350 TIDs), the tasks spread over a few threads ([`WORKERS`]). The
+//! socket of a transfer is connected to the client, so datagrams from any other address or port never reach it.
 //!
 //! Bounded against a hostile LAN (`[limits.tftp]`): caps on transfers in flight, in all and per client
 //! address ([`request`] decides, evicting the oldest unacknowledged transfer first); the client's `timeout`
@@ -54,10 +54,20 @@ const RECV_BUF: usize = 2048;
 /// Largest datagram read on a transfer's socket: ACKs are 4 bytes, a client's ERROR a short message.
 const TRANSFER_RECV: usize = 600;
 
-/// Runs the TFTP server until the socket fails. TFTP gets its own thread with a single-threaded runtime:
-/// lock-step transfers are latency-bound, and one thread that both polls the sockets and runs the transfers
-/// needs one wake-up per packet (as dnsmasq does) instead of a hand-off between runtime threads.
+/// Threads that run transfers (each a single-threaded runtime), beside the listening thread.
+///
+/// Lock-step transfers are latency-bound: a thread that both polls a transfer's socket and runs it needs one
+/// wake-up per packet (as dnsmasq does) instead of a hand-off between runtime threads, so a transfer stays on
+/// one thread for its whole life. Transfers are spread over the threads round-robin, so hundreds of clients
+/// are served by all cores, and a machine busy with other work schedules several TFTP threads, not one.
+const WORKERS: usize = 8;
+
+/// Runs the TFTP server until the socket fails. TFTP gets its own threads: the listening socket on one, the
+/// transfers spread over [`WORKERS`] others (each transfer has its own socket, RFC 1350 TIDs).
 pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
+    let workers = (0..WORKERS)
+        .map(|i| worker(i).with_context(|| format!("TFTP: cannot start transfer thread {i}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("tftp".into())
@@ -66,7 +76,7 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("TFTP: cannot start its runtime")
-                .and_then(|rt| rt.block_on(serve(shared)));
+                .and_then(|rt| rt.block_on(serve(shared, workers)));
             let _ = tx.send(res);
         })
         .context("TFTP: cannot start its thread")?;
@@ -74,7 +84,32 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
         .unwrap_or_else(|_| Err(anyhow::anyhow!("the TFTP thread ended without a result")))
 }
 
-async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
+/// A transfer thread: the handle that spawns transfer tasks onto its runtime, and its stop (the thread ends,
+/// and its transfers with it, when this is dropped with the listening loop).
+struct Worker {
+    handle: tokio::runtime::Handle,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Starts transfer thread `i`: a single-threaded runtime that runs until its [`Worker`] is dropped.
+fn worker(i: usize) -> std::io::Result<Worker> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let handle = rt.handle().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name(format!("tftp-{i}"))
+        .spawn(move || {
+            let _ = rt.block_on(stopped);
+        })?;
+    Ok(Worker {
+        handle,
+        _stop: stop,
+    })
+}
+
+async fn serve(shared: Arc<Shared>, workers: Vec<Worker>) -> anyhow::Result<()> {
     let m = shared.register_metrics(TftpMetrics::register);
     let cluster = shared.cluster();
     let addr = SocketAddr::new(cluster.network.server.into(), cluster.network.tftp_port);
@@ -129,7 +164,10 @@ async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
             d
         };
         match decision {
-            Decision::Start(accepted) => start(&shared, &m, &files, &active, &sock, peer, accepted),
+            Decision::Start(accepted) => {
+                let on = &workers[accepted.ticket as usize % workers.len()].handle;
+                start(&shared, &m, &files, &active, &sock, on, peer, accepted)
+            }
             Decision::Refuse(r) => {
                 m.error(r.kind());
                 m.request("-", "refused");
@@ -200,14 +238,16 @@ impl Drop for Slot {
     }
 }
 
-/// Spawns the transfer task of an accepted request; `peer` is already in `active` and leaves it when the
-/// transfer ends.
+/// Spawns the transfer task of an accepted request on the transfer thread `on`; `peer` is already in `active`
+/// and leaves it when the transfer ends.
+#[allow(clippy::too_many_arguments)]
 fn start(
     shared: &Arc<Shared>,
     m: &TftpMetrics,
     files: &Arc<BootFiles>,
     active: &Active,
     sock: &UdpSocket,
+    on: &tokio::runtime::Handle,
     peer: SocketAddr,
     Accepted {
         name,
@@ -232,7 +272,11 @@ fn start(
         ticket,
         acknowledged: false,
     };
-    let task = tokio::spawn(async move {
+    // The books stay locked until the task's abort handle is in them: the task runs on another thread and
+    // takes itself out of the books when it ends (its slot's drop waits for this lock), so it can never end
+    // before its handle is recorded and leave a stale one behind.
+    let mut books = lock(&active);
+    let task = on.spawn(async move {
         let res = transfer_task(&shared, &m, &files, local, peer, &req, name, &mut slot).await;
         drop(slot);
         if let Err(e) = res {
@@ -241,8 +285,7 @@ fn start(
             tracing::warn!(%peer, file = name, error = %e, "TFTP transfer failed");
         }
     });
-    // The runtime is single-threaded: the task has not run yet, so its slot is still in the books.
-    lock(&active).tasks.insert(ticket, task.abort_handle());
+    books.tasks.insert(ticket, task.abort_handle());
 }
 
 /// The bytes of image `id`'s `uki.efi` (none: the peer boots no UKI).

@@ -177,10 +177,26 @@ fn open_serves_manifest_files_with_their_size_and_digest_and_refuses_the_rest() 
         matches!(e, StoreError::Manifest(ManifestError::MissingFile { .. })),
         "{e:?}"
     );
+    // The same through a kept manifest (the HTTP server's path): same size, digest and bytes.
+    let mut l = s.open_listed(&id, INITRD, &m).unwrap();
+    assert_eq!((l.size, &l.sha256), (1, &m.files[INITRD].sha256));
+    let mut b = Vec::new();
+    l.reader.read_to_end(&mut b).unwrap();
+    assert_eq!(b, [9]);
+    assert_eq!(s.open_listed(&id, MANIFEST, &m).unwrap().sha256, id);
+    let e = s.open_listed(&id, "secret", &m).err().unwrap();
+    assert!(
+        matches!(e, StoreError::Manifest(ManifestError::MissingFile { .. })),
+        "{e:?}"
+    );
     // A listed artifact that is missing on disk.
     std::fs::remove_file(s.dir.join(&id).join(ROOTFS)).unwrap();
     assert!(matches!(
         s.open(&id, ROOTFS),
+        Err(StoreError::NoFile { .. })
+    ));
+    assert!(matches!(
+        s.open_listed(&id, ROOTFS, &m),
         Err(StoreError::NoFile { .. })
     ));
     // An artifact whose size changed.
@@ -188,6 +204,8 @@ fn open_serves_manifest_files_with_their_size_and_digest_and_refuses_the_rest() 
     std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::write(&k, b"grown").unwrap();
     let e = s.open(&id, KERNEL).err().unwrap();
+    assert!(e.to_string().contains("its manifest says 1"), "{e}");
+    let e = s.open_listed(&id, KERNEL, &m).err().unwrap();
     assert!(e.to_string().contains("its manifest says 1"), "{e}");
     // verify reports it, with what was found.
     let checks = store::verify(&s, &id).unwrap();
@@ -208,11 +226,33 @@ fn symlinks_are_refused() {
     std::os::unix::fs::symlink(&outside, s.dir.join(&id).join(KERNEL)).unwrap();
     let e = s.open(&id, KERNEL).err().unwrap();
     assert!(matches!(e, StoreError::NotRegular { .. }), "{e:?}");
+    let m = s.manifest(&id).unwrap();
+    let e = s.open_listed(&id, KERNEL, &m).err().unwrap();
+    assert!(matches!(e, StoreError::NotRegular { .. }), "{e:?}");
+    // A FIFO where an artifact belongs is refused without blocking the open.
+    std::fs::remove_file(s.dir.join(&id).join(INITRD)).unwrap();
+    let fifo = std::ffi::CString::new(
+        s.dir
+            .join(&id)
+            .join(INITRD)
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    let e = s.open_listed(&id, INITRD, &m).err().unwrap();
+    assert!(matches!(e, StoreError::NotRegular { .. }), "{e:?}");
+    let other_m = s.manifest(&other).unwrap();
     // A whole image directory that is a symlink to a valid image elsewhere.
     let elsewhere = d.path().join("elsewhere");
     std::fs::rename(s.dir.join(&other), &elsewhere).unwrap();
     std::os::unix::fs::symlink(&elsewhere, s.dir.join(&other)).unwrap();
     let e = s.open(&other, MANIFEST).err().unwrap();
+    assert!(
+        e.to_string().contains("is a symlink or not a directory"),
+        "{e}"
+    );
+    let e = s.open_listed(&other, KERNEL, &other_m).err().unwrap();
     assert!(
         e.to_string().contains("is a symlink or not a directory"),
         "{e}"
