@@ -94,6 +94,20 @@ pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
             );
         }
         l.state.approved.insert(m.mac);
+        // A TPM machine: bind the EK it presented (docs/attestation.md).
+        if let Some(p) = l.state.tpm_pending.remove(&m.mac) {
+            println!(
+                "{} ({}): TPM EK sha256:{} bound (first seen from {} at {}); pin it in cluster.toml with \
+                 ek_sha256 = \"{}\"",
+                m.hostname,
+                m.mac,
+                p.ek_sha256,
+                p.ip,
+                when(p.at_ms),
+                p.ek_sha256
+            );
+            l.state.tpm_ek.insert(m.mac, p.ek_sha256);
+        }
         let seen = l.state.pending.remove(&m.mac);
         println!(
             "{} ({}) approved: it may fetch its bundle once{}",
@@ -159,6 +173,10 @@ pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
                 m.mac,
                 when(e.at_ms),
                 e.ip
+            ),
+            None if st.tpm_pending.contains_key(&m.mac) => format!(
+                "  {:<12} {:<8} {}  PENDING approval of TPM EK sha256:{}",
+                m.hostname, m.role, m.mac, st.tpm_pending[&m.mac].ek_sha256
             ),
             None => match st.pending.get(&m.mac) {
                 Some(c) => format!(

@@ -163,7 +163,10 @@ mod tests {
         m.update(&384u32.to_be_bytes());
         assert_eq!(&a[32..], &m.finalize().into_bytes()[..16]);
         // The bit count is hashed too: 128 bits are not the first half of 256.
-        assert_ne!(kdfa(b"k", "STORAGE", b"u", b"", 128), kdfa(b"k", "STORAGE", b"u", b"", 256)[..16].to_vec());
+        assert_ne!(
+            kdfa(b"k", "STORAGE", b"u", b"", 128),
+            kdfa(b"k", "STORAGE", b"u", b"", 256)[..16].to_vec()
+        );
     }
 
     #[test]

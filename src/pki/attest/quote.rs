@@ -116,12 +116,9 @@ pub fn verify_signature(ak: &Public, attest: &[u8], signature: &[u8]) -> Result<
             // Big-endian without leading zeros (65537 is 01 00 01).
             let e = e.to_be_bytes();
             let e = &e[e.iter().position(|&b| b != 0).unwrap_or(3)..];
-            RsaPublicKeyComponents {
-                n: n.as_slice(),
-                e,
-            }
-            .verify(params, attest, sig)
-            .map_err(|_| bad())
+            RsaPublicKeyComponents { n: n.as_slice(), e }
+                .verify(params, attest, sig)
+                .map_err(|_| bad())
         }
         (ALG_ECDSA, Key::Ecc { curve, x, y }) => {
             if *curve != ECC_NIST_P256 {
