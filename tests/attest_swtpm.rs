@@ -104,7 +104,7 @@ fn swtpm_activates_our_credential_and_its_quote_and_log_pass_the_policy() {
         event_log: &log,
     };
     let v = verify(&ev, &nonce, &expected).unwrap();
-    assert_eq!(v.booted, "uki.efi");
+    assert_eq!(v.booted, "snponly.efi → uki.efi");
 
     // A replayed quote (another challenge's nonce) is refused.
     assert!(matches!(

@@ -347,4 +347,69 @@ mod tests {
                 .contains("crypto-agile")
         );
     }
+
+    /// PCR values printed by Linux (`N HEX` lines).
+    fn pcrs(text: &str) -> Vec<[u8; 32]> {
+        text.lines()
+            .map(|l| {
+                hex::decode(l.split_whitespace().nth(1).unwrap())
+                    .unwrap()
+                    .try_into()
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn real_ovmf_logs_replay_to_the_pcrs_linux_read() {
+        for (log, values) in [
+            (
+                &include_bytes!("../../../tests/fixtures/attest/ovmf-uki.eventlog")[..],
+                include_str!("../../../tests/fixtures/attest/ovmf-uki.pcrs"),
+            ),
+            (
+                &include_bytes!("../../../tests/fixtures/attest/ovmf-kernel.eventlog")[..],
+                include_str!("../../../tests/fixtures/attest/ovmf-kernel.pcrs"),
+            ),
+        ] {
+            let l = EventLog::parse(log).unwrap();
+            let replayed = l.replay();
+            for (i, want) in pcrs(values).iter().enumerate().take(8) {
+                assert_eq!(&replayed[i], want, "PCR {i}");
+            }
+            // Plain OVMF: the SecureBoot variable is measured, and it is 0.
+            assert!(l.of_pcr(7).any(|e| {
+                e.variable()
+                    .is_some_and(|(n, d)| n == "SecureBoot" && d == [0])
+            }));
+            assert!(!l.secure_boot_enabled());
+        }
+    }
+
+    #[test]
+    fn the_real_uki_boot_measures_the_uki_then_its_kernel_into_pcr4() {
+        let l = EventLog::parse(include_bytes!(
+            "../../../tests/fixtures/attest/ovmf-uki.eventlog"
+        ))
+        .unwrap();
+        let apps: Vec<String> = l
+            .of_pcr(4)
+            .filter(|e| e.kind == EV_EFI_BOOT_SERVICES_APPLICATION)
+            .map(|e| hex::encode(e.sha256.unwrap()))
+            .collect();
+        assert_eq!(
+            apps,
+            [
+                "41731ae9a5312325b4c06e210b737860ee313cc2331e65afcf31aee609d6e91f",
+                "fe1bfd69b8f653dd1d59e42793d7fe96aa4e6644a7cad4bc269510dc41409f7a"
+            ]
+        );
+        let call = l.of_pcr(4).find(|e| e.kind == EV_EFI_ACTION).unwrap();
+        assert!(
+            call.describe()
+                .contains("Calling EFI Application from Boot Option"),
+            "{}",
+            call.describe()
+        );
+    }
 }

@@ -41,7 +41,8 @@ pub struct Evidence<'a> {
 /// A passed attestation.
 #[derive(Debug, Clone)]
 pub struct Verified {
-    /// The OS loader the node booted (its file name in the image).
+    /// The boot applications the node loaded, in order (their file names: `snponly.efi → vmlinuz`,
+    /// `uki.efi → vmlinuz`).
     pub booted: String,
     /// Secure Boot was on.
     pub secure_boot: bool,
@@ -83,9 +84,10 @@ pub fn verify(ev: &Evidence, nonce: &[u8], expected: &Expected) -> Result<Verifi
 }
 
 /// The boot a (replayed, quote-matched) log shows against the expected one: every PCR 4 application one of the
-/// image's, the last its OS loader, Secure Boot when required. Returns the OS loader's name and Secure Boot.
+/// image's, the last its OS loader, Secure Boot when required. Returns the chain loaded and Secure Boot.
 pub fn check_boot(log: &EventLog, expected: &Expected) -> Result<(String, bool), AttestError> {
     let mut last = None;
+    let mut chain = Vec::new();
     for e in log
         .of_pcr(4)
         .filter(|e| e.kind == EV_EFI_BOOT_SERVICES_APPLICATION)
@@ -97,10 +99,11 @@ pub fn check_boot(log: &EventLog, expected: &Expected) -> Result<(String, bool),
                 expected: expected_list(expected),
             });
         }
+        chain.push(expected.boot_apps[&d].as_str());
         last = Some((d, e));
     }
     let booted = match last {
-        Some((d, _)) if expected.os_loaders.contains(&d) => expected.boot_apps[&d].clone(),
+        Some((d, _)) if expected.os_loaders.contains(&d) => chain.join(" → "),
         Some((_, e)) => {
             return Err(AttestError::PcrMismatch {
                 event: format!(
@@ -219,7 +222,10 @@ mod tests {
         exp.require_secure_boot = false;
         exp.boot_apps.insert([0xcc; 32], "snponly.efi".into());
         let ipxe = (4, EV_EFI_BOOT_SERVICES_APPLICATION, [0xcc; 32], vec![]);
-        assert_eq!(pcr4_only(&[ipxe.clone(), app], &exp).unwrap(), "uki.efi");
+        assert_eq!(
+            pcr4_only(&[ipxe.clone(), app], &exp).unwrap(),
+            "snponly.efi → uki.efi"
+        );
         let e = pcr4_only(&[ipxe], &exp).unwrap_err().to_string();
         assert!(e.contains("not the OS loader"), "{e}");
         assert!(
@@ -227,6 +233,47 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("no EV_EFI_BOOT_SERVICES_APPLICATION")
+        );
+    }
+
+    #[test]
+    fn the_real_uki_boot_passes_for_its_image_and_fails_for_another() {
+        let log = EventLog::parse(include_bytes!(
+            "../../../tests/fixtures/attest/ovmf-uki.eventlog"
+        ))
+        .unwrap();
+        let d = |h: &str| -> [u8; 32] { hex::decode(h).unwrap().try_into().unwrap() };
+        let (uki, kernel) = (
+            d("41731ae9a5312325b4c06e210b737860ee313cc2331e65afcf31aee609d6e91f"),
+            d("fe1bfd69b8f653dd1d59e42793d7fe96aa4e6644a7cad4bc269510dc41409f7a"),
+        );
+        let mut exp = Expected {
+            boot_apps: [
+                (uki, "uki.efi".to_string()),
+                (kernel, "vmlinuz".to_string()),
+            ]
+            .into(),
+            os_loaders: vec![uki, kernel],
+            require_secure_boot: false,
+        };
+        assert_eq!(
+            check_boot(&log, &exp).unwrap(),
+            ("uki.efi → vmlinuz".to_string(), false)
+        );
+        // Secure Boot was off in that boot.
+        exp.require_secure_boot = true;
+        assert!(matches!(
+            check_boot(&log, &exp),
+            Err(AttestError::SecureBootOff)
+        ));
+        // Another image's UKI (e.g. one kernel argument changed): the UKI event is named.
+        exp.require_secure_boot = false;
+        exp.boot_apps.remove(&uki);
+        exp.boot_apps.insert([1; 32], "uki.efi".into());
+        let e = check_boot(&log, &exp).unwrap_err().to_string();
+        assert!(
+            e.contains("(PCR 4, EV_EFI_BOOT_SERVICES_APPLICATION) sha256:41731ae9"),
+            "{e}"
         );
     }
 }
