@@ -28,7 +28,7 @@ pub enum Sub {
         hosts: Vec<String>,
     },
     /// Re-arm nodes (hostname or MAC) so they may fetch their bundle once more (also forgets a refused
-    /// claimant).
+    /// claimant and an approved TPM EK).
     Reset {
         /// Hostnames or MACs.
         #[arg(required = true)]
@@ -121,6 +121,15 @@ pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
     for h in &reset {
         let m = machine(&cluster, h)?;
         l.state.refused.remove(&m.mac);
+        // A TPM machine: forget its approved and pending EKs (a replaced TPM is then approved anew; a pinned
+        // `ek_sha256` stays in cluster.toml).
+        l.state.tpm_pending.remove(&m.mac);
+        if let Some(ek) = l.state.tpm_ek.remove(&m.mac) {
+            println!(
+                "{} ({}): approved TPM EK sha256:{ek} forgotten; the next EK it presents waits for approval",
+                m.hostname, m.mac
+            );
+        }
         if l.state.enrolled.remove(&m.mac).is_some() {
             println!(
                 "{} ({}) re-armed: it may fetch its bundle once more",
