@@ -419,6 +419,7 @@ fn arm64_vm_boot(proxy: bool, firmware: Firmware) {
         console_log: vm.join("console.log"),
         dir: vm.clone(),
         secure_boot_vars: None,
+        tpm_socket: None,
     };
     qemu::blank_disk(&spec.disks[0], 1 << 30).unwrap();
     let t0 = Instant::now();
