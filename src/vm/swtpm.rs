@@ -7,10 +7,19 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::qemu::VmError;
+/// A software TPM could not be made or read: the file or tool named, and what went wrong (install swtpm,
+/// swtpm-tools and tpm2-tools with `scripts/setup`).
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {detail}")]
+pub struct SwtpmError {
+    /// The file, directory or tool concerned.
+    pub path: PathBuf,
+    /// What went wrong.
+    pub detail: String,
+}
 
-fn err(path: &Path, e: impl std::fmt::Display) -> VmError {
-    VmError::File {
+fn err(path: &Path, e: impl std::fmt::Display) -> SwtpmError {
+    SwtpmError {
         path: path.to_path_buf(),
         detail: e.to_string(),
     }
@@ -23,7 +32,7 @@ pub fn issuer_cert(ca_dir: &Path) -> PathBuf {
 
 /// Provisions a TPM state in `state` (EK and platform certificates from the CA in `ca_dir`, made there on first
 /// use) unless it exists: a kept VM keeps its TPM, so its EK stays the same across lab runs.
-pub fn provision(state: &Path, ca_dir: &Path) -> Result<(), VmError> {
+pub fn provision(state: &Path, ca_dir: &Path) -> Result<(), SwtpmError> {
     if state.join("tpm2-00.permall").exists() {
         return Ok(());
     }
@@ -89,7 +98,7 @@ pub fn provision(state: &Path, ca_dir: &Path) -> Result<(), VmError> {
 
 /// The SHA-256 of the EK (RSA, TCG template) of the TPM in `state`, as `ek_sha256` in `cluster.toml` pins it:
 /// read once by running the TPM on a loopback port with `tpm2_createek`, then kept in `state/ek.sha256`.
-pub fn ek_sha256(state: &Path) -> Result<String, VmError> {
+pub fn ek_sha256(state: &Path) -> Result<String, SwtpmError> {
     let kept = state.join("ek.sha256");
     if let Ok(h) = std::fs::read_to_string(&kept) {
         return Ok(h.trim().to_string());
