@@ -399,6 +399,8 @@ fn root_lab_secure_boot_http_boot_signed_ukis_master_and_worker_join() {
     let hosts = ["master-1", "worker-1"];
     let mut o = options(dir.path(), &hosts, Firmware::Http, DhcpMode::Full);
     o.secure_boot = true;
+    // Each VM has its own swtpm (EK certificate from the lab's CA, EK pinned): they enroll by TPM attestation.
+    o.tpm = true;
     let mut lab = Lab::prepare(o).unwrap();
     for h in hosts {
         lab.start_vm(h).unwrap();
@@ -434,6 +436,18 @@ fn root_lab_secure_boot_http_boot_signed_ukis_master_and_worker_join() {
             node(&report, h).secure_boot,
             Some(true),
             "{h}: Secure Boot not reported on"
+        );
+        // docs/attestation.md: the bundle came only after the TPM proved its EK and the boot of the pinned UKI.
+        let attested: Vec<&str> = evs
+            .iter()
+            .filter(|e| e.mac == m.mac && e.stage == "enrolled")
+            .map(|e| e.detail.as_str())
+            .collect();
+        assert!(
+            attested.iter().any(|d| d.contains("attested by TPM")
+                && d.contains("booted uki.efi")
+                && d.contains("Secure Boot on")),
+            "{h} did not enroll by TPM attestation of its UKI: {attested:?}"
         );
     }
     let w = lab.cluster.machine_by_hostname("worker-1").unwrap().clone();
