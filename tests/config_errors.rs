@@ -559,3 +559,74 @@ fn container_images_name_the_reference_role_and_version_at_their_line() {
         "{p:#?}"
     );
 }
+
+#[test]
+fn attestation_identity_and_ek_pin_are_checked_at_their_line() {
+    let (src, p) = problems_with(
+        "hostname = \"worker-1\"\n",
+        "hostname = \"worker-1\"\nidentity = \"tmp\"\n",
+    );
+    assert_problem(
+        &src,
+        &p,
+        "machines[3].identity",
+        "expected \"tpm\" or \"address\"",
+        "identity = \"tmp\"",
+    );
+    let (src, p) = problems_with(
+        "hostname = \"worker-1\"\n",
+        "hostname = \"worker-1\"\nek_sha256 = \"abcd\"\n",
+    );
+    assert_problem(
+        &src,
+        &p,
+        "machines[3].ek_sha256",
+        "set `identity = \"tpm\"`",
+        "ek_sha256 = \"abcd\"",
+    );
+    let (src, p) = problems_with(
+        "hostname = \"worker-1\"\n",
+        "hostname = \"worker-1\"\nidentity = \"tpm\"\nek_sha256 = \"abcd\"\n",
+    );
+    assert_problem(
+        &src,
+        &p,
+        "machines[3].ek_sha256",
+        "expected 32",
+        "ek_sha256 = \"abcd\"",
+    );
+    let (src, p) = problems_with(
+        "identity = \"address\"             # default",
+        "identity = \"both\"             # default",
+    );
+    assert_problem(
+        &src,
+        &p,
+        "attestation.identity",
+        "expected \"tpm\" or \"address\"",
+        "identity = \"both\"",
+    );
+    // require_secure_boot with a TPM machine that does not boot with Secure Boot.
+    let src = EXAMPLE
+        .replacen(
+            "require_secure_boot = false",
+            "require_secure_boot = true",
+            1,
+        )
+        .replacen(
+            "hostname = \"worker-1\"\n",
+            "hostname = \"worker-1\"\nidentity = \"tpm\" # w1\n",
+            1,
+        );
+    match config::load_str(Path::new("cluster.toml"), &src, Path::new(".")) {
+        Err(ConfigError::Invalid(p)) => assert_problem(
+            &src,
+            &p,
+            "machines[3].identity",
+            "set `secure_boot = true`",
+            "# w1",
+        ),
+        Ok(_) => panic!("require_secure_boot with a TPM machine without Secure Boot was accepted"),
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}

@@ -410,6 +410,8 @@ fn root_lab_secure_boot_signed_ukis_by_http_boot_and_pxe_tftp_master_and_worker_
     // worker-1 proves the other Secure Boot path in the same run: OVMF's PXE client fetches the signed UKI over
     // TFTP (master-1 gets its own by UEFI HTTP Boot).
     o.firmware_of = vec![("worker-1".into(), Firmware::Uefi)];
+    // Each VM has its own swtpm (EK certificate from the lab's CA, EK pinned): they enroll by TPM attestation.
+    o.tpm = true;
     let mut lab = Lab::prepare(o).unwrap();
     for h in hosts {
         lab.start_vm(h).unwrap();
@@ -450,6 +452,18 @@ fn root_lab_secure_boot_signed_ukis_by_http_boot_and_pxe_tftp_master_and_worker_
             node(&report, h).secure_boot,
             Some(true),
             "{h}: Secure Boot not reported on"
+        );
+        // docs/attestation.md: the bundle came only after the TPM proved its EK and the boot of the pinned UKI.
+        let attested: Vec<&str> = evs
+            .iter()
+            .filter(|e| e.mac == m.mac && e.stage == "enrolled")
+            .map(|e| e.detail.as_str())
+            .collect();
+        assert!(
+            attested.iter().any(|d| d.contains("attested by TPM")
+                && d.contains("booted uki.efi")
+                && d.contains("Secure Boot on")),
+            "{h} did not enroll by TPM attestation of its UKI: {attested:?}"
         );
     }
     let w = lab.cluster.machine_by_hostname("worker-1").unwrap().clone();

@@ -23,6 +23,8 @@ struct Report {
     cluster: Option<String>,
     kubernetes_version: Option<String>,
     machines: Vec<(String, usize)>,
+    /// Each machine's identity mode (docs/attestation.md): hostname → `tpm`, `tpm (EK pinned)` or `address`.
+    identities: Vec<(String, String)>,
     rendered_files: Vec<(String, usize)>,
 }
 
@@ -35,6 +37,7 @@ pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
         cluster: None,
         kubernetes_version: None,
         machines: vec![],
+        identities: vec![],
         rendered_files: vec![],
     };
     match config::load(&cli.config) {
@@ -43,6 +46,20 @@ pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
         Ok(cluster) => {
             report.cluster = Some(cluster.cluster.name.clone());
             report.kubernetes_version = Some(cluster.cluster.kubernetes_version.to_string());
+            report.identities = cluster
+                .machines
+                .iter()
+                .map(|m| {
+                    let mode = match (m.identity, m.ek_sha256) {
+                        (crate::config::Identity::Tpm, Some(_)) => "tpm (EK pinned)".to_string(),
+                        (crate::config::Identity::Tpm, None) => {
+                            "tpm (EK approved at first contact)".to_string()
+                        }
+                        (i, _) => i.to_string(),
+                    };
+                    (m.hostname.clone(), mode)
+                })
+                .collect();
             let engine = crate::template::engine_for(&cluster);
             for role in Role::ALL {
                 report
@@ -109,6 +126,9 @@ pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
             machines.join(", "),
             files.join(", ")
         );
+        for (host, mode) in &report.identities {
+            println!("  {host}: identity {mode}");
+        }
     } else {
         eprintln!("{} problem(s):", problems.len());
         for p in &problems {

@@ -28,7 +28,7 @@ pub enum Sub {
         hosts: Vec<String>,
     },
     /// Re-arm nodes (hostname or MAC) so they may fetch their bundle once more (also forgets a refused
-    /// claimant).
+    /// claimant and an approved TPM EK).
     Reset {
         /// Hostnames or MACs.
         #[arg(required = true)]
@@ -94,6 +94,20 @@ pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
             );
         }
         l.state.approved.insert(m.mac);
+        // A TPM machine: bind the EK it presented (docs/attestation.md).
+        if let Some(p) = l.state.tpm_pending.remove(&m.mac) {
+            println!(
+                "{} ({}): TPM EK sha256:{} bound (first seen from {} at {}); pin it in cluster.toml with \
+                 ek_sha256 = \"{}\"",
+                m.hostname,
+                m.mac,
+                p.ek_sha256,
+                p.ip,
+                when(p.at_ms),
+                p.ek_sha256
+            );
+            l.state.tpm_ek.insert(m.mac, p.ek_sha256);
+        }
         let seen = l.state.pending.remove(&m.mac);
         println!(
             "{} ({}) approved: it may fetch its bundle once{}",
@@ -107,6 +121,15 @@ pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
     for h in &reset {
         let m = machine(&cluster, h)?;
         l.state.refused.remove(&m.mac);
+        // A TPM machine: forget its approved and pending EKs (a replaced TPM is then approved anew; a pinned
+        // `ek_sha256` stays in cluster.toml).
+        l.state.tpm_pending.remove(&m.mac);
+        if let Some(ek) = l.state.tpm_ek.remove(&m.mac) {
+            println!(
+                "{} ({}): approved TPM EK sha256:{ek} forgotten; the next EK it presents waits for approval",
+                m.hostname, m.mac
+            );
+        }
         if l.state.enrolled.remove(&m.mac).is_some() {
             println!(
                 "{} ({}) re-armed: it may fetch its bundle once more",
@@ -159,6 +182,10 @@ pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
                 m.mac,
                 when(e.at_ms),
                 e.ip
+            ),
+            None if st.tpm_pending.contains_key(&m.mac) => format!(
+                "  {:<12} {:<8} {}  PENDING approval of TPM EK sha256:{}",
+                m.hostname, m.role, m.mac, st.tpm_pending[&m.mac].ek_sha256
             ),
             None => match st.pending.get(&m.mac) {
                 Some(c) => format!(

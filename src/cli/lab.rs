@@ -39,6 +39,10 @@ pub struct Args {
     /// (with --firmware uefi or http).
     #[arg(long)]
     pub secure_boot: bool,
+    /// TPM attestation: give every amd64 VM its own software TPM (swtpm, EK certificate from a lab CA) and
+    /// enroll every machine by TPM (`[attestation] identity = "tpm"`, docs/attestation.md).
+    #[arg(long)]
+    pub tpm: bool,
     /// Leave everything running after the boot, until Ctrl-C.
     #[arg(long)]
     pub keep: bool,
@@ -79,6 +83,7 @@ pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
     };
     opts.standins = args.standins;
     opts.secure_boot = args.secure_boot;
+    opts.tpm = args.tpm;
     opts.timeout = args.timeout;
     opts.memory_mb = args.memory;
     let mut lab = Lab::prepare(opts)?;

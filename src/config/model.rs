@@ -215,6 +215,59 @@ pub struct Cluster {
     pub enrollment: Enrollment,
     /// `[secure_boot]`: whether images carry a signed UKI, and the db key that signs it.
     pub secure_boot: SecureBoot,
+    /// `[attestation]`: how TPM machines prove who they are and what they booted (docs/attestation.md).
+    pub attestation: Attestation,
+}
+
+/// How a machine proves it is the inventory machine when it enrolls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Identity {
+    /// By its MAC, its inventory address and the enrollment window (for machines without a TPM).
+    #[default]
+    Address,
+    /// By its TPM: endorsement key, credential activation and a quote of the boot PCRs (docs/attestation.md).
+    Tpm,
+}
+
+impl Identity {
+    /// As written in `cluster.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Identity::Address => "address",
+            Identity::Tpm => "tpm",
+        }
+    }
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Identity {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "address" => Ok(Identity::Address),
+            "tpm" => Ok(Identity::Tpm),
+            _ => Err(format!(
+                "unknown identity {s:?}; expected \"tpm\" or \"address\""
+            )),
+        }
+    }
+}
+
+/// `[attestation]`: TPM-attested enrollment settings.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Attestation {
+    /// The identity of machines whose entry does not say.
+    pub default_identity: Identity,
+    /// Manufacturer CA certificates (PEM, absolute paths) an EK certificate must chain to; empty: not checked.
+    pub manufacturer_ca: Vec<PathBuf>,
+    /// TPM machines must attest that Secure Boot was enabled (the `SecureBoot` variable in PCR 7's log).
+    pub require_secure_boot: bool,
 }
 
 /// `[enrollment]`: how a node's first contact is admitted (docs/security.md).
@@ -477,6 +530,11 @@ pub struct Machine {
     pub relay_id: Option<String>,
     /// Boots its role's signed UKI under UEFI Secure Boot (its `secure_boot`, else `[secure_boot] roles`).
     pub secure_boot: bool,
+    /// How it proves who it is when it enrolls (its `identity`, else `[attestation] identity`).
+    pub identity: Identity,
+    /// The SHA-256 of its TPM endorsement key's public area, when pinned; else learned on first contact and
+    /// approved with `imgbuild enroll approve <host>`.
+    pub ek_sha256: Option<[u8; 32]>,
 }
 
 /// One container image a role needs: written by tag in `cluster.toml`; `imgbuild.lock` records its digest.

@@ -43,6 +43,24 @@ pub struct File {
     /// `[secure_boot]`: signed UKIs for the machines that boot with UEFI Secure Boot; absent means off.
     #[serde(default)]
     pub secure_boot: SecureBootRaw,
+    /// `[attestation]`: TPM-attested enrollment (docs/attestation.md); absent means every machine by address.
+    #[serde(default)]
+    pub attestation: AttestationRaw,
+}
+
+/// `[attestation]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestationRaw {
+    /// The identity of machines whose entry has no `identity`: `"tpm"` or `"address"`; default `"address"`.
+    pub identity: Option<String>,
+    /// Manufacturer CA certificates (PEM) an EK certificate must chain to, relative to `cluster.toml`;
+    /// empty means EK certificates are not checked (the EK is then pinned or approved).
+    #[serde(default)]
+    pub manufacturer_ca: Vec<String>,
+    /// TPM machines must attest Secure Boot enabled (PCR 7); default false.
+    #[serde(default)]
+    pub require_secure_boot: bool,
 }
 
 /// `[enrollment]` as written.
@@ -327,6 +345,11 @@ pub struct MachineRaw {
     pub relay_id: Option<String>,
     /// Boots its role's signed UKI under UEFI Secure Boot; absent: as `[secure_boot] roles` says.
     pub secure_boot: Option<bool>,
+    /// `"tpm"` (enrolls by TPM attestation) or `"address"`; absent: `[attestation] identity`.
+    pub identity: Option<String>,
+    /// The SHA-256 of the machine's TPM endorsement key (its TPMT_PUBLIC), 64 hex digits; absent: learned on
+    /// first contact and held as pending until `imgbuild enroll approve <host>`.
+    pub ek_sha256: Option<String>,
 }
 
 /// One `[artifacts.<name>]` entry as written; missing fields are reported by name in validation.

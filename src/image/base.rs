@@ -313,6 +313,9 @@ pub fn check_foreign_tools(arch: Arch, path: Option<&std::ffi::OsStr>) -> Result
     })
 }
 
+/// The Debian package a role gets when one of its machines has `identity = "tpm"`.
+pub const TPM_PACKAGE: &str = "tpm2-tools";
+
 impl BaseSpec {
     /// The base of a role: its profile's packages plus `[base] packages`, for the profile's architecture.
     pub fn new(cluster: &Cluster, profile: &Profile) -> BaseSpec {
@@ -322,6 +325,15 @@ impl BaseSpec {
             .chain(cluster.base.packages.iter())
             .cloned()
             .collect();
+        // Machines of this role that enroll by TPM attestation run tpm2-tools at first boot
+        // (docs/attestation.md); roles without one keep their base (and its cache key) unchanged.
+        if cluster.machines.iter().any(|m| {
+            m.role == profile.role
+                && m.arch == profile.arch
+                && m.identity == crate::config::Identity::Tpm
+        }) {
+            packages.push(TPM_PACKAGE.to_string());
+        }
         packages.sort();
         packages.dedup();
         let mirror = match &cluster.base.snapshot {

@@ -8,6 +8,7 @@
 //!   their pins, `gc`; [`manifest`], [`pins`], [`tree`].
 
 pub mod artifacts;
+pub mod authenticode;
 pub mod base;
 pub mod build;
 pub mod bundle;

@@ -85,6 +85,24 @@ pub struct EnrollState {
     /// Nodes that have fetched their bundle, by MAC.
     #[serde(default)]
     pub enrolled: BTreeMap<MacAddr, Enrolled>,
+    /// TPM machines without `ek_sha256` in `cluster.toml`: the EK (hex SHA-256 of its public area) bound to
+    /// each by `imgbuild enroll approve <host>` (docs/attestation.md).
+    #[serde(default)]
+    pub tpm_ek: BTreeMap<MacAddr, String>,
+    /// TPM machines: the EK first seen for an unbound machine, waiting for `imgbuild enroll approve <host>`.
+    #[serde(default)]
+    pub tpm_pending: BTreeMap<MacAddr, PendingEk>,
+}
+
+/// An EK seen at a TPM machine's first contact, not bound yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingEk {
+    /// Hex SHA-256 of the EK's public area (`TPMT_PUBLIC`).
+    pub ek_sha256: String,
+    /// The TCP peer address of the request.
+    pub ip: IpAddr,
+    /// When, in ms since the Unix epoch.
+    pub at_ms: u64,
 }
 
 /// The enrollment store on disk.
@@ -280,6 +298,11 @@ impl EnrollState {
         }
         if self.enrolled.contains_key(&mac) {
             Some("enrolled".into())
+        } else if let Some(p) = self.tpm_pending.get(&mac) {
+            Some(format!(
+                "pending TPM EK sha256:{}",
+                &p.ek_sha256[..16.min(p.ek_sha256.len())]
+            ))
         } else if self.pending.contains_key(&mac) {
             Some("pending".into())
         } else if self.approved.contains(&mac) {

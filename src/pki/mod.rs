@@ -10,7 +10,9 @@
 //! - [`enroll`]: the enrollment store, the rules (a pure `decide`), the bundle and the token publication
 //!   signature. The HTTP routes nodes use at first boot (`/api/enroll/{mac}`, `/api/barrier/init-done`,
 //!   `/api/token`) are `netboot::http::{enroll, barrier, token}`.
+//! - [`attest`]: TPM-attested enrollment (EK, credential activation, quote, event log, policy).
 
+pub mod attest;
 pub mod ca;
 pub mod enroll;
 pub mod kubeconfig;

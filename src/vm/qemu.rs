@@ -83,6 +83,8 @@ pub struct VmSpec {
     /// An OVMF variable store with Secure Boot keys enrolled (`vm::uefi_vars`): the VM runs OVMF's Secure Boot
     /// build (q35 with SMM) from a copy of it and enforces Secure Boot. amd64 UEFI only; `None`: no Secure Boot.
     pub secure_boot_vars: Option<PathBuf>,
+    /// The unix socket of this VM's software TPM (`vm::swtpm`): a TPM 2.0 CRB device; `None`: no TPM.
+    pub tpm_socket: Option<PathBuf>,
 }
 
 /// Something needed to start a VM is missing.
@@ -207,6 +209,9 @@ pub fn args(spec: &VmSpec) -> Result<Vec<String>, VmError> {
         ));
         a.push("-device".into());
         a.push(format!("virtio-blk-pci,drive=disk{i}"));
+    }
+    if let Some(sock) = &spec.tpm_socket {
+        a.extend(super::swtpm::qemu_args(sock));
     }
     // KVM cannot run another architecture: arm64 VMs are always emulated.
     match (spec.accel, spec.arch) {
@@ -403,6 +408,7 @@ mod tests {
             console_log: dir.join("console.log"),
             dir: dir.join("vm"),
             secure_boot_vars: None,
+            tpm_socket: None,
         }
     }
 

@@ -147,6 +147,9 @@ fn check_machine(
         relay_id: m.relay_id.clone(),
         // Resolved against `[secure_boot]` by `secure_boot::resolve_machines`.
         secure_boot: false,
+        // Resolved against `[attestation]` by `attestation::resolve_machines`.
+        identity: Default::default(),
+        ek_sha256: None,
     })
 }
 

@@ -2,7 +2,7 @@
 //!
 //! One function per `cluster.toml` section (`cluster.rs`, `network.rs`, `control_plane.rs`, `machines.rs`,
 //! `metallb.rs`, `longhorn.rs`, `artifacts.rs`, `base.rs`, `paths.rs`, `limits.rs` (tftp, dhcp),
-//! `limits_events.rs`, `limits_http.rs`, `secure_boot.rs`), run in the order of [`validate`], which
+//! `limits_events.rs`, `limits_http.rs`, `secure_boot.rs`, `attestation.rs`), run in the order of [`validate`], which
 //! is the order problems are reported in. They share what `checker.rs` holds: the [`Checker`] (the problems
 //! found so far and where a key sits in the text), key paths and `Known` (the values later sections check
 //! against, such as the provisioning subnet).
@@ -13,6 +13,7 @@ use super::model::Cluster;
 use super::raw;
 
 mod artifacts;
+mod attestation;
 mod base;
 mod checker;
 mod cluster;
@@ -53,6 +54,10 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
     if let Some(sb) = &secure_boot {
         secure_boot::resolve_machines(c, sb, &f.machines, &mut machines);
     }
+    let attestation = attestation::check(c, &f.attestation, root);
+    if let Some(a) = &attestation {
+        attestation::resolve_machines(c, a, &f.machines, &mut machines);
+    }
 
     if !c.problems.is_empty() {
         return None;
@@ -79,5 +84,6 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
             approve: f.enrollment.approve,
         },
         secure_boot: secure_boot?,
+        attestation: attestation?,
     })
 }

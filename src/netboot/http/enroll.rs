@@ -92,6 +92,19 @@ async fn enroll(State(ctx): State<Ctx>, UrlPath(mac): UrlPath<String>, req: Requ
         tracing::error!("{NO_PEER}");
         return text(StatusCode::INTERNAL_SERVER_ERROR, NO_PEER);
     };
+    if let Some(m) = ctx.shared.cluster().machine_by_mac(mac)
+        && m.identity == crate::config::Identity::Tpm
+    {
+        // docs/attestation.md: a TPM machine gets its bundle only through attestation.
+        count(&ctx.requests, "tpm-identity");
+        return text(
+            StatusCode::PRECONDITION_REQUIRED,
+            format!(
+                "{} ({mac}) enrolls by TPM attestation (identity = \"tpm\"): POST /api/attest/{mac}/challenge",
+                m.hostname
+            ),
+        );
+    }
     if ctx.shared.cluster().machine_by_mac(mac).is_none() {
         // Before the store's lock and any file: a flood of random MACs costs this counter only.
         let r = Refusal::UnknownMac;

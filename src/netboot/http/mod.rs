@@ -4,6 +4,7 @@
 //! - [`script`]: `GET /boot.ipxe?mac=`, `GET /ipxe/{mac}`, `GET /grub/{mac}` (arm64)
 //! - [`images`]: `GET|HEAD /images/{id}/{file}` (strong ETag = sha256, Range, 304)
 //! - [`events`]: `POST /api/events`; [`node`]: `GET /api/node/{mac}` (a UKI-booted machine's own facts)
+//! - [`attest`]: `POST /api/attest/{mac}/challenge|prove` (TPM machines; the checks are `pki::attest`)
 //! - [`enroll`]: `GET /api/enroll/{mac}` (the rules are `pki::enroll`); [`token`]: `POST /api/token`;
 //!   [`barrier`]: `GET /api/barrier/init-done` — [`reply`] holds what these three share
 //! - [`status_page`]: `GET /` and `GET /api/status`
@@ -16,6 +17,7 @@
 //! adds the metrics layer over all of them.
 
 pub mod app_state;
+pub mod attest;
 pub mod barrier;
 pub mod enroll;
 pub mod events;
@@ -86,6 +88,7 @@ pub fn app(shared: Arc<Shared>) -> Router {
     Router::new()
         .merge(routes(state.clone()))
         .merge(enroll::routes(shared.clone()))
+        .merge(attest::routes(shared.clone()))
         .merge(status_page::routes(shared.clone()))
         .layer(axum::middleware::from_fn_with_state(state, track))
 }

@@ -72,9 +72,20 @@ pub fn current(shared: &Shared) -> Report {
 fn with_enrollment(shared: &Shared, mut r: Report) -> Report {
     match crate::pki::enroll::Store::for_cluster(&shared.cluster()).read() {
         Ok(st) => {
+            let cluster = shared.cluster();
             for n in &mut r.nodes {
                 if let Ok(mac) = n.mac.parse() {
                     n.enrollment = st.label(mac);
+                    // Machines that enroll by TPM attestation say so (docs/attestation.md).
+                    if cluster
+                        .machine_by_mac(mac)
+                        .is_some_and(|m| m.identity == crate::config::Identity::Tpm)
+                    {
+                        n.enrollment = Some(match n.enrollment.take() {
+                            Some(l) => format!("tpm: {l}"),
+                            None => "tpm".into(),
+                        });
+                    }
                 }
             }
         }

@@ -10,6 +10,11 @@ use crate::config::{Cluster, DhcpMode};
 
 /// Writes the lab's cluster.toml: the user's file with `[paths]` made absolute (profiles, ipxe, images, cache
 /// from the user's cluster or the overrides; state and secrets inside the lab dir) and `dhcp_mode` set.
+/// The lab's TPM "manufacturer" CA (made by `vm::swtpm::provision` on first use).
+pub(super) fn tpm_ca_dir(opts: &Options) -> PathBuf {
+    opts.dir.join("tpm-ca")
+}
+
 pub(super) fn write_config(opts: &Options, user: &Cluster) -> anyhow::Result<PathBuf> {
     let text = std::fs::read_to_string(&opts.config)
         .with_context(|| format!("reading {}", opts.config.display()))?;
@@ -46,6 +51,40 @@ pub(super) fn write_config(opts: &Options, user: &Cluster) -> anyhow::Result<Pat
         }
         doc["secure_boot"]["enabled"] = toml_edit::value(true);
     }
+    if opts.tpm {
+        // docs/attestation.md: every machine enrolls by TPM; EK certificates come from the lab's CA.
+        if doc.get("attestation").is_none() {
+            doc["attestation"] = toml_edit::table();
+        }
+        doc["attestation"]["identity"] = toml_edit::value("tpm");
+        let mut cas = toml_edit::Array::new();
+        cas.push(abs(&crate::vm::swtpm::issuer_cert(&tpm_ca_dir(opts))));
+        doc["attestation"]["manufacturer_ca"] = toml_edit::value(cas);
+        // Each amd64 machine's TPM is made now (kept across runs) and its EK pinned: no approval step, and
+        // another TPM claiming the machine is refused before and after it enrolled.
+        if let Some(ms) = doc
+            .get_mut("machines")
+            .and_then(|m| m.as_array_of_tables_mut())
+        {
+            for t in ms.iter_mut() {
+                let arm = t.get("arch").and_then(|a| a.as_str()) == Some("arm64");
+                let Some(host) = t
+                    .get("hostname")
+                    .and_then(|h| h.as_str())
+                    .map(str::to_string)
+                else {
+                    continue;
+                };
+                if arm {
+                    t["identity"] = toml_edit::value("address");
+                    continue;
+                }
+                let state = opts.dir.join("vms").join(&host).join("tpm");
+                crate::vm::swtpm::provision(&state, &tpm_ca_dir(opts))?;
+                t["ek_sha256"] = toml_edit::value(crate::vm::swtpm::ek_sha256(&state)?);
+            }
+        }
+    }
     let out = opts.dir.join("cluster.toml");
     std::fs::write(&out, doc.to_string()).with_context(|| format!("writing {}", out.display()))?;
     // The artifact lock lives beside the config: let the lab's config see the user's.
@@ -76,6 +115,41 @@ pub(super) fn write_variant(config: &Path, profiles: &Path, out: &Path) -> anyho
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn with_tpm_every_amd64_machine_has_its_own_pinned_tpm_and_the_lab_ca() {
+        let d = tempfile::tempdir().unwrap();
+        let user_cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster.toml");
+        let user = crate::config::load(&user_cfg).unwrap();
+        let mut o = Options::new(&user_cfg);
+        o.dir = d.path().join("lab");
+        o.cache = Some(d.path().join("cache"));
+        o.tpm = true;
+        std::fs::create_dir_all(&o.dir).unwrap();
+        let lab = crate::config::load(&write_config(&o, &user).unwrap()).unwrap();
+        assert_eq!(
+            lab.attestation.manufacturer_ca,
+            vec![crate::vm::swtpm::issuer_cert(&tpm_ca_dir(&o))]
+        );
+        let pins: std::collections::BTreeSet<_> =
+            lab.machines.iter().map(|m| m.ek_sha256).collect();
+        assert_eq!(pins.len(), lab.machines.len(), "each machine its own EK");
+        assert!(
+            lab.machines
+                .iter()
+                .all(|m| m.identity == crate::config::Identity::Tpm && m.ek_sha256.is_some())
+        );
+        // A second run keeps the TPMs (and so the pins).
+        let again = crate::config::load(&write_config(&o, &user).unwrap()).unwrap();
+        assert_eq!(
+            again
+                .machines
+                .iter()
+                .map(|m| m.ek_sha256)
+                .collect::<Vec<_>>(),
+            lab.machines.iter().map(|m| m.ek_sha256).collect::<Vec<_>>()
+        );
+    }
 
     #[test]
     fn lab_config_keeps_the_cluster_and_redirects_state() {

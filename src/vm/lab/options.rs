@@ -27,6 +27,9 @@ pub struct Options {
     /// UEFI Secure Boot: `[secure_boot] enabled` in the lab's config (signed UKIs), and the amd64 UEFI VMs of
     /// Secure Boot machines run OVMF's Secure Boot build with the cluster's keys enrolled.
     pub secure_boot: bool,
+    /// TPM attestation: every amd64 VM gets its own software TPM (`vm::swtpm`, EK certificate from a lab CA) and
+    /// the lab's config sets `[attestation] identity = "tpm"` with that CA as `manufacturer_ca`.
+    pub tpm: bool,
     /// Overall time limit for every node to reach `joined`.
     pub timeout: Duration,
     /// Memory of each VM.
@@ -70,6 +73,7 @@ impl Options {
             dhcp: DhcpMode::Full,
             standins: false,
             secure_boot: false,
+            tpm: false,
             timeout: Duration::from_secs(20 * 60),
             memory_mb: 2048,
             images: None,

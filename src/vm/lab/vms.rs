@@ -27,6 +27,20 @@ fn decoy_mac(mac: crate::config::MacAddr) -> crate::config::MacAddr {
         .expect("a MAC with its first three bytes replaced is a MAC")
 }
 
+/// With `--tpm`, an amd64 machine's software TPM: provisioned in `vms/<host>/tpm` (kept across runs, so its EK
+/// stays), served on `vms/<host>/tpm.sock` when the VM starts.
+fn tpm_socket(
+    opts: &Options,
+    m: &Machine,
+    dir: &std::path::Path,
+) -> anyhow::Result<Option<PathBuf>> {
+    if !opts.tpm || m.arch != crate::config::Arch::Amd64 {
+        return Ok(None);
+    }
+    crate::vm::swtpm::provision(&dir.join("tpm"), &super::config::tpm_ca_dir(opts))?;
+    Ok(Some(dir.join("tpm.sock")))
+}
+
 /// Adds a tap per machine to the bridge in `netns` and plans each machine's VM (disks and console under
 /// `vms/<host>/` in the lab directory).
 pub(super) fn add_nodes(
@@ -62,8 +76,9 @@ pub(super) fn add_nodes(
                 memory_mb: opts.memory_mb,
                 disks,
                 console_log: dir.join("console.log"),
-                dir,
                 secure_boot_vars: enrolled_vars.clone().filter(|_| m.secure_boot),
+                tpm_socket: tpm_socket(opts, m, &dir)?,
+                dir,
             },
         });
     }
@@ -90,6 +105,24 @@ impl Lab {
                     DATA_DISK_BYTES
                 },
             )?;
+        }
+        if let Some(sock) = &node.spec.tpm_socket {
+            // Its own TPM first: QEMU connects to the socket at start (swtpm exits when QEMU disconnects).
+            let _ = std::fs::remove_file(sock);
+            let state = node.spec.dir.join("tpm");
+            self.children.spawn(
+                &format!("tpm:{host}"),
+                crate::vm::swtpm::command(&state, sock),
+            )?;
+            let t0 = std::time::Instant::now();
+            while !sock.exists() {
+                anyhow::ensure!(
+                    t0.elapsed() < std::time::Duration::from_secs(20),
+                    "swtpm for {host} did not create {} within 20 s",
+                    sock.display()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
         }
         let cmd = qemu::command(&self.netns, &node.spec)?;
         self.children.spawn(&format!("vm:{host}"), cmd)?;

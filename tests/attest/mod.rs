@@ -1,0 +1,238 @@
+//! A software TPM for the attestation tests: swtpm on loopback TCP with an EK certificate from a CA the test
+//! makes (swtpm-localca), driven by tpm2-tools; killed by its PID when dropped.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use imgbuild::pki::attest::eventlog::EV_NO_ACTION;
+use imgbuild::pki::attest::public::Public;
+
+/// A swtpm on 127.0.0.1 with an EK certificate from a CA made here; killed on drop.
+pub struct Tpm {
+    pub dir: tempfile::TempDir,
+    child: Child,
+    pub tcti: String,
+}
+
+impl Drop for Tpm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Two consecutive free loopback ports (swtpm's TCTI uses port and port + 1).
+fn free_ports() -> u16 {
+    for _ in 0..50 {
+        let a = TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = a.local_addr().unwrap().port();
+        if p < 65000 && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no two consecutive free loopback ports");
+}
+
+impl Tpm {
+    pub fn start() -> Tpm {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (ca, state) = (d.join("ca"), d.join("state"));
+        std::fs::create_dir_all(&ca).unwrap();
+        std::fs::create_dir_all(&state).unwrap();
+        // swtpm-localca makes its own CA in `statedir` on first use: the test's "manufacturer".
+        std::fs::write(
+            d.join("localca.conf"),
+            format!(
+                "statedir = {0}\nsigningkey = {0}/signkey.pem\nissuercert = {0}/issuercert.pem\ncertserial = {0}/certserial\n",
+                ca.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(d.join("localca.options"), "--platform-manufacturer imgbuild-test\n--platform-version 2.1\n--platform-model QEMU\n").unwrap();
+        std::fs::write(
+            d.join("swtpm_setup.conf"),
+            format!(
+                "create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = {}\ncreate_certs_tool_options = {}\n",
+                d.join("localca.conf").display(),
+                d.join("localca.options").display()
+            ),
+        )
+        .unwrap();
+        run(Command::new("swtpm_setup")
+            .args([
+                "--tpm2",
+                "--create-ek-cert",
+                "--create-platform-cert",
+                "--overwrite",
+                "--tpmstate",
+            ])
+            .arg(&state)
+            .arg("--config")
+            .arg(d.join("swtpm_setup.conf")));
+        let port = free_ports();
+        let child = Command::new("swtpm")
+            .args(["socket", "--tpm2", "--flags", "startup-clear", "--tpmstate"])
+            .arg(format!("dir={}", state.display()))
+            .arg("--server")
+            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+            .arg("--ctrl")
+            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("swtpm (apt-get install swtpm swtpm-tools)");
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port + 1)).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "swtpm did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Tpm {
+            dir,
+            child,
+            tcti: format!("swtpm:host=127.0.0.1,port={port}"),
+        }
+    }
+
+    pub fn path(&self, f: &str) -> PathBuf {
+        self.dir.path().join(f)
+    }
+
+    /// A tpm2-tools command in the TPM's directory.
+    pub fn tool(&self, name: &str, args: &[&str]) -> String {
+        let out = run(Command::new(name)
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("TPM2TOOLS_TCTI", &self.tcti));
+        // The swtpm TCTI has no resource manager: flush what the command left loaded.
+        run(Command::new("tpm2_flushcontext")
+            .arg("-t")
+            .current_dir(self.dir.path())
+            .env("TPM2TOOLS_TCTI", &self.tcti));
+        out
+    }
+
+    pub fn keys(&self) -> (Public, Public) {
+        self.tool(
+            "tpm2_createek",
+            &["-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"],
+        );
+        self.tool(
+            "tpm2_createak",
+            &[
+                "-C", "ek.ctx", "-c", "ak.ctx", "-G", "rsa", "-g", "sha256", "-s", "rsassa", "-u",
+                "ak.pub", "-n", "ak.name",
+            ],
+        );
+        let ek = Public::from_tpm2b(&std::fs::read(self.path("ek.pub")).unwrap()).unwrap();
+        let ak = Public::from_tpm2b(&std::fs::read(self.path("ak.pub")).unwrap()).unwrap();
+        (ek, ak)
+    }
+
+    /// tpm2_activatecredential on `file`: the secret the TPM recovers, or the tool's failure.
+    pub fn activate(&self, file: &[u8]) -> Result<Vec<u8>, String> {
+        std::fs::write(self.path("cred.bin"), file).unwrap();
+        self.tool(
+            "tpm2_startauthsession",
+            &["--policy-session", "-S", "session.ctx"],
+        );
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(
+                "tpm2_policysecret -S session.ctx -c e >/dev/null && tpm2_activatecredential -c ak.ctx -C ek.ctx \
+                 -i cred.bin -o secret.bin -P session:session.ctx; rc=$?; tpm2_flushcontext session.ctx; \
+                 tpm2_flushcontext -t; exit $rc",
+            )
+            .current_dir(self.dir.path())
+            .env("TPM2TOOLS_TCTI", &self.tcti)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(std::fs::read(self.path("secret.bin")).unwrap())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    pub fn quote(&self, nonce: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        self.tool(
+            "tpm2_quote",
+            &[
+                "-c",
+                "ak.ctx",
+                "-l",
+                "sha256:0,1,2,3,4,5,6,7",
+                "-q",
+                &hex::encode(nonce),
+                "-g",
+                "sha256",
+                "-m",
+                "quote.msg",
+                "-s",
+                "quote.sig",
+            ],
+        );
+        (
+            std::fs::read(self.path("quote.msg")).unwrap(),
+            std::fs::read(self.path("quote.sig")).unwrap(),
+        )
+    }
+}
+
+/// A crypto-agile event log (SHA-256 bank only) of `(pcr, type, digest)` events with empty data.
+pub fn agile_log(events: &[(u32, u32, [u8; 32])]) -> Vec<u8> {
+    let mut spec = b"Spec ID Event03\0".to_vec();
+    spec.extend(0u32.to_le_bytes());
+    spec.extend([0, 2, 0, 2]);
+    spec.extend(1u32.to_le_bytes());
+    spec.extend(0x000bu16.to_le_bytes());
+    spec.extend(32u16.to_le_bytes());
+    spec.push(0);
+    let mut out = Vec::new();
+    out.extend(0u32.to_le_bytes());
+    out.extend(EV_NO_ACTION.to_le_bytes());
+    out.extend([0u8; 20]);
+    out.extend((spec.len() as u32).to_le_bytes());
+    out.extend(spec);
+    for (pcr, kind, d) in events {
+        out.extend(pcr.to_le_bytes());
+        out.extend(kind.to_le_bytes());
+        out.extend(1u32.to_le_bytes());
+        out.extend(0x000bu16.to_le_bytes());
+        out.extend(d);
+        out.extend(0u32.to_le_bytes());
+    }
+    out
+}
+
+/// Extends each event's digest into the TPM's SHA-256 PCR (what firmware does as it logs).
+pub fn extend(tpm_tcti: &str, events: &[(u32, u32, [u8; 32])]) {
+    for (pcr, _, d) in events {
+        run(Command::new("tpm2_pcrextend")
+            .arg(format!("{pcr}:sha256={}", hex::encode(d)))
+            .env("TPM2TOOLS_TCTI", tpm_tcti));
+    }
+}
+
+/// [`agile_log`] of `events`, extended into `tpm`.
+pub fn log_and_extend(tpm: &Tpm, events: &[(u32, u32, [u8; 32])]) -> Vec<u8> {
+    extend(&tpm.tcti, events);
+    agile_log(events)
+}

@@ -1,0 +1,385 @@
+//! TPM-attested enrollment end to end without a VM: the server's whole application over real HTTPS on loopback
+//! (as `serve` runs it), the node's own scripts (`lib.sh` + `attest.sh`, rendered from the profiles) driving a
+//! software TPM (swtpm + tpm2-tools) with a firmware-style event log whose digests the TPM extended. Proves: the
+//! 428 that switches a TPM machine to attestation, a first EK held pending and bound by `imgbuild enroll approve`,
+//! a spoofer TPM refused before and after enrollment with nothing secret in its answers, the sealed bundle opened
+//! by the node, a replayed proof and a replayed quote (old nonce) refused, a re-attestation after "reboot", and a
+//! foreign boot application refused naming the PCR event.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+mod attest;
+mod common;
+
+use attest::{Tpm, agile_log, extend, run};
+use imgbuild::config::{Arch, MacAddr, Role};
+use imgbuild::image::manifest::{FileEntry, Inputs, Manifest};
+use imgbuild::image::pins::PinnedImage;
+use imgbuild::netboot::state::Shared;
+use imgbuild::pki::attest::eventlog::{EV_EFI_BOOT_SERVICES_APPLICATION, EV_SEPARATOR};
+use imgbuild::pki::{enroll, secrets};
+use imgbuild::status::Events;
+use sha2::{Digest, Sha256};
+
+const M1: &str = "52:54:00:77:00:11";
+
+/// The server: its application over HTTPS on 127.0.0.1 with a certificate from the provisioning CA.
+async fn serve(shared: Arc<Shared>) -> SocketAddr {
+    let app = imgbuild::netboot::http::app(shared.clone());
+    let ca = imgbuild::pki::provisioning::load_ca(&shared.cluster().paths.secrets).unwrap();
+    let id = imgbuild::pki::provisioning::server_cert(&ca, &["127.0.0.1".parse().unwrap()], &[])
+        .unwrap();
+    let acceptor = imgbuild::netboot::http::tls::acceptor(&id).unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        imgbuild::netboot::http::tls::serve_tls_listener(l, acceptor, app)
+            .await
+            .unwrap();
+    });
+    addr
+}
+
+/// An image for the master role whose "kernel" is a real PE (systemd's EFI stub), committed in the store.
+fn pinned_image(images: &Path) -> (PinnedImage, [u8; 32]) {
+    let kernel =
+        std::fs::read("/usr/lib/systemd/boot/efi/linuxx64.efi.stub").expect("systemd-boot-efi");
+    let mut files = BTreeMap::new();
+    files.insert("vmlinuz".to_string(), kernel.clone());
+    files.insert("initrd.img".to_string(), b"initrd".to_vec());
+    files.insert("rootfs.squashfs".to_string(), b"rootfs".to_vec());
+    let manifest = Manifest {
+        format: 1,
+        role: Role::Master,
+        arch: Arch::Amd64,
+        profile: vec!["base".into(), "master".into()],
+        standins: true,
+        kernel_args: vec![],
+        inputs: Inputs::default(),
+        files: files
+            .iter()
+            .map(|(n, b)| {
+                (
+                    n.clone(),
+                    FileEntry {
+                        size: b.len() as u64,
+                        sha256: hex::encode(Sha256::digest(b)),
+                    },
+                )
+            })
+            .collect(),
+        rootfs_verity: None,
+    };
+    let id = manifest.id();
+    let d = images.join(&id);
+    std::fs::create_dir_all(&d).unwrap();
+    for (n, b) in &files {
+        std::fs::write(d.join(n), b).unwrap();
+    }
+    std::fs::write(d.join("manifest.json"), manifest.to_bytes()).unwrap();
+    let app = imgbuild::image::authenticode::sha256(&kernel).unwrap();
+    (PinnedImage::from_manifest(&id, &manifest).unwrap(), app)
+}
+
+/// One node: the rendered scripts under its own root, its TPM and its event log.
+struct Node {
+    root: tempfile::TempDir,
+    tpm: Tpm,
+}
+
+impl Node {
+    fn new(lib: &str, attest: &str, ca: &Path) -> Node {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("usr/lib/imgbuild")).unwrap();
+        std::fs::create_dir_all(r.join("usr/share/imgbuild")).unwrap();
+        std::fs::create_dir_all(r.join("run/imgbuild")).unwrap();
+        std::fs::write(r.join("usr/lib/imgbuild/lib.sh"), lib).unwrap();
+        std::fs::write(r.join("usr/lib/imgbuild/attest.sh"), attest).unwrap();
+        std::fs::copy(ca, r.join("usr/share/imgbuild/provisioning-ca.crt")).unwrap();
+        Node {
+            root,
+            tpm: Tpm::start(),
+        }
+    }
+
+    fn attest_dir(&self) -> PathBuf {
+        self.root.path().join("run/imgbuild/attest")
+    }
+
+    /// `ib_attest_enroll` as firstboot runs it: (HTTP status, what it wrote to OUT).
+    fn enroll(&self, api: &str, log: &[u8]) -> (String, String) {
+        let r = self.root.path();
+        std::fs::write(r.join("eventlog"), log).unwrap();
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(
+                r#"set -u; . "$IMGBUILD_ROOT/usr/lib/imgbuild/lib.sh"; . "$IMGBUILD_ROOT/usr/lib/imgbuild/attest.sh"
+                   IB_API="$API"; IB_MAC="$MAC"; ib_attest_enroll "$IMGBUILD_ROOT/out" "$IMGBUILD_ROOT/hdr""#,
+            )
+            .env("IMGBUILD_ROOT", r)
+            .env("IMGBUILD_EVENTLOG", r.join("eventlog"))
+            .env("TPM2TOOLS_TCTI", &self.tpm.tcti)
+            .env("API", api)
+            .env("MAC", M1)
+            .output()
+            .unwrap();
+        let code = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let body = std::fs::read_to_string(r.join("out")).unwrap_or_default();
+        eprintln!(
+            "node: {code} {body}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (code, body)
+    }
+}
+
+fn curl(ca: &Path, args: &[&str], url: &str) -> (u16, String) {
+    let out = run(Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            "-w",
+            "\n%{http_code}",
+            "--cacert",
+        ])
+        .arg(ca)
+        .args(args)
+        .arg(url));
+    let (body, code) = out.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap(), body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boots_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::write_cluster(dir.path(), true, |t| {
+        t.replacen(
+            "hostname = \"master-1\"\n",
+            "hostname = \"master-1\"\nidentity = \"tpm\"\n",
+            1,
+        )
+    });
+    let cluster = imgbuild::config::load(&config).unwrap();
+    secrets::init(&cluster.paths.secrets).unwrap();
+    let (pinned, kernel_digest) = pinned_image(&cluster.paths.images);
+    let pins = [((Role::Master, Arch::Amd64), pinned)]
+        .into_iter()
+        .collect();
+    let tree = common::render(&cluster, Role::Master);
+    let (lib, attest_sh) = (
+        common::file(&tree, "/usr/lib/imgbuild/lib.sh").to_string(),
+        common::file(&tree, "/usr/lib/imgbuild/attest.sh").to_string(),
+    );
+    let ca = cluster.paths.provisioning_ca_cert();
+    let token = secrets::load_token(&cluster.paths.secrets).unwrap().token;
+    let shared = Arc::new(Shared::new(
+        config.clone(),
+        cluster,
+        pins,
+        Events::in_memory(),
+    ));
+    let addr = serve(shared.clone()).await;
+    let api = format!("https://{addr}");
+    let m1: MacAddr = M1.parse().unwrap();
+    let store = enroll::Store::for_cluster(&shared.cluster());
+
+    // A TPM machine asking the address path is sent to attestation.
+    let (code, body) = curl(&ca, &[], &format!("{api}/api/enroll/{M1}"));
+    assert_eq!(code, 428, "{body}");
+    assert!(body.contains("/api/attest/"), "{body}");
+
+    // The firmware's boot: a separator in PCR 7 and 4, then the image's kernel as the boot application.
+    let boot = vec![
+        (7, EV_SEPARATOR, [0x07; 32]),
+        (4, EV_SEPARATOR, [0x04; 32]),
+        (4, EV_EFI_BOOT_SERVICES_APPLICATION, kernel_digest),
+    ];
+    let node = tokio::task::block_in_place(|| Node::new(&lib, &attest_sh, &ca));
+    extend(&node.tpm.tcti, &boot);
+    let log = agile_log(&boot);
+    let spoofer = tokio::task::block_in_place(|| Node::new(&lib, &attest_sh, &ca));
+    extend(&spoofer.tpm.tcti, &boot);
+
+    // First contact: the EK waits for approval.
+    let (code, body) = tokio::task::block_in_place(|| node.enroll(&api, &log));
+    assert_eq!(code, "503", "{body}");
+    let pending = store.read().unwrap().tpm_pending[&m1].ek_sha256.clone();
+    let ek_pub = std::fs::read(node.attest_dir().join("ek.pub")).unwrap();
+    assert_eq!(
+        pending,
+        hex::encode(Sha256::digest(&ek_pub[2..])),
+        "the pending EK is the node's"
+    );
+    // Another TPM claiming the same machine meanwhile: refused, remembered, nothing secret.
+    let (code, body) = tokio::task::block_in_place(|| spoofer.enroll(&api, &log));
+    assert_eq!(code, "403", "{body}");
+    assert!(
+        body.contains("possible spoofer") && !body.contains(&token),
+        "{body}"
+    );
+    assert!(store.read().unwrap().refused.contains_key(&m1));
+
+    // `imgbuild enroll approve` binds the pending EK.
+    let out = run(Command::new(env!("CARGO_BIN_EXE_imgbuild"))
+        .arg("-c")
+        .arg(&config)
+        .args(["enroll", "approve", "master-1"]));
+    assert!(
+        out.contains(&format!("TPM EK sha256:{pending} bound")),
+        "{out}"
+    );
+
+    // Now the node attests and opens its sealed bundle.
+    let (code, body) = tokio::task::block_in_place(|| node.enroll(&api, &log));
+    assert_eq!(code, "200", "{body}");
+    let b: enroll::Bundle = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(b.token, token);
+    assert!(b.init, "master-1 is the first master");
+    let sealed = std::fs::read_to_string(node.attest_dir().join("prove.json")).unwrap();
+    assert!(!sealed.contains(&token), "the bundle travelled in clear");
+    let enrolled: Vec<String> = shared
+        .events
+        .for_mac(m1)
+        .into_iter()
+        .filter(|e| e.stage == "enrolled")
+        .map(|e| e.detail)
+        .collect();
+    assert!(
+        enrolled
+            .iter()
+            .any(|d| d.contains("attested by TPM") && d.contains("booted vmlinuz")),
+        "{enrolled:?}"
+    );
+    assert!(
+        !node.attest_dir().join("secret.bin").exists(),
+        "the credential was left on disk"
+    );
+
+    // The spoofer after enrollment: unknown EK.
+    let (code, body) = tokio::task::block_in_place(|| spoofer.enroll(&api, &log));
+    assert_eq!(code, "403", "{body}");
+    assert!(
+        body.contains("unknown EK") && !body.contains(&token),
+        "{body}"
+    );
+
+    // A replayed proof (its challenge was used): refused.
+    let prove_req = node.attest_dir().join("prove.req");
+    let (code, body) = curl(
+        &ca,
+        &[
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &format!("@{}", prove_req.display()),
+        ],
+        &format!("{api}/api/attest/{M1}/prove"),
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("already used challenge"), "{body}");
+    // A replayed quote under a fresh challenge (credential activated, so the proof is right): stale nonce.
+    let old: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&prove_req).unwrap()).unwrap();
+    let ch_req = node.attest_dir().join("challenge.req");
+    let (code, body) = curl(
+        &ca,
+        &[
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &format!("@{}", ch_req.display()),
+        ],
+        &format!("{api}/api/attest/{M1}/challenge"),
+    );
+    assert_eq!(code, 200, "{body}");
+    let ch: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let d = node.attest_dir();
+    std::fs::write(
+        d.join("cred2.bin"),
+        base64_decode(ch["credential"].as_str().unwrap()),
+    )
+    .unwrap();
+    tokio::task::block_in_place(|| {
+        run(Command::new("bash")
+            .arg("-c")
+            .arg(
+                "tpm2_startauthsession --policy-session -S s2.ctx && tpm2_policysecret -S s2.ctx -c e >/dev/null && \
+                 tpm2_activatecredential -c ak.ctx -C ek.ctx -i cred2.bin -o secret2.bin -P session:s2.ctx; rc=$?; \
+                 tpm2_flushcontext s2.ctx; tpm2_flushcontext -t; exit $rc",
+            )
+            .current_dir(&d)
+            .env("TPM2TOOLS_TCTI", &node.tpm.tcti))
+    });
+    let proof = imgbuild::pki::attest::seal::proof(&std::fs::read(d.join("secret2.bin")).unwrap());
+    let replay = serde_json::json!({
+        "id": ch["id"], "proof": proof, "quote": old["quote"], "signature": old["signature"],
+        "event_log": old["event_log"],
+    });
+    let (code, body) = curl(
+        &ca,
+        &[
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &replay.to_string(),
+        ],
+        &format!("{api}/api/attest/{M1}/prove"),
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("stale nonce"), "{body}");
+
+    // A reboot before `joined`: the node attests again and gets its bundle, recorded as a re-attestation.
+    let (code, body) = tokio::task::block_in_place(|| node.enroll(&api, &log));
+    assert_eq!(code, "200", "{body}");
+    assert!(
+        shared
+            .events
+            .for_mac(m1)
+            .iter()
+            .any(|e| e.detail.contains("re-attested"))
+    );
+
+    // Another boot application measured (another kernel, another image): refused naming the event.
+    let foreign = (4, EV_EFI_BOOT_SERVICES_APPLICATION, [0xee; 32]);
+    extend(&node.tpm.tcti, &[foreign]);
+    let mut all = boot.clone();
+    all.push(foreign);
+    let (code, body) = tokio::task::block_in_place(|| node.enroll(&api, &agile_log(&all)));
+    assert_eq!(code, "403", "{body}");
+    assert!(
+        body.contains("PCR mismatch: event #4 (PCR 4, EV_EFI_BOOT_SERVICES_APPLICATION)")
+            && body.contains(&hex::encode([0xee; 32]))
+            && !body.contains(&token),
+        "{body}"
+    );
+    // A log that does not replay to the quote (the foreign event left out) is refused as such.
+    let (code, body) = tokio::task::block_in_place(|| node.enroll(&api, &log));
+    assert_eq!(code, "403", "{body}");
+    assert!(body.contains("does not replay"), "{body}");
+
+    let metrics = shared.encode_metrics();
+    for (outcome, n) in [
+        ("served", 2),
+        ("pending", 1),
+        ("second-claimant", 1),
+        ("unknown-ek", 1),
+        ("stale-challenge", 1),
+        ("stale-nonce", 1),
+        ("pcr-mismatch", 1),
+        ("log-mismatch", 1),
+    ] {
+        let line = format!("imgbuild_attest_requests_total{{outcome=\"{outcome}\"}} {n}");
+        assert!(metrics.contains(&line), "{line} not in\n{metrics}");
+    }
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
