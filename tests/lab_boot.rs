@@ -115,6 +115,9 @@ fn root_lab_bios_full_dhcp_master_worker_storage_reach_joined_in_order_and_page_
     let mut o = options(dir.path(), &hosts, Firmware::Bios, DhcpMode::Full);
     // master-1 has two NICs and PXE-boots from the second (eth1): its address and kube-vip must be there.
     o.decoy_nic = vec!["master-1".into()];
+    // Three VMs under TCG, real containerd starting in each: under a loaded 2-core machine systemd alone came
+    // 430 s after the first DHCP offer, so the wait is 15 min (nextest's own bound is 20).
+    o.timeout = Duration::from_secs(15 * 60);
     // The worker image bakes a runtime-check image, which its real containerd imports and runs.
     let (check_ref, check_digest) = runtime_check_image();
     o.config = config_with_runtime_check(dir.path(), &check_ref, &check_digest);
