@@ -22,8 +22,11 @@ fn shared_cache() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("imgbuild-image-cache")
 }
 
+/// The lab's options for `nodes`. Every amd64 lab boots the same images (one build per run): the example cluster
+/// whose worker image also bakes a runtime-check image, which its real containerd imports and runs.
 fn options(dir: &Path, nodes: &[&str], firmware: Firmware, dhcp: DhcpMode) -> Options {
-    let mut o = Options::new(&Path::new(REPO).join("cluster.toml"));
+    let (check_ref, check_digest) = runtime_check_image();
+    let mut o = Options::new(&config_with_runtime_check(dir, &check_ref, &check_digest));
     o.dir = dir.to_path_buf();
     o.nodes = Some(nodes.iter().map(|s| s.to_string()).collect());
     o.firmware = firmware;
@@ -118,9 +121,16 @@ fn root_lab_full_dhcp_bios_master_worker_and_http_boot_storage_reach_joined_in_o
     o.decoy_nic = vec!["master-1".into()];
     // storage-1 proves UEFI HTTP Boot with full DHCP in the same run (OVMF fetches iPXE over HTTP).
     o.firmware_of = vec![("storage-1".into(), Firmware::Http)];
+    // Three VMs under TCG, real containerd starting in each: under a loaded 2-core machine systemd alone came
+    // 430 s after the first DHCP offer, so the wait is 15 min (nextest's own bound is 20).
+    o.timeout = Duration::from_secs(15 * 60);
+    // The worker image bakes a runtime-check image (every lab's does: see `options`), which its real containerd
+    // imports and runs.
+    let (check_ref, check_digest) = runtime_check_image();
     let mut lab = Lab::prepare(o).unwrap();
     assert!(lab.standins, "the test images are built with stand-ins");
-    // A packet capture of the whole enrollment on the lab's bridge (tcpdump in the lab's namespace).
+    // A packet capture of the whole enrollment on the lab's bridge (tcpdump in the lab's namespace): no secret in
+    // clear, and no packet for any address outside the lab's network while the cluster forms.
     let pcap = dir.path().join("lab.pcap");
     let mut capture = Capture::start(lab.netns(), &lab.cluster.network.interface, &pcap);
     let first_token = imgbuild::pki::secrets::load_token(&lab.cluster.paths.secrets)
@@ -222,6 +232,34 @@ fn root_lab_full_dhcp_bios_master_worker_and_http_boot_storage_reach_joined_in_o
             );
         }
     }
+    // Real containerd (Debian's 1.6, through the stand-in shim, with the rendered 1.6 configuration) imported
+    // the worker's baked image and runc ran a container from it, offline.
+    let imported = detail(
+        &evs,
+        lab.cluster.machine_by_hostname("worker-1").unwrap().mac,
+        "images-imported",
+    );
+    assert!(
+        imported.starts_with("1 images from /usr/share/imgbuild/images into containerd 1.6.")
+            && imported.contains(&format!("{check_ref}@{check_digest}"))
+            && imported.contains(&format!(
+                "container ran from {check_ref}: {RUNTIME_CHECK_SAYS} in pid 1"
+            )),
+        "worker-1's runtime check: {imported}"
+    );
+    // The page after the whole boot, in Chromium: every row has reached joined.
+    let (dom, _) = common::chromium_dom(Some(lab.netns()), &format!("{}/", lab.server_url));
+    for h in hosts {
+        let row = dom
+            .split(&format!("id=\"node-{h}\""))
+            .nth(1)
+            .and_then(|r| r.split("</tr>").next())
+            .unwrap_or("");
+        assert!(
+            row.contains("data-stage=\"joined\"") && row.contains("data-stage=\"kernel\""),
+            "{h}'s row on the page after the boot lacks its kernel or joined bar: {dom}"
+        );
+    }
     let joined = detail(
         &evs,
         lab.cluster.machine_by_hostname("master-1").unwrap().mac,
@@ -250,6 +288,7 @@ fn root_lab_full_dhcp_bios_master_worker_and_http_boot_storage_reach_joined_in_o
         "the capture holds the images ({} bytes)",
         bytes.len()
     );
+    assert_no_packet_left_the_lab(&pcap, &lab.cluster.network.subnet.to_string());
     assert!(!has(b"-----BEGIN"), "a PEM block crossed the LAN in clear");
     assert!(
         !has(b"PRIVATE KEY"),
@@ -855,4 +894,149 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(e.path(), t).unwrap();
         }
     }
+}
+
+/// What the runtime-check image's command prints (before ` in pid <its pid>`).
+const RUNTIME_CHECK_SAYS: &str = "imgbuild runtime check: busybox ran";
+
+/// A reproducible one-layer OCI image (busybox-static, as `tests/oci_registry` builds them, here written
+/// directly) whose command prints [`RUNTIME_CHECK_SAYS`] and its own PID, stored in the lab's content-addressed
+/// cache as `imgbuild fetch` would have stored it. Returns its reference and manifest digest.
+fn runtime_check_image() -> (String, String) {
+    use imgbuild::image::oci::blobs::{Blobs, digest_of};
+    let reference = "lab.invalid/imgbuild-runtime-check:1".to_string();
+    let mut layer = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, kind: tar::EntryType, mode: u32, data: &[u8], link: Option<&str>| {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(data.len() as u64);
+        if let Some(l) = link {
+            h.set_link_name(l).unwrap();
+        }
+        h.set_path(path).unwrap();
+        h.set_cksum();
+        layer.append(&h, data).unwrap();
+    };
+    add("bin/", tar::EntryType::Directory, 0o755, b"", None);
+    add(
+        "bin/busybox",
+        tar::EntryType::Regular,
+        0o755,
+        &std::fs::read("/bin/busybox").expect("busybox-static's /bin/busybox"),
+        None,
+    );
+    add(
+        "bin/sh",
+        tar::EntryType::Symlink,
+        0o777,
+        b"",
+        Some("busybox"),
+    );
+    let layer = layer.into_inner().unwrap();
+    let layer_digest = digest_of(&layer);
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Cmd": ["/bin/sh", "-c", format!("echo \"{RUNTIME_CHECK_SAYS} in pid $$\"")]},
+        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+    }))
+    .unwrap();
+    let config_digest = digest_of(&config);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer.len()}],
+    }))
+    .unwrap();
+    let manifest_digest = digest_of(&manifest);
+    let blobs = Blobs::under(&shared_cache());
+    for (what, digest, data) in [
+        ("layer", &layer_digest, &layer),
+        ("config", &config_digest, &config),
+        ("manifest", &manifest_digest, &manifest),
+    ] {
+        blobs.put(&reference, what, digest, data).unwrap();
+    }
+    (reference, manifest_digest)
+}
+
+/// The example cluster, its worker role also baking the runtime-check image `reference` (locked at `digest`,
+/// amd64, in `dir/user/imgbuild.lock`), written into `dir/user` with absolute paths.
+fn config_with_runtime_check(dir: &Path, reference: &str, digest: &str) -> PathBuf {
+    use imgbuild::image::lock::{ImageLockEntry, Lock};
+    let blobs = imgbuild::image::oci::blobs::Blobs::under(&shared_cache());
+    let manifest: serde_json::Value = serde_json::from_slice(&blobs.read(digest).unwrap()).unwrap();
+    let mut size =
+        blobs.read(digest).unwrap().len() as u64 + manifest["config"]["size"].as_u64().unwrap();
+    for l in manifest["layers"].as_array().unwrap() {
+        size += l["size"].as_u64().unwrap();
+    }
+    // Not the lab dir itself: the lab writes its own cluster.toml there and copies this lock beside it.
+    let dir = dir.join("user");
+    std::fs::create_dir_all(&dir).unwrap();
+    let lock_path = dir.join("imgbuild.lock");
+    let mut lock = Lock::load(&lock_path).unwrap();
+    lock.upsert_image(ImageLockEntry {
+        reference: reference.to_string(),
+        arch: "amd64".into(),
+        index: None,
+        manifest: digest.to_string(),
+        config: manifest["config"]["digest"].as_str().unwrap().to_string(),
+        size,
+    });
+    lock.save(&lock_path).unwrap();
+    let mut text = common::example_text();
+    text.push_str(&format!(
+        r#"
+[images.runtime-check]
+roles = ["worker"]
+refs = ["{reference}"]
+
+[paths]
+profiles = "{REPO}/profiles"
+ipxe = "{REPO}/ipxe"
+images = "{REPO}/target/lab-images"
+cache = "{cache}"
+"#,
+        cache = shared_cache().display()
+    ));
+    let p = dir.join("cluster.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// The capture `pcap` of the lab's bridge holds IP packets for the lab's `subnet` and none for any address
+/// outside it (but broadcast, multicast and IPv6 link-local): the cluster formed with no internet.
+fn assert_no_packet_left_the_lab(pcap: &Path, subnet: &str) {
+    let read = |filter: &str| {
+        let out = std::process::Command::new("tcpdump")
+            .args(["-r"])
+            .arg(pcap)
+            .args(["-n", "-c", "20", filter])
+            .output()
+            .expect("tcpdump (Debian package tcpdump)");
+        assert!(
+            out.status.success(),
+            "tcpdump -r: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        !read(&format!("ip and dst net {subnet}")).is_empty(),
+        "the capture holds no packet for the lab's own network (a filter that sees nothing proves nothing)"
+    );
+    let outside = read(&format!(
+        "(ip and not (dst net {subnet} or dst host 255.255.255.255 or dst net 224.0.0.0/4)) \
+         or (ip6 and not (dst net fe80::/10 or dst net ff00::/8))"
+    ));
+    assert!(
+        outside.is_empty(),
+        "packets left for addresses outside the lab network {subnet} while the cluster formed:\n{outside}"
+    );
 }

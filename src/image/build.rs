@@ -26,7 +26,10 @@ use super::initrd::{self, InitrdError};
 use super::install::{self, InstallError};
 use super::layer::{self, LayerError};
 use super::manifest::{FileEntry, INITRD, Inputs, KERNEL, Manifest, ROOTFS};
-use super::oci::{OciError, layout};
+use super::oci::{OciError, layout, pin_refs};
+
+/// Where the master profile puts the kube-vip static pod manifests (profiles/master/profile.toml).
+const KUBE_VIP_DIR: &str = "/usr/share/imgbuild/kube-vip";
 use super::squashfs;
 use super::standins::{self, StandinError};
 use super::store::{self, StoreError};
@@ -340,7 +343,14 @@ fn inputs(
     let engine = engine_for(cluster);
     let tree = tree::render(cluster, &profile, &engine)?;
     let role_layer_digest = tree.digest();
-    let spec = BaseSpec::new(cluster, &profile);
+    let mut spec = BaseSpec::new(cluster, &profile);
+    if opts.standins {
+        // Stand-in images run Debian's real containerd and runc (standins::RUNTIME_PACKAGES).
+        spec.packages
+            .extend(standins::RUNTIME_PACKAGES.iter().map(|p| p.to_string()));
+        spec.packages.sort();
+        spec.packages.dedup();
+    }
     let base_digest = spec.digest();
     let (artifact_digests, standin_files) = if opts.standins {
         let s = standins::generate(cluster, &engine)?;
@@ -551,9 +561,11 @@ pub fn build_for(
         layer::apply_tree(&root, &tree)?;
         layer::check_scrubbed(&root)?;
         layer::preset(&root, &profile.enable_units)?;
+        // The manifests name the baked images by their locked digest (docs/air-gapped.md).
+        let pinned = pin_refs::pin_dirs(&root, &[install::MANIFEST_DIR, KUBE_VIP_DIR], &baked)?;
         let pk = layer::packages(&root)?;
         let detail = format!(
-            "{} files, {} units, {}",
+            "{} files, {} units, {pinned} image refs pinned, {}",
             tree.files.len(),
             profile.enable_units.len(),
             &role_layer_digest[..12]

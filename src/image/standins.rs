@@ -5,6 +5,11 @@
 //! (`profiles/standins/<artifact>.yaml.j2` for `*-manifest`) that says loudly it is a stand-in, checks what it is
 //! given and reports what it would have done to the server. The image's manifest records `standins: true`, so
 //! its id never equals a real build's. A missing template is an error naming it: never a silent fallback.
+//!
+//! The container runtime is real: a stand-in build adds Debian's `containerd` and `runc` ([`RUNTIME_PACKAGES`])
+//! to the base, and the `containerd`/`runc` "stand-ins" at the upstream paths are labelled shims that exec them,
+//! containerd with a 1.6 configuration (`profiles/standins/containerd-1.6.toml.j2`, `version = 2`) holding the
+//! same settings as the 2.x one the image carries. The node imports the baked images into it and can run them.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +19,10 @@ use sha2::{Digest, Sha256};
 use super::install::{Kind, MANIFEST_DIR, kind};
 use crate::config::Cluster;
 use crate::template::{Engine, TemplateError};
+
+/// The Debian packages a stand-in build adds to the base: the real container runtime (bookworm: containerd
+/// 1.6.20, runc 1.1.5), which the `containerd` and `runc` shims exec.
+pub const RUNTIME_PACKAGES: &[&str] = &["containerd", "runc"];
 
 /// One generated stand-in file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,4 +158,56 @@ pub fn generate(cluster: &Cluster, engine: &Engine) -> Result<Standins, StandinE
     }
     out.files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file<'a>(s: &'a Standins, path: &str) -> &'a str {
+        let f = s.files.iter().find(|f| f.path == path).unwrap();
+        std::str::from_utf8(&f.contents).unwrap()
+    }
+
+    #[test]
+    fn containerd_and_runc_shims_run_debians_runtime_with_a_1_6_config_of_the_same_settings() {
+        let cluster = crate::config::example();
+        let s = generate(&cluster, &crate::template::engine_for(&cluster)).unwrap();
+        let shim = file(&s, "/usr/local/bin/containerd");
+        assert!(
+            shim.contains("exec \"$real\" --config \"$config16\""),
+            "{shim}"
+        );
+        assert!(shim.contains("real=/usr/bin/containerd"), "{shim}");
+        let config = shim
+            .split("<<'IMGBUILD_CONTAINERD_CONFIG'\n")
+            .nth(1)
+            .and_then(|r| r.split("\nIMGBUILD_CONTAINERD_CONFIG\n").next())
+            .expect("the shim writes the 1.6 config from a here-document");
+        let v: toml::Value = toml::from_str(config).unwrap();
+        assert_eq!(
+            v["version"].as_integer(),
+            Some(2),
+            "containerd 1.6 reads version 2"
+        );
+        let cri = &v["plugins"]["io.containerd.grpc.v1.cri"];
+        assert_eq!(
+            cri["sandbox_image"].as_str(),
+            Some("registry.k8s.io/pause:3.10.1")
+        );
+        let runc = &cri["containerd"]["runtimes"]["runc"];
+        assert_eq!(runc["runtime_type"].as_str(), Some("io.containerd.runc.v2"));
+        assert_eq!(runc["options"]["SystemdCgroup"].as_bool(), Some(true));
+        assert_eq!(
+            runc["options"]["BinaryName"].as_str(),
+            Some("/usr/local/sbin/runc")
+        );
+        let runc_shim = file(&s, "/usr/local/sbin/runc");
+        assert!(
+            runc_shim.contains("real=/usr/sbin/runc")
+                && runc_shim.contains("exec \"$real\" \"$@\""),
+            "{runc_shim}"
+        );
+        assert_eq!(RUNTIME_PACKAGES, &["containerd", "runc"]);
+    }
 }

@@ -104,6 +104,19 @@ pub fn yaml_docs(name: &str, text: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Headless Chromium as every test runs it: no sandbox (tests run as root), no GPU, and nothing fetched from
+/// the internet on its own (no QUIC, background networking, component updates or sync).
+pub const CHROMIUM_FLAGS: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+];
+
 /// Loads `url` in headless Chromium (Debian's `chromium`; inside network namespace `netns` when given) and
 /// returns the DOM after the page's scripts ran for 5 s of virtual time, with Chromium's stderr.
 pub fn chromium_dom(netns: Option<&str>, url: &str) -> (String, String) {
@@ -121,18 +134,8 @@ pub fn chromium_dom(netns: Option<&str>, url: &str) -> (String, String) {
         }
     };
     let out = cmd
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-        ])
+        .args(CHROMIUM_FLAGS)
+        .args(["--virtual-time-budget=5000", "--dump-dom"])
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(url)
         .output()
@@ -148,15 +151,8 @@ pub fn chromium_screenshot(url: &str, png: &Path) {
     let profile = tempfile::tempdir().unwrap();
     let out = std::process::Command::new("timeout")
         .args(["60", "chromium"])
+        .args(CHROMIUM_FLAGS)
         .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
             "--hide-scrollbars",
             "--window-size=1600,900",
             "--virtual-time-budget=5000",
