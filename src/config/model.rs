@@ -215,6 +215,8 @@ pub struct Cluster {
     pub enrollment: Enrollment,
     /// `[secure_boot]`: whether images carry a signed UKI, and the db key that signs it.
     pub secure_boot: SecureBoot,
+    /// `[state]`: the state directory or the etcd cluster the server replicas share.
+    pub state: super::state::State,
 }
 
 /// `[enrollment]`: how a node's first contact is admitted (docs/security.md).

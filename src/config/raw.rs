@@ -43,6 +43,32 @@ pub struct File {
     /// `[secure_boot]`: signed UKIs for the machines that boot with UEFI Secure Boot; absent means off.
     #[serde(default)]
     pub secure_boot: SecureBootRaw,
+    /// `[state]`: where server replicas keep their shared state; absent means the state directory.
+    #[serde(default)]
+    pub state: StateRaw,
+}
+
+/// `[state]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateRaw {
+    /// `dir` (default) or `etcd`.
+    pub backend: Option<String>,
+    /// etcd client URLs.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// The key prefix; default `/imgbuild/<cluster name>/`.
+    pub prefix: Option<String>,
+    /// CA certificate (PEM) of the etcd members, relative to `cluster.toml`.
+    pub ca: Option<String>,
+    /// Client certificate (PEM), relative to `cluster.toml`.
+    pub cert: Option<String>,
+    /// Client key (PEM), relative to `cluster.toml`.
+    pub key: Option<String>,
+    /// Per-request timeout in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// How many events the shared history keeps.
+    pub events_kept: Option<u64>,
 }
 
 /// `[enrollment]` as written.

@@ -25,6 +25,7 @@ pub mod images;
 pub mod listener;
 pub mod node;
 pub mod range;
+pub mod replicas;
 pub mod reply;
 pub mod script;
 pub mod status_page;
@@ -85,6 +86,7 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .merge(routes(state.clone()))
         .merge(enroll::routes(shared.clone()))
         .merge(status_page::routes(shared.clone()))
+        .merge(replicas::routes(shared.clone()))
         .layer(axum::middleware::from_fn_with_state(state, track))
 }
 
