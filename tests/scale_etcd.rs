@@ -314,20 +314,28 @@ async fn two_replicas_on_etcd_enroll_once_share_barrier_token_pins_and_survive_a
     .await;
     eprintln!("re-pin seen by both replicas after {:?}", t0.elapsed());
 
-    // The shared event history names the replica that saw each stage.
-    let hist = imgbuild::netboot::replicas::history(&a.shared, 1000);
-    let served_by = |stage: &str| -> Vec<String> {
-        hist.iter()
-            .filter(|e| e.event.stage == stage)
-            .map(|e| e.replica.clone())
-            .collect()
-    };
-    eventually(5, "the history holds both replicas' events", async || {
+    // The shared event history names the replica that saw each stage: M1's init-done reached A, worker-1's
+    // enrollment was served by A; read from B.
+    eventually(10, "the history holds both replicas' events", async || {
         let h = imgbuild::netboot::replicas::history(&b.shared, 1000);
-        h.iter().any(|e| e.replica == "replica-a") && h.iter().any(|e| e.replica == "replica-b")
+        let by = |mac: &str, stage: &str| -> Vec<String> {
+            h.iter()
+                .filter(|e| e.event.stage == stage && e.event.mac.to_string() == mac)
+                .map(|e| e.replica.clone())
+                .collect()
+        };
+        by(M1, "init-done") == ["replica-a"]
+            && by(W1, "enrolled") == ["replica-a"]
+            && by(M1, "enrolled").len() == 1
     })
     .await;
-    let _ = served_by;
+    let r = imgbuild::netboot::http::replicas::current(&b.shared);
+    assert_eq!((r.backend.as_str(), r.this.as_str()), ("etcd", "replica-b"));
+    assert!(
+        r.served[W1]
+            .iter()
+            .any(|s| s.stage == "enrolled" && s.replica == "replica-a")
+    );
     let listed = imgbuild::netboot::replicas::list(&a.shared);
     assert!(
         listed.iter().any(|r| r.id == "replica-a") && listed.iter().any(|r| r.id == "replica-b"),

@@ -6,7 +6,8 @@
 //! - [`events`]: `POST /api/events`; [`node`]: `GET /api/node/{mac}` (a UKI-booted machine's own facts)
 //! - [`enroll`]: `GET /api/enroll/{mac}` (the rules are `pki::enroll`); [`token`]: `POST /api/token`;
 //!   [`barrier`]: `GET /api/barrier/init-done` — [`reply`] holds what these three share
-//! - [`status_page`]: `GET /` and `GET /api/status`
+//! - [`status_page`]: `GET /` and `GET /api/status`; [`replicas`]: `GET /api/replicas` (every replica, which one
+//!   served each stage)
 //! - [`tls`]: the same application over HTTPS on `network.https_port` (the node API; enrollment and token
 //!   publication refuse plain HTTP)
 //! - `GET /boot/{name}`, `GET /healthz`, `GET /metrics` (this file)

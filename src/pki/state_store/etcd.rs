@@ -350,7 +350,9 @@ impl StateBackend for EtcdState {
 
     fn record_event(&self, line: &[u8]) -> Result<(), StateError> {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        let ms = crate::pki::token::now_unix() * 1000;
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
         let k = self.key(&format!("events/{ms:013}-{}-{n:08}", self.replica));
         let v = line.to_vec();
         self.counts.put.fetch_add(1, Ordering::Relaxed);
