@@ -40,8 +40,8 @@ impl Lab {
 
     /// A veth from namespace `ns` (named `inner` there, with `addr` if given) to bridge `br` in the hub.
     fn plug(&self, ns: &str, inner: &str, br: &str, addr: Option<&str>, mac: Option<&str>) {
-        let outer = format!("{}{inner}h", self.id);
-        let tmp = format!("{}{inner}t", self.id);
+        let outer = format!("{}{ns}{inner}h", self.id);
+        let tmp = format!("{}{ns}{inner}t", self.id);
         let hub = self.ns("h");
         run(&[
             "ip", "-n", &hub, "link", "add", &outer, "type", "veth", "peer", "name", &tmp,
@@ -79,8 +79,8 @@ impl Lab {
         lab.plug("c", "eth0", "brn", None, Some(WORKER1));
         // The relay: 10.77.0.2 on the nodes' side (its giaddr; /32 so it owns no route there), 10.77.0.250/24
         // on the servers' side (the replicas reach 10.77.0.2 through it: Linux answers ARP for any local address).
-        lab.plug("r", "down", "brn", Some("10.77.0.2/32"), None);
-        lab.plug("r", "up", "brs", Some("10.77.0.250/24"), None);
+        lab.plug("r", "rdown", "brn", Some("10.77.0.2/32"), None);
+        lab.plug("r", "rup", "brs", Some("10.77.0.250/24"), None);
         // The replicas.
         lab.plug("a", "prov", "brs", Some("10.77.0.1/24"), None);
         lab.plug("b", "prov", "brs", Some("10.77.0.3/24"), None);
@@ -235,9 +235,9 @@ fn root_netns_relay_forwards_to_two_replicas_inventory_address_survives_a_killed
             "-pf",
             &pf,
             "-id",
-            "down",
+            "rdown",
             "-iu",
-            "up",
+            "rup",
             "10.77.0.1",
             "10.77.0.3",
         ],
@@ -270,7 +270,7 @@ fn root_netns_relay_forwards_to_two_replicas_inventory_address_survives_a_killed
         let (ea, eb) = (lab.events("a"), lab.events("b"));
         let offered = |e: &[(String, String)]| {
             e.iter().any(|(s, d)| {
-                s == "dhcp-offer" && d.contains("ip=10.77.0.21") && d.contains("relay_id=down")
+                s == "dhcp-offer" && d.contains("ip=10.77.0.21") && d.contains("relay_id=rdown")
             })
         };
         let acks = |e: &[(String, String)]| e.iter().filter(|(s, _)| s == "dhcp-ack").count();
