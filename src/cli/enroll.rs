@@ -1,14 +1,14 @@
 //! `imgbuild enroll`: show and change who may fetch an enrollment bundle.
 //!
-//! Works on `state/enrollment.json` under its lock; a running server reads the file on every request, so the
-//! change applies at once (no signal needed). Subcommands: `open [30m]`, `close`, `approve <host>...`,
+//! Works on the enrollment state (`state/enrollment.json` under its lock, or etcd with `[state] backend = "etcd"`);
+//! a running server reads it on every request, so the change applies at once on every replica (no signal needed). Subcommands: `open [30m]`, `close`, `approve <host>...`,
 //! `reset <host>...`; the older flags `--reset`, `--open` and `--close` still work and combine in one call.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use super::global::Global;
-use crate::pki::enroll::Store;
+use crate::pki::state_store::{self, documents};
 use crate::status::now_ms;
 
 #[derive(Debug, clap::Subcommand)]
@@ -73,9 +73,7 @@ fn machine<'c>(
 
 pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
     let cluster = cli.load_cluster()?;
-    let store = Store::for_cluster(&cluster);
-    let mut l = store.lock()?;
-    let mut changed = false;
+    let state = state_store::open(&cluster, &state_store::replica_id())?;
     let (mut reset, mut open, mut close, mut approve) =
         (args.reset.clone(), args.open, args.close, Vec::new());
     match &args.command {
@@ -85,82 +83,94 @@ pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
         Some(Sub::Reset { hosts }) => reset = hosts.clone(),
         None => {}
     }
-    for h in &approve {
-        let m = machine(&cluster, h)?;
-        if !cluster.enrollment.approve {
-            println!(
-                "note: [enrollment] approve is off in {}: nodes enroll without approval",
-                cluster.path.display()
-            );
-        }
-        l.state.approved.insert(m.mac);
-        // A TPM machine: bind the EK it presented (docs/attestation.md).
-        if let Some(p) = l.state.tpm_pending.remove(&m.mac) {
-            println!(
-                "{} ({}): TPM EK sha256:{} bound (first seen from {} at {}); pin it in cluster.toml with \
-                 ek_sha256 = \"{}\"",
-                m.hostname,
-                m.mac,
-                p.ek_sha256,
-                p.ip,
-                when(p.at_ms),
-                p.ek_sha256
-            );
-            l.state.tpm_ek.insert(m.mac, p.ek_sha256);
-        }
-        let seen = l.state.pending.remove(&m.mac);
+    let approve = approve
+        .iter()
+        .map(|h| machine(&cluster, h))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let reset = reset
+        .iter()
+        .map(|h| machine(&cluster, h))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if !approve.is_empty() && !cluster.enrollment.approve {
         println!(
-            "{} ({}) approved: it may fetch its bundle once{}",
-            m.hostname,
-            m.mac,
-            seen.map(|c| format!(" (it asked from {} at {})", c.ip, when(c.at_ms)))
-                .unwrap_or_default()
+            "note: [enrollment] approve is off in {}: nodes enroll without approval",
+            cluster.path.display()
         );
-        changed = true;
-    }
-    for h in &reset {
-        let m = machine(&cluster, h)?;
-        l.state.refused.remove(&m.mac);
-        // A TPM machine: forget its approved and pending EKs (a replaced TPM is then approved anew; a pinned
-        // `ek_sha256` stays in cluster.toml).
-        l.state.tpm_pending.remove(&m.mac);
-        if let Some(ek) = l.state.tpm_ek.remove(&m.mac) {
-            println!(
-                "{} ({}): approved TPM EK sha256:{ek} forgotten; the next EK it presents waits for approval",
-                m.hostname, m.mac
-            );
-        }
-        if l.state.enrolled.remove(&m.mac).is_some() {
-            println!(
-                "{} ({}) re-armed: it may fetch its bundle once more",
-                m.hostname, m.mac
-            );
-        } else {
-            println!(
-                "{} ({}) was not enrolled; nothing to re-arm",
-                m.hostname, m.mac
-            );
-        }
-        changed = true;
     }
     let now = now_ms();
-    if let Some(d) = open {
-        let until = now + d.as_millis() as u64;
-        l.state.open_until_ms = Some(until);
-        println!("enrollment open until {}", when(until));
-        changed = true;
+    // With etcd the change is a transaction that may be retried: what to say is collected, then printed once.
+    let (said, st) = documents::update_enrollment(&*state, |l| {
+        let mut said = Vec::new();
+        let mut changed = false;
+        for m in &approve {
+            l.approved.insert(m.mac);
+            // A TPM machine: bind the EK it presented (docs/attestation.md).
+            if let Some(p) = l.tpm_pending.remove(&m.mac) {
+                said.push(format!(
+                    "{} ({}): TPM EK sha256:{} bound (first seen from {} at {}); pin it in cluster.toml with \
+                     ek_sha256 = \"{}\"",
+                    m.hostname,
+                    m.mac,
+                    p.ek_sha256,
+                    p.ip,
+                    when(p.at_ms),
+                    p.ek_sha256
+                ));
+                l.tpm_ek.insert(m.mac, p.ek_sha256);
+            }
+            let seen = l.pending.remove(&m.mac);
+            said.push(format!(
+                "{} ({}) approved: it may fetch its bundle once{}",
+                m.hostname,
+                m.mac,
+                seen.map(|c| format!(" (it asked from {} at {})", c.ip, when(c.at_ms)))
+                    .unwrap_or_default()
+            ));
+            changed = true;
+        }
+        for m in &reset {
+            l.refused.remove(&m.mac);
+            // A TPM machine: forget its approved and pending EKs (a replaced TPM is then approved anew; a pinned
+            // `ek_sha256` stays in cluster.toml).
+            l.tpm_pending.remove(&m.mac);
+            if let Some(ek) = l.tpm_ek.remove(&m.mac) {
+                said.push(format!(
+                    "{} ({}): approved TPM EK sha256:{ek} forgotten; the next EK it presents waits for approval",
+                    m.hostname, m.mac
+                ));
+            }
+            if l.enrolled.remove(&m.mac).is_some() {
+                said.push(format!(
+                    "{} ({}) re-armed: it may fetch its bundle once more",
+                    m.hostname, m.mac
+                ));
+            } else {
+                said.push(format!(
+                    "{} ({}) was not enrolled; nothing to re-arm",
+                    m.hostname, m.mac
+                ));
+            }
+            changed = true;
+        }
+        if let Some(d) = open {
+            let until = now + d.as_millis() as u64;
+            l.open_until_ms = Some(until);
+            said.push(format!("enrollment open until {}", when(until)));
+            changed = true;
+        }
+        if close {
+            l.open_until_ms = None;
+            l.closed_at_ms = now;
+            l.auto_closed = true;
+            said.push("enrollment closed".to_string());
+            changed = true;
+        }
+        ((said, l.clone()), changed)
+    })?;
+    for line in said {
+        println!("{line}");
     }
-    if close {
-        l.state.open_until_ms = None;
-        l.state.closed_at_ms = now;
-        l.state.auto_closed = true;
-        println!("enrollment closed");
-        changed = true;
-    }
-    if changed {
-        l.save()?;
-    }
-    let st = &l.state;
+    let st = &st;
     match st.open_until_ms {
         Some(u) if u > now => println!("window: open until {}", when(u)),
         _ if st.is_open(&cluster, now) => {

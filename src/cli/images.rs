@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use super::global::Global;
-use crate::image::pins::Pins;
 use crate::image::{catalog, store};
+use crate::pki::state_store::{self, documents};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -15,7 +15,8 @@ pub struct Args {
 
 pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
     let cluster = cli.load_cluster()?;
-    let pins = Pins::load(&Pins::path(&cluster))?;
+    let state = state_store::open(&cluster, &state_store::replica_id())?;
+    let pins = documents::pins(&*state, &cluster.paths.state)?;
     let images = store::open(&cluster);
     let list = catalog::list(&*images, &pins)?;
     if args.json {

@@ -9,8 +9,8 @@ use anyhow::{Context, bail};
 
 use super::global::Global;
 use crate::config::{Arch, Cluster, Role};
-use crate::image::pins::Pins;
 use crate::image::store::{self, ImageStore};
+use crate::pki::state_store::{self, documents};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -73,8 +73,9 @@ fn hosts(cluster: &Cluster, role: Role, arch: Arch) -> String {
 
 pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
     let cluster = cli.load_cluster()?;
-    let path = Pins::path(&cluster);
-    let mut pins = Pins::load(&path)?;
+    let state = state_store::open(&cluster, &state_store::replica_id())?;
+    let path = documents::pins_origin(&*state, &cluster.paths.state);
+    let pins = documents::pins(&*state, &cluster.paths.state)?;
     let images = store::open(&cluster);
     if args.list {
         println!("pins ({}):", path.display());
@@ -96,20 +97,24 @@ pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
         bail!("usage: imgbuild pin <role> <image-id>, or imgbuild pin --list");
     };
     let id = expand_id(&*images, given)?;
-    let before = pins.clone();
-    let arch = pins.pin(&*images, role, &id)?;
-    let old = before.get(role, arch).cloned();
+    // Checked against the image store first (a pin of a missing image fails here), then applied atomically to
+    // the pins in force: with etcd another host may re-pin another role at the same time.
+    let arch = pins.clone().pin(&*images, role, &id)?;
+    let old = documents::update_pins(&*state, &cluster.paths.state, |p| {
+        let old = p.get(role, arch).cloned();
+        let changed = old.as_deref() != Some(id.as_str()) && p.pin(&*images, role, &id).is_ok();
+        (old, changed)
+    })?;
     if old.as_deref() == Some(id.as_str()) {
         println!("{role} ({arch}): already pinned to {id}; nothing changed");
         return Ok(ExitCode::SUCCESS);
     }
-    pins.save(&path)?;
     match old {
         Some(o) => println!("{role} ({arch}): {o} -> {}", describe(&*images, &id)),
         None => println!("{role} ({arch}): (nothing) -> {}", describe(&*images, &id)),
     }
     println!(
-        "Reboot the {role} machines on {arch} ({}) to boot it; a running `imgbuild serve` uses the new pin from its next boot script.",
+        "Reboot the {role} machines on {arch} ({}) to boot it; a running `imgbuild serve` (every replica, with etcd) uses the new pin from its next boot script.",
         hosts(&cluster, role, arch)
     );
     Ok(ExitCode::SUCCESS)

@@ -30,6 +30,48 @@ pub async fn fetch(base: &str) -> anyhow::Result<Report> {
     serde_json::from_str(&body).with_context(|| format!("{url} did not return a status report"))
 }
 
+/// With replicas on a shared state (`[state] backend = "etcd"`): every live replica, and per node the replica
+/// that served its latest stage. Empty for a single server (or a server too old to answer `/api/replicas`).
+async fn replicas(base: &str) -> String {
+    let url = format!("{}/api/replicas", base.trim_end_matches('/'));
+    let Ok(body) = client::get(&url).await else {
+        return String::new();
+    };
+    let Ok(r) = serde_json::from_str::<crate::netboot::http::replicas::Replicas>(&body) else {
+        return String::new();
+    };
+    if r.backend == "dir" {
+        return String::new();
+    }
+    let ids: Vec<String> = r
+        .replicas
+        .iter()
+        .map(|x| {
+            if x.id == r.this {
+                format!("{} (answered)", x.id)
+            } else {
+                x.id.clone()
+            }
+        })
+        .collect();
+    let mut out = format!("replicas ({}): {}\n", r.backend, ids.join(", "));
+    for (mac, stages) in &r.served {
+        if let Some(last) = stages.last() {
+            let by: Vec<String> = stages
+                .iter()
+                .map(|s| format!("{}@{}", s.stage, s.replica))
+                .collect();
+            out.push_str(&format!(
+                "  {mac}  last {} via {}  ({})\n",
+                last.stage,
+                last.replica,
+                by.join(" ")
+            ));
+        }
+    }
+    out
+}
+
 /// Runs `imgbuild status`: prints the report as a table or JSON, once or every second with `--watch` until Ctrl-C.
 pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
     let base = match &args.server {
@@ -58,6 +100,7 @@ pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
                     print!("\x1b[2J\x1b[H");
                 }
                 print!("{}", report::table(&r));
+                print!("{}", replicas(&base).await);
             }
             if !args.watch {
                 return Ok(ExitCode::SUCCESS);

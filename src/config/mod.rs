@@ -10,6 +10,7 @@ pub mod mac;
 pub mod model;
 pub mod profile;
 mod raw;
+pub mod state;
 pub(crate) mod validate;
 
 use std::path::{Path, PathBuf};

@@ -217,6 +217,8 @@ pub struct Cluster {
     pub secure_boot: SecureBoot,
     /// `[attestation]`: how TPM machines prove who they are and what they booted (docs/attestation.md).
     pub attestation: Attestation,
+    /// `[state]`: the state directory or the etcd cluster the server replicas share.
+    pub state: super::state::State,
 }
 
 /// How a machine proves it is the inventory machine when it enrolls.

@@ -46,6 +46,9 @@ pub struct File {
     /// `[attestation]`: TPM-attested enrollment (docs/attestation.md); absent means every machine by address.
     #[serde(default)]
     pub attestation: AttestationRaw,
+    /// `[state]`: where server replicas keep their shared state; absent means the state directory.
+    #[serde(default)]
+    pub state: StateRaw,
 }
 
 /// `[attestation]` as written.
@@ -61,6 +64,29 @@ pub struct AttestationRaw {
     /// TPM machines must attest Secure Boot enabled (PCR 7); default false.
     #[serde(default)]
     pub require_secure_boot: bool,
+}
+
+/// `[state]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateRaw {
+    /// `dir` (default) or `etcd`.
+    pub backend: Option<String>,
+    /// etcd client URLs.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// The key prefix; default `/imgbuild/<cluster name>/`.
+    pub prefix: Option<String>,
+    /// CA certificate (PEM) of the etcd members, relative to `cluster.toml`.
+    pub ca: Option<String>,
+    /// Client certificate (PEM), relative to `cluster.toml`.
+    pub cert: Option<String>,
+    /// Client key (PEM), relative to `cluster.toml`.
+    pub key: Option<String>,
+    /// Per-request timeout in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// How many events the shared history keeps.
+    pub events_kept: Option<u64>,
 }
 
 /// `[enrollment]` as written.

@@ -125,16 +125,29 @@ impl Pins {
     /// Reads the pins; a missing file means nothing is pinned yet.
     pub fn load(path: &Path) -> Result<Pins, PinError> {
         match std::fs::read_to_string(path) {
-            Ok(s) => toml::from_str(&s).map_err(|e| PinError::Parse {
-                path: path.to_path_buf(),
-                detail: e.to_string(),
-            }),
+            Ok(s) => Self::parse(&s, path),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Pins::default()),
             Err(source) => Err(PinError::Io {
                 path: path.to_path_buf(),
                 source,
             }),
         }
+    }
+
+    /// Parses the pins from their text; `origin` (a file, or where a shared state keeps them) names them in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<Pins, PinError> {
+        toml::from_str(text).map_err(|e| PinError::Parse {
+            path: origin.to_path_buf(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// The pins as the text `pins.toml` holds.
+    pub fn to_text(&self) -> String {
+        format!(
+            "# Which image each role boots. Written by `imgbuild pin <role> <image-id>`.\n{}",
+            toml::to_string(self).expect("pins serialize")
+        )
     }
 
     /// Writes the pins atomically.
@@ -145,10 +158,7 @@ impl Pins {
         };
         let dir = path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(io)?;
-        let text = format!(
-            "# Which image each role boots. Written by `imgbuild pin <role> <image-id>`.\n{}",
-            toml::to_string(self).expect("pins serialize")
-        );
+        let text = self.to_text();
         let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
         tmp.write_all(text.as_bytes()).map_err(io)?;
         tmp.as_file().sync_all().map_err(io)?;

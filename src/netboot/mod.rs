@@ -9,6 +9,8 @@
 //!   metric families.
 //! - [`doctor`]: `imgbuild doctor`'s checks of a host before the first start.
 //! - [`ready`]: which listeners are bound; [`notify`]: systemd's readiness, status and watchdog messages.
+//! - [`replicas`]: with a shared state in etcd, each replica announces itself and copies its events into the
+//!   shared history (which replica served each stage).
 
 pub mod boot;
 pub mod bootfiles;
@@ -22,6 +24,7 @@ pub mod peers;
 pub mod pinwatch;
 pub mod ra;
 pub mod ready;
+pub mod replicas;
 pub mod server;
 pub mod state;
 pub mod tftp;

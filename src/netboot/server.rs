@@ -9,14 +9,18 @@ use std::sync::Arc;
 use super::notify;
 use super::state::Shared;
 use crate::config::Role;
-use crate::image::pins::Pins;
+use crate::pki::state_store::{self, documents};
 use crate::status::Events;
 use crate::template;
 
 /// Loads the cluster and the pins, and builds the shared state (events in `state/events.jsonl`).
 pub fn prepare(config_path: &std::path::Path) -> anyhow::Result<Arc<Shared>> {
     let cluster = crate::config::load(config_path)?;
-    let pins = Pins::load(&Pins::path(&cluster))?.resolve(&*crate::image::store::open(&cluster));
+    let replica = state_store::replica_id();
+    let state = state_store::open(&cluster, &replica)?;
+    tracing::info!(backend = state.kind(), %replica, "shared state opened");
+    let pins = documents::pins(&*state, &cluster.paths.state)?
+        .resolve(&*crate::image::store::open(&cluster));
     for ((role, arch), img) in &pins {
         if img.standins {
             tracing::warn!(%role, %arch, image = %img.id, "the pinned image was built with labelled STAND-IN binaries: nodes booting it cannot form a real cluster");
@@ -36,12 +40,14 @@ pub fn prepare(config_path: &std::path::Path) -> anyhow::Result<Arc<Shared>> {
         &cluster.limits.events,
     )?;
     // The barrier and report counters must be readable: refuse to start rather than forget them.
-    crate::pki::report_state::ReportState::open(&cluster.paths.state)?;
-    Ok(Arc::new(Shared::new(
+    crate::pki::report_state::ReportState::open_in(state.clone())?;
+    Ok(Arc::new(Shared::new_in(
         config_path.to_path_buf(),
         cluster,
         pins,
         events,
+        state,
+        replica,
     )))
 }
 
@@ -50,7 +56,7 @@ pub fn prepare(config_path: &std::path::Path) -> anyhow::Result<Arc<Shared>> {
 pub fn reload(shared: &Shared) {
     match crate::config::load(&shared.config_path) {
         Ok(cluster) => {
-            let pins = Pins::load(&Pins::path(&cluster))
+            let pins = documents::pins(&*shared.state, &cluster.paths.state)
                 .map(|p| p.resolve(&*crate::image::store::open(&cluster)))
                 .unwrap_or_else(|e| {
                     tracing::warn!(error = %e, "cannot read pins; keeping the current ones");
@@ -89,6 +95,8 @@ pub async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
     }
     // One line per protocol.
     shared.register_metrics(|r| crate::status::metrics::register(r, &shared, |s| &s.events));
+    // With replicas: announce this one, copy its events into the shared history.
+    super::replicas::spawn(&shared);
     if shared.cluster().network.router_advertisements {
         let s = shared.clone();
         tasks.spawn(async move { ("ra", super::ra::run(s).await) });

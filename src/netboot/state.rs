@@ -11,6 +11,7 @@ use super::boot::Booter;
 use crate::config::Cluster;
 use crate::image::pins::PinMap;
 use crate::pki::report_state::ReportState;
+use crate::pki::state_store::{self, StateBackend};
 use crate::status::Events;
 
 /// State every protocol loop reads. Cheap to share (`Arc<Shared>`).
@@ -30,20 +31,46 @@ pub struct Shared {
     pub ready: super::ready::Ready,
     /// What the probes for other DHCP servers on the interface found (DHCP, `/metrics`, the status page).
     pub dhcp_probe: Arc<super::dhcp::probe::Findings>,
+    /// Where enrollment, the token, the barrier, report counters, pins, the unknown pool's leases and the shared
+    /// event history live (`[state]`: the state directory, or etcd shared by every replica).
+    pub state: Arc<dyn StateBackend>,
+    /// This server's name among replicas (`$IMGBUILD_REPLICA` or the host name), in events and `/metrics`.
+    pub replica: String,
 }
 
 impl Shared {
     /// The state for a loaded `cluster` and its `pins`; the metrics registry starts empty with prefix `imgbuild`.
     /// The event log records only the inventory's machines (set here and again on every reload).
     pub fn new(config_path: PathBuf, cluster: Cluster, pins: PinMap, events: Events) -> Self {
+        let state = state_store::dir_of(&cluster);
+        Self::new_in(
+            config_path,
+            cluster,
+            pins,
+            events,
+            state,
+            state_store::replica_id(),
+        )
+    }
+
+    /// [`Shared::new`] on the shared-state backend `state` (opened with `pki::state_store::open`), as replica
+    /// `replica`.
+    pub fn new_in(
+        config_path: PathBuf,
+        cluster: Cluster,
+        pins: PinMap,
+        events: Events,
+        state: Arc<dyn StateBackend>,
+        replica: String,
+    ) -> Self {
         events.set_inventory(cluster.machines.iter().map(|m| m.mac));
         let cluster = Arc::new(cluster);
-        let reports = ReportState::open(&cluster.paths.state).unwrap_or_else(|e| {
+        let reports = ReportState::open_in(state.clone()).unwrap_or_else(|e| {
             tracing::error!(
                 "{e}; starting with no barrier and no report counters (the barrier stays closed until the first \
                  master reports init-done again)"
             );
-            ReportState::empty(&cluster.paths.state)
+            ReportState::empty(state.clone())
         });
         Shared {
             reports,
@@ -56,6 +83,8 @@ impl Shared {
             )),
             ready: Default::default(),
             dhcp_probe: Default::default(),
+            state,
+            replica,
         }
     }
 

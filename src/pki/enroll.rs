@@ -26,7 +26,6 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -137,20 +136,7 @@ impl Store {
 
     /// Takes the lock and reads the state (an absent file is the empty state).
     pub fn lock(&self) -> Result<Locked, PkiError> {
-        if let Some(d) = self.lock.parent() {
-            std::fs::create_dir_all(d).map_err(io_err(d))?;
-        }
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&self.lock)
-            .map_err(io_err(&self.lock))?;
-        // SAFETY: flock on a valid, open descriptor; blocks until the lock is ours.
-        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
-        if rc != 0 {
-            return Err(io_err(&self.lock)(std::io::Error::last_os_error()));
-        }
+        let f = super::state_store::dir::flock(&self.lock)?;
         let state = match std::fs::read_to_string(&self.path) {
             Ok(t) => serde_json::from_str(&t).map_err(|e| PkiError::Invalid {
                 path: self.path.display().to_string(),

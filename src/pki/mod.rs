@@ -11,6 +11,8 @@
 //!   signature. The HTTP routes nodes use at first boot (`/api/enroll/{mac}`, `/api/barrier/init-done`,
 //!   `/api/token`) are `netboot::http::{enroll, barrier, token}`.
 //! - [`attest`]: TPM-attested enrollment (EK, credential activation, quote, event log, policy).
+//! - [`state_store`]: the server's shared state (enrollment, token, barrier, counters, pins, leases, event
+//!   history) behind one interface: the state directory, or etcd for replicas.
 
 pub mod attest;
 pub mod ca;
@@ -22,6 +24,7 @@ pub mod report_auth;
 pub mod report_state;
 pub mod secrets;
 pub mod secureboot;
+pub mod state_store;
 pub mod token;
 
 /// A secrets or enrollment operation failed.
@@ -67,6 +70,9 @@ pub enum PkiError {
         /// The existing file that was found first.
         file: String,
     },
+    /// The shared state (`[state]`: the state directory or etcd) could not be read or written.
+    #[error(transparent)]
+    State(#[from] state_store::StateError),
     #[error("no secrets in {dir} ({file} is missing); run `imgbuild secrets init` first")]
     /// A secret file is absent: run `imgbuild secrets init` first.
     Missing {

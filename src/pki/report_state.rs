@@ -4,20 +4,13 @@
 //! server restarts). Both are replaced atomically ([`super::write_atomic`]).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use super::{PkiError, io_err};
-
-/// [`super::write_atomic`], creating the state directory first if needed.
-fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d).map_err(io_err(d))?;
-    }
-    super::write_atomic(path, bytes, mode)
-}
+use super::PkiError;
+use super::state_store::{Key, StateBackend, StateError, dir::DirState, parse_json, to_json};
 use crate::config::MacAddr;
 
 /// The init-done barrier, once reached.
@@ -45,46 +38,46 @@ pub struct Inner {
     counters: BTreeMap<MacAddr, Counter>,
 }
 
-/// The durable report state of a server: loaded at start, written through on every change.
+/// The durable report state of a server: loaded at start, written through on every change. With a replicated
+/// backend (etcd) it is re-read under the lock before every check, so every replica sees every other's barrier
+/// and counters.
 #[derive(Debug)]
 pub struct ReportState {
-    barrier_path: PathBuf,
-    counters_path: PathBuf,
+    backend: Arc<dyn StateBackend>,
     inner: Mutex<Inner>,
 }
 
-fn read_json<T: serde::de::DeserializeOwned + Default>(p: &Path) -> Result<T, PkiError> {
-    match std::fs::read_to_string(p) {
-        Ok(t) => serde_json::from_str(&t).map_err(|e| PkiError::Invalid {
-            path: p.display().to_string(),
-            message: format!(
-                "{e}; the file is written by imgbuild only — restore it from a backup"
-            ),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
-        Err(e) => Err(io_err(p)(e)),
-    }
+fn load(b: &dyn StateBackend) -> Result<Inner, PkiError> {
+    let barrier: Option<Barrier> = match b.get(Key::Barrier)? {
+        Some(bytes) => parse_json(b, Key::Barrier, &bytes)?,
+        None => None,
+    };
+    let counters = match b.get(Key::ReportCounters)? {
+        Some(bytes) => parse_json(b, Key::ReportCounters, &bytes)?,
+        None => BTreeMap::new(),
+    };
+    Ok(Inner { barrier, counters })
 }
 
 impl ReportState {
     /// The state in `state_dir` (absent files: no barrier, no counters).
     pub fn open(state_dir: &Path) -> Result<Self, PkiError> {
-        let barrier_path = state_dir.join("barrier.json");
-        let counters_path = state_dir.join("report-counters.json");
-        let barrier: Option<Barrier> = read_json(&barrier_path)?;
-        let counters = read_json(&counters_path)?;
+        Self::open_in(Arc::new(DirState::new(state_dir, state_dir)))
+    }
+
+    /// The state kept by `backend`.
+    pub fn open_in(backend: Arc<dyn StateBackend>) -> Result<Self, PkiError> {
+        let inner = load(&*backend)?;
         Ok(ReportState {
-            barrier_path,
-            counters_path,
-            inner: Mutex::new(Inner { barrier, counters }),
+            backend,
+            inner: Mutex::new(inner),
         })
     }
 
-    /// An empty state that writes to `state_dir` (when the files there cannot be read).
-    pub fn empty(state_dir: &Path) -> Self {
+    /// An empty state that writes to `backend` (when what it holds cannot be read).
+    pub fn empty(backend: Arc<dyn StateBackend>) -> Self {
         ReportState {
-            barrier_path: state_dir.join("barrier.json"),
-            counters_path: state_dir.join("report-counters.json"),
+            backend,
             inner: Mutex::new(Inner::default()),
         }
     }
@@ -92,11 +85,25 @@ impl ReportState {
     /// Runs `f` under the state's lock (check a report and commit it atomically with respect to others).
     pub fn with<T>(&self, f: impl FnOnce(&mut Inner, &ReportState) -> T) -> T {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if self.backend.replicated() {
+            match load(&*self.backend) {
+                Ok(fresh) => *g = fresh,
+                Err(e) => {
+                    tracing::error!("cannot re-read the report state: {e}; using the last one read")
+                }
+            }
+        }
         f(&mut g, self)
     }
 
     /// The barrier, if reached.
     pub fn barrier(&self) -> Option<Barrier> {
+        {
+            let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            if g.barrier.is_some() || !self.backend.replicated() {
+                return g.barrier.clone();
+            }
+        }
         self.with(|i, _| i.barrier.clone())
     }
 }
@@ -111,7 +118,8 @@ impl Inner {
             .map(|c| c.ctr)
     }
 
-    /// Stores `ctr` as `mac`'s last counter (written and fsynced before it returns).
+    /// Stores `ctr` as `mac`'s last counter (written and fsynced, or committed in etcd, before it returns). With
+    /// replicas, a counter another replica accepted in between (the same report twice) is refused as an error.
     pub fn commit_ctr(
         &mut self,
         st: &ReportState,
@@ -119,21 +127,42 @@ impl Inner {
         enrolled_at_ms: u64,
         ctr: u64,
     ) -> Result<(), PkiError> {
-        let before = self.counters.insert(
-            mac,
-            Counter {
-                enrolled_at_ms,
-                ctr,
-            },
-        );
-        let mut v = serde_json::to_vec_pretty(&self.counters).expect("counters serialize");
-        v.push(b'\n');
-        write_atomic(&st.counters_path, &v, 0o600).inspect_err(|_| {
-            match before {
-                Some(b) => self.counters.insert(mac, b),
-                None => self.counters.remove(&mac),
+        let c = Counter {
+            enrolled_at_ms,
+            ctr,
+        };
+        let b = &*st.backend;
+        let mut merged = None;
+        b.update(Key::ReportCounters, &mut |cur| {
+            let mut map = if b.replicated() {
+                match cur {
+                    Some(bytes) => parse_json(b, Key::ReportCounters, bytes)?,
+                    None => BTreeMap::new(),
+                }
+            } else {
+                self.counters.clone()
             };
-        })
+            if let Some(old) = map.get(&mac)
+                && old.enrolled_at_ms == enrolled_at_ms
+                && old.ctr >= ctr
+                && b.replicated()
+            {
+                return Err(StateError::Invalid {
+                    key: Key::ReportCounters.name().into(),
+                    message: format!(
+                        "{mac}: counter {ctr} was already accepted by another replica (a replay)"
+                    ),
+                });
+            }
+            map.insert(mac, c);
+            let bytes = to_json(&map);
+            merged = Some(map);
+            Ok(Some(bytes))
+        })?;
+        if let Some(m) = merged {
+            self.counters = m;
+        }
+        Ok(())
     }
 
     /// Records the barrier, once: a later call keeps the first record. Returns the record in force.
@@ -147,11 +176,13 @@ impl Inner {
             return Ok(b.clone());
         }
         let b = Barrier { at_ms, mac };
-        let mut v = serde_json::to_vec_pretty(&Some(&b)).expect("barrier serializes");
-        v.push(b'\n');
-        write_atomic(&st.barrier_path, &v, 0o600)?;
-        self.barrier = Some(b.clone());
-        Ok(b)
+        let be = &*st.backend;
+        let held = match be.create_once(Key::Barrier, &to_json(&Some(&b)))? {
+            Some(before) => parse_json::<Option<Barrier>>(be, Key::Barrier, &before)?.unwrap_or(b),
+            None => b,
+        };
+        self.barrier = Some(held.clone());
+        Ok(held)
     }
 }
 

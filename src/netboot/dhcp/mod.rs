@@ -27,6 +27,8 @@ pub mod metrics;
 pub mod packet;
 pub mod probe;
 pub mod process;
+#[cfg(test)]
+mod replica_tests;
 pub mod socket;
 #[cfg(test)]
 mod tests;

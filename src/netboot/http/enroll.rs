@@ -22,8 +22,9 @@ use super::tls::via_tls;
 use super::token;
 use crate::config::{MacAddr, Role};
 use crate::netboot::state::Shared;
-use crate::pki::enroll::{Contact, Enrolled, Refusal, Store, bundle, decide};
+use crate::pki::enroll::{Contact, Enrolled, Refusal, bundle, decide};
 use crate::pki::secrets;
+use crate::pki::state_store::documents;
 use crate::status::{Source, now_ms};
 
 /// Retry-After for a joiner that enrolls before the barrier.
@@ -118,10 +119,20 @@ async fn enroll(State(ctx): State<Ctx>, UrlPath(mac): UrlPath<String>, req: Requ
     blocking("enrollment", move || enroll_blocking(&ctx, mac, peer)).await
 }
 
+/// What the enrollment rules decided under the state's lock (computed without side effects: with etcd the
+/// decision may be taken more than once before it commits).
+enum Step<'c> {
+    /// Refused or told to wait; whether the state was changed (a new pending contact, a noted claimant).
+    Refused(Refusal, bool),
+    /// Served: the machine, and whether this enrollment closed the start-up window.
+    Served(&'c crate::config::Machine, bool),
+    /// The secrets cannot be read: nothing is consumed.
+    Internal(String),
+}
+
 fn enroll_blocking(ctx: &Ctx, mac: MacAddr, peer: IpAddr) -> Response {
     let shared = &ctx.shared;
     let cluster = shared.cluster();
-    let store = Store::for_cluster(&cluster);
     let internal = |what: String| {
         count(&ctx.requests, "error");
         tracing::error!(%mac, %peer, "enrollment failed: {what}");
@@ -136,114 +147,88 @@ fn enroll_blocking(ctx: &Ctx, mac: MacAddr, peer: IpAddr) -> Response {
             format!("enrollment failed on the server: {what}"),
         )
     };
-    let mut locked = match store.lock() {
-        Ok(l) => l,
-        Err(e) => return internal(e.to_string()),
-    };
-    let token_expires = secrets::load_token(&cluster.paths.secrets).map(|t| t.expires_unix);
+    let token = documents::token(&*shared.state, &cluster.paths.secrets);
+    let token_expires = token.as_ref().map_or(u64::MAX, |t| t.expires_unix);
     let now = now_ms();
     let barrier = barrier_reached(shared, &cluster).is_some();
-    let decision = decide(
-        &cluster,
-        &locked.state,
-        mac,
-        peer,
-        barrier,
-        *token_expires.as_ref().unwrap_or(&u64::MAX),
-        now,
-    );
-    let m = match decision {
-        Ok(m) => m,
-        Err(r) => {
-            count(&ctx.requests, r.outcome());
-            let msg = r.message(mac, peer);
-            let resp = text(status_of(&r), msg.clone());
-            return match r {
-                Refusal::WaitBarrier { .. } => {
-                    tracing::debug!(%mac, %peer, "{msg}");
-                    retry_after(resp, RETRY_BARRIER_SECS)
-                }
-                Refusal::TokenExpired { .. } => {
-                    tracing::warn!(%mac, %peer, "{msg}");
-                    retry_after(resp, 60)
-                }
-                Refusal::Pending => {
+    let mut loaded: Option<Result<secrets::Secrets, String>> = None;
+    let mut step = None;
+    // Recorded before the bundle leaves: a crash after the update means the node must be re-armed, never that
+    // a bundle was handed out twice (with etcd: the transaction that records it is the one that commits).
+    let saved = documents::update_enrollment(&*shared.state, |st| {
+        let (s, write) = match decide(&cluster, st, mac, peer, barrier, token_expires, now) {
+            Err(r) => {
+                let write = match &r {
                     // Shown on the page and in `imgbuild status` until `imgbuild enroll approve <host>`.
-                    if let std::collections::btree_map::Entry::Vacant(v) =
-                        locked.state.pending.entry(mac)
-                    {
-                        if let Some(n) = shared.events.warn_limit().allow("enroll-pending") {
-                            tracing::warn!(%mac, %peer, suppressed = n, "{msg}");
-                        }
-                        v.insert(Contact {
+                    Refusal::Pending => st
+                        .pending
+                        .insert(
+                            mac,
+                            st.pending.get(&mac).cloned().unwrap_or(Contact {
+                                ip: peer,
+                                at_ms: now,
+                            }),
+                        )
+                        .is_none(),
+                    // A second claimant: remembered (bounded: one entry per inventory node, written at most once
+                    // a minute per address) and shown as a possible spoofer, never as an event of the node.
+                    Refusal::WrongAddress { .. } | Refusal::AlreadyEnrolled { .. } => {
+                        st.note_refused(mac, peer, now)
+                    }
+                    _ => false,
+                };
+                (Step::Refused(r, write), write)
+            }
+            Ok(m) => {
+                let secrets = loaded.get_or_insert_with(|| {
+                    secrets::load(&cluster.paths.secrets).map_err(|e| e.to_string())
+                });
+                if let Err(e) = secrets {
+                    (Step::Internal(e.clone()), false)
+                } else {
+                    st.pending.remove(&mac);
+                    st.approved.remove(&mac);
+                    st.enrolled.insert(
+                        mac,
+                        Enrolled {
+                            hostname: m.hostname.clone(),
                             ip: peer,
                             at_ms: now,
-                        });
-                        if let Err(e) = locked.save() {
-                            return internal(e.to_string());
-                        }
+                        },
+                    );
+                    // Durable: a restart does not re-open it (`imgbuild enroll open` does).
+                    let closes = st.all_enrolled(&cluster) && !st.auto_closed;
+                    if closes {
+                        st.auto_closed = true;
                     }
-                    retry_after(resp, RETRY_BARRIER_SECS)
+                    (Step::Served(m, closes), true)
                 }
-                // Nothing recorded for a MAC outside the inventory: counted only.
-                Refusal::UnknownMac => {
-                    shared
-                        .events
-                        .refused_outside_inventory(mac, "an enrollment request");
-                    tracing::debug!(%mac, %peer, "{msg}");
-                    resp
-                }
-                // A second claimant: remembered (bounded: one entry per inventory node, written at most once a
-                // minute per address) and shown as a possible spoofer, never as an event of the node.
-                Refusal::WrongAddress { .. } | Refusal::AlreadyEnrolled { .. } => {
-                    if let Some(n) = shared.events.warn_limit().allow("enroll-refused") {
-                        tracing::warn!(%mac, %peer, suppressed = n, "{msg}");
-                    }
-                    if locked.state.note_refused(mac, peer, now)
-                        && let Err(e) = locked.save()
-                    {
-                        tracing::error!(%mac, "cannot remember the refused claimant: {e}");
-                    }
-                    resp
-                }
-                Refusal::Closed => {
-                    if let Some(n) = shared.events.warn_limit().allow("enroll-refused") {
-                        tracing::warn!(%mac, %peer, suppressed = n, "{msg}");
-                    }
-                    shared.events.record(mac, "failed", msg, Source::Server);
-                    resp
-                }
-            };
+            }
+        };
+        step = Some(s);
+        ((), write)
+    });
+    let (m, closes) = match (step, saved) {
+        (Some(Step::Refused(r, wrote)), saved) => {
+            return refused(ctx, mac, peer, r, wrote, saved.err().map(|e| e.to_string()));
         }
+        (Some(Step::Internal(e)), _) => return internal(e),
+        (Some(Step::Served(m, closes)), Ok(())) => (m, closes),
+        (_, Err(e)) => return internal(e.to_string()),
+        (None, Ok(())) => return internal("the enrollment state was not read".into()),
     };
-    let secrets = match secrets::load(&cluster.paths.secrets) {
-        Ok(s) => s,
-        Err(e) => return internal(e.to_string()),
-    };
-    let b = bundle(&cluster, &secrets, m, now);
-    locked.state.pending.remove(&mac);
-    locked.state.approved.remove(&mac);
-    locked.state.enrolled.insert(
-        mac,
-        Enrolled {
-            hostname: m.hostname.clone(),
-            ip: peer,
-            at_ms: now,
-        },
-    );
-    if locked.state.all_enrolled(&cluster) && !locked.state.auto_closed {
-        // Durable: a restart does not re-open it (`imgbuild enroll open` does).
-        locked.state.auto_closed = true;
+    if closes {
         tracing::info!(
             "every inventory node has enrolled; the start-up enrollment window is closed for good"
         );
     }
-    // Recorded before the bundle leaves: a crash after this line means the node must be re-armed, never that
-    // a bundle was handed out twice.
-    if let Err(e) = locked.save() {
-        return internal(e.to_string());
+    let Some(Ok(mut secrets)) = loaded else {
+        return internal("the secrets were not read".into());
+    };
+    if let Ok(t) = token {
+        secrets.token = t; // the token in force (with replicas: the one last published through any of them)
     }
-    drop(locked);
+    let b = bundle(&cluster, &secrets, m, now);
     let what = if b.init {
         "CA set, token, publish key (first master: kubeadm init)"
     } else if m.role == Role::Master {
@@ -264,4 +249,67 @@ fn enroll_blocking(ctx: &Ctx, mac: MacAddr, peer: IpAddr) -> Response {
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
+}
+
+/// The answer to a refusal decided under the lock; `wrote`: the state was changed (a new pending contact, a
+/// noted claimant) and `save_error` says if writing it failed.
+fn refused(
+    ctx: &Ctx,
+    mac: MacAddr,
+    peer: IpAddr,
+    r: Refusal,
+    wrote: bool,
+    save_error: Option<String>,
+) -> Response {
+    let shared = &ctx.shared;
+    count(&ctx.requests, r.outcome());
+    let msg = r.message(mac, peer);
+    let resp = text(status_of(&r), msg.clone());
+    match r {
+        Refusal::WaitBarrier { .. } => {
+            tracing::debug!(%mac, %peer, "{msg}");
+            retry_after(resp, RETRY_BARRIER_SECS)
+        }
+        Refusal::TokenExpired { .. } => {
+            tracing::warn!(%mac, %peer, "{msg}");
+            retry_after(resp, 60)
+        }
+        Refusal::Pending => {
+            if let Some(e) = save_error {
+                tracing::error!(%mac, %peer, "enrollment failed: {e}");
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("enrollment failed on the server: {e}"),
+                );
+            }
+            if wrote && let Some(n) = shared.events.warn_limit().allow("enroll-pending") {
+                tracing::warn!(%mac, %peer, suppressed = n, "{msg}");
+            }
+            retry_after(resp, RETRY_BARRIER_SECS)
+        }
+        // Nothing recorded for a MAC outside the inventory: counted only.
+        Refusal::UnknownMac => {
+            shared
+                .events
+                .refused_outside_inventory(mac, "an enrollment request");
+            tracing::debug!(%mac, %peer, "{msg}");
+            resp
+        }
+        Refusal::WrongAddress { .. } | Refusal::AlreadyEnrolled { .. } => {
+            if let Some(n) = shared.events.warn_limit().allow("enroll-refused") {
+                tracing::warn!(%mac, %peer, suppressed = n, "{msg}");
+            }
+            if let Some(e) = save_error {
+                tracing::error!(%mac, "cannot remember the refused claimant: {e}");
+            }
+            resp
+        }
+        Refusal::Closed => {
+            if let Some(n) = shared.events.warn_limit().allow("enroll-refused") {
+                tracing::warn!(%mac, %peer, suppressed = n, "{msg}");
+            }
+            shared.events.record(mac, "failed", msg, Source::Server);
+            resp
+        }
+    }
 }

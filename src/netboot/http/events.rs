@@ -19,8 +19,8 @@ use serde::Deserialize;
 use super::app_state::AppState;
 use super::reply::{NO_PEER, blocking, count, peer_of};
 use crate::config::MacAddr;
-use crate::pki::enroll::Store;
 use crate::pki::report_auth::{self, Accepted, NodeFacts, Report, Signature, check_report};
+use crate::pki::state_store::documents;
 use crate::status::{EventError, STAGES, STANDIN_STAGE, Source, now_ms};
 
 #[derive(Debug, Deserialize)]
@@ -115,7 +115,7 @@ fn record(st: &AppState, peer: IpAddr, f: EventForm) -> Response {
         let r = report_auth::ReportRefusal::UnknownMac;
         return refuse(st, StatusCode::FORBIDDEN, r.outcome(), r.message(mac, peer));
     }
-    let enrolled_at_ms = match Store::for_cluster(&cluster).read() {
+    let enrolled_at_ms = match documents::enrollment(&*shared.state) {
         Ok(s) => s.enrolled.get(&mac).map(|e| e.at_ms),
         Err(e) => {
             tracing::error!("event from {peer} not checked: {e}");

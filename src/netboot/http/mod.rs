@@ -7,7 +7,8 @@
 //! - [`attest`]: `POST /api/attest/{mac}/challenge|prove` (TPM machines; the checks are `pki::attest`)
 //! - [`enroll`]: `GET /api/enroll/{mac}` (the rules are `pki::enroll`); [`token`]: `POST /api/token`;
 //!   [`barrier`]: `GET /api/barrier/init-done` — [`reply`] holds what these three share
-//! - [`status_page`]: `GET /` and `GET /api/status`
+//! - [`status_page`]: `GET /` and `GET /api/status`; [`replicas`]: `GET /api/replicas` (every replica, which one
+//!   served each stage)
 //! - [`tls`]: the same application over HTTPS on `network.https_port` (the node API; enrollment and token
 //!   publication refuse plain HTTP)
 //! - `GET /boot/{name}`, `GET /healthz`, `GET /metrics` (this file)
@@ -28,6 +29,7 @@ pub mod listener;
 pub mod manifest_cache;
 pub mod node;
 pub mod range;
+pub mod replicas;
 pub mod reply;
 pub mod script;
 pub mod status_page;
@@ -90,6 +92,7 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .merge(enroll::routes(shared.clone()))
         .merge(attest::routes(shared.clone()))
         .merge(status_page::routes(shared.clone()))
+        .merge(replicas::routes(shared.clone()))
         .layer(axum::middleware::from_fn_with_state(state, track))
 }
 

@@ -70,7 +70,7 @@ pub fn current(shared: &Shared) -> Report {
 /// `r` with each node's enrollment label read from the enrollment state (left empty, with a warning, when the
 /// state cannot be read).
 fn with_enrollment(shared: &Shared, mut r: Report) -> Report {
-    match crate::pki::enroll::Store::for_cluster(&shared.cluster()).read() {
+    match crate::pki::state_store::documents::enrollment(&*shared.state) {
         Ok(st) => {
             let cluster = shared.cluster();
             for n in &mut r.nodes {

@@ -18,9 +18,9 @@ use super::reply::{NO_PEER, OutcomeCounter, blocking, count, outcome_counter, pe
 use crate::config::MacAddr;
 use crate::netboot::state::Shared;
 use crate::pki::enroll::{
-    Publication, PublishRefusal, Store, check_newer, check_publication, fmt_ms, publisher,
+    Publication, PublishRefusal, check_newer, check_publication, fmt_ms, publisher,
 };
-use crate::pki::secrets;
+use crate::pki::state_store::documents;
 use crate::pki::token::{self, BootstrapToken};
 
 /// The HTTP status of a refused publication.
@@ -143,24 +143,20 @@ fn publish_blocking(ctx: &Ctx, peer: IpAddr, f: PublishForm) -> Response {
     if let Err(r) = check_publication(&key, &publication, token::now_unix()) {
         return refuse(status_of(&r), Some(mac), r.message());
     }
-    // The store's lock serializes publications with enrollments.
-    let store = Store::for_cluster(&cluster);
-    let _locked = match store.lock() {
-        Ok(l) => l,
-        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, Some(mac), e.to_string()),
-    };
-    let last = secrets::load_token(dir).ok().map(|t| t.published_unix);
-    if let Err(r) = check_newer(f.ts, last) {
-        return refuse(status_of(&r), Some(mac), r.message());
-    }
     let t = BootstrapToken {
         token: f.token.clone(),
         expires_unix: f.expires,
         source: format!("published by {}", fm.hostname),
         published_unix: f.ts,
     };
-    if let Err(e) = secrets::save_token(dir, &t) {
-        return refuse(StatusCode::INTERNAL_SERVER_ERROR, Some(mac), e.to_string());
+    // Serialized with enrollments (the directory backend's lock; an etcd transaction with replicas).
+    let verdict = documents::publish_token(&*shared.state, dir, &t, |last| {
+        check_newer(f.ts, last.map(|t| t.published_unix))
+    });
+    match verdict {
+        Ok(Ok(())) => {}
+        Ok(Err(r)) => return refuse(status_of(&r), Some(mac), r.message()),
+        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, Some(mac), e.to_string()),
     }
     let id = f.token.split('.').next().unwrap_or_default();
     let detail = format!(

@@ -1,0 +1,138 @@
+//! Replicas on a shared state (`[state] backend = "etcd"`): each replica announces itself every few seconds
+//! (a key with a lease: a replica killed drops out of the list by itself) and copies every event it records
+//! into the shared, bounded history with its name, so `imgbuild status` and the page on any replica show
+//! every replica and which one served each stage. With the state directory (one server) nothing runs here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::state::Shared;
+use crate::status::Event;
+
+/// How often a replica announces itself; it is listed for three times as long.
+pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
+
+/// One replica as it announced itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaInfo {
+    /// Its name (`$IMGBUILD_REPLICA` or the host name).
+    pub id: String,
+    /// When it last announced itself, ms since the epoch.
+    pub seen_ms: u64,
+    /// When it started, ms since the epoch.
+    pub started_ms: u64,
+    /// The imgbuild version it runs.
+    pub version: String,
+}
+
+/// An event of the shared history and the replica that recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Served {
+    /// The replica that saw (or received the report of) the event.
+    pub replica: String,
+    /// The event.
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// Starts announcing this replica and copying its events into the shared history (replicated backends only;
+/// call from inside the tokio runtime).
+pub fn spawn(shared: &Arc<Shared>) {
+    if !shared.state.replicated() {
+        return;
+    }
+    let s = shared.clone();
+    let started_ms = crate::status::now_ms();
+    tokio::spawn(async move {
+        loop {
+            let info = ReplicaInfo {
+                id: s.replica.clone(),
+                seen_ms: crate::status::now_ms(),
+                started_ms,
+                version: env!("CARGO_PKG_VERSION").into(),
+            };
+            let s2 = s.clone();
+            let ttl = 3 * ANNOUNCE_EVERY.as_secs() as i64;
+            let r = tokio::task::spawn_blocking(move || {
+                s2.state.announce(
+                    &info.id,
+                    &serde_json::to_vec(&info).expect("info serializes"),
+                    ttl,
+                )
+            })
+            .await;
+            if let Ok(Err(e)) = r {
+                tracing::warn!("cannot announce this replica: {e}");
+            }
+            tokio::time::sleep(ANNOUNCE_EVERY).await;
+        }
+    });
+    let s = shared.clone();
+    let mut rx = shared.events.subscribe();
+    tokio::spawn(async move {
+        loop {
+            let ev = match rx.recv().await {
+                Ok(ev) => ev,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(
+                        missed = n,
+                        "the shared event history fell behind; {n} events were not copied to it"
+                    );
+                    continue;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            let line = serde_json::to_vec(&Served {
+                replica: s.replica.clone(),
+                event: ev,
+            })
+            .expect("an event serializes");
+            let s2 = s.clone();
+            if let Ok(Err(e)) =
+                tokio::task::spawn_blocking(move || s2.state.record_event(&line)).await
+            {
+                tracing::warn!("cannot copy an event to the shared history: {e}");
+            }
+        }
+    });
+}
+
+/// The newest `limit` events of the shared history, oldest first (empty with the state directory).
+pub fn history(shared: &Shared, limit: usize) -> Vec<Served> {
+    match shared.state.events(limit) {
+        Ok(v) => v
+            .iter()
+            .filter_map(|b| serde_json::from_slice(b).ok())
+            .collect(),
+        Err(e) => {
+            tracing::warn!("cannot read the shared event history: {e}");
+            vec![]
+        }
+    }
+}
+
+/// Every live replica (with the state directory: this server alone).
+pub fn list(shared: &Shared) -> Vec<ReplicaInfo> {
+    if !shared.state.replicated() {
+        return vec![ReplicaInfo {
+            id: shared.replica.clone(),
+            seen_ms: crate::status::now_ms(),
+            started_ms: 0,
+            version: env!("CARGO_PKG_VERSION").into(),
+        }];
+    }
+    let mut v: Vec<ReplicaInfo> = match shared.state.replicas() {
+        Ok(v) => v
+            .iter()
+            .filter_map(|b| serde_json::from_slice(b).ok())
+            .collect(),
+        Err(e) => {
+            tracing::warn!("cannot list the replicas: {e}");
+            vec![]
+        }
+    };
+    v.sort_by(|a, b| a.id.cmp(&b.id));
+    v
+}

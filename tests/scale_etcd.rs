@@ -1,0 +1,388 @@
+//! Server replicas on one shared state: a real 3-member etcd cluster (Debian's `etcd-server`) on 127.0.0.1 and
+//! two replicas of the server's whole application, each with its own etcd client, its own HTTPS listener and
+//! its own in-memory state, exactly as two `imgbuild serve` hosts would hold them; real curl clients bind the
+//! inventory addresses (127.77.0.0/24 on `lo`), and `imgbuild pin` / `imgbuild enroll` run as the real binary.
+//! Proves: enrollment "once" across replicas under concurrent requests, the barrier and the published token
+//! seen by the other replica, a re-pin on one host served by the other replica at once (etcd watch), the
+//! shared event history naming the replica that served each stage, and replicas going on with one etcd
+//! member killed.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+mod common;
+#[path = "common/etcd.rs"]
+mod etcd;
+
+use imgbuild::config::{MacAddr, Role};
+use imgbuild::image::manifest::{FileEntry, Inputs, Manifest};
+use imgbuild::netboot::state::Shared;
+use imgbuild::pki::{enroll, secrets, state_store};
+use imgbuild::status::Events;
+use sha2::{Digest, Sha256};
+
+const M1: &str = "52:54:00:77:00:11";
+const W1: &str = "52:54:00:77:00:21";
+const W2: &str = "52:54:00:77:00:22";
+
+/// One replica: its state (its own etcd client) and its HTTPS address.
+struct Replica {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    plain: SocketAddr,
+    server: tokio::task::JoinHandle<()>,
+}
+
+async fn replica(config: &Path, name: &str) -> Replica {
+    let cluster = imgbuild::config::load(config).unwrap();
+    let state = state_store::open(&cluster, name).unwrap();
+    assert_eq!(state.kind(), "etcd");
+    let shared = Arc::new(Shared::new_in(
+        config.to_path_buf(),
+        cluster,
+        BTreeMap::new(),
+        Events::in_memory(),
+        state,
+        name.to_string(),
+    ));
+    imgbuild::netboot::replicas::spawn(&shared);
+    let app = imgbuild::netboot::http::app(shared.clone());
+    let ca = imgbuild::pki::provisioning::load_ca(&shared.cluster().paths.secrets).unwrap();
+    let id = imgbuild::pki::provisioning::server_cert(&ca, &["127.0.0.1".parse().unwrap()], &[])
+        .unwrap();
+    let acceptor = imgbuild::netboot::http::tls::acceptor(&id).unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let p = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let plain = p.local_addr().unwrap();
+    let plain_app = app.clone();
+    let server = tokio::spawn(async move {
+        tokio::spawn(async move {
+            axum::serve(
+                p,
+                plain_app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+            .unwrap();
+        });
+        imgbuild::netboot::http::tls::serve_tls_listener(l, acceptor, app)
+            .await
+            .unwrap();
+    });
+    Replica {
+        shared,
+        addr,
+        plain,
+        server,
+    }
+}
+
+/// curl from `src` (HTTPS verified with the provisioning CA unless `url` is http://): (status, body).
+async fn curl(ca: &Path, src: &str, url: &str, form: Option<&str>) -> (u16, String) {
+    let mut cmd = tokio::process::Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "15",
+        "--interface",
+        src,
+        "-w",
+        "\n%{http_code}",
+    ])
+    .arg("--cacert")
+    .arg(ca)
+    .arg(url);
+    if let Some(f) = form {
+        cmd.args(["--data", f]);
+    }
+    let out = cmd.output().await.expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// A fake-but-valid image for `role` in `images` (distinct artifact bytes, a correct manifest): its id.
+fn make_image(images: &Path, role: Role, salt: &str) -> String {
+    let mut files = BTreeMap::new();
+    for name in ["vmlinuz", "initrd.img", "rootfs.squashfs"] {
+        let b = Sha256::digest(format!("{role}{salt}{name}").as_bytes()).to_vec();
+        files.insert(name.to_string(), b);
+    }
+    let manifest = Manifest {
+        format: 1,
+        role,
+        arch: Default::default(),
+        profile: vec!["base".into(), role.to_string()],
+        standins: false,
+        kernel_args: vec!["console=ttyS0,115200".into()],
+        inputs: Inputs::default(),
+        files: files
+            .iter()
+            .map(|(n, b)| {
+                (
+                    n.clone(),
+                    FileEntry {
+                        size: b.len() as u64,
+                        sha256: hex::encode(Sha256::digest(b)),
+                    },
+                )
+            })
+            .collect(),
+        rootfs_verity: None,
+    };
+    let id = manifest.id();
+    let d = images.join(&id);
+    std::fs::create_dir_all(&d).unwrap();
+    for (n, b) in &files {
+        std::fs::write(d.join(n), b).unwrap();
+    }
+    std::fs::write(d.join("manifest.json"), manifest.to_bytes()).unwrap();
+    id
+}
+
+fn imgbuild(config: &Path, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_imgbuild"))
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Waits (at most `secs`) for `f` to hold.
+async fn eventually(secs: u64, what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f().await {
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "{what}: not within {secs} s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_on_etcd_enroll_once_share_barrier_token_pins_and_survive_a_dead_member() {
+    let mut etcd = etcd::Etcd::start(3);
+    let dir = tempfile::tempdir().unwrap();
+    let section = etcd.state_section("/imgbuild/test-replicas/");
+    let config = common::write_cluster(dir.path(), true, |t| {
+        t.replace("[state]\nbackend = \"dir\"\n", section.trim_start())
+    });
+    let cluster = imgbuild::config::load(&config).unwrap();
+    secrets::init(&cluster.paths.secrets).unwrap();
+    let ca = cluster.paths.provisioning_ca_cert();
+    let a = replica(&config, "replica-a").await;
+    let b = replica(&config, "replica-b").await;
+    let url = |r: &Replica, path: &str| format!("https://{}{}", r.addr, path);
+
+    // Enrollment "once" across replicas: 12 concurrent requests for the first master, alternating replicas.
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let u = url(
+            if i % 2 == 0 { &a } else { &b },
+            &format!("/api/enroll/{M1}"),
+        );
+        let ca = ca.clone();
+        tasks.push(tokio::spawn(async move {
+            curl(&ca, "127.77.0.11", &u, None).await
+        }));
+    }
+    let mut codes = Vec::new();
+    let mut bundles = Vec::new();
+    for t in tasks {
+        let (code, body) = t.await.unwrap();
+        if code == 200 {
+            bundles.push(body);
+        } else {
+            assert_eq!(code, 409, "{body}");
+        }
+        codes.push(code);
+    }
+    assert_eq!(
+        bundles.len(),
+        1,
+        "exactly one bundle across both replicas: {codes:?}"
+    );
+    let bundle: enroll::Bundle = serde_json::from_str(&bundles[0]).unwrap();
+    assert!(bundle.init);
+    // Both replicas read the one record from etcd; the directory state was never written.
+    let st = state_store::documents::enrollment(&*b.shared.state).unwrap();
+    assert!(st.enrolled.contains_key(&M1.parse::<MacAddr>().unwrap()));
+    assert!(!cluster.paths.state.join("enrollment.json").exists());
+
+    // The barrier: a joiner waits on B until the first master's signed init-done reaches A.
+    let (code, _) = curl(
+        &ca,
+        "127.77.0.21",
+        &url(&b, &format!("/api/enroll/{W1}")),
+        None,
+    )
+    .await;
+    assert_eq!(code, 503, "a joiner waits for the barrier");
+    let key = imgbuild::pki::report_auth::node_key(
+        &secrets::load(&cluster.paths.secrets).unwrap().report_key,
+        M1.parse().unwrap(),
+        st.enrolled[&M1.parse::<MacAddr>().unwrap()].at_ms,
+    );
+    let ts = imgbuild::pki::token::now_unix();
+    let m1: MacAddr = M1.parse().unwrap();
+    let sig = imgbuild::pki::report_auth::hmac_hex(
+        &key,
+        &imgbuild::pki::report_auth::report_message(m1, "init-done", ts, 1, "ok"),
+    );
+    let form = format!("mac={M1}&stage=init-done&detail=ok&ts={ts}&ctr=1&sig={sig}");
+    let (code, body) = curl(&ca, "127.77.0.11", &url(&a, "/api/events"), Some(&form)).await;
+    assert_eq!(code, 200, "{body}");
+    // The same signed report replayed through the other replica: refused (the counter lives in etcd).
+    let (code, body) = curl(&ca, "127.77.0.11", &url(&b, "/api/events"), Some(&form)).await;
+    assert_eq!(
+        code, 403,
+        "a replay through the other replica is refused: {body}"
+    );
+    assert!(b.shared.reports.barrier().is_some(), "B sees A's barrier");
+
+    // The token: the first master publishes a renewed token through B; a joiner enrolling through A gets it.
+    let publish_key = bundle.publish_key.clone().unwrap();
+    let new_token = "r3n3w3.d0123456789abcde";
+    let expires = imgbuild::pki::token::now_unix() + 3600;
+    let now = imgbuild::pki::token::now_unix();
+    let msg = enroll::publish_message(m1, new_token, expires, now);
+    let form = format!(
+        "mac={M1}&token={new_token}&expires={expires}&ts={now}&sig={}",
+        enroll::sign(&publish_key, &msg)
+    );
+    let (code, body) = curl(&ca, "127.77.0.11", &url(&b, "/api/token"), Some(&form)).await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = curl(&ca, "127.77.0.11", &url(&a, "/api/token"), Some(&form)).await;
+    assert_eq!(code, 409, "the same publication replayed through A: {body}");
+    let (code, body) = curl(
+        &ca,
+        "127.77.0.21",
+        &url(&a, &format!("/api/enroll/{W1}")),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let w1: enroll::Bundle = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        w1.token, new_token,
+        "A hands out the token published through B"
+    );
+
+    // Pins: `imgbuild pin worker <id>` on "another host" (the CLI, its own etcd client); B serves it at once.
+    let id1 = make_image(&cluster.paths.images, Role::Worker, "one");
+    let id2 = make_image(&cluster.paths.images, Role::Worker, "two");
+    let script = |r: &Replica| format!("http://{}/ipxe/{W1}", r.plain);
+    let (ok, out) = imgbuild(&config, &["pin", "worker", &id1]);
+    assert!(ok, "{out}");
+    assert!(
+        !cluster.paths.state.join("pins.toml").exists(),
+        "pins live in etcd"
+    );
+    eventually(10, "B serves the first pin", async || {
+        curl(&ca, "127.77.0.21", &script(&b), None)
+            .await
+            .1
+            .contains(&id1)
+    })
+    .await;
+    let t0 = Instant::now();
+    let (ok, out) = imgbuild(&config, &["pin", "worker", &id2]);
+    assert!(ok, "{out}");
+    eventually(5, "A and B serve the re-pin", async || {
+        curl(&ca, "127.77.0.21", &script(&a), None)
+            .await
+            .1
+            .contains(&id2)
+            && curl(&ca, "127.77.0.21", &script(&b), None)
+                .await
+                .1
+                .contains(&id2)
+    })
+    .await;
+    eprintln!("re-pin seen by both replicas after {:?}", t0.elapsed());
+
+    // The shared event history names the replica that saw each stage: M1's init-done reached A, worker-1's
+    // enrollment was served by A; read from B.
+    eventually(10, "the history holds both replicas' events", async || {
+        let h = imgbuild::netboot::replicas::history(&b.shared, 1000);
+        let by = |mac: &str, stage: &str| -> Vec<String> {
+            h.iter()
+                .filter(|e| e.event.stage == stage && e.event.mac.to_string() == mac)
+                .map(|e| e.replica.clone())
+                .collect()
+        };
+        by(M1, "init-done") == ["replica-a"]
+            && by(W1, "enrolled") == ["replica-a"]
+            && by(M1, "enrolled").len() == 1
+    })
+    .await;
+    let r = imgbuild::netboot::http::replicas::current(&b.shared);
+    assert_eq!((r.backend.as_str(), r.this.as_str()), ("etcd", "replica-b"));
+    assert!(
+        r.served[W1]
+            .iter()
+            .any(|s| s.stage == "enrolled" && s.replica == "replica-a")
+    );
+    let listed = imgbuild::netboot::replicas::list(&a.shared);
+    assert!(
+        listed.iter().any(|r| r.id == "replica-a") && listed.iter().any(|r| r.id == "replica-b"),
+        "every replica is listed: {listed:?}"
+    );
+
+    // One etcd member killed: both replicas go on (enrollment, reports, pins).
+    etcd.kill(0);
+    let id3 = make_image(&cluster.paths.images, Role::Worker, "three");
+    let (ok, out) = imgbuild(&config, &["pin", "worker", &id3]);
+    assert!(ok, "pin with a member down: {out}");
+    eventually(15, "B serves the pin made with a member down", async || {
+        curl(&ca, "127.77.0.21", &script(&b), None)
+            .await
+            .1
+            .contains(&id3)
+    })
+    .await;
+    let (code, body) = curl(
+        &ca,
+        "127.77.0.22",
+        &url(&b, &format!("/api/enroll/{W2}")),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "enrollment with a member down: {body}");
+    let (code, body) = curl(
+        &ca,
+        "127.77.0.22",
+        &url(&a, &format!("/api/enroll/{W2}")),
+        None,
+    )
+    .await;
+    assert_eq!(code, 409, "still once with a member down: {body}");
+    let (ok, out) = imgbuild(&config, &["enroll"]);
+    assert!(ok && out.contains("worker-2"), "{out}");
+
+    // What the shared state cost: etcd requests per replica.
+    for r in [&a, &b] {
+        eprintln!(
+            "{} etcd requests: {:?}",
+            r.shared.replica,
+            r.shared.state.requests()
+        );
+    }
+    a.server.abort();
+    b.server.abort();
+    drop(dir);
+    let _: PathBuf = etcd.dir.path().to_path_buf();
+}
