@@ -7,8 +7,6 @@
 //! stage, how long the node has been quiet, the likely causes and where to look. A node that finished, failed
 //! (the failure says why) or is still within the usual time of its stage gets no hint.
 
-use super::report::NodeView;
-
 /// How long a node may stay at one stage before a hint is shown, per stage (ms), with the hint's causes.
 /// Stages not listed (the first-boot steps, which report their own failures and time out on their own) get none.
 const QUIET: &[(&str, u64, &str)] = &[
@@ -62,13 +60,25 @@ const UKI_REFUSED: &str = "the firmware fetched its signed UKI but nothing ran: 
      (`imgbuild secureboot enroll-files`, docs/secure-boot.md) and that the image was built with the cluster's \
      current keys; the machine's console shows the firmware's message";
 
-/// The hint for `node` at `now_ms`, if it has been quiet at its last stage for longer than that stage usually
-/// takes. `None` for nodes that are done, failed, or still within the usual time.
-pub fn hint(node: &NodeView, now_ms: u64) -> Option<String> {
-    if node.done || node.failed.is_some() {
+/// A node's last stage, as far as a hint needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct LastStage<'a> {
+    /// The stage's name.
+    pub stage: &'a str,
+    /// When it was reached (ms since the Unix epoch).
+    pub at_ms: u64,
+    /// Its detail (a UKI fetch says `uki.efi of image …`).
+    pub detail: &'a str,
+}
+
+/// The hint for a node whose latest stage is `last`, at `now_ms`, if it has been quiet there for longer than
+/// that stage usually takes. `None` for nodes that are `done`, `failed`, have no stage, or are still within the
+/// usual time.
+pub fn hint(done: bool, failed: bool, last: Option<LastStage<'_>>, now_ms: u64) -> Option<String> {
+    if done || failed {
         return None;
     }
-    let last = node.stages.iter().max_by_key(|s| s.at_ms)?;
+    let last = last?;
     let quiet = now_ms.saturating_sub(last.at_ms);
     let uki = last.stage == "bootfile" && last.detail.starts_with("uki.efi");
     let (limit, why) = if uki {
@@ -85,51 +95,24 @@ pub fn hint(node: &NodeView, now_ms: u64) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::report::StageView;
 
-    fn node(stages: &[(&str, u64, &str)]) -> NodeView {
-        NodeView {
-            mac: "52:54:00:00:00:01".into(),
-            name: "worker-1".into(),
-            hostname: Some("worker-1".into()),
-            role: Some("worker".into()),
-            ip: None,
-            state: "booting".into(),
-            stage: stages.last().map(|s| s.0.to_string()),
-            failed: None,
-            done: false,
-            image: None,
-            standins: false,
-            boot: 1,
-            joins: 0,
-            enrollment: None,
-            started_ms: Some(0),
-            elapsed_ms: None,
-            stages: stages
-                .iter()
-                .map(|(s, at, d)| StageView {
-                    stage: s.to_string(),
-                    at_ms: *at,
-                    duration_ms: 0,
-                    since_start_ms: *at,
-                    detail: d.to_string(),
-                })
-                .collect(),
-            previous: vec![],
-            secure_boot: None,
-            hint: None,
-        }
+    fn at<'a>(stage: &'a str, at_ms: u64, detail: &'a str) -> Option<LastStage<'a>> {
+        Some(LastStage {
+            stage,
+            at_ms,
+            detail,
+        })
     }
 
     #[test]
     fn a_refused_uki_is_named_with_what_to_check() {
-        let n = node(&[
-            ("dhcp-offer", 0, ""),
-            ("dhcp-ack", 1_000, ""),
-            ("bootfile", 2_000, "uki.efi of image 0123abcd via TFTP"),
-        ]);
-        assert_eq!(hint(&n, 60_000), None, "still within the usual time");
-        let h = hint(&n, 200_000).unwrap();
+        let last = at("bootfile", 2_000, "uki.efi of image 0123abcd via TFTP");
+        assert_eq!(
+            hint(false, false, last, 60_000),
+            None,
+            "still within the usual time"
+        );
+        let h = hint(false, false, last, 200_000).unwrap();
         assert!(h.starts_with("quiet for 198 s since `bootfile`"), "{h}");
         assert!(
             h.contains("Access Denied") && h.contains("imgbuild secureboot enroll-files"),
@@ -139,54 +122,36 @@ mod tests {
 
     #[test]
     fn an_unsigned_loader_that_never_asked_for_its_script_points_at_secure_boot() {
-        let n = node(&[
-            ("dhcp-offer", 0, ""),
-            ("bootfile", 1_000, "snponly.efi via TFTP"),
-        ]);
-        let h = hint(&n, 500_000).unwrap();
+        let h = hint(
+            false,
+            false,
+            at("bootfile", 1_000, "snponly.efi via TFTP"),
+            500_000,
+        )
+        .unwrap();
         assert!(h.contains("secure_boot = true"), "{h}");
     }
 
     #[test]
     fn an_offer_never_requested_points_at_another_dhcp_server() {
-        let n = node(&[("dhcp-offer", 0, "")]);
-        assert!(hint(&n, 59_999).is_none());
-        assert!(hint(&n, 61_000).unwrap().contains("imgbuild doctor"));
-    }
-
-    #[test]
-    fn the_status_table_prints_each_hint_under_it() {
-        let mut n = node(&[("dhcp-offer", 0, "")]);
-        n.hint = hint(&n, 100_000);
-        let r = crate::status::report::Report {
-            cluster: "c".into(),
-            generated_ms: 100_000,
-            stages: vec![],
-            nodes: vec![n],
-        };
-        let t = crate::status::report::table(&r);
+        let last = at("dhcp-offer", 0, "");
+        assert!(hint(false, false, last, 59_999).is_none());
         assert!(
-            t.lines()
-                .last()
+            hint(false, false, last, 61_000)
                 .unwrap()
-                .starts_with("worker-1: quiet for 100 s since `dhcp-offer`"),
-            "{t}"
+                .contains("imgbuild doctor")
         );
     }
 
     #[test]
     fn done_failed_and_first_boot_steps_get_no_hint() {
-        let mut n = node(&[("dhcp-offer", 0, "")]);
-        n.done = true;
-        assert!(hint(&n, 10_000_000).is_none());
-        let mut n = node(&[("dhcp-offer", 0, "")]);
-        n.failed = Some("kubeadm-join: exit 1".into());
-        assert!(hint(&n, 10_000_000).is_none());
-        let n = node(&[("dhcp-offer", 0, ""), ("kubeadm-join", 5_000, "")]);
+        let last = at("dhcp-offer", 0, "");
+        assert!(hint(true, false, last, 10_000_000).is_none());
+        assert!(hint(false, true, last, 10_000_000).is_none());
         assert!(
-            hint(&n, 10_000_000).is_none(),
+            hint(false, false, at("kubeadm-join", 5_000, ""), 10_000_000).is_none(),
             "first-boot steps time out on their own"
         );
-        assert!(hint(&node(&[]), 10_000_000).is_none());
+        assert!(hint(false, false, None, 10_000_000).is_none());
     }
 }

@@ -193,7 +193,16 @@ pub fn build(cluster: &Cluster, events: &[Event]) -> Report {
             .iter()
             .map(|n| {
                 let mut v = NodeView::from(n);
-                v.hint = super::hint::hint(&v, now);
+                let last =
+                    v.stages
+                        .iter()
+                        .max_by_key(|s| s.at_ms)
+                        .map(|s| super::hint::LastStage {
+                            stage: &s.stage,
+                            at_ms: s.at_ms,
+                            detail: &s.detail,
+                        });
+                v.hint = super::hint::hint(v.done, v.failed.is_some(), last, now);
                 v
             })
             .collect(),
@@ -317,7 +326,12 @@ mod tests {
         let first = t.lines().nth(1).unwrap();
         assert!(first.starts_with("master-1"), "{t}");
         assert!(first.contains("kernel") && first.contains("2.5s"), "{t}");
-        assert_eq!(t.lines().count(), 1 + cluster.machines.len());
+        // The events are from 1970: master-1 has been quiet at `kernel` since, and its hint follows the table.
+        assert_eq!(t.lines().count(), 1 + cluster.machines.len() + 1, "{t}");
+        assert!(
+            t.lines().last().unwrap().starts_with("master-1: quiet for"),
+            "{t}"
+        );
         let json = serde_json::to_string(&r).unwrap();
         let back: Report = serde_json::from_str(&json).unwrap();
         assert_eq!(back.nodes[0].since_start("kernel"), Some(2500));
