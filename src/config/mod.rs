@@ -10,6 +10,7 @@ pub mod mac;
 pub mod model;
 pub mod profile;
 mod raw;
+pub mod store;
 pub(crate) mod validate;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ pub use image_ref::ImageRef;
 pub use limits::{DhcpLimits, EventLimits, HttpLimits, Limits, TftpLimits};
 pub use mac::MacAddr;
 pub use model::*;
+pub use store::{S3Store, Store};
 pub use validate::REQUIRED_ARTIFACTS;
 
 /// The file imgbuild reads when `--config` names none.

@@ -215,6 +215,8 @@ pub struct Cluster {
     pub enrollment: Enrollment,
     /// `[secure_boot]`: whether images carry a signed UKI, and the db key that signs it.
     pub secure_boot: SecureBoot,
+    /// `[store]`: the image store backend (`dir`, or an S3 bucket with a local cache).
+    pub store: super::store::Store,
 }
 
 /// `[enrollment]`: how a node's first contact is admitted (docs/security.md).

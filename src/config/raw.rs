@@ -43,6 +43,31 @@ pub struct File {
     /// `[secure_boot]`: signed UKIs for the machines that boot with UEFI Secure Boot; absent means off.
     #[serde(default)]
     pub secure_boot: SecureBootRaw,
+    /// `[store]`: where the images are kept (the `dir` store, or an S3 bucket with a local cache).
+    #[serde(default)]
+    pub store: StoreRaw,
+}
+
+/// `[store]` as written. Keys other than these are kept in `other` so validation can name them (and refuse
+/// credentials, which never belong in `cluster.toml`) with their line.
+#[derive(Debug, Default, Deserialize)]
+pub struct StoreRaw {
+    /// `dir` (default) or `s3`.
+    pub backend: Option<String>,
+    /// The S3 endpoint URL (`https://…`; `http://` only on loopback).
+    pub endpoint: Option<String>,
+    /// The bucket.
+    pub bucket: Option<String>,
+    /// The S3 region; default `us-east-1`.
+    pub region: Option<String>,
+    /// The local read-through cache, relative to `cluster.toml`; default `<paths.cache>/store`.
+    pub cache: Option<String>,
+    /// An AWS-style credentials file (`aws_access_key_id`, `aws_secret_access_key`), relative to
+    /// `cluster.toml`; default: the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`).
+    pub credentials_file: Option<String>,
+    /// Every other key, refused in validation.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, toml::Value>,
 }
 
 /// `[enrollment]` as written.

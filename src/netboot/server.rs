@@ -89,6 +89,7 @@ pub async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
     }
     // One line per protocol.
     shared.register_metrics(|r| crate::status::metrics::register(r, &shared, |s| &s.events));
+    shared.register_metrics(crate::image::store::register_metrics);
     if shared.cluster().network.router_advertisements {
         let s = shared.clone();
         tasks.spawn(async move { ("ra", super::ra::run(s).await) });

@@ -2,7 +2,7 @@
 //!
 //! One function per `cluster.toml` section (`cluster.rs`, `network.rs`, `control_plane.rs`, `machines.rs`,
 //! `metallb.rs`, `longhorn.rs`, `artifacts.rs`, `base.rs`, `paths.rs`, `limits.rs` (tftp, dhcp),
-//! `limits_events.rs`, `limits_http.rs`, `secure_boot.rs`), run in the order of [`validate`], which
+//! `limits_events.rs`, `limits_http.rs`, `secure_boot.rs`, `store.rs`), run in the order of [`validate`], which
 //! is the order problems are reported in. They share what `checker.rs` holds: the [`Checker`] (the problems
 //! found so far and where a key sits in the text), key paths and `Known` (the values later sections check
 //! against, such as the provisioning subnet).
@@ -27,6 +27,7 @@ mod metallb;
 mod network;
 mod paths;
 mod secure_boot;
+mod store;
 
 pub use artifacts::REQUIRED_ARTIFACTS;
 pub use checker::{Checker, Seg};
@@ -50,6 +51,7 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
     let event_limits = limits_events::check(c, &f.limits.events);
     let http_limits = limits_http::check(c, &f.limits.http);
     let secure_boot = secure_boot::check(c, &f.secure_boot, root, &paths.secrets);
+    let store = store::check(c, &f.store, root, &paths);
     if let Some(sb) = &secure_boot {
         secure_boot::resolve_machines(c, sb, &f.machines, &mut machines);
     }
@@ -79,5 +81,6 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
             approve: f.enrollment.approve,
         },
         secure_boot: secure_boot?,
+        store: store?,
     })
 }
