@@ -483,7 +483,7 @@ impl ImageStore for S3Store {
             let size = std::fs::metadata(&p).map_err(io(&p))?.len();
             (p, size, id.to_string())
         } else {
-            let e = m.files.get(name).ok_or_else(|| StoreError::BadName {
+            let e = m.files.get(name).ok_or_else(|| StoreError::NoFile {
                 id: id.into(),
                 name: name.into(),
             })?;
@@ -519,7 +519,7 @@ impl ImageStore for S3Store {
             return self.rehash_object(&manifest_key(id), || self.no_image(id));
         }
         let m = self.manifest(id)?;
-        let e = m.files.get(name).ok_or_else(|| StoreError::BadName {
+        let e = m.files.get(name).ok_or_else(|| StoreError::NoFile {
             id: id.into(),
             name: name.into(),
         })?;
