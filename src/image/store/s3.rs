@@ -121,12 +121,14 @@ impl S3Store {
             .with_endpoint(&cfg.endpoint)
             .with_bucket_name(&cfg.bucket)
             .with_region(&cfg.region)
-            .with_allow_http(cfg.endpoint.starts_with("http://"))
             .with_virtual_hosted_style_request(false)
             .with_access_key_id(creds.key_id)
             .with_secret_access_key(creds.secret)
             .with_client_options(
+                // Plain HTTP only where validation allowed it (loopback); set here, as these options replace
+                // the builder's.
                 ClientOptions::new()
+                    .with_allow_http(cfg.endpoint.starts_with("http://"))
                     .with_connect_timeout(Duration::from_secs(5))
                     .with_timeout(Duration::from_secs(300)),
             )
