@@ -328,7 +328,7 @@ fn every_command_the_tests_and_scripts_run_is_installed_by_setup() {
     }
     // What a machine has before setup (README: "a fresh Debian 12 machine with Rust"), and what setup installs
     // with cargo.
-    let prerequisites = ["cargo", "rustc", "rustup", "git", "cargo-nextest"];
+    let prerequisites = ["cargo", "rustc", "rustup", "git", "cargo-nextest", "garage"];
     // Words that are executables on some machines but are data where our sources write them, or run only where
     // the caller checks first.
     let not_commands = [

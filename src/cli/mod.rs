@@ -13,6 +13,8 @@ mod kubeconfig;
 mod lab;
 mod pin;
 mod profile;
+mod pull;
+mod push;
 mod secrets;
 mod secureboot;
 mod serve;
@@ -57,6 +59,10 @@ pub enum Command {
     Verify(verify::Args),
     /// Remove images no role pins, keeping the newest N.
     Gc(gc::Args),
+    /// Upload an image from the local store to the S3 bucket of `[store]` (artifacts first, manifest last).
+    Push(push::Args),
+    /// Download an image from the S3 bucket of `[store]` into the local store, verified by sha256.
+    Pull(pull::Args),
     /// Pin the image a role boots (`pin <role> <image-id>`), or list the pins (`pin --list`).
     Pin(pin::Args),
     /// Generate the cluster's secrets (CAs, service-account keys, bootstrap token) once.
@@ -106,6 +112,8 @@ pub fn main() -> ExitCode {
         Command::Verify(a) => verify::run(&cli.global, a),
         Command::Gc(a) => gc::run(&cli.global, a),
         Command::Pin(a) => pin::run(&cli.global, a),
+        Command::Push(a) => push::run(&cli.global, a),
+        Command::Pull(a) => pull::run(&cli.global, a),
         Command::Doctor(a) => doctor::run(&cli.global, a),
         Command::Serve(a) => serve::run(&cli.global, a),
         Command::Status(a) => status::run(&cli.global, a),

@@ -11,6 +11,7 @@ pub mod model;
 pub mod profile;
 mod raw;
 pub mod state;
+pub mod store;
 pub(crate) mod validate;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ pub use image_ref::ImageRef;
 pub use limits::{DhcpLimits, EventLimits, HttpLimits, Limits, TftpLimits};
 pub use mac::MacAddr;
 pub use model::*;
+pub use store::{S3Store, Store};
 pub use validate::REQUIRED_ARTIFACTS;
 
 /// The file imgbuild reads when `--config` names none.

@@ -219,6 +219,8 @@ pub struct Cluster {
     pub attestation: Attestation,
     /// `[state]`: the state directory or the etcd cluster the server replicas share.
     pub state: super::state::State,
+    /// `[store]`: the image store backend (`dir`, or an S3 bucket with a local cache).
+    pub store: super::store::Store,
 }
 
 /// How a machine proves it is the inventory machine when it enrolls.

@@ -49,6 +49,9 @@ pub struct File {
     /// `[state]`: where server replicas keep their shared state; absent means the state directory.
     #[serde(default)]
     pub state: StateRaw,
+    /// `[store]`: where the images are kept (the `dir` store, or an S3 bucket with a local cache).
+    #[serde(default)]
+    pub store: StoreRaw,
 }
 
 /// `[attestation]` as written.
@@ -87,6 +90,29 @@ pub struct StateRaw {
     pub timeout_ms: Option<u64>,
     /// How many events the shared history keeps.
     pub events_kept: Option<u64>,
+}
+
+
+/// `[store]` as written. Keys other than these are kept in `other` so validation can name them (and refuse
+/// credentials, which never belong in `cluster.toml`) with their line.
+#[derive(Debug, Default, Deserialize)]
+pub struct StoreRaw {
+    /// `dir` (default) or `s3`.
+    pub backend: Option<String>,
+    /// The S3 endpoint URL (`https://…`; `http://` only on loopback).
+    pub endpoint: Option<String>,
+    /// The bucket.
+    pub bucket: Option<String>,
+    /// The S3 region; default `us-east-1`.
+    pub region: Option<String>,
+    /// The local read-through cache, relative to `cluster.toml`; default `<paths.cache>/store`.
+    pub cache: Option<String>,
+    /// An AWS-style credentials file (`aws_access_key_id`, `aws_secret_access_key`), relative to
+    /// `cluster.toml`; default: the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`).
+    pub credentials_file: Option<String>,
+    /// Every other key, refused in validation.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, toml::Value>,
 }
 
 /// `[enrollment]` as written.

@@ -97,6 +97,7 @@ pub async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
     shared.register_metrics(|r| crate::status::metrics::register(r, &shared, |s| &s.events));
     // With replicas: announce this one, copy its events into the shared history.
     super::replicas::spawn(&shared);
+    shared.register_metrics(crate::image::store::register_metrics);
     if shared.cluster().network.router_advertisements {
         let s = shared.clone();
         tasks.spawn(async move { ("ra", super::ra::run(s).await) });

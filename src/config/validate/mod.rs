@@ -2,7 +2,7 @@
 //!
 //! One function per `cluster.toml` section (`cluster.rs`, `network.rs`, `control_plane.rs`, `machines.rs`,
 //! `metallb.rs`, `longhorn.rs`, `artifacts.rs`, `base.rs`, `paths.rs`, `limits.rs` (tftp, dhcp),
-//! `limits_events.rs`, `limits_http.rs`, `secure_boot.rs`, `attestation.rs`, `state.rs`), run in the order of [`validate`], which
+//! `limits_events.rs`, `limits_http.rs`, `secure_boot.rs`, `attestation.rs`, `state.rs`, `store.rs`), run in the order of [`validate`], which
 //! is the order problems are reported in. They share what `checker.rs` holds: the [`Checker`] (the problems
 //! found so far and where a key sits in the text), key paths and `Known` (the values later sections check
 //! against, such as the provisioning subnet).
@@ -29,6 +29,7 @@ mod network;
 mod paths;
 mod secure_boot;
 mod state;
+mod store;
 
 pub use artifacts::REQUIRED_ARTIFACTS;
 pub use checker::{Checker, Seg};
@@ -53,6 +54,7 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
     let http_limits = limits_http::check(c, &f.limits.http);
     let secure_boot = secure_boot::check(c, &f.secure_boot, root, &paths.secrets);
     let state = state::check(c, &f.state, root, &f.cluster.name);
+    let store = store::check(c, &f.store, root, &paths);
     if let Some(sb) = &secure_boot {
         secure_boot::resolve_machines(c, sb, &f.machines, &mut machines);
     }
@@ -88,5 +90,6 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
         secure_boot: secure_boot?,
         attestation: attestation?,
         state,
+        store: store?,
     })
 }

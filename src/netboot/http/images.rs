@@ -166,7 +166,10 @@ pub async fn get_artifact(
     let (f, size, sha, decision, first, buf) = match opened {
         Ok(Ok(x)) => x,
         Ok(Err((kind, status, msg))) => {
-            if kind == "store_damaged" || kind == "symlink" {
+            if matches!(
+                kind,
+                "store_damaged" | "symlink" | "digest_refused" | "store_unavailable"
+            ) {
                 tracing::error!(%peer, image = %id, file, "{msg}");
             }
             return refuse(&st.metrics, kind, status, format!("{msg}\n"));
@@ -297,6 +300,15 @@ fn refusal(e: StoreError, id: &str, file: &str) -> Refused {
             e.to_string(),
         ),
         StoreError::Io { .. } => ("io", StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        // The object store's bytes do not hash to their digest: refused, never served.
+        StoreError::DigestMismatch { .. } => {
+            ("digest_refused", StatusCode::BAD_GATEWAY, e.to_string())
+        }
+        StoreError::Remote { .. } | StoreError::Unavailable { .. } => (
+            "store_unavailable",
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+        ),
     }
 }
 
