@@ -653,7 +653,7 @@ fn root_lab_reboot_keeps_state_no_second_join_upgrade_then_rollback() {
     let at = |host: &str, stage: &str, first: bool| -> u64 {
         let mac = lab.cluster.machine_by_hostname(host).unwrap().mac;
         let mut it = evs.iter().filter(|e| e.mac == mac && e.stage == stage);
-        let e = if first { it.next() } else { it.last() };
+        let e = if first { it.next() } else { it.next_back() };
         e.unwrap_or_else(|| panic!("{host}: no {stage} event"))
             .at_ms
     };

@@ -92,7 +92,6 @@ pub struct StateRaw {
     pub events_kept: Option<u64>,
 }
 
-
 /// `[store]` as written. Keys other than these are kept in `other` so validation can name them (and refuse
 /// credentials, which never belong in `cluster.toml`) with their line.
 #[derive(Debug, Default, Deserialize)]

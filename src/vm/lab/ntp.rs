@@ -28,7 +28,7 @@ impl Lab {
     pub(super) fn start_ntp(&mut self) -> anyhow::Result<bool> {
         let net = self.cluster.network.clone();
         let server = net.server.to_string();
-        if !net.ntp.iter().any(|n| *n == server) {
+        if !net.ntp.contains(&server) {
             if self.opts.verbose {
                 eprintln!(
                     "lab: [network] ntp ({}) does not name the server's address {server}: no NTP server in the lab, \
