@@ -207,7 +207,9 @@ fn push_pull_serve_from_an_empty_cache_refuse_changed_bytes_and_survive_a_stoppe
     let (code, _, _) = http(&ns, &[], &format!("/images/{worker}/vmlinuz"));
     assert_eq!(code, 200);
     assert!(metric(&ns, "imgbuild_store_cache_hits_total") > hits);
-    assert!(metric(&ns, "imgbuild_store_cache_misses_total") >= 4.0);
+    // Three artifacts fetched from the bucket by this server (the manifest was already in the replica's cache:
+    // `imgbuild pin` above read it through the same cache directory).
+    assert!(metric(&ns, "imgbuild_store_cache_misses_total") >= 3.0);
     let filled = metric(&ns, "imgbuild_store_cache_fill_bytes_total");
     let wsize: usize = wfiles.values().map(Vec::len).sum();
     assert!(
