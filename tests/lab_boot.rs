@@ -490,7 +490,7 @@ fn root_lab_secure_boot_signed_ukis_by_http_boot_and_pxe_tftp_master_and_worker_
             !loaders.is_empty()
                 && loaders
                     .iter()
-                    .all(|d| d.starts_with("uki.efi of image") && d.ends_with(via)),
+                    .all(|d| d.starts_with("uki.efi") && d.ends_with(via)),
             "{h} did not boot its UKI {via}: {loaders:?}"
         );
         assert_eq!(
