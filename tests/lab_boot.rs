@@ -218,7 +218,7 @@ fn root_lab_full_dhcp_bios_master_worker_and_http_boot_storage_reach_joined_in_o
         // timesyncd measured an offset against the lab's chronyd: the NTP server answered. (timedatectl's
         // NTPSynchronized said "unknown" in the stand-in image: timedated is not reachable there.)
         assert!(
-            started.contains(", offset ") && started.contains("ms)"),
+            started.contains(", offset "),
             "{h}: no NTP offset measured against the lab's chronyd: {started}"
         );
         assert!(
