@@ -621,6 +621,16 @@ fn root_lab_reboot_keeps_state_no_second_join_upgrade_then_rollback() {
     );
     let master_id = lab.build_with_profiles(Role::Master, &failing).unwrap();
     lab.pin(Role::Master, &master_id).unwrap();
+    // A second image for the worker role: the same profiles with one more (harmless) kernel argument. Built
+    // before the VMs start, so worker-1's upgrade and rollback reboots can run while master-2 and master-3 are
+    // still joining one at a time (the VMs mostly wait then), not after them.
+    let variant = profiles_with_kernel_arg(
+        dir.path(),
+        "profiles-variant",
+        "worker",
+        "imgbuild.lab_variant=2",
+    );
+    let new_id = lab.build_with_profiles(Role::Worker, &variant).unwrap();
     for m in masters {
         lab.start_vm(m).unwrap();
     }
@@ -636,6 +646,41 @@ fn root_lab_reboot_keeps_state_no_second_join_upgrade_then_rollback() {
     );
     lab.stop_vm(&m1);
     lab.start_vm(&m1).unwrap();
+
+    // worker-1 joins once master-1's second boot has initialised the cluster; then it is power-cycled twice.
+    let first = lab
+        .wait(std::slice::from_ref(&host), 1, limit, |n| n.done)
+        .unwrap_or_else(|f| panic!("{f}"));
+    let old_id = node(&first, &host).image.clone().unwrap();
+    assert_eq!(node(&first, &host).joins, 1);
+    assert_ne!(new_id, old_id);
+    let reboot_limit = Duration::from_secs(8 * 60);
+    for (boot, id) in [(2u32, &new_id), (3u32, &old_id)] {
+        lab.pin(Role::Worker, id).unwrap();
+        // Power cycle with the state disk kept.
+        lab.stop_vm(&host);
+        lab.start_vm(&host).unwrap();
+        let r = lab
+            .wait(std::slice::from_ref(&host), boot, reboot_limit, |n| n.done)
+            .unwrap_or_else(|f| panic!("boot {boot}: {f}"));
+        let n = node(&r, &host);
+        assert_eq!(n.boot, boot);
+        assert_eq!(
+            n.image.as_deref(),
+            Some(id.as_str()),
+            "boot {boot} used another image"
+        );
+        assert_eq!(n.joins, 1, "boot {boot} ran the join again");
+        let names: Vec<&str> = n.stages.iter().map(|s| s.stage.as_str()).collect();
+        assert!(names.contains(&"state-disk"), "{names:?}");
+        assert!(
+            !names.contains(&"kubeadm-init") && !names.contains(&"kubeadm-join"),
+            "{names:?}"
+        );
+        let joined = n.stages.iter().find(|s| s.stage == "joined").unwrap();
+        println!("boot {boot} on {}: joined ({})", &id[..12], joined.detail);
+    }
+
     let r = lab
         .wait(std::slice::from_ref(&m1), 2, limit, |n| n.done)
         .unwrap_or_else(|f| panic!("master-1's second boot: {f}"));
@@ -652,11 +697,6 @@ fn root_lab_reboot_keeps_state_no_second_join_upgrade_then_rollback() {
     let joined = detail(&evs, mac1, "joined");
     assert!(joined.contains("kube-vip manifest in place"), "{joined}");
 
-    let first = lab
-        .wait(std::slice::from_ref(&host), 1, limit, |n| n.done)
-        .unwrap_or_else(|f| panic!("{f}"));
-    let old_id = node(&first, &host).image.clone().unwrap();
-    assert_eq!(node(&first, &host).joins, 1);
     // The other masters: each one's join began only after the one before it had joined (master-1: init-done).
     let later: Vec<String> = masters[1..].iter().map(|s| s.to_string()).collect();
     lab.wait(&later, 1, limit, |n| n.done)
@@ -684,43 +724,6 @@ fn root_lab_reboot_keeps_state_no_second_join_upgrade_then_rollback() {
             before.1
         );
         before = (m, at(m, "joined", true));
-    }
-
-    // A second image for the role: the same profiles with one more (harmless) kernel argument.
-    let variant = profiles_with_kernel_arg(
-        dir.path(),
-        "profiles-variant",
-        "worker",
-        "imgbuild.lab_variant=2",
-    );
-    let new_id = lab.build_with_profiles(Role::Worker, &variant).unwrap();
-    assert_ne!(new_id, old_id);
-
-    let limit = Duration::from_secs(8 * 60);
-    for (boot, id) in [(2u32, &new_id), (3u32, &old_id)] {
-        lab.pin(Role::Worker, id).unwrap();
-        // Power cycle with the state disk kept.
-        lab.stop_vm(&host);
-        lab.start_vm(&host).unwrap();
-        let r = lab
-            .wait(std::slice::from_ref(&host), boot, limit, |n| n.done)
-            .unwrap_or_else(|f| panic!("boot {boot}: {f}"));
-        let n = node(&r, &host);
-        assert_eq!(n.boot, boot);
-        assert_eq!(
-            n.image.as_deref(),
-            Some(id.as_str()),
-            "boot {boot} used another image"
-        );
-        assert_eq!(n.joins, 1, "boot {boot} ran the join again");
-        let names: Vec<&str> = n.stages.iter().map(|s| s.stage.as_str()).collect();
-        assert!(names.contains(&"state-disk"), "{names:?}");
-        assert!(
-            !names.contains(&"kubeadm-init") && !names.contains(&"kubeadm-join"),
-            "{names:?}"
-        );
-        let joined = n.stages.iter().find(|s| s.stage == "joined").unwrap();
-        println!("boot {boot} on {}: joined ({})", &id[..12], joined.detail);
     }
 }
 
