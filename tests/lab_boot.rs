@@ -452,123 +452,6 @@ fn assert_loader_came(evs: &[Event], mac: MacAddr, host: &str, firmware: Firmwar
 /// initrd learns the machine's facts from DHCP and the server, and both go the whole way; their rows and
 /// /metrics say Secure Boot was on. Then the same firmware and keys refuse the worker's UKI with one byte changed
 /// and re-signed by another key (booted from a FAT disk, no network, bounded waits).
-#[test]
-fn root_lab_secure_boot_signed_ukis_by_http_boot_and_pxe_tftp_master_and_worker_join() {
-    let dir = tempfile::tempdir().unwrap();
-    let hosts = ["master-1", "worker-1"];
-    let mut o = options(dir.path(), &hosts, Firmware::Http, DhcpMode::Full);
-    o.secure_boot = true;
-    // worker-1 proves the other Secure Boot path in the same run: OVMF's PXE client fetches the signed UKI over
-    // TFTP (master-1 gets its own by UEFI HTTP Boot).
-    o.firmware_of = vec![("worker-1".into(), Firmware::Uefi)];
-    // Each VM has its own swtpm (EK certificate from the lab's CA, EK pinned): they enroll by TPM attestation.
-    o.tpm = true;
-    let mut lab = Lab::prepare(o).unwrap();
-    for h in hosts {
-        lab.start_vm(h).unwrap();
-    }
-    let limit = lab.opts.timeout;
-    let both: Vec<String> = hosts.iter().map(|s| s.to_string()).collect();
-    let report = lab
-        .wait(&both, 1, limit, |n| n.done)
-        .unwrap_or_else(|f| panic!("{f}"));
-    println!("{}", imgbuild::vm::lab::summary(&report, lab.standins));
-    let evs = events(&lab);
-    for h in hosts {
-        let m = lab.cluster.machine_by_hostname(h).unwrap().clone();
-        assert!(m.secure_boot, "{h}");
-        let seen = first_seen(&evs, m.mac);
-        assert!(
-            !seen.iter().any(|s| s == "ipxe-script"),
-            "{h} ran iPXE under Secure Boot: {seen:?}"
-        );
-        let loaders: Vec<&str> = evs
-            .iter()
-            .filter(|e| e.mac == m.mac && e.stage == "bootfile")
-            .map(|e| e.detail.as_str())
-            .collect();
-        let via = if lab.opts.firmware_for(h) == Firmware::Http {
-            "via HTTP"
-        } else {
-            "via TFTP"
-        };
-        assert!(
-            !loaders.is_empty()
-                && loaders
-                    .iter()
-                    .all(|d| d.starts_with("uki.efi") && d.ends_with(via)),
-            "{h} did not boot its UKI {via}: {loaders:?}"
-        );
-        assert_eq!(
-            node(&report, h).secure_boot,
-            Some(true),
-            "{h}: Secure Boot not reported on"
-        );
-        // docs/attestation.md: the bundle came only after the TPM proved its EK and the boot of the pinned UKI.
-        let attested: Vec<&str> = evs
-            .iter()
-            .filter(|e| e.mac == m.mac && e.stage == "enrolled")
-            .map(|e| e.detail.as_str())
-            .collect();
-        assert!(
-            attested.iter().any(|d| d.contains("attested by TPM")
-                && d.contains("booted uki.efi")
-                && d.contains("Secure Boot on")),
-            "{h} did not enroll by TPM attestation of its UKI: {attested:?}"
-        );
-    }
-    let w = lab.cluster.machine_by_hostname("worker-1").unwrap().clone();
-    let mut must = boot_path();
-    // The firmware fetched kernel and initrd inside the UKI: the server sees no `kernel` fetch; the node's own
-    // initrd reports `initrd`.
-    must.retain(|s| *s != "ipxe-script" && *s != "kernel");
-    must.push("bootfile");
-    must.push("kubeadm-join");
-    assert_stages_in_order(&evs, w.mac, "worker-1", &must);
-    assert_eq!(node(&report, "worker-1").secure_boot, Some(true));
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            lab.netns(),
-            "curl",
-            "-fsS",
-            "--max-time",
-            "20",
-        ])
-        .arg(format!("{}/metrics", lab.server_url))
-        .output()
-        .unwrap();
-    let metrics = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        metrics.contains(&format!("imgbuild_node_secure_boot{{mac=\"{}\"}} 1", w.mac)),
-        "{metrics}"
-    );
-
-    // The same firmware and keys refuse the worker's UKI with one byte changed, and the UKI re-signed by a key
-    // that is not in db: "Access Denied", no kernel runs (a bounded wait each, no network).
-    let worker_image = &lab
-        .images
-        .iter()
-        .find(|(r, _, _)| *r == Role::Worker)
-        .unwrap()
-        .2;
-    let images = imgbuild::image::store::open(&lab.cluster);
-    let uki =
-        std::fs::read(Path::new(&images.locate(worker_image)).join(imgbuild::image::manifest::UKI))
-            .unwrap();
-    let vars = dir.path().join("secureboot/OVMF_VARS.enrolled.fd");
-    let work = dir.path().join("refused");
-    let mut changed = uki.clone();
-    let mid = changed.len() / 2;
-    changed[mid] ^= 0x01;
-    let other = resigned_by_another_key(&uki, &work.join("other-key"));
-    // Both at once: each waits for OVMF's Secure Boot build under TCG (~1-2 min here).
-    let cons = firmware_consoles(&vars, &[changed, other], &work);
-    assert_refused(&cons[0], "with one byte changed");
-    assert_refused(&cons[1], "signed by another key");
-}
-
 fn assert_refused(con: &str, what: &str) {
     assert!(
         con.contains("Access Denied"),
@@ -597,22 +480,40 @@ fn profiles_with_kernel_arg(dir: &Path, name: &str, role: &str, arg: &str) -> Pa
 }
 
 #[test]
-fn root_lab_reboot_keeps_state_no_second_join_upgrade_then_rollback() {
-    // master-1's first kubeadm init is made to fail half-way (the stand-in's fault injection), as a power cut
-    // would leave it; on its next boot it resets, retries and initialises the cluster with kube-vip in place.
-    // master-2 and master-3, powered on at the same time, wait for it and then join one at a time, in inventory
-    // order (etcd members are added one by one). worker-1 joins, then is power-cycled with its state disk kept:
-    // first onto a newly pinned image (upgrade), then back onto the old one (rollback).
+fn root_lab_reboot_secure_boot_tpm_masters_join_in_order_worker_upgrades_then_rolls_back() {
+    // One four-VM run proves the reboot paths and the Secure Boot chain side by side:
+    // - master-1 (BIOS, iPXE) has its first kubeadm init made to fail half-way (the stand-in's fault injection),
+    //   as a power cut would leave it; on its next boot it resets, retries and initialises the cluster with
+    //   kube-vip in place.
+    // - master-2 boots its signed UKI by UEFI HTTP Boot under enforced Secure Boot and master-3 through iPXE
+    //   (BIOS, as every machine without Secure Boot does); powered on with master-1, they wait for it and then
+    //   join one at a time, in inventory order (etcd members are added one by one).
+    // - worker-1 boots its signed UKI by UEFI PXE over TFTP under Secure Boot; master-2 and worker-1 enroll by
+    //   TPM attestation (each its own swtpm, EK pinned). worker-1 joins, then is power-cycled with its state
+    //   disk kept: first onto a newly pinned image (upgrade), then back onto the old one (rollback), booting
+    //   each one's signed UKI without joining again.
+    // - The same firmware and keys refuse the worker's UKI with one byte changed and re-signed by another key.
     let dir = tempfile::tempdir().unwrap();
     let host = "worker-1".to_string();
     let masters = ["master-1", "master-2", "master-3"];
-    let mut lab = Lab::prepare(options(
+    let mut o = options(
         dir.path(),
         &["master-1", "master-2", "master-3", "worker-1"],
         Firmware::Bios,
         DhcpMode::Full,
-    ))
-    .unwrap();
+    );
+    o.secure_boot = true;
+    o.tpm = true;
+    o.firmware_of = vec![
+        ("master-2".into(), Firmware::Http),
+        ("worker-1".into(), Firmware::Uefi),
+    ];
+    let mut lab = Lab::prepare(o).unwrap();
+    let sb_hosts = ["master-2", "worker-1"];
+    for h in ["master-1", "master-3"] {
+        let m = lab.cluster.machine_by_hostname(h).unwrap();
+        assert!(!m.secure_boot, "{h} boots with BIOS: no Secure Boot");
+    }
     let failing = profiles_with_kernel_arg(
         dir.path(),
         "profiles-fail-once",
@@ -647,17 +548,42 @@ fn root_lab_reboot_keeps_state_no_second_join_upgrade_then_rollback() {
     lab.stop_vm(&m1);
     lab.start_vm(&m1).unwrap();
 
-    // worker-1 joins once master-1's second boot has initialised the cluster; then it is power-cycled twice.
+    // worker-1 joins once master-1's second boot has initialised the cluster.
     let first = lab
         .wait(std::slice::from_ref(&host), 1, limit, |n| n.done)
         .unwrap_or_else(|f| panic!("{f}"));
     let old_id = node(&first, &host).image.clone().unwrap();
     assert_eq!(node(&first, &host).joins, 1);
     assert_ne!(new_id, old_id);
+
+    // The firmware refusals need no server: they run beside the worker's reboots.
+    let refusals = {
+        let worker_image = &lab
+            .images
+            .iter()
+            .find(|(r, _, _)| *r == Role::Worker)
+            .unwrap()
+            .2;
+        let images = imgbuild::image::store::open(&lab.cluster);
+        let uki = std::fs::read(
+            Path::new(&images.locate(worker_image)).join(imgbuild::image::manifest::UKI),
+        )
+        .unwrap();
+        let vars = dir.path().join("secureboot/OVMF_VARS.enrolled.fd");
+        let work = dir.path().join("refused");
+        std::thread::spawn(move || {
+            let mut changed = uki.clone();
+            let mid = changed.len() / 2;
+            changed[mid] ^= 0x01;
+            let other = resigned_by_another_key(&uki, &work.join("other-key"));
+            firmware_consoles(&vars, &[changed, other], &work)
+        })
+    };
+
+    // Power-cycled twice with its state disk kept: upgrade, then rollback.
     let reboot_limit = Duration::from_secs(8 * 60);
     for (boot, id) in [(2u32, &new_id), (3u32, &old_id)] {
         lab.pin(Role::Worker, id).unwrap();
-        // Power cycle with the state disk kept.
         lab.stop_vm(&host);
         lab.start_vm(&host).unwrap();
         let r = lab
@@ -677,6 +603,7 @@ fn root_lab_reboot_keeps_state_no_second_join_upgrade_then_rollback() {
             !names.contains(&"kubeadm-init") && !names.contains(&"kubeadm-join"),
             "{names:?}"
         );
+        assert_eq!(n.secure_boot, Some(true), "boot {boot}: Secure Boot not on");
         let joined = n.stages.iter().find(|s| s.stage == "joined").unwrap();
         println!("boot {boot} on {}: joined ({})", &id[..12], joined.detail);
     }
@@ -699,8 +626,10 @@ fn root_lab_reboot_keeps_state_no_second_join_upgrade_then_rollback() {
 
     // The other masters: each one's join began only after the one before it had joined (master-1: init-done).
     let later: Vec<String> = masters[1..].iter().map(|s| s.to_string()).collect();
-    lab.wait(&later, 1, limit, |n| n.done)
+    let report = lab
+        .wait(&later, 1, limit, |n| n.done)
         .unwrap_or_else(|f| panic!("{f}"));
+    println!("{}", imgbuild::vm::lab::summary(&report, lab.standins));
     let evs = events(&lab);
     let at = |host: &str, stage: &str, first: bool| -> u64 {
         let mac = lab.cluster.machine_by_hostname(host).unwrap().mac;
@@ -725,6 +654,91 @@ fn root_lab_reboot_keeps_state_no_second_join_upgrade_then_rollback() {
         );
         before = (m, at(m, "joined", true));
     }
+
+    // Secure Boot: the firmware fetched each UKI itself (no iPXE), the node reported Secure Boot on, and the
+    // bundle came only after the TPM proved its EK and the boot of the pinned UKI (docs/attestation.md).
+    for h in sb_hosts {
+        let m = lab.cluster.machine_by_hostname(h).unwrap().clone();
+        assert!(m.secure_boot, "{h}");
+        let seen = first_seen(&evs, m.mac);
+        assert!(
+            !seen.iter().any(|s| s == "ipxe-script"),
+            "{h} ran iPXE under Secure Boot: {seen:?}"
+        );
+        let loaders: Vec<&str> = evs
+            .iter()
+            .filter(|e| e.mac == m.mac && e.stage == "bootfile")
+            .map(|e| e.detail.as_str())
+            .collect();
+        let via = if lab.opts.firmware_for(h) == Firmware::Http {
+            "via HTTP"
+        } else {
+            "via TFTP"
+        };
+        assert!(
+            !loaders.is_empty()
+                && loaders
+                    .iter()
+                    .all(|d| d.starts_with("uki.efi") && d.ends_with(via)),
+            "{h} did not boot its UKI {via}: {loaders:?}"
+        );
+        let attested = evs
+            .iter()
+            .filter(|e| e.mac == m.mac && e.stage == "enrolled")
+            .filter(|e| {
+                e.detail.contains("attested by TPM")
+                    && e.detail.contains("booted uki.efi")
+                    && e.detail.contains("Secure Boot on")
+            })
+            .count();
+        assert!(
+            attested >= 1,
+            "{h} did not enroll by TPM attestation of its UKI: {:?}",
+            evs.iter()
+                .filter(|e| e.mac == m.mac && e.stage == "enrolled")
+                .map(|e| e.detail.as_str())
+                .collect::<Vec<_>>()
+        );
+    }
+    for h in ["master-1", "master-3"] {
+        let m = lab.cluster.machine_by_hostname(h).unwrap();
+        assert!(
+            first_seen(&evs, m.mac).iter().any(|s| s == "ipxe-script"),
+            "{h} (no Secure Boot) did not boot through iPXE"
+        );
+    }
+    let w = lab.cluster.machine_by_hostname("worker-1").unwrap().clone();
+    let mut must = boot_path();
+    // The firmware fetched kernel and initrd inside the UKI: the server sees no `kernel` fetch; the node's own
+    // initrd reports `initrd`.
+    must.retain(|s| *s != "ipxe-script" && *s != "kernel");
+    must.push("bootfile");
+    must.push("kubeadm-join");
+    assert_stages_in_order(&evs, w.mac, "worker-1", &must);
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            lab.netns(),
+            "curl",
+            "-fsS",
+            "--max-time",
+            "20",
+        ])
+        .arg(format!("{}/metrics", lab.server_url))
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        metrics.contains(&format!("imgbuild_node_secure_boot{{mac=\"{}\"}} 1", w.mac)),
+        "{metrics}"
+    );
+
+    // The same firmware and keys refused the worker's UKI with one byte changed, and the UKI re-signed by a key
+    // that is not in db: "Access Denied", no kernel ran.
+    let cons = refusals.join().unwrap();
+    assert_refused(&cons[0], "with one byte changed");
+    assert_refused(&cons[1], "signed by another key");
 }
 
 /// `uki` with its signature removed and signed again by a fresh key the firmware does not trust.

@@ -36,11 +36,12 @@ pub struct Args {
     #[arg(long)]
     pub standins: bool,
     /// UEFI Secure Boot: signed UKIs, and the UEFI VMs enforce Secure Boot with the cluster's keys enrolled
-    /// (with --firmware uefi or http).
+    /// (with --firmware uefi or http, or per machine with --firmware-of; BIOS machines boot through iPXE).
     #[arg(long)]
     pub secure_boot: bool,
-    /// TPM attestation: give every amd64 VM its own software TPM (swtpm, EK certificate from a lab CA) and
-    /// enroll every machine by TPM (`[attestation] identity = "tpm"`, docs/attestation.md).
+    /// TPM attestation: give every amd64 VM booted with UEFI firmware its own software TPM (swtpm, EK
+    /// certificate from a lab CA) and enroll it by TPM (`identity = "tpm"`, docs/attestation.md); the others
+    /// enroll by address.
     #[arg(long)]
     pub tpm: bool,
     /// Leave everything running after the boot, until Ctrl-C.

@@ -50,6 +50,13 @@ pub(super) fn write_config(opts: &Options, user: &Cluster) -> anyhow::Result<Pat
             doc["secure_boot"] = toml_edit::table();
         }
         doc["secure_boot"]["enabled"] = toml_edit::value(true);
+        // A machine the lab boots with BIOS firmware cannot enforce Secure Boot: it boots through iPXE as a
+        // machine without Secure Boot does (one lab run proves both chains side by side).
+        for_each_machine(&mut doc, |host, t| {
+            if opts.firmware_for(host) == crate::vm::qemu::Firmware::Bios {
+                t["secure_boot"] = toml_edit::value(false);
+            }
+        });
     }
     if opts.tpm {
         // docs/attestation.md: every machine enrolls by TPM; EK certificates come from the lab's CA.
@@ -60,31 +67,28 @@ pub(super) fn write_config(opts: &Options, user: &Cluster) -> anyhow::Result<Pat
         let mut cas = toml_edit::Array::new();
         cas.push(abs(&crate::vm::swtpm::issuer_cert(&tpm_ca_dir(opts))));
         doc["attestation"]["manufacturer_ca"] = toml_edit::value(cas);
-        // Each amd64 machine the lab boots gets its TPM now (kept across runs) and its EK pinned: no approval step, and
-        // another TPM claiming the machine is refused before and after it enrolled.
-        if let Some(ms) = doc
-            .get_mut("machines")
-            .and_then(|m| m.as_array_of_tables_mut())
-        {
-            for t in ms.iter_mut() {
-                let arm = t.get("arch").and_then(|a| a.as_str()) == Some("arm64");
-                let Some(host) = t
-                    .get("hostname")
-                    .and_then(|h| h.as_str())
-                    .map(str::to_string)
-                else {
-                    continue;
-                };
-                // A machine this lab does not boot gets no TPM (each one costs a swtpm_setup run).
-                let booted = opts.nodes.as_ref().is_none_or(|n| n.contains(&host));
-                if arm || !booted {
-                    t["identity"] = toml_edit::value("address");
-                    continue;
-                }
-                let state = opts.dir.join("vms").join(&host).join("tpm");
-                crate::vm::swtpm::provision(&state, &tpm_ca_dir(opts))?;
-                t["ek_sha256"] = toml_edit::value(crate::vm::swtpm::ek_sha256(&state)?);
+        // Each amd64 machine the lab boots with UEFI firmware gets its TPM now (kept across runs) and its EK pinned:
+        // no approval step, and another TPM claiming the machine is refused before and after it enrolled.
+        let mut failed = None;
+        for_each_machine(&mut doc, |host, t| {
+            let arm = t.get("arch").and_then(|a| a.as_str()) == Some("arm64");
+            // A machine this lab does not boot gets no TPM (each one costs a swtpm_setup run); nor does one it
+            // boots with BIOS firmware (the attestation policy checks UEFI boot applications, docs/attestation.md).
+            let booted = opts.nodes.as_ref().is_none_or(|n| n.iter().any(|h| h == host));
+            if arm || !booted || opts.firmware_for(host) == crate::vm::qemu::Firmware::Bios {
+                t["identity"] = toml_edit::value("address");
+                return;
             }
+            let state = opts.dir.join("vms").join(host).join("tpm");
+            let ek = crate::vm::swtpm::provision(&state, &tpm_ca_dir(opts))
+                .and_then(|()| crate::vm::swtpm::ek_sha256(&state));
+            match ek {
+                Ok(ek) => t["ek_sha256"] = toml_edit::value(ek),
+                Err(e) => failed = failed.take().or(Some(e)),
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e.into());
         }
     }
     let out = opts.dir.join("cluster.toml");
@@ -104,6 +108,25 @@ pub(super) fn write_config(opts: &Options, user: &Cluster) -> anyhow::Result<Pat
     Ok(out)
 }
 
+/// Calls `f` with the hostname and table of every `[[machines]]` entry of `doc` that has a hostname.
+fn for_each_machine(doc: &mut toml_edit::DocumentMut, mut f: impl FnMut(&str, &mut toml_edit::Table)) {
+    if let Some(ms) = doc
+        .get_mut("machines")
+        .and_then(|m| m.as_array_of_tables_mut())
+    {
+        for t in ms.iter_mut() {
+            let Some(host) = t
+                .get("hostname")
+                .and_then(|h| h.as_str())
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            f(&host, t);
+        }
+    }
+}
+
 /// Writes `out`: the lab's `config` with `[paths] profiles` pointing at `profiles` (a second image of the same
 /// cluster for upgrade / rollback scenarios).
 pub(super) fn write_variant(config: &Path, profiles: &Path, out: &Path) -> anyhow::Result<()> {
@@ -119,7 +142,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn with_tpm_every_amd64_machine_has_its_own_pinned_tpm_and_the_lab_ca() {
+    fn with_tpm_every_amd64_uefi_machine_has_its_own_pinned_tpm_and_the_lab_ca() {
         let d = tempfile::tempdir().unwrap();
         let user_cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster.toml");
         let user = crate::config::load(&user_cfg).unwrap();
@@ -127,6 +150,7 @@ mod tests {
         o.dir = d.path().join("lab");
         o.cache = Some(d.path().join("cache"));
         o.tpm = true;
+        o.firmware = crate::vm::qemu::Firmware::Uefi;
         std::fs::create_dir_all(&o.dir).unwrap();
         let lab = crate::config::load(&write_config(&o, &user).unwrap()).unwrap();
         assert_eq!(
@@ -151,6 +175,29 @@ mod tests {
                 .collect::<Vec<_>>(),
             lab.machines.iter().map(|m| m.ek_sha256).collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn machines_booted_with_bios_have_neither_secure_boot_nor_a_tpm() {
+        let d = tempfile::tempdir().unwrap();
+        let user_cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster.toml");
+        let user = crate::config::load(&user_cfg).unwrap();
+        let mut o = Options::new(&user_cfg);
+        o.dir = d.path().join("lab");
+        o.cache = Some(d.path().join("cache"));
+        o.secure_boot = true;
+        o.tpm = true;
+        o.nodes = Some(vec!["master-1".into(), "worker-1".into()]);
+        o.firmware_of = vec![("worker-1".into(), crate::vm::qemu::Firmware::Uefi)];
+        std::fs::create_dir_all(&o.dir).unwrap();
+        let lab = crate::config::load(&write_config(&o, &user).unwrap()).unwrap();
+        let m = lab.machine_by_hostname("master-1").unwrap();
+        assert!(!m.secure_boot);
+        assert_eq!(m.identity, crate::config::Identity::Address);
+        let w = lab.machine_by_hostname("worker-1").unwrap();
+        assert!(w.secure_boot);
+        assert_eq!(w.identity, crate::config::Identity::Tpm);
+        assert!(w.ek_sha256.is_some());
     }
 
     #[test]

@@ -27,14 +27,17 @@ fn decoy_mac(mac: crate::config::MacAddr) -> crate::config::MacAddr {
         .expect("a MAC with its first three bytes replaced is a MAC")
 }
 
-/// With `--tpm`, an amd64 machine's software TPM: provisioned in `vms/<host>/tpm` (kept across runs, so its EK
+/// With `--tpm`, an amd64 UEFI machine's software TPM: provisioned in `vms/<host>/tpm` (kept across runs, so its EK
 /// stays), served on `vms/<host>/tpm.sock` when the VM starts.
 fn tpm_socket(
     opts: &Options,
     m: &Machine,
     dir: &std::path::Path,
 ) -> anyhow::Result<Option<PathBuf>> {
-    if !opts.tpm || m.arch != crate::config::Arch::Amd64 {
+    if !opts.tpm
+        || m.arch != crate::config::Arch::Amd64
+        || opts.firmware_for(&m.hostname) == crate::vm::qemu::Firmware::Bios
+    {
         return Ok(None);
     }
     crate::vm::swtpm::provision(&dir.join("tpm"), &super::config::tpm_ca_dir(opts))?;
