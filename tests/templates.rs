@@ -541,8 +541,10 @@ const KUBEADM_IMAGES: &[(&str, [&str; 3])] = &[(
 
 /// The CNI plugin image each flannel release's `kube-flannel.yml` names, per `artifacts.cni-manifest` version
 /// (flannel's manifest is not vendored). Source: docs/air-gapped.md.
-const FLANNEL_CNI_PLUGIN: &[(&str, &str)] =
-    &[("0.27.4", "ghcr.io/flannel-io/flannel-cni-plugin:v1.8.0-flannel1")];
+const FLANNEL_CNI_PLUGIN: &[(&str, &str)] = &[(
+    "0.27.4",
+    "ghcr.io/flannel-io/flannel-cni-plugin:v1.8.0-flannel1",
+)];
 
 const TAINT: &str = "node-role.kubernetes.io/control-plane";
 
@@ -637,10 +639,18 @@ fn default_image_mismatches(c: &imgbuild::config::Cluster) -> Vec<String> {
         &fill(common::file(&m, "/usr/share/imgbuild/kubeadm/init.yaml")),
     );
     let v = init[1]["kubernetesVersion"].as_str().unwrap().to_string();
-    for n in ["kube-apiserver", "kube-controller-manager", "kube-scheduler"] {
+    for n in [
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+    ] {
         add(&masters, &format!("registry.k8s.io/{n}:{v}"), "kubeadm");
     }
-    add(&every, &format!("registry.k8s.io/kube-proxy:{v}"), "kubeadm");
+    add(
+        &every,
+        &format!("registry.k8s.io/kube-proxy:{v}"),
+        "kubeadm",
+    );
     let Some((_, [etcd, coredns, pause])) = KUBEADM_IMAGES.iter().find(|(k, _)| *k == v) else {
         errors.push(format!(
             "no kubeadm image list recorded for kubernetesVersion {v}: add the etcd, coredns and pause tags `kubeadm config images list --kubernetes-version {v}` prints to KUBEADM_IMAGES (tests/templates.rs) and the docs/air-gapped.md table"
@@ -648,7 +658,11 @@ fn default_image_mismatches(c: &imgbuild::config::Cluster) -> Vec<String> {
         return errors;
     };
     add(&masters, etcd, "kubeadm's etcd");
-    add(&every, coredns, "kubeadm's CoreDNS (tolerates the masters' taint)");
+    add(
+        &every,
+        coredns,
+        "kubeadm's CoreDNS (tolerates the masters' taint)",
+    );
     add(&every, pause, "kubeadm's and containerd's sandbox");
 
     // containerd's sandbox image, as every role's configuration and the stand-in's 1.6 configuration render it.
@@ -812,11 +826,14 @@ fn default_images_match_the_pinned_versions() {
     // The comparison sees a tag that drifted from its manifest, and an image on a role its workload never runs on.
     let d = tempfile::tempdir().unwrap();
     let edited = common::write_cluster(d.path(), false, |t| {
-        t.replace("quay.io/frrouting/frr:10.5.3", "quay.io/frrouting/frr:10.5.2")
-            .replace(
-                "roles = [\"worker\", \"storage\"]\nrefs = [\n  \"quay.io/metallb/controller",
-                "roles = [\"master\"]\nrefs = [\n  \"quay.io/metallb/controller",
-            )
+        t.replace(
+            "quay.io/frrouting/frr:10.5.3",
+            "quay.io/frrouting/frr:10.5.2",
+        )
+        .replace(
+            "roles = [\"worker\", \"storage\"]\nrefs = [\n  \"quay.io/metallb/controller",
+            "roles = [\"master\"]\nrefs = [\n  \"quay.io/metallb/controller",
+        )
     });
     let errors = default_image_mismatches(&imgbuild::config::load(&edited).unwrap());
     let has = |role: &str, needle: &str| {
@@ -825,19 +842,31 @@ fn default_images_match_the_pinned_versions() {
             .any(|e| e.starts_with(&format!("{role}: ")) && e.contains(needle))
     };
     assert!(
-        has("worker", "quay.io/frrouting/frr:10.5.3 (DaemonSet speaker in metallb-v0.16.1/metallb-frr.yaml) is not in its images (listed: [\"quay.io/frrouting/frr:10.5.2\"])"),
+        has(
+            "worker",
+            "quay.io/frrouting/frr:10.5.3 (DaemonSet speaker in metallb-v0.16.1/metallb-frr.yaml) is not in its images (listed: [\"quay.io/frrouting/frr:10.5.2\"])"
+        ),
         "{errors:#?}"
     );
     assert!(
-        has("master", "quay.io/frrouting/frr:10.5.2 is in its images but nothing pinned runs it there"),
+        has(
+            "master",
+            "quay.io/frrouting/frr:10.5.2 is in its images but nothing pinned runs it there"
+        ),
         "{errors:#?}"
     );
     assert!(
-        has("storage", "quay.io/metallb/controller:v0.16.1 (Deployment controller in"),
+        has(
+            "storage",
+            "quay.io/metallb/controller:v0.16.1 (Deployment controller in"
+        ),
         "{errors:#?}"
     );
     assert!(
-        has("master", "quay.io/metallb/controller:v0.16.1 is in its images but nothing pinned runs it there"),
+        has(
+            "master",
+            "quay.io/metallb/controller:v0.16.1 is in its images but nothing pinned runs it there"
+        ),
         "{errors:#?}"
     );
 }
