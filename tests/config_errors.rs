@@ -257,14 +257,14 @@ fn asn_out_of_range() {
 #[test]
 fn kubernetes_version_not_xyz() {
     let (src, p) = problems_with(
-        "kubernetes_version = \"1.37.2\"",
-        "kubernetes_version = \"1.37\"",
+        "kubernetes_version = \"1.36.3\"",
+        "kubernetes_version = \"1.36\"",
     );
     assert_problem(
         &src,
         &p,
         "cluster.kubernetes_version",
-        "\"1.37\" is not a Kubernetes version of the form x.y.z",
+        "\"1.36\" is not a Kubernetes version of the form x.y.z",
         "kubernetes_version",
     );
 }
@@ -315,7 +315,7 @@ fn all_problems_in_one_run() {
         .replacen("mac = \"52:54:00:77:00:21\"", "mac = \"nonsense\"", 1)
         .replacen("ip = \"10.77.0.32\"", "ip = \"192.168.9.9\"", 1)
         .replacen(
-            "kubernetes_version = \"1.37.2\"",
+            "kubernetes_version = \"1.36.3\"",
             "kubernetes_version = \"latest\"",
             1,
         )
@@ -493,7 +493,7 @@ fn secure_boot_defaults_follow_the_roles_and_spare_arm64() {
 fn container_images_name_the_reference_role_and_version_at_their_line() {
     // No tag, pinned by digest, an unknown role, the control plane at another version, listed twice.
     let (src, p) = problems_with(
-        "  \"registry.k8s.io/etcd:3.6.5-0\",",
+        "  \"registry.k8s.io/etcd:3.6.8-0\",",
         "  \"registry.k8s.io/etcd\",",
     );
     assert_problem(
@@ -515,8 +515,8 @@ fn container_images_name_the_reference_role_and_version_at_their_line() {
         "frr@sha256",
     );
     let (src, p) = problems_with(
-        "roles = [\"worker\", \"storage\"]",
-        "roles = [\"worker\", \"stroage\"]",
+        "roles = [\"worker\", \"storage\"]\nrefs = [\n  \"docker.io/longhornio/",
+        "roles = [\"worker\", \"stroage\"]\nrefs = [\n  \"docker.io/longhornio/",
     );
     assert_problem(
         &src,
@@ -526,28 +526,29 @@ fn container_images_name_the_reference_role_and_version_at_their_line() {
         "\"stroage\"",
     );
     let (src, p) = problems_with(
-        "  \"registry.k8s.io/kube-scheduler:v1.37.2\",",
-        "  \"registry.k8s.io/kube-scheduler:v1.36.0\",",
+        "  \"registry.k8s.io/kube-scheduler:v1.36.3\",",
+        "  \"registry.k8s.io/kube-scheduler:v1.35.0\",",
     );
     assert_problem(
         &src,
         &p,
         "images.kubernetes.refs[2]",
-        "cluster.kubernetes_version is 1.37.2",
-        "kube-scheduler:v1.36.0",
+        "cluster.kubernetes_version is 1.36.3",
+        "kube-scheduler:v1.35.0",
     );
+    // The speaker (every role) listed again in the masters' kube-vip group.
     let (src, p) = problems_with(
-        "  \"quay.io/metallb/controller:v0.16.1\",",
-        "  \"quay.io/metallb/controller:v0.16.1\",\n  \"ghcr.io/kube-vip/kube-vip:v1.0.1\",",
+        "  \"ghcr.io/kube-vip/kube-vip:v1.0.1\",",
+        "  \"ghcr.io/kube-vip/kube-vip:v1.0.1\",\n  \"quay.io/metallb/speaker:v0.16.1\",",
     );
     let (_, p2) = (src.clone(), p.clone());
     let dup = p2
         .iter()
-        .find(|p| p.key == "images.control-plane-addons.refs[2]")
+        .find(|p| p.key == "images.node.refs[5]")
         .unwrap_or_else(|| panic!("{p2:#?}"));
     assert!(
         dup.message.contains("listed twice for role master")
-            && dup.message.contains("images.control-plane-addons.refs[0]"),
+            && dup.message.contains("images.control-plane-addons.refs[1]"),
         "{dup}"
     );
     // kube-vip's image left out of the masters' images: they would pull it.

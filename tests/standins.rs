@@ -146,8 +146,8 @@ fn standin_kubeadm_init_accepts_our_config_and_rejects_broken_ones() {
         ),
         (
             "version skew",
-            "kubernetesVersion: \"v1.37.2\"",
-            "kubernetesVersion: \"v1.36.0\"",
+            "kubernetesVersion: \"v1.36.3\"",
+            "kubernetesVersion: \"v1.35.0\"",
             "not this kubeadm's version",
         ),
         (

@@ -1,6 +1,7 @@
 //! The rendered first-boot texts: every YAML parses, kubeadm configs have the v1beta4 shape, MetalLB objects
 //! validate against MetalLB's CRD schemas, Longhorn settings match Longhorn's manifest, kube-vip switches
-//! from super-admin.conf to admin.conf.
+//! from super-admin.conf to admin.conf, and the example's image lists bake, role by role, exactly what the
+//! pinned versions run (kubeadm, containerd's sandbox, kube-vip, flannel, the vendored MetalLB and Longhorn).
 
 mod common;
 
@@ -75,7 +76,7 @@ fn kubeadm_configs_have_the_v1beta4_shape() {
     assert_eq!(cc["apiVersion"], "kubeadm.k8s.io/v1beta4");
     assert_eq!(cc["kind"], "ClusterConfiguration");
     assert_eq!(cc["controlPlaneEndpoint"], "10.77.0.10:6443");
-    assert_eq!(cc["kubernetesVersion"], "v1.37.2");
+    assert_eq!(cc["kubernetesVersion"], "v1.36.3");
     assert_eq!(cc["networking"]["podSubnet"], "10.244.0.0/16");
     assert_eq!(cc["networking"]["serviceSubnet"], "10.96.0.0/12");
     assert_eq!(cc["certificatesDir"], "/etc/kubernetes/pki");
@@ -522,4 +523,350 @@ fn every_rendered_script_is_valid_bash() {
         check(s, &common::standin(&c, s));
     }
     assert!(n >= 12, "{n}");
+}
+
+// ---- The default image lists against the versions pinned elsewhere ----
+
+/// What `kubeadm config images list --kubernetes-version <v>` names besides the API server, controller manager,
+/// scheduler and kube-proxy (which are at `<v>`), per Kubernetes version. Source: docs/air-gapped.md, "Where the
+/// default tags come from". A new Kubernetes version needs its line here, from its kubeadm.
+const KUBEADM_IMAGES: &[(&str, [&str; 3])] = &[(
+    "v1.36.3",
+    [
+        "registry.k8s.io/etcd:3.6.8-0",
+        "registry.k8s.io/coredns/coredns:v1.14.2",
+        "registry.k8s.io/pause:3.10.2",
+    ],
+)];
+
+/// The CNI plugin image each flannel release's `kube-flannel.yml` names, per `artifacts.cni-manifest` version
+/// (flannel's manifest is not vendored). Source: docs/air-gapped.md.
+const FLANNEL_CNI_PLUGIN: &[(&str, &str)] = &[(
+    "0.27.4",
+    "ghcr.io/flannel-io/flannel-cni-plugin:v1.8.0-flannel1",
+)];
+
+const TAINT: &str = "node-role.kubernetes.io/control-plane";
+
+fn full(reference: &str) -> String {
+    reference
+        .parse::<imgbuild::config::ImageRef>()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .full()
+}
+
+/// A string of a pod spec that names an image: a registry host (with a dot) then a repository and a tag.
+fn image_like(s: &str) -> Option<String> {
+    if s.contains("://") || s.contains('=') || s.contains(' ') || s.starts_with('-') {
+        return None;
+    }
+    let (host, rest) = s.split_once('/')?;
+    if !host.contains('.') || !rest.contains(':') {
+        return None;
+    }
+    s.parse::<imgbuild::config::ImageRef>()
+        .ok()
+        .map(|r| r.full())
+}
+
+fn images_in(v: &Value, key: Option<&str>, out: &mut BTreeSet<String>) {
+    match v {
+        Value::String(s) => {
+            if key == Some("image") {
+                out.insert(full(s));
+            } else if let Some(r) = image_like(s) {
+                out.insert(r);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| images_in(x, key, out)),
+        Value::Object(o) => o.iter().for_each(|(k, x)| images_in(x, Some(k), out)),
+        _ => {}
+    }
+}
+
+/// A workload document's pod spec: whether it tolerates the masters' `NoSchedule` taint, and every image it
+/// runs or names (containers, init containers, and the images its arguments and environment hand on).
+fn workload(doc: &Value) -> Option<(String, bool, BTreeSet<String>)> {
+    let spec = match doc["kind"].as_str()? {
+        "Deployment" | "DaemonSet" | "StatefulSet" | "ReplicaSet" | "Job" => {
+            &doc["spec"]["template"]["spec"]
+        }
+        "CronJob" => &doc["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+        "Pod" => &doc["spec"],
+        _ => return None,
+    };
+    let tolerates = spec["tolerations"].as_array().is_some_and(|ts| {
+        ts.iter().any(|t| {
+            let no_schedule = t["effect"].is_null() || t["effect"] == "NoSchedule";
+            (t["key"] == TAINT && no_schedule) || (t["key"].is_null() && t["operator"] == "Exists")
+        })
+    });
+    let mut images = BTreeSet::new();
+    images_in(spec, None, &mut images);
+    let name = format!(
+        "{} {}",
+        doc["kind"].as_str().unwrap_or(""),
+        doc["metadata"]["name"].as_str().unwrap_or("?")
+    );
+    Some((name, tolerates, images))
+}
+
+/// Every disagreement between `c`'s image lists and what its pinned versions run, role by role: an image a
+/// pinned component runs on a role that the role's list lacks, and an image a role's list carries that nothing
+/// pinned runs there.
+fn default_image_mismatches(c: &imgbuild::config::Cluster) -> Vec<String> {
+    use imgbuild::config::Cni;
+    let every = Role::ALL.to_vec();
+    let masters = vec![Role::Master];
+    let others: Vec<Role> = Role::ALL
+        .into_iter()
+        .filter(|r| *r != Role::Master)
+        .collect();
+    let placed = |tolerates: bool| if tolerates { &every } else { &others };
+    // (role, full reference, why)
+    let mut need: Vec<(Role, String, String)> = Vec::new();
+    let mut add = |roles: &[Role], image: &str, why: &str| {
+        for r in roles {
+            need.push((*r, full(image), why.to_string()));
+        }
+    };
+    let mut errors = Vec::new();
+
+    // kubeadm, at the rendered ClusterConfiguration's kubernetesVersion.
+    let m = common::render(c, Role::Master);
+    let init = common::yaml_docs(
+        "init.yaml",
+        &fill(common::file(&m, "/usr/share/imgbuild/kubeadm/init.yaml")),
+    );
+    let v = init[1]["kubernetesVersion"].as_str().unwrap().to_string();
+    for n in [
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+    ] {
+        add(&masters, &format!("registry.k8s.io/{n}:{v}"), "kubeadm");
+    }
+    add(
+        &every,
+        &format!("registry.k8s.io/kube-proxy:{v}"),
+        "kubeadm",
+    );
+    let Some((_, [etcd, coredns, pause])) = KUBEADM_IMAGES.iter().find(|(k, _)| *k == v) else {
+        errors.push(format!(
+            "no kubeadm image list recorded for kubernetesVersion {v}: add the etcd, coredns and pause tags `kubeadm config images list --kubernetes-version {v}` prints to KUBEADM_IMAGES (tests/templates.rs) and the docs/air-gapped.md table"
+        ));
+        return errors;
+    };
+    add(&masters, etcd, "kubeadm's etcd");
+    add(
+        &every,
+        coredns,
+        "kubeadm's CoreDNS (tolerates the masters' taint)",
+    );
+    add(&every, pause, "kubeadm's and containerd's sandbox");
+
+    // containerd's sandbox image, as every role's configuration and the stand-in's 1.6 configuration render it.
+    for role in Role::ALL {
+        let t = common::render(c, role);
+        let conf: toml::Value =
+            toml::from_str(common::file(&t, "/etc/containerd/config.toml")).unwrap();
+        let sandbox = conf["plugins"]["io.containerd.cri.v1.images"]["pinned_images"]["sandbox"]
+            .as_str()
+            .unwrap();
+        if full(sandbox) != full(pause) {
+            errors.push(format!(
+                "{role:?}: containerd's sandbox image is {sandbox}, kubeadm {v} uses {pause}"
+            ));
+        }
+        add(&[role], sandbox, "containerd's sandbox image");
+    }
+    let standins = imgbuild::image::standins::generate(c, &common::engine(c)).unwrap();
+    let text = |path: &str| {
+        let f = standins.files.iter().find(|f| f.path == path).unwrap();
+        String::from_utf8(f.contents.clone()).unwrap()
+    };
+    let shim = text("/usr/local/bin/containerd");
+    let conf16 = shim
+        .split("<<'IMGBUILD_CONTAINERD_CONFIG'\n")
+        .nth(1)
+        .and_then(|r| r.split("\nIMGBUILD_CONTAINERD_CONFIG\n").next())
+        .unwrap();
+    let conf16: toml::Value = toml::from_str(conf16).unwrap();
+    let sandbox16 = conf16["plugins"]["io.containerd.grpc.v1.cri"]["sandbox_image"]
+        .as_str()
+        .unwrap();
+    if full(sandbox16) != full(pause) {
+        errors.push(format!(
+            "the stand-in containerd 1.6 configuration's sandbox image is {sandbox16}, kubeadm {v} uses {pause}"
+        ));
+    }
+
+    // kube-vip's static pods.
+    for p in [
+        "/usr/share/imgbuild/kube-vip/kube-vip-init.yaml",
+        "/usr/share/imgbuild/kube-vip/kube-vip.yaml",
+    ] {
+        let pod = &common::yaml_docs(p, common::file(&m, p))[0];
+        let image = pod["spec"]["containers"][0]["image"].as_str().unwrap();
+        if image != c.control_plane.kube_vip_image {
+            errors.push(format!(
+                "{p} runs {image}, control_plane.kube_vip_image is {}",
+                c.control_plane.kube_vip_image
+            ));
+        }
+        add(&masters, image, "the kube-vip static pod");
+    }
+
+    // flannel at artifacts.cni-manifest.
+    if c.cluster.cni == Cni::Flannel {
+        let fv = &c.artifacts["cni-manifest"].version;
+        add(
+            &every,
+            &format!("ghcr.io/flannel-io/flannel:v{fv}"),
+            "flannel's DaemonSet (tolerates every taint)",
+        );
+        match FLANNEL_CNI_PLUGIN.iter().find(|(k, _)| k == fv) {
+            Some((_, plugin)) => add(&every, plugin, "flannel's CNI plugin init container"),
+            None => errors.push(format!(
+                "no flannel-cni-plugin tag recorded for flannel {fv}: add the one its kube-flannel.yml names to FLANNEL_CNI_PLUGIN (tests/templates.rs) and docs/air-gapped.md"
+            )),
+        }
+    }
+
+    // The vendored MetalLB and Longhorn releases, which must be the pinned ones, and the stand-in manifests.
+    let mut manifests: Vec<(String, String)> = Vec::new();
+    let metallb = &c.artifacts["metallb-manifest"].version;
+    let longhorn = &c.artifacts["longhorn-manifest"].version;
+    if *longhorn != c.longhorn.version {
+        errors.push(format!(
+            "artifacts.longhorn-manifest is {longhorn}, [longhorn] version {}",
+            c.longhorn.version
+        ));
+    }
+    for rel in [
+        format!("metallb-v{metallb}/metallb-frr.yaml"),
+        format!("longhorn-v{longhorn}/longhorn.yaml"),
+    ] {
+        match std::fs::read_to_string(common::vendor(&rel)) {
+            Ok(t) => manifests.push((rel, t)),
+            Err(_) => errors.push(format!(
+                "profiles/standins/vendor/{rel} is missing: vendor the pinned release (profiles/standins/vendor/README.md)"
+            )),
+        }
+    }
+    for f in &standins.files {
+        if f.path.ends_with(".yaml") {
+            manifests.push((f.path.clone(), text(&f.path)));
+        }
+    }
+    for (name, t) in &manifests {
+        for doc in common::yaml_docs(name, t) {
+            if let Some((w, tolerates, images)) = workload(&doc) {
+                for i in images {
+                    add(placed(tolerates), &i, &format!("{w} in {name}"));
+                }
+            }
+        }
+    }
+    if let Ok(list) = std::fs::read_to_string(common::vendor(&format!(
+        "longhorn-v{longhorn}/longhorn-images.txt"
+    ))) {
+        for l in list.lines().filter(|l| !l.trim().is_empty()) {
+            add(
+                &others,
+                &format!("docker.io/{}", l.trim()),
+                "Longhorn's longhorn-images.txt (Longhorn runs beside its manager, off the masters)",
+            );
+        }
+    }
+
+    for role in Role::ALL {
+        let baked: BTreeSet<String> = c
+            .images_for(role)
+            .iter()
+            .map(|i| i.reference.full())
+            .collect();
+        let needed: BTreeSet<&String> = need
+            .iter()
+            .filter(|(r, ..)| *r == role)
+            .map(|(_, i, _)| i)
+            .collect();
+        for (r, i, why) in &need {
+            if *r == role && !baked.contains(i) {
+                let name = i.rsplit_once(':').unwrap().0;
+                let listed: Vec<&String> = baked
+                    .iter()
+                    .filter(|b| b.rsplit_once(':').unwrap().0 == name)
+                    .collect();
+                errors.push(format!(
+                    "{}: {i} ({why}) is not in its images (listed: {listed:?})",
+                    role.as_str()
+                ));
+            }
+        }
+        for b in &baked {
+            if !needed.contains(b) {
+                errors.push(format!(
+                    "{}: {b} is in its images but nothing pinned runs it there",
+                    role.as_str()
+                ));
+            }
+        }
+    }
+    errors.sort();
+    errors.dedup();
+    errors
+}
+
+#[test]
+fn default_images_match_the_pinned_versions() {
+    let d = tempfile::tempdir().unwrap();
+    let errors = default_image_mismatches(&cluster(d.path()));
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+    // The comparison sees a tag that drifted from its manifest, and an image on a role its workload never runs on.
+    let d = tempfile::tempdir().unwrap();
+    let edited = common::write_cluster(d.path(), false, |t| {
+        t.replace(
+            "quay.io/frrouting/frr:10.5.3",
+            "quay.io/frrouting/frr:10.5.2",
+        )
+        .replace(
+            "roles = [\"worker\", \"storage\"]\nrefs = [\n  \"quay.io/metallb/controller",
+            "roles = [\"master\"]\nrefs = [\n  \"quay.io/metallb/controller",
+        )
+    });
+    let errors = default_image_mismatches(&imgbuild::config::load(&edited).unwrap());
+    let has = |role: &str, needle: &str| {
+        errors
+            .iter()
+            .any(|e| e.starts_with(&format!("{role}: ")) && e.contains(needle))
+    };
+    assert!(
+        has(
+            "worker",
+            "quay.io/frrouting/frr:10.5.3 (DaemonSet speaker in metallb-v0.16.1/metallb-frr.yaml) is not in its images (listed: [\"quay.io/frrouting/frr:10.5.2\"])"
+        ),
+        "{errors:#?}"
+    );
+    assert!(
+        has(
+            "master",
+            "quay.io/frrouting/frr:10.5.2 is in its images but nothing pinned runs it there"
+        ),
+        "{errors:#?}"
+    );
+    assert!(
+        has(
+            "storage",
+            "quay.io/metallb/controller:v0.16.1 (Deployment controller in"
+        ),
+        "{errors:#?}"
+    );
+    assert!(
+        has(
+            "master",
+            "quay.io/metallb/controller:v0.16.1 is in its images but nothing pinned runs it there"
+        ),
+        "{errors:#?}"
+    );
 }

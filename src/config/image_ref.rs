@@ -1,4 +1,4 @@
-//! Container image references as `[images.<group>]` writes them (`registry.k8s.io/pause:3.10.1`): parsed and
+//! Container image references as `[images.<group>]` writes them (`registry.k8s.io/pause:3.10.2`): parsed and
 //! normalised the way Docker and containerd do. The groups themselves are `model::ContainerImage`; their
 //! validation is `validate/images.rs`.
 
@@ -12,7 +12,7 @@ pub struct ImageRef {
     pub registry: String,
     /// The repository path in the registry (`kube-apiserver`, `library/busybox`, `longhornio/longhorn-manager`).
     pub repository: String,
-    /// The tag (`v1.37.2`).
+    /// The tag (`v1.36.3`).
     pub tag: String,
 }
 
@@ -46,7 +46,7 @@ impl std::fmt::Display for ImageRef {
 pub enum ImageRefError {
     /// Empty, or a character or component a registry reference cannot have.
     #[error(
-        "{0:?} is not an image reference; expected [registry/]repository:tag such as registry.k8s.io/pause:3.10.1"
+        "{0:?} is not an image reference; expected [registry/]repository:tag such as registry.k8s.io/pause:3.10.2"
     )]
     Malformed(String),
     /// No tag: the tag says which version to fetch; the lock records its digest.

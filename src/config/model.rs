@@ -140,11 +140,11 @@ pub enum DhcpMode {
 /// A Kubernetes-style `x.y.z` version. Serialized as the string `x.y.z`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Version {
-    /// Major version, `1` in `1.37.2`.
+    /// Major version, `1` in `1.36.3`.
     pub major: u32,
-    /// Minor version, `37` in `1.37.2`.
+    /// Minor version, `36` in `1.36.3`.
     pub minor: u32,
-    /// Patch release, `2` in `1.37.2`.
+    /// Patch release, `3` in `1.36.3`.
     pub patch: u32,
 }
 
@@ -163,7 +163,7 @@ impl Serialize for Version {
 impl std::str::FromStr for Version {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("{s:?} is not a version of the form x.y.z (for example 1.37.2)");
+        let bad = || format!("{s:?} is not a version of the form x.y.z (for example 1.36.3)");
         let s2 = s.strip_prefix('v').unwrap_or(s);
         let parts: Vec<&str> = s2.split('.').collect();
         if parts.len() != 3

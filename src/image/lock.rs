@@ -62,7 +62,7 @@ pub struct Lock {
 /// One container image for one architecture, as `imgbuild fetch` resolved and verified it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageLockEntry {
-    /// The reference as `cluster.toml` writes it, normalised (`registry.k8s.io/pause:3.10.1`).
+    /// The reference as `cluster.toml` writes it, normalised (`registry.k8s.io/pause:3.10.2`).
     #[serde(rename = "ref")]
     pub reference: String,
     /// The Debian architecture the image manifest is for.

@@ -193,7 +193,7 @@ mod tests {
         let cri = &v["plugins"]["io.containerd.grpc.v1.cri"];
         assert_eq!(
             cri["sandbox_image"].as_str(),
-            Some("registry.k8s.io/pause:3.10.1")
+            Some("registry.k8s.io/pause:3.10.2")
         );
         let runc = &cri["containerd"]["runtimes"]["runc"];
         assert_eq!(runc["runtime_type"].as_str(), Some("io.containerd.runc.v2"));

@@ -199,7 +199,7 @@ pub fn mirror(dir: &Path) -> String {
             format!("{}\n", sha(data.as_bytes())).as_bytes(),
         );
         toml += &format!(
-            "[artifacts.{n}]\nversion = \"1.37.2\"\nurl = \"file://{}/{n}\"\n\n",
+            "[artifacts.{n}]\nversion = \"1.36.3\"\nurl = \"file://{}/{n}\"\n\n",
             dir.display()
         );
     }

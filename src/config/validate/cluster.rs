@@ -13,7 +13,7 @@ pub(super) fn check(
     let kv = c.parse::<Version>(
         &p!["cluster", "kubernetes_version"],
         &f.kubernetes_version,
-        "a Kubernetes version of the form x.y.z (for example 1.37.2)",
+        "a Kubernetes version of the form x.y.z (for example 1.36.3)",
     );
     let pod = c.cidr(&p!["cluster", "pod_cidr"], &f.pod_cidr);
     let svc = c.cidr(&p!["cluster", "service_cidr"], &f.service_cidr);
