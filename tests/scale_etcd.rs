@@ -18,7 +18,6 @@ mod common;
 mod etcd;
 
 use imgbuild::config::{MacAddr, Role};
-use imgbuild::image::manifest::{FileEntry, Inputs, Manifest};
 use imgbuild::netboot::state::Shared;
 use imgbuild::pki::{enroll, secrets, state_store};
 use imgbuild::status::Events;
@@ -50,28 +49,8 @@ async fn replica(config: &Path, name: &str) -> Replica {
     ));
     imgbuild::netboot::replicas::spawn(&shared);
     let app = imgbuild::netboot::http::app(shared.clone());
-    let ca = imgbuild::pki::provisioning::load_ca(&shared.cluster().paths.secrets).unwrap();
-    let id = imgbuild::pki::provisioning::server_cert(&ca, &["127.0.0.1".parse().unwrap()], &[])
-        .unwrap();
-    let acceptor = imgbuild::netboot::http::tls::acceptor(&id).unwrap();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let p = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let plain = p.local_addr().unwrap();
-    let plain_app = app.clone();
-    let server = tokio::spawn(async move {
-        tokio::spawn(async move {
-            axum::serve(
-                p,
-                plain_app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .await
-            .unwrap();
-        });
-        imgbuild::netboot::http::tls::serve_tls_listener(l, acceptor, app)
-            .await
-            .unwrap();
-    });
+    let l = common::https::serve(app, &shared.cluster().paths.secrets).await;
+    let (addr, plain, server) = (l.https, l.plain, l.task);
     Replica {
         shared,
         addr,
@@ -111,36 +90,15 @@ fn make_image(images: &Path, role: Role, salt: &str) -> String {
         let b = Sha256::digest(format!("{role}{salt}{name}").as_bytes()).to_vec();
         files.insert(name.to_string(), b);
     }
-    let manifest = Manifest {
-        format: 1,
+    let role_name = role.to_string();
+    let spec = common::ImageSpec {
         role,
         arch: Default::default(),
-        profile: vec!["base".into(), role.to_string()],
+        profile: &["base", &role_name],
         standins: false,
-        kernel_args: vec!["console=ttyS0,115200".into()],
-        inputs: Inputs::default(),
-        files: files
-            .iter()
-            .map(|(n, b)| {
-                (
-                    n.clone(),
-                    FileEntry {
-                        size: b.len() as u64,
-                        sha256: hex::encode(Sha256::digest(b)),
-                    },
-                )
-            })
-            .collect(),
-        rootfs_verity: None,
+        kernel_args: &["console=ttyS0,115200"],
     };
-    let id = manifest.id();
-    let d = images.join(&id);
-    std::fs::create_dir_all(&d).unwrap();
-    for (n, b) in &files {
-        std::fs::write(d.join(n), b).unwrap();
-    }
-    std::fs::write(d.join("manifest.json"), manifest.to_bytes()).unwrap();
-    id
+    common::commit_image(images, &spec, &files).0
 }
 
 fn imgbuild(config: &Path, args: &[&str]) -> (bool, String) {
