@@ -43,7 +43,7 @@ use crate::pki::attest::policy::{Evidence, Expected, verify};
 use crate::pki::attest::public::Public;
 use crate::pki::attest::sessions::{Challenge, Missing, Sessions};
 use crate::pki::attest::{credential, ek, seal};
-use crate::pki::enroll::{Enrolled, bundle};
+use crate::pki::enroll::bundle;
 use crate::pki::secrets;
 use crate::pki::state_store::documents;
 use crate::status::{Source, now_ms};
@@ -465,28 +465,20 @@ fn prove_blocking(ctx: &Ctx, mac: MacAddr, peer: IpAddr, body: ProveRequest) -> 
             .take(mac, &body.id, now_ms());
     let ch = match taken {
         Ok(c) => c,
-        Err(Missing::Unknown) => {
+        Err(missing) => {
+            let why = match missing {
+                Missing::Unknown => "unknown or already used challenge",
+                Missing::Expired => "the challenge expired",
+            };
+            let msg =
+                format!("attestation refused for {who}: {why} (stale nonce); ask for a new one");
             return refuse(
                 ctx,
                 "stale-challenge",
                 StatusCode::FORBIDDEN,
                 mac,
                 peer,
-                format!(
-                    "attestation refused for {who}: unknown or already used challenge (stale nonce); ask for a new one"
-                ),
-            );
-        }
-        Err(Missing::Expired) => {
-            return refuse(
-                ctx,
-                "stale-challenge",
-                StatusCode::FORBIDDEN,
-                mac,
-                peer,
-                format!(
-                    "attestation refused for {who}: the challenge expired (stale nonce); ask for a new one"
-                ),
+                msg,
             );
         }
     };
@@ -567,19 +559,7 @@ fn prove_blocking(ctx: &Ctx, mac: MacAddr, peer: IpAddr, body: ProveRequest) -> 
             .and_then(|j| seal::seal(&ch.credential, &j).map_err(|e| e.to_string()));
         let write = first && s.is_ok();
         if write {
-            st.enrolled.insert(
-                mac,
-                Enrolled {
-                    hostname: m.hostname.clone(),
-                    ip: peer,
-                    at_ms: now,
-                },
-            );
-            st.pending.remove(&mac);
-            st.approved.remove(&mac);
-            if st.all_enrolled(&cluster) {
-                st.auto_closed = true;
-            }
+            st.record_enrolled(&cluster, m, peer, now);
         }
         sealed = Some(s.map(|s| (s, first)));
         ((), write)
