@@ -1,11 +1,12 @@
-//! Server replicas on one shared state: a real 3-member etcd cluster (Debian's `etcd-server`) on 127.0.0.1 and
-//! two replicas of the server's whole application, each with its own etcd client, its own HTTPS listener and
-//! its own in-memory state, exactly as two `imgbuild serve` hosts would hold them; real curl clients bind the
-//! inventory addresses (127.77.0.0/24 on `lo`), and `imgbuild pin` / `imgbuild enroll` run as the real binary.
-//! Proves: enrollment "once" across replicas under concurrent requests, the barrier and the published token
-//! seen by the other replica, a re-pin on one host served by the other replica at once (etcd watch), the
-//! shared event history naming the replica that served each stage, and replicas going on with one etcd
-//! member killed.
+//! Server replicas on one shared state: a real 3-member etcd cluster (Debian's `etcd-server`) on 127.0.0.1 and two
+//! replicas of the server's whole application, each with its own etcd client, its own HTTPS listener and its own
+//! in-memory state, exactly as two `imgbuild serve` hosts would hold them; real curl clients bind the inventory
+//! addresses (127.77.0.0/24 on `lo`), and `imgbuild pin` / `imgbuild enroll` run as the real binary. Proves:
+//! enrollment "once" across replicas under concurrent requests, the barrier and the published token seen by the
+//! other replica, TPM-attested enrollment on the same shared state (a pending EK recorded through one replica, seen
+//! and served through the other after `imgbuild enroll approve`, enrolled once), a re-pin on one host served by the
+//! other replica at once (etcd watch), the shared event history naming the replica that served each stage, and
+//! replicas going on with one etcd member killed.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
