@@ -16,21 +16,15 @@ use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 use imgbuild::config::MacAddr;
 use imgbuild::netboot::dhcp::Journal;
 
-const BIN: &str = env!("CARGO_BIN_EXE_imgbuild");
-const REPO: &str = env!("CARGO_MANIFEST_DIR");
-const SERVER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+#[allow(unused)]
+mod common;
+#[path = "common/dhcp_client.rs"]
+mod dhcp_client;
 
-fn run(cmd: &[&str]) {
-    let out = Command::new(cmd[0])
-        .args(&cmd[1..])
-        .output()
-        .expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use dhcp_client::{Udhcpc, run};
+
+const BIN: &str = env!("CARGO_BIN_EXE_imgbuild");
+const SERVER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 
 /// Two namespaces joined by a veth pair; the server side has 10.77.0.1/24. Removed on drop.
 struct Lab {
@@ -95,18 +89,10 @@ impl Lab {
 
     /// Writes `cluster.toml` (the example, on our veth, state in the temp dir), edited by `edit`.
     fn write_config(&self, edit: impl Fn(String) -> String) -> PathBuf {
-        let src = std::fs::read_to_string(Path::new(REPO).join("cluster.toml")).unwrap();
-        let src = src.replace(
-            "interface = \"br0\"",
-            &format!("interface = \"{}\"", self.srv_if),
-        );
-        let src = format!(
-            "{}\n[paths]\nprofiles = \"{REPO}/profiles\"\nipxe = \"{REPO}/ipxe\"\nimages = \"images\"\nstate = \"state\"\nsecrets = \"secrets\"\ncache = \"cache\"\n",
-            edit(src)
-        );
-        let p = self.path("cluster.toml");
-        std::fs::write(&p, src).unwrap();
-        p
+        let iface = format!("interface = \"{}\"", self.srv_if);
+        common::write_cluster(self.dir.path(), false, |t| {
+            edit(t.replace("interface = \"br0\"", &iface))
+        })
     }
 
     fn set_client_mac(&self, mac: &str) {
@@ -173,39 +159,18 @@ impl Lab {
 
     /// Runs udhcpc once in the client namespace; returns the variables of its `bound` event, if any.
     fn udhcpc(&self, extra: &[&str]) -> Option<BTreeMap<String, String>> {
-        let script = self.path("udhcpc.sh");
-        std::fs::write(&script, "#!/bin/sh\nenv > \"$OUT.$1\"\n").unwrap();
-        run(&["chmod", "+x", script.to_str().unwrap()]);
-        let out = self.path("udhcpc");
-        let _ = std::fs::remove_file(out.with_extension("bound"));
-        let status = Command::new("timeout")
-            .args([
-                "20",
-                "ip",
-                "netns",
-                "exec",
-                &self.cli_ns,
-                "udhcpc",
-                "-f",
-                "-q",
-                "-n",
-            ])
-            .args(["-t", "3", "-T", "1", "-A", "1", "-i", &self.cli_if, "-s"])
-            .arg(&script)
-            .args(extra)
-            .env("OUT", &out)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
-        let text = std::fs::read_to_string(out.with_extension("bound")).ok()?;
-        assert!(status.success());
-        Some(
-            text.lines()
-                .filter_map(|l| l.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
+        let client = Udhcpc {
+            ns: &self.cli_ns,
+            iface: &self.cli_if,
+            timeout_secs: 20,
+            tries: 3,
+            pause_secs: 1,
+        };
+        let (bound, ok) = client.once(self.dir.path(), extra);
+        if bound.is_some() {
+            assert!(ok);
+        }
+        bound
     }
 }
 

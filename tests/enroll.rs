@@ -45,30 +45,8 @@ fn app(shared: &Arc<Shared>) -> axum::Router {
 
 /// HTTPS (as `serve` runs it) and plain HTTP listeners on loopback for the same application.
 async fn serve(shared: Arc<Shared>) -> (SocketAddr, SocketAddr, tokio::task::JoinHandle<()>) {
-    let app = app(&shared);
-    let ca = imgbuild::pki::provisioning::load_ca(&shared.cluster().paths.secrets).unwrap();
-    let id = imgbuild::pki::provisioning::server_cert(&ca, &["127.0.0.1".parse().unwrap()], &[])
-        .unwrap();
-    let acceptor = imgbuild::netboot::http::tls::acceptor(&id).unwrap();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let p = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let plain = p.local_addr().unwrap();
-    let plain_app = app.clone();
-    let h = tokio::spawn(async move {
-        tokio::spawn(async move {
-            axum::serve(
-                p,
-                plain_app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .await
-            .unwrap();
-        });
-        imgbuild::netboot::http::tls::serve_tls_listener(l, acceptor, app)
-            .await
-            .unwrap();
-    });
-    (addr, plain, h)
+    let l = common::https::serve(app(&shared), &shared.cluster().paths.secrets).await;
+    (l.https, l.plain, l.task)
 }
 
 impl Lab {

@@ -21,7 +21,7 @@ use super::reply::{NO_PEER, blocking, count, peer_of};
 use crate::config::MacAddr;
 use crate::pki::report_auth::{self, Accepted, NodeFacts, Report, Signature, check_report};
 use crate::pki::state_store::documents;
-use crate::status::{EventError, STAGES, STANDIN_STAGE, Source, now_ms};
+use crate::status::{EventError, STAGES, STANDIN_STAGE, Source, is_uki_fetch, now_ms};
 
 #[derive(Debug, Deserialize)]
 /// The form body of `POST /api/events`.
@@ -213,8 +213,7 @@ fn record(st: &AppState, peer: IpAddr, f: EventForm) -> Response {
 /// report key) in no event since. See [`NodeFacts::in_initrd`].
 fn in_initrd(events: &[crate::status::Event], now: u64) -> bool {
     let boot = events.iter().rposition(|e| {
-        e.source == Source::Server
-            && (e.stage == "kernel" || (e.stage == "bootfile" && e.detail.starts_with("uki.efi")))
+        e.source == Source::Server && (e.stage == "kernel" || is_uki_fetch(&e.stage, &e.detail))
     });
     let Some(i) = boot else { return false };
     now.saturating_sub(events[i].at_ms) <= report_auth::INITRD_WINDOW_MS
