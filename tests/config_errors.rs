@@ -645,7 +645,19 @@ fn containerds_sandbox_image_is_the_one_pause_image_listed_for_every_role() {
     );
     let c = config::load_str(Path::new("cluster.toml"), &src, Path::new(".")).unwrap();
     assert_eq!(c.sandbox_image, "mirror.example:5000/k8s/pause:3.10.2");
-    // No pause image: containerd would pull its sandbox image.
+    // A cluster that bakes none of kubeadm's images (its nodes pull them, pause with them) needs no pause.
+    let start = EXAMPLE.find("[images.kubernetes]").unwrap();
+    let end = EXAMPLE.find("[base]").unwrap();
+    let unbaked = format!(
+        "{}[images.test]\nroles = [\"worker\"]\nrefs = [\"busybox:1.36\"]\n\n{}",
+        &EXAMPLE[..start],
+        &EXAMPLE[end..]
+    )
+    .replace("  \"ghcr.io/kube-vip/kube-vip:v1.0.1\",\n", "");
+    let c = config::load_str(Path::new("cluster.toml"), &unbaked, Path::new("."))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.sandbox_image, "registry.k8s.io/pause:3.10.2");
+    // kubeadm's images baked, no pause image: containerd would pull its sandbox image.
     let (src, p) = problems_with("  \"registry.k8s.io/pause:3.10.2\",\n", "");
     assert_problem(
         &src,
@@ -657,7 +669,8 @@ fn containerds_sandbox_image_is_the_one_pause_image_listed_for_every_role() {
     let msg = &p.iter().find(|p| p.key == "images").unwrap().message;
     assert!(
         msg.contains("kubeadm config images list --kubernetes-version 1.36.3")
-            && msg.contains("[images.node]"),
+            && msg.contains("[images.node]")
+            && msg.contains("registry.k8s.io/kube-apiserver:v1.36.3 in [images.kubernetes]"),
         "{msg}"
     );
     // Listed for the masters only: the workers' and storage nodes' containerd would pull it.

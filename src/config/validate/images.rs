@@ -149,6 +149,21 @@ pub(super) fn check(
     (out, sandbox)
 }
 
+/// The images of kubeadm's own list besides pause: a cluster that bakes any of them means to form without a
+/// registry, so its sandbox image must be baked too.
+const KUBEADM_IMAGES: &[&str] = &[
+    "registry.k8s.io/kube-apiserver",
+    "registry.k8s.io/kube-controller-manager",
+    "registry.k8s.io/kube-scheduler",
+    "registry.k8s.io/kube-proxy",
+    "registry.k8s.io/etcd",
+    "registry.k8s.io/coredns/coredns",
+];
+
+/// The sandbox image of a cluster that bakes none of kubeadm's images and lists no pause image (its nodes pull
+/// kubeadm's images at boot, and this with them): kubeadm's pause for the pinned Kubernetes 1.36.
+const UNBAKED_SANDBOX_IMAGE: &str = "registry.k8s.io/pause:3.10.2";
+
 /// containerd's sandbox image: the pause image, which every role runs containerd with and so must carry.
 fn sandbox_image(
     c: &mut Checker,
@@ -165,10 +180,18 @@ fn sandbox_image(
         }
     };
     let Some(pause) = pause else {
+        let Some(kubeadm) = images
+            .iter()
+            .find(|i| KUBEADM_IMAGES.contains(&i.reference.name().as_str()))
+        else {
+            return Some(UNBAKED_SANDBOX_IMAGE.to_string());
+        };
         c.error(
             &p!["images"],
             format!(
-                "no pause image is listed: every role runs containerd, whose sandbox (pause) image is taken from [images.*] and baked; list kubeadm's pause image ({example}) in a group for every role, such as [images.node] without `roles`"
+                "no pause image is listed, but kubeadm's images are baked ({} in [images.{}]): every role runs containerd, whose sandbox (pause) image would then be pulled at boot; list kubeadm's pause image ({example}) in a group for every role, such as [images.node] without `roles`",
+                kubeadm.reference.full(),
+                kubeadm.group
             ),
         );
         return None;
