@@ -631,3 +631,79 @@ fn attestation_identity_and_ek_pin_are_checked_at_their_line() {
         Err(e) => panic!("unexpected error {e}"),
     }
 }
+
+#[test]
+fn containerds_sandbox_image_is_the_one_pause_image_listed_for_every_role() {
+    // The example: kubeadm's pause, in [images.node] (every role), is what the templates get.
+    let c = config::load_str(Path::new("cluster.toml"), EXAMPLE, Path::new(".")).unwrap();
+    assert_eq!(c.sandbox_image, "registry.k8s.io/pause:3.10.2");
+    // A mirror's pause is taken as it is (full reference).
+    let src = EXAMPLE.replacen(
+        "\"registry.k8s.io/pause:3.10.2\"",
+        "\"mirror.example:5000/k8s/pause:3.10.2\"",
+        1,
+    );
+    let c = config::load_str(Path::new("cluster.toml"), &src, Path::new(".")).unwrap();
+    assert_eq!(c.sandbox_image, "mirror.example:5000/k8s/pause:3.10.2");
+    // A cluster that bakes none of kubeadm's images (its nodes pull them, pause with them) needs no pause.
+    let start = EXAMPLE.find("[images.kubernetes]").unwrap();
+    let end = EXAMPLE.find("[base]").unwrap();
+    let unbaked = format!(
+        "{}[images.test]\nroles = [\"worker\"]\nrefs = [\"busybox:1.36\"]\n\n{}",
+        &EXAMPLE[..start],
+        &EXAMPLE[end..]
+    )
+    .replace("  \"ghcr.io/kube-vip/kube-vip:v1.0.1\",\n", "");
+    let c = config::load_str(Path::new("cluster.toml"), &unbaked, Path::new("."))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.sandbox_image, "registry.k8s.io/pause:3.10.2");
+    // kubeadm's images baked, no pause image: containerd would pull its sandbox image.
+    let (src, p) = problems_with("  \"registry.k8s.io/pause:3.10.2\",\n", "");
+    assert_problem(
+        &src,
+        &p,
+        "images",
+        "no pause image is listed",
+        "[images.kubernetes]",
+    );
+    let msg = &p.iter().find(|p| p.key == "images").unwrap().message;
+    assert!(
+        msg.contains("kubeadm config images list --kubernetes-version 1.36.3")
+            && msg.contains("[images.node]")
+            && msg.contains("registry.k8s.io/kube-apiserver:v1.36.3 in [images.kubernetes]"),
+        "{msg}"
+    );
+    // Listed for the masters only: the workers' and storage nodes' containerd would pull it.
+    let only_masters = EXAMPLE
+        .replacen("  \"registry.k8s.io/pause:3.10.2\",\n", "", 1)
+        .replacen(
+            "  \"ghcr.io/kube-vip/kube-vip:v1.0.1\",\n",
+            "  \"ghcr.io/kube-vip/kube-vip:v1.0.1\",\n  \"registry.k8s.io/pause:3.10.2\",\n",
+            1,
+        );
+    let Err(ConfigError::Invalid(p)) =
+        config::load_str(Path::new("cluster.toml"), &only_masters, Path::new("."))
+    else {
+        panic!("a pause image for the masters only was accepted")
+    };
+    assert_problem(
+        &only_masters,
+        &p,
+        "images",
+        "registry.k8s.io/pause:3.10.2 is not listed for role worker, storage",
+        "[images.kubernetes]",
+    );
+    // Two pause images: containerd has one sandbox image (groups are read in name order, so the node
+    // group's comes second).
+    let (src, p) = problems_with(
+        "  \"ghcr.io/kube-vip/kube-vip:v1.0.1\",\n",
+        "  \"ghcr.io/kube-vip/kube-vip:v1.0.1\",\n  \"registry.k8s.io/pause:3.10\",\n",
+    );
+    assert_problem(
+        &src,
+        &p,
+        "images.node.refs[0]",
+        "a second pause image registry.k8s.io/pause:3.10.2: containerd runs every pod of the cluster in one sandbox image, and images.control-plane-addons.refs[1] already lists registry.k8s.io/pause:3.10",
+        "\"registry.k8s.io/pause:3.10.2\",",
+    );
+}

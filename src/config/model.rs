@@ -205,6 +205,9 @@ pub struct Cluster {
     pub artifacts: BTreeMap<String, Artifact>,
     /// `[images.<group>]`: the container images baked into the role images, in group then file order.
     pub images: Vec<ContainerImage>,
+    /// containerd's sandbox image, the full reference of the one pause image `[images.*]` lists for every role
+    /// (`registry.k8s.io/pause:3.10.2`): the templates write it as `cluster.sandbox_image`.
+    pub sandbox_image: String,
     /// `[base]`: the Debian release and packages of the base layer.
     pub base: Base,
     /// `[paths]`: the directories imgbuild reads and writes, made absolute.

@@ -172,6 +172,10 @@ struct InputKey<'a> {
     /// The container images baked in (absent when none: the keys of images without any are unchanged).
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     images: &'a [layout::BakedImage],
+    /// The digests the manifests are pinned to: every image of the cluster the lock records for the
+    /// architecture (absent when none).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pins: &'a BTreeMap<String, String>,
 }
 
 /// What decides a UKI's bytes beyond the kernel, initrd and root filesystem: the db certificate it is signed
@@ -330,6 +334,7 @@ struct Prepared {
     config_digest: String,
     uki: Option<UkiInputs>,
     images: Vec<layout::BakedImage>,
+    pins: BTreeMap<String, String>,
     key: String,
 }
 
@@ -380,6 +385,8 @@ fn inputs(
             unfetched.join(", ")
         );
     }
+    // The manifests are pinned to every locked image of the cluster, not only the role's (docs/air-gapped.md).
+    let pins = pin_refs::cluster_pins(cluster, arch)?;
     let key = hex::encode(Sha256::digest(
         serde_json::to_vec(&InputKey {
             format: FORMAT,
@@ -396,6 +403,7 @@ fn inputs(
             initrd_digest: &initrd_cfg.digest,
             uki: uki.as_ref(),
             images: &images,
+            pins: &pins,
         })
         .expect("serializes"),
     ));
@@ -411,6 +419,7 @@ fn inputs(
         config_digest,
         uki,
         images,
+        pins,
         key,
     })
 }
@@ -435,6 +444,7 @@ pub fn build_for(
         config_digest,
         uki: uki_inputs,
         images: baked,
+        pins,
         key,
     } = inputs(cluster, role, arch, opts)?;
     let index_dir = cluster.paths.cache.join("index");
@@ -561,8 +571,8 @@ pub fn build_for(
         layer::apply_tree(&root, &tree)?;
         layer::check_scrubbed(&root)?;
         layer::preset(&root, &profile.enable_units)?;
-        // The manifests name the baked images by their locked digest (docs/air-gapped.md).
-        let pinned = pin_refs::pin_dirs(&root, &[install::MANIFEST_DIR, KUBE_VIP_DIR], &baked)?;
+        // The manifests name the cluster's locked images by digest (docs/air-gapped.md).
+        let pinned = pin_refs::pin_dirs(&root, &[install::MANIFEST_DIR, KUBE_VIP_DIR], &pins)?;
         let pk = layer::packages(&root)?;
         let detail = format!(
             "{} files, {} units, {pinned} image refs pinned, {}",
