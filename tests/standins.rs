@@ -804,8 +804,8 @@ fn kube_vip_entrypoint(cluster: &Cluster) -> String {
 
 /// The kube-vip stand-in, run with busybox in a network namespace of its own with the environment of the master
 /// image's rendered static pod (kube-vip.yaml, its NIC filled in): it puts the VIP as a deprecated /32 on
-/// `vip_interface`, announces it by gratuitous ARP (the peer, accepting gratuitous ARP, learns the NIC's MAC
-/// without asking), removes it on SIGTERM; and it refuses what kube-vip v1.0.1 refuses.
+/// `vip_interface`, announces it by gratuitous ARP (reply and request, seen by tcpdump on the peer), answers ARP
+/// for it at the NIC's MAC, removes it on SIGTERM; and it refuses what kube-vip v1.0.1 refuses.
 #[test]
 fn root_standin_kube_vip_puts_the_vip_on_its_interface_and_refuses_what_kube_vip_refuses() {
     let r = setup();
@@ -846,7 +846,7 @@ fn root_standin_kube_vip_puts_the_vip_on_its_interface_and_refuses_what_kube_vip
     }
     let run = |extra: &str| {
         format!(
-            "env -i PATH={bin} IMGBUILD_ROOT={root} {env} {extra} busybox sh {entry} manager",
+            "env -i PATH={bin} IMGBUILD_ROOT={root} {env} {extra} /bin/busybox sh {entry} manager",
             bin = bin.display(),
             root = r.root.display(),
             env = env.join(" ")
@@ -874,15 +874,22 @@ fn root_standin_kube_vip_puts_the_vip_on_its_interface_and_refuses_what_kube_vip
             "unable to load in-cluster configuration",
         ),
     ];
-    let mut script = String::from(
+    let cap = r.root.join("arp.txt");
+    // The peer (the LAN) in a namespace of its own: ARP from an address of the same host would be ignored.
+    let mut script = format!(
         "set -u\nmount -t sysfs sysfs /sys\nip link set lo up\n\
-         ip link add nic0 type veth peer name peer0\nip link add down0 type veth peer name down1\n\
-         ip link set nic0 up\nip link set peer0 up\nip addr add 10.77.0.1/24 dev peer0\n\
-         sysctl -qw net.ipv4.conf.peer0.arp_accept=1\n",
+         unshare -n sleep 120 &\nP=$!\n\
+         until [ \"$(readlink /proc/$P/ns/net)\" != \"$(readlink /proc/self/ns/net)\" ]; do sleep 0.05; done\n\
+         peer() {{ nsenter -t $P -n \"$@\"; }}\n\
+         ip link add nic0 type veth peer name peer0 netns $P\nip link add down0 type veth peer name down1\n\
+         ip link set nic0 up\nip addr add 10.77.0.11/24 dev nic0\n\
+         peer ip link set peer0 up\npeer ip addr add 10.77.0.1/24 dev peer0\n\
+         peer tcpdump -i peer0 -n -e -l arp >{cap} 2>/dev/null &\nT=$!\nsleep 1\n",
+        cap = cap.display()
     );
     for (i, (extra, _)) in refusals.iter().enumerate() {
         script.push_str(&format!(
-            "echo \"CASE {i} $(timeout 20 {} 2>&1; echo rc=$?)\"\n",
+            "echo \"CASE {i} $( (timeout 20 {} 2>&1; echo rc=$?) | tr '\\n' ' ')\"\n",
             run(extra)
         ));
     }
@@ -890,14 +897,16 @@ fn root_standin_kube_vip_puts_the_vip_on_its_interface_and_refuses_what_kube_vip
         "{} >{log} 2>&1 &\nK=$!\n\
          for i in $(seq 1 100); do ip -o addr show dev nic0 | grep -q ' {vip}/32 ' && break; sleep 0.1; done\n\
          echo \"ADDR $(ip -o addr show dev nic0 | grep ' {vip}/')\"\n\
-         for i in $(seq 1 50); do ip neigh show {vip} dev peer0 | grep -q lladdr && break; sleep 0.1; done\n\
-         echo \"NEIGH $(ip neigh show {vip} dev peer0)\"\n\
+         sleep 4\n\
+         echo \"ARPING $(peer busybox arping -f -w 3 -I peer0 {vip} | tr '\\n' ' ')\"\n\
          echo \"MAC $(cat /sys/class/net/nic0/address)\"\n\
          kill -TERM $K; wait $K\n\
          echo \"AFTER $(ip -o addr show dev nic0 | grep -c ' {vip}/')\"\n\
-         cat {log}\n",
+         kill $T; wait $T; kill $P\n\
+         cat {log} {cap}\n",
         run(""),
-        log = r.root.join("kube-vip.log").display()
+        log = r.root.join("kube-vip.log").display(),
+        cap = cap.display()
     ));
     let out = Command::new("unshare")
         .args(["-n", "-m", "bash", "-c", &script])
@@ -927,10 +936,16 @@ fn root_standin_kube_vip_puts_the_vip_on_its_interface_and_refuses_what_kube_vip
         addr.contains(&format!("inet {vip}/32 ")) && addr.contains("deprecated"),
         "the VIP as a /32 with preferred_lft 0 on nic0: {text}"
     );
-    let neigh = line("NEIGH ");
+    // Gratuitous ARP from nic0's MAC, reply then request (sender = target = VIP), and an ARP request answered.
     assert!(
-        neigh.contains(&format!("lladdr {mac}")),
-        "the peer learnt the VIP at nic0's MAC {mac} from gratuitous ARP alone: {text}"
+        text.contains(&format!("{mac} > ff:ff:ff:ff:ff:ff, ethertype ARP (0x0806), length 42: Reply {vip} is-at {mac}"))
+            && text.contains(&format!("{mac} > ff:ff:ff:ff:ff:ff, ethertype ARP (0x0806), length 42: Request who-has {vip} (ff:ff:ff:ff:ff:ff) tell {vip}")),
+        "no gratuitous ARP for {vip} from nic0 ({mac}): {text}"
+    );
+    let arping = line("ARPING ").to_lowercase();
+    assert!(
+        arping.contains(&format!("[{mac}]")),
+        "the VIP {vip} answers ARP at nic0's MAC {mac}: {text}"
     );
     assert_eq!(
         line("AFTER ").trim(),
