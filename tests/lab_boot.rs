@@ -337,7 +337,7 @@ fn root_lab_full_dhcp_bios_master_worker_and_http_boot_storage_reach_joined_in_o
         .arg("-r")
         .arg(&pcap)
         .args(["-n", "-e", "-c", "400"])
-        .arg(format!("arp and ether src {}", m1.mac))
+        .arg(format!("ether src {} and arp", m1.mac))
         .output()
         .expect("tcpdump (Debian package tcpdump)");
     let garp = String::from_utf8_lossy(&garp.stdout);
