@@ -275,6 +275,43 @@ fn root_lab_full_dhcp_bios_master_worker_and_http_boot_storage_reach_joined_in_o
         joined.contains("kube-vip manifest in place, vip_interface eth1"),
         "{joined}"
     );
+    // kube-vip ran: the labelled stand-in image, started from /etc/kubernetes/manifests by the stand-in kubelet
+    // through the node's real containerd, put the VIP on the NIC master-1 booted from (eth1, the inventory MAC),
+    // not on the decoy eth0 ...
+    let m1 = lab.cluster.machine_by_hostname("master-1").unwrap().clone();
+    let vip = lab.cluster.control_plane.vip.to_string();
+    let on = format!("VIP {vip}/32 on eth1 ({})", m1.mac);
+    assert!(
+        joined.contains(&on),
+        "master-1's joined event lacks {on:?}: {joined}"
+    );
+    // ... and from the server's side of the lab network the VIP answers, at that NIC's MAC.
+    let in_ns = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", lab.netns()])
+            .args(args)
+            .output()
+            .expect("ip netns exec");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, ping) = in_ns(&["busybox", "ping", "-c", "3", "-W", "5", &vip]);
+    assert!(
+        ok,
+        "the VIP {vip} does not answer ping from the lab server's namespace: {ping}"
+    );
+    let (_, neigh) = in_ns(&["ip", "neigh", "show", &vip]);
+    assert!(
+        neigh.contains(&format!("lladdr {}", m1.mac)),
+        "the server's neighbour entry for the VIP {vip} is not master-1's boot NIC {}: {neigh}",
+        m1.mac
+    );
     // Nothing secret crossed the wire in clear: no PEM block, no bootstrap token (the one `secrets init` made,
     // which every bundle carried, and the one master-1 renewed and published, now in token.json).
     capture.stop();
@@ -295,6 +332,20 @@ fn root_lab_full_dhcp_bios_master_worker_and_http_boot_storage_reach_joined_in_o
         bytes.len()
     );
     assert_no_packet_left_the_lab(&pcap, &lab.cluster.network.subnet.to_string());
+    // kube-vip's gratuitous ARP for the VIP came from master-1's boot NIC (sender = target = VIP).
+    let garp = std::process::Command::new("tcpdump")
+        .arg("-r")
+        .arg(&pcap)
+        .args(["-n", "-e", "-c", "400"])
+        .arg(format!("ether src {} and arp", m1.mac))
+        .output()
+        .expect("tcpdump (Debian package tcpdump)");
+    let garp = String::from_utf8_lossy(&garp.stdout);
+    assert!(
+        garp.contains(&format!("who-has {vip} (ff:ff:ff:ff:ff:ff) tell {vip},")),
+        "no gratuitous ARP for the VIP {vip} from {} in the capture:\n{garp}",
+        m1.mac
+    );
     assert!(!has(b"-----BEGIN"), "a PEM block crossed the LAN in clear");
     assert!(
         !has(b"PRIVATE KEY"),
@@ -932,8 +983,62 @@ const RUNTIME_CHECK_SAYS: &str = "imgbuild runtime check: busybox ran";
 /// directly) whose command prints [`RUNTIME_CHECK_SAYS`] and its own PID, stored in the lab's content-addressed
 /// cache as `imgbuild fetch` would have stored it. Returns its reference and manifest digest.
 fn runtime_check_image() -> (String, String) {
+    busybox_image(
+        "lab.invalid/imgbuild-runtime-check:1",
+        &[],
+        &[],
+        serde_json::json!({"Cmd": ["/bin/sh", "-c", format!("echo \"{RUNTIME_CHECK_SAYS} in pid $$\"")]}),
+    )
+}
+
+/// The repository's example cluster (`cluster.toml`), loaded as the product loads it.
+fn example_cluster() -> imgbuild::config::Cluster {
+    imgbuild::config::load(&Path::new(REPO).join("cluster.toml")).unwrap()
+}
+
+/// The kube-vip version the product's default image pins (`ghcr.io/kube-vip/kube-vip:v1.0.1`): the stand-in
+/// image carries the same tag.
+fn kube_vip_version() -> String {
+    let real = example_cluster().control_plane.kube_vip_image;
+    real.rsplit_once(":v")
+        .expect("a tagged kube-vip image")
+        .1
+        .to_string()
+}
+
+/// The labelled stand-in for kube-vip's image (it cannot be downloaded here): busybox-static and the stand-in
+/// entrypoint `/kube-vip` (profiles/standins/kube-vip-entrypoint.sh.j2, rendered for the pinned version), with
+/// the busybox applets it calls. It does what kube-vip's ARP mode does for the control plane: the VIP on
+/// `vip_interface`, gratuitous ARP. Returns its reference and manifest digest.
+fn kube_vip_standin_image() -> (String, String) {
+    let version = kube_vip_version();
+    let cluster = example_cluster();
+    let entry = imgbuild::template::engine_for(&cluster)
+        .render(
+            "profiles/standins/kube-vip-entrypoint.sh.j2",
+            &serde_json::json!({ "version": version }),
+        )
+        .unwrap();
+    busybox_image(
+        &format!("lab.invalid/kube-vip-standin:v{version}"),
+        &[("kube-vip", entry.as_bytes())],
+        &[
+            "arping", "awk", "cat", "date", "expr", "grep", "head", "hostname", "ip", "sed",
+            "sleep", "tr", "usleep",
+        ],
+        serde_json::json!({"Entrypoint": ["/kube-vip"], "Env": ["PATH=/bin"]}),
+    )
+}
+
+/// A one-layer image of busybox-static at `/bin/busybox` (`/bin/sh` and `applets` linked to it) and `files`
+/// (mode 0755) at the root, with the image config's `config` section; stored in the shared cache.
+fn busybox_image(
+    reference: &str,
+    files: &[(&str, &[u8])],
+    applets: &[&str],
+    config: serde_json::Value,
+) -> (String, String) {
     use imgbuild::image::oci::blobs::{Blobs, digest_of};
-    let reference = "lab.invalid/imgbuild-runtime-check:1".to_string();
     let mut layer = tar::Builder::new(Vec::new());
     let mut add = |path: &str, kind: tar::EntryType, mode: u32, data: &[u8], link: Option<&str>| {
         let mut h = tar::Header::new_ustar();
@@ -958,19 +1063,24 @@ fn runtime_check_image() -> (String, String) {
         &std::fs::read("/bin/busybox").expect("busybox-static's /bin/busybox"),
         None,
     );
-    add(
-        "bin/sh",
-        tar::EntryType::Symlink,
-        0o777,
-        b"",
-        Some("busybox"),
-    );
+    for a in std::iter::once(&"sh").chain(applets) {
+        add(
+            &format!("bin/{a}"),
+            tar::EntryType::Symlink,
+            0o777,
+            b"",
+            Some("busybox"),
+        );
+    }
+    for (path, data) in files {
+        add(path, tar::EntryType::Regular, 0o755, data, None);
+    }
     let layer = layer.into_inner().unwrap();
     let layer_digest = digest_of(&layer);
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
-        "config": {"Cmd": ["/bin/sh", "-c", format!("echo \"{RUNTIME_CHECK_SAYS} in pid $$\"")]},
+        "config": config,
         "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
     }))
     .unwrap();
@@ -989,42 +1099,62 @@ fn runtime_check_image() -> (String, String) {
         ("config", &config_digest, &config),
         ("manifest", &manifest_digest, &manifest),
     ] {
-        blobs.put(&reference, what, digest, data).unwrap();
+        blobs.put(reference, what, digest, data).unwrap();
     }
-    (reference, manifest_digest)
+    (reference.to_string(), manifest_digest)
 }
 
 /// The example cluster, its worker role also baking the runtime-check image `reference` (locked at `digest`,
-/// amd64, in `dir/user/imgbuild.lock`), written into `dir/user` with absolute paths.
+/// amd64, in `dir/user/imgbuild.lock`) and its masters running the labelled kube-vip stand-in image
+/// ([`kube_vip_standin_image`]) as `[control_plane] kube_vip_image`, baked for them; written into `dir/user`
+/// with absolute paths.
 fn config_with_runtime_check(dir: &Path, reference: &str, digest: &str) -> PathBuf {
     use imgbuild::image::lock::{ImageLockEntry, Lock};
     let blobs = imgbuild::image::oci::blobs::Blobs::under(&shared_cache());
-    let manifest: serde_json::Value = serde_json::from_slice(&blobs.read(digest).unwrap()).unwrap();
-    let mut size =
-        blobs.read(digest).unwrap().len() as u64 + manifest["config"]["size"].as_u64().unwrap();
-    for l in manifest["layers"].as_array().unwrap() {
-        size += l["size"].as_u64().unwrap();
-    }
     // Not the lab dir itself: the lab writes its own cluster.toml there and copies this lock beside it.
     let dir = dir.join("user");
     std::fs::create_dir_all(&dir).unwrap();
     let lock_path = dir.join("imgbuild.lock");
     let mut lock = Lock::load(&lock_path).unwrap();
-    lock.upsert_image(ImageLockEntry {
-        reference: reference.to_string(),
-        arch: "amd64".into(),
-        index: None,
-        manifest: digest.to_string(),
-        config: manifest["config"]["digest"].as_str().unwrap().to_string(),
-        size,
-    });
+    let (vip_ref, vip_digest) = kube_vip_standin_image();
+    for (reference, digest) in [(reference, digest), (vip_ref.as_str(), vip_digest.as_str())] {
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&blobs.read(digest).unwrap()).unwrap();
+        let mut size =
+            blobs.read(digest).unwrap().len() as u64 + manifest["config"]["size"].as_u64().unwrap();
+        for l in manifest["layers"].as_array().unwrap() {
+            size += l["size"].as_u64().unwrap();
+        }
+        lock.upsert_image(ImageLockEntry {
+            reference: reference.to_string(),
+            arch: "amd64".into(),
+            index: None,
+            manifest: digest.to_string(),
+            config: manifest["config"]["digest"].as_str().unwrap().to_string(),
+            size,
+        });
+    }
     lock.save(&lock_path).unwrap();
-    let mut text = common::example_text();
+    // The masters' static pod names the stand-in (only this stand-in build does: the product's default stays
+    // the real image).
+    let text = common::example_text().replace(
+        "[control_plane]\n",
+        &format!("[control_plane]\nkube_vip_image = \"{vip_ref}\"\n"),
+    );
+    assert!(
+        text.contains(&vip_ref),
+        "the example has a [control_plane] table"
+    );
+    let mut text = text;
     text.push_str(&format!(
         r#"
 [images.runtime-check]
 roles = ["worker"]
 refs = ["{reference}"]
+
+[images.kube-vip-standin]
+roles = ["master"]
+refs = ["{vip_ref}"]
 
 [paths]
 profiles = "{REPO}/profiles"
