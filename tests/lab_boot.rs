@@ -50,13 +50,14 @@ fn events(lab: &Lab) -> Vec<Event> {
         .collect()
 }
 
-/// Stage names of `mac` in the order they were first recorded (stand-in binaries' own reports are not stages).
+/// Stage names of `mac` in the order they were first recorded (stand-in binaries' own reports and log-only events
+/// such as `node-facts` are not stages).
 fn first_seen(events: &[Event], mac: MacAddr) -> Vec<String> {
     let mut seen = Vec::new();
-    for e in events
-        .iter()
-        .filter(|e| e.mac == mac && e.stage != imgbuild::status::STANDIN_STAGE)
-    {
+    for e in events.iter().filter(|e| {
+        e.mac == mac
+            && (e.stage == "failed" || imgbuild::status::STAGES.contains(&e.stage.as_str()))
+    }) {
         if !seen.contains(&e.stage) {
             seen.push(e.stage.clone());
         }
@@ -516,6 +517,23 @@ fn root_lab_secure_boot_signed_ukis_by_http_boot_and_pxe_tftp_master_and_worker_
                 && d.contains("Secure Boot on")),
             "{h} did not enroll by TPM attestation of its UKI: {attested:?}"
         );
+        // docs/secure-boot.md: no machine facts in the initrd; after switch-root they came over HTTPS (recorded by
+        // the server per node, from the node's own address).
+        let facts: Vec<&str> = evs
+            .iter()
+            .filter(|e| {
+                e.mac == m.mac
+                    && e.stage == imgbuild::netboot::http::node::FACTS_STAGE
+                    && e.source == imgbuild::status::Source::Server
+            })
+            .map(|e| e.detail.as_str())
+            .collect();
+        assert!(
+            facts
+                .iter()
+                .any(|d| d.starts_with(&format!("served over HTTPS: host {h}, address {}", m.ip))),
+            "{h} did not fetch its machine facts over HTTPS: {facts:?}"
+        );
     }
     let w = lab.cluster.machine_by_hostname("worker-1").unwrap().clone();
     let mut must = boot_path();
@@ -542,6 +560,18 @@ fn root_lab_secure_boot_signed_ukis_by_http_boot_and_pxe_tftp_master_and_worker_
     let metrics = String::from_utf8_lossy(&out.stdout);
     assert!(
         metrics.contains(&format!("imgbuild_node_secure_boot{{mac=\"{}\"}} 1", w.mac)),
+        "{metrics}"
+    );
+    // No plain-HTTP request for machine facts was made by anyone; each node's initrd fetched its root filesystem by
+    // the root hash on its signed command line (no per-machine answer needed).
+    assert!(
+        !metrics.contains("imgbuild_node_facts_requests_total{outcome=\"plain-http\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "imgbuild_http_requests_total{route=\"/images/by-root-hash/{root_hash}/rootfs.squashfs\",status=\"200\"}"
+        ),
         "{metrics}"
     );
 
