@@ -80,14 +80,17 @@ impl Lab {
     }
 
     /// A node root of `host`'s role after the initrd of a signed UKI: the rendered tree, the NIC, and the
-    /// completed command line (the signed role-level arguments plus what DHCP gave: `dhcp_host`).
+    /// completed command line (the signed role-level arguments plus what DHCP gave: `dhcp_host`). The root is
+    /// named by the host and the API URL's length (the tests' servers differ in it).
     fn node(&self, host: &str, api: &str, dhcp_host: &str) -> PathBuf {
         let m = self.machine(host);
         let root = self.dir.path().join(format!("{host}-{}", api.len()));
-        let _ = std::fs::remove_dir_all(&root);
-        common::render(&self.cluster, m.role)
-            .write_to(&root)
-            .unwrap();
+        // Rendered once per server; each case rewrites what the initrd would have written.
+        if !root.exists() {
+            common::render(&self.cluster, m.role)
+                .write_to(&root)
+                .unwrap();
+        }
         let nic = root.join("sys/class/net/eth0");
         std::fs::create_dir_all(&nic).unwrap();
         std::fs::write(nic.join("address"), format!("{}\n", m.mac)).unwrap();
