@@ -62,7 +62,8 @@ pub(super) fn check(
         c.error(
             &p!["secure_boot", "state_disk"],
             format!(
-                "{state_disk:?} is not a block device path of safe characters (A-Z a-z 0-9 / _ . : -); expected                  a path such as /dev/vda or /dev/disk/by-id/..."
+                "{state_disk:?} is not a block device path of safe characters (A-Z a-z 0-9 / _ . : -); expected \
+                 a path such as /dev/vda or /dev/disk/by-id/..."
             ),
         );
         ok = false;
@@ -122,7 +123,9 @@ pub(super) fn resolve_machines(
             c.error(
                 &p!["machines", i, "state_disk"],
                 format!(
-                    "{:?} differs from [secure_boot] state_disk = {:?}, the state disk on the signed UKI command                      line this machine boots (a UKI names no machine): use {:?} here, set [secure_boot] state_disk                      to it, or set `secure_boot = false` on this machine",
+                    "{:?} differs from [secure_boot] state_disk = {:?}, the state disk on the signed UKI command \
+                     line this machine boots (a UKI names no machine): use {:?} here, set [secure_boot] state_disk \
+                     to it, or set `secure_boot = false` on this machine",
                     m.state_disk, sb.state_disk, sb.state_disk
                 ),
             );
@@ -131,7 +134,9 @@ pub(super) fn resolve_machines(
             c.error(
                 &p!["machines", i, "init_blank"],
                 format!(
-                    "init_blank = {} differs from [secure_boot] init_blank = {}, which the signed UKI command line                      this machine boots carries (a UKI names no machine): make them equal, or set                      `secure_boot = false` on this machine",
+                    "init_blank = {} differs from [secure_boot] init_blank = {}, which the signed UKI command line \
+                     this machine boots carries (a UKI names no machine): make them equal, or set \
+                     `secure_boot = false` on this machine",
                     m.init_blank, sb.init_blank
                 ),
             );
