@@ -681,13 +681,13 @@ fn a_secure_boot_machine_has_the_state_disk_and_init_blank_of_the_signed_command
     // A word the initrd could not take as a state disk.
     let (src, p) = secure_boot_problems(
         "state_disk = \"/dev/vda\"                     # default",
-        "state_disk = \"/dev/vda;reboot\"              # default",
+        "state_disk = \"/dev/vda=1\"                   # default",
     );
     assert_problem(
         &src,
         &p,
         "secure_boot.state_disk",
         "safe characters",
-        "/dev/vda;reboot",
+        "/dev/vda=1",
     );
 }
