@@ -707,3 +707,64 @@ fn containerds_sandbox_image_is_the_one_pause_image_listed_for_every_role() {
         "\"registry.k8s.io/pause:3.10.2\",",
     );
 }
+
+/// The example with Secure Boot on and `edit` applied: its problems (it must be refused).
+fn secure_boot_problems(from: &str, to: &str) -> (String, Vec<Problem>) {
+    let on = EXAMPLE.replacen("enabled = false", "enabled = true", 1);
+    assert_eq!(on.matches(from).count(), 1, "{from:?}");
+    let src = on.replacen(from, to, 1);
+    match config::load_str(Path::new("cluster.toml"), &src, Path::new(".")) {
+        Ok(_) => panic!("edit {from:?} -> {to:?} was accepted"),
+        Err(ConfigError::Invalid(p)) => (src, p),
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+#[test]
+fn a_secure_boot_machine_has_the_state_disk_and_init_blank_of_the_signed_command_line() {
+    // The example as shipped, with Secure Boot on: every machine matches the role-level values.
+    let on = EXAMPLE.replacen("enabled = false", "enabled = true", 1);
+    let c = config::load_str(Path::new("cluster.toml"), &on, Path::new(".")).unwrap();
+    assert_eq!(c.secure_boot.state_disk, "/dev/vda");
+    assert!(c.secure_boot.init_blank);
+    // Another role-level state disk: each Secure Boot machine's own is refused, naming both and the ways out.
+    let (src, p) = secure_boot_problems(
+        "state_disk = \"/dev/vda\"                     # default",
+        "state_disk = \"/dev/sda\"                     # default",
+    );
+    assert_problem(
+        &src,
+        &p,
+        "machines[0].state_disk",
+        "differs from [secure_boot] state_disk = \"/dev/sda\"",
+        "state_disk = \"/dev/vda\"",
+    );
+    assert!(
+        p.iter()
+            .any(|p| p.message.contains("`secure_boot = false`")),
+        "{p:#?}"
+    );
+    let (src, p) = secure_boot_problems(
+        "init_blank = true                           # default false",
+        "init_blank = false                          # default false",
+    );
+    assert_problem(
+        &src,
+        &p,
+        "machines[0].init_blank",
+        "differs from [secure_boot] init_blank = false",
+        "init_blank = true",
+    );
+    // A word the initrd could not take as a state disk.
+    let (src, p) = secure_boot_problems(
+        "state_disk = \"/dev/vda\"                     # default",
+        "state_disk = \"/dev/vda=1\"                   # default",
+    );
+    assert_problem(
+        &src,
+        &p,
+        "secure_boot.state_disk",
+        "safe characters",
+        "/dev/vda=1",
+    );
+}

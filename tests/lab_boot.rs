@@ -50,13 +50,14 @@ fn events(lab: &Lab) -> Vec<Event> {
         .collect()
 }
 
-/// Stage names of `mac` in the order they were first recorded (stand-in binaries' own reports are not stages).
+/// Stage names of `mac` in the order they were first recorded (stand-in binaries' own reports and log-only events
+/// such as `node-facts` are not stages).
 fn first_seen(events: &[Event], mac: MacAddr) -> Vec<String> {
     let mut seen = Vec::new();
-    for e in events
-        .iter()
-        .filter(|e| e.mac == mac && e.stage != imgbuild::status::STANDIN_STAGE)
-    {
+    for e in events.iter().filter(|e| {
+        e.mac == mac
+            && (e.stage == "failed" || imgbuild::status::STAGES.contains(&e.stage.as_str()))
+    }) {
         if !seen.contains(&e.stage) {
             seen.push(e.stage.clone());
         }
@@ -497,12 +498,6 @@ fn assert_loader_came(evs: &[Event], mac: MacAddr, host: &str, firmware: Firmwar
     );
 }
 
-/// UEFI Secure Boot enforced with the cluster's own keys enrolled (OVMF's Secure Boot build, SMM): master-1 and
-/// worker-1 get their role's signed UKI straight from the firmware (no iPXE, no script) — master-1 by UEFI HTTP
-/// Boot, worker-1 by OVMF's PXE client over TFTP — the
-/// initrd learns the machine's facts from DHCP and the server, and both go the whole way; their rows and
-/// /metrics say Secure Boot was on. Then the same firmware and keys refuse the worker's UKI with one byte changed
-/// and re-signed by another key (booted from a FAT disk, no network, bounded waits).
 fn assert_refused(con: &str, what: &str) {
     assert!(
         con.contains("Access Denied"),
@@ -750,6 +745,23 @@ fn root_lab_reboot_secure_boot_tpm_masters_join_in_order_worker_upgrades_then_ro
                 .map(|e| e.detail.as_str())
                 .collect::<Vec<_>>()
         );
+        // docs/secure-boot.md: no machine facts in the initrd; after switch-root they came over HTTPS (recorded by
+        // the server per node, from the node's own address).
+        let facts: Vec<&str> = evs
+            .iter()
+            .filter(|e| {
+                e.mac == m.mac
+                    && e.stage == imgbuild::netboot::http::node::FACTS_STAGE
+                    && e.source == imgbuild::status::Source::Server
+            })
+            .map(|e| e.detail.as_str())
+            .collect();
+        assert!(
+            facts
+                .iter()
+                .any(|d| d.starts_with(&format!("served over HTTPS: host {h}, address {}", m.ip))),
+            "{h} did not fetch its machine facts over HTTPS: {facts:?}"
+        );
     }
     for h in ["master-1", "master-3"] {
         let m = lab.cluster.machine_by_hostname(h).unwrap();
@@ -782,6 +794,18 @@ fn root_lab_reboot_secure_boot_tpm_masters_join_in_order_worker_upgrades_then_ro
     let metrics = String::from_utf8_lossy(&out.stdout);
     assert!(
         metrics.contains(&format!("imgbuild_node_secure_boot{{mac=\"{}\"}} 1", w.mac)),
+        "{metrics}"
+    );
+    // No plain-HTTP request for machine facts was made by anyone; each UKI's initrd fetched its root filesystem
+    // by the root hash on its signed command line (no per-machine answer needed).
+    assert!(
+        !metrics.contains("imgbuild_node_facts_requests_total{outcome=\"plain-http\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "imgbuild_http_requests_total{route=\"/images/by-root-hash/{root_hash}/rootfs.squashfs\",status=\"200\"}"
+        ),
         "{metrics}"
     );
 

@@ -179,12 +179,14 @@ struct InputKey<'a> {
 }
 
 /// What decides a UKI's bytes beyond the kernel, initrd and root filesystem: the db certificate it is signed
-/// with and the server URL on its command line.
+/// with and the server URL, state disk and `init_blank` on its command line.
 #[derive(Serialize)]
 struct UkiInputs {
     db_cert_sha256: String,
     server_url: String,
     signer: &'static str,
+    state_disk: String,
+    init_blank: bool,
 }
 
 fn is_amd64(a: &Arch) -> bool {
@@ -371,6 +373,8 @@ fn inputs(
                 .map_err(|e| BuildError::SecureBootKey(e.to_string()))?,
             server_url: cluster.network.http_base(),
             signer: "osslsigncode -time SOURCE_DATE_EPOCH",
+            state_disk: cluster.secure_boot.state_disk.clone(),
+            init_blank: cluster.secure_boot.init_blank,
         })
     } else {
         None
@@ -606,6 +610,8 @@ pub fn build_for(
                         "role": role,
                         "server_url": u.server_url,
                         "verity": rootfs_verity,
+                        "state_disk": u.state_disk,
+                        "init_blank": u.init_blank,
                         "kernel_args": profile.kernel_args,
                         "standins": opts.standins,
                     }),
