@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use imgbuild::config::Role;
 use imgbuild::image::manifest::{FileEntry, Inputs, Manifest};
+use imgbuild::vm::spawn::SpawnTied;
 use sha2::{Digest, Sha256};
 
 pub const SERVER: &str = "10.77.0.1";
@@ -261,7 +262,7 @@ impl Server {
                     .open(&log)
                     .unwrap(),
             )
-            .spawn()
+            .spawn_tied()
             .unwrap();
         let s = Server { child, log };
         let t0 = Instant::now();
