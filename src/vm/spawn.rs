@@ -122,7 +122,7 @@ mod tests {
         let Ok(pid_file) = std::env::var(PARENT_ENV) else {
             return;
         };
-        let child = std::thread::spawn(|| {
+        let mut child = std::thread::spawn(|| {
             let mut c = Command::new("sleep");
             c.arg("613");
             spawn(c).expect("sleep")
@@ -134,6 +134,9 @@ mod tests {
         let state = if alive(child.id()) { "alive" } else { "dead" };
         std::fs::write(&pid_file, format!("{} {state}\n", child.id())).unwrap();
         std::thread::sleep(Duration::from_secs(120));
+        // Not killed by the test within that time: end the child ourselves.
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// A lab-like parent process is SIGKILLed (no `Drop` runs): the child it started through [`spawn`] dies
