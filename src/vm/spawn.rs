@@ -7,8 +7,8 @@
 //! set-user-ID). The kernel's "parent" is the *thread* that forked: a child started from a short-lived thread
 //! (a scoped thread that entered a namespace, a test's helper thread) would be killed when that thread ends. So
 //! every child is forked by one spawner thread that lives as long as the process ([`spawn`] hands the command
-//! to it and waits for the result). A child therefore starts in the spawner's namespaces, the process's first
-//! ones: run programs in a lab namespace with [`super::netns::Netns::command`] (`ip netns exec`), never by
+//! to it and waits for the result). A child therefore starts in the spawner's network namespace, the main
+//! thread's: run programs in a lab namespace with [`super::netns::Netns::command`] (`ip netns exec`), never by
 //! entering the namespace on the calling thread. If the process died between the `fork` and the `prctl`, the
 //! child sees another parent and exits at once.
 
@@ -25,6 +25,14 @@ fn spawner() -> &'static Mutex<mpsc::Sender<Request>> {
         std::thread::Builder::new()
             .name("child-spawner".into())
             .spawn(move || {
+                // A new thread inherits the network namespace of the thread that made it, which may be one that
+                // entered a lab's namespace: go back to the main thread's, the process's own (root only; without
+                // the right the thread stays where it is).
+                if let Ok(f) = std::fs::File::open("/proc/self/ns/net") {
+                    use std::os::fd::AsRawFd;
+                    // SAFETY: setns on an open namespace descriptor affects only this thread.
+                    unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+                }
                 // The sender lives in a static: this loop (and so the thread the children's death signal is
                 // tied to) ends only with the process.
                 while let Ok((mut cmd, reply)) = rx.recv() {
