@@ -424,6 +424,59 @@ fn root_netns_udhcpc_and_dhclient_get_inventory_address_and_boot_file_unknown_ge
         let mac = &line[line.find("\"mac\"").unwrap()..][..27];
         assert!(after.contains(mac), "lease {line} lost by reload");
     }
+    // A node's unsigned report is taken from the address of its current lease even when that is no longer its
+    // inventory address: worker-1 moves to 10.77.0.121 in cluster.toml (reload) while it still holds its lease
+    // of 10.77.0.21; a report from 10.77.0.21 is recorded, one from 10.77.0.99 is refused and names both.
+    lab.write_config(|s| s.replace("ip = \"10.77.0.21\"", "ip = \"10.77.0.121\""));
+    lab.signal(pid, libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lab
+        .log("serve.log")
+        .matches("configuration reloaded")
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "no second reload");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for a in ["10.77.0.21/24", "10.77.0.99/24"] {
+        run(&[
+            "ip",
+            "-n",
+            &lab.cli_ns,
+            "addr",
+            "add",
+            a,
+            "dev",
+            &lab.cli_if,
+        ]);
+    }
+    let report = |src: &str| {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.cli_ns,
+                "curl",
+                "-sS",
+                "--max-time",
+                "10",
+            ])
+            .args(["--interface", src, "-w", " %{http_code}", "--data"])
+            .arg("mac=52:54:00:77:00:21&stage=initrd&detail=from-lease")
+            .arg("http://10.77.0.1:8080/api/events")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let from_lease = report("10.77.0.21");
+    assert!(from_lease.ends_with(" 200"), "{from_lease}");
+    let other = report("10.77.0.99");
+    assert!(other.ends_with(" 403"), "{other}");
+    assert!(
+        other.contains("its address is 10.77.0.121 (or 10.77.0.21, its current DHCP lease)"),
+        "{other}"
+    );
     // The process served all of this without restarting.
     assert_eq!(
         lab.log("serve.log")

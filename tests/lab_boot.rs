@@ -14,6 +14,7 @@ use imgbuild::status::Event;
 use imgbuild::status::report::NodeView;
 use imgbuild::vm::lab::{Lab, Options};
 use imgbuild::vm::qemu::Firmware;
+use imgbuild::vm::spawn::SpawnTied;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -394,7 +395,7 @@ impl Capture {
             .arg(file)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
-            .spawn()
+            .spawn_tied()
             .expect("tcpdump (Debian package tcpdump)");
         // Give it the moment it needs to open the interface.
         std::thread::sleep(Duration::from_millis(500));
@@ -890,7 +891,7 @@ fn firmware_consoles(vars: &Path, ukis: &[Vec<u8>], work: &Path) -> Vec<String> 
             .args(["-device", "virtio-blk-pci,drive=esp"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
-            .spawn()
+            .spawn_tied()
             .unwrap();
         vms.push((vm, console, None::<String>));
     }

@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use super::spawn::SpawnTied;
 use crate::config::{Arch, MacAddr};
 
 /// OVMF as shipped by Debian's `ovmf` package.
@@ -366,7 +367,7 @@ pub fn probe(accel: Accel, limit: Duration) -> bool {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn();
+        .spawn_tied();
     let Ok(mut child) = child else {
         return false;
     };

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use imgbuild::config::Role;
+use imgbuild::vm::spawn::SpawnTied;
 use sha2::{Digest, Sha256};
 
 pub const SERVER: &str = "10.77.0.1";
@@ -236,7 +237,7 @@ impl Server {
                     .open(&log)
                     .unwrap(),
             )
-            .spawn()
+            .spawn_tied()
             .unwrap();
         let s = Server { child, log };
         let t0 = Instant::now();
