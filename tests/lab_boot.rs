@@ -765,13 +765,17 @@ fn firmware_consoles(vars: &Path, ukis: &[Vec<u8>], work: &Path) -> Vec<String> 
     vms.into_iter().map(|(_, _, d)| d.unwrap()).collect()
 }
 
-/// The example cluster plus one arm64 worker (`arm-worker-1`) that boots with Secure Boot (`[secure_boot]
-/// roles = []`: no other machine does), written into `dir` with absolute paths.
+/// The example cluster with `[secure_boot]` enabled plus one arm64 worker (`arm-worker-1`) that boots with
+/// Secure Boot (`roles = []`: no other machine does), written into `dir` with absolute paths.
 fn config_with_arm64_secure_boot_worker(dir: &Path) -> PathBuf {
     let mut text = common::with_arm64_machine(&common::example_text()).replacen(
-        "# roles = [\"master\", \"worker\", \"storage\"]",
-        "roles = []",
+        "[secure_boot]\nenabled = false\n# roles = [\"master\", \"worker\", \"storage\"]",
+        "[secure_boot]\nenabled = true\nroles = []",
         1,
+    );
+    assert!(
+        text.contains("roles = []"),
+        "the example's [secure_boot] section changed"
     );
     text.push_str("secure_boot = true\n");
     text.push_str(&format!(
