@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use imgbuild::config::{DhcpMode, MacAddr, Role};
+use imgbuild::config::{Arch, DhcpMode, MacAddr, Role};
 use imgbuild::status::Event;
 use imgbuild::status::report::NodeView;
 use imgbuild::vm::lab::{Lab, Options};
@@ -414,63 +414,6 @@ impl Capture {
 impl Drop for Capture {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-#[test]
-fn root_lab_proxy_dhcp_beside_dnsmasq_uefi_pxe_master_and_http_boot_worker() {
-    // Addresses from dnsmasq, boot information from imgbuild as ProxyDHCP; one run proves both UEFI paths:
-    // master-1 on OVMF's own PXE client (no iPXE ROM; iPXE over TFTP), worker-1 on UEFI HTTP Boot.
-    master_and_worker_boot(Firmware::Uefi, Firmware::Http, DhcpMode::Proxy);
-}
-
-/// master-1 boots with `master_fw` and worker-1 with `worker_fw` (UEFI: OVMF's PXE fetches iPXE over TFTP;
-/// HTTP: OVMF's HTTP Boot, arch 16, PXE switched off, fetches it over HTTP from the URL in the offer). master-1
-/// initialises the cluster worker-1 joins; worker-1 must go the whole way; each one's boot loader is fetched the
-/// way its firmware implies. In proxy mode the addresses come from dnsmasq (its log must show the ACKs) and
-/// imgbuild sends no `dhcp-ack`.
-fn master_and_worker_boot(master_fw: Firmware, worker_fw: Firmware, dhcp: DhcpMode) {
-    let dir = tempfile::tempdir().unwrap();
-    let hosts = ["master-1", "worker-1"];
-    let mut o = options(dir.path(), &hosts, master_fw, dhcp);
-    o.firmware_of = vec![("worker-1".into(), worker_fw)];
-    let mut lab = Lab::prepare(o).unwrap();
-    for h in hosts {
-        lab.start_vm(h).unwrap();
-    }
-    let limit = lab.opts.timeout;
-    let report = lab
-        .wait(&["worker-1".to_string()], 1, limit, |n| n.done)
-        .unwrap_or_else(|f| panic!("{f}"));
-    println!("{}", imgbuild::vm::lab::summary(&report, lab.standins));
-    let evs = events(&lab);
-    let mut must = boot_path();
-    if dhcp == DhcpMode::Proxy {
-        must.retain(|s| *s != "dhcp-ack");
-    }
-    must.push("bootfile");
-    must.push("kubeadm-join");
-    let w = lab.cluster.machine_by_hostname("worker-1").unwrap().clone();
-    assert_stages_in_order(&evs, w.mac, "worker-1", &must);
-    let m = lab.cluster.machine_by_hostname("master-1").unwrap().clone();
-    assert_loader_came(&evs, m.mac, "master-1", master_fw);
-    assert_loader_came(&evs, w.mac, "worker-1", worker_fw);
-    let seen = first_seen(&evs, m.mac);
-    for s in ["bootfile", "kernel", "systemd", "kubeadm-init", "init-done"] {
-        assert!(
-            seen.iter().any(|x| x == s),
-            "master-1 never reached {s}: {seen:?}"
-        );
-    }
-    if dhcp == DhcpMode::Proxy {
-        let log = std::fs::read_to_string(dir.path().join("dnsmasq.log")).unwrap_or_default();
-        for mac in [m.mac, w.mac] {
-            assert!(
-                log.lines()
-                    .any(|l| l.contains("DHCPACK") && l.contains(&mac.to_string())),
-                "dnsmasq never acknowledged {mac}: {log}"
-            );
-        }
     }
 }
 
@@ -915,9 +858,19 @@ fn firmware_consoles(vars: &Path, ukis: &[Vec<u8>], work: &Path) -> Vec<String> 
     vms.into_iter().map(|(_, _, d)| d.unwrap()).collect()
 }
 
-/// The example cluster plus one arm64 worker (`arm-worker-1`), written into `dir` with absolute paths.
-fn config_with_arm64_worker(dir: &Path) -> PathBuf {
-    let mut text = common::with_arm64_machine(&common::example_text());
+/// The example cluster with `[secure_boot]` enabled plus one arm64 worker (`arm-worker-1`) that boots with
+/// Secure Boot (`roles = []`: no other machine does), written into `dir` with absolute paths.
+fn config_with_arm64_secure_boot_worker(dir: &Path) -> PathBuf {
+    let mut text = common::with_arm64_machine(&common::example_text()).replacen(
+        "[secure_boot]\nenabled = false\n# roles = [\"master\", \"worker\", \"storage\"]",
+        "[secure_boot]\nenabled = true\nroles = []",
+        1,
+    );
+    assert!(
+        text.contains("roles = []"),
+        "the example's [secure_boot] section changed"
+    );
+    text.push_str("secure_boot = true\n");
     text.push_str(&format!(
         r#"
 [paths]
@@ -933,59 +886,140 @@ cache = "{cache}"
     p
 }
 
+/// Two architectures, two UEFI boot paths and ProxyDHCP in one run. Addresses come from dnsmasq (the router's
+/// DHCP server), boot information from imgbuild as ProxyDHCP. master-1 (amd64) boots by OVMF's own PXE client
+/// (no iPXE ROM: iPXE over TFTP) and initialises the cluster. arm-worker-1 is the whole arm64 path: its image
+/// built for arm64 by the image builder (emulated maintainer scripts) with a UKI on the arm64 image's own
+/// `linuxaa64.efi.stub`, signed with the cluster's db key; AAVMF with the cluster's PK/KEK/db enrolled enforces
+/// Secure Boot and fetches that UKI by UEFI HTTP Boot (no GRUB, no iPXE) → the signed kernel, initrd and
+/// command line → rootfs through dm-verity → systemd → first boot → kubeadm join, on an emulated cortex-a57.
 #[test]
-fn root_lab_arm64_worker_built_by_the_image_builder_joins_beside_an_amd64_master() {
-    // The whole arm64 path: the worker image built for arm64 (emulated maintainer scripts), AAVMF PXE → GRUB →
-    // the arm64 image's kernel and initrd → rootfs verified → systemd → first boot → kubeadm join, on an emulated
-    // cortex-a57, beside an amd64 master booting by BIOS.
+fn root_lab_proxy_dhcp_uefi_pxe_amd64_master_and_secure_boot_arm64_worker_by_http_boot_join() {
     let dir = tempfile::tempdir().unwrap();
-    let mut o = options(
-        dir.path(),
-        &["master-1", "arm-worker-1"],
-        Firmware::Bios,
-        DhcpMode::Full,
-    );
-    o.config = config_with_arm64_worker(dir.path());
+    let (master, host) = ("master-1", common::ARM64_WORKER);
+    let mut o = options(dir.path(), &[master, host], Firmware::Uefi, DhcpMode::Proxy);
+    o.config = config_with_arm64_secure_boot_worker(dir.path());
+    o.firmware_of = vec![(host.into(), Firmware::Http)];
+    o.secure_boot = true;
     let mut lab = Lab::prepare(o).unwrap();
-    for h in ["master-1", "arm-worker-1"] {
+    for h in [master, host] {
         lab.start_vm(h).unwrap();
     }
-    let host = "arm-worker-1".to_string();
     let limit = lab.opts.timeout;
     let report = lab
-        .wait(std::slice::from_ref(&host), 1, limit, |n| n.done)
+        .wait(&[host.to_string()], 1, limit, |n| n.done)
         .unwrap_or_else(|f| panic!("{f}"));
     println!("{}", imgbuild::vm::lab::summary(&report, lab.standins));
-    let m = lab.cluster.machine_by_hostname(&host).unwrap().clone();
-    let arm_image = lab
-        .images
-        .iter()
-        .find(|(r, a, _)| *r == Role::Worker && *a == imgbuild::config::Arch::Arm64)
-        .unwrap()
-        .2
-        .clone();
+    let evs = events(&lab);
+    let w = lab.cluster.machine_by_hostname(host).unwrap().clone();
+    let m = lab.cluster.machine_by_hostname(master).unwrap().clone();
+    assert!(w.secure_boot && !m.secure_boot);
+    // The arm64 image is the one pinned and booted, and it carries a signed UKI; the master's has none.
+    let image_of = |role, arch| {
+        let (_, _, id) = lab
+            .images
+            .iter()
+            .find(|(r, a, _)| *r == role && *a == arch)
+            .unwrap();
+        id.clone()
+    };
+    let arm_image = image_of(Role::Worker, Arch::Arm64);
     assert_eq!(
-        node(&report, &host).image.as_deref(),
+        node(&report, host).image.as_deref(),
         Some(arm_image.as_str())
     );
-    let mut must: Vec<&str> = boot_path()
+    let store = imgbuild::image::store::open(&lab.cluster);
+    let has_uki = |id: &str| {
+        Path::new(&store.locate(id))
+            .join(imgbuild::image::manifest::UKI)
+            .is_file()
+    };
+    assert!(has_uki(&arm_image), "the arm64 image has no uki.efi");
+    assert!(!has_uki(&image_of(Role::Master, Arch::Amd64)));
+
+    // arm-worker-1: the UKI by HTTP Boot, nothing unsigned in between, the whole way to joined, Secure Boot on.
+    let seen = first_seen(&evs, w.mac);
+    assert!(
+        !seen
+            .iter()
+            .any(|s| s == "grub-config" || s == "ipxe-script"),
+        "{host} ran an unsigned loader under Secure Boot: {seen:?}"
+    );
+    let loaders: Vec<&str> = evs
         .iter()
-        .map(|s| {
-            if *s == "ipxe-script" {
-                "grub-config"
-            } else {
-                *s
-            }
-        })
+        .filter(|e| e.mac == w.mac && e.stage == "bootfile")
+        .map(|e| e.detail.as_str())
         .collect();
+    assert!(
+        !loaders.is_empty()
+            && loaders.iter().all(|d| d.starts_with("uki.efi")
+                && d.contains(&arm_image)
+                && d.ends_with("via HTTP")),
+        "{host} did not boot its arm64 UKI by HTTP Boot: {loaders:?}"
+    );
+    let mut must = boot_path();
+    // ProxyDHCP: dnsmasq acknowledges the address. The firmware fetched kernel and initrd inside the UKI: the
+    // server sees no `kernel` fetch; the node's own initrd reports `initrd`.
+    must.retain(|s| !["dhcp-ack", "ipxe-script", "kernel"].contains(s));
     must.extend(["bootfile", "kubeadm-join"]);
     must.sort_by_key(|s| stage_pos(s));
-    assert_stages_in_order(&events(&lab), m.mac, &host, &must);
-    let console = std::fs::read_to_string(lab.console(&host)).unwrap_or_default();
+    assert_stages_in_order(&evs, w.mac, host, &must);
+    assert_eq!(
+        node(&report, host).secure_boot,
+        Some(true),
+        "{host}: Secure Boot not reported on"
+    );
+    assert!(
+        detail(&evs, w.mac, "initrd").contains("secure_boot=on"),
+        "{host}'s initrd did not read SecureBoot=1"
+    );
+    let console = std::fs::read_to_string(lab.console(host)).unwrap_or_default();
     assert!(
         console.contains("aarch64") || console.contains("ARM64") || console.contains("arm64"),
         "the console shows no arm64 kernel"
     );
+    assert!(
+        console.contains("Secure boot enabled") || console.contains("UEFI Secure Boot is enabled"),
+        "the arm64 kernel did not see Secure Boot enforced"
+    );
+
+    // master-1: OVMF's PXE fetched iPXE over TFTP (no Secure Boot), up to init-done.
+    assert_loader_came(&evs, m.mac, master, Firmware::Uefi);
+    let seen = first_seen(&evs, m.mac);
+    for s in [
+        "bootfile",
+        "ipxe-script",
+        "kernel",
+        "systemd",
+        "kubeadm-init",
+        "init-done",
+    ] {
+        assert!(
+            seen.iter().any(|x| x == s),
+            "{master} never reached {s}: {seen:?}"
+        );
+    }
+    assert_ne!(node(&report, master).secure_boot, Some(true));
+
+    // ProxyDHCP beside dnsmasq: dnsmasq acknowledged both machines' addresses; every DHCP answer of ours was a
+    // proxy answer (boot information, no address).
+    let log = std::fs::read_to_string(dir.path().join("dnsmasq.log")).unwrap_or_default();
+    for mac in [m.mac, w.mac] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("DHCPACK") && l.contains(&mac.to_string())),
+            "dnsmasq never acknowledged {mac}: {log}"
+        );
+        let ours: Vec<&str> = evs
+            .iter()
+            .filter(|e| e.mac == mac && (e.stage == "dhcp-offer" || e.stage == "dhcp-ack"))
+            .map(|e| e.detail.as_str())
+            .collect();
+        assert!(
+            !ours.is_empty() && ours.iter().all(|d| d.starts_with("proxy boot=")),
+            "{mac}: imgbuild's DHCP answers were not all proxy answers: {ours:?}"
+        );
+    }
 }
 
 fn copy_dir(from: &Path, to: &Path) {

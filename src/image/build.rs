@@ -367,7 +367,7 @@ fn inputs(
     };
     let initrd_cfg = initrd::render(cluster, &engine, &base_digest, arch)?;
     let config_digest = config_digest(cluster);
-    let uki = if cluster.secure_boot.enabled && arch == Arch::Amd64 {
+    let uki = if uki::wanted(cluster, role, arch) {
         Some(UkiInputs {
             db_cert_sha256: uki::cert_digest(&cluster.secure_boot.db_cert)
                 .map_err(|e| BuildError::SecureBootKey(e.to_string()))?,
@@ -628,7 +628,8 @@ pub fn build_for(
             let out = staging.path().join(uki::UKI);
             uki::make(
                 &uki::Parts {
-                    stub: &uki::stub(arch),
+                    stub: &uki::stub_for(arch, &root),
+                    objcopy: uki::objcopy(arch),
                     osrel: &osrel,
                     cmdline: &cmdline,
                     kernel: &staging.path().join(KERNEL),

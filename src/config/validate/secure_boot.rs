@@ -1,13 +1,11 @@
 //! `[secure_boot]`: the roles that boot signed UKIs, the db key pair (both or neither), and each machine's
-//! `secure_boot` against it (only amd64: Debian's AAVMF has no Secure Boot build with a protected variable
-//! store, so arm64 stays on GRUB).
+//! `secure_boot` against it (amd64 and arm64: Debian's OVMF and AAVMF both enforce Secure Boot once keys are
+//! enrolled, see docs/secure-boot.md).
 
 use std::path::Path;
 
 use super::checker::{Checker, Seg, p};
-use crate::config::model::{
-    Arch, DEFAULT_UKI_STATE_DISK, Machine, Role, SECUREBOOT_DIR, SecureBoot,
-};
+use crate::config::model::{DEFAULT_UKI_STATE_DISK, Machine, Role, SECUREBOOT_DIR, SecureBoot};
 use crate::config::raw;
 
 /// Checks `[secure_boot]`; `secrets` is the resolved secrets directory (the default key pair lives there).
@@ -103,16 +101,8 @@ pub(super) fn resolve_machines(
                 );
                 false
             }
-            Some(true) if m.arch == Arch::Arm64 => {
-                c.error(
-                    &p!["machines", i, "secure_boot"],
-                    "secure_boot = true on an arm64 machine: Debian's AAVMF has no Secure Boot build with a \
-                     protected variable store, so arm64 machines boot through GRUB; drop this key",
-                );
-                false
-            }
             Some(v) => v,
-            None => sb.enabled && m.arch == Arch::Amd64 && sb.roles.contains(&m.role),
+            None => sb.enabled && sb.roles.contains(&m.role),
         };
         if !m.secure_boot {
             continue;

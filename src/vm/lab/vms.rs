@@ -8,7 +8,7 @@ use anyhow::Context;
 use super::options::Options;
 use super::state::{Lab, Node};
 use super::watch::LabFailure;
-use crate::config::{Machine, Network, Role};
+use crate::config::{Arch, Machine, Network, Role};
 use crate::status::report::Report;
 use crate::vm::netns::Netns;
 use crate::vm::qemu::{self, Accel, VmSpec};
@@ -52,7 +52,7 @@ pub(super) fn add_nodes(
     net: &Network,
     machines: &[Machine],
     accel: Accel,
-    enrolled_vars: Option<PathBuf>,
+    enrolled_vars: &[(Arch, PathBuf)],
 ) -> anyhow::Result<Vec<Node>> {
     let mut nodes = Vec::new();
     for (i, m) in machines.iter().enumerate() {
@@ -79,7 +79,10 @@ pub(super) fn add_nodes(
                 memory_mb: opts.memory_mb,
                 disks,
                 console_log: dir.join("console.log"),
-                secure_boot_vars: enrolled_vars.clone().filter(|_| m.secure_boot),
+                secure_boot_vars: enrolled_vars
+                    .iter()
+                    .find(|(a, _)| *a == m.arch && m.secure_boot)
+                    .map(|(_, v)| v.clone()),
                 tpm_socket: tpm_socket(opts, m, &dir)?,
                 dir,
             },
