@@ -478,7 +478,7 @@ fn secure_boot_defaults_follow_the_roles_on_amd64_and_arm64() {
         );
     src.push_str(
         "\n[[machines]]\nhostname = \"arm-worker-1\"\nrole = \"worker\"\narch = \"arm64\"\n\
-         mac = \"52:54:00:77:00:41\"\nip = \"10.77.0.41\"\nstate_disk = \"/dev/vda\"\n",
+         mac = \"52:54:00:77:00:41\"\nip = \"10.77.0.41\"\nstate_disk = \"/dev/vda\"\ninit_blank = true\n",
     );
     let c = config::load_str(Path::new("cluster.toml"), &src, Path::new("."))
         .expect("valid with secure boot");

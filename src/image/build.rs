@@ -14,13 +14,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::artifacts::{self, ArtifactError};
+use super::build_progress::Progress;
 use super::base::{self, BaseError, BaseSpec};
 use super::initrd::{self, InitrdError};
 use super::install::{self, InstallError};
@@ -105,20 +105,7 @@ pub struct Options {
     pub progress: bool,
 }
 
-/// One stage of a build.
-#[derive(Debug, Clone, Serialize)]
-pub struct Stage {
-    /// The stage's name as shown on the progress line: `base`, `unpack`, `initrd`, `artifacts`, `role`,
-    /// `squashfs`, `cleanup`, `store`.
-    pub name: &'static str,
-    /// Wall-clock time the stage took, in seconds.
-    pub seconds: f64,
-    /// Taken from a cache.
-    pub cached: bool,
-    /// What the stage produced, shown after its name (e.g. `kernel <version>`, a size, the id's first 16 hex
-    /// digits).
-    pub detail: String,
-}
+pub use super::build_progress::Stage;
 
 /// What a build produced.
 #[derive(Debug, Clone, Serialize)]
@@ -204,75 +191,15 @@ pub fn config_digest(cluster: &Cluster) -> String {
     hex::encode(Sha256::digest(serde_json::to_vec(&v).expect("serializes")))
 }
 
-struct Progress {
-    multi: MultiProgress,
-    stages: Vec<Stage>,
-}
-
 impl Progress {
-    fn new(show: bool) -> Progress {
-        let target = if show {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
-        };
-        Progress {
-            multi: MultiProgress::with_draw_target(target),
-            stages: Vec::new(),
-        }
-    }
-
+    /// [`Progress::run_stage`] for a build stage.
     fn stage<T>(
         &mut self,
         name: &'static str,
         what: &str,
         f: impl FnOnce() -> Result<(T, bool, String), BuildError>,
     ) -> Result<T, BuildError> {
-        let pb = self.multi.add(ProgressBar::new_spinner());
-        pb.set_style(
-            ProgressStyle::with_template("{spinner} {prefix:<10} {msg} {elapsed}")
-                .expect("static template"),
-        );
-        pb.set_prefix(name);
-        pb.set_message(what.to_string());
-        pb.enable_steady_tick(Duration::from_millis(120));
-        // No spinner (not a terminal, or --json): one log line per stage instead, so a caller that passes our
-        // stderr on (the lab) shows the build's progress.
-        let lines = self.multi.is_hidden();
-        if lines {
-            tracing::info!(stage = name, "build: {what}");
-        }
-        let t = Instant::now();
-        let r = f();
-        let secs = t.elapsed().as_secs_f64();
-        if lines && r.is_ok() {
-            tracing::info!(stage = name, seconds = secs, "build: {name} done");
-        }
-        match r {
-            Ok((v, cached, detail)) => {
-                pb.set_style(
-                    ProgressStyle::with_template("✓ {prefix:<10} {msg}").expect("static template"),
-                );
-                pb.finish_with_message(format!(
-                    "{detail}{} {secs:.1} s",
-                    if cached { " (cached)" } else { "" }
-                ));
-                self.stages.push(Stage {
-                    name,
-                    seconds: secs,
-                    cached,
-                    detail,
-                });
-                Ok(v)
-            }
-            Err(e) => {
-                pb.set_style(
-                    ProgressStyle::with_template("✗ {prefix:<10} {msg}").expect("static template"),
-                );
-                pb.finish_with_message("failed");
-                Err(e)
-            }
-        }
+        self.run_stage(name, what, f)
     }
 }
 
