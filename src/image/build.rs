@@ -20,8 +20,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::artifacts::{self, ArtifactError};
-use super::build_progress::Progress;
 use super::base::{self, BaseError, BaseSpec};
+use super::build_progress::Progress;
 use super::initrd::{self, InitrdError};
 use super::install::{self, InstallError};
 use super::layer::{self, LayerError};

@@ -24,7 +24,6 @@ pub struct Stage {
 /// The build's progress: a spinner line per stage on a terminal, else one log line per stage; the stages
 /// with their times for the report.
 pub(super) struct Progress {
-
     multi: MultiProgress,
     /// The stages done so far.
     pub(super) stages: Vec<Stage>,
@@ -98,4 +97,3 @@ impl Progress {
         }
     }
 }
-
