@@ -6,12 +6,10 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use imgbuild::config::{Cluster, Machine};
-use imgbuild::netboot::http::tls;
 use imgbuild::netboot::state::Shared;
 use imgbuild::pki::secrets;
 use imgbuild::status::{Events, Source};
@@ -25,20 +23,12 @@ struct Lab {
     plain: String,
 }
 
-async fn tls_listener(
-    secrets_dir: &Path,
-    app: axum::Router,
-) -> (String, tokio::task::JoinHandle<()>) {
-    let ca = imgbuild::pki::provisioning::load_ca(secrets_dir).unwrap();
-    let id = imgbuild::pki::provisioning::server_cert(&ca, &["127.0.0.1".parse().unwrap()], &[])
-        .unwrap();
-    let acceptor = tls::acceptor(&id).unwrap();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("https://{}", l.local_addr().unwrap());
-    let h = tokio::spawn(async move {
-        tls::serve_tls_listener(l, acceptor, app).await.unwrap();
-    });
-    (url, h)
+/// `app` over HTTPS on loopback, its certificate from the provisioning CA in `secrets_dir`: the base URL.
+async fn https_url(secrets_dir: &Path, app: axum::Router) -> String {
+    format!(
+        "https://{}",
+        common::https::serve(app, secrets_dir).await.https
+    )
 }
 
 async fn lab() -> Lab {
@@ -56,15 +46,16 @@ async fn lab() -> Lab {
         )
         .unwrap(),
     ));
-    let app = imgbuild::netboot::http::app(shared.clone());
-    let (api, _) = tls_listener(&cluster.paths.secrets, app.clone()).await;
-    let p = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let plain = format!("http://{}", p.local_addr().unwrap());
-    tokio::spawn(async move {
-        axum::serve(p, app.into_make_service_with_connect_info::<SocketAddr>())
-            .await
-            .unwrap();
-    });
+    // The real application over HTTPS and over plain HTTP, as `serve` runs it.
+    let l = common::https::serve(
+        imgbuild::netboot::http::app(shared.clone()),
+        &cluster.paths.secrets,
+    )
+    .await;
+    let (api, plain) = (
+        format!("https://{}", l.https),
+        format!("http://{}", l.plain),
+    );
     Lab {
         dir,
         cluster,
@@ -266,7 +257,7 @@ async fn a_uki_node_refuses_malformed_or_forged_facts_and_applies_nothing() {
     let lab = lab().await;
     let m = lab.machine("worker-1");
     let canned = Canned::default();
-    let (api, _) = tls_listener(&lab.cluster.paths.secrets, canned_app(canned.clone())).await;
+    let api = https_url(&lab.cluster.paths.secrets, canned_app(canned.clone())).await;
     let good = serde_json::json!({
         "mac": m.mac.to_string(),
         "hostname": "worker-1",
@@ -381,7 +372,7 @@ async fn a_uki_node_refuses_malformed_or_forged_facts_and_applies_nothing() {
     secrets::init(forger.path()).unwrap();
     let forged = Canned::default();
     *forged.body.lock().unwrap() = good.to_string();
-    let (bad_api, _) = tls_listener(forger.path(), canned_app(forged.clone())).await;
+    let bad_api = https_url(forger.path(), canned_app(forged.clone())).await;
     let root = lab.node("worker-1", &bad_api, "dhcp-name");
     let (ok, log) = machine_facts(&root).await;
     assert!(!ok, "a forged server's facts were accepted\n{log}");
