@@ -611,6 +611,22 @@ fn workload(doc: &Value) -> Option<(String, bool, BTreeSet<String>)> {
     Some((name, tolerates, images))
 }
 
+/// The text of the stand-ins' file at `path` in the image.
+fn standin_text(standins: &imgbuild::image::standins::Standins, path: &str) -> String {
+    let f = standins.files.iter().find(|f| f.path == path).unwrap();
+    String::from_utf8(f.contents.clone()).unwrap()
+}
+
+/// The containerd 1.6 configuration the stand-in shim writes (its here-document), parsed.
+fn containerd16_config(shim: &str) -> toml::Value {
+    let conf = shim
+        .split("<<'IMGBUILD_CONTAINERD_CONFIG'\n")
+        .nth(1)
+        .and_then(|r| r.split("\nIMGBUILD_CONTAINERD_CONFIG\n").next())
+        .unwrap();
+    toml::from_str(conf).unwrap()
+}
+
 /// Every disagreement between `c`'s image lists and what its pinned versions run, role by role: an image a
 /// pinned component runs on a role that the role's list lacks, and an image a role's list carries that nothing
 /// pinned runs there.
@@ -681,17 +697,8 @@ fn default_image_mismatches(c: &imgbuild::config::Cluster) -> Vec<String> {
         add(&[role], sandbox, "containerd's sandbox image");
     }
     let standins = imgbuild::image::standins::generate(c, &common::engine(c)).unwrap();
-    let text = |path: &str| {
-        let f = standins.files.iter().find(|f| f.path == path).unwrap();
-        String::from_utf8(f.contents.clone()).unwrap()
-    };
-    let shim = text("/usr/local/bin/containerd");
-    let conf16 = shim
-        .split("<<'IMGBUILD_CONTAINERD_CONFIG'\n")
-        .nth(1)
-        .and_then(|r| r.split("\nIMGBUILD_CONTAINERD_CONFIG\n").next())
-        .unwrap();
-    let conf16: toml::Value = toml::from_str(conf16).unwrap();
+    let text = |path: &str| standin_text(&standins, path);
+    let conf16 = containerd16_config(&text("/usr/local/bin/containerd"));
     let sandbox16 = conf16["plugins"]["io.containerd.grpc.v1.cri"]["sandbox_image"]
         .as_str()
         .unwrap();
@@ -902,17 +909,8 @@ fn the_sandbox_image_follows_the_pause_image_of_cluster_toml_into_every_template
         }
     }
     let standins = imgbuild::image::standins::generate(&c, &common::engine(&c)).unwrap();
-    let text = |path: &str| {
-        let f = standins.files.iter().find(|f| f.path == path).unwrap();
-        String::from_utf8(f.contents.clone()).unwrap()
-    };
-    let shim = text("/usr/local/bin/containerd");
-    let conf16 = shim
-        .split("<<'IMGBUILD_CONTAINERD_CONFIG'\n")
-        .nth(1)
-        .and_then(|r| r.split("\nIMGBUILD_CONTAINERD_CONFIG\n").next())
-        .unwrap();
-    let conf16: toml::Value = toml::from_str(conf16).unwrap();
+    let text = |path: &str| standin_text(&standins, path);
+    let conf16 = containerd16_config(&text("/usr/local/bin/containerd"));
     assert_eq!(
         conf16["plugins"]["io.containerd.grpc.v1.cri"]["sandbox_image"].as_str(),
         Some(mirror)
