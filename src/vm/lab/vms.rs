@@ -27,17 +27,15 @@ fn decoy_mac(mac: crate::config::MacAddr) -> crate::config::MacAddr {
         .expect("a MAC with its first three bytes replaced is a MAC")
 }
 
-/// With `--tpm`, an amd64 UEFI machine's software TPM: provisioned in `vms/<host>/tpm` (kept across runs, so its EK
+/// With `--tpm`, the software TPM of a machine the lab's config enrolls by TPM (`config::write_config` decides which:
+/// amd64 machines it boots with UEFI firmware): provisioned in `vms/<host>/tpm` (kept across runs, so its EK
 /// stays), served on `vms/<host>/tpm.sock` when the VM starts.
 fn tpm_socket(
     opts: &Options,
     m: &Machine,
     dir: &std::path::Path,
 ) -> anyhow::Result<Option<PathBuf>> {
-    if !opts.tpm
-        || m.arch != crate::config::Arch::Amd64
-        || opts.firmware_for(&m.hostname) == crate::vm::qemu::Firmware::Bios
-    {
+    if !opts.tpm || m.identity != crate::config::Identity::Tpm {
         return Ok(None);
     }
     crate::vm::swtpm::provision(&dir.join("tpm"), &super::config::tpm_ca_dir(opts))?;
