@@ -95,6 +95,20 @@ impl Lab {
         })
     }
 
+    /// Adds `cidr` to the client's interface (an address a test client sends from).
+    fn add_client_addr(&self, cidr: &str) {
+        run(&[
+            "ip",
+            "-n",
+            &self.cli_ns,
+            "addr",
+            "add",
+            cidr,
+            "dev",
+            &self.cli_if,
+        ]);
+    }
+
     fn set_client_mac(&self, mac: &str) {
         run(&[
             "ip",
@@ -440,16 +454,7 @@ fn root_netns_udhcpc_and_dhclient_get_inventory_address_and_boot_file_unknown_ge
         std::thread::sleep(Duration::from_millis(50));
     }
     for a in ["10.77.0.21/24", "10.77.0.99/24"] {
-        run(&[
-            "ip",
-            "-n",
-            &lab.cli_ns,
-            "addr",
-            "add",
-            a,
-            "dev",
-            &lab.cli_if,
-        ]);
+        lab.add_client_addr(a);
     }
     let report = |src: &str| {
         let out = Command::new("ip")
@@ -701,16 +706,7 @@ fn check_journal(lab: &Lab, acked: &BTreeMap<[u8; 6], Ipv4Addr>) {
 fn root_netns_leases_survive_kill_9_mid_load() {
     let mut lab = Lab::new("k");
     let cfg = lab.write_config(pool("10.77.0.100", "10.77.0.250"));
-    run(&[
-        "ip",
-        "-n",
-        &lab.cli_ns,
-        "addr",
-        "add",
-        "10.77.0.254/24",
-        "dev",
-        &lab.cli_if,
-    ]);
+    lab.add_client_addr("10.77.0.254/24");
     let mut acked: BTreeMap<[u8; 6], Ipv4Addr> = BTreeMap::new();
     let mut next = 0u16;
     for round in 0..3 {
@@ -784,16 +780,7 @@ fn root_netns_leases_survive_kill_9_mid_load() {
 fn root_netns_malformed_packets_are_dropped_and_counted_while_serving_continues() {
     let mut lab = Lab::new("m");
     let cfg = lab.write_config(pool("10.77.0.100", "10.77.0.250"));
-    run(&[
-        "ip",
-        "-n",
-        &lab.cli_ns,
-        "addr",
-        "add",
-        "10.77.0.5/24",
-        "dev",
-        &lab.cli_if,
-    ]);
+    lab.add_client_addr("10.77.0.5/24");
     lab.start_server(&cfg, "serve.log");
     let iface = lab.cli_if.clone();
     let (ok_before, ok_after, relayed) = in_netns(&lab.cli_ns, move || {
@@ -950,16 +937,7 @@ fn root_netns_full_disk_during_load_loses_no_acked_lease() {
     let state = lab.path("state");
     let _tmpfs = Tmpfs::mount(&state, "1m");
     let cfg = lab.write_config(pool("10.77.0.100", "10.77.0.250"));
-    run(&[
-        "ip",
-        "-n",
-        &lab.cli_ns,
-        "addr",
-        "add",
-        "10.77.0.254/24",
-        "dev",
-        &lab.cli_if,
-    ]);
+    lab.add_client_addr("10.77.0.254/24");
     let pid = lab.start_server(&cfg, "serve0.log");
     // Load: DORAs with new MACs, one after another, until told to stop; every ACK is remembered.
     let attempts = Arc::new(AtomicUsize::new(0));
