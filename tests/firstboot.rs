@@ -5,15 +5,13 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use imgbuild::config::{Cluster, Machine};
-use imgbuild::netboot::http::tls;
 use imgbuild::netboot::state::Shared;
 use imgbuild::pki::secrets;
-use imgbuild::status::{Events, Source};
+use imgbuild::status::Source;
 
 struct Lab {
     dir: tempfile::TempDir,
@@ -25,30 +23,16 @@ struct Lab {
 
 async fn lab() -> Lab {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = common::write_cluster(dir.path(), true, |t| {
+    let (cluster, shared) = common::https::server_state(dir.path(), |t| {
         t.replace("# password = \"...\"", "password = \"bgp-s3cret\"")
     });
-    let cluster = imgbuild::config::load(&cfg).unwrap();
-    secrets::init(&cluster.paths.secrets).unwrap();
-    let shared = Arc::new(Shared::new(
-        cfg,
-        cluster.clone(),
-        BTreeMap::new(),
-        Events::open(
-            &cluster.paths.state.join("events.jsonl"),
-            &cluster.limits.events,
-        )
-        .unwrap(),
-    ));
     // The server's real application over HTTPS (its certificate from the provisioning CA), as `serve` runs it.
-    let app = imgbuild::netboot::http::app(shared.clone());
-    let ca = imgbuild::pki::provisioning::load_ca(&cluster.paths.secrets).unwrap();
-    let id = imgbuild::pki::provisioning::server_cert(&ca, &["127.0.0.1".parse().unwrap()], &[])
-        .unwrap();
-    let acceptor = tls::acceptor(&id).unwrap();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = format!("https://{}", l.local_addr().unwrap());
-    tokio::spawn(tls::serve_tls_listener(l, acceptor, app));
+    let l = common::https::serve(
+        imgbuild::netboot::http::app(shared.clone()),
+        &cluster.paths.secrets,
+    )
+    .await;
+    let api = format!("https://{}", l.https);
     Lab {
         dir,
         cluster,

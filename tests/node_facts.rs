@@ -5,14 +5,14 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use imgbuild::config::{Cluster, Machine};
 use imgbuild::netboot::state::Shared;
 use imgbuild::pki::secrets;
-use imgbuild::status::{Events, Source};
+use imgbuild::status::Source;
 
 struct Lab {
     dir: tempfile::TempDir,
@@ -33,19 +33,7 @@ async fn https_url(secrets_dir: &Path, app: axum::Router) -> String {
 
 async fn lab() -> Lab {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = common::write_cluster(dir.path(), true, |t| t);
-    let cluster = imgbuild::config::load(&cfg).unwrap();
-    secrets::init(&cluster.paths.secrets).unwrap();
-    let shared = Arc::new(Shared::new(
-        cfg,
-        cluster.clone(),
-        BTreeMap::new(),
-        Events::open(
-            &cluster.paths.state.join("events.jsonl"),
-            &cluster.limits.events,
-        )
-        .unwrap(),
-    ));
+    let (cluster, shared) = common::https::server_state(dir.path(), |t| t);
     // The real application over HTTPS and over plain HTTP, as `serve` runs it.
     let l = common::https::serve(
         imgbuild::netboot::http::app(shared.clone()),

@@ -1,8 +1,29 @@
 //! The server's whole application on loopback, as `imgbuild serve` runs it: HTTPS with a certificate from the
 //! provisioning CA (`tls.rs`), and a plain HTTP listener beside it (which must refuse secrets).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
+
+use imgbuild::config::Cluster;
+use imgbuild::netboot::state::Shared;
+use imgbuild::status::Events;
+
+/// The server's state for the loopback test cluster written into `dir` (`edit` applied to its cluster.toml): its
+/// secrets made, no pins, its event log on disk as `serve` keeps it.
+pub fn server_state(dir: &Path, edit: impl Fn(String) -> String) -> (Cluster, Arc<Shared>) {
+    let cfg = super::write_cluster(dir, true, edit);
+    let cluster = imgbuild::config::load(&cfg).unwrap();
+    imgbuild::pki::secrets::init(&cluster.paths.secrets).unwrap();
+    let events = Events::open(
+        &cluster.paths.state.join("events.jsonl"),
+        &cluster.limits.events,
+    )
+    .unwrap();
+    let shared = Arc::new(Shared::new(cfg, cluster.clone(), BTreeMap::new(), events));
+    (cluster, shared)
+}
 
 /// Where [`serve`] listens; abort `task` to stop both listeners' server.
 pub struct Listeners {
