@@ -444,3 +444,211 @@ async fn two_replicas_on_etcd_enroll_once_share_barrier_token_pins_and_survive_a
     drop(dir);
     let _: PathBuf = etcd.dir.path().to_path_buf();
 }
+
+/// A replica of the DHCP side on the shared state: its own etcd client, announcing itself like `imgbuild serve`.
+fn dhcp_replica(config: &Path, name: &str) -> Arc<Shared> {
+    let cluster = imgbuild::config::load(config).unwrap();
+    let state = state_store::open(&cluster, name).unwrap();
+    let shared = Arc::new(Shared::new_in(
+        config.to_path_buf(),
+        cluster,
+        BTreeMap::new(),
+        Events::in_memory(),
+        state,
+        name.to_string(),
+    ));
+    imgbuild::netboot::replicas::spawn(&shared);
+    shared
+}
+
+/// One replica's DHCP path as its socket loop runs it: the lease table (paused while the replicas disagree on
+/// the split, read from the same flag) and the sans-IO packet path.
+struct Dhcp {
+    shared: Arc<Shared>,
+    table: imgbuild::netboot::dhcp::LeaseTable,
+    metrics: imgbuild::netboot::dhcp::DhcpMetrics,
+}
+
+impl Dhcp {
+    fn new(shared: Arc<Shared>) -> Dhcp {
+        Dhcp {
+            shared,
+            table: Default::default(),
+            metrics: Default::default(),
+        }
+    }
+
+    /// DISCOVER (`server` None) or REQUEST of `ip` from `server`, from unknown MAC `52:54:00:99:00:<n>`.
+    fn send(
+        &mut self,
+        n: u8,
+        req: Option<(std::net::Ipv4Addr, std::net::Ipv4Addr)>,
+    ) -> imgbuild::netboot::dhcp::Outcome {
+        use dhcproto::v4::{DhcpOption, Message, MessageType};
+        let none = std::net::Ipv4Addr::UNSPECIFIED;
+        let mut m = Message::new_with_id(
+            0x1000 + u32::from(n),
+            none,
+            none,
+            none,
+            none,
+            &[0x52, 0x54, 0, 0x99, 0, n],
+        );
+        let o = m.opts_mut();
+        match req {
+            None => {
+                o.insert(DhcpOption::MessageType(MessageType::Discover));
+            }
+            Some((ip, server)) => {
+                o.insert(DhcpOption::MessageType(MessageType::Request));
+                o.insert(DhcpOption::RequestedIpAddress(ip));
+                o.insert(DhcpOption::ServerIdentifier(server));
+            }
+        }
+        self.table.pool_paused = self
+            .shared
+            .pool_conflict
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let bytes = imgbuild::netboot::dhcp::packet::encode(&m);
+        let now = imgbuild::netboot::dhcp::socket::unix_now();
+        match imgbuild::netboot::dhcp::process(
+            &bytes,
+            imgbuild::netboot::dhcp::Port::Dhcp,
+            &self.shared.booter(),
+            &mut self.table,
+            now,
+            &self.metrics,
+        ) {
+            imgbuild::netboot::dhcp::Processed::Handled(o) => *o,
+            imgbuild::netboot::dhcp::Processed::Dropped(why) => panic!("dropped: {why}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_on_etcd_split_the_unknown_pool_and_pause_it_when_their_splits_disagree() {
+    use imgbuild::netboot::dhcp::Ignored;
+    use std::net::Ipv4Addr;
+    let etcd = etcd::Etcd::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    let section = etcd.state_section("/imgbuild/test-pool/");
+    let config = |name: &str, server: &str, list: &str| -> PathBuf {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        common::write_cluster(&d, false, |t| {
+            t.replace(
+                "[state]\nbackend = \"dir\"\n",
+                &format!("{}dhcp_replicas = [{list}]\n", section.trim_start()),
+            )
+            .replace("server = \"10.77.0.1\"", &format!("server = \"{server}\""))
+            .replace(
+                "# unknown_pool = { start = \"10.77.0.200\", end = \"10.77.0.250\" }",
+                "unknown_pool = { start = \"10.77.0.200\", end = \"10.77.0.209\" }",
+            )
+        })
+    };
+    let list = "\"10.77.0.1\", \"10.77.0.3\"";
+    let servers = [Ipv4Addr::new(10, 77, 0, 1), Ipv4Addr::new(10, 77, 0, 3)];
+    let mut r = [
+        Dhcp::new(dhcp_replica(&config("a", "10.77.0.1", list), "replica-a")),
+        Dhcp::new(dhcp_replica(&config("b", "10.77.0.3", list), "replica-b")),
+    ];
+    // Both announced through etcd with the same split: listed, and no conflict.
+    eventually(10, "both replicas announce their pool split", async || {
+        let l = imgbuild::netboot::replicas::list(&r[0].shared);
+        l.iter()
+            .filter(|x| x.dhcp_server.is_some() && x.dhcp_replicas.len() == 2)
+            .count()
+            == 2
+    })
+    .await;
+    assert!(
+        imgbuild::netboot::replicas::pool_conflicts(&imgbuild::netboot::replicas::list(
+            &r[1].shared
+        ))
+        .is_empty()
+    );
+
+    // Eight unknown machines, each DISCOVERing to both replicas and taking the offer of the replica whose turn it
+    // is; the other sees its REQUEST for another server.
+    let mut acked: [Vec<Ipv4Addr>; 2] = Default::default();
+    for n in 0..8u8 {
+        let offers: Vec<Option<Ipv4Addr>> = r
+            .iter_mut()
+            .map(|d| d.send(n, None).reply.map(|x| x.msg.yiaddr()))
+            .collect();
+        let turn = (n % 2) as usize;
+        let Some((k, ip)) = [turn, 1 - turn]
+            .into_iter()
+            .find_map(|k| offers[k].map(|ip| (k, ip)))
+        else {
+            continue;
+        };
+        for (j, d) in r.iter_mut().enumerate() {
+            let out = d.send(n, Some((ip, servers[k])));
+            if j == k {
+                assert!(
+                    out.reply.is_some(),
+                    "replica {k} acknowledges its own offer"
+                );
+                acked[k].push(ip);
+            } else {
+                assert_eq!(out.ignored, Some(Ignored::OtherServer));
+            }
+        }
+    }
+    let block = |k: usize, ip: &Ipv4Addr| {
+        let last = ip.octets()[3];
+        if k == 0 {
+            (200..=204).contains(&last)
+        } else {
+            (205..=209).contains(&last)
+        }
+    };
+    for k in 0..2 {
+        assert_eq!(acked[k].len(), 4, "{acked:?}");
+        assert!(
+            acked[k].iter().all(|ip| block(k, ip)),
+            "replica {k} out of its block: {acked:?}"
+        );
+    }
+    let all: std::collections::BTreeSet<_> = acked.iter().flatten().collect();
+    assert_eq!(
+        all.len(),
+        8,
+        "no address acknowledged to two machines: {acked:?}"
+    );
+
+    // A third replica whose cluster.toml splits the pool differently (it would take replica A's block): every
+    // replica sees it through etcd and hands out no pool address until the lists agree; inventory machines go on.
+    let _c = dhcp_replica(
+        &config("c", "10.77.0.5", "\"10.77.0.5\", \"10.77.0.3\""),
+        "replica-c",
+    );
+    let t0 = Instant::now();
+    eventually(20, "every replica pauses its pool", async || {
+        r.iter().all(|d| {
+            d.shared
+                .pool_conflict
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+    })
+    .await;
+    eprintln!(
+        "split conflict seen by both replicas after {:?}",
+        t0.elapsed()
+    );
+    let conflicts = imgbuild::netboot::replicas::pool_conflicts(
+        &imgbuild::netboot::replicas::list(&r[0].shared),
+    );
+    assert!(
+        conflicts
+            .iter()
+            .any(|c| c.contains("replica-c") && c.contains("dhcp_replicas")),
+        "{conflicts:?}"
+    );
+    // Each block still has a free address, yet none is offered while paused.
+    let out = r[0].send(40, None);
+    assert!(out.reply.is_none());
+    assert_eq!(out.ignored, Some(Ignored::PoolPaused));
+}

@@ -39,6 +39,9 @@ pub struct Shared {
     /// The DHCP leases this server has acknowledged (filled by the DHCP journal thread): a node's unsigned
     /// reports are taken from its current lease as well as its inventory address.
     pub leases: super::known_leases::KnownLeases,
+    /// Set while the live replicas disagree about how the unknown pools are split
+    /// ([`super::replicas::pool_conflicts`]): the DHCP loop then hands out no pool address.
+    pub pool_conflict: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -89,6 +92,7 @@ impl Shared {
             state,
             replica,
             leases: Default::default(),
+            pool_conflict: Default::default(),
         }
     }
 

@@ -54,9 +54,9 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
     let event_limits = limits_events::check(c, &f.limits.events);
     let http_limits = limits_http::check(c, &f.limits.http);
     let secure_boot = secure_boot::check(c, &f.secure_boot, root, &paths.secrets);
-    let state = state::check(c, &f.state, root, &f.cluster.name);
+    let mut state = state::check(c, &f.state, root, &f.cluster.name);
     if let Some(n) = network.as_mut() {
-        network::check_share(c, &f.state, &state.backend, n);
+        state.dhcp_replicas = network::check_share(c, &f.state, &state.backend, n);
     }
     let store = store::check(c, &f.store, root, &paths);
     if let Some(sb) = &secure_boot {

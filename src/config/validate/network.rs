@@ -200,13 +200,13 @@ fn check_relay_subnets(
 /// `[state] dhcp_replicas`: this server's block of every unknown pool. Required when replicas share an etcd
 /// state and hand out pool addresses (else two replicas would offer one address to two machines); each entry
 /// an address, none twice, this server's `[network] server` among them, and every pool at least as large as
-/// the list.
+/// the list. Returns the list (empty when absent or invalid).
 pub(super) fn check_share(
     c: &mut Checker,
     s: &raw::StateRaw,
     backend: &StateBackend,
     network: &mut Network,
-) {
+) -> Vec<std::net::Ipv4Addr> {
     let key = p!["state", "dhcp_replicas"];
     if s.dhcp_replicas.is_empty() {
         if *backend == StateBackend::Etcd
@@ -215,25 +215,25 @@ pub(super) fn check_share(
         {
             c.error(&key, format!("with backend = \"etcd\" several replicas answer DHCP, and each would offer the same unknown_pool addresses to different machines; list every replica's [network] server in a fixed order, e.g. dhcp_replicas = [\"{}\", \"<the other replica>\"], so each hands out its own block", network.server));
         }
-        return;
+        return Vec::new();
     }
     let mut seen = Vec::new();
     for (i, text) in s.dhcp_replicas.iter().enumerate() {
         let Some(ip) = c.ip(&p!["state", "dhcp_replicas", i], text) else {
-            return;
+            return Vec::new();
         };
         if seen.contains(&ip) {
             c.error(
                 &p!["state", "dhcp_replicas", i],
                 format!("{ip} is listed twice; each replica once"),
             );
-            return;
+            return Vec::new();
         }
         seen.push(ip);
     }
     let Some(index) = seen.iter().position(|ip| *ip == network.server) else {
         c.error(&key, format!("this server's [network] server {} is not in the list; add it (every replica's cluster.toml has the same list, each finds its block by its own address)", network.server));
-        return;
+        return Vec::new();
     };
     let share = PoolShare {
         index,
@@ -253,6 +253,7 @@ pub(super) fn check_share(
         }
     }
     network.pool_share = share;
+    seen
 }
 
 /// `[network] ntp`: IPv4 addresses or host names (a name needs `dns`); absent: the gateway. An empty list is an

@@ -83,6 +83,8 @@ pub enum Ignored {
     NoSubnet,
     /// An inventory machine asking from a subnet its inventory address is not in (cabled to another rack).
     WrongSubnet,
+    /// A pool address was asked for while the replicas disagree about the pool split (`pool_paused`).
+    PoolPaused,
 }
 
 impl Ignored {
@@ -99,6 +101,7 @@ impl Ignored {
             Ignored::DeclineLimit => "decline_limit",
             Ignored::NoSubnet => "no_subnet",
             Ignored::WrongSubnet => "wrong_subnet",
+            Ignored::PoolPaused => "pool_paused",
         }
     }
 }
@@ -303,6 +306,8 @@ enum Assign {
     Pool(Ipv4Addr),
     Unknown,
     Exhausted,
+    /// Pool addresses are paused (`LeaseTable::pool_paused`).
+    Paused,
 }
 
 /// The subnet a request is answered from, and the part of its unknown pool this server hands out.
@@ -340,6 +345,9 @@ fn assign(
     let Some(pool) = &at.pool else {
         return Assign::Unknown;
     };
+    if ctx.leases.pool_paused {
+        return Assign::Paused;
+    }
     let candidates = [
         ctx.leases.offer(mac, ctx.now),
         ctx.leases.lease(mac).map(|l| l.ip),
@@ -409,6 +417,7 @@ fn full(req: &Message, info: &ClientInfo, ctx: &Context) -> Outcome {
                 Assign::Static(ip) | Assign::Pool(ip) => ip,
                 Assign::Unknown => return Outcome::ignored(Ignored::UnknownMac),
                 Assign::Exhausted => return Outcome::ignored(Ignored::PoolExhausted),
+                Assign::Paused => return Outcome::ignored(Ignored::PoolPaused),
             };
             let mut m = reply_base(req, MessageType::Offer, server);
             m.set_yiaddr(ip);
@@ -456,6 +465,7 @@ fn full(req: &Message, info: &ClientInfo, ctx: &Context) -> Outcome {
                     return nak(req, server, "no free address");
                 }
                 Assign::Exhausted => return Outcome::ignored(Ignored::PoolExhausted),
+                Assign::Paused => return Outcome::ignored(Ignored::PoolPaused),
             };
             if ip != asked {
                 let why = match machine {

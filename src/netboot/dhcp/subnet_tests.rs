@@ -332,3 +332,51 @@ fn replicas_hand_out_disjoint_blocks_of_the_pool() {
     );
     assert!(blocks[1].contains(&offer.reply.expect("an offer").msg.yiaddr()));
 }
+
+#[test]
+fn a_paused_pool_hands_out_nothing_but_inventory_machines_are_served() {
+    let b = replica("10.77.0.1");
+    let (mut t, m) = (LeaseTable::default(), DhcpMetrics::default());
+    t.pool_paused = true;
+    let none = Ipv4Addr::UNSPECIFIED;
+    let out = run(
+        &b,
+        &mut t,
+        &m,
+        &msg(MessageType::Discover, 0x99, none, None),
+    );
+    assert!(out.reply.is_none() && out.changes.is_empty());
+    assert_eq!(out.ignored, Some(Ignored::PoolPaused));
+    let req = msg(
+        MessageType::Request,
+        0x99,
+        none,
+        Some((Ipv4Addr::new(10, 77, 0, 200), none)),
+    );
+    assert_eq!(
+        run(&b, &mut t, &m, &req).ignored,
+        Some(Ignored::PoolPaused),
+        "no ACK either"
+    );
+    let out = run(
+        &b,
+        &mut t,
+        &m,
+        &msg(MessageType::Discover, WORKER1, none, None),
+    );
+    assert_eq!(
+        out.reply.expect("an offer").msg.yiaddr(),
+        Ipv4Addr::new(10, 77, 0, 21)
+    );
+    t.pool_paused = false;
+    let out = run(
+        &b,
+        &mut t,
+        &m,
+        &msg(MessageType::Discover, 0x99, none, None),
+    );
+    assert_eq!(
+        out.reply.expect("an offer").msg.yiaddr(),
+        Ipv4Addr::new(10, 77, 0, 200)
+    );
+}
