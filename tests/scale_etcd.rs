@@ -394,6 +394,36 @@ async fn two_replicas_on_etcd_enroll_once_share_barrier_token_pins_and_survive_a
             .iter()
             .any(|s| s.stage == "enrolled" && s.replica == "replica-a")
     );
+    // `imgbuild status` given a server that is down and both replicas: every replica, each that answered, the
+    // one that is down named, and per node the replica that served each stage.
+    let (ok, out) = imgbuild(
+        &config,
+        &[
+            "status",
+            "--server",
+            "http://127.0.0.1:9",
+            "--server",
+            &format!("http://{}", a.plain),
+            "--server",
+            &format!("http://{}", b.plain),
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("replicas (etcd): replica-a (answered), replica-b (answered)"),
+        "{out}"
+    );
+    assert!(out.contains("http://127.0.0.1:9: unreachable"), "{out}");
+    let w1_line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with(W1))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(w1_line.contains("enrolled@replica-a"), "{out}");
+    let m1_line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with(M1))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(m1_line.contains("init-done@replica-a"), "{out}");
     let listed = imgbuild::netboot::replicas::list(&a.shared);
     assert!(
         listed.iter().any(|r| r.id == "replica-a") && listed.iter().any(|r| r.id == "replica-b"),
