@@ -429,6 +429,28 @@ async fn two_replicas_on_etcd_enroll_once_share_barrier_token_pins_and_survive_a
         listed.iter().any(|r| r.id == "replica-a") && listed.iter().any(|r| r.id == "replica-b"),
         "every replica is listed: {listed:?}"
     );
+    // The page of replica-a lists both replicas, and its board says which replica served each stage.
+    let (code, page) = curl(&ca, "127.0.0.1", &format!("http://{}/", a.plain), None).await;
+    assert_eq!(code, 200, "{page}");
+    assert!(
+        page.contains("server replicas (etcd state): replica-a (this page), replica-b</div>"),
+        "{page}"
+    );
+    let (code, board) = curl(
+        &ca,
+        "127.0.0.1",
+        &format!("http://{}/api/board", a.plain),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{board}");
+    let board: serde_json::Value = serde_json::from_str(&board).unwrap();
+    assert!(
+        board["replicas"]["served"][W1].as_array().is_some_and(|v| v
+            .iter()
+            .any(|s| s["stage"] == "enrolled" && s["replica"] == "replica-a")),
+        "{board}"
+    );
 
     // One etcd member killed: both replicas go on (enrollment, reports, pins).
     etcd.kill(0);
