@@ -1,11 +1,13 @@
 //! Boots the netboot initrd of a real image in QEMU (TCG) — kernel and initrd given directly, no PXE — inside a
 //! network namespace of its own, with a small HTTP server (python3, started and killed by PID) serving the
-//! image and recording the events the node posts. Checks the initrd's contract: rootfs fetched and opened through dm-verity,
-//! the state partition created on a blank disk and found (not recreated) on the next boot, systemd reached;
-//! and a root filesystem with one byte changed is refused by dm-verity (a message and a `failed` event, never
-//! mounted). Prints the `initrd` → `rootfs-verified` time of each good boot (the server stamps every event).
+//! image and recording the events the node posts. Checks what no lab VM shows: a root filesystem with one byte
+//! changed is refused by dm-verity (a message and a `failed` event, never mounted, the blank state disk left
+//! untouched). The good path of the same initrd — rootfs opened through dm-verity by its root hash, the state
+//! partition created on a blank disk and found (not recreated) on the next boots, systemd reached, and the
+//! `initrd` → `rootfs-verified` time printed — is checked by the labs' boots (worker-1 of
+//! `root_lab_reboot_secure_boot_tpm_masters_join_in_order_worker_upgrades_then_rolls_back` boots three times
+//! on one state disk), so this test needs one boot, not three.
 
-mod common;
 mod image_fixture;
 
 use std::path::{Path, PathBuf};
@@ -143,24 +145,12 @@ impl Lab {
     }
 }
 
-/// Seconds between the first `from` and the first `to` event (the server stamps each `&t=<unix time>`).
-fn stage_gap(events: &str, from: &str, to: &str) -> f64 {
-    let at = |stage: &str| -> f64 {
-        let line = events
-            .lines()
-            .find(|l| l.contains(&format!("stage={stage}&")))
-            .unwrap_or_else(|| panic!("no {stage} event: {events}"));
-        line.rsplit("&t=").next().unwrap().parse().unwrap()
-    };
-    at(to) - at(from)
-}
-
 fn events(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
 }
 
 #[test]
-fn root_qemu_boots_initrd_verifies_rootfs_creates_then_finds_state_partition_and_reaches_systemd() {
+fn root_qemu_boots_initrd_that_refuses_a_tampered_rootfs_through_dm_verity() {
     let f = Fixture::new(|s| s);
     let cluster = f.cluster();
     let r = build::build(
@@ -181,8 +171,22 @@ fn root_qemu_boots_initrd_verifies_rootfs_creates_then_finds_state_partition_and
     // Under TCG on a loaded host the kernel's crypto self-tests can starve for minutes (soft lockup in
     // cryptomgr_test seen here); they test the kernel, not imgbuild, so the test skips them.
     plan.cmdline.push_str(" cryptomgr.notests");
+    // The boot decision: the initrd may create the state partition on a blank disk, and opens the root
+    // filesystem through dm-verity by the image's root hash (no plain sha256 check).
     assert!(
         plan.cmdline.contains("imgbuild.state_init=1"),
+        "{}",
+        plan.cmdline
+    );
+    let verity = plan
+        .image
+        .rootfs_verity
+        .clone()
+        .expect("images carry a dm-verity tree");
+    assert!(
+        plan.cmdline
+            .contains(&format!("imgbuild.rootfs_verity={}", verity.root_hash))
+            && !plan.cmdline.contains("rootfs_sha256"),
         "{}",
         plan.cmdline
     );
@@ -200,66 +204,8 @@ fn root_qemu_boots_initrd_verifies_rootfs_creates_then_finds_state_partition_and
     let serial = work.path().join("serial.log");
     let limit = Duration::from_secs(480);
 
-    // First boot, blank disk: the partition is created.
-    let con = lab.boot(&r.dir, &plan.cmdline, &disk, &serial, limit, |_| {
-        events(&ev).contains("stage=systemd")
-    });
-    let e = events(&ev);
-    let verity = plan
-        .image
-        .rootfs_verity
-        .clone()
-        .expect("images carry a dm-verity tree");
-    assert!(
-        plan.cmdline
-            .contains(&format!("imgbuild.rootfs_verity={}", verity.root_hash))
-            && !plan.cmdline.contains("rootfs_sha256"),
-        "{}",
-        plan.cmdline
-    );
-    assert!(
-        con.contains(&format!(
-            "imgbuild: rootfs verified root_hash={}",
-            verity.root_hash
-        )),
-        "{con}"
-    );
-    assert!(
-        con.contains("creating the IMGBUILD-STATE partition on blank disk /dev/vda"),
-        "{con}"
-    );
-    assert!(con.contains("state partition created: /dev/vda1"), "{con}");
-    // systemd ran the report unit (its own console line may lag behind the event it sent).
-    assert!(con.contains("imgbuild-report"), "systemd reached: {con}");
-    for stage in common::stages("initrd", "systemd", &[]) {
-        assert!(
-            e.contains(&format!("stage={stage}&")),
-            "event {stage} missing: {e}"
-        );
-    }
-    assert!(e.contains("detail=created+/dev/vda1"), "{e}");
-    println!(
-        "first boot: rootfs-verified {:.1} s after initrd",
-        stage_gap(&e, "initrd", "rootfs-verified")
-    );
-
-    // Second boot, same disk: found, not recreated.
-    std::fs::write(&ev, "").unwrap();
-    let con = lab.boot(&r.dir, &plan.cmdline, &disk, &serial, limit, |_| {
-        events(&ev).contains("stage=systemd")
-    });
-    assert!(con.contains("state partition found: /dev/vda1"), "{con}");
-    assert!(!con.contains("creating the IMGBUILD-STATE"), "{con}");
-    assert!(events(&ev).contains("stage=systemd"), "{}", events(&ev));
-
-    println!(
-        "second boot: rootfs-verified {:.1} s after initrd",
-        stage_gap(&events(&ev), "initrd", "rootfs-verified")
-    );
-
     // The root filesystem with one byte changed (in its first block, which mounting reads): dm-verity refuses
     // it, the initrd stops with the kernel's verity message and reports `failed`; nothing is mounted.
-    std::fs::write(&ev, "").unwrap();
     let bad_dir = f.dir.path().join("tampered");
     std::fs::create_dir_all(&bad_dir).unwrap();
     let mut bytes = std::fs::read(r.dir.join("rootfs.squashfs")).unwrap();
@@ -283,8 +229,16 @@ fn root_qemu_boots_initrd_verifies_rootfs_creates_then_finds_state_partition_and
         "the kernel's verity message: {con}"
     );
     let e = events(&ev);
+    // The initrd ran and reported before it fetched the root filesystem.
+    assert!(e.contains("stage=initrd&"), "{e}");
     assert!(e.contains("stage=failed"), "{e}");
     assert!(e.contains("dm-verity"), "{e}");
     assert!(!e.contains("stage=rootfs-verified"), "{e}");
     assert!(!e.contains("stage=state-disk"), "mounted after all: {e}");
+    // The refused boot never reached the state disk: still blank (all zeros, no partition table written).
+    let state = std::fs::read(&disk).unwrap();
+    assert!(
+        state.iter().all(|b| *b == 0),
+        "the refused boot wrote to the blank state disk"
+    );
 }

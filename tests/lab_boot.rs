@@ -77,6 +77,35 @@ fn node<'a>(r: &'a imgbuild::status::Report, host: &str) -> &'a NodeView {
     r.nodes.iter().find(|n| n.name == host).unwrap()
 }
 
+/// The detail of `stage` in the node's current boot (the event's text, e.g. `created /dev/vda1`).
+fn stage_detail<'a>(n: &'a NodeView, stage: &str) -> &'a str {
+    n.stages
+        .iter()
+        .find(|s| s.stage == stage)
+        .unwrap_or_else(|| {
+            panic!(
+                "{} boot {}: no {stage} stage: {:?}",
+                n.name, n.boot, n.stages
+            )
+        })
+        .detail
+        .as_str()
+}
+
+/// Prints the time from the node's `initrd` event to its `rootfs-verified` one in its current boot (fetching
+/// the root filesystem and opening it through dm-verity), as stamped by the server.
+fn print_initrd_to_rootfs_verified(n: &NodeView) {
+    let at = |stage: &str| n.stages.iter().find(|s| s.stage == stage).map(|s| s.at_ms);
+    if let (Some(a), Some(b)) = (at("initrd"), at("rootfs-verified")) {
+        println!(
+            "{} boot {}: rootfs-verified {:.1} s after initrd",
+            n.name,
+            n.boot,
+            b.saturating_sub(a) as f64 / 1000.0
+        );
+    }
+}
+
 /// Every stage of the boot path in order, then the first-boot steps in order, ending in `joined`.
 fn assert_stages_in_order(events: &[Event], mac: MacAddr, host: &str, must: &[&str]) {
     let seen = first_seen(events, mac);
@@ -481,7 +510,9 @@ fn root_lab_reboot_secure_boot_tpm_masters_join_in_order_worker_upgrades_then_ro
     // - worker-1 boots its signed UKI by UEFI PXE over TFTP under Secure Boot; master-2 and worker-1 enroll by
     //   TPM attestation (each its own swtpm, EK pinned). worker-1 joins, then is power-cycled with its state
     //   disk kept: first onto a newly pinned image (upgrade), then back onto the old one (rollback), booting
-    //   each one's signed UKI without joining again.
+    //   each one's signed UKI without joining again. Its first boot creates the state partition on the blank
+    //   disk, each reboot finds that partition (not created again); every boot opens its root filesystem
+    //   through dm-verity and prints how long that took after the initrd started.
     // - The same firmware and keys refuse the worker's UKI with one byte changed and re-signed by another key.
     let dir = tempfile::tempdir().unwrap();
     let host = "worker-1".to_string();
@@ -545,6 +576,23 @@ fn root_lab_reboot_secure_boot_tpm_masters_join_in_order_worker_upgrades_then_ro
     let old_id = node(&first, &host).image.clone().unwrap();
     assert_eq!(node(&first, &host).joins, 1);
     assert_ne!(new_id, old_id);
+    // (Moved here from tests/image_boot.rs, whose good boots this boot and the two reboots below replace.) The
+    // initrd opened the root filesystem through dm-verity by its root hash, and created the state partition on
+    // the blank disk; the reboots find it and do not create it again.
+    let state_part = {
+        let n = node(&first, &host);
+        assert!(
+            stage_detail(n, "rootfs-verified").starts_with("dm-verity root_hash="),
+            "boot 1: {:?}",
+            n.stages
+        );
+        let created = stage_detail(n, "state-disk");
+        print_initrd_to_rootfs_verified(n);
+        created
+            .strip_prefix("created /dev/")
+            .unwrap_or_else(|| panic!("boot 1 did not create the state partition: {created:?}"))
+            .to_string()
+    };
 
     // The firmware refusals need no server: they run beside the worker's reboots.
     let refusals = {
@@ -589,6 +637,16 @@ fn root_lab_reboot_secure_boot_tpm_masters_join_in_order_worker_upgrades_then_ro
         assert_eq!(n.joins, 1, "boot {boot} ran the join again");
         let names: Vec<&str> = n.stages.iter().map(|s| s.stage.as_str()).collect();
         assert!(names.contains(&"state-disk"), "{names:?}");
+        assert_eq!(
+            stage_detail(n, "state-disk"),
+            format!("found /dev/{state_part}"),
+            "boot {boot}: the state partition was not found as boot 1 created it"
+        );
+        assert!(
+            stage_detail(n, "rootfs-verified").starts_with("dm-verity root_hash="),
+            "boot {boot}: {names:?}"
+        );
+        print_initrd_to_rootfs_verified(n);
         assert!(
             !names.contains(&"kubeadm-init") && !names.contains(&"kubeadm-join"),
             "{names:?}"
