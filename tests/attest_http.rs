@@ -3,8 +3,8 @@
 //! software TPM (swtpm + tpm2-tools) with a firmware-style event log whose digests the TPM extended. Proves: the
 //! 428 that switches a TPM machine to attestation, a first EK held pending and bound by `imgbuild enroll approve`,
 //! a spoofer TPM refused before and after enrollment with nothing secret in its answers, the sealed bundle opened
-//! by the node, a replayed proof and a replayed quote (old nonce) refused, a re-attestation after "reboot", and a
-//! foreign boot application refused naming the PCR event.
+//! by the node, a replayed proof and a replayed quote (old nonce) refused, a re-attestation after "reboot" (no secret
+//! released), and a foreign boot application refused naming the PCR event.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -168,6 +168,7 @@ async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boo
     let cluster = imgbuild::config::load(&config).unwrap();
     secrets::init(&cluster.paths.secrets).unwrap();
     let (pinned, kernel_digest) = pinned_image(&cluster.paths.images);
+    let pinned_id = pinned.id.clone();
     let pins = [((Role::Master, Arch::Amd64), pinned)]
         .into_iter()
         .collect();
@@ -334,15 +335,31 @@ async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boo
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("stale nonce"), "{body}");
 
-    // A reboot before `joined`: the node attests again and gets its bundle, recorded as a re-attestation.
+    // A reboot: the node (marked as enrolled by TPM) attests again against the image pinned now; accepted and
+    // recorded as a re-attestation, and nothing secret comes back (the bundle went out once).
+    let root = node.root.path();
+    assert!(root.join("var/lib/imgbuild/identity-tpm").exists());
+    std::fs::remove_file(root.join("run/imgbuild/attested")).unwrap();
     let (code, body) = tokio::task::block_in_place(|| node.enroll(&api, &log));
     assert_eq!(code, "200", "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["reattested"], true, "{body}");
+    assert!(
+        answer.get("sealed").is_none() && !body.contains(&token),
+        "{body}"
+    );
+    assert_eq!(answer["image"], pinned_id.as_str(), "{body}");
+    assert!(root.join("run/imgbuild/attested").exists());
     assert!(
         shared
             .events
             .for_mac(m1)
             .iter()
-            .any(|e| e.detail.contains("re-attested"))
+            .any(|e| e.stage == "enrolled"
+                && e.detail.contains("re-attested by TPM")
+                && e.detail.contains("no secret released")),
+        "{:?}",
+        shared.events.for_mac(m1)
     );
 
     // Another boot application measured (another kernel, another image): refused naming the event.
@@ -365,7 +382,8 @@ async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boo
 
     let metrics = shared.encode_metrics();
     for (outcome, n) in [
-        ("served", 2),
+        ("served", 1),
+        ("reattested", 1),
         ("pending", 1),
         ("second-claimant", 1),
         ("unknown-ek", 1),

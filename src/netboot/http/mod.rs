@@ -19,6 +19,7 @@
 
 pub mod app_state;
 pub mod attest;
+pub mod attest_expected;
 pub mod barrier;
 pub mod enroll;
 pub mod events;

@@ -74,7 +74,10 @@ pub(super) fn write_config(opts: &Options, user: &Cluster) -> anyhow::Result<Pat
             let arm = t.get("arch").and_then(|a| a.as_str()) == Some("arm64");
             // A machine this lab does not boot gets no TPM (each one costs a swtpm_setup run); nor does one it
             // boots with BIOS firmware (the attestation policy checks UEFI boot applications, docs/attestation.md).
-            let booted = opts.nodes.as_ref().is_none_or(|n| n.iter().any(|h| h == host));
+            let booted = opts
+                .nodes
+                .as_ref()
+                .is_none_or(|n| n.iter().any(|h| h == host));
             if arm || !booted || opts.firmware_for(host) == crate::vm::qemu::Firmware::Bios {
                 t["identity"] = toml_edit::value("address");
                 return;
@@ -109,7 +112,10 @@ pub(super) fn write_config(opts: &Options, user: &Cluster) -> anyhow::Result<Pat
 }
 
 /// Calls `f` with the hostname and table of every `[[machines]]` entry of `doc` that has a hostname.
-fn for_each_machine(doc: &mut toml_edit::DocumentMut, mut f: impl FnMut(&str, &mut toml_edit::Table)) {
+fn for_each_machine(
+    doc: &mut toml_edit::DocumentMut,
+    mut f: impl FnMut(&str, &mut toml_edit::Table),
+) {
     if let Some(ms) = doc
         .get_mut("machines")
         .and_then(|m| m.as_array_of_tables_mut())
