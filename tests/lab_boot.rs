@@ -604,9 +604,29 @@ fn root_lab_reboot_secure_boot_tpm_masters_join_in_order_worker_upgrades_then_ro
             "{names:?}"
         );
         assert_eq!(n.secure_boot, Some(true), "boot {boot}: Secure Boot not on");
+        // It attested again, against the image pinned for boot `boot`, and nothing secret was released.
+        let att = n
+            .stages
+            .iter()
+            .find(|s| s.stage == "enrolled")
+            .map(|s| s.detail.as_str());
+        assert!(
+            att.is_some_and(|d| d.contains("re-attested by TPM")
+                && d.contains(&format!("booted uki.efi of image={id}"))
+                && d.contains("no secret released")),
+            "boot {boot} did not re-attest: {att:?}"
+        );
         let joined = n.stages.iter().find(|s| s.stage == "joined").unwrap();
         println!("boot {boot} on {}: joined ({})", &id[..12], joined.detail);
     }
+    // worker-1 itself booting another image than the pinned one, then a spoofer in its place: both refused.
+    unpinned_image_and_spoofer_are_refused(
+        &mut lab,
+        &host,
+        (&new_id, &old_id),
+        dir.path(),
+        reboot_limit,
+    );
 
     let r = lab
         .wait(std::slice::from_ref(&m1), 2, limit, |n| n.done)
@@ -739,6 +759,168 @@ fn root_lab_reboot_secure_boot_tpm_masters_join_in_order_worker_upgrades_then_ro
     let cons = refusals.join().unwrap();
     assert_refused(&cons[0], "with one byte changed");
     assert_refused(&cons[1], "signed by another key");
+}
+
+/// The lab server's /metrics.
+fn lab_metrics(lab: &Lab) -> String {
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            lab.netns(),
+            "curl",
+            "-fsS",
+            "--max-time",
+            "20",
+        ])
+        .arg(format!("{}/metrics", lab.server_url))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `imgbuild_attest_requests_total{outcome}` of the lab server (0 before the first).
+fn attest_count(lab: &Lab, outcome: &str) -> u64 {
+    let key = format!("imgbuild_attest_requests_total{{outcome=\"{outcome}\"}} ");
+    lab_metrics(lab)
+        .lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .map_or(0, |v| v.trim().parse::<f64>().unwrap() as u64)
+}
+
+/// After worker-1's rollback boot (its third, re-attested):
+/// - Boot 4: worker-1's own VM (same MAC, its own TPM and state disk) boots the *variant* worker image's signed UKI
+///   (`unpinned`: valid signature, not the pinned image: one kernel argument more) from a FAT disk. Secure Boot
+///   lets it run; the root filesystem is byte-identical (the argument is not in the role tree), so the pinned
+///   image's rootfs the server names passes the UKI's signed dm-verity root hash and the node reaches firstboot.
+///   It re-attests and the server refuses it naming the PCR 4 event (the variant UKI's digest; the pinned
+///   one's in the list of what is allowed); the node reports the refusal itself, and no bundle is served.
+/// - Then a spoofer: worker-1's VM off, another VM on its tap with its MAC (so its DHCP address), network boot,
+///   a blank disk and a fresh swtpm whose EK certificate comes from the same lab CA. Refused at the challenge as
+///   an unknown EK; no bundle served.
+/// - Then worker-1 itself once more: the pinned image re-attests and the node runs again.
+fn unpinned_image_and_spoofer_are_refused(
+    lab: &mut Lab,
+    host: &str,
+    (unpinned, pinned): (&str, &str),
+    dir: &Path,
+    limit: Duration,
+) {
+    use imgbuild::vm::lab::VmVariant;
+    let images = imgbuild::image::store::open(&lab.cluster);
+    let uki = |id: &str| {
+        std::fs::read(Path::new(&images.locate(id)).join(imgbuild::image::manifest::UKI)).unwrap()
+    };
+    let digest = |b: &[u8]| hex::encode(imgbuild::image::authenticode::sha256(b).unwrap());
+    let (variant, own) = (uki(unpinned), uki(pinned));
+    let served = attest_count(lab, "served");
+    let mac = lab.cluster.machine_by_hostname(host).unwrap().mac;
+    let hosts = [host.to_string()];
+
+    let t = std::time::Instant::now();
+    let esp = dir.join("unpinned-esp");
+    std::fs::create_dir_all(esp.join("EFI/BOOT")).unwrap();
+    std::fs::write(esp.join("EFI/BOOT/BOOTX64.EFI"), &variant).unwrap();
+    lab.stop_vm(host);
+    let v = VmVariant {
+        boot_dir: Some(esp),
+        ..Default::default()
+    };
+    lab.start_vm_as(host, &v).unwrap();
+    let f = lab
+        .wait(&hosts, 4, limit, |n| n.done)
+        .expect_err("booting an unpinned image must be refused at re-attestation");
+    let why = &f.reason;
+    assert!(
+        why.contains("re-attestation after a reboot refused")
+            && why.contains("PCR mismatch: event #")
+            && why.contains("(PCR 4, EV_EFI_BOOT_SERVICES_APPLICATION) sha256:")
+            && why.contains(&digest(&variant))
+            && why.contains(&format!("uki.efi sha256:{}", digest(&own))),
+        "{f}"
+    );
+    let r = f.report.as_ref().expect("a report");
+    let n = node(r, host);
+    assert_eq!(n.boot, 4);
+    // The node says so itself (signed with its report key): firstboot failed, kubelet held back.
+    let t0 = std::time::Instant::now();
+    while !events(lab).iter().any(|e| {
+        e.mac == mac
+            && e.stage == "failed"
+            && e.detail.contains("re-attestation of this boot refused")
+    }) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(180),
+            "worker-1 did not report the refusal"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    assert_eq!(
+        attest_count(lab, "served"),
+        served,
+        "a bundle went to the unpinned boot"
+    );
+    assert!(attest_count(lab, "pcr-mismatch") >= 1);
+    println!(
+        "unpinned image refused in {:.0} s: {why}",
+        t.elapsed().as_secs_f64()
+    );
+
+    let t = std::time::Instant::now();
+    lab.stop_vm(host);
+    let unknown = attest_count(lab, "unknown-ek");
+    let spoof = dir.join("spoofer");
+    let v = VmVariant {
+        tpm_state: Some(spoof.join("tpm")),
+        state_disk: Some(spoof.join("state.img")),
+        console_log: Some(spoof.join("console.log")),
+        ..Default::default()
+    };
+    lab.start_vm_as(host, &v).unwrap();
+    while attest_count(lab, "unknown-ek") == unknown {
+        assert!(
+            t.elapsed() < limit,
+            "the spoofer was not refused within {limit:?}: {}",
+            imgbuild::vm::qemu::console_tail(&spoof.join("console.log"), 25)
+        );
+        assert!(lab.vm_running(host), "the spoofer's VM stopped");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    lab.stop_vm(host);
+    assert_eq!(
+        attest_count(lab, "served"),
+        served,
+        "a bundle went to the spoofer"
+    );
+    // Its row: the refused claimant, shown as a possible spoofer (its own reports were refused: unsigned).
+    let r = lab.status().unwrap();
+    let e = node(&r, host).enrollment.clone();
+    assert!(
+        e.as_deref()
+            .is_some_and(|e| e.starts_with("spoofer-refused from")),
+        "{e:?}"
+    );
+    println!("spoofer refused in {:.0} s", t.elapsed().as_secs_f64());
+
+    // The real worker-1 again, on the pinned image: it re-attests and runs (after a refused boot and a spoofer).
+    let t = std::time::Instant::now();
+    let b = node(&lab.status().unwrap(), host).boot;
+    lab.start_vm(host).unwrap();
+    let r = lab
+        .wait(&hosts, b, limit, |n| n.done)
+        .unwrap_or_else(|f| panic!("worker-1 after the spoofer: {f}"));
+    let n = node(&r, host);
+    let att = n.stages.iter().find(|s| s.stage == "enrolled");
+    assert!(
+        att.is_some_and(|s| s.detail.contains("re-attested by TPM")
+            && s.detail.contains(&format!("image={pinned}"))),
+        "{att:?}"
+    );
+    assert_eq!(attest_count(lab, "served"), served);
+    println!(
+        "worker-1 back on the pinned image, re-attested, in {:.0} s",
+        t.elapsed().as_secs_f64()
+    );
 }
 
 /// `uki` with its signature removed and signed again by a fresh key the firmware does not trust.
