@@ -34,6 +34,7 @@ use self::transfer::{Failure, Limits, Outgoing, Phase, Transfer};
 use super::boot::{UKI_BOOTFILE, is_grub};
 use super::bootfiles::{self, BootFiles};
 use super::metrics::TftpMetrics;
+use super::pinwatch::PinWatch;
 use super::state::Shared;
 use crate::status::Source;
 
@@ -109,6 +110,12 @@ fn worker(i: usize) -> std::io::Result<Worker> {
     })
 }
 
+/// What transfers read: the boot-loader cache, and the pins that name each Secure Boot machine's UKI.
+struct Files {
+    boot: BootFiles,
+    pins: PinWatch,
+}
+
 async fn serve(shared: Arc<Shared>, workers: Vec<Worker>) -> anyhow::Result<()> {
     let m = shared.register_metrics(TftpMetrics::register);
     let cluster = shared.cluster();
@@ -127,7 +134,10 @@ async fn serve(shared: Arc<Shared>, workers: Vec<Worker>) -> anyhow::Result<()> 
     let _ = socket2::SockRef::from(&sock).set_recv_buffer_size(1 << 20);
     tracing::info!(%addr, "TFTP listening (read-only, allowlisted boot loaders)");
     shared.ready.bound("tftp");
-    let files = Arc::new(BootFiles::new());
+    let files = Arc::new(Files {
+        boot: BootFiles::new(),
+        pins: PinWatch::new(&shared),
+    });
     let active: Active = Arc::new(Mutex::new(Books {
         in_flight: InFlight::new(Caps::from(&cluster.limits.tftp)),
         tasks: HashMap::new(),
@@ -244,7 +254,7 @@ impl Drop for Slot {
 fn start(
     shared: &Arc<Shared>,
     m: &TftpMetrics,
-    files: &Arc<BootFiles>,
+    files: &Arc<Files>,
     active: &Active,
     sock: &UdpSocket,
     on: &tokio::runtime::Handle,
@@ -335,7 +345,7 @@ async fn send_all(
 async fn transfer_task(
     shared: &Shared,
     m: &TftpMetrics,
-    files: &Arc<BootFiles>,
+    files: &Arc<Files>,
     local: SocketAddr,
     peer: SocketAddr,
     req: &Request,
@@ -345,9 +355,12 @@ async fn transfer_task(
     let sock = UdpSocket::bind(local).await?;
     sock.connect(peer).await?;
     let dir = shared.booter().boot_loader_dir(name);
-    let read = match files.cached(&dir, name) {
+    let read = match files.boot.cached(&dir, name) {
         _ if name == UKI_BOOTFILE => {
-            // The signed UKI of the peer's pinned image, read through the image store (manifest-checked).
+            // The signed UKI of the peer's pinned image, read through the image store (manifest-checked). The
+            // pins are re-read first when `imgbuild pin` changed them (as the HTTP boot decisions do): else the
+            // first boot after a re-pin would get the image pinned before.
+            files.pins.refresh(shared);
             let (shared_c, ip) = (shared.cluster(), peer.ip());
             let id = shared.booter().uki_for_ip(ip);
             tokio::task::spawn_blocking(move || read_uki(&shared_c, id))
@@ -357,7 +370,7 @@ async fn transfer_task(
         Ok(Some(d)) => Ok(d),
         _ => {
             let (files, dir) = (files.clone(), dir.clone());
-            tokio::task::spawn_blocking(move || files.read(&dir, name))
+            tokio::task::spawn_blocking(move || files.boot.read(&dir, name))
                 .await
                 .map_err(std::io::Error::other)?
         }
