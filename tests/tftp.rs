@@ -405,3 +405,86 @@ sys.stdin.read()
     drop(flood.stdin.take());
     let _ = flood.wait();
 }
+
+/// A worker image like `ClusterDir::make_image`'s, with a `uki.efi` of its own (distinct bytes per `salt`).
+fn image_with_uki(c: &ClusterDir, salt: &str) -> (String, Vec<u8>) {
+    use imgbuild::image::manifest::{FileEntry, Inputs, Manifest};
+    use sha2::{Digest, Sha256};
+    let (_, mut files) = c.make_image(imgbuild::config::Role::Worker, true, salt);
+    files.remove("manifest.json");
+    let uki: Vec<u8> = (0..200_000u32)
+        .map(|i| (i as u8) ^ salt.as_bytes()[0])
+        .collect();
+    files.insert("uki.efi".into(), uki.clone());
+    let manifest = Manifest {
+        format: 1,
+        role: imgbuild::config::Role::Worker,
+        arch: Default::default(),
+        profile: vec!["base".into(), "worker".into()],
+        standins: true,
+        kernel_args: vec![format!("imgbuild.salt={salt}")],
+        inputs: Inputs::default(),
+        files: files
+            .iter()
+            .map(|(n, b)| {
+                let sha256 = hex::encode(Sha256::digest(b));
+                let entry = FileEntry {
+                    size: b.len() as u64,
+                    sha256,
+                };
+                (n.clone(), entry)
+            })
+            .collect(),
+        rootfs_verity: None,
+    };
+    let id = manifest.id();
+    let d = c.images.join(&id);
+    std::fs::create_dir_all(&d).unwrap();
+    for (n, b) in &files {
+        std::fs::write(d.join(n), b).unwrap();
+    }
+    std::fs::write(d.join("manifest.json"), manifest.to_bytes()).unwrap();
+    (id, uki)
+}
+
+#[test]
+fn root_tftp_serves_a_secure_boot_machine_the_uki_pinned_now_after_a_repin() {
+    let ns = Netns::new();
+    let c = ClusterDir::new(None);
+    let text = std::fs::read_to_string(&c.config).unwrap();
+    let text = text.replace(
+        "[secure_boot]\nenabled = false",
+        "[secure_boot]\nenabled = true",
+    );
+    assert!(text.contains("[secure_boot]\nenabled = true"));
+    std::fs::write(&c.config, text).unwrap();
+    let (a, uki_a) = image_with_uki(&c, "a");
+    let (b, uki_b) = image_with_uki(&c, "b");
+    let pin = |id: &str| {
+        let o = c.imgbuild(&["pin", "worker", id]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    pin(&a);
+    let _server = Server::start(&ns, &c);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("uki");
+    let fetch = || {
+        let _ = std::fs::remove_file(&out);
+        let o = fetch_curl(&ns, &out, "uki.efi", &["--interface", WORKER1_IP]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read(&out).unwrap()
+    };
+    assert!(
+        fetch() == uki_a,
+        "worker-1 did not get the pinned image's UKI"
+    );
+    // Re-pinned while the server runs: the very next fetch (a PXE boot asks TFTP first, before any HTTP request
+    // that would refresh the pins) gets the new image's UKI.
+    pin(&b);
+    assert!(
+        fetch() == uki_b,
+        "worker-1 got the UKI pinned before the re-pin"
+    );
+    pin(&a);
+    assert!(fetch() == uki_a, "the rollback's UKI");
+}
