@@ -15,10 +15,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use imgbuild::config::{Arch, Role};
-use imgbuild::image::manifest::{FileEntry, Inputs, Manifest};
 use imgbuild::vm::netns::{Children, Netns};
 use imgbuild::vm::qemu::{self, Accel, Firmware, VmSpec};
-use sha2::{Digest, Sha256};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 const ASSETS: &str = "/usr/local/lib/imgbuild/arm64";
@@ -127,36 +125,15 @@ cache = "cache"
                 b"placeholder: this test's kernel never asks for a rootfs\n".to_vec(),
             ),
         ];
-        let manifest = Manifest {
-            format: 1,
+        let files = files.into_iter().map(|(n, b)| (n.to_string(), b)).collect();
+        let spec = common::ImageSpec {
             role: Role::Worker,
             arch: Arch::Arm64,
-            profile: vec!["arm64-boot-test".into()],
+            profile: &["arm64-boot-test"],
             standins: false,
-            kernel_args: vec!["console=ttyAMA0".into(), "panic=5".into()],
-            inputs: Inputs::default(),
-            files: files
-                .iter()
-                .map(|(n, b)| {
-                    (
-                        n.to_string(),
-                        FileEntry {
-                            size: b.len() as u64,
-                            sha256: hex::encode(Sha256::digest(b)),
-                        },
-                    )
-                })
-                .collect(),
-            rootfs_verity: None,
+            kernel_args: &["console=ttyAMA0", "panic=5"],
         };
-        let id = manifest.id();
-        let d = self.path("images").join(&id);
-        std::fs::create_dir_all(&d).unwrap();
-        for (n, b) in &files {
-            std::fs::write(d.join(n), b).unwrap();
-        }
-        std::fs::write(d.join("manifest.json"), manifest.to_bytes()).unwrap();
-        id
+        common::commit_image(&self.path("images"), &spec, &files).0
     }
 
     fn events(&self) -> Vec<serde_json::Value> {

@@ -6,18 +6,16 @@
 //! by the node, a replayed proof and a replayed quote (old nonce) refused, a re-attestation after "reboot" (no secret
 //! released), and a foreign boot application refused naming the PCR event.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
 mod attest;
 mod common;
 
-use attest::{Tpm, agile_log, extend, run};
+use attest::{Node, agile_log, extend, run};
 use imgbuild::config::{Arch, MacAddr, Role};
-use imgbuild::image::manifest::{FileEntry, Inputs, Manifest};
 use imgbuild::image::pins::PinnedImage;
 use imgbuild::netboot::state::Shared;
 use imgbuild::pki::attest::eventlog::{EV_EFI_BOOT_SERVICES_APPLICATION, EV_SEPARATOR};
@@ -30,134 +28,15 @@ const M1: &str = "52:54:00:77:00:11";
 /// The server: its application over HTTPS on 127.0.0.1 with a certificate from the provisioning CA.
 async fn serve(shared: Arc<Shared>) -> SocketAddr {
     let app = imgbuild::netboot::http::app(shared.clone());
-    let ca = imgbuild::pki::provisioning::load_ca(&shared.cluster().paths.secrets).unwrap();
-    let id = imgbuild::pki::provisioning::server_cert(&ca, &["127.0.0.1".parse().unwrap()], &[])
-        .unwrap();
-    let acceptor = imgbuild::netboot::http::tls::acceptor(&id).unwrap();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        imgbuild::netboot::http::tls::serve_tls_listener(l, acceptor, app)
-            .await
-            .unwrap();
-    });
-    addr
+    common::https::serve(app, &shared.cluster().paths.secrets)
+        .await
+        .https
 }
 
 /// An image for the master role whose "kernel" is a real PE (systemd's EFI stub), committed in the store.
 fn pinned_image(images: &Path) -> (PinnedImage, [u8; 32]) {
-    let kernel =
-        std::fs::read("/usr/lib/systemd/boot/efi/linuxx64.efi.stub").expect("systemd-boot-efi");
-    let mut files = BTreeMap::new();
-    files.insert("vmlinuz".to_string(), kernel.clone());
-    files.insert("initrd.img".to_string(), b"initrd".to_vec());
-    files.insert("rootfs.squashfs".to_string(), b"rootfs".to_vec());
-    let manifest = Manifest {
-        format: 1,
-        role: Role::Master,
-        arch: Arch::Amd64,
-        profile: vec!["base".into(), "master".into()],
-        standins: true,
-        kernel_args: vec![],
-        inputs: Inputs::default(),
-        files: files
-            .iter()
-            .map(|(n, b)| {
-                (
-                    n.clone(),
-                    FileEntry {
-                        size: b.len() as u64,
-                        sha256: hex::encode(Sha256::digest(b)),
-                    },
-                )
-            })
-            .collect(),
-        rootfs_verity: None,
-    };
-    let id = manifest.id();
-    let d = images.join(&id);
-    std::fs::create_dir_all(&d).unwrap();
-    for (n, b) in &files {
-        std::fs::write(d.join(n), b).unwrap();
-    }
-    std::fs::write(d.join("manifest.json"), manifest.to_bytes()).unwrap();
-    let app = imgbuild::image::authenticode::sha256(&kernel).unwrap();
+    let (id, manifest, app) = attest::pe_kernel_image(images, Role::Master);
     (PinnedImage::from_manifest(&id, &manifest).unwrap(), app)
-}
-
-/// One node: the rendered scripts under its own root, its TPM and its event log.
-struct Node {
-    root: tempfile::TempDir,
-    tpm: Tpm,
-}
-
-impl Node {
-    fn new(lib: &str, attest: &str, ca: &Path) -> Node {
-        let root = tempfile::tempdir().unwrap();
-        let r = root.path();
-        std::fs::create_dir_all(r.join("usr/lib/imgbuild")).unwrap();
-        std::fs::create_dir_all(r.join("usr/share/imgbuild")).unwrap();
-        std::fs::create_dir_all(r.join("run/imgbuild")).unwrap();
-        std::fs::write(r.join("usr/lib/imgbuild/lib.sh"), lib).unwrap();
-        std::fs::write(r.join("usr/lib/imgbuild/attest.sh"), attest).unwrap();
-        std::fs::copy(ca, r.join("usr/share/imgbuild/provisioning-ca.crt")).unwrap();
-        Node {
-            root,
-            tpm: Tpm::start(),
-        }
-    }
-
-    fn attest_dir(&self) -> PathBuf {
-        self.root.path().join("run/imgbuild/attest")
-    }
-
-    /// `ib_attest_enroll` as firstboot runs it: (HTTP status, what it wrote to OUT).
-    fn enroll(&self, api: &str, log: &[u8]) -> (String, String) {
-        let r = self.root.path();
-        std::fs::write(r.join("eventlog"), log).unwrap();
-        let out = Command::new("bash")
-            .arg("-c")
-            .arg(
-                r#"set -u; . "$IMGBUILD_ROOT/usr/lib/imgbuild/lib.sh"; . "$IMGBUILD_ROOT/usr/lib/imgbuild/attest.sh"
-                   IB_API="$API"; IB_MAC="$MAC"; ib_attest_enroll "$IMGBUILD_ROOT/out" "$IMGBUILD_ROOT/hdr""#,
-            )
-            .env("IMGBUILD_ROOT", r)
-            .env("IMGBUILD_EVENTLOG", r.join("eventlog"))
-            .env("TPM2TOOLS_TCTI", &self.tpm.tcti)
-            .env("API", api)
-            .env("MAC", M1)
-            .output()
-            .unwrap();
-        let code = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let body = std::fs::read_to_string(r.join("out")).unwrap_or_default();
-        eprintln!(
-            "node: {code} {body}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (code, body)
-    }
-
-    /// `ib_reattest` as firstboot runs it at a later boot: (its exit status, its saved answer).
-    fn reattest(&self, api: &str, log: &[u8]) -> (i32, String) {
-        let r = self.root.path();
-        std::fs::write(r.join("eventlog"), log).unwrap();
-        let out = Command::new("bash")
-            .arg("-c")
-            .arg(
-                r#"set -u; . "$IMGBUILD_ROOT/usr/lib/imgbuild/lib.sh"; . "$IMGBUILD_ROOT/usr/lib/imgbuild/attest.sh"
-                   IB_API="$API"; IB_MAC="$MAC"; IB_ENROLL_TRIES=1; ib_reattest"#,
-            )
-            .env("IMGBUILD_ROOT", r)
-            .env("IMGBUILD_EVENTLOG", r.join("eventlog"))
-            .env("TPM2TOOLS_TCTI", &self.tpm.tcti)
-            .env("API", api)
-            .env("MAC", M1)
-            .output()
-            .unwrap();
-        let body = std::fs::read_to_string(r.join("run/imgbuild/reattest.out")).unwrap_or_default();
-        eprintln!("node reattest: {:?} {body}", out.status);
-        (out.status.code().unwrap_or(-1), body)
-    }
 }
 
 fn curl(ca: &Path, args: &[&str], url: &str) -> (u16, String) {
@@ -223,10 +102,10 @@ async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boo
         (4, EV_SEPARATOR, [0x04; 32]),
         (4, EV_EFI_BOOT_SERVICES_APPLICATION, kernel_digest),
     ];
-    let node = tokio::task::block_in_place(|| Node::new(&lib, &attest_sh, &ca));
+    let node = tokio::task::block_in_place(|| Node::new(&lib, &attest_sh, &ca, M1));
     extend(&node.tpm.tcti, &boot);
     let log = agile_log(&boot);
-    let spoofer = tokio::task::block_in_place(|| Node::new(&lib, &attest_sh, &ca));
+    let spoofer = tokio::task::block_in_place(|| Node::new(&lib, &attest_sh, &ca, M1));
     extend(&spoofer.tpm.tcti, &boot);
 
     // First contact: the EK waits for approval.

@@ -15,6 +15,8 @@ use imgbuild::pki::attest::{AttestError, seal};
 use sha2::{Digest, Sha256};
 
 mod attest;
+#[allow(unused)]
+mod common;
 use attest::{Tpm, log_and_extend, run};
 
 #[test]

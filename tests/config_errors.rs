@@ -467,14 +467,19 @@ fn secure_boot_db_key_needs_its_certificate() {
 }
 
 #[test]
-fn secure_boot_defaults_follow_the_roles_and_spare_arm64() {
-    let src = EXAMPLE
+fn secure_boot_defaults_follow_the_roles_on_amd64_and_arm64() {
+    // An arm64 worker too: AAVMF enforces Secure Boot with the cluster's keys (docs/secure-boot.md, "arm64").
+    let mut src = EXAMPLE
         .replacen("enabled = false", "enabled = true", 1)
         .replacen(
             "# roles = [\"master\", \"worker\", \"storage\"]",
             "roles = [\"worker\"]",
             1,
         );
+    src.push_str(
+        "\n[[machines]]\nhostname = \"arm-worker-1\"\nrole = \"worker\"\narch = \"arm64\"\n\
+         mac = \"52:54:00:77:00:41\"\nip = \"10.77.0.41\"\nstate_disk = \"/dev/vda\"\ninit_blank = true\n",
+    );
     let c = config::load_str(Path::new("cluster.toml"), &src, Path::new("."))
         .expect("valid with secure boot");
     for m in &c.machines {
@@ -485,6 +490,11 @@ fn secure_boot_defaults_follow_the_roles_and_spare_arm64() {
             m.hostname
         );
     }
+    assert!(
+        c.machines
+            .iter()
+            .any(|m| m.arch == imgbuild::config::Arch::Arm64 && m.secure_boot)
+    );
     assert!(!c.secure_boot.own_db);
     assert!(c.secure_boot.db_key.ends_with("secrets/secureboot/db.key"));
 }
@@ -630,4 +640,141 @@ fn attestation_identity_and_ek_pin_are_checked_at_their_line() {
         Ok(_) => panic!("require_secure_boot with a TPM machine without Secure Boot was accepted"),
         Err(e) => panic!("unexpected error {e}"),
     }
+}
+
+#[test]
+fn containerds_sandbox_image_is_the_one_pause_image_listed_for_every_role() {
+    // The example: kubeadm's pause, in [images.node] (every role), is what the templates get.
+    let c = config::load_str(Path::new("cluster.toml"), EXAMPLE, Path::new(".")).unwrap();
+    assert_eq!(c.sandbox_image, "registry.k8s.io/pause:3.10.2");
+    // A mirror's pause is taken as it is (full reference).
+    let src = EXAMPLE.replacen(
+        "\"registry.k8s.io/pause:3.10.2\"",
+        "\"mirror.example:5000/k8s/pause:3.10.2\"",
+        1,
+    );
+    let c = config::load_str(Path::new("cluster.toml"), &src, Path::new(".")).unwrap();
+    assert_eq!(c.sandbox_image, "mirror.example:5000/k8s/pause:3.10.2");
+    // A cluster that bakes none of kubeadm's images (its nodes pull them, pause with them) needs no pause.
+    let start = EXAMPLE.find("[images.kubernetes]").unwrap();
+    let end = EXAMPLE.find("[base]").unwrap();
+    let unbaked = format!(
+        "{}[images.test]\nroles = [\"worker\"]\nrefs = [\"busybox:1.36\"]\n\n{}",
+        &EXAMPLE[..start],
+        &EXAMPLE[end..]
+    )
+    .replace("  \"ghcr.io/kube-vip/kube-vip:v1.0.1\",\n", "");
+    let c = config::load_str(Path::new("cluster.toml"), &unbaked, Path::new("."))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.sandbox_image, "registry.k8s.io/pause:3.10.2");
+    // kubeadm's images baked, no pause image: containerd would pull its sandbox image.
+    let (src, p) = problems_with("  \"registry.k8s.io/pause:3.10.2\",\n", "");
+    assert_problem(
+        &src,
+        &p,
+        "images",
+        "no pause image is listed",
+        "[images.kubernetes]",
+    );
+    let msg = &p.iter().find(|p| p.key == "images").unwrap().message;
+    assert!(
+        msg.contains("kubeadm config images list --kubernetes-version 1.36.3")
+            && msg.contains("[images.node]")
+            && msg.contains("registry.k8s.io/kube-apiserver:v1.36.3 in [images.kubernetes]"),
+        "{msg}"
+    );
+    // Listed for the masters only: the workers' and storage nodes' containerd would pull it.
+    let only_masters = EXAMPLE
+        .replacen("  \"registry.k8s.io/pause:3.10.2\",\n", "", 1)
+        .replacen(
+            "  \"ghcr.io/kube-vip/kube-vip:v1.0.1\",\n",
+            "  \"ghcr.io/kube-vip/kube-vip:v1.0.1\",\n  \"registry.k8s.io/pause:3.10.2\",\n",
+            1,
+        );
+    let Err(ConfigError::Invalid(p)) =
+        config::load_str(Path::new("cluster.toml"), &only_masters, Path::new("."))
+    else {
+        panic!("a pause image for the masters only was accepted")
+    };
+    assert_problem(
+        &only_masters,
+        &p,
+        "images",
+        "registry.k8s.io/pause:3.10.2 is not listed for role worker, storage",
+        "[images.kubernetes]",
+    );
+    // Two pause images: containerd has one sandbox image (groups are read in name order, so the node
+    // group's comes second).
+    let (src, p) = problems_with(
+        "  \"ghcr.io/kube-vip/kube-vip:v1.0.1\",\n",
+        "  \"ghcr.io/kube-vip/kube-vip:v1.0.1\",\n  \"registry.k8s.io/pause:3.10\",\n",
+    );
+    assert_problem(
+        &src,
+        &p,
+        "images.node.refs[0]",
+        "a second pause image registry.k8s.io/pause:3.10.2: containerd runs every pod of the cluster in one sandbox image, and images.control-plane-addons.refs[1] already lists registry.k8s.io/pause:3.10",
+        "\"registry.k8s.io/pause:3.10.2\",",
+    );
+}
+
+/// The example with Secure Boot on and `edit` applied: its problems (it must be refused).
+fn secure_boot_problems(from: &str, to: &str) -> (String, Vec<Problem>) {
+    let on = EXAMPLE.replacen("enabled = false", "enabled = true", 1);
+    assert_eq!(on.matches(from).count(), 1, "{from:?}");
+    let src = on.replacen(from, to, 1);
+    match config::load_str(Path::new("cluster.toml"), &src, Path::new(".")) {
+        Ok(_) => panic!("edit {from:?} -> {to:?} was accepted"),
+        Err(ConfigError::Invalid(p)) => (src, p),
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+#[test]
+fn a_secure_boot_machine_has_the_state_disk_and_init_blank_of_the_signed_command_line() {
+    // The example as shipped, with Secure Boot on: every machine matches the role-level values.
+    let on = EXAMPLE.replacen("enabled = false", "enabled = true", 1);
+    let c = config::load_str(Path::new("cluster.toml"), &on, Path::new(".")).unwrap();
+    assert_eq!(c.secure_boot.state_disk, "/dev/vda");
+    assert!(c.secure_boot.init_blank);
+    // Another role-level state disk: each Secure Boot machine's own is refused, naming both and the ways out.
+    let (src, p) = secure_boot_problems(
+        "state_disk = \"/dev/vda\"                     # default",
+        "state_disk = \"/dev/sda\"                     # default",
+    );
+    assert_problem(
+        &src,
+        &p,
+        "machines[0].state_disk",
+        "differs from [secure_boot] state_disk = \"/dev/sda\"",
+        "state_disk = \"/dev/vda\"",
+    );
+    assert!(
+        p.iter()
+            .any(|p| p.message.contains("`secure_boot = false`")),
+        "{p:#?}"
+    );
+    let (src, p) = secure_boot_problems(
+        "init_blank = true                           # default false",
+        "init_blank = false                          # default false",
+    );
+    assert_problem(
+        &src,
+        &p,
+        "machines[0].init_blank",
+        "differs from [secure_boot] init_blank = false",
+        "init_blank = true",
+    );
+    // A word the initrd could not take as a state disk.
+    let (src, p) = secure_boot_problems(
+        "state_disk = \"/dev/vda\"                     # default",
+        "state_disk = \"/dev/vda=1\"                   # default",
+    );
+    assert_problem(
+        &src,
+        &p,
+        "secure_boot.state_disk",
+        "safe characters",
+        "/dev/vda=1",
+    );
 }

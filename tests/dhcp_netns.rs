@@ -16,21 +16,15 @@ use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 use imgbuild::config::MacAddr;
 use imgbuild::netboot::dhcp::Journal;
 
-const BIN: &str = env!("CARGO_BIN_EXE_imgbuild");
-const REPO: &str = env!("CARGO_MANIFEST_DIR");
-const SERVER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+#[allow(unused)]
+mod common;
+#[path = "common/dhcp_client.rs"]
+mod dhcp_client;
 
-fn run(cmd: &[&str]) {
-    let out = Command::new(cmd[0])
-        .args(&cmd[1..])
-        .output()
-        .expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use dhcp_client::{Udhcpc, run};
+
+const BIN: &str = env!("CARGO_BIN_EXE_imgbuild");
+const SERVER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 
 /// Two namespaces joined by a veth pair; the server side has 10.77.0.1/24. Removed on drop.
 struct Lab {
@@ -95,18 +89,24 @@ impl Lab {
 
     /// Writes `cluster.toml` (the example, on our veth, state in the temp dir), edited by `edit`.
     fn write_config(&self, edit: impl Fn(String) -> String) -> PathBuf {
-        let src = std::fs::read_to_string(Path::new(REPO).join("cluster.toml")).unwrap();
-        let src = src.replace(
-            "interface = \"br0\"",
-            &format!("interface = \"{}\"", self.srv_if),
-        );
-        let src = format!(
-            "{}\n[paths]\nprofiles = \"{REPO}/profiles\"\nipxe = \"{REPO}/ipxe\"\nimages = \"images\"\nstate = \"state\"\nsecrets = \"secrets\"\ncache = \"cache\"\n",
-            edit(src)
-        );
-        let p = self.path("cluster.toml");
-        std::fs::write(&p, src).unwrap();
-        p
+        let iface = format!("interface = \"{}\"", self.srv_if);
+        common::write_cluster(self.dir.path(), false, |t| {
+            edit(t.replace("interface = \"br0\"", &iface))
+        })
+    }
+
+    /// Adds `cidr` to the client's interface (an address a test client sends from).
+    fn add_client_addr(&self, cidr: &str) {
+        run(&[
+            "ip",
+            "-n",
+            &self.cli_ns,
+            "addr",
+            "add",
+            cidr,
+            "dev",
+            &self.cli_if,
+        ]);
     }
 
     fn set_client_mac(&self, mac: &str) {
@@ -173,39 +173,18 @@ impl Lab {
 
     /// Runs udhcpc once in the client namespace; returns the variables of its `bound` event, if any.
     fn udhcpc(&self, extra: &[&str]) -> Option<BTreeMap<String, String>> {
-        let script = self.path("udhcpc.sh");
-        std::fs::write(&script, "#!/bin/sh\nenv > \"$OUT.$1\"\n").unwrap();
-        run(&["chmod", "+x", script.to_str().unwrap()]);
-        let out = self.path("udhcpc");
-        let _ = std::fs::remove_file(out.with_extension("bound"));
-        let status = Command::new("timeout")
-            .args([
-                "20",
-                "ip",
-                "netns",
-                "exec",
-                &self.cli_ns,
-                "udhcpc",
-                "-f",
-                "-q",
-                "-n",
-            ])
-            .args(["-t", "3", "-T", "1", "-A", "1", "-i", &self.cli_if, "-s"])
-            .arg(&script)
-            .args(extra)
-            .env("OUT", &out)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
-        let text = std::fs::read_to_string(out.with_extension("bound")).ok()?;
-        assert!(status.success());
-        Some(
-            text.lines()
-                .filter_map(|l| l.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
+        let client = Udhcpc {
+            ns: &self.cli_ns,
+            iface: &self.cli_if,
+            timeout_secs: 20,
+            tries: 3,
+            pause_secs: 1,
+        };
+        let (bound, ok) = client.once(self.dir.path(), extra);
+        if bound.is_some() {
+            assert!(ok);
+        }
+        bound
     }
 }
 
@@ -459,6 +438,50 @@ fn root_netns_udhcpc_and_dhclient_get_inventory_address_and_boot_file_unknown_ge
         let mac = &line[line.find("\"mac\"").unwrap()..][..27];
         assert!(after.contains(mac), "lease {line} lost by reload");
     }
+    // A node's unsigned report is taken from the address of its current lease even when that is no longer its
+    // inventory address: worker-1 moves to 10.77.0.121 in cluster.toml (reload) while it still holds its lease
+    // of 10.77.0.21; a report from 10.77.0.21 is recorded, one from 10.77.0.99 is refused and names both.
+    lab.write_config(|s| s.replace("ip = \"10.77.0.21\"", "ip = \"10.77.0.121\""));
+    lab.signal(pid, libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lab
+        .log("serve.log")
+        .matches("configuration reloaded")
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "no second reload");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for a in ["10.77.0.21/24", "10.77.0.99/24"] {
+        lab.add_client_addr(a);
+    }
+    let report = |src: &str| {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.cli_ns,
+                "curl",
+                "-sS",
+                "--max-time",
+                "10",
+            ])
+            .args(["--interface", src, "-w", " %{http_code}", "--data"])
+            .arg("mac=52:54:00:77:00:21&stage=initrd&detail=from-lease")
+            .arg("http://10.77.0.1:8080/api/events")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let from_lease = report("10.77.0.21");
+    assert!(from_lease.ends_with(" 200"), "{from_lease}");
+    let other = report("10.77.0.99");
+    assert!(other.ends_with(" 403"), "{other}");
+    assert!(
+        other.contains("its address is 10.77.0.121 (or 10.77.0.21, its current DHCP lease)"),
+        "{other}"
+    );
     // The process served all of this without restarting.
     assert_eq!(
         lab.log("serve.log")
@@ -683,16 +706,7 @@ fn check_journal(lab: &Lab, acked: &BTreeMap<[u8; 6], Ipv4Addr>) {
 fn root_netns_leases_survive_kill_9_mid_load() {
     let mut lab = Lab::new("k");
     let cfg = lab.write_config(pool("10.77.0.100", "10.77.0.250"));
-    run(&[
-        "ip",
-        "-n",
-        &lab.cli_ns,
-        "addr",
-        "add",
-        "10.77.0.254/24",
-        "dev",
-        &lab.cli_if,
-    ]);
+    lab.add_client_addr("10.77.0.254/24");
     let mut acked: BTreeMap<[u8; 6], Ipv4Addr> = BTreeMap::new();
     let mut next = 0u16;
     for round in 0..3 {
@@ -766,16 +780,7 @@ fn root_netns_leases_survive_kill_9_mid_load() {
 fn root_netns_malformed_packets_are_dropped_and_counted_while_serving_continues() {
     let mut lab = Lab::new("m");
     let cfg = lab.write_config(pool("10.77.0.100", "10.77.0.250"));
-    run(&[
-        "ip",
-        "-n",
-        &lab.cli_ns,
-        "addr",
-        "add",
-        "10.77.0.5/24",
-        "dev",
-        &lab.cli_if,
-    ]);
+    lab.add_client_addr("10.77.0.5/24");
     lab.start_server(&cfg, "serve.log");
     let iface = lab.cli_if.clone();
     let (ok_before, ok_after, relayed) = in_netns(&lab.cli_ns, move || {
@@ -932,16 +937,7 @@ fn root_netns_full_disk_during_load_loses_no_acked_lease() {
     let state = lab.path("state");
     let _tmpfs = Tmpfs::mount(&state, "1m");
     let cfg = lab.write_config(pool("10.77.0.100", "10.77.0.250"));
-    run(&[
-        "ip",
-        "-n",
-        &lab.cli_ns,
-        "addr",
-        "add",
-        "10.77.0.254/24",
-        "dev",
-        &lab.cli_if,
-    ]);
+    lab.add_client_addr("10.77.0.254/24");
     let pid = lab.start_server(&cfg, "serve0.log");
     // Load: DORAs with new MACs, one after another, until told to stop; every ACK is remembered.
     let attempts = Arc::new(AtomicUsize::new(0));

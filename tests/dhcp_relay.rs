@@ -7,25 +7,19 @@
 //! Every namespace and process is removed by a Drop guard, also on failure.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_imgbuild");
-const REPO: &str = env!("CARGO_MANIFEST_DIR");
-const WORKER1: &str = "52:54:00:77:00:21";
+#[allow(unused)]
+mod common;
+#[path = "common/dhcp_client.rs"]
+mod dhcp_client;
 
-fn run(cmd: &[&str]) {
-    let out = Command::new(cmd[0])
-        .args(&cmd[1..])
-        .output()
-        .expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use dhcp_client::{Udhcpc, run};
+
+const BIN: &str = env!("CARGO_BIN_EXE_imgbuild");
+const WORKER1: &str = "52:54:00:77:00:21";
 
 struct Lab {
     id: String,
@@ -116,18 +110,10 @@ impl Lab {
     fn replica(&mut self, name: &str, server: &str) -> u32 {
         let d = self.path(name);
         std::fs::create_dir_all(&d).unwrap();
-        let src = std::fs::read_to_string(Path::new(REPO).join("cluster.toml")).unwrap();
-        let src = src
-            .replace("interface = \"br0\"", "interface = \"prov\"")
-            .replace("server = \"10.77.0.1\"", &format!("server = \"{server}\""));
-        let cfg = d.join("cluster.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "{src}\n[paths]\nprofiles = \"{REPO}/profiles\"\nipxe = \"{REPO}/ipxe\"\nimages = \"images\"\nstate = \"state\"\nsecrets = \"secrets\"\ncache = \"cache\"\n"
-            ),
-        )
-        .unwrap();
+        let cfg = common::write_cluster(&d, false, |t| {
+            t.replace("interface = \"br0\"", "interface = \"prov\"")
+                .replace("server = \"10.77.0.1\"", &format!("server = \"{server}\""))
+        });
         let pid = self.spawn(name, name, &[BIN, "-c", cfg.to_str().unwrap(), "serve"]);
         let t0 = Instant::now();
         while !self.log(name).contains("DHCP server listening") {
@@ -143,37 +129,15 @@ impl Lab {
 
     /// udhcpc once on the node; the variables of its `bound` event, if any.
     fn udhcpc(&self) -> Option<BTreeMap<String, String>> {
-        let script = self.path("udhcpc.sh");
-        std::fs::write(&script, "#!/bin/sh\nenv > \"$OUT.$1\"\n").unwrap();
-        run(&["chmod", "+x", script.to_str().unwrap()]);
-        let out = self.path("udhcpc");
-        let _ = std::fs::remove_file(out.with_extension("bound"));
-        let _ = Command::new("timeout")
-            .args([
-                "30",
-                "ip",
-                "netns",
-                "exec",
-                &self.ns("c"),
-                "udhcpc",
-                "-f",
-                "-q",
-                "-n",
-            ])
-            .args(["-t", "5", "-T", "2", "-A", "1", "-i", "eth0", "-s"])
-            .arg(&script)
-            .env("OUT", &out)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
-        let text = std::fs::read_to_string(out.with_extension("bound")).ok()?;
-        Some(
-            text.lines()
-                .filter_map(|l| l.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
+        let ns = self.ns("c");
+        let client = Udhcpc {
+            ns: &ns,
+            iface: "eth0",
+            timeout_secs: 30,
+            tries: 5,
+            pause_secs: 2,
+        };
+        client.once(self.dir.path(), &[]).0
     }
 
     /// The events a replica recorded for worker-1 (`state/events.jsonl`): (stage, detail).

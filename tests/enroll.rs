@@ -45,30 +45,8 @@ fn app(shared: &Arc<Shared>) -> axum::Router {
 
 /// HTTPS (as `serve` runs it) and plain HTTP listeners on loopback for the same application.
 async fn serve(shared: Arc<Shared>) -> (SocketAddr, SocketAddr, tokio::task::JoinHandle<()>) {
-    let app = app(&shared);
-    let ca = imgbuild::pki::provisioning::load_ca(&shared.cluster().paths.secrets).unwrap();
-    let id = imgbuild::pki::provisioning::server_cert(&ca, &["127.0.0.1".parse().unwrap()], &[])
-        .unwrap();
-    let acceptor = imgbuild::netboot::http::tls::acceptor(&id).unwrap();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let p = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let plain = p.local_addr().unwrap();
-    let plain_app = app.clone();
-    let h = tokio::spawn(async move {
-        tokio::spawn(async move {
-            axum::serve(
-                p,
-                plain_app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .await
-            .unwrap();
-        });
-        imgbuild::netboot::http::tls::serve_tls_listener(l, acceptor, app)
-            .await
-            .unwrap();
-    });
-    (addr, plain, h)
+    let l = common::https::serve(app(&shared), &shared.cluster().paths.secrets).await;
+    (l.https, l.plain, l.task)
 }
 
 impl Lab {
@@ -696,6 +674,83 @@ async fn reports_are_authenticated_and_refusals_leave_no_trace() {
         "4,000 requests in {:?}; state grew by {grown} bytes",
         t0.elapsed()
     );
+}
+
+/// Before enrollment a node's unsigned report is taken from its inventory address or from the address of the
+/// DHCP lease the server acknowledged to it (fed here as the DHCP journal thread feeds it, after the fsync), and
+/// from no other: not from another node's lease, not once the lease is released or has ended. Each refusal is
+/// counted as `wrong-address` and names both addresses.
+#[tokio::test]
+async fn unsigned_reports_come_from_the_inventory_address_or_the_current_lease_only() {
+    use imgbuild::netboot::dhcp::leases::Record;
+    let lab = Lab::new().await;
+    let now = imgbuild::pki::token::now_unix();
+    let w2: MacAddr = W2.parse().unwrap();
+    let lease = |mac: MacAddr, ip: &str, expires: u64| Record::Grant {
+        mac,
+        ip: ip.parse().unwrap(),
+        expires,
+        at: now,
+    };
+    let report = |mac: &str| format!("mac={mac}&stage=initrd&detail=lease");
+    lab.shared
+        .leases
+        .replay(&lease(w2, "127.77.0.150", now + 600));
+
+    let (s, _, body) = lab
+        .curl("127.77.0.150", "/api/events", Some(&report(W2)))
+        .await;
+    assert_eq!(s, 200, "from its lease: {body}");
+    assert_eq!(
+        imgbuild::netboot::peers::mac_for_ip(&lab.shared, "127.77.0.150".parse().unwrap()),
+        Some(w2),
+        "the lease names the machine behind the address"
+    );
+    let (s, _, body) = lab
+        .curl("127.77.0.22", "/api/events", Some(&report(W2)))
+        .await;
+    assert_eq!(s, 200, "from its inventory address: {body}");
+    let (s, _, body) = lab
+        .curl("127.77.0.151", "/api/events", Some(&report(W2)))
+        .await;
+    assert_eq!(s, 403, "{body}");
+    assert!(
+        body.contains("its address is 127.77.0.22 (or 127.77.0.150, its current DHCP lease)"),
+        "{body}"
+    );
+    // Another node's lease is not yours.
+    let (s, _, body) = lab
+        .curl("127.77.0.150", "/api/events", Some(&report(W1)))
+        .await;
+    assert_eq!(s, 403, "{body}");
+    // Released: refused from the address at once.
+    lab.shared.leases.replay(&Record::Release {
+        mac: w2,
+        ip: "127.77.0.150".parse().unwrap(),
+        at: now,
+    });
+    let (s, _, body) = lab
+        .curl("127.77.0.150", "/api/events", Some(&report(W2)))
+        .await;
+    assert_eq!(s, 403, "released: {body}");
+    // Ended: a lease that expired no longer counts.
+    lab.shared
+        .leases
+        .replay(&lease(w2, "127.77.0.152", now - 1));
+    let (s, _, body) = lab
+        .curl("127.77.0.152", "/api/events", Some(&report(W2)))
+        .await;
+    assert_eq!(s, 403, "ended: {body}");
+
+    assert_eq!(lab.events(W2, "initrd").len(), 2, "only the two accepted");
+    assert!(lab.events(W1, "initrd").is_empty());
+    let metrics = lab.shared.encode_metrics();
+    for line in [
+        "imgbuild_event_reports_total{outcome=\"accepted-address\"} 2",
+        "imgbuild_event_reports_total{outcome=\"wrong-address\"} 4",
+    ] {
+        assert!(metrics.contains(line), "{line} not in:\n{metrics}");
+    }
 }
 
 /// A node whose image carries another CA refuses the server (curl: certificate problem), and the server's

@@ -5,15 +5,13 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use imgbuild::config::{Cluster, Machine};
-use imgbuild::netboot::http::tls;
 use imgbuild::netboot::state::Shared;
 use imgbuild::pki::secrets;
-use imgbuild::status::{Events, Source};
+use imgbuild::status::Source;
 
 struct Lab {
     dir: tempfile::TempDir,
@@ -25,30 +23,16 @@ struct Lab {
 
 async fn lab() -> Lab {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = common::write_cluster(dir.path(), true, |t| {
+    let (cluster, shared) = common::https::server_state(dir.path(), |t| {
         t.replace("# password = \"...\"", "password = \"bgp-s3cret\"")
     });
-    let cluster = imgbuild::config::load(&cfg).unwrap();
-    secrets::init(&cluster.paths.secrets).unwrap();
-    let shared = Arc::new(Shared::new(
-        cfg,
-        cluster.clone(),
-        BTreeMap::new(),
-        Events::open(
-            &cluster.paths.state.join("events.jsonl"),
-            &cluster.limits.events,
-        )
-        .unwrap(),
-    ));
     // The server's real application over HTTPS (its certificate from the provisioning CA), as `serve` runs it.
-    let app = imgbuild::netboot::http::app(shared.clone());
-    let ca = imgbuild::pki::provisioning::load_ca(&cluster.paths.secrets).unwrap();
-    let id = imgbuild::pki::provisioning::server_cert(&ca, &["127.0.0.1".parse().unwrap()], &[])
-        .unwrap();
-    let acceptor = tls::acceptor(&id).unwrap();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = format!("https://{}", l.local_addr().unwrap());
-    tokio::spawn(tls::serve_tls_listener(l, acceptor, app));
+    let l = common::https::serve(
+        imgbuild::netboot::http::app(shared.clone()),
+        &cluster.paths.secrets,
+    )
+    .await;
+    let api = format!("https://{}", l.https);
     Lab {
         dir,
         cluster,
@@ -106,10 +90,21 @@ impl Lab {
             std::fs::create_dir_all(&d).unwrap();
             std::fs::write(d.join("address"), format!("{mac}\n")).unwrap();
         }
-        // kube-vip's image pull: crictl needs a running containerd, so a test-only shim logs the call.
+        // kube-vip's image: crictl needs a running containerd, so a test-only shim logs every call and answers
+        // `inspecti` as crictl does against containerd (present: its status as JSON, exit 0; absent: crictl's
+        // fatal "no such image", exit 1), with the images listed in test-shim-containerd-images as present.
         std::fs::write(
             root.join("usr/bin/crictl"),
-            "#!/bin/bash\n# test-only shim for crictl\necho \"$*\" >>\"$IMGBUILD_ROOT/test-shim-crictl.log\"\n",
+            "#!/bin/bash\n# test-only shim for crictl\necho \"$*\" >>\"$IMGBUILD_ROOT/test-shim-crictl.log\"\n\
+             if [ \"$1\" = inspecti ]; then\n\
+             \x20 ref=\"${@: -1}\"\n\
+             \x20 if grep -qxF \"$ref\" \"$IMGBUILD_ROOT/test-shim-containerd-images\" 2>/dev/null; then\n\
+             \x20   printf '{\\n  \"status\": {\\n    \"id\": \"sha256:%064d\",\\n    \"repoTags\": [\\n      \"%s\"\\n    ]\\n  }\\n}\\n' 1 \"$ref\"\n\
+             \x20   exit 0\n\
+             \x20 fi\n\
+             \x20 echo \"time=\\\"$(date -u +%FT%TZ)\\\" level=fatal msg=\\\"no such image \\\\\\\"$ref\\\\\\\" present\\\"\" >&2\n\
+             \x20 exit 1\n\
+             fi\n",
         )
         .unwrap();
         use std::os::unix::fs::PermissionsExt;
@@ -243,9 +238,18 @@ async fn firstboot_init_then_joins_in_order_with_standins() {
     assert!(kv.contains("path: /etc/kubernetes/admin.conf"), "{kv}");
     assert!(kv.contains("value: \"eth1\""), "{kv}");
     assert!(!kv.contains("@IMGBUILD_"), "{kv}");
+    // Not in containerd (not baked): crictl was asked, then the image pulled, and the step says so.
+    let crictl = read(&m1, "test-shim-crictl.log");
+    let vip = &lab.cluster.control_plane.kube_vip_image;
     assert!(
-        read(&m1, "test-shim-crictl.log").contains("pull ghcr.io/kube-vip/kube-vip:"),
-        "kube-vip's image is pre-pulled"
+        crictl.contains(&format!("inspecti -q {vip}\npull {vip}\n")),
+        "kube-vip's image is looked up, then pulled: {crictl}"
+    );
+    assert_eq!(
+        lab.details("master-1", "kube-vip"),
+        [format!(
+            "{vip} was not in containerd (not baked): pulled from its registry"
+        )]
     );
     // Every node reports its NIC, resolver and time source at first boot (from cluster.toml, not the host).
     let started = lab.details("master-1", "firstboot-started");
@@ -565,6 +569,13 @@ async fn an_interrupted_kubeadm_init_or_join_is_reset_and_retried_with_kube_vip_
         ("worker-1", "kubeadm-join"),
     ] {
         let root = lab.node(host);
+        // kube-vip's image baked and imported: the masters use it and never pull (containerd's CRI PullImage
+        // would ask the registry even for an image it has).
+        std::fs::write(
+            root.join("test-shim-containerd-images"),
+            format!("{}\n", lab.cluster.control_plane.kube_vip_image),
+        )
+        .unwrap();
         lab.set_cmdline(host, &format!("imgbuild.standin_fail_once={stage}"));
         let (ok, _) = lab.firstboot(host).await;
         assert!(!ok, "{host}: the injected failure");
@@ -601,6 +612,20 @@ async fn an_interrupted_kubeadm_init_or_join_is_reset_and_retried_with_kube_vip_
             assert!(kv.contains("path: /etc/kubernetes/admin.conf"), "{kv}");
             assert!(kv.contains("value: \"eth1\""), "{kv}");
             assert!(root.join("etc/kubernetes/manifests/etcd.yaml").exists());
+            let vip = &lab.cluster.control_plane.kube_vip_image;
+            let crictl = read(&root, "test-shim-crictl.log");
+            assert!(
+                crictl.contains(&format!("inspecti -q {vip}")) && !crictl.contains("pull"),
+                "{host}: the baked image is not pulled: {crictl}"
+            );
+            let zeros = "0".repeat(63);
+            assert!(
+                lab.details(host, "kube-vip").contains(&format!(
+                    "{vip} already in containerd (image id sha256:{zeros}1): not pulled"
+                )),
+                "{host}: {:?}",
+                lab.details(host, "kube-vip")
+            );
         }
     }
 }

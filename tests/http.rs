@@ -1,6 +1,7 @@
 //! HTTP against the real `imgbuild serve` in a private namespace, with curl: per-machine iPXE scripts, image
 //! artifacts (ETag, 304, Range, HEAD), traversal attempts, boot loaders, events, metrics, pins.
 
+mod common;
 mod netboot;
 
 use std::time::{Duration, Instant};

@@ -18,6 +18,7 @@ use imgbuild::config::{MacAddr, Role};
 use imgbuild::image::build::{self, Options};
 use imgbuild::image::pins::Pins;
 use imgbuild::netboot::boot::Booter;
+use imgbuild::vm::spawn::SpawnTied;
 
 const SERVER: &str = r#"
 import http.server, sys, os, time
@@ -88,7 +89,7 @@ impl Lab {
                 .arg(events)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
-                .spawn()
+                .spawn_tied()
                 .unwrap(),
         );
         lab
@@ -125,7 +126,7 @@ impl Lab {
             .arg(format!("file={},if=virtio,format=raw", disk.display()))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()
+            .spawn_tied()
             .unwrap();
         let t = Instant::now();
         let text = loop {

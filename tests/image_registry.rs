@@ -383,6 +383,58 @@ fn root_a_baked_image_layout_imports_into_real_containerd_which_runs_a_container
             .any(|l| l.starts_with(&box_ref) && l.contains(&index)),
         "{ls}"
     );
+    // The crictl stand-in answers `inspecti` from this real containerd as crictl does (the first master asks it
+    // before deciding to pull kube-vip's image): present, its status with the locked image id; absent, crictl's
+    // "no such image" and exit 1.
+    let standins =
+        imgbuild::image::standins::generate(&cluster, &imgbuild::template::engine_for(&cluster))
+            .unwrap();
+    let crictl = standins
+        .files
+        .iter()
+        .find(|x| x.path == "/usr/local/bin/crictl")
+        .expect("the crictl stand-in");
+    let crictl_path = f.dir.path().join("crictl");
+    std::fs::write(&crictl_path, &crictl.contents).unwrap();
+    let inspecti = |r: &str| {
+        Command::new("sh")
+            .arg(&crictl_path)
+            .args(["inspecti", "-q", r])
+            .env("CONTAINERD_ADDRESS", &ctd.sock)
+            .env("IMGBUILD_ROOT", f.dir.path())
+            .output()
+            .unwrap()
+    };
+    let present = inspecti(&box_ref);
+    let status: serde_json::Value = serde_json::from_slice(&present.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&present.stdout),
+            String::from_utf8_lossy(&present.stderr)
+        )
+    });
+    assert!(present.status.success());
+    let lock = Lock::load(&cluster.paths.lock).unwrap();
+    let locked = lock.image(&box_ref, "amd64").unwrap();
+    assert_eq!(status["status"]["id"], locked.config.as_str(), "{status}");
+    assert_eq!(status["status"]["repoTags"][0], box_ref.as_str());
+    let name = box_ref.rsplit_once(':').unwrap().0;
+    assert_eq!(
+        status["status"]["repoDigests"][0],
+        format!("{name}@{index}").as_str()
+    );
+    let none_ref = format!("{name}:absent");
+    let absent = inspecti(&none_ref);
+    let err = String::from_utf8_lossy(&absent.stderr);
+    assert_eq!(absent.status.code(), Some(1), "{err}");
+    assert!(
+        absent.stdout.is_empty()
+            && err.contains(&format!(
+                "level=fatal msg=\"no such image \\\"{none_ref}\\\" present\""
+            )),
+        "{err}"
+    );
+
     // runc runs a container from it, with the registry gone.
     let run_out = ctd.ctr(&["-n", "k8s.io", "run", "--rm", &box_ref, "imgbuild-test"]);
     assert!(

@@ -4,6 +4,7 @@
 //! over its real HTTP listener (curl), an object whose bytes were changed in the bucket refused and never
 //! served, and reads going on with one Garage node stopped (replication factor 3). No VM.
 
+mod common;
 #[path = "common/garage.rs"]
 mod garage;
 mod netboot;

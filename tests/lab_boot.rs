@@ -9,11 +9,12 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use imgbuild::config::{DhcpMode, MacAddr, Role};
+use imgbuild::config::{Arch, DhcpMode, MacAddr, Role};
 use imgbuild::status::Event;
 use imgbuild::status::report::NodeView;
 use imgbuild::vm::lab::{Lab, Options};
 use imgbuild::vm::qemu::Firmware;
+use imgbuild::vm::spawn::SpawnTied;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -50,13 +51,14 @@ fn events(lab: &Lab) -> Vec<Event> {
         .collect()
 }
 
-/// Stage names of `mac` in the order they were first recorded (stand-in binaries' own reports are not stages).
+/// Stage names of `mac` in the order they were first recorded (stand-in binaries' own reports and log-only events
+/// such as `node-facts` are not stages).
 fn first_seen(events: &[Event], mac: MacAddr) -> Vec<String> {
     let mut seen = Vec::new();
-    for e in events
-        .iter()
-        .filter(|e| e.mac == mac && e.stage != imgbuild::status::STANDIN_STAGE)
-    {
+    for e in events.iter().filter(|e| {
+        e.mac == mac
+            && (e.stage == "failed" || imgbuild::status::STAGES.contains(&e.stage.as_str()))
+    }) {
         if !seen.contains(&e.stage) {
             seen.push(e.stage.clone());
         }
@@ -275,6 +277,43 @@ fn root_lab_full_dhcp_bios_master_worker_and_http_boot_storage_reach_joined_in_o
         joined.contains("kube-vip manifest in place, vip_interface eth1"),
         "{joined}"
     );
+    // kube-vip ran: the labelled stand-in image, started from /etc/kubernetes/manifests by the stand-in kubelet
+    // through the node's real containerd, put the VIP on the NIC master-1 booted from (eth1, the inventory MAC),
+    // not on the decoy eth0 ...
+    let m1 = lab.cluster.machine_by_hostname("master-1").unwrap().clone();
+    let vip = lab.cluster.control_plane.vip.to_string();
+    let on = format!("VIP {vip}/32 on eth1 ({})", m1.mac);
+    assert!(
+        joined.contains(&on),
+        "master-1's joined event lacks {on:?}: {joined}"
+    );
+    // ... and from the server's side of the lab network the VIP answers, at that NIC's MAC.
+    let in_ns = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", lab.netns()])
+            .args(args)
+            .output()
+            .expect("ip netns exec");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, ping) = in_ns(&["busybox", "ping", "-c", "3", "-W", "5", &vip]);
+    assert!(
+        ok,
+        "the VIP {vip} does not answer ping from the lab server's namespace: {ping}"
+    );
+    let (_, neigh) = in_ns(&["ip", "neigh", "show", &vip]);
+    assert!(
+        neigh.contains(&format!("lladdr {}", m1.mac)),
+        "the server's neighbour entry for the VIP {vip} is not master-1's boot NIC {}: {neigh}",
+        m1.mac
+    );
     // Nothing secret crossed the wire in clear: no PEM block, no bootstrap token (the one `secrets init` made,
     // which every bundle carried, and the one master-1 renewed and published, now in token.json).
     capture.stop();
@@ -295,6 +334,20 @@ fn root_lab_full_dhcp_bios_master_worker_and_http_boot_storage_reach_joined_in_o
         bytes.len()
     );
     assert_no_packet_left_the_lab(&pcap, &lab.cluster.network.subnet.to_string());
+    // kube-vip's gratuitous ARP for the VIP came from master-1's boot NIC (sender = target = VIP).
+    let garp = std::process::Command::new("tcpdump")
+        .arg("-r")
+        .arg(&pcap)
+        .args(["-n", "-e", "-c", "400"])
+        .arg(format!("ether src {} and arp", m1.mac))
+        .output()
+        .expect("tcpdump (Debian package tcpdump)");
+    let garp = String::from_utf8_lossy(&garp.stdout);
+    assert!(
+        garp.contains(&format!("who-has {vip} (ff:ff:ff:ff:ff:ff) tell {vip},")),
+        "no gratuitous ARP for the VIP {vip} from {} in the capture:\n{garp}",
+        m1.mac
+    );
     assert!(!has(b"-----BEGIN"), "a PEM block crossed the LAN in clear");
     assert!(
         !has(b"PRIVATE KEY"),
@@ -342,7 +395,7 @@ impl Capture {
             .arg(file)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
-            .spawn()
+            .spawn_tied()
             .expect("tcpdump (Debian package tcpdump)");
         // Give it the moment it needs to open the interface.
         std::thread::sleep(Duration::from_millis(500));
@@ -361,63 +414,6 @@ impl Capture {
 impl Drop for Capture {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-#[test]
-fn root_lab_proxy_dhcp_beside_dnsmasq_uefi_pxe_master_and_http_boot_worker() {
-    // Addresses from dnsmasq, boot information from imgbuild as ProxyDHCP; one run proves both UEFI paths:
-    // master-1 on OVMF's own PXE client (no iPXE ROM; iPXE over TFTP), worker-1 on UEFI HTTP Boot.
-    master_and_worker_boot(Firmware::Uefi, Firmware::Http, DhcpMode::Proxy);
-}
-
-/// master-1 boots with `master_fw` and worker-1 with `worker_fw` (UEFI: OVMF's PXE fetches iPXE over TFTP;
-/// HTTP: OVMF's HTTP Boot, arch 16, PXE switched off, fetches it over HTTP from the URL in the offer). master-1
-/// initialises the cluster worker-1 joins; worker-1 must go the whole way; each one's boot loader is fetched the
-/// way its firmware implies. In proxy mode the addresses come from dnsmasq (its log must show the ACKs) and
-/// imgbuild sends no `dhcp-ack`.
-fn master_and_worker_boot(master_fw: Firmware, worker_fw: Firmware, dhcp: DhcpMode) {
-    let dir = tempfile::tempdir().unwrap();
-    let hosts = ["master-1", "worker-1"];
-    let mut o = options(dir.path(), &hosts, master_fw, dhcp);
-    o.firmware_of = vec![("worker-1".into(), worker_fw)];
-    let mut lab = Lab::prepare(o).unwrap();
-    for h in hosts {
-        lab.start_vm(h).unwrap();
-    }
-    let limit = lab.opts.timeout;
-    let report = lab
-        .wait(&["worker-1".to_string()], 1, limit, |n| n.done)
-        .unwrap_or_else(|f| panic!("{f}"));
-    println!("{}", imgbuild::vm::lab::summary(&report, lab.standins));
-    let evs = events(&lab);
-    let mut must = boot_path();
-    if dhcp == DhcpMode::Proxy {
-        must.retain(|s| *s != "dhcp-ack");
-    }
-    must.push("bootfile");
-    must.push("kubeadm-join");
-    let w = lab.cluster.machine_by_hostname("worker-1").unwrap().clone();
-    assert_stages_in_order(&evs, w.mac, "worker-1", &must);
-    let m = lab.cluster.machine_by_hostname("master-1").unwrap().clone();
-    assert_loader_came(&evs, m.mac, "master-1", master_fw);
-    assert_loader_came(&evs, w.mac, "worker-1", worker_fw);
-    let seen = first_seen(&evs, m.mac);
-    for s in ["bootfile", "kernel", "systemd", "kubeadm-init", "init-done"] {
-        assert!(
-            seen.iter().any(|x| x == s),
-            "master-1 never reached {s}: {seen:?}"
-        );
-    }
-    if dhcp == DhcpMode::Proxy {
-        let log = std::fs::read_to_string(dir.path().join("dnsmasq.log")).unwrap_or_default();
-        for mac in [m.mac, w.mac] {
-            assert!(
-                log.lines()
-                    .any(|l| l.contains("DHCPACK") && l.contains(&mac.to_string())),
-                "dnsmasq never acknowledged {mac}: {log}"
-            );
-        }
     }
 }
 
@@ -446,12 +442,6 @@ fn assert_loader_came(evs: &[Event], mac: MacAddr, host: &str, firmware: Firmwar
     );
 }
 
-/// UEFI Secure Boot enforced with the cluster's own keys enrolled (OVMF's Secure Boot build, SMM): master-1 and
-/// worker-1 get their role's signed UKI straight from the firmware (no iPXE, no script) — master-1 by UEFI HTTP
-/// Boot, worker-1 by OVMF's PXE client over TFTP — the
-/// initrd learns the machine's facts from DHCP and the server, and both go the whole way; their rows and
-/// /metrics say Secure Boot was on. Then the same firmware and keys refuse the worker's UKI with one byte changed
-/// and re-signed by another key (booted from a FAT disk, no network, bounded waits).
 fn assert_refused(con: &str, what: &str) {
     assert!(
         con.contains("Access Denied"),
@@ -719,6 +709,23 @@ fn root_lab_reboot_secure_boot_tpm_masters_join_in_order_worker_upgrades_then_ro
                 .map(|e| e.detail.as_str())
                 .collect::<Vec<_>>()
         );
+        // docs/secure-boot.md: no machine facts in the initrd; after switch-root they came over HTTPS (recorded by
+        // the server per node, from the node's own address).
+        let facts: Vec<&str> = evs
+            .iter()
+            .filter(|e| {
+                e.mac == m.mac
+                    && e.stage == imgbuild::netboot::http::node::FACTS_STAGE
+                    && e.source == imgbuild::status::Source::Server
+            })
+            .map(|e| e.detail.as_str())
+            .collect();
+        assert!(
+            facts
+                .iter()
+                .any(|d| d.starts_with(&format!("served over HTTPS: host {h}, address {}", m.ip))),
+            "{h} did not fetch its machine facts over HTTPS: {facts:?}"
+        );
     }
     for h in ["master-1", "master-3"] {
         let m = lab.cluster.machine_by_hostname(h).unwrap();
@@ -751,6 +758,18 @@ fn root_lab_reboot_secure_boot_tpm_masters_join_in_order_worker_upgrades_then_ro
     let metrics = String::from_utf8_lossy(&out.stdout);
     assert!(
         metrics.contains(&format!("imgbuild_node_secure_boot{{mac=\"{}\"}} 1", w.mac)),
+        "{metrics}"
+    );
+    // No plain-HTTP request for machine facts was made by anyone; each UKI's initrd fetched its root filesystem
+    // by the root hash on its signed command line (no per-machine answer needed).
+    assert!(
+        !metrics.contains("imgbuild_node_facts_requests_total{outcome=\"plain-http\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "imgbuild_http_requests_total{route=\"/images/by-root-hash/{root_hash}/rootfs.squashfs\",status=\"200\"}"
+        ),
         "{metrics}"
     );
 
@@ -1014,7 +1033,7 @@ fn firmware_consoles(vars: &Path, ukis: &[Vec<u8>], work: &Path) -> Vec<String> 
             .args(["-device", "virtio-blk-pci,drive=esp"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
-            .spawn()
+            .spawn_tied()
             .unwrap();
         vms.push((vm, console, None::<String>));
     }
@@ -1038,9 +1057,19 @@ fn firmware_consoles(vars: &Path, ukis: &[Vec<u8>], work: &Path) -> Vec<String> 
     vms.into_iter().map(|(_, _, d)| d.unwrap()).collect()
 }
 
-/// The example cluster plus one arm64 worker (`arm-worker-1`), written into `dir` with absolute paths.
-fn config_with_arm64_worker(dir: &Path) -> PathBuf {
-    let mut text = common::with_arm64_machine(&common::example_text());
+/// The example cluster with `[secure_boot]` enabled plus one arm64 worker (`arm-worker-1`) that boots with
+/// Secure Boot (`roles = []`: no other machine does), written into `dir` with absolute paths.
+fn config_with_arm64_secure_boot_worker(dir: &Path) -> PathBuf {
+    let mut text = common::with_arm64_machine(&common::example_text()).replacen(
+        "[secure_boot]\nenabled = false\n# roles = [\"master\", \"worker\", \"storage\"]",
+        "[secure_boot]\nenabled = true\nroles = []",
+        1,
+    );
+    assert!(
+        text.contains("roles = []"),
+        "the example's [secure_boot] section changed"
+    );
+    text.push_str("secure_boot = true\n");
     text.push_str(&format!(
         r#"
 [paths]
@@ -1056,59 +1085,140 @@ cache = "{cache}"
     p
 }
 
+/// Two architectures, two UEFI boot paths and ProxyDHCP in one run. Addresses come from dnsmasq (the router's
+/// DHCP server), boot information from imgbuild as ProxyDHCP. master-1 (amd64) boots by OVMF's own PXE client
+/// (no iPXE ROM: iPXE over TFTP) and initialises the cluster. arm-worker-1 is the whole arm64 path: its image
+/// built for arm64 by the image builder (emulated maintainer scripts) with a UKI on the arm64 image's own
+/// `linuxaa64.efi.stub`, signed with the cluster's db key; AAVMF with the cluster's PK/KEK/db enrolled enforces
+/// Secure Boot and fetches that UKI by UEFI HTTP Boot (no GRUB, no iPXE) → the signed kernel, initrd and
+/// command line → rootfs through dm-verity → systemd → first boot → kubeadm join, on an emulated cortex-a57.
 #[test]
-fn root_lab_arm64_worker_built_by_the_image_builder_joins_beside_an_amd64_master() {
-    // The whole arm64 path: the worker image built for arm64 (emulated maintainer scripts), AAVMF PXE → GRUB →
-    // the arm64 image's kernel and initrd → rootfs verified → systemd → first boot → kubeadm join, on an emulated
-    // cortex-a57, beside an amd64 master booting by BIOS.
+fn root_lab_proxy_dhcp_uefi_pxe_amd64_master_and_secure_boot_arm64_worker_by_http_boot_join() {
     let dir = tempfile::tempdir().unwrap();
-    let mut o = options(
-        dir.path(),
-        &["master-1", "arm-worker-1"],
-        Firmware::Bios,
-        DhcpMode::Full,
-    );
-    o.config = config_with_arm64_worker(dir.path());
+    let (master, host) = ("master-1", common::ARM64_WORKER);
+    let mut o = options(dir.path(), &[master, host], Firmware::Uefi, DhcpMode::Proxy);
+    o.config = config_with_arm64_secure_boot_worker(dir.path());
+    o.firmware_of = vec![(host.into(), Firmware::Http)];
+    o.secure_boot = true;
     let mut lab = Lab::prepare(o).unwrap();
-    for h in ["master-1", "arm-worker-1"] {
+    for h in [master, host] {
         lab.start_vm(h).unwrap();
     }
-    let host = "arm-worker-1".to_string();
     let limit = lab.opts.timeout;
     let report = lab
-        .wait(std::slice::from_ref(&host), 1, limit, |n| n.done)
+        .wait(&[host.to_string()], 1, limit, |n| n.done)
         .unwrap_or_else(|f| panic!("{f}"));
     println!("{}", imgbuild::vm::lab::summary(&report, lab.standins));
-    let m = lab.cluster.machine_by_hostname(&host).unwrap().clone();
-    let arm_image = lab
-        .images
-        .iter()
-        .find(|(r, a, _)| *r == Role::Worker && *a == imgbuild::config::Arch::Arm64)
-        .unwrap()
-        .2
-        .clone();
+    let evs = events(&lab);
+    let w = lab.cluster.machine_by_hostname(host).unwrap().clone();
+    let m = lab.cluster.machine_by_hostname(master).unwrap().clone();
+    assert!(w.secure_boot && !m.secure_boot);
+    // The arm64 image is the one pinned and booted, and it carries a signed UKI; the master's has none.
+    let image_of = |role, arch| {
+        let (_, _, id) = lab
+            .images
+            .iter()
+            .find(|(r, a, _)| *r == role && *a == arch)
+            .unwrap();
+        id.clone()
+    };
+    let arm_image = image_of(Role::Worker, Arch::Arm64);
     assert_eq!(
-        node(&report, &host).image.as_deref(),
+        node(&report, host).image.as_deref(),
         Some(arm_image.as_str())
     );
-    let mut must: Vec<&str> = boot_path()
+    let store = imgbuild::image::store::open(&lab.cluster);
+    let has_uki = |id: &str| {
+        Path::new(&store.locate(id))
+            .join(imgbuild::image::manifest::UKI)
+            .is_file()
+    };
+    assert!(has_uki(&arm_image), "the arm64 image has no uki.efi");
+    assert!(!has_uki(&image_of(Role::Master, Arch::Amd64)));
+
+    // arm-worker-1: the UKI by HTTP Boot, nothing unsigned in between, the whole way to joined, Secure Boot on.
+    let seen = first_seen(&evs, w.mac);
+    assert!(
+        !seen
+            .iter()
+            .any(|s| s == "grub-config" || s == "ipxe-script"),
+        "{host} ran an unsigned loader under Secure Boot: {seen:?}"
+    );
+    let loaders: Vec<&str> = evs
         .iter()
-        .map(|s| {
-            if *s == "ipxe-script" {
-                "grub-config"
-            } else {
-                *s
-            }
-        })
+        .filter(|e| e.mac == w.mac && e.stage == "bootfile")
+        .map(|e| e.detail.as_str())
         .collect();
+    assert!(
+        !loaders.is_empty()
+            && loaders.iter().all(|d| d.starts_with("uki.efi")
+                && d.contains(&arm_image)
+                && d.ends_with("via HTTP")),
+        "{host} did not boot its arm64 UKI by HTTP Boot: {loaders:?}"
+    );
+    let mut must = boot_path();
+    // ProxyDHCP: dnsmasq acknowledges the address. The firmware fetched kernel and initrd inside the UKI: the
+    // server sees no `kernel` fetch; the node's own initrd reports `initrd`.
+    must.retain(|s| !["dhcp-ack", "ipxe-script", "kernel"].contains(s));
     must.extend(["bootfile", "kubeadm-join"]);
     must.sort_by_key(|s| stage_pos(s));
-    assert_stages_in_order(&events(&lab), m.mac, &host, &must);
-    let console = std::fs::read_to_string(lab.console(&host)).unwrap_or_default();
+    assert_stages_in_order(&evs, w.mac, host, &must);
+    assert_eq!(
+        node(&report, host).secure_boot,
+        Some(true),
+        "{host}: Secure Boot not reported on"
+    );
+    assert!(
+        detail(&evs, w.mac, "initrd").contains("secure_boot=on"),
+        "{host}'s initrd did not read SecureBoot=1"
+    );
+    let console = std::fs::read_to_string(lab.console(host)).unwrap_or_default();
     assert!(
         console.contains("aarch64") || console.contains("ARM64") || console.contains("arm64"),
         "the console shows no arm64 kernel"
     );
+    assert!(
+        console.contains("Secure boot enabled") || console.contains("UEFI Secure Boot is enabled"),
+        "the arm64 kernel did not see Secure Boot enforced"
+    );
+
+    // master-1: OVMF's PXE fetched iPXE over TFTP (no Secure Boot), up to init-done.
+    assert_loader_came(&evs, m.mac, master, Firmware::Uefi);
+    let seen = first_seen(&evs, m.mac);
+    for s in [
+        "bootfile",
+        "ipxe-script",
+        "kernel",
+        "systemd",
+        "kubeadm-init",
+        "init-done",
+    ] {
+        assert!(
+            seen.iter().any(|x| x == s),
+            "{master} never reached {s}: {seen:?}"
+        );
+    }
+    assert_ne!(node(&report, master).secure_boot, Some(true));
+
+    // ProxyDHCP beside dnsmasq: dnsmasq acknowledged both machines' addresses; every DHCP answer of ours was a
+    // proxy answer (boot information, no address).
+    let log = std::fs::read_to_string(dir.path().join("dnsmasq.log")).unwrap_or_default();
+    for mac in [m.mac, w.mac] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("DHCPACK") && l.contains(&mac.to_string())),
+            "dnsmasq never acknowledged {mac}: {log}"
+        );
+        let ours: Vec<&str> = evs
+            .iter()
+            .filter(|e| e.mac == mac && (e.stage == "dhcp-offer" || e.stage == "dhcp-ack"))
+            .map(|e| e.detail.as_str())
+            .collect();
+        assert!(
+            !ours.is_empty() && ours.iter().all(|d| d.starts_with("proxy boot=")),
+            "{mac}: imgbuild's DHCP answers were not all proxy answers: {ours:?}"
+        );
+    }
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -1131,8 +1241,62 @@ const RUNTIME_CHECK_SAYS: &str = "imgbuild runtime check: busybox ran";
 /// directly) whose command prints [`RUNTIME_CHECK_SAYS`] and its own PID, stored in the lab's content-addressed
 /// cache as `imgbuild fetch` would have stored it. Returns its reference and manifest digest.
 fn runtime_check_image() -> (String, String) {
+    busybox_image(
+        "lab.invalid/imgbuild-runtime-check:1",
+        &[],
+        &[],
+        serde_json::json!({"Cmd": ["/bin/sh", "-c", format!("echo \"{RUNTIME_CHECK_SAYS} in pid $$\"")]}),
+    )
+}
+
+/// The repository's example cluster (`cluster.toml`), loaded as the product loads it.
+fn example_cluster() -> imgbuild::config::Cluster {
+    imgbuild::config::load(&Path::new(REPO).join("cluster.toml")).unwrap()
+}
+
+/// The kube-vip version the product's default image pins (`ghcr.io/kube-vip/kube-vip:v1.0.1`): the stand-in
+/// image carries the same tag.
+fn kube_vip_version() -> String {
+    let real = example_cluster().control_plane.kube_vip_image;
+    real.rsplit_once(":v")
+        .expect("a tagged kube-vip image")
+        .1
+        .to_string()
+}
+
+/// The labelled stand-in for kube-vip's image (it cannot be downloaded here): busybox-static and the stand-in
+/// entrypoint `/kube-vip` (profiles/standins/kube-vip-entrypoint.sh.j2, rendered for the pinned version), with
+/// the busybox applets it calls. It does what kube-vip's ARP mode does for the control plane: the VIP on
+/// `vip_interface`, gratuitous ARP. Returns its reference and manifest digest.
+fn kube_vip_standin_image() -> (String, String) {
+    let version = kube_vip_version();
+    let cluster = example_cluster();
+    let entry = imgbuild::template::engine_for(&cluster)
+        .render(
+            "profiles/standins/kube-vip-entrypoint.sh.j2",
+            &serde_json::json!({ "version": version }),
+        )
+        .unwrap();
+    busybox_image(
+        &format!("lab.invalid/kube-vip-standin:v{version}"),
+        &[("kube-vip", entry.as_bytes())],
+        &[
+            "arping", "awk", "cat", "date", "expr", "grep", "head", "hostname", "ip", "sed",
+            "sleep", "tr", "usleep",
+        ],
+        serde_json::json!({"Entrypoint": ["/kube-vip"], "Env": ["PATH=/bin"]}),
+    )
+}
+
+/// A one-layer image of busybox-static at `/bin/busybox` (`/bin/sh` and `applets` linked to it) and `files`
+/// (mode 0755) at the root, with the image config's `config` section; stored in the shared cache.
+fn busybox_image(
+    reference: &str,
+    files: &[(&str, &[u8])],
+    applets: &[&str],
+    config: serde_json::Value,
+) -> (String, String) {
     use imgbuild::image::oci::blobs::{Blobs, digest_of};
-    let reference = "lab.invalid/imgbuild-runtime-check:1".to_string();
     let mut layer = tar::Builder::new(Vec::new());
     let mut add = |path: &str, kind: tar::EntryType, mode: u32, data: &[u8], link: Option<&str>| {
         let mut h = tar::Header::new_ustar();
@@ -1157,19 +1321,24 @@ fn runtime_check_image() -> (String, String) {
         &std::fs::read("/bin/busybox").expect("busybox-static's /bin/busybox"),
         None,
     );
-    add(
-        "bin/sh",
-        tar::EntryType::Symlink,
-        0o777,
-        b"",
-        Some("busybox"),
-    );
+    for a in std::iter::once(&"sh").chain(applets) {
+        add(
+            &format!("bin/{a}"),
+            tar::EntryType::Symlink,
+            0o777,
+            b"",
+            Some("busybox"),
+        );
+    }
+    for (path, data) in files {
+        add(path, tar::EntryType::Regular, 0o755, data, None);
+    }
     let layer = layer.into_inner().unwrap();
     let layer_digest = digest_of(&layer);
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
-        "config": {"Cmd": ["/bin/sh", "-c", format!("echo \"{RUNTIME_CHECK_SAYS} in pid $$\"")]},
+        "config": config,
         "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
     }))
     .unwrap();
@@ -1188,42 +1357,62 @@ fn runtime_check_image() -> (String, String) {
         ("config", &config_digest, &config),
         ("manifest", &manifest_digest, &manifest),
     ] {
-        blobs.put(&reference, what, digest, data).unwrap();
+        blobs.put(reference, what, digest, data).unwrap();
     }
-    (reference, manifest_digest)
+    (reference.to_string(), manifest_digest)
 }
 
 /// The example cluster, its worker role also baking the runtime-check image `reference` (locked at `digest`,
-/// amd64, in `dir/user/imgbuild.lock`), written into `dir/user` with absolute paths.
+/// amd64, in `dir/user/imgbuild.lock`) and its masters running the labelled kube-vip stand-in image
+/// ([`kube_vip_standin_image`]) as `[control_plane] kube_vip_image`, baked for them; written into `dir/user`
+/// with absolute paths.
 fn config_with_runtime_check(dir: &Path, reference: &str, digest: &str) -> PathBuf {
     use imgbuild::image::lock::{ImageLockEntry, Lock};
     let blobs = imgbuild::image::oci::blobs::Blobs::under(&shared_cache());
-    let manifest: serde_json::Value = serde_json::from_slice(&blobs.read(digest).unwrap()).unwrap();
-    let mut size =
-        blobs.read(digest).unwrap().len() as u64 + manifest["config"]["size"].as_u64().unwrap();
-    for l in manifest["layers"].as_array().unwrap() {
-        size += l["size"].as_u64().unwrap();
-    }
     // Not the lab dir itself: the lab writes its own cluster.toml there and copies this lock beside it.
     let dir = dir.join("user");
     std::fs::create_dir_all(&dir).unwrap();
     let lock_path = dir.join("imgbuild.lock");
     let mut lock = Lock::load(&lock_path).unwrap();
-    lock.upsert_image(ImageLockEntry {
-        reference: reference.to_string(),
-        arch: "amd64".into(),
-        index: None,
-        manifest: digest.to_string(),
-        config: manifest["config"]["digest"].as_str().unwrap().to_string(),
-        size,
-    });
+    let (vip_ref, vip_digest) = kube_vip_standin_image();
+    for (reference, digest) in [(reference, digest), (vip_ref.as_str(), vip_digest.as_str())] {
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&blobs.read(digest).unwrap()).unwrap();
+        let mut size =
+            blobs.read(digest).unwrap().len() as u64 + manifest["config"]["size"].as_u64().unwrap();
+        for l in manifest["layers"].as_array().unwrap() {
+            size += l["size"].as_u64().unwrap();
+        }
+        lock.upsert_image(ImageLockEntry {
+            reference: reference.to_string(),
+            arch: "amd64".into(),
+            index: None,
+            manifest: digest.to_string(),
+            config: manifest["config"]["digest"].as_str().unwrap().to_string(),
+            size,
+        });
+    }
     lock.save(&lock_path).unwrap();
-    let mut text = common::example_text();
+    // The masters' static pod names the stand-in (only this stand-in build does: the product's default stays
+    // the real image).
+    let text = common::example_text().replace(
+        "[control_plane]\n",
+        &format!("[control_plane]\nkube_vip_image = \"{vip_ref}\"\n"),
+    );
+    assert!(
+        text.contains(&vip_ref),
+        "the example has a [control_plane] table"
+    );
+    let mut text = text;
     text.push_str(&format!(
         r#"
 [images.runtime-check]
 roles = ["worker"]
 refs = ["{reference}"]
+
+[images.kube-vip-standin]
+roles = ["master"]
+refs = ["{vip_ref}"]
 
 [paths]
 profiles = "{REPO}/profiles"

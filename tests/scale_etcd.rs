@@ -1,11 +1,12 @@
-//! Server replicas on one shared state: a real 3-member etcd cluster (Debian's `etcd-server`) on 127.0.0.1 and
-//! two replicas of the server's whole application, each with its own etcd client, its own HTTPS listener and
-//! its own in-memory state, exactly as two `imgbuild serve` hosts would hold them; real curl clients bind the
-//! inventory addresses (127.77.0.0/24 on `lo`), and `imgbuild pin` / `imgbuild enroll` run as the real binary.
-//! Proves: enrollment "once" across replicas under concurrent requests, the barrier and the published token
-//! seen by the other replica, a re-pin on one host served by the other replica at once (etcd watch), the
-//! shared event history naming the replica that served each stage, and replicas going on with one etcd
-//! member killed.
+//! Server replicas on one shared state: a real 3-member etcd cluster (Debian's `etcd-server`) on 127.0.0.1 and two
+//! replicas of the server's whole application, each with its own etcd client, its own HTTPS listener and its own
+//! in-memory state, exactly as two `imgbuild serve` hosts would hold them; real curl clients bind the inventory
+//! addresses (127.77.0.0/24 on `lo`), and `imgbuild pin` / `imgbuild enroll` run as the real binary. Proves:
+//! enrollment "once" across replicas under concurrent requests, the barrier and the published token seen by the
+//! other replica, TPM-attested enrollment on the same shared state (a pending EK recorded through one replica, seen
+//! and served through the other after `imgbuild enroll approve`, enrolled once), a re-pin on one host served by the
+//! other replica at once (etcd watch), the shared event history naming the replica that served each stage, and
+//! replicas going on with one etcd member killed.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,13 +14,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod attest;
 mod common;
 #[path = "common/etcd.rs"]
 mod etcd;
 
-use imgbuild::config::{MacAddr, Role};
-use imgbuild::image::manifest::{FileEntry, Inputs, Manifest};
+use attest::{Node, agile_log, extend};
+use imgbuild::config::{Arch, MacAddr, Role};
 use imgbuild::netboot::state::Shared;
+use imgbuild::pki::attest::eventlog::{EV_EFI_BOOT_SERVICES_APPLICATION, EV_SEPARATOR};
 use imgbuild::pki::{enroll, secrets, state_store};
 use imgbuild::status::Events;
 use sha2::{Digest, Sha256};
@@ -27,6 +30,8 @@ use sha2::{Digest, Sha256};
 const M1: &str = "52:54:00:77:00:11";
 const W1: &str = "52:54:00:77:00:21";
 const W2: &str = "52:54:00:77:00:22";
+/// master-2: enrolls by TPM attestation in this test.
+const M2: &str = "52:54:00:77:00:12";
 
 /// One replica: its state (its own etcd client) and its HTTPS address.
 struct Replica {
@@ -50,28 +55,8 @@ async fn replica(config: &Path, name: &str) -> Replica {
     ));
     imgbuild::netboot::replicas::spawn(&shared);
     let app = imgbuild::netboot::http::app(shared.clone());
-    let ca = imgbuild::pki::provisioning::load_ca(&shared.cluster().paths.secrets).unwrap();
-    let id = imgbuild::pki::provisioning::server_cert(&ca, &["127.0.0.1".parse().unwrap()], &[])
-        .unwrap();
-    let acceptor = imgbuild::netboot::http::tls::acceptor(&id).unwrap();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let p = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let plain = p.local_addr().unwrap();
-    let plain_app = app.clone();
-    let server = tokio::spawn(async move {
-        tokio::spawn(async move {
-            axum::serve(
-                p,
-                plain_app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .await
-            .unwrap();
-        });
-        imgbuild::netboot::http::tls::serve_tls_listener(l, acceptor, app)
-            .await
-            .unwrap();
-    });
+    let l = common::https::serve(app, &shared.cluster().paths.secrets).await;
+    let (addr, plain, server) = (l.https, l.plain, l.task);
     Replica {
         shared,
         addr,
@@ -111,36 +96,15 @@ fn make_image(images: &Path, role: Role, salt: &str) -> String {
         let b = Sha256::digest(format!("{role}{salt}{name}").as_bytes()).to_vec();
         files.insert(name.to_string(), b);
     }
-    let manifest = Manifest {
-        format: 1,
+    let role_name = role.to_string();
+    let spec = common::ImageSpec {
         role,
         arch: Default::default(),
-        profile: vec!["base".into(), role.to_string()],
+        profile: &["base", &role_name],
         standins: false,
-        kernel_args: vec!["console=ttyS0,115200".into()],
-        inputs: Inputs::default(),
-        files: files
-            .iter()
-            .map(|(n, b)| {
-                (
-                    n.clone(),
-                    FileEntry {
-                        size: b.len() as u64,
-                        sha256: hex::encode(Sha256::digest(b)),
-                    },
-                )
-            })
-            .collect(),
-        rootfs_verity: None,
+        kernel_args: &["console=ttyS0,115200"],
     };
-    let id = manifest.id();
-    let d = images.join(&id);
-    std::fs::create_dir_all(&d).unwrap();
-    for (n, b) in &files {
-        std::fs::write(d.join(n), b).unwrap();
-    }
-    std::fs::write(d.join("manifest.json"), manifest.to_bytes()).unwrap();
-    id
+    common::commit_image(images, &spec, &files).0
 }
 
 fn imgbuild(config: &Path, args: &[&str]) -> (bool, String) {
@@ -172,6 +136,90 @@ async fn eventually(secs: u64, what: &str, mut f: impl AsyncFnMut() -> bool) {
     }
 }
 
+/// The TPM part of the test below (needs the barrier reached and a live token: master-2 is a joiner).
+async fn tpm_enrollment_is_shared(config: &Path, ca: &Path, a: &Replica, b: &Replica) {
+    let cluster = a.shared.cluster();
+    let m2: MacAddr = M2.parse().unwrap();
+    let (image, _, kernel_digest) = attest::pe_kernel_image(&cluster.paths.images, Role::Master);
+    let (ok, out) = imgbuild(config, &["pin", "master", &image]);
+    assert!(ok, "{out}");
+    // A replica picks up a re-pin at the node's next boot decision (its iPXE script), as a booting node asks.
+    eventually(10, "both replicas serve the master image", async || {
+        let mut both = true;
+        for r in [a, b] {
+            let url = format!("http://{}/ipxe/{M2}", r.plain);
+            both &= curl(ca, "127.77.0.12", &url, None).await.1.contains(&image)
+                && r.shared
+                    .booter()
+                    .pins
+                    .get(&(Role::Master, Arch::Amd64))
+                    .is_some_and(|p| p.id == image);
+        }
+        both
+    })
+    .await;
+    let tree = common::render(&cluster, Role::Master);
+    let (lib, attest_sh) = (
+        common::file(&tree, "/usr/lib/imgbuild/lib.sh").to_string(),
+        common::file(&tree, "/usr/lib/imgbuild/attest.sh").to_string(),
+    );
+    let boot = vec![
+        (7, EV_SEPARATOR, [0x07; 32]),
+        (4, EV_SEPARATOR, [0x04; 32]),
+        (4, EV_EFI_BOOT_SERVICES_APPLICATION, kernel_digest),
+    ];
+    let log = agile_log(&boot);
+    let node = tokio::task::block_in_place(|| {
+        let n = Node::new(&lib, &attest_sh, ca, M2);
+        extend(&n.tpm.tcti, &boot);
+        n
+    });
+    let api = |r: &Replica| format!("https://{}", r.addr);
+
+    // First contact through A: pending; the record is B's to read.
+    let (code, body) = tokio::task::block_in_place(|| node.enroll(&api(a), &log));
+    assert_eq!(code, "503", "{body}");
+    let st = state_store::documents::enrollment(&*b.shared.state).unwrap();
+    let pending = st.tpm_pending[&m2].ek_sha256.clone();
+    // Still pending through B for the real node (B saw A's record: not a "new" EK).
+    let (code, body) = tokio::task::block_in_place(|| node.enroll(&api(b), &log));
+    assert_eq!(code, "503", "{body}");
+    assert!(body.contains(&pending), "{body}");
+
+    let (ok, out) = imgbuild(config, &["enroll", "approve", "master-2"]);
+    assert!(
+        ok && out.contains(&format!("TPM EK sha256:{pending} bound")),
+        "{out}"
+    );
+    // Through B: the sealed bundle; recorded once in etcd.
+    let (code, body) = tokio::task::block_in_place(|| node.enroll(&api(b), &log));
+    assert_eq!(code, "200", "{body}");
+    let first: enroll::Bundle = serde_json::from_str(&body).unwrap();
+    let st = state_store::documents::enrollment(&*a.shared.state).unwrap();
+    let at_ms = st.enrolled[&m2].at_ms;
+    assert!(st.tpm_ek.contains_key(&m2) && !st.tpm_pending.contains_key(&m2));
+    // Again through A (a reboot before `joined`): the same record, the same report key.
+    let (code, body) = tokio::task::block_in_place(|| node.enroll(&api(a), &log));
+    assert_eq!(code, "200", "{body}");
+    let again: enroll::Bundle = serde_json::from_str(&body).unwrap();
+    assert_eq!(again.report_key, first.report_key);
+    assert_eq!(
+        state_store::documents::enrollment(&*b.shared.state)
+            .unwrap()
+            .enrolled[&m2]
+            .at_ms,
+        at_ms,
+        "enrolled once across both replicas"
+    );
+    assert!(
+        a.shared
+            .events
+            .for_mac(m2)
+            .iter()
+            .any(|e| e.detail.contains("re-attested"))
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_on_etcd_enroll_once_share_barrier_token_pins_and_survive_a_dead_member() {
     let mut etcd = etcd::Etcd::start(3);
@@ -179,6 +227,11 @@ async fn two_replicas_on_etcd_enroll_once_share_barrier_token_pins_and_survive_a
     let section = etcd.state_section("/imgbuild/test-replicas/");
     let config = common::write_cluster(dir.path(), true, |t| {
         t.replace("[state]\nbackend = \"dir\"\n", section.trim_start())
+            .replacen(
+                "hostname = \"master-2\"\n",
+                "hostname = \"master-2\"\nidentity = \"tpm\"\n",
+                1,
+            )
     });
     let cluster = imgbuild::config::load(&config).unwrap();
     secrets::init(&cluster.paths.secrets).unwrap();
@@ -280,6 +333,11 @@ async fn two_replicas_on_etcd_enroll_once_share_barrier_token_pins_and_survive_a
         w1.token, new_token,
         "A hands out the token published through B"
     );
+
+    // TPM-attested enrollment (docs/attestation.md) on the same shared state: master-2 (identity = "tpm") attests
+    // through A and its EK waits as pending; B sees it; `imgbuild enroll approve` (its own etcd client) binds it;
+    // the node attests through B, then again through A ("once": one record, the same report key).
+    tpm_enrollment_is_shared(&config, &ca, &a, &b).await;
 
     // Pins: `imgbuild pin worker <id>` on "another host" (the CLI, its own etcd client); B serves it at once.
     let id1 = make_image(&cluster.paths.images, Role::Worker, "one");

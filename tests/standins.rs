@@ -753,3 +753,208 @@ fn every_rendered_kubeadm_config_passes_the_strict_validate() {
         "init + join-control-plane + join on masters, join on workers and storage: {checked:?}"
     );
 }
+
+/// The kubelet stand-in (bash) and the kube-vip stand-in image's entrypoint (busybox sh) parse.
+#[test]
+fn the_kubelet_and_kube_vip_standins_are_valid_shell() {
+    let r = setup();
+    let s = imgbuild::image::standins::generate(&r.cluster, &common::engine(&r.cluster)).unwrap();
+    let kubelet = s
+        .files
+        .iter()
+        .find(|f| f.path == "/usr/bin/kubelet")
+        .unwrap();
+    let text = std::str::from_utf8(&kubelet.contents).unwrap();
+    assert!(
+        text.contains("staticPodPath") && text.contains("ctr"),
+        "{text}"
+    );
+    let k = r.write("kubelet", text);
+    let v = r.write("kube-vip", &kube_vip_entrypoint(&r.cluster));
+    for (shell, file) in [("bash", &k), ("busybox", &v)] {
+        let mut c = Command::new(shell);
+        if shell == "busybox" {
+            c.arg("sh");
+        }
+        let out = c.arg("-n").arg(file).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The stand-in kube-vip entrypoint, rendered for the pinned version (`v1.0.1`, the default image's tag).
+fn kube_vip_entrypoint(cluster: &Cluster) -> String {
+    let version = cluster
+        .control_plane
+        .kube_vip_image
+        .rsplit_once(":v")
+        .unwrap()
+        .1
+        .to_string();
+    common::engine(cluster)
+        .render(
+            "profiles/standins/kube-vip-entrypoint.sh.j2",
+            &serde_json::json!({ "version": version }),
+        )
+        .unwrap()
+}
+
+/// The kube-vip stand-in, run with busybox in a network namespace of its own with the environment of the master
+/// image's rendered static pod (kube-vip.yaml, its NIC filled in): it puts the VIP as a deprecated /32 on
+/// `vip_interface`, announces it by gratuitous ARP (reply and request, seen by tcpdump on the peer), answers ARP
+/// for it at the NIC's MAC, removes it on SIGTERM; and it refuses what kube-vip v1.0.1 refuses.
+#[test]
+fn root_standin_kube_vip_puts_the_vip_on_its_interface_and_refuses_what_kube_vip_refuses() {
+    let r = setup();
+    let tree = common::render(&r.cluster, Role::Master);
+    let manifest = common::file(&tree, "/usr/share/imgbuild/kube-vip/kube-vip.yaml")
+        .replace("@IMGBUILD_BOOT_NIC@", "nic0");
+    let pod = &common::yaml_docs("kube-vip.yaml", &manifest)[0];
+    let c = &pod["spec"]["containers"][0];
+    assert_eq!(c["args"][0], "manager");
+    let mut env = Vec::new();
+    for e in c["env"].as_array().unwrap() {
+        let v = match e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+            Some("spec.nodeName") => "master-1".to_string(),
+            Some(other) => panic!("fieldPath {other}"),
+            None => e["value"].as_str().unwrap().to_string(),
+        };
+        env.push(format!("{}='{v}'", e["name"].as_str().unwrap()));
+    }
+    let vip = r.cluster.control_plane.vip.to_string();
+    assert!(env.contains(&format!("address='{vip}'")), "{env:?}");
+    let entry = r.write("kube-vip", &kube_vip_entrypoint(&r.cluster));
+    // The files the pod sees: admin.conf (the kubeadm stand-in's shape) and the kubelet's hosts file.
+    r.write(
+        "etc/kubernetes/admin.conf",
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: kubernetes\n  cluster:\n    server: https://10.77.0.10:6443\ncurrent-context: kubernetes-admin@kubernetes\n",
+    );
+    r.write(
+        "etc/hosts",
+        "127.0.0.1\tlocalhost\n\n# Entries added by HostAliases.\n127.0.0.1\tkubernetes\n",
+    );
+    let bin = r.root.join("bb");
+    std::fs::create_dir_all(&bin).unwrap();
+    for a in [
+        "arping", "awk", "cat", "date", "expr", "grep", "head", "hostname", "ip", "sed", "sleep",
+        "tr", "usleep", "sh",
+    ] {
+        std::os::unix::fs::symlink("/bin/busybox", bin.join(a)).unwrap();
+    }
+    let run = |extra: &str| {
+        format!(
+            "env -i PATH={bin} IMGBUILD_ROOT={root} {env} {extra} /bin/busybox sh {entry} manager",
+            bin = bin.display(),
+            root = r.root.display(),
+            env = env.join(" ")
+        )
+    };
+    let refusals = [
+        ("cp_enable=false", "no features are enabled"),
+        (
+            "vip_arp=yes",
+            "vip_arp: strconv.ParseBool: parsing \"yes\": invalid syntax",
+        ),
+        ("vip_interface=nic9", "nic9 is not valid interface"),
+        ("vip_interface=down0", "down0 is not up"),
+        (
+            "vip_leaseduration=3",
+            "leaseDuration must be greater than renewDeadline",
+        ),
+        ("port=70000", "port: strconv.Parse"),
+        (
+            "vip_subnet=auto",
+            "auto subnet discovery cannot be used if VIP address was provided",
+        ),
+        (
+            "IMGBUILD_ROOT=/nonexistent",
+            "unable to load in-cluster configuration",
+        ),
+    ];
+    let cap = r.root.join("arp.txt");
+    // The peer (the LAN) in a namespace of its own: ARP from an address of the same host would be ignored.
+    let mut script = format!(
+        "set -u\nmount -t sysfs sysfs /sys\nip link set lo up\n\
+         unshare -n sleep 120 &\nP=$!\n\
+         until [ \"$(readlink /proc/$P/ns/net)\" != \"$(readlink /proc/self/ns/net)\" ]; do sleep 0.05; done\n\
+         peer() {{ nsenter -t $P -n \"$@\"; }}\n\
+         ip link add nic0 type veth peer name peer0 netns $P\nip link add down0 type veth peer name down1\n\
+         ip link set nic0 up\nip addr add 10.77.0.11/24 dev nic0\n\
+         peer ip link set peer0 up\npeer ip addr add 10.77.0.1/24 dev peer0\n\
+         peer tcpdump -i peer0 -n -e -l arp >{cap} 2>/dev/null &\nT=$!\nsleep 1\n",
+        cap = cap.display()
+    );
+    for (i, (extra, _)) in refusals.iter().enumerate() {
+        script.push_str(&format!(
+            "echo \"CASE {i} $( (timeout 20 {} 2>&1; echo rc=$?) | tr '\\n' ' ')\"\n",
+            run(extra)
+        ));
+    }
+    script.push_str(&format!(
+        "{} >{log} 2>&1 &\nK=$!\n\
+         for i in $(seq 1 100); do ip -o addr show dev nic0 | grep -q ' {vip}/32 ' && break; sleep 0.1; done\n\
+         echo \"ADDR $(ip -o addr show dev nic0 | grep ' {vip}/')\"\n\
+         sleep 4\n\
+         echo \"ARPING $(peer busybox arping -f -w 3 -I peer0 {vip} | tr '\\n' ' ')\"\n\
+         echo \"MAC $(cat /sys/class/net/nic0/address)\"\n\
+         kill -TERM $K; wait $K\n\
+         echo \"AFTER $(ip -o addr show dev nic0 | grep -c ' {vip}/')\"\n\
+         kill $T; wait $T; kill $P\n\
+         cat {log} {cap}\n",
+        run(""),
+        log = r.root.join("kube-vip.log").display(),
+        cap = cap.display()
+    ));
+    let out = Command::new("unshare")
+        .args(["-n", "-m", "bash", "-c", &script])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    for (i, (extra, needle)) in refusals.iter().enumerate() {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("CASE {i} ")))
+            .unwrap_or_else(|| panic!("case {i} did not run: {text}"));
+        assert!(
+            line.contains(needle) && !line.contains("rc=0") && line.contains("STAND-IN"),
+            "with {extra} the stand-in must refuse ({needle}): {line}"
+        );
+    }
+    let line = |p: &str| {
+        text.lines()
+            .find(|l| l.starts_with(p))
+            .unwrap_or_else(|| panic!("no {p} line: {text}"))
+            .to_string()
+    };
+    let mac = line("MAC ").trim_start_matches("MAC ").trim().to_string();
+    let addr = line("ADDR ");
+    assert!(
+        addr.contains(&format!("inet {vip}/32 ")) && addr.contains("deprecated"),
+        "the VIP as a /32 with preferred_lft 0 on nic0: {text}"
+    );
+    // Gratuitous ARP from nic0's MAC, reply then request (sender = target = VIP), and an ARP request answered.
+    assert!(
+        text.contains(&format!("{mac} > ff:ff:ff:ff:ff:ff, ethertype ARP (0x0806), length 42: Reply {vip} is-at {mac}"))
+            && text.contains(&format!("{mac} > ff:ff:ff:ff:ff:ff, ethertype ARP (0x0806), length 42: Request who-has {vip} (ff:ff:ff:ff:ff:ff) tell {vip}")),
+        "no gratuitous ARP for {vip} from nic0 ({mac}): {text}"
+    );
+    let arping = line("ARPING ").to_lowercase();
+    assert!(
+        arping.contains(&format!("[{mac}]")),
+        "the VIP {vip} answers ARP at nic0's MAC {mac}: {text}"
+    );
+    assert_eq!(
+        line("AFTER ").trim(),
+        "AFTER 0",
+        "SIGTERM removes the VIP: {text}"
+    );
+    assert!(
+        text.contains("capabilities CapEff=")
+            && text.contains("Starting Kube-vip Manager with the ARP engine"),
+        "{text}"
+    );
+}

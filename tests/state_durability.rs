@@ -3,6 +3,7 @@
 //! rotation, thousands of requests for random MACs, and a secret in a failure report. See docs/security.md,
 //! "Recorded state: durability and bounds".
 
+mod common;
 mod netboot;
 
 use std::collections::BTreeSet;

@@ -611,6 +611,22 @@ fn workload(doc: &Value) -> Option<(String, bool, BTreeSet<String>)> {
     Some((name, tolerates, images))
 }
 
+/// The text of the stand-ins' file at `path` in the image.
+fn standin_text(standins: &imgbuild::image::standins::Standins, path: &str) -> String {
+    let f = standins.files.iter().find(|f| f.path == path).unwrap();
+    String::from_utf8(f.contents.clone()).unwrap()
+}
+
+/// The containerd 1.6 configuration the stand-in shim writes (its here-document), parsed.
+fn containerd16_config(shim: &str) -> toml::Value {
+    let conf = shim
+        .split("<<'IMGBUILD_CONTAINERD_CONFIG'\n")
+        .nth(1)
+        .and_then(|r| r.split("\nIMGBUILD_CONTAINERD_CONFIG\n").next())
+        .unwrap();
+    toml::from_str(conf).unwrap()
+}
+
 /// Every disagreement between `c`'s image lists and what its pinned versions run, role by role: an image a
 /// pinned component runs on a role that the role's list lacks, and an image a role's list carries that nothing
 /// pinned runs there.
@@ -681,17 +697,8 @@ fn default_image_mismatches(c: &imgbuild::config::Cluster) -> Vec<String> {
         add(&[role], sandbox, "containerd's sandbox image");
     }
     let standins = imgbuild::image::standins::generate(c, &common::engine(c)).unwrap();
-    let text = |path: &str| {
-        let f = standins.files.iter().find(|f| f.path == path).unwrap();
-        String::from_utf8(f.contents.clone()).unwrap()
-    };
-    let shim = text("/usr/local/bin/containerd");
-    let conf16 = shim
-        .split("<<'IMGBUILD_CONTAINERD_CONFIG'\n")
-        .nth(1)
-        .and_then(|r| r.split("\nIMGBUILD_CONTAINERD_CONFIG\n").next())
-        .unwrap();
-    let conf16: toml::Value = toml::from_str(conf16).unwrap();
+    let text = |path: &str| standin_text(&standins, path);
+    let conf16 = containerd16_config(&text("/usr/local/bin/containerd"));
     let sandbox16 = conf16["plugins"]["io.containerd.grpc.v1.cri"]["sandbox_image"]
         .as_str()
         .unwrap();
@@ -869,4 +876,60 @@ fn default_images_match_the_pinned_versions() {
         ),
         "{errors:#?}"
     );
+}
+
+/// containerd's sandbox image is cluster.toml's pause image, wherever it is written: every role's containerd
+/// configuration, the stand-in's containerd 1.6 configuration and the stand-in MetalLB controller. Changing the
+/// tag (or the registry) in `[images.node]` changes all of them; no template keeps a literal.
+#[test]
+fn the_sandbox_image_follows_the_pause_image_of_cluster_toml_into_every_template() {
+    let d = tempfile::tempdir().unwrap();
+    let mirror = "mirror.example:5000/k8s/pause:3.99.1";
+    let cfg = common::write_cluster(d.path(), false, |t| {
+        t.replace("\"registry.k8s.io/pause:3.10.2\"", &format!("\"{mirror}\""))
+    });
+    let c = imgbuild::config::load(&cfg).unwrap();
+    assert_eq!(c.sandbox_image, mirror);
+    for role in Role::ALL {
+        let t = common::render(&c, role);
+        let conf: toml::Value =
+            toml::from_str(common::file(&t, "/etc/containerd/config.toml")).unwrap();
+        assert_eq!(
+            conf["plugins"]["io.containerd.cri.v1.images"]["pinned_images"]["sandbox"].as_str(),
+            Some(mirror),
+            "{role:?}"
+        );
+        for f in &t.files {
+            let text = String::from_utf8_lossy(&f.contents);
+            assert!(
+                !text.contains("pause:3.10.2"),
+                "{}: a literal pause",
+                f.path
+            );
+        }
+    }
+    let standins = imgbuild::image::standins::generate(&c, &common::engine(&c)).unwrap();
+    let text = |path: &str| standin_text(&standins, path);
+    let conf16 = containerd16_config(&text("/usr/local/bin/containerd"));
+    assert_eq!(
+        conf16["plugins"]["io.containerd.grpc.v1.cri"]["sandbox_image"].as_str(),
+        Some(mirror)
+    );
+    let metallb = text("/usr/share/imgbuild/manifests/metallb-manifest.yaml");
+    let controller = common::yaml_docs("metallb-manifest.yaml", &metallb)
+        .into_iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "controller")
+        .unwrap();
+    assert_eq!(
+        controller["spec"]["template"]["spec"]["containers"][0]["image"].as_str(),
+        Some(mirror)
+    );
+    for f in &standins.files {
+        let text = String::from_utf8_lossy(&f.contents);
+        assert!(
+            !text.contains("pause:3.10.2"),
+            "{}: a literal pause",
+            f.path
+        );
+    }
 }

@@ -1,5 +1,6 @@
 //! TFTP against the real `imgbuild serve` in a private namespace, with real clients (curl, atftp).
 
+mod common;
 mod netboot;
 
 use std::path::Path;

@@ -205,6 +205,9 @@ pub struct Cluster {
     pub artifacts: BTreeMap<String, Artifact>,
     /// `[images.<group>]`: the container images baked into the role images, in group then file order.
     pub images: Vec<ContainerImage>,
+    /// containerd's sandbox image, the full reference of the one pause image `[images.*]` lists for every role
+    /// (`registry.k8s.io/pause:3.10.2`): the templates write it as `cluster.sandbox_image`.
+    pub sandbox_image: String,
     /// `[base]`: the Debian release and packages of the base layer.
     pub base: Base,
     /// `[paths]`: the directories imgbuild reads and writes, made absolute.
@@ -295,7 +298,16 @@ pub struct SecureBoot {
     pub db_cert: PathBuf,
     /// `db_key` and `db_cert` are the user's own (given in `cluster.toml`), not made by `imgbuild secrets init`.
     pub own_db: bool,
+    /// The state disk on every role's signed UKI command line (`imgbuild.state_disk=`): a UKI names no machine,
+    /// so this is the role-level default every Secure Boot machine's `state_disk` equals.
+    pub state_disk: String,
+    /// `imgbuild.state_init=` on the signed UKI command line: the initrd may create the state partition on a
+    /// blank disk. Every Secure Boot machine's `init_blank` equals it.
+    pub init_blank: bool,
 }
+
+/// The state disk of a UKI's signed command line when `[secure_boot] state_disk` is absent.
+pub const DEFAULT_UKI_STATE_DISK: &str = "/dev/vda";
 
 /// Where `imgbuild secrets init` keeps the Secure Boot key hierarchy, under the secrets directory.
 pub const SECUREBOOT_DIR: &str = "secureboot";

@@ -137,6 +137,13 @@ pub struct SecureBootRaw {
     pub db_key: Option<String>,
     /// The certificate of `db_key` (PEM); given together with it.
     pub db_cert: Option<String>,
+    /// The state disk named by the signed UKI command line of every role (a UKI names no machine); default
+    /// `/dev/vda`. Every Secure Boot machine's `state_disk` must equal it.
+    pub state_disk: Option<String>,
+    /// Whether the signed UKI command line lets the initrd create the state partition on a blank disk; default
+    /// false. Every Secure Boot machine's `init_blank` must equal it.
+    #[serde(default)]
+    pub init_blank: bool,
 }
 
 /// `[cluster]` as written.

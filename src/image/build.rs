@@ -14,14 +14,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::artifacts::{self, ArtifactError};
 use super::base::{self, BaseError, BaseSpec};
+use super::build_progress::Progress;
 use super::initrd::{self, InitrdError};
 use super::install::{self, InstallError};
 use super::layer::{self, LayerError};
@@ -105,20 +105,7 @@ pub struct Options {
     pub progress: bool,
 }
 
-/// One stage of a build.
-#[derive(Debug, Clone, Serialize)]
-pub struct Stage {
-    /// The stage's name as shown on the progress line: `base`, `unpack`, `initrd`, `artifacts`, `role`,
-    /// `squashfs`, `cleanup`, `store`.
-    pub name: &'static str,
-    /// Wall-clock time the stage took, in seconds.
-    pub seconds: f64,
-    /// Taken from a cache.
-    pub cached: bool,
-    /// What the stage produced, shown after its name (e.g. `kernel <version>`, a size, the id's first 16 hex
-    /// digits).
-    pub detail: String,
-}
+pub use super::build_progress::Stage;
 
 /// What a build produced.
 #[derive(Debug, Clone, Serialize)]
@@ -172,15 +159,21 @@ struct InputKey<'a> {
     /// The container images baked in (absent when none: the keys of images without any are unchanged).
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     images: &'a [layout::BakedImage],
+    /// The digests the manifests are pinned to: every image of the cluster the lock records for the
+    /// architecture (absent when none).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pins: &'a BTreeMap<String, String>,
 }
 
 /// What decides a UKI's bytes beyond the kernel, initrd and root filesystem: the db certificate it is signed
-/// with and the server URL on its command line.
+/// with and the server URL, state disk and `init_blank` on its command line.
 #[derive(Serialize)]
 struct UkiInputs {
     db_cert_sha256: String,
     server_url: String,
     signer: &'static str,
+    state_disk: String,
+    init_blank: bool,
 }
 
 fn is_amd64(a: &Arch) -> bool {
@@ -198,75 +191,15 @@ pub fn config_digest(cluster: &Cluster) -> String {
     hex::encode(Sha256::digest(serde_json::to_vec(&v).expect("serializes")))
 }
 
-struct Progress {
-    multi: MultiProgress,
-    stages: Vec<Stage>,
-}
-
 impl Progress {
-    fn new(show: bool) -> Progress {
-        let target = if show {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
-        };
-        Progress {
-            multi: MultiProgress::with_draw_target(target),
-            stages: Vec::new(),
-        }
-    }
-
+    /// [`Progress::run_stage`] for a build stage.
     fn stage<T>(
         &mut self,
         name: &'static str,
         what: &str,
         f: impl FnOnce() -> Result<(T, bool, String), BuildError>,
     ) -> Result<T, BuildError> {
-        let pb = self.multi.add(ProgressBar::new_spinner());
-        pb.set_style(
-            ProgressStyle::with_template("{spinner} {prefix:<10} {msg} {elapsed}")
-                .expect("static template"),
-        );
-        pb.set_prefix(name);
-        pb.set_message(what.to_string());
-        pb.enable_steady_tick(Duration::from_millis(120));
-        // No spinner (not a terminal, or --json): one log line per stage instead, so a caller that passes our
-        // stderr on (the lab) shows the build's progress.
-        let lines = self.multi.is_hidden();
-        if lines {
-            tracing::info!(stage = name, "build: {what}");
-        }
-        let t = Instant::now();
-        let r = f();
-        let secs = t.elapsed().as_secs_f64();
-        if lines && r.is_ok() {
-            tracing::info!(stage = name, seconds = secs, "build: {name} done");
-        }
-        match r {
-            Ok((v, cached, detail)) => {
-                pb.set_style(
-                    ProgressStyle::with_template("✓ {prefix:<10} {msg}").expect("static template"),
-                );
-                pb.finish_with_message(format!(
-                    "{detail}{} {secs:.1} s",
-                    if cached { " (cached)" } else { "" }
-                ));
-                self.stages.push(Stage {
-                    name,
-                    seconds: secs,
-                    cached,
-                    detail,
-                });
-                Ok(v)
-            }
-            Err(e) => {
-                pb.set_style(
-                    ProgressStyle::with_template("✗ {prefix:<10} {msg}").expect("static template"),
-                );
-                pb.finish_with_message("failed");
-                Err(e)
-            }
-        }
+        self.run_stage(name, what, f)
     }
 }
 
@@ -330,6 +263,7 @@ struct Prepared {
     config_digest: String,
     uki: Option<UkiInputs>,
     images: Vec<layout::BakedImage>,
+    pins: BTreeMap<String, String>,
     key: String,
 }
 
@@ -360,12 +294,14 @@ fn inputs(
     };
     let initrd_cfg = initrd::render(cluster, &engine, &base_digest, arch)?;
     let config_digest = config_digest(cluster);
-    let uki = if cluster.secure_boot.enabled && arch == Arch::Amd64 {
+    let uki = if uki::wanted(cluster, role, arch) {
         Some(UkiInputs {
             db_cert_sha256: uki::cert_digest(&cluster.secure_boot.db_cert)
                 .map_err(|e| BuildError::SecureBootKey(e.to_string()))?,
             server_url: cluster.network.http_base(),
             signer: "osslsigncode -time SOURCE_DATE_EPOCH",
+            state_disk: cluster.secure_boot.state_disk.clone(),
+            init_blank: cluster.secure_boot.init_blank,
         })
     } else {
         None
@@ -380,6 +316,8 @@ fn inputs(
             unfetched.join(", ")
         );
     }
+    // The manifests are pinned to every locked image of the cluster, not only the role's (docs/air-gapped.md).
+    let pins = pin_refs::cluster_pins(cluster, arch)?;
     let key = hex::encode(Sha256::digest(
         serde_json::to_vec(&InputKey {
             format: FORMAT,
@@ -396,6 +334,7 @@ fn inputs(
             initrd_digest: &initrd_cfg.digest,
             uki: uki.as_ref(),
             images: &images,
+            pins: &pins,
         })
         .expect("serializes"),
     ));
@@ -411,6 +350,7 @@ fn inputs(
         config_digest,
         uki,
         images,
+        pins,
         key,
     })
 }
@@ -435,6 +375,7 @@ pub fn build_for(
         config_digest,
         uki: uki_inputs,
         images: baked,
+        pins,
         key,
     } = inputs(cluster, role, arch, opts)?;
     let index_dir = cluster.paths.cache.join("index");
@@ -561,8 +502,8 @@ pub fn build_for(
         layer::apply_tree(&root, &tree)?;
         layer::check_scrubbed(&root)?;
         layer::preset(&root, &profile.enable_units)?;
-        // The manifests name the baked images by their locked digest (docs/air-gapped.md).
-        let pinned = pin_refs::pin_dirs(&root, &[install::MANIFEST_DIR, KUBE_VIP_DIR], &baked)?;
+        // The manifests name the cluster's locked images by digest (docs/air-gapped.md).
+        let pinned = pin_refs::pin_dirs(&root, &[install::MANIFEST_DIR, KUBE_VIP_DIR], &pins)?;
         let pk = layer::packages(&root)?;
         let detail = format!(
             "{} files, {} units, {pinned} image refs pinned, {}",
@@ -596,6 +537,8 @@ pub fn build_for(
                         "role": role,
                         "server_url": u.server_url,
                         "verity": rootfs_verity,
+                        "state_disk": u.state_disk,
+                        "init_blank": u.init_blank,
                         "kernel_args": profile.kernel_args,
                         "standins": opts.standins,
                     }),
@@ -612,7 +555,8 @@ pub fn build_for(
             let out = staging.path().join(uki::UKI);
             uki::make(
                 &uki::Parts {
-                    stub: &uki::stub(arch),
+                    stub: &uki::stub_for(arch, &root),
+                    objcopy: uki::objcopy(arch),
                     osrel: &osrel,
                     cmdline: &cmdline,
                     kernel: &staging.path().join(KERNEL),

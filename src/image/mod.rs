@@ -11,6 +11,7 @@ pub mod artifacts;
 pub mod authenticode;
 pub mod base;
 pub mod build;
+mod build_progress;
 pub mod bundle;
 pub mod catalog;
 pub mod initrd;

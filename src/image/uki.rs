@@ -21,16 +21,53 @@ use std::process::Command;
 use sha2::{Digest, Sha256};
 
 use super::base::{BaseError, SOURCE_DATE_EPOCH, run};
-use crate::config::Arch;
+use crate::config::{Arch, Cluster, Role};
 
 pub use super::manifest::UKI;
 
-/// systemd-boot-efi's EFI stub for `arch` (Debian 12's paths).
+/// Whether the image of `role` for `arch` carries a signed UKI: `[secure_boot]` is enabled and the role boots
+/// with Secure Boot by default (`[secure_boot] roles`) or some machine of that role and architecture does. Images
+/// no Secure Boot machine boots stay without one (and keep the ids they had before UKIs).
+pub fn wanted(cluster: &Cluster, role: Role, arch: Arch) -> bool {
+    let sb = &cluster.secure_boot;
+    sb.enabled
+        && (sb.roles.contains(&role)
+            || cluster
+                .machines
+                .iter()
+                .any(|m| m.role == role && m.arch == arch && m.secure_boot))
+}
+
+/// Where systemd-boot-efi puts the EFI stub for `arch` (Debian 12's paths), relative to a root.
+fn stub_in_root(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Amd64 => "usr/lib/systemd/boot/efi/linuxx64.efi.stub",
+        Arch::Arm64 => "usr/lib/systemd/boot/efi/linuxaa64.efi.stub",
+    }
+}
+
+/// systemd-boot-efi's EFI stub for `arch` on this (amd64) build host.
 pub fn stub(arch: Arch) -> PathBuf {
-    PathBuf::from(match arch {
-        Arch::Amd64 => "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
-        Arch::Arm64 => "/usr/lib/systemd/boot/efi/linuxaa64.efi.stub",
-    })
+    Path::new("/").join(stub_in_root(arch))
+}
+
+/// The EFI stub a UKI of `arch` is built on, for an image whose unpacked root is `root`: amd64 takes the build
+/// host's `linuxx64.efi.stub`; arm64 takes `linuxaa64.efi.stub` from the arm64 image's own systemd-boot-efi
+/// (`[arch.arm64]` packages in profiles/base), as an amd64 host cannot install the arm64 package.
+pub fn stub_for(arch: Arch, root: &Path) -> PathBuf {
+    match arch {
+        Arch::Amd64 => stub(arch),
+        Arch::Arm64 => root.join(stub_in_root(arch)),
+    }
+}
+
+/// The objcopy that can write `arch`'s PE format: the host's (x86-64) one, or binutils-aarch64-linux-gnu's for
+/// `pei-aarch64-little` (the host's objcopy does not know arm64 PE files).
+pub fn objcopy(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Amd64 => "objcopy",
+        Arch::Arm64 => "aarch64-linux-gnu-objcopy",
+    }
 }
 
 /// The sha256 of the db certificate file (PEM bytes), recorded among the inputs of the image.
@@ -46,6 +83,8 @@ pub fn cert_digest(cert: &Path) -> Result<String, BaseError> {
 pub struct Parts<'a> {
     /// The EFI stub.
     pub stub: &'a Path,
+    /// The objcopy for the stub's architecture ([`objcopy`]).
+    pub objcopy: &'a str,
     /// os-release text (`.osrel`).
     pub osrel: &'a str,
     /// The command line (`.cmdline`).
@@ -116,7 +155,8 @@ pub fn make(parts: &Parts, work: &Path, out: &Path) -> Result<(), BaseError> {
     let (mut next, base, align) = pe_layout(&stub).ok_or_else(|| BaseError::Command {
         command: format!("reading {}", parts.stub.display()),
         status: "not a PE32+ EFI stub".into(),
-        tail: "install systemd-boot-efi (Debian 12 ships linuxx64.efi.stub / linuxaa64.efi.stub)"
+        tail: "install systemd-boot-efi (Debian 12 ships linuxx64.efi.stub; arm64 images carry \
+               linuxaa64.efi.stub from their own systemd-boot-efi)"
             .into(),
     })?;
     std::fs::create_dir_all(work).map_err(io(work))?;
@@ -124,7 +164,7 @@ pub fn make(parts: &Parts, work: &Path, out: &Path) -> Result<(), BaseError> {
     std::fs::write(&osrel, parts.osrel).map_err(io(&osrel))?;
     let cmdline = work.join("cmdline");
     std::fs::write(&cmdline, parts.cmdline).map_err(io(&cmdline))?;
-    let mut cmd = Command::new("objcopy");
+    let mut cmd = Command::new(parts.objcopy);
     for (name, file) in [
         (".osrel", osrel.as_path()),
         (".cmdline", cmdline.as_path()),
@@ -225,6 +265,7 @@ mod tests {
         std::fs::write(&initrd, vec![0x1fu8; 123_457]).unwrap();
         let parts = Parts {
             stub: &s,
+            objcopy: objcopy(Arch::Amd64),
             osrel: "ID=debian\n",
             cmdline: "ip=dhcp imgbuild.uki=1",
             kernel: &kernel,

@@ -248,8 +248,11 @@ impl Booter {
             .zip(client.arch.map(Firmware::from_arch))
         {
             match fw {
-                Firmware::UefiX64 => return Some(BootFile::Tftp(UKI_BOOTFILE.into())),
-                Firmware::UefiX64Http => {
+                // arm64 too: AAVMF enforces Secure Boot with the cluster's keys (docs/secure-boot.md).
+                Firmware::UefiX64 | Firmware::UefiArm64 => {
+                    return Some(BootFile::Tftp(UKI_BOOTFILE.into()));
+                }
+                Firmware::UefiX64Http | Firmware::UefiArm64Http => {
                     return Some(BootFile::Http(format!(
                         "{base}/images/{}/{UKI_BOOTFILE}",
                         img.id
@@ -623,6 +626,29 @@ mod tests {
         assert_eq!(
             b.boot_loader_dir(UEFI_BOOTFILE),
             b.cluster.network.ipxe_binaries
+        );
+        // Secure Boot on the arm64 machine, whose image has a UKI: AAVMF gets it directly, no GRUB.
+        let mut b = b;
+        b.pins
+            .get_mut(&(Role::Worker, Arch::Arm64))
+            .unwrap()
+            .uki_sha256 = Some("u".into());
+        let mut cluster = (*b.cluster).clone();
+        let arm = cluster
+            .machines
+            .iter_mut()
+            .find(|m| m.mac.to_string() == ARM);
+        arm.unwrap().secure_boot = true;
+        b.cluster = Arc::new(cluster);
+        assert_eq!(
+            b.dhcp_bootfile(&client(ARM, Some(19))),
+            Some(BootFile::Http(
+                "http://10.77.0.1:8080/images/arm64-image/uki.efi".into()
+            ))
+        );
+        assert_eq!(
+            b.dhcp_bootfile(&client(ARM, Some(11))),
+            Some(BootFile::Tftp(UKI_BOOTFILE.into()))
         );
         assert_eq!(Loader::Grub.stage(), "grub-config");
         assert!(crate::status::STAGES.contains(&Loader::Grub.stage()));

@@ -5,7 +5,8 @@
 //! - [`boot`]: the boot decision (boot file, boot plan, kernel command line from `ipxe/cmdline.j2`);
 //!   [`grub`]: the arm64 GRUB loaders the server makes; [`bootfiles`]: the boot-loader allowlist and cache.
 //! - [`dhcp`], [`tftp`], [`http`] (every HTTP route, including enrollment and the status page), [`ra`]:
-//!   the protocols; [`peers`]: address → inventory MAC; [`pinwatch`]: picks up re-pins; [`metrics`]: per-protocol
+//!   the protocols; [`peers`]: address → inventory MAC; [`known_leases`]: the DHCP leases acknowledged, for the
+//!   other protocols; [`pinwatch`]: picks up re-pins; [`metrics`]: per-protocol
 //!   metric families.
 //! - [`doctor`]: `imgbuild doctor`'s checks of a host before the first start.
 //! - [`ready`]: which listeners are bound; [`notify`]: systemd's readiness, status and watchdog messages.
@@ -18,6 +19,7 @@ pub mod dhcp;
 pub mod doctor;
 pub mod grub;
 pub mod http;
+pub mod known_leases;
 pub mod metrics;
 pub mod notify;
 pub mod peers;

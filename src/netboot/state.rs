@@ -36,6 +36,9 @@ pub struct Shared {
     pub state: Arc<dyn StateBackend>,
     /// This server's name among replicas (`$IMGBUILD_REPLICA` or the host name), in events and `/metrics`.
     pub replica: String,
+    /// The DHCP leases this server has acknowledged (filled by the DHCP journal thread): a node's unsigned
+    /// reports are taken from its current lease as well as its inventory address.
+    pub leases: super::known_leases::KnownLeases,
 }
 
 impl Shared {
@@ -85,6 +88,7 @@ impl Shared {
             dhcp_probe: Default::default(),
             state,
             replica,
+            leases: Default::default(),
         }
     }
 

@@ -263,6 +263,33 @@ impl EnrollState {
         timed || auto
     }
 
+    /// Records machine `m` as enrolled from `ip` at `now_ms` (it is then neither pending nor approved); when that
+    /// was the last inventory node, closes the start-up window for good (a restart does not re-open it;
+    /// `imgbuild enroll open` does). Returns whether this closed it.
+    pub fn record_enrolled(
+        &mut self,
+        cluster: &Cluster,
+        m: &Machine,
+        ip: IpAddr,
+        now_ms: u64,
+    ) -> bool {
+        self.pending.remove(&m.mac);
+        self.approved.remove(&m.mac);
+        self.enrolled.insert(
+            m.mac,
+            Enrolled {
+                hostname: m.hostname.clone(),
+                ip,
+                at_ms: now_ms,
+            },
+        );
+        let closes = self.all_enrolled(cluster) && !self.auto_closed;
+        if closes {
+            self.auto_closed = true;
+        }
+        closes
+    }
+
     /// Remembers a refused claimant of inventory node `mac` (shown as a possible spoofer). Returns whether the
     /// state changed enough to be written (a new address, or a minute since the last write), so a flood of
     /// claims costs no more than one write a minute per inventory node.

@@ -8,7 +8,8 @@
 //!   is enrolled, the signature verifies, `ts` is within [`REPORT_SKEW_SECS`] of the server's clock and `ctr`
 //!   is greater than the last accepted counter of that enrollment (no replay).
 //! - **Unsigned** reports are accepted only from the address the server knows for the MAC (its inventory
-//!   address) and, once the node has enrolled, only for the stages a node reports before its root filesystem
+//!   address, or the address of the DHCP lease the server acknowledged to it and that has not ended:
+//!   [`NodeFacts::lease`]) and, once the node has enrolled, only for the stages a node reports before its root filesystem
 //!   holds the key ([`UNSIGNED_AFTER_ENROLLMENT`]: the initrd's), and only while the server itself sees the
 //!   node in its initrd ([`NodeFacts::in_initrd`]: it served the node its kernel or UKI within
 //!   [`INITRD_WINDOW_MS`] and the node has not reported `systemd` since). A host that takes an enrolled node's
@@ -105,7 +106,8 @@ pub struct NodeFacts {
     pub enrolled_at_ms: Option<u64>,
     /// The last accepted counter of this enrollment.
     pub last_ctr: Option<u64>,
-    /// An address the DHCP side currently leases to the MAC, besides its inventory address.
+    /// The address of the DHCP lease this server acknowledged to the MAC, if it has not ended
+    /// (`netboot::known_leases`), accepted besides its inventory address.
     pub lease: Option<IpAddr>,
     /// The server served this node its kernel or UKI within [`INITRD_WINDOW_MS`] and the node has reported no
     /// `systemd` since: it is in its initrd, the only time its unsigned initrd stages are taken once enrolled.
@@ -129,10 +131,12 @@ pub enum Accepted {
 pub enum ReportRefusal {
     /// The MAC is not in the inventory.
     UnknownMac,
-    /// Unsigned, and not from the address the server knows for the MAC.
+    /// Unsigned, and not from an address the server knows for the MAC.
     WrongAddress {
         /// The inventory address of the MAC.
         expected: Ipv4Addr,
+        /// The address of its current lease, when it has one.
+        lease: Option<IpAddr>,
     },
     /// Unsigned, but the node has enrolled and this stage must be signed with its key.
     Unsigned,
@@ -183,10 +187,19 @@ impl ReportRefusal {
             ReportRefusal::UnknownMac => {
                 format!("report refused: {mac} is not in the inventory (cluster.toml [[machines]])")
             }
-            ReportRefusal::WrongAddress { expected } => format!(
-                "report refused: {mac} reported from {peer}, but its address is {expected}; unsigned reports are \
-                 accepted only from the node's own address"
-            ),
+            ReportRefusal::WrongAddress { expected, lease } => {
+                let leased = match lease {
+                    Some(l) if *l != IpAddr::V4(*expected) => {
+                        format!(" (or {l}, its current DHCP lease)")
+                    }
+                    _ => String::new(),
+                };
+                format!(
+                    "report refused: {mac} reported from {peer}, but its address is {expected}{leased}; unsigned \
+                     reports are accepted only from the node's own address — possible spoofer, or a node whose \
+                     address changed: check its [[machines]] ip and that it got its address from this server"
+                )
+            }
             ReportRefusal::Unsigned => format!(
                 "report refused: {mac} has enrolled, so this stage must be signed with its report key (ts, ctr, sig)"
             ),
@@ -255,7 +268,10 @@ pub fn check_report(
         None => {
             let known = r.peer == IpAddr::V4(m.ip) || facts.lease == Some(r.peer);
             if !known {
-                return Err(ReportRefusal::WrongAddress { expected: m.ip });
+                return Err(ReportRefusal::WrongAddress {
+                    expected: m.ip,
+                    lease: facts.lease,
+                });
             }
             if facts.enrolled_at_ms.is_some() {
                 if !UNSIGNED_AFTER_ENROLLMENT.contains(&r.stage) {
@@ -332,7 +348,8 @@ mod tests {
         assert_eq!(
             check_report(&c, &r(w1, "failed", "10.77.0.99"), &fresh, MASTER, NOW),
             Err(ReportRefusal::WrongAddress {
-                expected: "10.77.0.21".parse().unwrap()
+                expected: "10.77.0.21".parse().unwrap(),
+                lease: None,
             })
         );
         assert_eq!(
@@ -346,6 +363,20 @@ mod tests {
         assert_eq!(
             check_report(&c, &r(w1, "systemd", "10.77.0.150"), &leased, MASTER, NOW),
             Ok(Accepted::Address)
+        );
+        // A lease adds its address; any other stays refused, and the refusal names both.
+        let refused = check_report(&c, &r(w1, "systemd", "10.77.0.151"), &leased, MASTER, NOW);
+        assert_eq!(
+            refused,
+            Err(ReportRefusal::WrongAddress {
+                expected: "10.77.0.21".parse().unwrap(),
+                lease: Some(ip("10.77.0.150")),
+            })
+        );
+        let msg = refused.unwrap_err().message(w1, ip("10.77.0.151"));
+        assert!(
+            msg.contains("10.77.0.21") && msg.contains("10.77.0.150, its current DHCP lease"),
+            "{msg}"
         );
         // Enrolled: the initrd's stages still unsigned while the node is in its initrd, the rest must be signed.
         let enrolled = NodeFacts {

@@ -66,6 +66,13 @@ pub struct Event {
     pub source: Source,
 }
 
+/// Whether a stage is the server handing a node its signed UKI: a `bootfile` whose detail names `uki.efi`
+/// (`uki.efi of image … via TFTP`). Like `kernel`, it starts the node's kernel and initrd (the UKI holds both);
+/// the status hints and the initrd window of unsigned reports both ask it of a node's last such stage.
+pub fn is_uki_fetch(stage: &str, detail: &str) -> bool {
+    stage == "bootfile" && detail.starts_with(crate::image::manifest::UKI)
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now()

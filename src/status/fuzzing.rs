@@ -201,15 +201,30 @@ mod tests {
         out
     }
 
+    /// 5,000 mutated logs in the suite; a long run sets `IMGBUILD_FUZZ_RUNS` (logs; `IMGBUILD_FUZZ_SECONDS` caps
+    /// the time) and reads the count it reached on stderr (docs/tftp-http.md).
     #[test]
     fn fuzz_event_log_parser_and_redaction_with_mutated_logs() {
+        let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+        let runs = env("IMGBUILD_FUZZ_RUNS").unwrap_or(5_000);
+        let limit = env("IMGBUILD_FUZZ_SECONDS").map(std::time::Duration::from_secs);
         let mut rng = StdRng::seed_from_u64(0xe7e7_1095);
         let corpus = corpus();
-        for _ in 0..5_000 {
+        let t0 = std::time::Instant::now();
+        let mut done = 0u64;
+        while done < runs && limit.is_none_or(|l| t0.elapsed() < l) {
             let data = mutate(&mut rng, &corpus);
             run_parse(&data);
             run_redact(&data);
+            done += 1;
+            if done.is_multiple_of(100_000) {
+                eprintln!("{done} logs in {:?}", t0.elapsed());
+            }
         }
+        eprintln!(
+            "{done} logs (of {runs}) in {:?}, no failed invariant",
+            t0.elapsed()
+        );
         for _ in 0..5_000 {
             let data: Vec<u8> = (0..rng.random_range(0..200))
                 .map(|_| {

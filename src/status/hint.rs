@@ -80,7 +80,7 @@ pub fn hint(done: bool, failed: bool, last: Option<LastStage<'_>>, now_ms: u64) 
     }
     let last = last?;
     let quiet = now_ms.saturating_sub(last.at_ms);
-    let uki = last.stage == "bootfile" && last.detail.starts_with("uki.efi");
+    let uki = super::event::is_uki_fetch(last.stage, last.detail);
     let (limit, why) = if uki {
         (180_000, UKI_REFUSED)
     } else {

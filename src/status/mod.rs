@@ -25,7 +25,7 @@ pub mod redact;
 pub mod report;
 pub mod warn_limit;
 
-pub use event::{Event, STAGES, STANDIN_STAGE, Source, now_ms};
+pub use event::{Event, STAGES, STANDIN_STAGE, Source, is_uki_fetch, now_ms};
 pub use log::{EventError, EventStats, Events};
 pub use node::{LAST_STAGE, NodeStatus};
 pub use report::Report;

@@ -146,7 +146,7 @@ impl Drop for Netns {
 }
 
 /// Child processes started by this process, stopped by PID (SIGTERM, then SIGKILL after a grace period) when
-/// dropped. Each child runs in its own process group so a terminal's Ctrl-C reaches only us, and we stop them in
+/// dropped, and killed by the kernel when this process dies without dropping them. Each child runs in its own process group so a terminal's Ctrl-C reaches only us, and we stop them in
 /// order.
 #[derive(Debug, Default)]
 pub struct Children {
@@ -159,11 +159,12 @@ impl Children {
         Self::default()
     }
 
-    /// Spawns `cmd` in its own process group and keeps it.
+    /// Spawns `cmd` in its own process group and keeps it. The child is killed by the kernel if this process
+    /// dies without dropping the set (kill -9, a test killed at its time limit): see [`super::spawn`].
     pub fn spawn(&mut self, name: &str, mut cmd: Command) -> std::io::Result<u32> {
         use std::os::unix::process::CommandExt;
         cmd.process_group(0);
-        let child = cmd.spawn()?;
+        let child = super::spawn::spawn(cmd)?;
         let pid = child.id();
         self.list.push((name.to_string(), child));
         Ok(pid)

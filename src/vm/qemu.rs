@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use super::spawn::SpawnTied;
 use crate::config::{Arch, MacAddr};
 
 /// OVMF as shipped by Debian's `ovmf` package.
@@ -23,6 +24,9 @@ pub const OVMF_CODE_SECBOOT: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
 pub const AAVMF_CODE: &str = "/usr/share/AAVMF/AAVMF_CODE.fd";
 /// AAVMF's template UEFI variable store; each VM gets its own copy in its `dir`.
 pub const AAVMF_VARS: &str = "/usr/share/AAVMF/AAVMF_VARS.fd";
+/// A formatted AAVMF variable store (Debian's, snakeoil keys enrolled): the template the lab clears and enrolls
+/// the cluster's keys into for arm64 Secure Boot VMs (`AAVMF_VARS.fd` itself is unformatted zeros).
+pub const AAVMF_VARS_FORMATTED: &str = "/usr/share/AAVMF/AAVMF_VARS.snakeoil.fd";
 
 /// How a VM's firmware reaches iPXE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -80,8 +84,9 @@ pub struct VmSpec {
     pub console_log: PathBuf,
     /// Per-VM files (the UEFI variable store copy).
     pub dir: PathBuf,
-    /// An OVMF variable store with Secure Boot keys enrolled (`vm::uefi_vars`): the VM runs OVMF's Secure Boot
-    /// build (q35 with SMM) from a copy of it and enforces Secure Boot. amd64 UEFI only; `None`: no Secure Boot.
+    /// A variable store with Secure Boot keys enrolled (`vm::uefi_vars`), for this VM's architecture: an amd64
+    /// VM runs OVMF's Secure Boot build (q35 with SMM), an arm64 VM AAVMF (no SMM needed), from a copy of it and
+    /// enforces Secure Boot. UEFI only; `None`: no Secure Boot.
     pub secure_boot_vars: Option<PathBuf>,
     /// The unix socket of this VM's software TPM (`vm::swtpm`): a TPM 2.0 CRB device; `None`: no TPM.
     pub tpm_socket: Option<PathBuf>,
@@ -143,8 +148,9 @@ fn uefi_firmware(arch: Arch) -> (&'static str, &'static str, &'static str) {
 /// The QEMU arguments for `spec` (for [`binary`]). For UEFI it copies the variable store into `spec.dir` (once).
 pub fn args(spec: &VmSpec) -> Result<Vec<String>, VmError> {
     std::fs::create_dir_all(&spec.dir).map_err(|e| file_err(&spec.dir, e))?;
+    // arm64 is always UEFI (AAVMF).
     let secure = spec.secure_boot_vars.as_ref().filter(|_| {
-        spec.arch == Arch::Amd64 && matches!(spec.firmware, Firmware::Uefi | Firmware::Http)
+        spec.arch == Arch::Arm64 || matches!(spec.firmware, Firmware::Uefi | Firmware::Http)
     });
     let machine: &[&str] = match spec.arch {
         Arch::Amd64 if secure.is_some() => &[
@@ -234,7 +240,14 @@ pub fn args(spec: &VmSpec) -> Result<Vec<String>, VmError> {
         Firmware::Bios => a.extend(["-boot".into(), "n".into()]),
         Firmware::Uefi | Firmware::Http => {
             let (code, vars_template, package) = match secure {
-                Some(v) => (OVMF_CODE_SECBOOT, v.to_str().unwrap_or_default(), "ovmf"),
+                Some(v) if spec.arch == Arch::Amd64 => {
+                    (OVMF_CODE_SECBOOT, v.to_str().unwrap_or_default(), "ovmf")
+                }
+                Some(v) => (
+                    AAVMF_CODE,
+                    v.to_str().unwrap_or_default(),
+                    "qemu-efi-aarch64",
+                ),
                 None => uefi_firmware(spec.arch),
             };
             for f in [code, vars_template] {
@@ -378,7 +391,7 @@ pub fn probe(accel: Accel, limit: Duration) -> bool {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn();
+        .spawn_tied();
     let Ok(mut child) = child else {
         return false;
     };

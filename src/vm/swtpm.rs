@@ -7,6 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use super::spawn::SpawnTied;
+
 /// A software TPM could not be made or read: the file or tool named, and what went wrong (install swtpm,
 /// swtpm-tools and tpm2-tools with `scripts/setup`).
 #[derive(Debug, thiserror::Error)]
@@ -115,7 +117,7 @@ pub fn ek_sha256(state: &Path) -> Result<String, SwtpmError> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
+        .spawn_tied()
         .map_err(|e| err(Path::new("swtpm"), format!("{e}; install swtpm")))?;
     let t0 = std::time::Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port + 1)).is_err()

@@ -1,11 +1,15 @@
-//! An OVMF variable store with the cluster's Secure Boot keys enrolled, for the lab's Secure Boot VMs.
+//! A UEFI variable store with the cluster's Secure Boot keys enrolled, for the lab's Secure Boot VMs (OVMF on
+//! amd64, AAVMF on arm64: both keep their variables in the same authenticated-variable layout).
 //!
-//! Debian's blank `OVMF_VARS_4M.fd` is a firmware volume whose authenticated variable store is empty (0xff
-//! after its header). [`enrolled`] appends the variables a machine has after its owner enrolled keys: `db`,
-//! `KEK`, `PK` (each the EFI signature list `imgbuild secureboot enroll-files` writes; attributes
-//! NV|BS|RT|time-based authenticated), `SecureBootEnable` = 1 and `CustomMode` = 0. With PK set the firmware
-//! is in user mode and enforces Secure Boot (OVMF's `OVMF_CODE_4M.secboot.fd`, q35 with SMM). This is what
-//! `virt-fw-vars --set-pk/--add-kek/--add-db --secure-boot` does, without a Python dependency.
+//! [`enrolled`] takes a formatted store (Debian's blank `OVMF_VARS_4M.fd`; for AAVMF, whose blank
+//! `AAVMF_VARS.fd` is unformatted zeros the firmware formats on first boot, Debian's formatted
+//! `AAVMF_VARS.snakeoil.fd` with its variables cleared), empties its variable area (0xff after the headers)
+//! and appends the variables a machine has after its owner enrolled keys: `db`, `KEK`, `PK` (each the EFI
+//! signature list `imgbuild secureboot enroll-files` writes; attributes NV|BS|RT|time-based authenticated),
+//! `SecureBootEnable` = 1 and `CustomMode` = 0. With PK set the firmware is in user mode and enforces Secure
+//! Boot (OVMF's `OVMF_CODE_4M.secboot.fd`, q35 with SMM; AAVMF's `AAVMF_CODE.fd`, which needs no SMM — but
+//! nothing protects its variable flash from the guest, see docs/secure-boot.md). This is what `virt-fw-vars
+//! --set-pk/--add-kek/--add-db --secure-boot` does, without a Python dependency.
 
 use std::path::Path;
 
@@ -38,10 +42,10 @@ pub enum VarsError {
         #[source]
         source: std::io::Error,
     },
-    /// The template is not a blank OVMF variable store.
+    /// The template is not a formatted OVMF/AAVMF variable store.
     #[error(
-        "{0} is not a blank OVMF variable store (an empty authenticated store after the volume header): use \
-         Debian's /usr/share/OVMF/OVMF_VARS_4M.fd"
+        "{0} is not a formatted UEFI variable store (a firmware volume with an authenticated variable store): \
+         use Debian's /usr/share/OVMF/OVMF_VARS_4M.fd (amd64) or /usr/share/AAVMF/AAVMF_VARS.snakeoil.fd (arm64)"
     )]
     NotBlank(String),
 }
@@ -92,8 +96,16 @@ fn first_variable(fd: &[u8]) -> Option<usize> {
     Some(hl + 28)
 }
 
-/// Writes `out`: the blank store `template` with PK, KEK and db set from the signature lists in `esl_dir`
-/// (`PK.esl`, `KEK.esl`, `db.esl`) and Secure Boot enabled.
+/// The end of the variable area: the variable store header (after the volume header) holds the store's size
+/// at offset 16.
+fn store_end(fd: &[u8]) -> Option<usize> {
+    let hl = u16::from_le_bytes(fd.get(0x30..0x32)?.try_into().ok()?) as usize;
+    let size = u32::from_le_bytes(fd.get(hl + 16..hl + 20)?.try_into().ok()?) as usize;
+    Some(hl + size).filter(|e| *e <= fd.len())
+}
+
+/// Writes `out`: the formatted store `template` with its variables cleared, then PK, KEK and db set from the
+/// signature lists in `esl_dir` (`PK.esl`, `KEK.esl`, `db.esl`) and Secure Boot enabled.
 pub fn enrolled(template: &Path, esl_dir: &Path, out: &Path) -> Result<(), VarsError> {
     let read = |p: &Path| {
         std::fs::read(p).map_err(|source| VarsError::Io {
@@ -102,12 +114,11 @@ pub fn enrolled(template: &Path, esl_dir: &Path, out: &Path) -> Result<(), VarsE
         })
     };
     let mut fd = read(template)?;
-    let start = first_variable(&fd)
-        .filter(|&s| {
-            fd.get(s..s + 64)
-                .is_some_and(|b| b.iter().all(|x| *x == 0xff))
-        })
+    let (start, end) = first_variable(&fd)
+        .zip(store_end(&fd))
+        .filter(|(s, e)| s < e)
         .ok_or_else(|| VarsError::NotBlank(template.display().to_string()))?;
+    fd[start..end].fill(0xff);
     let mut vars = Vec::new();
     for (name, guid) in [("db", SECURITY_DB), ("KEK", GLOBAL), ("PK", GLOBAL)] {
         let esl = read(&esl_dir.join(format!("{name}.esl")))?;
@@ -120,7 +131,7 @@ pub fn enrolled(template: &Path, esl_dir: &Path, out: &Path) -> Result<(), VarsE
         &[1],
     ));
     vars.extend(variable("CustomMode", CUSTOM_MODE, NV_BS, &[0]));
-    if fd.len() < start + vars.len() + 64 {
+    if end < start + vars.len() + 64 {
         return Err(VarsError::NotBlank(template.display().to_string()));
     }
     fd[start..start + vars.len()].copy_from_slice(&vars);
@@ -158,5 +169,38 @@ mod tests {
         assert_eq!(&snake[at + 44..at + 60], &guid_bytes(SECURITY_DB));
         let blank = std::fs::read(super::super::qemu::OVMF_VARS).unwrap();
         assert_eq!(first_variable(&blank), Some(0x64));
+    }
+
+    /// AAVMF's formatted store (Debian's snakeoil one) comes out with only our variables: its own PK, KEK, db and
+    /// boot entries are cleared, ours follow the headers in order, and the FTW area after the store is kept.
+    #[test]
+    fn an_aavmf_store_is_cleared_then_enrolled() {
+        let tpl = Path::new(super::super::qemu::AAVMF_VARS_FORMATTED);
+        let Ok(orig) = std::fs::read(tpl) else {
+            return;
+        };
+        let d = tempfile::tempdir().unwrap();
+        for (n, b) in [("PK", 1u8), ("KEK", 2), ("db", 3)] {
+            std::fs::write(d.path().join(format!("{n}.esl")), vec![b; 40]).unwrap();
+        }
+        let out = d.path().join("vars.fd");
+        enrolled(tpl, d.path(), &out).unwrap();
+        let fd = std::fs::read(&out).unwrap();
+        assert_eq!(fd.len(), orig.len());
+        let (mut at, end) = (first_variable(&fd).unwrap(), store_end(&fd).unwrap());
+        let mut names = Vec::new();
+        while fd[at..at + 2] == [0xaa, 0x55] {
+            let nl = u32::from_le_bytes(fd[at + 36..at + 40].try_into().unwrap()) as usize;
+            let dl = u32::from_le_bytes(fd[at + 40..at + 44].try_into().unwrap()) as usize;
+            let n16: Vec<u16> = fd[at + 60..at + 60 + nl - 2]
+                .chunks(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect();
+            names.push(String::from_utf16(&n16).unwrap());
+            at = (at + 60 + nl + dl).div_ceil(4) * 4;
+        }
+        assert_eq!(names, ["db", "KEK", "PK", "SecureBootEnable", "CustomMode"]);
+        assert!(fd[at..end].iter().all(|b| *b == 0xff));
+        assert_eq!(fd[end..], orig[end..]);
     }
 }

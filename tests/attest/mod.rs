@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -235,4 +235,109 @@ pub fn extend(tpm_tcti: &str, events: &[(u32, u32, [u8; 32])]) {
 pub fn log_and_extend(tpm: &Tpm, events: &[(u32, u32, [u8; 32])]) -> Vec<u8> {
     extend(&tpm.tcti, events);
     agile_log(events)
+}
+
+/// One node: the rendered scripts (`lib.sh`, `attest.sh`) under its own root, and its TPM.
+pub struct Node {
+    pub root: tempfile::TempDir,
+    pub tpm: Tpm,
+    /// The inventory MAC it claims.
+    pub mac: String,
+}
+
+impl Node {
+    pub fn new(lib: &str, attest: &str, ca: &Path, mac: &str) -> Node {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("usr/lib/imgbuild")).unwrap();
+        std::fs::create_dir_all(r.join("usr/share/imgbuild")).unwrap();
+        std::fs::create_dir_all(r.join("run/imgbuild")).unwrap();
+        std::fs::write(r.join("usr/lib/imgbuild/lib.sh"), lib).unwrap();
+        std::fs::write(r.join("usr/lib/imgbuild/attest.sh"), attest).unwrap();
+        std::fs::copy(ca, r.join("usr/share/imgbuild/provisioning-ca.crt")).unwrap();
+        Node {
+            root,
+            tpm: Tpm::start(),
+            mac: mac.to_string(),
+        }
+    }
+
+    pub fn attest_dir(&self) -> PathBuf {
+        self.root.path().join("run/imgbuild/attest")
+    }
+
+    /// `ib_attest_enroll` as firstboot runs it: (HTTP status, what it wrote to OUT).
+    pub fn enroll(&self, api: &str, log: &[u8]) -> (String, String) {
+        let r = self.root.path();
+        std::fs::write(r.join("eventlog"), log).unwrap();
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(
+                r#"set -u; . "$IMGBUILD_ROOT/usr/lib/imgbuild/lib.sh"; . "$IMGBUILD_ROOT/usr/lib/imgbuild/attest.sh"
+                   IB_API="$API"; IB_MAC="$MAC"; ib_attest_enroll "$IMGBUILD_ROOT/out" "$IMGBUILD_ROOT/hdr""#,
+            )
+            .env("IMGBUILD_ROOT", r)
+            .env("IMGBUILD_EVENTLOG", r.join("eventlog"))
+            .env("TPM2TOOLS_TCTI", &self.tpm.tcti)
+            .env("API", api)
+            .env("MAC", &self.mac)
+            .output()
+            .unwrap();
+        let code = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let body = std::fs::read_to_string(r.join("out")).unwrap_or_default();
+        eprintln!(
+            "node: {code} {body}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (code, body)
+    }
+
+    /// `ib_reattest` as firstboot runs it at a later boot: (its exit status, its saved answer).
+    pub fn reattest(&self, api: &str, log: &[u8]) -> (i32, String) {
+        let r = self.root.path();
+        std::fs::write(r.join("eventlog"), log).unwrap();
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(
+                r#"set -u; . "$IMGBUILD_ROOT/usr/lib/imgbuild/lib.sh"; . "$IMGBUILD_ROOT/usr/lib/imgbuild/attest.sh"
+                   IB_API="$API"; IB_MAC="$MAC"; IB_ENROLL_TRIES=1; ib_reattest"#,
+            )
+            .env("IMGBUILD_ROOT", r)
+            .env("IMGBUILD_EVENTLOG", r.join("eventlog"))
+            .env("TPM2TOOLS_TCTI", &self.tpm.tcti)
+            .env("API", api)
+            .env("MAC", &self.mac)
+            .output()
+            .unwrap();
+        let body = std::fs::read_to_string(r.join("run/imgbuild/reattest.out")).unwrap_or_default();
+        eprintln!("node reattest: {:?} {body}", out.status);
+        (out.status.code().unwrap_or(-1), body)
+    }
+}
+
+/// An image for `role` whose "kernel" is a real PE (systemd's EFI stub), committed in the store directory
+/// `images`: its id, its manifest and the kernel's Authenticode digest (what firmware measures as the boot
+/// application).
+pub fn pe_kernel_image(
+    images: &Path,
+    role: imgbuild::config::Role,
+) -> (String, imgbuild::image::manifest::Manifest, [u8; 32]) {
+    let kernel =
+        std::fs::read("/usr/lib/systemd/boot/efi/linuxx64.efi.stub").expect("systemd-boot-efi");
+    let mut files = std::collections::BTreeMap::new();
+    files.insert("vmlinuz".to_string(), kernel.clone());
+    files.insert("initrd.img".to_string(), b"initrd".to_vec());
+    files.insert("rootfs.squashfs".to_string(), b"rootfs".to_vec());
+    let profile = ["base".to_string(), role.to_string()];
+    let profile: Vec<&str> = profile.iter().map(String::as_str).collect();
+    let spec = crate::common::ImageSpec {
+        role,
+        arch: imgbuild::config::Arch::Amd64,
+        profile: &profile,
+        standins: true,
+        kernel_args: &[],
+    };
+    let (id, manifest) = crate::common::commit_image(images, &spec, &files);
+    let app = imgbuild::image::authenticode::sha256(&kernel).unwrap();
+    (id, manifest, app)
 }

@@ -1,11 +1,17 @@
-//! Helpers shared by the integration tests: a test cluster, rendered role trees, YAML as JSON.
+//! Helpers shared by the integration tests: a test cluster, rendered role trees, YAML as JSON, images committed
+//! into a store directory, the server's application on loopback ([`https`]).
 
 #![allow(dead_code)]
 
+pub mod https;
+
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use imgbuild::config::{Cluster, Role};
+use imgbuild::config::{Arch, Cluster, Role};
+use imgbuild::image::manifest::{FileEntry, Inputs, Manifest};
 use imgbuild::image::tree::{self, Tree};
+use sha2::{Digest, Sha256};
 use yaml_rust2::{Yaml, YamlLoader};
 
 /// The repository root.
@@ -213,4 +219,52 @@ pub fn stages(first: &str, last: &str, skip: &[&str]) -> Vec<&'static str> {
         .copied()
         .filter(|s| !skip.contains(s))
         .collect()
+}
+
+/// What an image committed by [`commit_image`] says of itself (its manifest but for the files).
+pub struct ImageSpec<'a> {
+    pub role: Role,
+    pub arch: Arch,
+    pub profile: &'a [&'a str],
+    pub standins: bool,
+    pub kernel_args: &'a [&'a str],
+}
+
+/// Commits an image made of `files` (name → bytes) into the store directory `images`, as `imgbuild build` leaves
+/// it: the files, then `manifest.json` with their sizes and digests. Returns its id and manifest.
+pub fn commit_image(
+    images: &Path,
+    spec: &ImageSpec,
+    files: &BTreeMap<String, Vec<u8>>,
+) -> (String, Manifest) {
+    let manifest = Manifest {
+        format: 1,
+        role: spec.role,
+        arch: spec.arch,
+        profile: spec.profile.iter().map(|p| p.to_string()).collect(),
+        standins: spec.standins,
+        kernel_args: spec.kernel_args.iter().map(|a| a.to_string()).collect(),
+        inputs: Inputs::default(),
+        files: files
+            .iter()
+            .map(|(n, b)| {
+                (
+                    n.clone(),
+                    FileEntry {
+                        size: b.len() as u64,
+                        sha256: hex::encode(Sha256::digest(b)),
+                    },
+                )
+            })
+            .collect(),
+        rootfs_verity: None,
+    };
+    let id = manifest.id();
+    let d = images.join(&id);
+    std::fs::create_dir_all(&d).unwrap();
+    for (n, b) in files {
+        std::fs::write(d.join(n), b).unwrap();
+    }
+    std::fs::write(d.join("manifest.json"), manifest.to_bytes()).unwrap();
+    (id, manifest)
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use imgbuild::config::Role;
-use imgbuild::image::manifest::{FileEntry, Inputs, Manifest};
+use imgbuild::vm::spawn::SpawnTied;
 use sha2::{Digest, Sha256};
 
 pub const SERVER: &str = "10.77.0.1";
@@ -167,39 +167,15 @@ impl ClusterDir {
             bytes.truncate(len);
             files.insert(name.to_string(), bytes);
         }
-        let manifest = Manifest {
-            format: 1,
+        let role_name = role.to_string();
+        let spec = crate::common::ImageSpec {
             role,
             arch: Default::default(),
-            profile: vec!["base".into(), role.to_string()],
+            profile: &["base", &role_name],
             standins,
-            kernel_args: vec![
-                "net.ifnames=0".into(),
-                "panic=30".into(),
-                "console=ttyS0,115200".into(),
-            ],
-            inputs: Inputs::default(),
-            files: files
-                .iter()
-                .map(|(n, b)| {
-                    (
-                        n.clone(),
-                        FileEntry {
-                            size: b.len() as u64,
-                            sha256: hex::encode(Sha256::digest(b)),
-                        },
-                    )
-                })
-                .collect(),
-            rootfs_verity: None,
+            kernel_args: &["net.ifnames=0", "panic=30", "console=ttyS0,115200"],
         };
-        let id = manifest.id();
-        let d = self.images.join(&id);
-        std::fs::create_dir_all(&d).unwrap();
-        for (n, b) in &files {
-            std::fs::write(d.join(n), b).unwrap();
-        }
-        std::fs::write(d.join("manifest.json"), manifest.to_bytes()).unwrap();
+        let (id, manifest) = crate::common::commit_image(&self.images, &spec, &files);
         files.insert("manifest.json".into(), manifest.to_bytes());
         (id, files)
     }
@@ -261,7 +237,7 @@ impl Server {
                     .open(&log)
                     .unwrap(),
             )
-            .spawn()
+            .spawn_tied()
             .unwrap();
         let s = Server { child, log };
         let t0 = Instant::now();

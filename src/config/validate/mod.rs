@@ -46,7 +46,8 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
     let metallb = metallb::check(c, &f.metallb, &machines, &known);
     let longhorn = longhorn::check(c, &f.longhorn, &f.machines);
     let artifacts = artifacts::check(c, &f.artifacts, &known);
-    let images = images::check(c, &f.images, &known, &f.control_plane.kube_vip_image);
+    let (images, sandbox_image) =
+        images::check(c, &f.images, &known, &f.control_plane.kube_vip_image);
     let base = base::check(c, &f.base);
     let paths = paths::check(root, &f.paths);
     let limits = limits::check(c, &f.limits);
@@ -77,6 +78,7 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
         machines,
         artifacts,
         images,
+        sandbox_image: sandbox_image?,
         base,
         paths,
         limits: super::limits::Limits {

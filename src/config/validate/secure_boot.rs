@@ -1,11 +1,11 @@
 //! `[secure_boot]`: the roles that boot signed UKIs, the db key pair (both or neither), and each machine's
-//! `secure_boot` against it (only amd64: Debian's AAVMF has no Secure Boot build with a protected variable
-//! store, so arm64 stays on GRUB).
+//! `secure_boot` against it (amd64 and arm64: Debian's OVMF and AAVMF both enforce Secure Boot once keys are
+//! enrolled, see docs/secure-boot.md).
 
 use std::path::Path;
 
 use super::checker::{Checker, Seg, p};
-use crate::config::model::{Arch, Machine, Role, SECUREBOOT_DIR, SecureBoot};
+use crate::config::model::{DEFAULT_UKI_STATE_DISK, Machine, Role, SECUREBOOT_DIR, SecureBoot};
 use crate::config::raw;
 
 /// Checks `[secure_boot]`; `secrets` is the resolved secrets directory (the default key pair lives there).
@@ -52,13 +52,34 @@ pub(super) fn check(
             return None;
         }
     };
+    let state_disk = sb
+        .state_disk
+        .clone()
+        .unwrap_or_else(|| DEFAULT_UKI_STATE_DISK.into());
+    if !state_disk.starts_with("/dev/") || !state_disk.bytes().all(safe_path_byte) {
+        c.error(
+            &p!["secure_boot", "state_disk"],
+            format!(
+                "{state_disk:?} is not a block device path of safe characters (A-Z a-z 0-9 / _ . : -); expected \
+                 a path such as /dev/vda or /dev/disk/by-id/..."
+            ),
+        );
+        ok = false;
+    }
     ok.then_some(SecureBoot {
         enabled: sb.enabled,
         roles,
         db_key,
         db_cert,
         own_db,
+        state_disk,
+        init_blank: sb.init_blank,
     })
+}
+
+/// The bytes the initrd accepts in a state disk path (it is a kernel command-line word).
+fn safe_path_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'.' | b':' | b'-')
 }
 
 /// Resolves each machine's `secure_boot` (its own setting, else its role's default when enabled) and reports
@@ -80,16 +101,35 @@ pub(super) fn resolve_machines(
                 );
                 false
             }
-            Some(true) if m.arch == Arch::Arm64 => {
-                c.error(
-                    &p!["machines", i, "secure_boot"],
-                    "secure_boot = true on an arm64 machine: Debian's AAVMF has no Secure Boot build with a \
-                     protected variable store, so arm64 machines boot through GRUB; drop this key",
-                );
-                false
-            }
             Some(v) => v,
-            None => sb.enabled && m.arch == Arch::Amd64 && sb.roles.contains(&m.role),
+            None => sb.enabled && sb.roles.contains(&m.role),
         };
+        if !m.secure_boot {
+            continue;
+        }
+        // The initrd of a signed UKI takes its state disk from the signed, role-level command line, never from an
+        // answer that could be tampered with: the inventory must say the same.
+        if m.state_disk != sb.state_disk {
+            c.error(
+                &p!["machines", i, "state_disk"],
+                format!(
+                    "{:?} differs from [secure_boot] state_disk = {:?}, the state disk on the signed UKI command \
+                     line this machine boots (a UKI names no machine): use {:?} here, set [secure_boot] state_disk \
+                     to it, or set `secure_boot = false` on this machine",
+                    m.state_disk, sb.state_disk, sb.state_disk
+                ),
+            );
+        }
+        if m.init_blank != sb.init_blank {
+            c.error(
+                &p!["machines", i, "init_blank"],
+                format!(
+                    "init_blank = {} differs from [secure_boot] init_blank = {}, which the signed UKI command line \
+                     this machine boots carries (a UKI names no machine): make them equal, or set \
+                     `secure_boot = false` on this machine",
+                    m.init_blank, sb.init_blank
+                ),
+            );
+        }
     }
 }

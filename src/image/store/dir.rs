@@ -8,10 +8,10 @@
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::{Artifact, Committed, ImageStore, StoreError, Stored, hash_reader, io, is_id};
-use crate::image::manifest::{
-    FileEntry, INITRD, KERNEL, MANIFEST, Manifest, ManifestError, ROOTFS, UKI,
+use super::{
+    Artifact, Committed, ImageStore, StoreError, Stored, hash_reader, hash_staged, io, is_id,
 };
+use crate::image::manifest::{FileEntry, MANIFEST, Manifest, ManifestError};
 
 /// The directory store `images/`.
 #[derive(Debug, Clone)]
@@ -215,14 +215,7 @@ impl ImageStore for DirStore {
         staging: tempfile::TempDir,
         mut manifest: Manifest,
     ) -> Result<Committed, StoreError> {
-        for f in [KERNEL, INITRD, ROOTFS, UKI] {
-            let p = staging.path().join(f);
-            // The signed UKI is there only when `[secure_boot]` is on.
-            if f == UKI && !p.exists() {
-                continue;
-            }
-            let file = std::fs::File::open(&p).map_err(io(&p))?;
-            manifest.files.insert(f.to_string(), hash_reader(file, &p)?);
+        for p in hash_staged(staging.path(), &mut manifest)? {
             // Read-only: the store is never written in place.
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o444)).map_err(io(&p))?;
         }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::image::manifest::{FileEntry, Manifest, ManifestError};
+use crate::image::manifest::{FileEntry, INITRD, KERNEL, Manifest, ManifestError, ROOTFS, UKI};
 
 /// Why the store cannot do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -206,6 +206,26 @@ pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ 
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// The first step of every store's commit: completes `manifest` with the size and sha256 of each artifact
+/// assembled in `staging` (the signed UKI only when present: it is there only with `[secure_boot]`). Returns
+/// the files it hashed.
+pub(crate) fn hash_staged(
+    staging: &Path,
+    manifest: &mut Manifest,
+) -> Result<Vec<PathBuf>, StoreError> {
+    let mut hashed = Vec::new();
+    for f in [KERNEL, INITRD, ROOTFS, UKI] {
+        let p = staging.join(f);
+        if f == UKI && !p.exists() {
+            continue;
+        }
+        let file = std::fs::File::open(&p).map_err(io(&p))?;
+        manifest.files.insert(f.to_string(), hash_reader(file, &p)?);
+        hashed.push(p);
+    }
+    Ok(hashed)
 }
 
 /// sha256 and size of everything `r` reads (`path` names it in errors).

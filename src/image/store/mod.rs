@@ -34,10 +34,10 @@ use super::manifest::{INITRD, KERNEL, Manifest, ROOTFS};
 use crate::config::{Cluster, Store};
 
 pub use dir::DirStore;
-pub(super) use interface::io;
 pub use interface::{
     Artifact, Committed, ImageStore, ReadSeek, StoreError, Stored, hash_reader, is_id,
 };
+pub(super) use interface::{hash_staged, io};
 
 /// The image store a cluster description names: `[store] backend = "dir"` (the default) is its `paths.images`
 /// directory, cheap to open, so callers open it where they use it (the HTTP handler per request, following a

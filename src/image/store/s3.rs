@@ -27,13 +27,11 @@ use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, Retry
 use super::cache::{Cache, Sink};
 use super::credentials;
 use super::interface::{
-    Artifact, Committed, ImageStore, StoreError, Stored, hash_reader, io, is_id,
+    Artifact, Committed, ImageStore, StoreError, Stored, hash_staged, io, is_id,
 };
 use super::unavailable::Unavailable;
 use crate::config::S3Store as Config;
-use crate::image::manifest::{
-    FileEntry, INITRD, KERNEL, MANIFEST, Manifest, ManifestError, ROOTFS, UKI,
-};
+use crate::image::manifest::{FileEntry, MANIFEST, Manifest, ManifestError};
 
 /// Objects above this size are uploaded in parts of this size.
 const PART: usize = 8 << 20;
@@ -546,14 +544,7 @@ impl ImageStore for S3Store {
         staging: tempfile::TempDir,
         mut manifest: Manifest,
     ) -> Result<Committed, StoreError> {
-        for f in [KERNEL, INITRD, ROOTFS, UKI] {
-            let p = staging.path().join(f);
-            if f == UKI && !p.exists() {
-                continue;
-            }
-            let file = std::fs::File::open(&p).map_err(io(&p))?;
-            manifest.files.insert(f.to_string(), hash_reader(file, &p)?);
-        }
+        hash_staged(staging.path(), &mut manifest)?;
         let bytes = manifest.to_bytes();
         let id = manifest.id();
         let mp = staging.path().join(MANIFEST);

@@ -100,6 +100,7 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
     shared.register_metrics(|r| metrics.register(r));
     let journal_path = cluster.paths.state.join(LEASES_FILE);
     let (journal, mut table) = Journal::open(&journal_path, unix_now())?;
+    shared.leases.load(table.leases());
     metrics.leases.set(table.live(unix_now()) as i64);
     metrics
         .journal_skipped_lines
@@ -245,9 +246,11 @@ fn spawn_writer(
                 let started = std::time::Instant::now();
                 let res = journal.commit();
                 if res.is_ok() {
-                    // Only what is on disk: a compaction must never write a lease that was not acknowledged.
+                    // Only what is on disk: a compaction must never write a lease that was not acknowledged,
+                    // and the HTTP side must never take reports from an address whose ACK may not go out.
                     for r in batches.iter().flat_map(|b| &b.records) {
                         mirror.replay(r);
+                        shared.leases.replay(r);
                     }
                 }
                 let took = started.elapsed();

@@ -25,4 +25,7 @@ pub struct AppState {
     /// Node reports by outcome (`imgbuild_event_reports_total{outcome}`: accepted-address, accepted-signed, or
     /// why refused).
     pub reports: super::reply::OutcomeCounter,
+    /// Machine facts requests by outcome (`imgbuild_node_facts_requests_total{outcome}`: served, plain-http,
+    /// unknown-mac, bad-request).
+    pub node_facts: super::reply::OutcomeCounter,
 }

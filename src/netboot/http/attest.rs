@@ -10,8 +10,10 @@
 //!    the event log replays to it and shows only the pinned image's boot applications. Only then the answer
 //!    `{sealed, booted}`: the enrollment bundle encrypted with the credential (`pki::attest::seal`).
 //!
-//! Each challenge is used once and expires ([`crate::pki::attest::sessions`]). The listener's limits (connections,
-//! body size, timeouts) apply as to every route.
+//! The EK decisions and the enrollment record go through the shared state (`pki::state_store::documents`, as
+//! `GET /api/enroll` and `imgbuild enroll` do), so every replica on etcd decides alike and records once. Each
+//! challenge is used once and expires ([`crate::pki::attest::sessions`]); challenges stay in this replica's
+//! memory. The listener's limits (connections, body size, timeouts) apply as to every route.
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -39,8 +41,9 @@ use crate::pki::attest::policy::{Evidence, verify};
 use crate::pki::attest::public::Public;
 use crate::pki::attest::sessions::{Challenge, Missing, Sessions};
 use crate::pki::attest::{credential, ek, seal};
-use crate::pki::enroll::{Enrolled, Store, bundle};
+use crate::pki::enroll::bundle;
 use crate::pki::secrets;
+use crate::pki::state_store::documents;
 use crate::status::{Source, now_ms};
 
 #[derive(Clone)]
@@ -211,6 +214,18 @@ fn refuse(
     text(status, msg)
 }
 
+/// A failure on the server's side (the shared state, the secrets, a stored key): counted as `error`, logged, 500.
+fn internal(ctx: &Ctx, mac: MacAddr, peer: IpAddr, e: impl std::fmt::Display) -> Response {
+    refuse(
+        ctx,
+        "error",
+        StatusCode::INTERNAL_SERVER_ERROR,
+        mac,
+        peer,
+        e.to_string(),
+    )
+}
+
 fn decode(field: &str, s: &str) -> Result<Vec<u8>, String> {
     B64.decode(s.trim())
         .map_err(|e| format!("{field} is not base64: {e}"))
@@ -235,7 +250,9 @@ fn not_yet(ctx: &Ctx, m: &Machine) -> Option<Response> {
             RETRY_BARRIER_SECS,
         ));
     }
-    let expires = secrets::load_token(&cluster.paths.secrets).map_or(u64::MAX, |t| t.expires_unix);
+    // The token in force (with replicas: the one last published through any of them), as `GET /api/enroll`.
+    let expires = documents::token(&*ctx.shared.state, &cluster.paths.secrets)
+        .map_or(u64::MAX, |t| t.expires_unix);
     if expires <= now_ms() / 1000 {
         count(&ctx.requests, "token-expired");
         return Some(retry_after(
@@ -297,24 +314,24 @@ fn challenge_blocking(ctx: &Ctx, mac: MacAddr, peer: IpAddr, body: ChallengeRequ
             );
         }
     }
-    let store = Store::for_cluster(&cluster);
-    let mut locked = match store.lock() {
-        Ok(l) => l,
-        Err(e) => {
-            return refuse(
-                ctx,
-                "error",
-                StatusCode::INTERNAL_SERVER_ERROR,
-                mac,
-                peer,
-                e.to_string(),
-            );
-        }
-    };
     let now = now_ms();
-    match decide_ek(m, &mut locked.state, &ek_hex, peer, now) {
-        EkDecision::Known => {}
-        d @ (EkDecision::NewPending | EkDecision::StillPending) => {
+    // Through the shared state (`[state] backend`): a pending EK, an approval or a refused claimant recorded by
+    // one replica is what every replica decides on. With etcd the closure may run more than once.
+    let (mut decided, mut enrolled) = (None, false);
+    let saved = documents::update_enrollment(&*ctx.shared.state, |st| {
+        enrolled = st.enrolled.contains_key(&mac);
+        let d = decide_ek(m, st, &ek_hex, peer, now);
+        let write = match &d {
+            EkDecision::NewPending => true,
+            EkDecision::Refused(_) => st.note_refused(mac, peer, now),
+            EkDecision::Known | EkDecision::StillPending => false,
+        };
+        decided = Some(d);
+        ((), write)
+    });
+    match (decided, saved) {
+        (Some(EkDecision::Known), Ok(())) => {}
+        (Some(d @ (EkDecision::NewPending | EkDecision::StillPending)), Ok(())) => {
             let msg = format!(
                 "not yet: {} ({mac}) presented TPM EK sha256:{ek_hex} from {peer}; it waits for `imgbuild enroll \
                  approve {}` (or pin it: ek_sha256 = \"{ek_hex}\")",
@@ -323,16 +340,6 @@ fn challenge_blocking(ctx: &Ctx, mac: MacAddr, peer: IpAddr, body: ChallengeRequ
             // Shown on the page and by `imgbuild enroll` until approved; written (and warned) once.
             if d == EkDecision::NewPending {
                 tracing::warn!(%mac, %peer, "{msg}");
-                if let Err(e) = locked.save() {
-                    return refuse(
-                        ctx,
-                        "error",
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        mac,
-                        peer,
-                        e.to_string(),
-                    );
-                }
             }
             count(&ctx.requests, "pending");
             return retry_after(
@@ -340,19 +347,17 @@ fn challenge_blocking(ctx: &Ctx, mac: MacAddr, peer: IpAddr, body: ChallengeRequ
                 RETRY_BARRIER_SECS,
             );
         }
-        EkDecision::Refused(r) => {
-            let msg = r.message(m, peer);
-            if locked.state.note_refused(mac, peer, now)
-                && let Err(e) = locked.save()
-            {
+        (Some(EkDecision::Refused(r)), saved) => {
+            if let Err(e) = saved {
                 tracing::error!(%mac, "cannot remember the refused claimant: {e}");
             }
+            let msg = r.message(m, peer);
             return refuse(ctx, r.outcome(), StatusCode::FORBIDDEN, mac, peer, msg);
         }
+        (_, Err(e)) => return internal(ctx, mac, peer, e),
+        (None, Ok(())) => return internal(ctx, mac, peer, "the enrollment state was not read"),
     }
     // A machine already enrolled re-attests (a later boot): no barrier, no token needed, nothing released.
-    let enrolled = locked.state.enrolled.contains_key(&mac);
-    drop(locked);
     if !enrolled && let Some(r) = not_yet(ctx, m) {
         return r;
     }
@@ -407,28 +412,20 @@ fn prove_blocking(ctx: &Ctx, mac: MacAddr, peer: IpAddr, body: ProveRequest) -> 
             .take(mac, &body.id, now_ms());
     let ch = match taken {
         Ok(c) => c,
-        Err(Missing::Unknown) => {
+        Err(missing) => {
+            let why = match missing {
+                Missing::Unknown => "unknown or already used challenge",
+                Missing::Expired => "the challenge expired",
+            };
+            let msg =
+                format!("attestation refused for {who}: {why} (stale nonce); ask for a new one");
             return refuse(
                 ctx,
                 "stale-challenge",
                 StatusCode::FORBIDDEN,
                 mac,
                 peer,
-                format!(
-                    "attestation refused for {who}: unknown or already used challenge (stale nonce); ask for a new one"
-                ),
-            );
-        }
-        Err(Missing::Expired) => {
-            return refuse(
-                ctx,
-                "stale-challenge",
-                StatusCode::FORBIDDEN,
-                mac,
-                peer,
-                format!(
-                    "attestation refused for {who}: the challenge expired (stale nonce); ask for a new one"
-                ),
+                msg,
             );
         }
     };
@@ -458,16 +455,7 @@ fn prove_blocking(ctx: &Ctx, mac: MacAddr, peer: IpAddr, body: ProveRequest) -> 
     };
     let ak = match Public::from_tpmt(&ch.ak) {
         Ok(a) => a,
-        Err(e) => {
-            return refuse(
-                ctx,
-                "error",
-                StatusCode::INTERNAL_SERVER_ERROR,
-                mac,
-                peer,
-                e.to_string(),
-            );
-        }
+        Err(e) => return internal(ctx, mac, peer, e),
     };
     let (expected, image) = match expected_for(&ctx.shared, &ctx.expected, m) {
         Ok(e) => e,
@@ -483,10 +471,9 @@ fn prove_blocking(ctx: &Ctx, mac: MacAddr, peer: IpAddr, body: ProveRequest) -> 
         signature: &signature,
         event_log: &log,
     };
-    let store = Store::for_cluster(&cluster);
-    let again = store
-        .lock()
-        .map(|l| l.state.enrolled.contains_key(&mac))
+    // Enrolled before this proof: a later boot re-attesting (nothing is released again).
+    let again = documents::enrollment(&*shared.state)
+        .map(|st| st.enrolled.contains_key(&mac))
         .unwrap_or(false);
     let verified = match verify(&ev, &ch.nonce, &expected) {
         Ok(v) => v,
@@ -513,82 +500,42 @@ fn prove_blocking(ctx: &Ctx, mac: MacAddr, peer: IpAddr, body: ProveRequest) -> 
     if let Some(r) = not_yet(ctx, m) {
         return r;
     }
-    let secrets = match secrets::load(&cluster.paths.secrets) {
+    let mut secrets = match secrets::load(&cluster.paths.secrets) {
         Ok(s) => s,
-        Err(e) => {
-            return refuse(
-                ctx,
-                "error",
-                StatusCode::INTERNAL_SERVER_ERROR,
-                mac,
-                peer,
-                e.to_string(),
-            );
-        }
+        Err(e) => return internal(ctx, mac, peer, e),
     };
-    let mut locked = match store.lock() {
-        Ok(l) => l,
-        Err(e) => {
-            return refuse(
-                ctx,
-                "error",
-                StatusCode::INTERNAL_SERVER_ERROR,
-                mac,
-                peer,
-                e.to_string(),
-            );
-        }
-    };
+    if let Ok(t) = documents::token(&*shared.state, &cluster.paths.secrets) {
+        secrets.token = t; // the token in force (with replicas: the one last published through any of them)
+    }
     let now = now_ms();
-    let first = !locked.state.enrolled.contains_key(&mac);
+    // The first attestation records the enrollment (once, across replicas: with etcd a transaction); a later one
+    // (a reboot before `joined`) keeps its time, so the report key the bundle carries stays the same. The bundle
+    // is sealed before anything is written: a failure consumes nothing.
+    let mut sealed = None;
+    let saved = documents::update_enrollment(&*shared.state, |st| {
+        let first = !st.enrolled.contains_key(&mac);
+        let at_ms = st.enrolled.get(&mac).map_or(now, |e| e.at_ms);
+        let b = bundle(&cluster, &secrets, m, at_ms);
+        let s = serde_json::to_vec(&b)
+            .map_err(|e| e.to_string())
+            .and_then(|j| seal::seal(&ch.credential, &j).map_err(|e| e.to_string()));
+        let write = first && s.is_ok();
+        if write {
+            st.record_enrolled(&cluster, m, peer, now);
+        }
+        sealed = Some(s.map(|s| (s, first)));
+        ((), write)
+    });
+    let (sealed, first) = match (sealed, saved) {
+        (Some(Ok(s)), Ok(())) => s,
+        (Some(Err(e)), _) => return internal(ctx, mac, peer, e),
+        (_, Err(e)) => return internal(ctx, mac, peer, e),
+        (None, Ok(())) => return internal(ctx, mac, peer, "the enrollment state was not read"),
+    };
     if !first {
         // Enrolled meanwhile (a concurrent attestation): the bundle went out once.
-        drop(locked);
         return reattested(ctx, mac, peer, &ek_hex, verified, image);
     }
-    let at_ms = locked.state.enrolled.get(&mac).map_or(now, |e| e.at_ms);
-    let b = bundle(&cluster, &secrets, m, at_ms);
-    let sealed = match serde_json::to_vec(&b)
-        .map_err(|e| e.to_string())
-        .and_then(|j| seal::seal(&ch.credential, &j).map_err(|e| e.to_string()))
-    {
-        Ok(s) => s,
-        Err(e) => {
-            return refuse(
-                ctx,
-                "error",
-                StatusCode::INTERNAL_SERVER_ERROR,
-                mac,
-                peer,
-                e,
-            );
-        }
-    };
-    locked.state.enrolled.insert(
-        mac,
-        Enrolled {
-            hostname: m.hostname.clone(),
-            ip: peer,
-            at_ms: now,
-        },
-    );
-    locked.state.pending.remove(&mac);
-    locked.state.approved.remove(&mac);
-    if locked.state.all_enrolled(&cluster) {
-        locked.state.auto_closed = true;
-    }
-    if let Err(e) = locked.save() {
-        let e = e.to_string();
-        return refuse(
-            ctx,
-            "error",
-            StatusCode::INTERNAL_SERVER_ERROR,
-            mac,
-            peer,
-            e,
-        );
-    }
-    drop(locked);
     let detail = format!(
         "attested by TPM (EK sha256:{}…): booted {} of image={image}, Secure Boot {}, TPM resets {}; sealed \
          bundle served (once)",

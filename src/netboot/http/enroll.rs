@@ -22,7 +22,7 @@ use super::tls::via_tls;
 use super::token;
 use crate::config::{MacAddr, Role};
 use crate::netboot::state::Shared;
-use crate::pki::enroll::{Contact, Enrolled, Refusal, bundle, decide};
+use crate::pki::enroll::{Contact, Refusal, bundle, decide};
 use crate::pki::secrets;
 use crate::pki::state_store::documents;
 use crate::status::{Source, now_ms};
@@ -186,21 +186,7 @@ fn enroll_blocking(ctx: &Ctx, mac: MacAddr, peer: IpAddr) -> Response {
                 if let Err(e) = secrets {
                     (Step::Internal(e.clone()), false)
                 } else {
-                    st.pending.remove(&mac);
-                    st.approved.remove(&mac);
-                    st.enrolled.insert(
-                        mac,
-                        Enrolled {
-                            hostname: m.hostname.clone(),
-                            ip: peer,
-                            at_ms: now,
-                        },
-                    );
-                    // Durable: a restart does not re-open it (`imgbuild enroll open` does).
-                    let closes = st.all_enrolled(&cluster) && !st.auto_closed;
-                    if closes {
-                        st.auto_closed = true;
-                    }
+                    let closes = st.record_enrolled(&cluster, m, peer, now);
                     (Step::Served(m, closes), true)
                 }
             }

@@ -2,7 +2,7 @@
 //! `wget --post-data` and curl can send it), optionally signed (`ts`, `ctr`, `sig`).
 //!
 //! Who may report what is `pki::report_auth::check_report` (pure): unsigned only from the node's own address
-//! (and, once it has enrolled, only the initrd's stages), signed with the node's report key otherwise,
+//! (its inventory address or its current DHCP lease, `Shared::leases`) (and, once it has enrolled, only the initrd's stages), signed with the node's report key otherwise,
 //! `init-done` only signed by the first master. An accepted signed report stores its counter (no replay) and an
 //! accepted `init-done` opens the durable barrier (`pki::report_state`). A refused report records nothing — no
 //! status row, no event line — and is counted in `imgbuild_event_reports_total{outcome}`.
@@ -21,7 +21,7 @@ use super::reply::{NO_PEER, blocking, count, peer_of};
 use crate::config::MacAddr;
 use crate::pki::report_auth::{self, Accepted, NodeFacts, Report, Signature, check_report};
 use crate::pki::state_store::documents;
-use crate::status::{EventError, STAGES, STANDIN_STAGE, Source, now_ms};
+use crate::status::{EventError, STAGES, STANDIN_STAGE, Source, is_uki_fetch, now_ms};
 
 #[derive(Debug, Deserialize)]
 /// The form body of `POST /api/events`.
@@ -146,7 +146,7 @@ fn record(st: &AppState, peer: IpAddr, f: EventForm) -> Response {
         let facts = NodeFacts {
             enrolled_at_ms,
             last_ctr: enrolled_at_ms.and_then(|at| inner.last_ctr(mac, at)),
-            lease: None,
+            lease: shared.leases.address_of(mac, now / 1000).map(IpAddr::V4),
             in_initrd: enrolled_at_ms.is_some()
                 && report_auth::UNSIGNED_AFTER_ENROLLMENT.contains(&stage)
                 && in_initrd(&shared.events.for_mac(mac), now),
@@ -213,8 +213,7 @@ fn record(st: &AppState, peer: IpAddr, f: EventForm) -> Response {
 /// report key) in no event since. See [`NodeFacts::in_initrd`].
 fn in_initrd(events: &[crate::status::Event], now: u64) -> bool {
     let boot = events.iter().rposition(|e| {
-        e.source == Source::Server
-            && (e.stage == "kernel" || (e.stage == "bootfile" && e.detail.starts_with("uki.efi")))
+        e.source == Source::Server && (e.stage == "kernel" || is_uki_fetch(&e.stage, &e.detail))
     });
     let Some(i) = boot else { return false };
     now.saturating_sub(events[i].at_ms) <= report_auth::INITRD_WINDOW_MS

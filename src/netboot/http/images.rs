@@ -5,6 +5,11 @@
 //! itself), so it is strong and names the content; responses may be cached forever. The files come from the
 //! [`ImageStore`], opened on the blocking pool: it refuses symlinks and any file whose size differs from its
 //! manifest entry; this handler maps its refusals to HTTP statuses and error metrics.
+//!
+//! `GET|HEAD /images/by-root-hash/{root_hash}/rootfs.squashfs` serves the same file of the pinned image whose
+//! root filesystem has that dm-verity root hash: the URL a signed UKI's command line carries (its image id
+//! cannot be in it: the id hashes the UKI), so the initrd needs no per-machine answer to find its root
+//! filesystem, and any other file is refused by dm-verity anyway.
 
 use std::io::SeekFrom;
 use std::net::SocketAddr;
@@ -66,6 +71,58 @@ fn refuse(m: &HttpMetrics, kind: &str, status: StatusCode, msg: String) -> Respo
 
 fn looks_like_traversal(s: &str) -> bool {
     s.contains("..") || s.contains('/') || s.contains('\\') || s.contains('\0')
+}
+
+/// `GET|HEAD /images/by-root-hash/{root_hash}/rootfs.squashfs`: the root filesystem of the pinned image whose
+/// dm-verity root hash is `root_hash`, served as [`get_artifact`] serves it; 404 with what to do when no pinned
+/// image has it (the image the machine booted was re-pinned since).
+pub async fn rootfs_by_root_hash(
+    State(st): State<AppState>,
+    Path(hash): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+) -> Response {
+    if !is_image_id(&hash) {
+        return refuse(
+            &st.metrics,
+            "not_found",
+            StatusCode::NOT_FOUND,
+            format!("{hash:?} is not a dm-verity root hash (64 lowercase hex digits)\n"),
+        );
+    }
+    st.pins.refresh(&st.shared);
+    let id = st
+        .shared
+        .booter()
+        .pins
+        .values()
+        .find(|p| {
+            p.rootfs_verity
+                .as_ref()
+                .is_some_and(|v| v.root_hash == hash)
+        })
+        .map(|p| p.id.clone());
+    let Some(id) = id else {
+        return refuse(
+            &st.metrics,
+            "not_found",
+            StatusCode::NOT_FOUND,
+            format!(
+                "no pinned image has a root filesystem with dm-verity root hash {hash}: the image this machine \
+                 booted is no longer pinned; reboot it (it then boots the pinned image) or pin that image again\n"
+            ),
+        );
+    };
+    get_artifact(
+        State(st),
+        Path((id, manifest::ROOTFS.to_string())),
+        Query(ArtifactQuery { sha256: None }),
+        ConnectInfo(peer),
+        method,
+        headers,
+    )
+    .await
 }
 
 /// The handler. HEAD is answered by axum from the same response without its body.

@@ -2,8 +2,9 @@
 //! health and metrics, on `network.server:network.http_port`.
 //!
 //! - [`script`]: `GET /boot.ipxe?mac=`, `GET /ipxe/{mac}`, `GET /grub/{mac}` (arm64)
-//! - [`images`]: `GET|HEAD /images/{id}/{file}` (strong ETag = sha256, Range, 304)
-//! - [`events`]: `POST /api/events`; [`node`]: `GET /api/node/{mac}` (a UKI-booted machine's own facts)
+//! - [`images`]: `GET|HEAD /images/{id}/{file}` (strong ETag = sha256, Range, 304), and a pinned root filesystem
+//!   by its dm-verity root hash (`/images/by-root-hash/{root_hash}/rootfs.squashfs`, a signed UKI's URL)
+//! - [`events`]: `POST /api/events`; [`node`]: `GET /api/node/{mac}` (a machine's own facts, HTTPS only)
 //! - [`attest`]: `POST /api/attest/{mac}/challenge|prove` (TPM machines; the checks are `pki::attest`)
 //! - [`enroll`]: `GET /api/enroll/{mac}` (the rules are `pki::enroll`); [`token`]: `POST /api/token`;
 //!   [`barrier`]: `GET /api/barrier/init-done` — [`reply`] holds what these three share
@@ -64,7 +65,11 @@ fn routes(state: AppState) -> Router {
         .route("/grub/by-address", get(script::grub_by_address))
         .route("/grub/{mac}", get(script::grub_by_mac))
         .route("/images/{id}/{file}", get(images::get_artifact))
-        .route("/api/node/{mac}", get(node::node_args))
+        .route(
+            "/images/by-root-hash/{root_hash}/rootfs.squashfs",
+            get(images::rootfs_by_root_hash),
+        )
+        .route("/api/node/{mac}", get(node::node_facts))
         .route("/boot/{name}", get(boot_loader))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
@@ -85,6 +90,11 @@ pub fn app(shared: Arc<Shared>) -> Router {
             &shared,
             "event_reports",
             "Node reports (POST /api/events) by outcome: accepted, or why refused (nothing recorded)",
+        ),
+        node_facts: reply::outcome_counter(
+            &shared,
+            "node_facts_requests",
+            "Machine facts requests (GET /api/node/{mac}) by outcome: served over HTTPS, or why refused",
         ),
         shared: shared.clone(),
     };

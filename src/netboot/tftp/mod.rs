@@ -355,6 +355,8 @@ async fn transfer_task(
     let sock = UdpSocket::bind(local).await?;
     sock.connect(peer).await?;
     let dir = shared.booter().boot_loader_dir(name);
+    // The image whose signed UKI this transfer sends (named in the boot event, as the HTTP route does).
+    let mut uki_image = None;
     let read = match files.boot.cached(&dir, name) {
         _ if name == UKI_BOOTFILE => {
             // The signed UKI of the peer's pinned image, read through the image store (manifest-checked). The
@@ -363,6 +365,7 @@ async fn transfer_task(
             files.pins.refresh(shared);
             let (shared_c, ip) = (shared.cluster(), peer.ip());
             let id = shared.booter().uki_for_ip(ip);
+            uki_image.clone_from(&id);
             tokio::task::spawn_blocking(move || read_uki(&shared_c, id))
                 .await
                 .map_err(std::io::Error::other)?
@@ -447,7 +450,10 @@ async fn transfer_task(
             m.request(name, "ok");
             let secs = started.elapsed().as_secs_f64();
             tracing::info!(%peer, file = name, bytes = data.len(), secs, blksize = t.blksize(), windowsize = t.windowsize(), "TFTP transfer complete");
-            let detail = format!("{name} via TFTP");
+            let detail = match &uki_image {
+                Some(id) => format!("{name} of image {id} via TFTP"),
+                None => format!("{name} via TFTP"),
+            };
             match super::peers::mac_for_ip(shared, peer.ip()) {
                 Some(mac) => {
                     shared

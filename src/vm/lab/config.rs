@@ -147,17 +147,23 @@ pub(super) fn write_variant(config: &Path, profiles: &Path, out: &Path) -> anyho
 mod tests {
     use super::*;
 
-    #[test]
-    fn with_tpm_every_amd64_uefi_machine_has_its_own_pinned_tpm_and_the_lab_ca() {
+    /// The repository's example cluster, and lab options for it in a fresh directory (lab dir and cache inside).
+    fn example_lab() -> (tempfile::TempDir, Cluster, Options) {
         let d = tempfile::tempdir().unwrap();
         let user_cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster.toml");
         let user = crate::config::load(&user_cfg).unwrap();
         let mut o = Options::new(&user_cfg);
         o.dir = d.path().join("lab");
         o.cache = Some(d.path().join("cache"));
+        std::fs::create_dir_all(&o.dir).unwrap();
+        (d, user, o)
+    }
+
+    #[test]
+    fn with_tpm_every_amd64_uefi_machine_has_its_own_pinned_tpm_and_the_lab_ca() {
+        let (_dir, user, mut o) = example_lab();
         o.tpm = true;
         o.firmware = crate::vm::qemu::Firmware::Uefi;
-        std::fs::create_dir_all(&o.dir).unwrap();
         let lab = crate::config::load(&write_config(&o, &user).unwrap()).unwrap();
         assert_eq!(
             lab.attestation.manufacturer_ca,
@@ -185,17 +191,11 @@ mod tests {
 
     #[test]
     fn machines_booted_with_bios_have_neither_secure_boot_nor_a_tpm() {
-        let d = tempfile::tempdir().unwrap();
-        let user_cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster.toml");
-        let user = crate::config::load(&user_cfg).unwrap();
-        let mut o = Options::new(&user_cfg);
-        o.dir = d.path().join("lab");
-        o.cache = Some(d.path().join("cache"));
+        let (_dir, user, mut o) = example_lab();
         o.secure_boot = true;
         o.tpm = true;
         o.nodes = Some(vec!["master-1".into(), "worker-1".into()]);
         o.firmware_of = vec![("worker-1".into(), crate::vm::qemu::Firmware::Uefi)];
-        std::fs::create_dir_all(&o.dir).unwrap();
         let lab = crate::config::load(&write_config(&o, &user).unwrap()).unwrap();
         let m = lab.machine_by_hostname("master-1").unwrap();
         assert!(!m.secure_boot);
@@ -208,14 +208,8 @@ mod tests {
 
     #[test]
     fn lab_config_keeps_the_cluster_and_redirects_state() {
-        let d = tempfile::tempdir().unwrap();
-        let user_cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster.toml");
-        let user = crate::config::load(&user_cfg).unwrap();
-        let mut o = Options::new(&user_cfg);
-        o.dir = d.path().join("lab");
+        let (d, user, mut o) = example_lab();
         o.dhcp = DhcpMode::Proxy;
-        o.cache = Some(d.path().join("cache"));
-        std::fs::create_dir_all(&o.dir).unwrap();
         let p = write_config(&o, &user).unwrap();
         let lab = crate::config::load(&p).unwrap();
         assert_eq!(lab.network.dhcp_mode, DhcpMode::Proxy);

@@ -25,7 +25,7 @@ use anyhow::{Context, bail};
 
 use super::netns::{Children, Netns};
 use super::qemu;
-use crate::config::{Cluster, Machine};
+use crate::config::{Arch, Cluster, Machine};
 
 mod config;
 mod images;
@@ -79,15 +79,26 @@ impl Lab {
                     .unwrap_or_else(|| m.clone())
             })
             .collect();
-        let enrolled_vars = if opts.secure_boot {
+        // One store per architecture: OVMF's for amd64, AAVMF's for arm64.
+        let mut enrolled_vars = Vec::new();
+        if opts.secure_boot {
             let dir = opts.dir.join("secureboot");
             crate::pki::secureboot::enroll_files(&cluster, &dir)?;
-            let vars = dir.join("OVMF_VARS.enrolled.fd");
-            crate::vm::uefi_vars::enrolled(Path::new(qemu::OVMF_VARS), &dir, &vars)?;
-            Some(vars)
-        } else {
-            None
-        };
+            for (arch, template, name) in [
+                (Arch::Amd64, qemu::OVMF_VARS, "OVMF_VARS.enrolled.fd"),
+                (
+                    Arch::Arm64,
+                    qemu::AAVMF_VARS_FORMATTED,
+                    "AAVMF_VARS.enrolled.fd",
+                ),
+            ] {
+                if machines.iter().any(|m| m.arch == arch && m.secure_boot) {
+                    let vars = dir.join(name);
+                    crate::vm::uefi_vars::enrolled(Path::new(template), &dir, &vars)?;
+                    enrolled_vars.push((arch, vars));
+                }
+            }
+        }
 
         // Images: one per role and architecture in use, built under a lock (concurrent labs share the cache),
         // then pinned.
@@ -101,7 +112,7 @@ impl Lab {
             &net.interface,
             &format!("{}/{}", net.server, net.subnet.prefix_len()),
         )?;
-        let nodes = vms::add_nodes(&opts, &netns, net, &machines, accel, enrolled_vars)?;
+        let nodes = vms::add_nodes(&opts, &netns, net, &machines, accel, &enrolled_vars)?;
         let mut lab = Lab {
             children: Children::new(),
             netns,

@@ -24,9 +24,9 @@ pub struct Options {
     pub dhcp: DhcpMode,
     /// Build and boot images with the labelled stand-in binaries.
     pub standins: bool,
-    /// UEFI Secure Boot: `[secure_boot] enabled` in the lab's config (signed UKIs), and the amd64 UEFI VMs of
-    /// Secure Boot machines run OVMF's Secure Boot build with the cluster's keys enrolled. Machines booted with
-    /// BIOS firmware get `secure_boot = false` (they boot through iPXE).
+    /// UEFI Secure Boot: `[secure_boot] enabled` in the lab's config (signed UKIs), and the UEFI VMs of Secure
+    /// Boot machines run with the cluster's keys enrolled: OVMF's Secure Boot build (amd64) or AAVMF (arm64).
+    /// Machines booted with BIOS firmware get `secure_boot = false` (they boot through iPXE).
     pub secure_boot: bool,
     /// TPM attestation: every amd64 VM booted with UEFI firmware gets its own software TPM (`vm::swtpm`, EK
     /// certificate from a lab CA) and enrolls with `identity = "tpm"`, that CA as `manufacturer_ca`; the others

@@ -8,7 +8,7 @@ use anyhow::Context;
 use super::options::Options;
 use super::state::{Lab, Node};
 use super::watch::LabFailure;
-use crate::config::{Machine, Network, Role};
+use crate::config::{Arch, Machine, Network, Role};
 use crate::status::report::Report;
 use crate::vm::netns::Netns;
 use crate::vm::qemu::{self, Accel, VmSpec};
@@ -27,17 +27,15 @@ fn decoy_mac(mac: crate::config::MacAddr) -> crate::config::MacAddr {
         .expect("a MAC with its first three bytes replaced is a MAC")
 }
 
-/// With `--tpm`, an amd64 UEFI machine's software TPM: provisioned in `vms/<host>/tpm` (kept across runs, so its EK
+/// With `--tpm`, the software TPM of a machine the lab's config enrolls by TPM (`config::write_config` decides which:
+/// amd64 machines it boots with UEFI firmware): provisioned in `vms/<host>/tpm` (kept across runs, so its EK
 /// stays), served on `vms/<host>/tpm.sock` when the VM starts.
 fn tpm_socket(
     opts: &Options,
     m: &Machine,
     dir: &std::path::Path,
 ) -> anyhow::Result<Option<PathBuf>> {
-    if !opts.tpm
-        || m.arch != crate::config::Arch::Amd64
-        || opts.firmware_for(&m.hostname) == crate::vm::qemu::Firmware::Bios
-    {
+    if !opts.tpm || m.identity != crate::config::Identity::Tpm {
         return Ok(None);
     }
     crate::vm::swtpm::provision(&dir.join("tpm"), &super::config::tpm_ca_dir(opts))?;
@@ -52,7 +50,7 @@ pub(super) fn add_nodes(
     net: &Network,
     machines: &[Machine],
     accel: Accel,
-    enrolled_vars: Option<PathBuf>,
+    enrolled_vars: &[(Arch, PathBuf)],
 ) -> anyhow::Result<Vec<Node>> {
     let mut nodes = Vec::new();
     for (i, m) in machines.iter().enumerate() {
@@ -79,7 +77,10 @@ pub(super) fn add_nodes(
                 memory_mb: opts.memory_mb,
                 disks,
                 console_log: dir.join("console.log"),
-                secure_boot_vars: enrolled_vars.clone().filter(|_| m.secure_boot),
+                secure_boot_vars: enrolled_vars
+                    .iter()
+                    .find(|(a, _)| *a == m.arch && m.secure_boot)
+                    .map(|(_, v)| v.clone()),
                 tpm_socket: tpm_socket(opts, m, &dir)?,
                 boot_dir: None,
                 dir,

@@ -7,6 +7,7 @@ use super::*;
 use crate::config::Role;
 use crate::image::catalog;
 use crate::image::manifest::Inputs;
+use crate::image::manifest::{INITRD, KERNEL, ROOTFS};
 use crate::image::pins::Pins;
 use crate::image::store::{self, ImageStore};
 
