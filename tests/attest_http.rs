@@ -16,7 +16,7 @@ mod common;
 
 use attest::{Node, agile_log, extend, run};
 use imgbuild::config::{Arch, MacAddr, Role};
-use imgbuild::image::pins::PinnedImage;
+use imgbuild::image::pins::{PinnedImage, Pins};
 use imgbuild::netboot::state::Shared;
 use imgbuild::pki::attest::eventlog::{EV_EFI_BOOT_SERVICES_APPLICATION, EV_SEPARATOR};
 use imgbuild::pki::{enroll, secrets};
@@ -37,6 +37,28 @@ async fn serve(shared: Arc<Shared>) -> SocketAddr {
 fn pinned_image(images: &Path) -> (PinnedImage, [u8; 32]) {
     let (id, manifest, app) = attest::pe_kernel_image(images, Role::Master);
     (PinnedImage::from_manifest(&id, &manifest).unwrap(), app)
+}
+
+/// Another master image: its "kernel" is systemd-boot's PE (another boot application than [`pinned_image`]'s).
+fn other_image(images: &Path) -> String {
+    let kernel =
+        std::fs::read("/usr/lib/systemd/boot/efi/systemd-bootx64.efi").expect("systemd-boot-efi");
+    let files = [
+        ("vmlinuz", kernel),
+        ("initrd.img", b"initrd".to_vec()),
+        ("rootfs.squashfs", b"rootfs".to_vec()),
+    ]
+    .into_iter()
+    .map(|(n, b)| (n.to_string(), b))
+    .collect();
+    let spec = common::ImageSpec {
+        role: Role::Master,
+        arch: Arch::Amd64,
+        profile: &["base", "master"],
+        standins: true,
+        kernel_args: &[],
+    };
+    common::commit_image(images, &spec, &files).0
 }
 
 fn curl(ca: &Path, args: &[&str], url: &str) -> (u16, String) {
@@ -263,6 +285,30 @@ async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boo
         shared.events.for_mac(m1)
     );
 
+    // `imgbuild pin` to another image while the server runs (pins.toml rewritten on disk; no boot script, node
+    // facts or image route asked since): the very next proof is checked against the image pinned now, so the same
+    // boot is refused naming that image. Pinned back, the boot attests again.
+    let other = other_image(&shared.cluster().paths.images);
+    let pin_on_disk = |id: &str| {
+        let c = shared.cluster();
+        let mut p = Pins::load(&Pins::path(&c)).unwrap();
+        p.pin(&*imgbuild::image::store::open(&c), Role::Master, id)
+            .unwrap();
+        p.save(&Pins::path(&c)).unwrap();
+    };
+    pin_on_disk(&other);
+    let (code, body) = tokio::task::block_in_place(|| node.reattest(&api, &log));
+    assert_eq!(code, 1, "{body}");
+    assert!(
+        body.contains("re-attestation after a reboot refused")
+            && body.contains(&format!("pinned image {}", &other[..12]))
+            && body.contains("PCR mismatch"),
+        "the proof was checked against the pins as last loaded: {body}"
+    );
+    pin_on_disk(&pinned_id);
+    let (code, body) = tokio::task::block_in_place(|| node.reattest(&api, &log));
+    assert_eq!(code, 0, "{body}");
+
     // Another boot application measured (another kernel, another image): refused naming the event.
     let foreign = (4, EV_EFI_BOOT_SERVICES_APPLICATION, [0xee; 32]);
     extend(&node.tpm.tcti, &[foreign]);
@@ -292,13 +338,13 @@ async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boo
     let metrics = shared.encode_metrics();
     for (outcome, n) in [
         ("served", 1),
-        ("reattested", 1),
+        ("reattested", 2),
         ("pending", 1),
         ("second-claimant", 1),
         ("unknown-ek", 1),
         ("stale-challenge", 1),
         ("stale-nonce", 1),
-        ("pcr-mismatch", 2),
+        ("pcr-mismatch", 3),
         ("log-mismatch", 1),
     ] {
         let line = format!("imgbuild_attest_requests_total{{outcome=\"{outcome}\"}} {n}");

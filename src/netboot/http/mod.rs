@@ -54,7 +54,6 @@ use app_state::AppState;
 
 use super::bootfiles::{self, BootFiles};
 use super::metrics::HttpMetrics;
-use super::pinwatch::PinWatch;
 use super::state::Shared;
 
 /// This module's routes (without the metrics layer).
@@ -83,7 +82,6 @@ fn routes(state: AppState) -> Router {
 pub fn app(shared: Arc<Shared>) -> Router {
     let state = AppState {
         metrics: shared.register_metrics(HttpMetrics::register),
-        pins: Arc::new(PinWatch::new(&shared)),
         boot_files: Arc::new(BootFiles::new()),
         manifests: Arc::new(manifest_cache::ManifestCache::default()),
         reports: reply::outcome_counter(
