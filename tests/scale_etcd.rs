@@ -4,7 +4,8 @@
 //! addresses (127.77.0.0/24 on `lo`), and `imgbuild pin` / `imgbuild enroll` run as the real binary. Proves:
 //! enrollment "once" across replicas under concurrent requests, the barrier and the published token seen by the
 //! other replica, TPM-attested enrollment on the same shared state (a pending EK recorded through one replica, seen
-//! and served through the other after `imgbuild enroll approve`, enrolled once), a re-pin on one host served by the
+//! and served through the other after `imgbuild enroll approve`, enrolled once, re-attested through the first with
+//! nothing released again), a re-pin on one host served by the
 //! other replica at once (etcd watch), the shared event history naming the replica that served each stage, and
 //! replicas going on with one etcd member killed.
 
@@ -198,11 +199,14 @@ async fn tpm_enrollment_is_shared(config: &Path, ca: &Path, a: &Replica, b: &Rep
     let st = state_store::documents::enrollment(&*a.shared.state).unwrap();
     let at_ms = st.enrolled[&m2].at_ms;
     assert!(st.tpm_ek.contains_key(&m2) && !st.tpm_pending.contains_key(&m2));
-    // Again through A (a reboot before `joined`): the same record, the same report key.
-    let (code, body) = tokio::task::block_in_place(|| node.enroll(&api(a), &log));
-    assert_eq!(code, "200", "{body}");
-    let again: enroll::Bundle = serde_json::from_str(&body).unwrap();
-    assert_eq!(again.report_key, first.report_key);
+    assert!(!first.report_key.is_empty());
+    // A reboot, attesting again through A: accepted as a re-attestation (the enrollment B recorded is A's to
+    // read), nothing secret released, the record unchanged.
+    let (code, body) = tokio::task::block_in_place(|| node.reattest(&api(a), &log));
+    assert_eq!(code, 0, "{body}");
+    let again: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(again["reattested"], true, "{body}");
+    assert!(again.get("sealed").is_none(), "{body}");
     assert_eq!(
         state_store::documents::enrollment(&*b.shared.state)
             .unwrap()
