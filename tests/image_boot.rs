@@ -2,7 +2,8 @@
 //! network namespace of its own, with a small HTTP server (python3, started and killed by PID) serving the
 //! image and recording the events the node posts. Checks the initrd's contract: rootfs fetched and opened through dm-verity,
 //! the state partition created on a blank disk and found (not recreated) on the next boot, systemd reached;
-//! and a root filesystem with one byte changed is refused by dm-verity (a message and a `failed` event, never
+//! once the partition holds an enrollment's report key, every initrd report signed as the server's rules accept
+//! (counters above the root filesystem's); and a root filesystem with one byte changed is refused by dm-verity (a message and a `failed` event, never
 //! mounted). Prints the `initrd` → `rootfs-verified` time of each good boot (the server stamps every event).
 
 mod common;
@@ -14,10 +15,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use image_fixture::Fixture;
-use imgbuild::config::{MacAddr, Role};
+use imgbuild::config::{Cluster, MacAddr, Role};
 use imgbuild::image::build::{self, Options};
 use imgbuild::image::pins::Pins;
 use imgbuild::netboot::boot::Booter;
+use imgbuild::netboot::http::events::EventForm;
+use imgbuild::pki::report_auth::{
+    self, Accepted, NodeFacts, Report, ReportRefusal, Signature, check_report,
+};
 use imgbuild::vm::spawn::SpawnTied;
 
 const SERVER: &str = r#"
@@ -243,18 +248,49 @@ fn root_qemu_boots_initrd_verifies_rootfs_creates_then_finds_state_partition_and
         stage_gap(&e, "initrd", "rootfs-verified")
     );
 
-    // Second boot, same disk: found, not recreated.
+    // Second boot, same disk, now holding an enrollment's report key and the root filesystem's last counter
+    // (an hour ahead of the clock), as firstboot leaves them: found, not recreated; the initrd mounts it before
+    // its first report and signs every report with the key, counters above the stored one, as the server's
+    // rules (`check_report`) accept for an enrolled node; the root filesystem's counter continues above.
+    let key = report_auth::node_key(MASTER_KEY, mac, ENROLLED_AT);
+    let seed = (unix_now() + 3600) * 1_000_000_000;
+    StatePartition::of(&disk).write(&[
+        ("var/lib/imgbuild/report.key", format!("{key}\n")),
+        ("var/lib/imgbuild/report.ctr", format!("{seed}\n")),
+    ]);
     std::fs::write(&ev, "").unwrap();
-    let con = lab.boot(&r.dir, &plan.cmdline, &disk, &serial, limit, |_| {
-        events(&ev).contains("stage=systemd")
+    // The root filesystem now signs too, over HTTPS (this image has no provisioning CA and this server no TLS):
+    // systemd is reached when its report unit runs.
+    let reached =
+        |con: &str| con.contains("imgbuild-report") || con.contains("[systemd] systemd is up");
+    let con = lab.boot(&r.dir, &plan.cmdline, &disk, &serial, limit, |con| {
+        events(&ev).contains("stage=state-disk") && reached(con)
     });
     assert!(con.contains("state partition found: /dev/vda1"), "{con}");
     assert!(!con.contains("creating the IMGBUILD-STATE"), "{con}");
-    assert!(events(&ev).contains("stage=systemd"), "{}", events(&ev));
+    assert!(con.contains("enrolled: reports are signed"), "{con}");
+    assert!(reached(&con), "systemd reached: {con}");
+    let e = events(&ev);
+    let ctrs = signed_reports(
+        &cluster,
+        &e,
+        &["initrd", "rootfs-verified", "state-disk"],
+        seed,
+    );
+    assert_eq!(ctrs, [seed + 1, seed + 2, seed + 3], "{e}");
+    let stored: u64 = StatePartition::of(&disk)
+        .read("var/lib/imgbuild/report.ctr")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        stored >= seed + 3,
+        "the counter went back: {stored} after {ctrs:?}"
+    );
 
     println!(
-        "second boot: rootfs-verified {:.1} s after initrd",
-        stage_gap(&events(&ev), "initrd", "rootfs-verified")
+        "second boot: rootfs-verified {:.1} s after initrd (signed reports)",
+        stage_gap(&e, "initrd", "rootfs-verified")
     );
 
     // The root filesystem with one byte changed (in its first block, which mounting reads): dm-verity refuses
@@ -287,4 +323,127 @@ fn root_qemu_boots_initrd_verifies_rootfs_creates_then_finds_state_partition_and
     assert!(e.contains("dm-verity"), "{e}");
     assert!(!e.contains("stage=rootfs-verified"), "{e}");
     assert!(!e.contains("stage=state-disk"), "mounted after all: {e}");
+    // Its failure is signed too, above every earlier counter.
+    let ctrs = signed_reports(&cluster, &e, &["initrd", "failed"], stored);
+    assert!(
+        ctrs[0] > stored && ctrs[1] > ctrs[0],
+        "{ctrs:?} after {stored}"
+    );
+}
+
+/// The server-side master key and enrollment time of the test's node key.
+const MASTER_KEY: &str = "image-boot-master-key";
+const ENROLLED_AT: u64 = 1_790_000_000_000;
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The reports of `stages` in `events` (one body per line, `&t=` the server's time), decoded as the server
+/// decodes them (`EventForm`): each passes the server's rules for an enrolled node with a state disk, signed,
+/// at the time it arrived, with a counter above the one before (the first above `last`), and the same report
+/// unsigned is refused. Returns the counters.
+fn signed_reports(cluster: &Cluster, events: &str, stages: &[&str], mut last: u64) -> Vec<u64> {
+    let mut ctrs = Vec::new();
+    for stage in stages {
+        let line = events
+            .lines()
+            .find(|l| l.contains(&format!("stage={stage}&")))
+            .unwrap_or_else(|| panic!("no {stage} event: {events}"));
+        let t: f64 = line.rsplit("&t=").next().unwrap().parse().unwrap();
+        let req = http::Request::post("/api/events")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(axum::body::Body::from(line.to_string()))
+            .unwrap();
+        let axum::Form(f): axum::Form<EventForm> =
+            futures::executor::block_on(
+                <axum::Form<EventForm> as axum::extract::FromRequest<()>>::from_request(req, &()),
+            )
+            .unwrap_or_else(|e| panic!("{e:?}: {line}"));
+        let (Some(ts), Some(ctr), Some(sig)) = (f.ts, f.ctr, f.sig.as_deref()) else {
+            panic!("{stage} not signed: {line}");
+        };
+        let mac: MacAddr = f.mac.parse().unwrap();
+        let mut report = Report {
+            mac,
+            stage: &f.stage,
+            detail: &f.detail,
+            peer: std::net::IpAddr::V4(cluster.machine_by_mac(mac).unwrap().ip),
+            signature: Some(Signature { ts, ctr, sig }),
+        };
+        let facts = NodeFacts {
+            enrolled_at_ms: Some(ENROLLED_AT),
+            last_ctr: Some(last),
+            lease: None,
+            in_initrd: true,
+        };
+        assert_eq!(
+            check_report(cluster, &report, &facts, MASTER_KEY, t as u64),
+            Ok(Accepted::Signed { ctr }),
+            "{line}"
+        );
+        report.signature = None;
+        assert_eq!(
+            check_report(cluster, &report, &facts, MASTER_KEY, t as u64),
+            Err(ReportRefusal::Unsigned),
+            "{line}"
+        );
+        last = ctr;
+        ctrs.push(ctr);
+    }
+    ctrs
+}
+
+/// The ext4 state partition inside the VM's raw disk (the first GPT partition, as the initrd creates it), read
+/// and written with e2fsprogs between boots (the journal replayed first: the VM was killed, not shut down).
+struct StatePartition(String);
+
+impl StatePartition {
+    fn of(disk: &Path) -> StatePartition {
+        let b = std::fs::read(disk).unwrap();
+        let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+        assert_eq!(&b[512..520], b"EFI PART", "no GPT on {}", disk.display());
+        let entries = u64_at(512 + 72) as usize * 512;
+        let first_lba = u64_at(entries + 32);
+        let p = StatePartition(format!("{}?offset={}", disk.display(), first_lba * 512));
+        // e2fsck: 0 clean, 1 corrected (the journal replayed).
+        let st = Command::new("e2fsck").args(["-fy", &p.0]).output().unwrap();
+        assert!(st.status.code().unwrap_or(8) <= 1, "e2fsck {}: {st:?}", p.0);
+        p
+    }
+
+    fn write(&self, files: &[(&str, String)]) {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cmds = String::new();
+        for (i, (path, text)) in files.iter().enumerate() {
+            let src = tmp.path().join(i.to_string());
+            std::fs::write(&src, text).unwrap();
+            cmds.push_str(&format!("rm /{path}\nwrite {} /{path}\n", src.display()));
+        }
+        let f = tmp.path().join("cmds");
+        std::fs::write(&f, cmds).unwrap();
+        let o = Command::new("debugfs")
+            .arg("-w")
+            .arg("-f")
+            .arg(&f)
+            .arg(&self.0)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "debugfs: {o:?}");
+        for (path, text) in files {
+            assert_eq!(&self.read(path), text, "{path} not written");
+        }
+    }
+
+    fn read(&self, path: &str) -> String {
+        let o = Command::new("debugfs")
+            .args(["-R", &format!("cat /{path}"), &self.0])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "debugfs: {o:?}");
+        String::from_utf8(o.stdout).unwrap()
+    }
 }
