@@ -416,9 +416,8 @@ fn initrd_signs_reports_as_the_server_verifies_and_its_counter_only_grows() {
         std::fs::create_dir_all(p).unwrap();
     }
     let busybox = which("busybox");
-    for a in [
-        "wget", "timeout", "od", "sed", "date", "sync", "cat", "cut", "sleep",
-    ] {
+    // busybox's applets, as the initrd has them (not the host's wget or GNU tools; busybox-static is installed).
+    for a in "cat cut date od sed sleep sync timeout wget".split(' ') {
         std::os::unix::fs::symlink(&busybox, applets.join(a)).unwrap();
     }
     std::os::unix::fs::symlink(which("sha256sum"), ib_bin.join("sha256sum")).unwrap();
