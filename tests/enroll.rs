@@ -585,6 +585,13 @@ async fn reports_are_authenticated_and_refusals_leave_no_trace() {
             .0,
         403
     );
+    // The initrd's stages too (its initrd signs them with the key on the state disk): a wiped disk means re-arm.
+    let unsigned = format!("mac={M1}&stage=initrd&detail=x");
+    let (s, _, body) = lab
+        .curl("127.77.0.11", "/api/events", Some(&unsigned))
+        .await;
+    assert_eq!(s, 403, "{body}");
+    assert!(body.contains("enroll reset"), "{body}");
     let good = lab.signed(M1, "init-done", "done", 5);
     let forged = good.replace("detail=done", "detail=other");
     assert_eq!(

@@ -384,3 +384,197 @@ fn the_cli_resolves_a_profile_for_an_architecture_and_rejects_unknown_ones() {
         "{err}"
     );
 }
+
+/// The initrd's report signing (`ib_report`, `ib_hmac`, `ib_next_ctr` in profiles/initrd/boot.sh.j2), run from
+/// the rendered script under busybox sh with busybox's applets (wget, od, sed, date) and coreutils' sha256sum,
+/// as the initrd has them: each report it posts to a loopback listener decodes as the server decodes
+/// `POST /api/events` (`EventForm`) and passes the server's rules (`check_report`) for an enrolled node with a
+/// state disk, details with every character a form must escape included; the signature is
+/// `report_auth::hmac_hex` (checked against RFC 4231's known answer too); the counters continue above the root
+/// filesystem's last one, are stored before use and only grow. The same report unsigned is refused.
+#[test]
+fn initrd_signs_reports_as_the_server_verifies_and_its_counter_only_grows() {
+    use imgbuild::netboot::http::events::EventForm;
+    use imgbuild::pki::report_auth::{
+        self, Accepted, NodeFacts, Report, ReportRefusal, Signature, check_report,
+    };
+    use std::io::{BufRead, BufReader, Read, Write};
+
+    let cluster = config::load(&root().join("cluster.toml")).expect("example valid");
+    let engine = Engine::new(&cluster.paths.profiles, &cluster.paths.ipxe);
+    let rendered = initrd::render(&cluster, &engine, "base", Arch::Amd64).unwrap();
+    let (_, _, script) = rendered
+        .files
+        .iter()
+        .find(|(p, _, _)| p == "scripts/imgbuild")
+        .expect("the boot script");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("boot.sh"), script).unwrap();
+    let (applets, ib_bin, keydir) = (d.join("applets"), d.join("ib-bin"), d.join("state"));
+    for p in [&applets, &ib_bin, &keydir] {
+        std::fs::create_dir_all(p).unwrap();
+    }
+    let busybox = which("busybox");
+    // busybox's applets, as the initrd has them (not the host's wget or GNU tools; busybox-static is installed).
+    for a in "cat cut date od sed sleep sync timeout wget".split(' ') {
+        std::os::unix::fs::symlink(&busybox, applets.join(a)).unwrap();
+    }
+    std::os::unix::fs::symlink(which("sha256sum"), ib_bin.join("sha256sum")).unwrap();
+    let sh = |body: &str| -> String {
+        let o = Command::new(&busybox)
+            .args(["sh", "-c"])
+            .arg(format!(
+                ". ./boot.sh; IB_BIN={}; IB_KEYDIR={}; {body}",
+                ib_bin.display(),
+                keydir.display()
+            ))
+            .current_dir(d)
+            .env_clear()
+            .env("PATH", &applets)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{body}: {o:?}");
+        String::from_utf8(o.stdout).unwrap()
+    };
+
+    // RFC 4231 test case 2: the sh HMAC is HMAC-SHA256.
+    std::fs::write(d.join("jefe"), "Jefe\n").unwrap();
+    assert_eq!(
+        sh("printf 'what do ya want for nothing?' | ib_hmac jefe").trim(),
+        report_auth::hmac_hex("Jefe", "what do ya want for nothing?")
+    );
+
+    // An enrolled worker: its key as the bundle delivers it, the root filesystem's last counter an hour ahead.
+    let w = cluster.machine_by_hostname("worker-1").unwrap().clone();
+    let (master, at) = ("master-key-text", 1_790_000_000_123u64);
+    let key = report_auth::node_key(master, w.mac, at);
+    std::fs::write(keydir.join("report.key"), format!("{key}\n")).unwrap();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let rootfs_last = (now() + 3600) * 1_000_000_000;
+    std::fs::write(keydir.join("report.ctr"), format!("{rootfs_last}\n")).unwrap();
+
+    // The server: a loopback listener that answers 200 and keeps each body.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let details = [
+        "network up on eth0 10.77.0.21 secure_boot=off (no UEFI)",
+        "a+b c&d=e;f#g %41 100% ü \\n 'q' \"dq\" $HOME `x`",
+        "line one\nline two",
+    ];
+    let n = details.len();
+    let server = std::thread::spawn(move || {
+        let mut bodies = Vec::new();
+        for _ in 0..n {
+            let (s, _) = listener.accept().unwrap();
+            s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+                .unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let (mut len, mut line) = (0usize, String::new());
+            loop {
+                line.clear();
+                r.read_line(&mut line).unwrap();
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+            }
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).unwrap();
+            (&s).write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")
+                .unwrap();
+            bodies.push(body);
+        }
+        bodies
+    });
+    let mut calls = format!(
+        "IB_SERVER=http://127.0.0.1:{port}; IB_MAC={}; IB_KEY=$IB_KEYDIR/report.key",
+        w.mac
+    );
+    for (i, detail) in details.iter().enumerate() {
+        std::fs::write(d.join(format!("detail{i}")), detail).unwrap();
+        calls.push_str(&format!("; ib_report state-disk \"$(cat detail{i})\""));
+    }
+    let before = now();
+    sh(&calls);
+    let bodies = server.join().unwrap();
+
+    let mut last = rootfs_last;
+    for (body, detail) in bodies.iter().zip(details) {
+        let req = http::Request::post("/api/events")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(axum::body::Body::from(body.clone()))
+            .unwrap();
+        let axum::Form(f): axum::Form<EventForm> =
+            futures::executor::block_on(
+                <axum::Form<EventForm> as axum::extract::FromRequest<()>>::from_request(req, &()),
+            )
+            .unwrap_or_else(|e| panic!("{e:?}: {}", String::from_utf8_lossy(body)));
+        assert_eq!(f.detail, *detail, "the detail arrives as sent");
+        let (ts, ctr, sig) = (f.ts.unwrap(), f.ctr.unwrap(), f.sig.clone().unwrap());
+        assert!(ts >= before && ts <= now(), "{ts}");
+        assert_eq!(
+            ctr,
+            last + 1,
+            "above the root filesystem's last counter, one by one"
+        );
+        last = ctr;
+        let mut report = Report {
+            mac: f.mac.parse().unwrap(),
+            stage: &f.stage,
+            detail: &f.detail,
+            peer: std::net::IpAddr::V4(w.ip),
+            signature: Some(Signature { ts, ctr, sig: &sig }),
+        };
+        let facts = NodeFacts {
+            enrolled_at_ms: Some(at),
+            last_ctr: Some(ctr - 1),
+            lease: None,
+            in_initrd: true,
+        };
+        assert_eq!(
+            check_report(&cluster, &report, &facts, master, now()),
+            Ok(Accepted::Signed { ctr })
+        );
+        report.signature = None;
+        assert_eq!(
+            check_report(&cluster, &report, &facts, master, now()),
+            Err(ReportRefusal::Unsigned),
+            "an enrolled node with a state disk must sign"
+        );
+    }
+    let stored = |p: &Path| std::fs::read_to_string(p.join("report.ctr")).unwrap();
+    assert_eq!(
+        stored(&keydir).trim(),
+        last.to_string(),
+        "stored before use"
+    );
+
+    // A counter file behind the clock (or empty, or garbage): the time in s × 10^9, then one by one.
+    for old in ["5\n", "", "x\n"] {
+        std::fs::write(keydir.join("report.ctr"), old).unwrap();
+        let t0 = now();
+        let out = sh("ib_next_ctr; ib_next_ctr");
+        let c: Vec<u64> = out.lines().map(|l| l.parse().unwrap()).collect();
+        assert!(
+            c[0] >= t0 * 1_000_000_000 && c[0] <= now() * 1_000_000_000,
+            "{c:?}"
+        );
+        assert!(c[1] > c[0], "{c:?}");
+        assert_eq!(stored(&keydir).trim(), c[1].to_string());
+    }
+}
+
+fn which(cmd: &str) -> PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .map(|p| p.join(cmd))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{cmd} is not installed (.ci/apt-packages)"))
+}

@@ -9,12 +9,26 @@
 //!   is greater than the last accepted counter of that enrollment (no replay).
 //! - **Unsigned** reports are accepted only from the address the server knows for the MAC (its inventory
 //!   address, or the address of the DHCP lease the server acknowledged to it and that has not ended:
-//!   [`NodeFacts::lease`]) and, once the node has enrolled, only for the stages a node reports before its root filesystem
-//!   holds the key ([`UNSIGNED_AFTER_ENROLLMENT`]: the initrd's), and only while the server itself sees the
-//!   node in its initrd ([`NodeFacts::in_initrd`]: it served the node its kernel or UKI within
-//!   [`INITRD_WINDOW_MS`] and the node has not reported `systemd` since). A host that takes an enrolled node's
-//!   address can then forge initrd stages only during that node's own boot, not at any time.
+//!   [`NodeFacts::lease`]), and only while the node holds no key the server knows:
+//!   - before it enrolls: any stage but `init-done`;
+//!   - once it has enrolled, **never** when its machine has a state disk (`state_disk` in the inventory, which
+//!     every machine has today): the bundle, and with it the report key, lives on the state partition, and the
+//!     initrd mounts that partition before its first report and signs every report with the key
+//!     (`ib_state_open`, `ib_hmac`, `ib_next_ctr` in `profiles/initrd/boot.sh.j2`; its counter is the same
+//!     file as the root filesystem's, at least the time in s × 10⁹ there and in ns on the root filesystem, so
+//!     the counters of one enrollment only grow across initrd, root filesystem and reboots);
+//!   - once it has enrolled, for a machine without a state disk (no key survives its reboot): only the
+//!     initrd's stages ([`UNSIGNED_AFTER_ENROLLMENT`]) and only while the server itself sees the node in its
+//!     initrd ([`NodeFacts::in_initrd`]: it served the node its kernel or UKI within [`INITRD_WINDOW_MS`] and
+//!     the node has not reported `systemd` since).
 //! - `init-done` (which opens the join barrier) is accepted only signed with the first master's key.
+//!
+//! Consequences: a host that takes an enrolled node's address forges nothing about it. A node whose state disk
+//! was wiped or replaced has no key: its reports (the initrd's `failed` included) are refused as `unsigned`
+//! until `imgbuild enroll reset <host>` re-arms it; its next enrollment brings a new key (derived from the new
+//! enrollment time) and counters start afresh for it. A node re-armed with its old disk still signs with the old
+//! key and is refused as `not-enrolled` until its disk is wiped. Reports are refused, never the boot: the
+//! initrd and the first-boot scripts go on either way.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -32,9 +46,9 @@ pub const REPORT_KEY_FILE: &str = "report.key";
 /// The stage that opens the join barrier: only the first master, signed.
 pub const INIT_DONE: &str = "init-done";
 
-/// Stages an enrolled node may still report unsigned (from its inventory address): the initrd's, which runs
-/// before the root filesystem and its key are there. `failed` is among them so an initrd failure (a bad root
-/// filesystem digest, no state disk) still reaches the page.
+/// Stages an enrolled node **without a state disk** may still report unsigned (from its known address, in its
+/// initrd): the initrd's, which runs before anything could give it a key. `failed` is among them so an initrd
+/// failure (a bad root filesystem digest) still reaches the page. A machine with a state disk signs them all.
 pub const UNSIGNED_AFTER_ENROLLMENT: &[&str] =
     &["initrd", "rootfs-verified", "state-disk", "failed"];
 
@@ -201,7 +215,9 @@ impl ReportRefusal {
                 )
             }
             ReportRefusal::Unsigned => format!(
-                "report refused: {mac} has enrolled, so this stage must be signed with its report key (ts, ctr, sig)"
+                "report refused: {mac} has enrolled, so its reports must be signed with its report key (ts, ctr, \
+                 sig), which its state partition holds from the initrd on — possible spoofer at its address; if \
+                 its state disk was wiped or replaced, re-arm it with `imgbuild enroll reset <host>`"
             ),
             ReportRefusal::NotInInitrd => format!(
                 "report refused: {mac} has enrolled, and the server has not served it a kernel in the last {} min \
@@ -227,6 +243,13 @@ impl ReportRefusal {
             ),
         }
     }
+}
+
+/// Whether machine `m` keeps its report key across reboots, from its initrd on: it has a state disk, whose
+/// partition holds the enrollment bundle and which the initrd mounts before its first report. Such a node,
+/// once enrolled, signs every report.
+pub fn key_survives_reboot(m: &crate::config::Machine) -> bool {
+    !m.state_disk.trim().is_empty()
 }
 
 /// The rules, in order (see the module documentation). `master_key` is the text of `secrets/report.key`.
@@ -274,7 +297,7 @@ pub fn check_report(
                 });
             }
             if facts.enrolled_at_ms.is_some() {
-                if !UNSIGNED_AFTER_ENROLLMENT.contains(&r.stage) {
+                if key_survives_reboot(m) || !UNSIGNED_AFTER_ENROLLMENT.contains(&r.stage) {
                     return Err(ReportRefusal::Unsigned);
                 }
                 if !facts.in_initrd {
@@ -378,7 +401,8 @@ mod tests {
             msg.contains("10.77.0.21") && msg.contains("10.77.0.150, its current DHCP lease"),
             "{msg}"
         );
-        // Enrolled: the initrd's stages still unsigned while the node is in its initrd, the rest must be signed.
+        // Enrolled, with a state disk (every inventory machine has one): its initrd holds the key, so nothing is
+        // taken unsigned any more, not even the initrd's stages from its own address while it is in its initrd.
         let enrolled = NodeFacts {
             enrolled_at_ms: Some(5),
             in_initrd: true,
@@ -388,27 +412,83 @@ mod tests {
             in_initrd: false,
             ..enrolled
         };
+        assert!(key_survives_reboot(c.machine_by_mac(w1).unwrap()));
+        for stage in UNSIGNED_AFTER_ENROLLMENT
+            .iter()
+            .chain(&["systemd", "joined"])
+        {
+            for facts in [&enrolled, &not_booting] {
+                let refused = check_report(&c, &r(w1, stage, "10.77.0.21"), facts, MASTER, NOW);
+                assert_eq!(refused, Err(ReportRefusal::Unsigned), "{stage}");
+                let msg = refused.unwrap_err().message(w1, ip("10.77.0.21"));
+                assert!(msg.contains("enroll reset"), "{msg}");
+            }
+        }
+        // Enrolled without a state disk (no key survives a reboot): the initrd's stages unsigned only while the
+        // node is in its initrd and from its address, the rest must be signed.
+        let mut diskless = cluster();
+        diskless
+            .machines
+            .iter_mut()
+            .find(|m| m.mac == w1)
+            .unwrap()
+            .state_disk
+            .clear();
+        assert!(!key_survives_reboot(diskless.machine_by_mac(w1).unwrap()));
         for stage in UNSIGNED_AFTER_ENROLLMENT {
             assert_eq!(
-                check_report(&c, &r(w1, stage, "10.77.0.21"), &not_booting, MASTER, NOW),
+                check_report(
+                    &diskless,
+                    &r(w1, stage, "10.77.0.21"),
+                    &not_booting,
+                    MASTER,
+                    NOW
+                ),
                 Err(ReportRefusal::NotInInitrd),
                 "{stage}"
             );
+            assert_eq!(
+                check_report(
+                    &diskless,
+                    &r(w1, stage, "10.77.0.21"),
+                    &enrolled,
+                    MASTER,
+                    NOW
+                ),
+                Ok(Accepted::Address),
+                "{stage}"
+            );
+            assert!(matches!(
+                check_report(
+                    &diskless,
+                    &r(w1, stage, "10.77.0.99"),
+                    &enrolled,
+                    MASTER,
+                    NOW
+                ),
+                Err(ReportRefusal::WrongAddress { .. })
+            ));
         }
         assert_eq!(
             check_report(
-                &c,
-                &r(w1, "rootfs-verified", "10.77.0.21"),
+                &diskless,
+                &r(w1, "joined", "10.77.0.21"),
                 &enrolled,
                 MASTER,
                 NOW
             ),
-            Ok(Accepted::Address)
-        );
-        assert_eq!(
-            check_report(&c, &r(w1, "joined", "10.77.0.21"), &enrolled, MASTER, NOW),
             Err(ReportRefusal::Unsigned)
         );
+        // Signed, the initrd's stages are accepted from an enrolled node with a disk (what its initrd sends).
+        let mut s = String::new();
+        for (i, stage) in UNSIGNED_AFTER_ENROLLMENT.iter().enumerate() {
+            let signed_initrd = signed(w1, stage, "10.77.0.21", 5, NOW, 10 + i as u64, &mut s);
+            assert_eq!(
+                check_report(&c, &signed_initrd, &not_booting, MASTER, NOW),
+                Ok(Accepted::Signed { ctr: 10 + i as u64 }),
+                "{stage}"
+            );
+        }
         // init-done: never unsigned, even from the first master's own address.
         let m1 = mac("52:54:00:77:00:11");
         assert_eq!(

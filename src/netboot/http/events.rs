@@ -2,7 +2,8 @@
 //! `wget --post-data` and curl can send it), optionally signed (`ts`, `ctr`, `sig`).
 //!
 //! Who may report what is `pki::report_auth::check_report` (pure): unsigned only from the node's own address
-//! (its inventory address or its current DHCP lease, `Shared::leases`) (and, once it has enrolled, only the initrd's stages), signed with the node's report key otherwise,
+//! (its inventory address or its current DHCP lease, `Shared::leases`) and only before it enrolls (a machine
+//! without a state disk: also its initrd's stages during its boot), signed with the node's report key otherwise,
 //! `init-done` only signed by the first master. An accepted signed report stores its counter (no replay) and an
 //! accepted `init-done` opens the durable barrier (`pki::report_state`). A refused report records nothing — no
 //! status row, no event line — and is counted in `imgbuild_event_reports_total{outcome}`.
