@@ -398,6 +398,7 @@ fn arm64_vm_boots(proxy: bool) {
             dir: vm.clone(),
             secure_boot_vars: None,
             tpm_socket: None,
+            boot_dir: None,
         };
         std::fs::create_dir_all(&vm).unwrap();
         qemu::blank_disk(&spec.disks[0], 1 << 30).unwrap();

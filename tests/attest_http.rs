@@ -3,8 +3,8 @@
 //! software TPM (swtpm + tpm2-tools) with a firmware-style event log whose digests the TPM extended. Proves: the
 //! 428 that switches a TPM machine to attestation, a first EK held pending and bound by `imgbuild enroll approve`,
 //! a spoofer TPM refused before and after enrollment with nothing secret in its answers, the sealed bundle opened
-//! by the node, a replayed proof and a replayed quote (old nonce) refused, a re-attestation after "reboot", and a
-//! foreign boot application refused naming the PCR event.
+//! by the node, a replayed proof and a replayed quote (old nonce) refused, a re-attestation after "reboot" (no secret
+//! released), and a foreign boot application refused naming the PCR event.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -16,7 +16,7 @@ mod common;
 
 use attest::{Node, agile_log, extend, run};
 use imgbuild::config::{Arch, MacAddr, Role};
-use imgbuild::image::pins::PinnedImage;
+use imgbuild::image::pins::{PinnedImage, Pins};
 use imgbuild::netboot::state::Shared;
 use imgbuild::pki::attest::eventlog::{EV_EFI_BOOT_SERVICES_APPLICATION, EV_SEPARATOR};
 use imgbuild::pki::{enroll, secrets};
@@ -37,6 +37,28 @@ async fn serve(shared: Arc<Shared>) -> SocketAddr {
 fn pinned_image(images: &Path) -> (PinnedImage, [u8; 32]) {
     let (id, manifest, app) = attest::pe_kernel_image(images, Role::Master);
     (PinnedImage::from_manifest(&id, &manifest).unwrap(), app)
+}
+
+/// Another master image: its "kernel" is systemd-boot's PE (another boot application than [`pinned_image`]'s).
+fn other_image(images: &Path) -> String {
+    let kernel =
+        std::fs::read("/usr/lib/systemd/boot/efi/systemd-bootx64.efi").expect("systemd-boot-efi");
+    let files = [
+        ("vmlinuz", kernel),
+        ("initrd.img", b"initrd".to_vec()),
+        ("rootfs.squashfs", b"rootfs".to_vec()),
+    ]
+    .into_iter()
+    .map(|(n, b)| (n.to_string(), b))
+    .collect();
+    let spec = common::ImageSpec {
+        role: Role::Master,
+        arch: Arch::Amd64,
+        profile: &["base", "master"],
+        standins: true,
+        kernel_args: &[],
+    };
+    common::commit_image(images, &spec, &files).0
 }
 
 fn curl(ca: &Path, args: &[&str], url: &str) -> (u16, String) {
@@ -69,6 +91,7 @@ async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boo
     let cluster = imgbuild::config::load(&config).unwrap();
     secrets::init(&cluster.paths.secrets).unwrap();
     let (pinned, kernel_digest) = pinned_image(&cluster.paths.images);
+    let pinned_id = pinned.id.clone();
     let pins = [((Role::Master, Arch::Amd64), pinned)]
         .into_iter()
         .collect();
@@ -235,16 +258,56 @@ async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boo
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("stale nonce"), "{body}");
 
-    // A reboot before `joined`: the node attests again and gets its bundle, recorded as a re-attestation.
-    let (code, body) = tokio::task::block_in_place(|| node.enroll(&api, &log));
-    assert_eq!(code, "200", "{body}");
+    // A reboot: the node (marked as enrolled by TPM) attests again against the image pinned now; accepted and
+    // recorded as a re-attestation, and nothing secret comes back (the bundle went out once).
+    let root = node.root.path();
+    assert!(root.join("var/lib/imgbuild/identity-tpm").exists());
+    std::fs::remove_file(root.join("run/imgbuild/attested")).unwrap();
+    let (code, body) = tokio::task::block_in_place(|| node.reattest(&api, &log));
+    assert_eq!(code, 0, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["reattested"], true, "{body}");
+    assert!(
+        answer.get("sealed").is_none() && !body.contains(&token),
+        "{body}"
+    );
+    assert_eq!(answer["image"], pinned_id.as_str(), "{body}");
+    assert!(root.join("run/imgbuild/attested").exists());
     assert!(
         shared
             .events
             .for_mac(m1)
             .iter()
-            .any(|e| e.detail.contains("re-attested"))
+            .any(|e| e.stage == "enrolled"
+                && e.detail.contains("re-attested by TPM")
+                && e.detail.contains("no secret released")),
+        "{:?}",
+        shared.events.for_mac(m1)
     );
+
+    // `imgbuild pin` to another image while the server runs (pins.toml rewritten on disk; no boot script, node
+    // facts or image route asked since): the very next proof is checked against the image pinned now, so the same
+    // boot is refused naming that image. Pinned back, the boot attests again.
+    let other = other_image(&shared.cluster().paths.images);
+    let pin_on_disk = |id: &str| {
+        let c = shared.cluster();
+        let mut p = Pins::load(&Pins::path(&c)).unwrap();
+        p.pin(&*imgbuild::image::store::open(&c), Role::Master, id)
+            .unwrap();
+        p.save(&Pins::path(&c)).unwrap();
+    };
+    pin_on_disk(&other);
+    let (code, body) = tokio::task::block_in_place(|| node.reattest(&api, &log));
+    assert_eq!(code, 1, "{body}");
+    assert!(
+        body.contains("re-attestation after a reboot refused")
+            && body.contains(&format!("pinned image {}", &other[..12]))
+            && body.contains("PCR mismatch"),
+        "the proof was checked against the pins as last loaded: {body}"
+    );
+    pin_on_disk(&pinned_id);
+    let (code, body) = tokio::task::block_in_place(|| node.reattest(&api, &log));
+    assert_eq!(code, 0, "{body}");
 
     // Another boot application measured (another kernel, another image): refused naming the event.
     let foreign = (4, EV_EFI_BOOT_SERVICES_APPLICATION, [0xee; 32]);
@@ -259,6 +322,14 @@ async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boo
             && !body.contains(&token),
         "{body}"
     );
+    // ib_reattest, as firstboot runs it, fails on that refusal and leaves kubelet's gate closed.
+    let (code, body) = tokio::task::block_in_place(|| node.reattest(&api, &agile_log(&all)));
+    assert_eq!(code, 1, "{body}");
+    assert!(
+        body.contains("re-attestation after a reboot refused") && body.contains("PCR mismatch"),
+        "{body}"
+    );
+    assert!(!root.join("run/imgbuild/attested").exists());
     // A log that does not replay to the quote (the foreign event left out) is refused as such.
     let (code, body) = tokio::task::block_in_place(|| node.enroll(&api, &log));
     assert_eq!(code, "403", "{body}");
@@ -266,13 +337,14 @@ async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boo
 
     let metrics = shared.encode_metrics();
     for (outcome, n) in [
-        ("served", 2),
+        ("served", 1),
+        ("reattested", 2),
         ("pending", 1),
         ("second-claimant", 1),
         ("unknown-ek", 1),
         ("stale-challenge", 1),
         ("stale-nonce", 1),
-        ("pcr-mismatch", 1),
+        ("pcr-mismatch", 3),
         ("log-mismatch", 1),
     ] {
         let line = format!("imgbuild_attest_requests_total{{outcome=\"{outcome}\"}} {n}");

@@ -778,3 +778,131 @@ fn a_secure_boot_machine_has_the_state_disk_and_init_blank_of_the_signed_command
         "/dev/vda=1",
     );
 }
+
+/// The example with every `(from, to)` edit applied (each matching once); the problems.
+fn problems_with_all(edits: &[(&str, &str)]) -> (String, Vec<Problem>) {
+    let mut src = EXAMPLE.to_string();
+    for (from, to) in edits {
+        assert_eq!(src.matches(from).count(), 1, "test edit {from:?}");
+        src = src.replacen(from, to, 1);
+    }
+    match config::load_str(Path::new("cluster.toml"), &src, Path::new(".")) {
+        Ok(_) => panic!("edits {edits:?} were accepted"),
+        Err(ConfigError::Invalid(p)) => (src, p),
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+const POOL_OFF: &str = "# unknown_pool = { start = \"10.77.0.200\", end = \"10.77.0.250\" }";
+const POOL_ON: &str = "unknown_pool = { start = \"10.77.0.200\", end = \"10.77.0.250\" }";
+
+#[test]
+fn relay_subnets_are_other_networks_with_their_router_and_pool_inside() {
+    let relay = "[[network.relay_subnets]]\nsubnet = \"10.77.0.128/25\"\ngateway = \"10.77.0.129\"\n\n\
+                 [[network.relay_subnets]]\nsubnet = \"10.77.8.0/24\"\ngateway = \"10.77.9.1\"\n\
+                 unknown_pool = { start = \"10.77.8.10\", end = \"10.77.8.5\" }\n\n\
+                 [[network.relay_subnets]]\nsubnet = \"10.77.8.128/25\"\ngateway = \"10.77.8.129\"\n\n[metallb]";
+    let (src, p) = problems_with_all(&[("[metallb]", relay)]);
+    assert_problem(
+        &src,
+        &p,
+        "network.relay_subnets[0].subnet",
+        "overlaps [network] subnet 10.77.0.0/24",
+        "subnet = \"10.77.0.128/25\"",
+    );
+    assert_problem(
+        &src,
+        &p,
+        "network.relay_subnets[1].gateway",
+        "is outside 10.77.8.0/24",
+        "gateway = \"10.77.9.1\"",
+    );
+    assert_problem(
+        &src,
+        &p,
+        "network.relay_subnets[1].unknown_pool.end",
+        "before it starts",
+        "start = \"10.77.8.10\"",
+    );
+    assert_problem(
+        &src,
+        &p,
+        "network.relay_subnets[2].subnet",
+        "10.77.8.128/25",
+        "subnet = \"10.77.8.128/25\"",
+    );
+    // A machine in no subnet; one at the relay subnet's gateway.
+    let relay = "[[network.relay_subnets]]\nsubnet = \"10.77.8.0/24\"\ngateway = \"10.77.8.1\"\n\n[metallb]";
+    let (src, p) = problems_with_all(&[
+        ("[metallb]", relay),
+        ("ip = \"10.77.0.31\"", "ip = \"10.77.5.31\""),
+        ("ip = \"10.77.0.32\"", "ip = \"10.77.8.1\""),
+    ]);
+    assert_problem(
+        &src,
+        &p,
+        "machines[5].ip",
+        "or a [[network.relay_subnets]] subnet",
+        "ip = \"10.77.5.31\"",
+    );
+    assert_problem(
+        &src,
+        &p,
+        "machines[6].ip",
+        "gateway address of the relay subnet 10.77.8.0/24",
+        "ip = \"10.77.8.1\"",
+    );
+}
+
+#[test]
+fn replicas_on_etcd_with_a_pool_must_split_it() {
+    let etcd = "[state]\nbackend = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]";
+    let (src, p) = problems_with_all(&[(POOL_OFF, POOL_ON), ("[state]\nbackend = \"dir\"", etcd)]);
+    assert_problem(
+        &src,
+        &p,
+        "state.dhcp_replicas",
+        "dhcp_replicas = [\"10.77.0.1\"",
+        "[state]",
+    );
+    let listed = format!("{etcd}\ndhcp_replicas = [\"10.77.0.5\", \"10.77.0.6\", \"10.77.0.5\"]");
+    let (src, p) =
+        problems_with_all(&[(POOL_OFF, POOL_ON), ("[state]\nbackend = \"dir\"", &listed)]);
+    assert_problem(
+        &src,
+        &p,
+        "state.dhcp_replicas[2]",
+        "listed twice",
+        "dhcp_replicas = [",
+    );
+    let listed = format!("{etcd}\ndhcp_replicas = [\"10.77.0.5\", \"10.77.0.6\"]");
+    let (src, p) =
+        problems_with_all(&[(POOL_OFF, POOL_ON), ("[state]\nbackend = \"dir\"", &listed)]);
+    assert_problem(
+        &src,
+        &p,
+        "state.dhcp_replicas",
+        "[network] server 10.77.0.1 is not in the list",
+        "dhcp_replicas = [",
+    );
+    // Listed, and this server among them: its block of the pool.
+    let listed = format!("{etcd}\ndhcp_replicas = [\"10.77.0.5\", \"10.77.0.1\"]");
+    let src =
+        EXAMPLE
+            .replacen(POOL_OFF, POOL_ON, 1)
+            .replacen("[state]\nbackend = \"dir\"", &listed, 1);
+    let c = config::load_str(Path::new("cluster.toml"), &src, Path::new(".")).expect("valid");
+    let share = c.network.pool_share;
+    assert_eq!((share.index, share.count), (1, 2));
+    let mine = c
+        .network
+        .unknown_pool
+        .as_ref()
+        .unwrap()
+        .share(share)
+        .unwrap();
+    assert_eq!(
+        (mine.start.to_string(), mine.end.to_string()),
+        ("10.77.0.225".into(), "10.77.0.250".into())
+    );
+}

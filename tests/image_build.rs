@@ -104,6 +104,13 @@ fn root_image_builds_are_reproducible_immutable_cached_and_secret_free() {
     }
     let m = DirStore::new(&a.images()).manifest(&ra.id).unwrap();
     assert!(m.standins);
+    // The boot applications' Authenticode digests, recorded at build (what TPM attestation expects): part of
+    // the manifest, so reproducible with it.
+    for f in [KERNEL, UKI] {
+        let pe = std::fs::read(ra.dir.join(f)).unwrap();
+        let d = hex::encode(imgbuild::image::authenticode::sha256(&pe).unwrap());
+        assert_eq!(m.boot_apps.get(f), Some(&d), "{f}: {:?}", m.boot_apps);
+    }
     assert_eq!(m.inputs.packages.get("busybox").map(|_| ()), Some(()));
     assert!(m.inputs.packages.contains_key("linux-image-amd64"));
     assert!(

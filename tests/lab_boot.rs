@@ -77,6 +77,35 @@ fn node<'a>(r: &'a imgbuild::status::Report, host: &str) -> &'a NodeView {
     r.nodes.iter().find(|n| n.name == host).unwrap()
 }
 
+/// The detail of `stage` in the node's current boot (the event's text, e.g. `created /dev/vda1`).
+fn stage_detail<'a>(n: &'a NodeView, stage: &str) -> &'a str {
+    n.stages
+        .iter()
+        .find(|s| s.stage == stage)
+        .unwrap_or_else(|| {
+            panic!(
+                "{} boot {}: no {stage} stage: {:?}",
+                n.name, n.boot, n.stages
+            )
+        })
+        .detail
+        .as_str()
+}
+
+/// Prints the time from the node's `initrd` event to its `rootfs-verified` one in its current boot (fetching
+/// the root filesystem and opening it through dm-verity), as stamped by the server.
+fn print_initrd_to_rootfs_verified(n: &NodeView) {
+    let at = |stage: &str| n.stages.iter().find(|s| s.stage == stage).map(|s| s.at_ms);
+    if let (Some(a), Some(b)) = (at("initrd"), at("rootfs-verified")) {
+        println!(
+            "{} boot {}: rootfs-verified {:.1} s after initrd",
+            n.name,
+            n.boot,
+            b.saturating_sub(a) as f64 / 1000.0
+        );
+    }
+}
+
 /// Every stage of the boot path in order, then the first-boot steps in order, ending in `joined`.
 fn assert_stages_in_order(events: &[Event], mac: MacAddr, host: &str, must: &[&str]) {
     let seen = first_seen(events, mac);
@@ -481,7 +510,13 @@ fn root_lab_reboot_secure_boot_tpm_masters_join_in_order_worker_upgrades_then_ro
     // - worker-1 boots its signed UKI by UEFI PXE over TFTP under Secure Boot; master-2 and worker-1 enroll by
     //   TPM attestation (each its own swtpm, EK pinned). worker-1 joins, then is power-cycled with its state
     //   disk kept: first onto a newly pinned image (upgrade), then back onto the old one (rollback), booting
-    //   each one's signed UKI without joining again.
+    //   each one's signed UKI without joining again and re-attesting each time (no secret released). Between
+    //   the two, with the old image pinned again, it boots the new image's UKI off a disk: its re-attestation is
+    //   refused naming the PCR 4 event, and kubelet is held back. Its first boot creates the state partition on
+    //   the blank disk, each reboot finds that partition (not created again); every boot opens its root
+    //   filesystem through dm-verity and prints how long that took after the initrd started.
+    // - Before master-2's first boot, a spoofer takes its place (its MAC and address, a fresh swtpm certified by
+    //   the same lab CA): refused at the challenge as an unknown EK, while master-1 fails and retries.
     // - The same firmware and keys refuse the worker's UKI with one byte changed and re-signed by another key.
     let dir = tempfile::tempdir().unwrap();
     let host = "worker-1".to_string();
@@ -522,21 +557,60 @@ fn root_lab_reboot_secure_boot_tpm_masters_join_in_order_worker_upgrades_then_ro
         "imgbuild.lab_variant=2",
     );
     let new_id = lab.build_with_profiles(Role::Worker, &variant).unwrap();
-    for m in masters {
+    // master-2's place is first taken by a spoofer (its MAC, so its address; another TPM): master-2 waits for
+    // master-1's init-done anyway, so its own first boot after the spoofer's costs the lab little.
+    let spoofer = "master-2";
+    for m in ["master-1", "master-3"] {
         lab.start_vm(m).unwrap();
     }
+    let spoof = dir.path().join("spoofer");
+    let v = imgbuild::vm::lab::VmVariant {
+        tpm_state: Some(spoof.join("tpm")),
+        state_disk: Some(spoof.join("state.img")),
+        console_log: Some(spoof.join("console.log")),
+        ..Default::default()
+    };
+    lab.start_vm_as(spoofer, &v).unwrap();
     lab.start_vm(&host).unwrap();
     let limit = lab.opts.timeout;
     let m1 = "master-1".to_string();
-    let failure = lab
-        .wait(std::slice::from_ref(&m1), 1, limit, |n| n.done)
-        .expect_err("master-1's first init must fail");
-    assert!(
-        failure.reason.contains("injected failure half-way"),
-        "{failure}"
-    );
-    lab.stop_vm(&m1);
-    lab.start_vm(&m1).unwrap();
+    // Side by side: master-1's first init fails half-way (power-cycled at once), and the spoofer is refused
+    // (then master-2 itself is powered on).
+    let t = std::time::Instant::now();
+    let (mut m1_restarted, mut spoofer_refused) = (false, false);
+    while !(m1_restarted && spoofer_refused) {
+        let failed = lab.status().ok().and_then(|r| node(&r, &m1).failed.clone());
+        if !m1_restarted && let Some(why) = failed {
+            assert!(why.contains("injected failure half-way"), "{why}");
+            lab.stop_vm(&m1);
+            lab.start_vm(&m1).unwrap();
+            m1_restarted = true;
+            println!(
+                "master-1's first init failed as injected ({:.0} s); power-cycled",
+                t.elapsed().as_secs_f64()
+            );
+        }
+        if !spoofer_refused && attest_count(&lab, "unknown-ek") >= 1 {
+            spoofer_is_refused(&mut lab, spoofer);
+            lab.start_vm(spoofer).unwrap();
+            spoofer_refused = true;
+            println!(
+                "spoofer in {spoofer}'s place refused ({:.0} s); {spoofer} powered on",
+                t.elapsed().as_secs_f64()
+            );
+        }
+        assert!(
+            t.elapsed() < limit,
+            "after {limit:?}: master-1 failed as injected: {m1_restarted}, spoofer refused: {spoofer_refused}: {}",
+            imgbuild::vm::qemu::console_tail(&spoof.join("console.log"), 25)
+        );
+        assert!(
+            spoofer_refused || lab.vm_running(spoofer),
+            "the spoofer's VM stopped: {}",
+            imgbuild::vm::qemu::console_tail(&spoof.join("console.log"), 25)
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
 
     // worker-1 joins once master-1's second boot has initialised the cluster.
     let first = lab
@@ -545,6 +619,23 @@ fn root_lab_reboot_secure_boot_tpm_masters_join_in_order_worker_upgrades_then_ro
     let old_id = node(&first, &host).image.clone().unwrap();
     assert_eq!(node(&first, &host).joins, 1);
     assert_ne!(new_id, old_id);
+    // (Moved here from tests/image_boot.rs, whose good boots this boot and the two reboots below replace.) The
+    // initrd opened the root filesystem through dm-verity by its root hash, and created the state partition on
+    // the blank disk; the reboots find it and do not create it again.
+    let state_part = {
+        let n = node(&first, &host);
+        assert!(
+            stage_detail(n, "rootfs-verified").starts_with("dm-verity root_hash="),
+            "boot 1: {:?}",
+            n.stages
+        );
+        let created = stage_detail(n, "state-disk");
+        print_initrd_to_rootfs_verified(n);
+        created
+            .strip_prefix("created /dev/")
+            .unwrap_or_else(|| panic!("boot 1 did not create the state partition: {created:?}"))
+            .to_string()
+    };
 
     // The firmware refusals need no server: they run beside the worker's reboots.
     let refusals = {
@@ -570,11 +661,21 @@ fn root_lab_reboot_secure_boot_tpm_masters_join_in_order_worker_upgrades_then_ro
         })
     };
 
-    // Power-cycled twice with its state disk kept: upgrade, then rollback.
+    // Power-cycled with its state disk kept: upgrade (boot 2), then rollback (boot 4). Between them (boot 3), with
+    // the old image pinned again, worker-1 boots the image it is rolled back from off a disk: refused.
     let reboot_limit = Duration::from_secs(8 * 60);
-    for (boot, id) in [(2u32, &new_id), (3u32, &old_id)] {
+    for (boot, id) in [(2u32, &new_id), (4u32, &old_id)] {
         lab.pin(Role::Worker, id).unwrap();
         lab.stop_vm(&host);
+        if boot == 4 {
+            unpinned_image_is_refused(
+                &mut lab,
+                &host,
+                (&new_id, &old_id),
+                dir.path(),
+                reboot_limit,
+            );
+        }
         lab.start_vm(&host).unwrap();
         let r = lab
             .wait(std::slice::from_ref(&host), boot, reboot_limit, |n| n.done)
@@ -589,15 +690,36 @@ fn root_lab_reboot_secure_boot_tpm_masters_join_in_order_worker_upgrades_then_ro
         assert_eq!(n.joins, 1, "boot {boot} ran the join again");
         let names: Vec<&str> = n.stages.iter().map(|s| s.stage.as_str()).collect();
         assert!(names.contains(&"state-disk"), "{names:?}");
+        assert_eq!(
+            stage_detail(n, "state-disk"),
+            format!("found /dev/{state_part}"),
+            "boot {boot}: the state partition was not found as boot 1 created it"
+        );
+        assert!(
+            stage_detail(n, "rootfs-verified").starts_with("dm-verity root_hash="),
+            "boot {boot}: {names:?}"
+        );
+        print_initrd_to_rootfs_verified(n);
         assert!(
             !names.contains(&"kubeadm-init") && !names.contains(&"kubeadm-join"),
             "{names:?}"
         );
         assert_eq!(n.secure_boot, Some(true), "boot {boot}: Secure Boot not on");
+        // It attested again, against the image pinned for boot `boot`, and nothing secret was released.
+        let att = n
+            .stages
+            .iter()
+            .find(|s| s.stage == "enrolled")
+            .map(|s| s.detail.as_str());
+        assert!(
+            att.is_some_and(|d| d.contains("re-attested by TPM")
+                && d.contains(&format!("booted uki.efi of image={id}"))
+                && d.contains("no secret released")),
+            "boot {boot} did not re-attest: {att:?}"
+        );
         let joined = n.stages.iter().find(|s| s.stage == "joined").unwrap();
         println!("boot {boot} on {}: joined ({})", &id[..12], joined.detail);
     }
-
     let r = lab
         .wait(std::slice::from_ref(&m1), 2, limit, |n| n.done)
         .unwrap_or_else(|f| panic!("master-1's second boot: {f}"));
@@ -721,7 +843,12 @@ fn root_lab_reboot_secure_boot_tpm_masters_join_in_order_worker_upgrades_then_ro
     must.retain(|s| *s != "ipxe-script" && *s != "kernel");
     must.push("bootfile");
     must.push("kubeadm-join");
-    assert_stages_in_order(&evs, w.mac, "worker-1", &must);
+    // Its first boot, up to its first `joined` (boot 3 failed on purpose).
+    let first_joined = evs
+        .iter()
+        .position(|e| e.mac == w.mac && e.stage == "joined")
+        .expect("worker-1 joined");
+    assert_stages_in_order(&evs[..=first_joined], w.mac, "worker-1", &must);
     let out = std::process::Command::new("ip")
         .args([
             "netns",
@@ -758,6 +885,135 @@ fn root_lab_reboot_secure_boot_tpm_masters_join_in_order_worker_upgrades_then_ro
     let cons = refusals.join().unwrap();
     assert_refused(&cons[0], "with one byte changed");
     assert_refused(&cons[1], "signed by another key");
+}
+
+/// The lab server's /metrics.
+fn lab_metrics(lab: &Lab) -> String {
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            lab.netns(),
+            "curl",
+            "-fsS",
+            "--max-time",
+            "20",
+        ])
+        .arg(format!("{}/metrics", lab.server_url))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `imgbuild_attest_requests_total{outcome}` of the lab server (0 before the first).
+fn attest_count(lab: &Lab, outcome: &str) -> u64 {
+    let key = format!("imgbuild_attest_requests_total{{outcome=\"{outcome}\"}} ");
+    lab_metrics(lab)
+        .lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .map_or(0, |v| v.trim().parse::<f64>().unwrap() as u64)
+}
+
+/// A spoofer in `host`'s place (its MAC, so its DHCP address; network boot; a blank disk and a fresh swtpm whose
+/// EK certificate comes from the same lab CA, so the manufacturer-CA check passes and the pinned EK is what
+/// refuses it), before `host` ever booted: refused at the challenge as an unknown EK (counted; the caller saw the
+/// count move), the row shows the refused claimant, no bundle served. Stops its VM.
+fn spoofer_is_refused(lab: &mut Lab, host: &str) {
+    lab.stop_vm(host);
+    let mac = lab.cluster.machine_by_hostname(host).unwrap().mac;
+    let enrolled: Vec<String> = events(lab)
+        .into_iter()
+        .filter(|e| e.mac == mac && e.stage == "enrolled")
+        .map(|e| e.detail)
+        .collect();
+    assert!(enrolled.is_empty(), "the spoofer enrolled: {enrolled:?}");
+    let r = lab.status().unwrap();
+    let e = node(&r, host).enrollment.clone();
+    assert!(
+        e.as_deref()
+            .is_some_and(|e| e.contains("spoofer-refused from")),
+        "{e:?}"
+    );
+}
+
+/// Boot 3 of `host` (enrolled, `pinned` pinned again for the rollback, its VM off): its own VM (same MAC, its own
+/// TPM and state disk) boots the *unpinned* image's signed UKI (valid signature, one kernel argument more) from a
+/// FAT disk. Secure Boot lets it run; the root filesystem is byte-identical (the argument is not in the role tree),
+/// so the pinned image's rootfs passes the UKI's signed dm-verity root hash and the node reaches firstboot. It
+/// re-attests and the server refuses it naming the PCR 4 event (the unpinned UKI's digest; the pinned one's in the
+/// list of what is allowed); the node reports the refusal itself (kubelet held back), no bundle is served. Stops
+/// its VM.
+fn unpinned_image_is_refused(
+    lab: &mut Lab,
+    host: &str,
+    (unpinned, pinned): (&str, &str),
+    dir: &Path,
+    limit: Duration,
+) {
+    use imgbuild::vm::lab::VmVariant;
+    let images = imgbuild::image::store::open(&lab.cluster);
+    let uki = |id: &str| {
+        std::fs::read(Path::new(&images.locate(id)).join(imgbuild::image::manifest::UKI)).unwrap()
+    };
+    // What attestation expects: the digests each image's manifest recorded at build time, equal to the files'.
+    let recorded = |id: &str| images.manifest(id).unwrap().boot_apps["uki.efi"].clone();
+    let digest = |b: &[u8]| hex::encode(imgbuild::image::authenticode::sha256(b).unwrap());
+    let (variant, own) = (uki(unpinned), uki(pinned));
+    assert_eq!(recorded(unpinned), digest(&variant));
+    assert_eq!(recorded(pinned), digest(&own));
+    let served = attest_count(lab, "served");
+    let mac = lab.cluster.machine_by_hostname(host).unwrap().mac;
+    let hosts = [host.to_string()];
+
+    let t = std::time::Instant::now();
+    let esp = dir.join("unpinned-esp");
+    std::fs::create_dir_all(esp.join("EFI/BOOT")).unwrap();
+    std::fs::write(esp.join("EFI/BOOT/BOOTX64.EFI"), &variant).unwrap();
+    let v = VmVariant {
+        boot_dir: Some(esp),
+        ..Default::default()
+    };
+    lab.start_vm_as(host, &v).unwrap();
+    let f = lab
+        .wait(&hosts, 3, limit, |n| n.done)
+        .expect_err("booting an unpinned image must be refused at re-attestation");
+    let why = &f.reason;
+    assert!(
+        why.contains("re-attestation after a reboot refused")
+            && why.contains("PCR mismatch: event #")
+            && why.contains("(PCR 4, EV_EFI_BOOT_SERVICES_APPLICATION) sha256:")
+            && why.contains(&digest(&variant))
+            && why.contains(&format!("uki.efi sha256:{}", digest(&own))),
+        "{f}"
+    );
+    let r = f.report.as_ref().expect("a report");
+    let n = node(r, host);
+    assert_eq!(n.boot, 3);
+    // The node says so itself (signed with its report key): firstboot failed, kubelet held back.
+    let t0 = std::time::Instant::now();
+    while !events(lab).iter().any(|e| {
+        e.mac == mac
+            && e.stage == "failed"
+            && e.detail.contains("re-attestation of this boot refused")
+    }) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(180),
+            "worker-1 did not report the refusal: {}",
+            imgbuild::vm::qemu::console_tail(&lab.console(host), 25)
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    assert_eq!(
+        attest_count(lab, "served"),
+        served,
+        "a bundle went to the unpinned boot"
+    );
+    assert!(attest_count(lab, "pcr-mismatch") >= 1);
+    lab.stop_vm(host);
+    println!(
+        "unpinned image refused in {:.0} s: {why}",
+        t.elapsed().as_secs_f64()
+    );
 }
 
 /// `uki` with its signature removed and signed again by a fresh key the firmware does not trust.

@@ -4,7 +4,8 @@
 //! addresses (127.77.0.0/24 on `lo`), and `imgbuild pin` / `imgbuild enroll` run as the real binary. Proves:
 //! enrollment "once" across replicas under concurrent requests, the barrier and the published token seen by the
 //! other replica, TPM-attested enrollment on the same shared state (a pending EK recorded through one replica, seen
-//! and served through the other after `imgbuild enroll approve`, enrolled once), a re-pin on one host served by the
+//! and served through the other after `imgbuild enroll approve`, enrolled once, re-attested through the first with
+//! nothing released again), a re-pin on one host served by the
 //! other replica at once (etcd watch), the shared event history naming the replica that served each stage, and
 //! replicas going on with one etcd member killed.
 
@@ -198,11 +199,14 @@ async fn tpm_enrollment_is_shared(config: &Path, ca: &Path, a: &Replica, b: &Rep
     let st = state_store::documents::enrollment(&*a.shared.state).unwrap();
     let at_ms = st.enrolled[&m2].at_ms;
     assert!(st.tpm_ek.contains_key(&m2) && !st.tpm_pending.contains_key(&m2));
-    // Again through A (a reboot before `joined`): the same record, the same report key.
-    let (code, body) = tokio::task::block_in_place(|| node.enroll(&api(a), &log));
-    assert_eq!(code, "200", "{body}");
-    let again: enroll::Bundle = serde_json::from_str(&body).unwrap();
-    assert_eq!(again.report_key, first.report_key);
+    assert!(!first.report_key.is_empty());
+    // A reboot, attesting again through A: accepted as a re-attestation (the enrollment B recorded is A's to
+    // read), nothing secret released, the record unchanged.
+    let (code, body) = tokio::task::block_in_place(|| node.reattest(&api(a), &log));
+    assert_eq!(code, 0, "{body}");
+    let again: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(again["reattested"], true, "{body}");
+    assert!(again.get("sealed").is_none(), "{body}");
     assert_eq!(
         state_store::documents::enrollment(&*b.shared.state)
             .unwrap()
@@ -394,10 +398,62 @@ async fn two_replicas_on_etcd_enroll_once_share_barrier_token_pins_and_survive_a
             .iter()
             .any(|s| s.stage == "enrolled" && s.replica == "replica-a")
     );
+    // `imgbuild status` given a server that is down and both replicas: every replica, each that answered, the
+    // one that is down named, and per node the replica that served each stage.
+    let (ok, out) = imgbuild(
+        &config,
+        &[
+            "status",
+            "--server",
+            "http://127.0.0.1:9",
+            "--server",
+            &format!("http://{}", a.plain),
+            "--server",
+            &format!("http://{}", b.plain),
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("replicas (etcd): replica-a (answered), replica-b (answered)"),
+        "{out}"
+    );
+    assert!(out.contains("http://127.0.0.1:9: unreachable"), "{out}");
+    let w1_line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with(W1))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(w1_line.contains("enrolled@replica-a"), "{out}");
+    let m1_line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with(M1))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(m1_line.contains("init-done@replica-a"), "{out}");
     let listed = imgbuild::netboot::replicas::list(&a.shared);
     assert!(
         listed.iter().any(|r| r.id == "replica-a") && listed.iter().any(|r| r.id == "replica-b"),
         "every replica is listed: {listed:?}"
+    );
+    // The page of replica-a lists both replicas, and its board says which replica served each stage.
+    let (code, page) = curl(&ca, "127.0.0.1", &format!("http://{}/", a.plain), None).await;
+    assert_eq!(code, 200, "{page}");
+    assert!(
+        page.contains("server replicas (etcd state): replica-a (this page), replica-b</div>"),
+        "{page}"
+    );
+    let (code, board) = curl(
+        &ca,
+        "127.0.0.1",
+        &format!("http://{}/api/board", a.plain),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{board}");
+    let board: serde_json::Value = serde_json::from_str(&board).unwrap();
+    assert!(
+        board["replicas"]["served"][W1].as_array().is_some_and(|v| v
+            .iter()
+            .any(|s| s["stage"] == "enrolled" && s["replica"] == "replica-a")),
+        "{board}"
     );
 
     // One etcd member killed: both replicas go on (enrollment, reports, pins).
@@ -443,4 +499,279 @@ async fn two_replicas_on_etcd_enroll_once_share_barrier_token_pins_and_survive_a
     b.server.abort();
     drop(dir);
     let _: PathBuf = etcd.dir.path().to_path_buf();
+}
+
+/// A replica of the DHCP side on the shared state: its own etcd client, announcing itself like `imgbuild serve`.
+fn dhcp_replica(config: &Path, name: &str) -> Arc<Shared> {
+    let cluster = imgbuild::config::load(config).unwrap();
+    let state = state_store::open(&cluster, name).unwrap();
+    let shared = Arc::new(Shared::new_in(
+        config.to_path_buf(),
+        cluster,
+        BTreeMap::new(),
+        Events::in_memory(),
+        state,
+        name.to_string(),
+    ));
+    imgbuild::netboot::replicas::spawn(&shared);
+    shared
+}
+
+/// One replica's DHCP path as its socket loop runs it: the lease table (paused while the replicas disagree on
+/// the split, read from the same flag) and the sans-IO packet path.
+struct Dhcp {
+    shared: Arc<Shared>,
+    table: imgbuild::netboot::dhcp::LeaseTable,
+    metrics: imgbuild::netboot::dhcp::DhcpMetrics,
+}
+
+impl Dhcp {
+    fn new(shared: Arc<Shared>) -> Dhcp {
+        Dhcp {
+            shared,
+            table: Default::default(),
+            metrics: Default::default(),
+        }
+    }
+
+    /// DISCOVER (`server` None) or REQUEST of `ip` from `server`, from unknown MAC `52:54:00:99:00:<n>`.
+    fn send(
+        &mut self,
+        n: u8,
+        req: Option<(std::net::Ipv4Addr, std::net::Ipv4Addr)>,
+    ) -> imgbuild::netboot::dhcp::Outcome {
+        use dhcproto::v4::{DhcpOption, Message, MessageType};
+        let none = std::net::Ipv4Addr::UNSPECIFIED;
+        let mut m = Message::new_with_id(
+            0x1000 + u32::from(n),
+            none,
+            none,
+            none,
+            none,
+            &[0x52, 0x54, 0, 0x99, 0, n],
+        );
+        let o = m.opts_mut();
+        match req {
+            None => {
+                o.insert(DhcpOption::MessageType(MessageType::Discover));
+            }
+            Some((ip, server)) => {
+                o.insert(DhcpOption::MessageType(MessageType::Request));
+                o.insert(DhcpOption::RequestedIpAddress(ip));
+                o.insert(DhcpOption::ServerIdentifier(server));
+            }
+        }
+        self.table.pool_paused = self
+            .shared
+            .pool_conflict
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let bytes = imgbuild::netboot::dhcp::packet::encode(&m);
+        let now = imgbuild::netboot::dhcp::socket::unix_now();
+        match imgbuild::netboot::dhcp::process(
+            &bytes,
+            imgbuild::netboot::dhcp::Port::Dhcp,
+            &self.shared.booter(),
+            &mut self.table,
+            now,
+            &self.metrics,
+        ) {
+            imgbuild::netboot::dhcp::Processed::Handled(o) => *o,
+            imgbuild::netboot::dhcp::Processed::Dropped(why) => panic!("dropped: {why}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_on_etcd_split_the_unknown_pool_and_pause_it_when_their_splits_disagree() {
+    use imgbuild::netboot::dhcp::Ignored;
+    use std::net::Ipv4Addr;
+    let etcd = etcd::Etcd::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    let section = etcd.state_section("/imgbuild/test-pool/");
+    let config = |name: &str, server: &str, list: &str| -> PathBuf {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        common::write_cluster(&d, false, |t| {
+            t.replace(
+                "[state]\nbackend = \"dir\"\n",
+                &format!("{}dhcp_replicas = [{list}]\n", section.trim_start()),
+            )
+            .replace("server = \"10.77.0.1\"", &format!("server = \"{server}\""))
+            .replace(
+                "# unknown_pool = { start = \"10.77.0.200\", end = \"10.77.0.250\" }",
+                "unknown_pool = { start = \"10.77.0.200\", end = \"10.77.0.209\" }",
+            )
+        })
+    };
+    let list = "\"10.77.0.1\", \"10.77.0.3\"";
+    let servers = [Ipv4Addr::new(10, 77, 0, 1), Ipv4Addr::new(10, 77, 0, 3)];
+    let mut r = [
+        Dhcp::new(dhcp_replica(&config("a", "10.77.0.1", list), "replica-a")),
+        Dhcp::new(dhcp_replica(&config("b", "10.77.0.3", list), "replica-b")),
+    ];
+    // Both announced through etcd with the same split: listed, and no conflict.
+    eventually(10, "both replicas announce their pool split", async || {
+        let l = imgbuild::netboot::replicas::list(&r[0].shared);
+        l.iter()
+            .filter(|x| x.dhcp_server.is_some() && x.dhcp_replicas.len() == 2)
+            .count()
+            == 2
+    })
+    .await;
+    assert!(
+        imgbuild::netboot::replicas::pool_conflicts(&imgbuild::netboot::replicas::list(
+            &r[1].shared
+        ))
+        .is_empty()
+    );
+
+    // Eight unknown machines, each DISCOVERing to both replicas and taking the offer of the replica whose turn it
+    // is; the other sees its REQUEST for another server.
+    let mut acked: [Vec<Ipv4Addr>; 2] = Default::default();
+    for n in 0..8u8 {
+        let offers: Vec<Option<Ipv4Addr>> = r
+            .iter_mut()
+            .map(|d| d.send(n, None).reply.map(|x| x.msg.yiaddr()))
+            .collect();
+        let turn = (n % 2) as usize;
+        let Some((k, ip)) = [turn, 1 - turn]
+            .into_iter()
+            .find_map(|k| offers[k].map(|ip| (k, ip)))
+        else {
+            continue;
+        };
+        for (j, d) in r.iter_mut().enumerate() {
+            let out = d.send(n, Some((ip, servers[k])));
+            if j == k {
+                assert!(
+                    out.reply.is_some(),
+                    "replica {k} acknowledges its own offer"
+                );
+                acked[k].push(ip);
+            } else {
+                assert_eq!(out.ignored, Some(Ignored::OtherServer));
+            }
+        }
+    }
+    let block = |k: usize, ip: &Ipv4Addr| {
+        let last = ip.octets()[3];
+        if k == 0 {
+            (200..=204).contains(&last)
+        } else {
+            (205..=209).contains(&last)
+        }
+    };
+    for k in 0..2 {
+        assert_eq!(acked[k].len(), 4, "{acked:?}");
+        assert!(
+            acked[k].iter().all(|ip| block(k, ip)),
+            "replica {k} out of its block: {acked:?}"
+        );
+    }
+    let all: std::collections::BTreeSet<_> = acked.iter().flatten().collect();
+    assert_eq!(
+        all.len(),
+        8,
+        "no address acknowledged to two machines: {acked:?}"
+    );
+
+    // A third replica whose cluster.toml splits the pool differently (it would take replica A's block): every
+    // replica sees it through etcd and hands out no pool address until the lists agree; inventory machines go on.
+    let _c = dhcp_replica(
+        &config("c", "10.77.0.5", "\"10.77.0.5\", \"10.77.0.3\""),
+        "replica-c",
+    );
+    let t0 = Instant::now();
+    eventually(20, "every replica pauses its pool", async || {
+        r.iter().all(|d| {
+            d.shared
+                .pool_conflict
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+    })
+    .await;
+    eprintln!(
+        "split conflict seen by both replicas after {:?}",
+        t0.elapsed()
+    );
+    let conflicts = imgbuild::netboot::replicas::pool_conflicts(
+        &imgbuild::netboot::replicas::list(&r[0].shared),
+    );
+    assert!(
+        conflicts
+            .iter()
+            .any(|c| c.contains("replica-c") && c.contains("dhcp_replicas")),
+        "{conflicts:?}"
+    );
+    // Each block still has a free address, yet none is offered while paused.
+    let out = r[0].send(40, None);
+    assert!(out.reply.is_none());
+    assert_eq!(out.ignored, Some(Ignored::PoolPaused));
+}
+
+/// `[state]` over TLS: a real etcd serving clients over TLS only, with client-certificate authentication
+/// (`--client-cert-auth`; a CA and certificates made by openssl for the test). A server's state and `imgbuild pin`
+/// (another process, its own client) write and read through it; a client without a certificate, and one that
+/// trusts another CA, are refused with an error that says what to check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_over_tls_needs_the_members_ca_and_a_client_certificate() {
+    let etcd = etcd::Etcd::start_tls(1);
+    let dir = tempfile::tempdir().unwrap();
+    let section = etcd.state_section("/imgbuild/test-tls/");
+    let config = common::write_cluster(dir.path(), true, |t| {
+        t.replace("[state]\nbackend = \"dir\"\n", section.trim_start())
+    });
+    let cluster = imgbuild::config::load(&config).unwrap();
+    assert!(cluster.state.endpoints[0].starts_with("https://127.0.0.1:"));
+    assert!(cluster.state.cert.is_some() && cluster.state.key.is_some());
+    let state = tokio::task::block_in_place(|| state_store::open(&cluster, "tls-a")).unwrap();
+    assert_eq!(state.kind(), "etcd");
+
+    // `imgbuild pin` over TLS from another process; read back through this client.
+    let id = make_image(&cluster.paths.images, Role::Worker, "tls");
+    let (ok, out) = imgbuild(&config, &["pin", "worker", &id]);
+    assert!(ok, "{out}");
+    let pins = tokio::task::block_in_place(|| state.get(state_store::Key::Pins)).unwrap();
+    assert!(
+        String::from_utf8_lossy(&pins.unwrap_or_default()).contains(&id),
+        "the pin written over TLS is read over TLS"
+    );
+    assert!(
+        !cluster.paths.state.join("pins.toml").exists(),
+        "pins live in etcd"
+    );
+
+    // Without a client certificate: refused by the members.
+    let mut no_cert = cluster.state.clone();
+    no_cert.cert = None;
+    no_cert.key = None;
+    let e =
+        tokio::task::block_in_place(|| state_store::etcd::EtcdState::connect(&no_cert, "tls-b"))
+            .expect_err("a client without a certificate is refused");
+    let msg = e.to_string();
+    eprintln!("without a client certificate: {msg}");
+    assert!(
+        msg.contains(&cluster.state.endpoints[0]) && msg.contains("client certificate"),
+        "{msg}"
+    );
+    // Trusting another CA: the members' certificate is refused by the client.
+    let other = etcd::Tls::make(&dir.path().join("other"), "another-ca");
+    let mut wrong_ca = cluster.state.clone();
+    wrong_ca.ca = Some(other.ca.clone());
+    let e =
+        tokio::task::block_in_place(|| state_store::etcd::EtcdState::connect(&wrong_ca, "tls-c"))
+            .expect_err("a member certificate from another CA is refused");
+    eprintln!("trusting another CA: {e}");
+    assert!(
+        e.to_string().contains("UnknownIssuer") && e.to_string().contains("[state] ca"),
+        "{e}"
+    );
+    // Plain http:// to the TLS listener: no answer either.
+    let mut plain = cluster.state.clone();
+    plain.endpoints = vec![cluster.state.endpoints[0].replace("https://", "http://")];
+    plain.ca = None;
+    assert!(
+        tokio::task::block_in_place(|| state_store::etcd::EtcdState::connect(&plain, "tls-d"))
+            .is_err()
+    );
 }

@@ -88,6 +88,12 @@ fn chromium_status_page_waterfall_grows_failed_row_shows_reason_history_on_click
         !html.contains("data-stage=\"kernel\""),
         "kernel must not be in the served HTML yet"
     );
+    // The server replicas: one, this server, with the state directory.
+    let replicas_line = format!(
+        "server replicas (dir state): {} (this page)</div>",
+        shared.replica
+    );
+    assert!(html.contains(&replicas_line), "{html}");
 
     // The page opened on storage-2's history (the link a click makes: /#node=<mac>).
     let (dom, stderr) = common::chromium_dom(None, &format!("http://{addr}/#node={failing}"));
@@ -122,6 +128,15 @@ fn chromium_status_page_waterfall_grows_failed_row_shows_reason_history_on_click
     assert!(dom.contains("event history of storage-2"), "{dom}");
     let history = dom.split("id=\"history\"").nth(1).unwrap();
     assert_eq!(history.matches("class=\"event\"").count(), 3, "{history}");
+    // Which replica served each event (from /api/board's replicas, redrawn by the script).
+    assert_eq!(
+        history
+            .matches(&format!("<td class=\"replica\">{}</td>", shared.replica))
+            .count(),
+        3,
+        "{history}"
+    );
+    assert!(dom.contains(&replicas_line), "{dom}");
 
     // A screenshot, kept as a test artifact.
     let shot = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");

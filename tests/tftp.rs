@@ -437,6 +437,7 @@ fn image_with_uki(c: &ClusterDir, salt: &str) -> (String, Vec<u8>) {
             })
             .collect(),
         rootfs_verity: None,
+        boot_apps: Default::default(),
     };
     let id = manifest.id();
     let d = c.images.join(&id);

@@ -78,6 +78,7 @@ fn root_firmware_variants_start_network_boot_and_ipxe_gets_an_ra() {
             dir: vm.clone(),
             secure_boot_vars: None,
             tpm_socket: None,
+            boot_dir: None,
         };
         qemu::blank_disk(&spec.disks[0], 1 << 30).unwrap();
         children

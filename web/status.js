@@ -1,7 +1,15 @@
 // The status page's script: polls /api/board, redraws the table and the boot waterfall (every node's stages
-// as bars on one shared time axis), and shows a node's whole event history (/api/nodes/<mac>/events) on click.
+// as bars on one shared time axis), the server replicas (and which one served each stage), and shows a node's
+// whole event history (/api/nodes/<mac>/events) on click.
 "use strict";
 let selected = null;
+let served = {};
+
+// The replica that served a node's stage at a time (from /api/board's replicas), or "".
+function servedBy(mac, stage, at) {
+  const s = (served[mac] || []).find(x => x.stage === stage && x.at_ms === at);
+  return s ? s.replica : "";
+}
 
 function cell(tr, text, cls) {
   const td = document.createElement("td");
@@ -42,7 +50,8 @@ function waterfall(td, n, ax, now) {
   let prev = n.started_ms;
   for (const s of n.stages) {
     const i = STAGES.indexOf(s.stage);
-    const title = s.stage + ": +" + (s.duration_ms / 1000).toFixed(1) + " s (at " + (s.since_start_ms / 1000).toFixed(1) + " s)" + (s.detail ? " — " + s.detail : "");
+    const by = servedBy(n.mac, s.stage, s.at_ms);
+    const title = s.stage + ": +" + (s.duration_ms / 1000).toFixed(1) + " s (at " + (s.since_start_ms / 1000).toFixed(1) + " s)" + (by ? ", served by " + by : "") + (s.detail ? " — " + s.detail : "");
     bar(track, ax, prev, s.at_ms, "s" + i, title, s.stage);
     prev = s.at_ms;
   }
@@ -52,6 +61,11 @@ function waterfall(td, n, ax, now) {
 
 function render(b) {
   const r = b.report;
+  served = b.replicas.served;
+  const rep = document.getElementById("replicas");
+  rep.dataset.count = String(b.replicas.replicas.length);
+  rep.textContent = "server replicas (" + b.replicas.backend + " state): " +
+    b.replicas.replicas.map(x => x.id + (x.id === b.replicas.this ? " (this page)" : "")).join(", ");
   const ax = axis(r);
   document.getElementById("axis").textContent = ax ? "0 … " + (ax.span / 1000).toFixed(1) + " s" : "";
   const tbody = document.querySelector("#status tbody");
@@ -110,7 +124,8 @@ async function history(mac, name) {
     const rows = evs.map(e => {
       const tr = document.createElement("tr");
       tr.className = "event";
-      cell(tr, new Date(e.at_ms).toISOString()); cell(tr, e.stage); cell(tr, e.source); cell(tr, e.detail || "");
+      cell(tr, new Date(e.at_ms).toISOString()); cell(tr, e.stage); cell(tr, e.source);
+      cell(tr, servedBy(mac, e.stage, e.at_ms), "replica"); cell(tr, e.detail || "");
       return tr;
     });
     box.querySelector("tbody").replaceChildren(...rows);

@@ -4,17 +4,21 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use anyhow::Context;
 
 use super::global::Global;
+use crate::netboot::http::replicas::{Replicas, StageBy};
 use crate::status::{Report, client, report};
 
 #[derive(Debug, clap::Args)]
 /// Options of `imgbuild status`.
 pub struct Args {
-    /// The server's base URL, e.g. http://10.77.0.1:8080 (default: `[network] server` and `http_port`).
+    /// A server's base URL, e.g. http://10.77.0.1:8080 (default: `[network] server` and `http_port`). Give it
+    /// once per replica to see every replica (an unreachable one is named; the others still answer).
     #[arg(long, value_name = "URL")]
-    pub server: Option<String>,
+    pub server: Vec<String>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -30,32 +34,66 @@ pub async fn fetch(base: &str) -> anyhow::Result<Report> {
     serde_json::from_str(&body).with_context(|| format!("{url} did not return a status report"))
 }
 
-/// With replicas on a shared state (`[state] backend = "etcd"`): every live replica, and per node the replica
-/// that served its latest stage. Empty for a single server (or a server too old to answer `/api/replicas`).
-async fn replicas(base: &str) -> String {
+/// `GET /api/replicas` of `base`: its answer, or why there is none.
+async fn replicas_of(base: &str) -> Result<Replicas, String> {
     let url = format!("{}/api/replicas", base.trim_end_matches('/'));
-    let Ok(body) = client::get(&url).await else {
-        return String::new();
-    };
-    let Ok(r) = serde_json::from_str::<crate::netboot::http::replicas::Replicas>(&body) else {
-        return String::new();
-    };
-    if r.backend == "dir" {
+    let body = client::get(&url).await.map_err(|e| format!("{e:#}"))?;
+    serde_json::from_str::<Replicas>(&body)
+        .map_err(|e| format!("{url}: not a replicas answer ({e})"))
+}
+
+/// The replicas part of the table: every replica any server listed (and which servers answered), and per node
+/// the replica that served each stage, merged from every answer (with etcd they share one history; with several
+/// `dir` servers each answers for itself). Empty for one `dir` server (a single server, as before replicas).
+pub fn render_replicas(answers: &[(String, Result<Replicas, String>)]) -> String {
+    let ok: Vec<&Replicas> = answers
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok())
+        .collect();
+    if answers.len() == 1 && ok.iter().all(|r| r.backend == "dir") {
         return String::new();
     }
-    let ids: Vec<String> = r
-        .replicas
+    let mut ids: Vec<String> = Vec::new();
+    let mut answered: Vec<&str> = Vec::new();
+    for r in &ok {
+        answered.push(&r.this);
+        for x in r.replicas.iter().map(|x| &x.id).chain([&r.this]) {
+            if !ids.contains(x) {
+                ids.push(x.clone());
+            }
+        }
+    }
+    let shown: Vec<String> = ids
         .iter()
-        .map(|x| {
-            if x.id == r.this {
-                format!("{} (answered)", x.id)
+        .map(|id| {
+            if answered.contains(&id.as_str()) {
+                format!("{id} (answered)")
             } else {
-                x.id.clone()
+                id.clone()
             }
         })
         .collect();
-    let mut out = format!("replicas ({}): {}\n", r.backend, ids.join(", "));
-    for (mac, stages) in &r.served {
+    let backends: BTreeSet<&str> = ok.iter().map(|r| r.backend.as_str()).collect();
+    let backends: Vec<&str> = backends.into_iter().collect();
+    let mut out = format!("replicas ({}): {}\n", backends.join(", "), shown.join(", "));
+    for (url, r) in answers {
+        if let Err(e) = r {
+            out.push_str(&format!("  {url}: unreachable ({e})\n"));
+        }
+    }
+    let mut served: BTreeMap<&str, Vec<&StageBy>> = BTreeMap::new();
+    for r in &ok {
+        for (mac, stages) in &r.served {
+            let v = served.entry(mac).or_default();
+            for s in stages {
+                if !v.contains(&s) {
+                    v.push(s);
+                }
+            }
+        }
+    }
+    for (mac, mut stages) in served {
+        stages.sort_by_key(|s| s.at_ms);
         if let Some(last) = stages.last() {
             let by: Vec<String> = stages
                 .iter()
@@ -74,20 +112,41 @@ async fn replicas(base: &str) -> String {
 
 /// Runs `imgbuild status`: prints the report as a table or JSON, once or every second with `--watch` until Ctrl-C.
 pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
-    let base = match &args.server {
-        Some(s) => s.clone(),
-        None => cli
-            .load_cluster()
-            .context("no --server given, and the server address is read from cluster.toml")?
-            .network
-            .http_base(),
+    let bases = if args.server.is_empty() {
+        vec![
+            cli.load_cluster()
+                .context("no --server given, and the server address is read from cluster.toml")?
+                .network
+                .http_base(),
+        ]
+    } else {
+        args.server.clone()
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
         loop {
-            let r = fetch(&base).await?;
+            // The report of the first server that answers (replicas on etcd share it); the error of the first
+            // when none does.
+            let mut first_err = None;
+            let mut report = None;
+            for base in &bases {
+                match fetch(base).await {
+                    Ok(r) => {
+                        report = Some(r);
+                        break;
+                    }
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+            let r = match (report, first_err) {
+                (Some(r), _) => r,
+                (None, Some(e)) => return Err(e),
+                (None, None) => unreachable!("at least one server"),
+            };
             if args.json {
                 if args.watch {
                     println!("{}", serde_json::to_string(&r)?);
@@ -100,7 +159,11 @@ pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
                     print!("\x1b[2J\x1b[H");
                 }
                 print!("{}", report::table(&r));
-                print!("{}", replicas(&base).await);
+                let mut answers = Vec::new();
+                for base in &bases {
+                    answers.push((base.clone(), replicas_of(base).await));
+                }
+                print!("{}", render_replicas(&answers));
             }
             if !args.watch {
                 return Ok(ExitCode::SUCCESS);

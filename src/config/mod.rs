@@ -8,6 +8,7 @@ pub mod image_ref;
 pub mod limits;
 pub mod mac;
 pub mod model;
+pub mod network;
 pub mod profile;
 mod raw;
 pub mod state;

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::image_ref::ImageRef;
 use super::mac::MacAddr;
+pub use super::network::{DhcpMode, DhcpSubnet, Network, Pool, PoolShare, RelaySubnet};
 
 /// A node's job in the cluster. Each role has a profile under `profiles/<role>/` and one pinned image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -124,17 +125,6 @@ pub enum KubeVipMode {
     Arp,
     /// kube-vip announces the VIP over BGP (accepted by `cluster.toml`, refused when the master templates render).
     Bgp,
-}
-
-/// Whether imgbuild hands out addresses (`full`) or only boot information beside another DHCP server (`proxy`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DhcpMode {
-    /// imgbuild's DHCP server hands out addresses from the inventory (and `unknown_pool`) and the boot information.
-    Full,
-    /// Another DHCP server on the segment hands out addresses; imgbuild answers only with boot information
-    /// (proxyDHCP).
-    Proxy,
 }
 
 /// A Kubernetes-style `x.y.z` version. Serialized as the string `x.y.z`.
@@ -345,90 +335,6 @@ pub struct ControlPlane {
     pub interface: String,
     /// The kube-vip container image the masters' static pod runs; default `ghcr.io/kube-vip/kube-vip:v1.0.1`.
     pub kube_vip_image: String,
-}
-
-/// An inclusive range of IPv4 addresses, `start` to `end` (`[network] unknown_pool`).
-#[derive(Debug, Clone, Serialize)]
-pub struct Pool {
-    /// First address of the range.
-    pub start: Ipv4Addr,
-    /// Last address of the range, included; not below `start`.
-    pub end: Ipv4Addr,
-}
-
-impl Pool {
-    /// Whether `ip` lies within `start..=end`.
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        ip >= self.start && ip <= self.end
-    }
-}
-
-/// `[network]`: the provisioning network the machines boot on, and the server's place on it.
-#[derive(Debug, Clone, Serialize)]
-pub struct Network {
-    /// The server's provisioning interface. DHCP binds to it and nothing else.
-    pub interface: String,
-    /// The provisioning subnet; every machine address, `server` and `gateway` lie in it.
-    pub subnet: Ipv4Net,
-    /// The default router handed to machines (DHCP option 3).
-    pub gateway: Ipv4Addr,
-    /// DNS servers handed to machines (DHCP option 6), in order; may be empty.
-    pub dns: Vec<Ipv4Addr>,
-    /// NTP servers the nodes' timesyncd uses (IPv4 addresses or host names), in order; default the gateway.
-    pub ntp: Vec<String>,
-    /// The server's own address on the provisioning network (TFTP `next-server`, HTTP host).
-    pub server: Ipv4Addr,
-    /// `full` (default) or `proxy`: whether imgbuild assigns addresses or only answers with boot information.
-    pub dhcp_mode: DhcpMode,
-    /// DHCP lease time in seconds, from `lease_time` (a duration such as `"1h"`, at least 1m).
-    pub lease_secs: u32,
-    /// The TCP port of the HTTP server (boot scripts, kernels, images, events, the status page); default 8080.
-    pub http_port: u16,
-    /// The TCP port of the HTTPS node API (enrollment, token publication, barrier, node events), served with a
-    /// certificate from the provisioning CA; default 8443.
-    pub https_port: u16,
-    /// The UDP port of the TFTP server that serves the first-stage loaders; default 69.
-    pub tftp_port: u16,
-    /// Addresses for machines not in the inventory. `None`: unknown MACs get no answer.
-    pub unknown_pool: Option<Pool>,
-    /// Where the iPXE binaries (`undionly.kpxe`, `ipxe.efi`, `snp.efi`, `snponly.efi`) are read from.
-    pub ipxe_binaries: PathBuf,
-    /// Debian's arm64 GRUB modules (`grub-efi-arm64-bin`, extracted by `scripts/setup`): the server makes the
-    /// arm64 netboot loader `grubnetaa64.efi` from them when the inventory has arm64 machines.
-    pub grub_modules: PathBuf,
-    /// The HTTP port GRUB fetches from. GRUB 2.06 (Debian 12) cannot put a port in `(http,host)`, so it is
-    /// 80: when `http_port` is another port, the server also listens here for arm64 machines.
-    pub grub_http_port: u16,
-    /// Send IPv6 router advertisements (no prefix, router lifetime 0) on `interface`, only so iPXE ends its
-    /// IPv6 autoconfiguration wait (~16 s) at once. Off by default.
-    pub router_advertisements: bool,
-}
-
-impl Network {
-    /// `http://server:port`, the base of every URL a node is given.
-    pub fn http_base(&self) -> String {
-        if self.http_port == 80 {
-            format!("http://{}", self.server)
-        } else {
-            format!("http://{}:{}", self.server, self.http_port)
-        }
-    }
-
-    /// `https://server:https_port`, the base of the node API (enrollment, reports, barrier, token).
-    pub fn https_base(&self) -> String {
-        format!("https://{}:{}", self.server, self.https_port)
-    }
-
-    /// GRUB's device for the server's HTTP side, `(http,server)`: paths are appended to it. GRUB 2.06 always
-    /// connects to port 80, so this is served on `grub_http_port` (80 by default).
-    pub fn grub_http_device(&self) -> String {
-        if self.grub_http_port == 80 {
-            format!("(http,{})", self.server)
-        } else {
-            // GRUB 2.12 and later take a port after the host.
-            format!("(http,{}:{})", self.server, self.grub_http_port)
-        }
-    }
 }
 
 /// `[metallb]`: MetalLB in BGP mode, rendered into its IPAddressPool, BGPPeer and BGPAdvertisement objects.

@@ -90,6 +90,10 @@ pub struct StateRaw {
     pub timeout_ms: Option<u64>,
     /// How many events the shared history keeps.
     pub events_kept: Option<u64>,
+    /// The `[network] server` address of every DHCP replica, in a fixed order: each hands out its own block of
+    /// the unknown pools.
+    #[serde(default)]
+    pub dhcp_replicas: Vec<String>,
 }
 
 /// `[store]` as written. Keys other than these are kept in `other` so validation can name them (and refuse
@@ -216,6 +220,20 @@ pub struct PoolRaw {
     pub end: String,
 }
 
+/// `[[network.relay_subnets]]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelaySubnetRaw {
+    /// The subnet, an IPv4 CIDR.
+    pub subnet: String,
+    /// Its default router, an IPv4 address inside it.
+    pub gateway: String,
+    /// Its DNS servers; default `[network] dns`.
+    pub dns: Option<Vec<String>>,
+    /// Addresses for its machines not in the inventory; absent: none.
+    pub unknown_pool: Option<PoolRaw>,
+}
+
 /// `[network]` as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -250,6 +268,9 @@ pub struct NetworkRaw {
     pub tftp_port: i64,
     /// Addresses for machines not in the inventory; absent: unknown MACs get no answer.
     pub unknown_pool: Option<PoolRaw>,
+    /// Further subnets behind DHCP relays (`[[network.relay_subnets]]`); default none.
+    #[serde(default)]
+    pub relay_subnets: Vec<RelaySubnetRaw>,
     /// The directory of the iPXE binaries; default `/usr/lib/ipxe`.
     #[serde(default = "default_ipxe_binaries")]
     pub ipxe_binaries: String,

@@ -36,4 +36,7 @@ pub struct State {
     pub timeout_ms: u64,
     /// `events_kept`: how many events the shared history keeps (default 10000; older ones are deleted).
     pub events_kept: u64,
+    /// `dhcp_replicas`: every DHCP replica's `[network] server`, in the order that splits the unknown pools
+    /// (`network.pool_share` is this server's place); empty: one server hands out whole pools.
+    pub dhcp_replicas: Vec<std::net::Ipv4Addr>,
 }

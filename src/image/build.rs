@@ -600,6 +600,7 @@ pub fn build_for(
         },
         files: BTreeMap::new(),
         rootfs_verity: Some(rootfs_verity),
+        boot_apps: Default::default(),
     };
     let (id, existed) = p.stage("store", "hash + rename into images/", || {
         let store::Committed { id, existed } = images.commit(staging, manifest)?;

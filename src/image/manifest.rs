@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::authenticode;
 use super::oci::layout::BakedImage;
 use super::verity::Verity;
 use crate::config::{Arch, Role};
@@ -19,6 +20,15 @@ pub const ROOTFS: &str = "rootfs.squashfs";
 pub const UKI: &str = "uki.efi";
 /// File name of the manifest in an image directory; the image id is the sha256 of its bytes.
 pub const MANIFEST: &str = "manifest.json";
+/// The files of an image that UEFI firmware may load as boot applications (the kernel's EFI stub, the signed
+/// UKI): their Authenticode digests go into [`Manifest::boot_apps`] when they are PE images.
+pub const BOOT_APPS: [&str; 2] = [KERNEL, UKI];
+
+/// The Authenticode SHA-256 of `bytes` (lowercase hex) if they are a PE image, as [`Manifest::boot_apps`] records
+/// it: the digest firmware measures into PCR 4 when it loads the file.
+pub fn boot_app_digest(bytes: &[u8]) -> Option<String> {
+    authenticode::sha256(bytes).ok().map(hex::encode)
+}
 
 /// Size and digest of one file of the image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +86,13 @@ pub struct Manifest {
     /// in the UKI). Absent in images built before dm-verity (their initrd checks the sha256 instead).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rootfs_verity: Option<Verity>,
+    /// File name → Authenticode SHA-256 (hex) of each of [`BOOT_APPS`] the image has as a PE image: what UEFI
+    /// firmware measures into PCR 4 when it loads that file. Computed from the files when the image is committed
+    /// (a pure function of their bytes, so rebuilds agree); TPM attestation expects exactly these
+    /// (docs/attestation.md). Absent in images built before it was recorded (and for a kernel that is not a PE,
+    /// such as arm64's compressed Image).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub boot_apps: BTreeMap<String, String>,
 }
 
 #[derive(Debug, thiserror::Error)]

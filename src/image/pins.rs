@@ -255,6 +255,7 @@ mod tests {
             inputs: Inputs::default(),
             files: BTreeMap::new(),
             rootfs_verity: None,
+            boot_apps: Default::default(),
         };
         store.commit(st, m).unwrap().id
     }

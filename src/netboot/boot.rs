@@ -232,7 +232,7 @@ impl Booter {
     /// or an architecture we have nothing for).
     pub fn dhcp_bootfile(&self, client: &Client) -> Option<BootFile> {
         let machine = self.machine(client.mac, client.relay_id.as_deref());
-        if machine.is_none() && self.cluster.network.unknown_pool.is_none() {
+        if machine.is_none() && !self.cluster.network.any_unknown_pool() {
             return None;
         }
         let base = self.cluster.network.http_base();
@@ -353,6 +353,7 @@ impl Booter {
                 arch: machine.arch,
             })?;
         let net = &self.cluster.network;
+        let sub = net.subnet_of(machine.ip);
         let base = net.http_base();
         let path = |file: &str, sha: &str| format!("/images/{}/{file}?sha256={sha}", image.id);
         let (kernel_path, initrd_path) = (
@@ -369,9 +370,9 @@ impl Booter {
                     "server_url": base,
                     "rootfs_url": rootfs_url,
                     "bootif": machine.mac.bootif(),
-                    "gateway": net.gateway,
-                    "netmask": net.subnet.netmask(),
-                    "nameserver": net.dns.first(),
+                    "gateway": sub.gateway,
+                    "netmask": sub.subnet.netmask(),
+                    "nameserver": sub.dns.first(),
                 }),
             )
             .map_err(NoBoot::Template)?

@@ -1,7 +1,11 @@
 //! Picks up `imgbuild pin` while the server runs. With the state directory: a cheap check of `state/pins.toml`
-//! (mtime, inode, size) before each boot decision that depends on pins. With etcd: a watch on the pins key marks
-//! them changed the moment any host re-pins, on every replica. Either way the pins are then re-read and the boot
-//! decision swapped; no SIGHUP needed (SIGHUP still reloads everything).
+//! (mtime, inode, size). With etcd: a watch on the pins key marks them changed the moment any host re-pins, on
+//! every replica. Either way the pins are then re-read; no SIGHUP needed (SIGHUP still reloads everything).
+//!
+//! There is one watch per server, owned by the shared state and asked inside [`crate::netboot::state::Shared::booter`]:
+//! every boot decision (DHCP, TFTP, HTTP) and the attestation's expected image read the pins through that one
+//! call, so none of them can see pins older than another's. This file does not know the shared state (it
+//! imports this one): it answers with the new pins and the caller swaps them in.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
@@ -10,9 +14,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
-use super::state::Shared;
-use crate::image::pins::Pins;
-use crate::pki::state_store::{Key, documents};
+use crate::config::Cluster;
+use crate::image::pins::{PinMap, Pins};
+use crate::pki::state_store::{Key, StateBackend, documents};
 
 type Stamp = Option<(SystemTime, u64, u64)>;
 
@@ -29,15 +33,14 @@ pub struct PinWatch {
 }
 
 impl PinWatch {
-    /// Starts watching the pins of the current cluster, as loaded by `server::prepare`.
-    pub fn new(shared: &Shared) -> Self {
-        let path = Pins::path(&shared.cluster());
+    /// Starts watching the pins of `cluster` on the shared-state backend `state` (as loaded at start-up: what
+    /// changes after this is picked up).
+    pub fn new(cluster: &Cluster, state: &dyn StateBackend) -> Self {
+        let path = Pins::path(cluster);
         let s = stamp(&path);
         let flag = Arc::new(AtomicBool::new(false));
         let f = flag.clone();
-        let pushed = match shared
-            .state
-            .watch(Key::Pins, Arc::new(move || f.store(true, Ordering::SeqCst)))
+        let pushed = match state.watch(Key::Pins, Arc::new(move || f.store(true, Ordering::SeqCst)))
         {
             Ok(true) => Some(flag),
             Ok(false) => None,
@@ -52,45 +55,44 @@ impl PinWatch {
         }
     }
 
-    /// Re-reads the pins if they changed since the last look. Returns whether they were reloaded.
-    pub fn refresh(&self, shared: &Shared) -> bool {
-        let cluster = shared.cluster();
-        let path = Pins::path(&cluster);
+    /// The pins of `cluster`, re-read and resolved, if they changed since the last look; `None` when they did not
+    /// (or cannot be read: logged, the caller keeps the pins it has).
+    pub fn changed(&self, cluster: &Cluster, state: &dyn StateBackend) -> Option<PinMap> {
+        let path = Pins::path(cluster);
         match &self.pushed {
             Some(flag) => {
                 if !flag.swap(false, Ordering::SeqCst) {
-                    return false;
+                    return None;
                 }
             }
             None => {
                 let now = stamp(&path);
                 let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
                 if last.0 == path && last.1 == now {
-                    return false;
+                    return None;
                 }
                 *last = (path.clone(), now);
             }
         }
-        let origin = documents::pins_origin(&*shared.state, &cluster.paths.state);
-        match documents::pins(&*shared.state, &cluster.paths.state) {
+        let origin = documents::pins_origin(state, &cluster.paths.state);
+        match documents::pins(state, &cluster.paths.state) {
             Ok(p) => {
-                let resolved = p.resolve(&*crate::image::store::open(&cluster));
+                let resolved = p.resolve(&*crate::image::store::open(cluster));
                 for ((role, arch), img) in &resolved {
                     tracing::info!(%role, %arch, image = %img.id, "pin in effect");
                     if img.standins {
                         tracing::warn!(%role, %arch, image = %img.id, "the pinned image was built with labelled STAND-IN binaries");
                     }
                 }
-                shared.replace((*cluster).clone(), resolved);
                 tracing::info!(pins = %origin.display(), "pins changed; new boot decisions use them");
-                true
+                Some(resolved)
             }
             Err(e) => {
                 if let Some(flag) = &self.pushed {
                     flag.store(true, Ordering::SeqCst); // try again at the next decision
                 }
                 tracing::error!(error = %e, "pins changed but cannot be read; keeping the previous pins");
-                false
+                None
             }
         }
     }

@@ -3,7 +3,9 @@
 //! into the shared, bounded history with its name, so `imgbuild status` and the page on any replica show
 //! every replica and which one served each stage. With the state directory (one server) nothing runs here.
 
+use std::net::Ipv4Addr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -25,6 +27,87 @@ pub struct ReplicaInfo {
     pub started_ms: u64,
     /// The imgbuild version it runs.
     pub version: String,
+    /// Its `[network] server`, when it hands out unknown-pool addresses (full mode with a pool).
+    #[serde(default)]
+    pub dhcp_server: Option<Ipv4Addr>,
+    /// Its `[state] dhcp_replicas` (the order that splits the pools), when it hands out pool addresses.
+    #[serde(default)]
+    pub dhcp_replicas: Vec<Ipv4Addr>,
+}
+
+/// What is wrong with how the live replicas split the unknown pools, one sentence each (empty: nothing). Two
+/// replicas with the same `[network] server`, or with different `[state] dhcp_replicas` lists, could hand one
+/// address to two machines: every replica then pauses its pool until the configurations agree.
+pub fn pool_conflicts(live: &[ReplicaInfo]) -> Vec<String> {
+    let dhcp: Vec<&ReplicaInfo> = live.iter().filter(|r| r.dhcp_server.is_some()).collect();
+    let mut out = Vec::new();
+    for (i, a) in dhcp.iter().enumerate() {
+        for b in &dhcp[i + 1..] {
+            if a.dhcp_server == b.dhcp_server {
+                out.push(format!(
+                    "replicas {} and {} both have [network] server {}: each replica needs its own address",
+                    a.id,
+                    b.id,
+                    a.dhcp_server.expect("filtered")
+                ));
+            } else if a.dhcp_replicas != b.dhcp_replicas {
+                out.push(format!(
+                    "replicas {} and {} split the unknown pools differently ([state] dhcp_replicas {:?} and {:?}): \
+                     give every replica's cluster.toml the same list",
+                    a.id, b.id, a.dhcp_replicas, b.dhcp_replicas
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// This replica's announcement now.
+fn info_of(s: &Shared, started_ms: u64) -> ReplicaInfo {
+    let c = s.cluster();
+    let pools =
+        c.network.dhcp_mode == crate::config::DhcpMode::Full && c.network.any_unknown_pool();
+    ReplicaInfo {
+        id: s.replica.clone(),
+        seen_ms: crate::status::now_ms(),
+        started_ms,
+        version: env!("CARGO_PKG_VERSION").into(),
+        dhcp_server: pools.then_some(c.network.server),
+        dhcp_replicas: if pools {
+            c.state.dhcp_replicas.clone()
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+/// Announces `s`, then compares the pool split of every live replica and pauses or resumes this one's pool.
+fn announce_and_check(
+    s: &Shared,
+    started_ms: u64,
+) -> Result<(), crate::pki::state_store::StateError> {
+    let info = info_of(s, started_ms);
+    let ttl = 3 * ANNOUNCE_EVERY.as_secs() as i64;
+    s.state.announce(
+        &info.id,
+        &serde_json::to_vec(&info).expect("info serializes"),
+        ttl,
+    )?;
+    let conflicts = pool_conflicts(&list(s));
+    let was = s
+        .pool_conflict
+        .swap(!conflicts.is_empty(), Ordering::SeqCst);
+    for c in &conflicts {
+        tracing::error!(
+            "{c}; no unknown-pool address is handed out until this is fixed (inventory machines are served)"
+        );
+    }
+    if was && conflicts.is_empty() {
+        tracing::info!(
+            "the replicas agree on the unknown pool split again: pool addresses are handed out"
+        );
+    }
+    Ok(())
 }
 
 /// An event of the shared history and the replica that recorded it.
@@ -47,22 +130,8 @@ pub fn spawn(shared: &Arc<Shared>) {
     let started_ms = crate::status::now_ms();
     tokio::spawn(async move {
         loop {
-            let info = ReplicaInfo {
-                id: s.replica.clone(),
-                seen_ms: crate::status::now_ms(),
-                started_ms,
-                version: env!("CARGO_PKG_VERSION").into(),
-            };
             let s2 = s.clone();
-            let ttl = 3 * ANNOUNCE_EVERY.as_secs() as i64;
-            let r = tokio::task::spawn_blocking(move || {
-                s2.state.announce(
-                    &info.id,
-                    &serde_json::to_vec(&info).expect("info serializes"),
-                    ttl,
-                )
-            })
-            .await;
+            let r = tokio::task::spawn_blocking(move || announce_and_check(&s2, started_ms)).await;
             if let Ok(Err(e)) = r {
                 tracing::warn!("cannot announce this replica: {e}");
             }
@@ -116,12 +185,7 @@ pub fn history(shared: &Shared, limit: usize) -> Vec<Served> {
 /// Every live replica (with the state directory: this server alone).
 pub fn list(shared: &Shared) -> Vec<ReplicaInfo> {
     if !shared.state.replicated() {
-        return vec![ReplicaInfo {
-            id: shared.replica.clone(),
-            seen_ms: crate::status::now_ms(),
-            started_ms: 0,
-            version: env!("CARGO_PKG_VERSION").into(),
-        }];
+        return vec![info_of(shared, 0)];
     }
     let mut v: Vec<ReplicaInfo> = match shared.state.replicas() {
         Ok(v) => v

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use super::boot::Booter;
+use super::pinwatch::PinWatch;
 use crate::config::Cluster;
 use crate::image::pins::PinMap;
 use crate::pki::report_state::ReportState;
@@ -39,6 +40,11 @@ pub struct Shared {
     /// The DHCP leases this server has acknowledged (filled by the DHCP journal thread): a node's unsigned
     /// reports are taken from its current lease as well as its inventory address.
     pub leases: super::known_leases::KnownLeases,
+    /// Set while the live replicas disagree about how the unknown pools are split
+    /// ([`super::replicas::pool_conflicts`]): the DHCP loop then hands out no pool address.
+    pub pool_conflict: std::sync::atomic::AtomicBool,
+    /// The one watch on the pins: [`Shared::booter`] asks it before handing out the boot decision.
+    pins: PinWatch,
 }
 
 impl Shared {
@@ -75,7 +81,9 @@ impl Shared {
             );
             ReportState::empty(state.clone())
         });
+        let pins_watch = PinWatch::new(&cluster, &*state);
         Shared {
+            pins: pins_watch,
             reports,
             config_path,
             booter: ArcSwap::from_pointee(Booter::new(cluster.clone(), pins)),
@@ -89,6 +97,7 @@ impl Shared {
             state,
             replica,
             leases: Default::default(),
+            pool_conflict: Default::default(),
         }
     }
 
@@ -115,8 +124,14 @@ impl Shared {
         self.cluster.load_full()
     }
 
-    /// The current boot decision.
+    /// The current boot decision, with the pins in force now: the one place the pins are re-read after an
+    /// `imgbuild pin` (a stat of `state/pins.toml`, or a flag the etcd watch set; re-read only when changed).
+    /// Every boot decision and the attestation's expected image go through here.
     pub fn booter(&self) -> Arc<Booter> {
+        let cluster = self.cluster();
+        if let Some(pins) = self.pins.changed(&cluster, &*self.state) {
+            self.replace((*cluster).clone(), pins);
+        }
         self.booter.load_full()
     }
 

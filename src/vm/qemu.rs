@@ -90,6 +90,9 @@ pub struct VmSpec {
     pub secure_boot_vars: Option<PathBuf>,
     /// The unix socket of this VM's software TPM (`vm::swtpm`): a TPM 2.0 CRB device; `None`: no TPM.
     pub tpm_socket: Option<PathBuf>,
+    /// A directory given to the firmware as a read-only FAT disk (QEMU's vvfat) booted before the NIC: UEFI starts
+    /// its `EFI/BOOT/BOOTX64.EFI` (a UKI booted from a disk instead of the network). `None`: network boot only.
+    pub boot_dir: Option<PathBuf>,
 }
 
 /// Something needed to start a VM is missing.
@@ -215,6 +218,15 @@ pub fn args(spec: &VmSpec) -> Result<Vec<String>, VmError> {
         ));
         a.push("-device".into());
         a.push(format!("virtio-blk-pci,drive=disk{i}"));
+    }
+    if let Some(dir) = &spec.boot_dir {
+        a.push("-drive".into());
+        a.push(format!(
+            "file=fat:{},format=raw,if=none,id=esp,readonly=on",
+            dir.display()
+        ));
+        a.push("-device".into());
+        a.push("virtio-blk-pci,drive=esp,bootindex=0".into());
     }
     if let Some(sock) = &spec.tpm_socket {
         a.extend(super::swtpm::qemu_args(sock));
@@ -422,6 +434,7 @@ mod tests {
             dir: dir.join("vm"),
             secure_boot_vars: None,
             tpm_socket: None,
+            boot_dir: None,
         }
     }
 
@@ -452,6 +465,17 @@ mod tests {
         assert!(bios.contains("-boot n") && !bios.contains("romfile") && !bios.contains("pflash"));
         assert!(bios.contains("-no-reboot") && bios.contains("-accel tcg"));
         assert!(bios.contains("virtio-blk-pci,drive=disk1"));
+        assert!(!bios.contains("fat:"));
+        let mut from_disk = spec(Firmware::Uefi, d.path());
+        from_disk.boot_dir = Some(d.path().join("esp"));
+        let disk = args(&from_disk).unwrap().join(" ");
+        assert!(
+            disk.contains(&format!(
+                "file=fat:{},format=raw,if=none,id=esp,readonly=on -device virtio-blk-pci,drive=esp,bootindex=0",
+                d.path().join("esp").display()
+            )),
+            "{disk}"
+        );
         let uefi = args(&spec(Firmware::Uefi, d.path())).unwrap().join(" ");
         assert!(
             uefi.contains(",romfile= ") && uefi.contains("OVMF_CODE_4M.fd"),

@@ -291,6 +291,28 @@ impl Node {
         );
         (code, body)
     }
+
+    /// `ib_reattest` as firstboot runs it at a later boot: (its exit status, its saved answer).
+    pub fn reattest(&self, api: &str, log: &[u8]) -> (i32, String) {
+        let r = self.root.path();
+        std::fs::write(r.join("eventlog"), log).unwrap();
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(
+                r#"set -u; . "$IMGBUILD_ROOT/usr/lib/imgbuild/lib.sh"; . "$IMGBUILD_ROOT/usr/lib/imgbuild/attest.sh"
+                   IB_API="$API"; IB_MAC="$MAC"; IB_ENROLL_TRIES=1; ib_reattest"#,
+            )
+            .env("IMGBUILD_ROOT", r)
+            .env("IMGBUILD_EVENTLOG", r.join("eventlog"))
+            .env("TPM2TOOLS_TCTI", &self.tpm.tcti)
+            .env("API", api)
+            .env("MAC", &self.mac)
+            .output()
+            .unwrap();
+        let body = std::fs::read_to_string(r.join("run/imgbuild/reattest.out")).unwrap_or_default();
+        eprintln!("node reattest: {:?} {body}", out.status);
+        (out.status.code().unwrap_or(-1), body)
+    }
 }
 
 /// An image for `role` whose "kernel" is a real PE (systemd's EFI stub), committed in the store directory

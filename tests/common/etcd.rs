@@ -1,11 +1,12 @@
 //! A real etcd cluster for the tests (Debian's `etcd-server`, the `etcd` binary): N members on 127.0.0.1 with
 //! free ports picked per test, data directories in a temp dir, bounded waits, every member killed by its PID on
-//! drop. Nothing leaves loopback.
+//! drop. Nothing leaves loopback. [`Etcd::start_tls`] serves clients over TLS only and requires a client
+//! certificate (`--client-cert-auth`), with a CA and certificates made for the test by `openssl`.
 
 #![allow(dead_code)]
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,126 @@ pub struct Member {
 pub struct Etcd {
     pub dir: tempfile::TempDir,
     pub members: Vec<Member>,
+    /// The TLS material when the members serve clients over TLS.
+    pub tls: Option<Tls>,
+}
+
+/// A CA made for one test, the members' server certificate (for 127.0.0.1) and a client certificate, all PEM.
+pub struct Tls {
+    pub ca: PathBuf,
+    pub ca_key: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Tls {
+    /// Makes a CA named `name` in `dir` and, signed by it, a server certificate for 127.0.0.1 and a client
+    /// certificate (P-256 keys, valid for two days).
+    pub fn make(dir: &Path, name: &str) -> Tls {
+        std::fs::create_dir_all(dir).unwrap();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let f = |n: &str| format!("{name}-{n}");
+        openssl(
+            dir,
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    &f("ca.key"),
+                    "-out",
+                    &f("ca.crt"),
+                    "-days",
+                    "2",
+                    "-subj",
+                    &format!("/CN={name}"),
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign,cRLSign",
+                ],
+            ]
+            .concat(),
+        );
+        for (who, ext) in [
+            (
+                "server",
+                "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\nbasicConstraints=CA:FALSE\n",
+            ),
+            (
+                "client",
+                "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\nbasicConstraints=CA:FALSE\n",
+            ),
+        ] {
+            std::fs::write(dir.join(f(&format!("{who}.ext"))), ext).unwrap();
+            openssl(
+                dir,
+                &[
+                    &["req"][..],
+                    &ec,
+                    &[
+                        "-keyout",
+                        &f(&format!("{who}.key")),
+                        "-out",
+                        &f(&format!("{who}.csr")),
+                        "-subj",
+                        &format!("/CN=imgbuild-test-{who}"),
+                    ],
+                ]
+                .concat(),
+            );
+            openssl(
+                dir,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &f(&format!("{who}.csr")),
+                    "-CA",
+                    &f("ca.crt"),
+                    "-CAkey",
+                    &f("ca.key"),
+                    "-CAcreateserial",
+                    "-out",
+                    &f(&format!("{who}.crt")),
+                    "-days",
+                    "2",
+                    "-extfile",
+                    &f(&format!("{who}.ext")),
+                ],
+            );
+        }
+        let p = |n: &str| dir.join(f(n));
+        Tls {
+            ca: p("ca.crt"),
+            ca_key: p("ca.key"),
+            server_cert: p("server.crt"),
+            server_key: p("server.key"),
+            client_cert: p("client.crt"),
+            client_key: p("client.key"),
+        }
+    }
 }
 
 /// Free ports on 127.0.0.1 (bound all at once, then released: distinct, and free a moment ago).
@@ -35,7 +156,18 @@ fn free_ports(n: usize) -> Vec<u16> {
 impl Etcd {
     /// Starts `n` members and waits (at most 60 s) until every one reports healthy.
     pub fn start(n: usize) -> Etcd {
+        Self::start_with(n, false)
+    }
+
+    /// [`Etcd::start`] with clients served over TLS only (`https://`), a client certificate required.
+    pub fn start_tls(n: usize) -> Etcd {
+        Self::start_with(n, true)
+    }
+
+    fn start_with(n: usize, tls: bool) -> Etcd {
         let dir = tempfile::tempdir().unwrap();
+        let tls = tls.then(|| Tls::make(&dir.path().join("pki"), "etcd-test-ca"));
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let ports = free_ports(2 * n);
         let token = format!("imgbuild-test-{}-{}", std::process::id(), ports[0]);
         let mut members: Vec<Member> = (0..n)
@@ -53,9 +185,16 @@ impl Etcd {
             .collect();
         let initial = initial.join(",");
         for m in &mut members {
-            let client = format!("http://127.0.0.1:{}", m.client_port);
+            let client = format!("{scheme}://127.0.0.1:{}", m.client_port);
             let peer = format!("http://127.0.0.1:{}", m.peer_port);
-            let child = Command::new("etcd")
+            let mut cmd = Command::new("etcd");
+            if let Some(t) = &tls {
+                cmd.arg("--cert-file").arg(&t.server_cert);
+                cmd.arg("--key-file").arg(&t.server_key);
+                cmd.arg("--trusted-ca-file").arg(&t.ca);
+                cmd.arg("--client-cert-auth");
+            }
+            let child = cmd
                 .args(["--name", &m.name])
                 .arg("--data-dir")
                 .arg(dir.path().join(&m.name))
@@ -86,7 +225,7 @@ impl Etcd {
                 .expect("etcd runs (Debian package etcd-server)");
             m.child = Some(child);
         }
-        let e = Etcd { dir, members };
+        let e = Etcd { dir, members, tls };
         let t0 = Instant::now();
         for i in 0..n {
             while !e.healthy(i) {
@@ -103,12 +242,15 @@ impl Etcd {
 
     /// Whether member `i` answers `/health` with `"health":"true"`.
     pub fn healthy(&self, i: usize) -> bool {
-        let out = Command::new("curl")
-            .args(["-s", "--max-time", "2"])
-            .arg(format!(
-                "http://127.0.0.1:{}/health",
-                self.members[i].client_port
-            ))
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "--max-time", "2"]);
+        if let Some(t) = &self.tls {
+            cmd.arg("--cacert").arg(&t.ca);
+            cmd.arg("--cert").arg(&t.client_cert);
+            cmd.arg("--key").arg(&t.client_key);
+        }
+        let out = cmd
+            .arg(format!("{}/health", self.endpoints()[i]))
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).contains("\"health\":\"true\"")
@@ -118,15 +260,27 @@ impl Etcd {
     pub fn endpoints(&self) -> Vec<String> {
         self.members
             .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .map(|m| {
+                let scheme = if self.tls.is_some() { "https" } else { "http" };
+                format!("{scheme}://127.0.0.1:{}", m.client_port)
+            })
             .collect()
     }
 
     /// `[state]` for `cluster.toml`, with this cluster's endpoints.
     pub fn state_section(&self, prefix: &str) -> String {
         let eps: Vec<String> = self.endpoints().iter().map(|e| format!("{e:?}")).collect();
+        let tls = match &self.tls {
+            Some(t) => format!(
+                "ca = {:?}\ncert = {:?}\nkey = {:?}\n",
+                t.ca.display().to_string(),
+                t.client_cert.display().to_string(),
+                t.client_key.display().to_string()
+            ),
+            None => String::new(),
+        };
         format!(
-            "\n[state]\nbackend = \"etcd\"\nendpoints = [{}]\nprefix = \"{prefix}\"\ntimeout_ms = 2000\n",
+            "\n[state]\nbackend = \"etcd\"\nendpoints = [{}]\nprefix = \"{prefix}\"\ntimeout_ms = 2000\n{tls}",
             eps.join(", ")
         )
     }

@@ -258,6 +258,12 @@ pub fn commit_image(
             })
             .collect(),
         rootfs_verity: None,
+        // As the store's commit records them: the Authenticode digest of each boot application that is a PE.
+        boot_apps: files
+            .iter()
+            .filter(|(n, _)| imgbuild::image::manifest::BOOT_APPS.contains(&n.as_str()))
+            .filter_map(|(n, b)| Some((n.clone(), imgbuild::image::manifest::boot_app_digest(b)?)))
+            .collect(),
     };
     let id = manifest.id();
     let d = images.join(&id);

@@ -9,7 +9,7 @@ use std::str::FromStr;
 use ipnet::Ipv4Net;
 
 use crate::config::error::{Problem, line_col};
-use crate::config::model::{Pool, Version};
+use crate::config::model::{Pool, RelaySubnet, Version};
 
 /// A step in a key path: `machines` / `[2]` / `mac`.
 #[derive(Debug, Clone)]
@@ -230,5 +230,6 @@ pub(super) struct Known {
     pub(super) gateway: Option<Ipv4Addr>,
     pub(super) server: Option<Ipv4Addr>,
     pub(super) unknown_pool: Option<Pool>,
+    pub(super) relay_subnets: Vec<RelaySubnet>,
     pub(super) vip: Option<Ipv4Addr>,
 }

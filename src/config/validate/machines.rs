@@ -102,16 +102,36 @@ fn check_machine(
                 format!("duplicate address {ip}: machines[{first}] already has it"),
             );
         }
-        if let Some(sub) = known.subnet
+        let relay = known.relay_subnets.iter().find(|r| r.subnet.contains(&ip));
+        if let Some(sub) = known.subnet.filter(|_| relay.is_none())
             && (!sub.contains(&ip) || ip == sub.network() || ip == sub.broadcast())
+        {
+            let more = if known.relay_subnets.is_empty() {
+                String::new()
+            } else {
+                " or a [[network.relay_subnets]] subnet".into()
+            };
+            c.error(
+                &p!["machines", i, "ip"],
+                format!("{ip} is not a host address in the provisioning subnet {sub}{more}"),
+            );
+        }
+        if let Some(r) = relay
+            && (ip == r.subnet.network() || ip == r.subnet.broadcast() || ip == r.gateway)
         {
             c.error(
                 &p!["machines", i, "ip"],
-                format!("{ip} is not a host address in the provisioning subnet {sub}"),
+                format!(
+                    "{ip} is the network, broadcast or gateway address of the relay subnet {}",
+                    r.subnet
+                ),
             );
         }
-        if let Some(pool) = &known.unknown_pool
-            && pool.contains(ip)
+        if let Some(pool) = known
+            .unknown_pool
+            .iter()
+            .chain(relay.and_then(|r| r.unknown_pool.as_ref()))
+            .find(|pool| pool.contains(ip))
         {
             c.error(&p!["machines", i, "ip"], format!("{ip} is inside the unknown-machine pool {}-{}; give the machine an address outside it", pool.start, pool.end));
         }

@@ -38,7 +38,7 @@ pub use checker::{Checker, Seg};
 pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> Option<Cluster> {
     let mut known = checker::Known::default();
     let cluster = cluster::check(c, &f.cluster, &mut known);
-    let network = network::check(c, &f.network, &mut known);
+    let mut network = network::check(c, &f.network, &mut known);
     // Reported after the network's own problems: the pod network must also stay clear of its subnet.
     cluster::check_ranges(c, &known);
     let control_plane = control_plane::check(c, &f.control_plane, &mut known);
@@ -54,7 +54,10 @@ pub fn validate(c: &mut Checker, f: raw::File, root: &Path, digest: String) -> O
     let event_limits = limits_events::check(c, &f.limits.events);
     let http_limits = limits_http::check(c, &f.limits.http);
     let secure_boot = secure_boot::check(c, &f.secure_boot, root, &paths.secrets);
-    let state = state::check(c, &f.state, root, &f.cluster.name);
+    let mut state = state::check(c, &f.state, root, &f.cluster.name);
+    if let Some(n) = network.as_mut() {
+        state.dhcp_replicas = network::check_share(c, &f.state, &state.backend, n);
+    }
     let store = store::check(c, &f.store, root, &paths);
     if let Some(sb) = &secure_boot {
         secure_boot::resolve_machines(c, sb, &f.machines, &mut machines);

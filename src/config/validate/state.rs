@@ -132,6 +132,7 @@ pub(super) fn check(c: &mut Checker, s: &raw::StateRaw, root: &Path, cluster_nam
         key: rel(&s.key),
         timeout_ms: s.timeout_ms.unwrap_or(5000),
         events_kept: s.events_kept.unwrap_or(10_000),
+        dhcp_replicas: Vec::new(),
     }
 }
 

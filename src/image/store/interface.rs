@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::image::manifest::{FileEntry, INITRD, KERNEL, Manifest, ManifestError, ROOTFS, UKI};
+use crate::image::manifest::{
+    BOOT_APPS, FileEntry, INITRD, KERNEL, Manifest, ManifestError, ROOTFS, UKI, boot_app_digest,
+};
 
 /// Why the store cannot do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -209,20 +211,31 @@ pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ 
 }
 
 /// The first step of every store's commit: completes `manifest` with the size and sha256 of each artifact
-/// assembled in `staging` (the signed UKI only when present: it is there only with `[secure_boot]`). Returns
-/// the files it hashed.
+/// assembled in `staging` (the signed UKI only when present: it is there only with `[secure_boot]`), and with the
+/// Authenticode digest of each boot application that is a PE image (`boot_apps`: what attestation expects).
+/// Returns the files it hashed.
 pub(crate) fn hash_staged(
     staging: &Path,
     manifest: &mut Manifest,
 ) -> Result<Vec<PathBuf>, StoreError> {
     let mut hashed = Vec::new();
+    manifest.boot_apps.clear();
     for f in [KERNEL, INITRD, ROOTFS, UKI] {
         let p = staging.join(f);
         if f == UKI && !p.exists() {
             continue;
         }
-        let file = std::fs::File::open(&p).map_err(io(&p))?;
-        manifest.files.insert(f.to_string(), hash_reader(file, &p)?);
+        let entry = if BOOT_APPS.contains(&f) {
+            // Small (a kernel, a UKI): read whole, as the Authenticode digest needs the PE's sections.
+            let bytes = std::fs::read(&p).map_err(io(&p))?;
+            if let Some(d) = boot_app_digest(&bytes) {
+                manifest.boot_apps.insert(f.to_string(), d);
+            }
+            hash_reader(&bytes[..], &p)?
+        } else {
+            hash_reader(std::fs::File::open(&p).map_err(io(&p))?, &p)?
+        };
+        manifest.files.insert(f.to_string(), entry);
         hashed.push(p);
     }
     Ok(hashed)

@@ -11,7 +11,7 @@ use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode, 
 
 use super::leases::{Change, Lease, LeaseTable};
 use super::packet::{ClientInfo, Vendor};
-use crate::config::{Cluster, DhcpMode, MacAddr, Machine};
+use crate::config::{Cluster, DhcpMode, DhcpSubnet, MacAddr, Machine, Pool};
 use crate::netboot::boot::{BootFile, Booter, Client};
 
 /// How long a pool address stays reserved after an OFFER.
@@ -79,6 +79,12 @@ pub enum Ignored {
     DeclineNotHeld,
     /// A DECLINE while `limits.dhcp.declined` addresses are already kept out of use.
     DeclineLimit,
+    /// Relayed from a `giaddr` in no configured subnet (`[network] subnet`, `[[network.relay_subnets]]`).
+    NoSubnet,
+    /// An inventory machine asking from a subnet its inventory address is not in (cabled to another rack).
+    WrongSubnet,
+    /// A pool address was asked for while the replicas disagree about the pool split (`pool_paused`).
+    PoolPaused,
 }
 
 impl Ignored {
@@ -93,6 +99,9 @@ impl Ignored {
             Ignored::NoReplyNeeded => "no_reply_needed",
             Ignored::DeclineNotHeld => "decline_not_held",
             Ignored::DeclineLimit => "decline_limit",
+            Ignored::NoSubnet => "no_subnet",
+            Ignored::WrongSubnet => "wrong_subnet",
+            Ignored::PoolPaused => "pool_paused",
         }
     }
 }
@@ -268,14 +277,13 @@ fn add_boot(
     Some(bf)
 }
 
-/// Subnet mask, router, DNS, hostname.
-fn add_network(m: &mut Message, cluster: &Cluster, machine: Option<&Machine>) {
-    let net = &cluster.network;
+/// Subnet mask, router, DNS (those of the subnet the request came from), hostname.
+fn add_network(m: &mut Message, sub: &DhcpSubnet, machine: Option<&Machine>) {
     let opts = m.opts_mut();
-    opts.insert(DhcpOption::SubnetMask(net.subnet.netmask()));
-    opts.insert(DhcpOption::Router(vec![net.gateway]));
-    if !net.dns.is_empty() {
-        opts.insert(DhcpOption::DomainNameServer(net.dns.clone()));
+    opts.insert(DhcpOption::SubnetMask(sub.subnet.netmask()));
+    opts.insert(DhcpOption::Router(vec![sub.gateway]));
+    if !sub.dns.is_empty() {
+        opts.insert(DhcpOption::DomainNameServer(sub.dns.to_vec()));
     }
     if let Some(machine) = machine {
         opts.insert(DhcpOption::Hostname(machine.hostname.clone()));
@@ -298,19 +306,27 @@ enum Assign {
     Pool(Ipv4Addr),
     Unknown,
     Exhausted,
+    /// Pool addresses are paused (`LeaseTable::pool_paused`).
+    Paused,
 }
 
-/// Whether a pool address may be given to `mac`.
-fn pool_ip_free(ip: Ipv4Addr, mac: MacAddr, ctx: &Context) -> bool {
+/// The subnet a request is answered from, and the part of its unknown pool this server hands out.
+struct Place<'a> {
+    sub: DhcpSubnet<'a>,
+    pool: Option<Pool>,
+}
+
+/// Whether a pool address (of this server's share of the subnet's pool) may be given to `mac`.
+fn pool_ip_free(ip: Ipv4Addr, mac: MacAddr, at: &Place, ctx: &Context) -> bool {
     let c = &ctx.booter.cluster;
-    let net = &c.network;
-    net.unknown_pool.as_ref().is_some_and(|p| p.contains(ip))
-        && net.subnet.contains(&ip)
-        && ip != net.subnet.network()
-        && ip != net.subnet.broadcast()
-        && ip != net.server
-        && ip != net.gateway
-        && !net.dns.contains(&ip)
+    let sub = &at.sub;
+    at.pool.as_ref().is_some_and(|p| p.contains(ip))
+        && sub.subnet.contains(&ip)
+        && ip != sub.subnet.network()
+        && ip != sub.subnet.broadcast()
+        && ip != c.network.server
+        && ip != sub.gateway
+        && !sub.dns.contains(&ip)
         && c.machines.iter().all(|m| m.ip != ip)
         && !ctx.leases.is_declined(ip, ctx.now)
         && ctx.leases.holder(ip, ctx.now).is_none_or(|h| h == mac)
@@ -320,14 +336,18 @@ fn assign(
     machine: Option<&Machine>,
     mac: MacAddr,
     prefer: Option<Ipv4Addr>,
+    at: &Place,
     ctx: &Context,
 ) -> Assign {
     if let Some(m) = machine {
         return Assign::Static(m.ip);
     }
-    let Some(pool) = &ctx.booter.cluster.network.unknown_pool else {
+    let Some(pool) = &at.pool else {
         return Assign::Unknown;
     };
+    if ctx.leases.pool_paused {
+        return Assign::Paused;
+    }
     let candidates = [
         ctx.leases.offer(mac, ctx.now),
         ctx.leases.lease(mac).map(|l| l.ip),
@@ -336,7 +356,7 @@ fn assign(
     if let Some(ip) = candidates
         .into_iter()
         .flatten()
-        .find(|ip| pool_ip_free(*ip, mac, ctx))
+        .find(|ip| pool_ip_free(*ip, mac, at, ctx))
     {
         return Assign::Pool(ip);
     }
@@ -352,7 +372,7 @@ fn assign(
     };
     (0..size)
         .map(|i| Ipv4Addr::from(start + (first + i) % size))
-        .find(|ip| pool_ip_free(*ip, mac, ctx))
+        .find(|ip| pool_ip_free(*ip, mac, at, ctx))
         .map_or(Assign::Exhausted, Assign::Pool)
 }
 
@@ -363,6 +383,29 @@ fn full(req: &Message, info: &ClientInfo, ctx: &Context) -> Outcome {
     let server = net.server;
     let client = boot_client(info, cluster);
     let machine = booter.machine(info.mac, client.relay_id.as_deref());
+    // The subnet is the one that holds the relay's giaddr (the server's own without a relay).
+    let Some(sub) = net.dhcp_subnet(req.giaddr()) else {
+        return Outcome::ignored(Ignored::NoSubnet);
+    };
+    if let Some(m) = machine
+        && !sub.subnet.contains(&m.ip)
+    {
+        let mut out = Outcome::ignored(Ignored::WrongSubnet);
+        out.warning = Some(format!(
+            "{} ({}) asks from subnet {} but its inventory address {} is not in it: it is cabled to another \
+             segment, or [[machines]] ip is wrong in {}",
+            m.hostname,
+            info.mac,
+            sub.subnet,
+            m.ip,
+            cluster.path.display()
+        ));
+        return out;
+    }
+    let at = Place {
+        sub,
+        pool: sub.unknown_pool.and_then(|p| p.share(net.pool_share)),
+    };
     let relay_note = client
         .relay_id
         .as_ref()
@@ -370,14 +413,15 @@ fn full(req: &Message, info: &ClientInfo, ctx: &Context) -> Outcome {
         .unwrap_or_default();
     match info.msg_type {
         MessageType::Discover => {
-            let ip = match assign(machine, info.mac, info.requested_ip, ctx) {
+            let ip = match assign(machine, info.mac, info.requested_ip, &at, ctx) {
                 Assign::Static(ip) | Assign::Pool(ip) => ip,
                 Assign::Unknown => return Outcome::ignored(Ignored::UnknownMac),
                 Assign::Exhausted => return Outcome::ignored(Ignored::PoolExhausted),
+                Assign::Paused => return Outcome::ignored(Ignored::PoolPaused),
             };
             let mut m = reply_base(req, MessageType::Offer, server);
             m.set_yiaddr(ip);
-            add_network(&mut m, cluster, machine);
+            add_network(&mut m, &sub, machine);
             add_lease_times(&mut m, net.lease_secs);
             let bf = add_boot(&mut m, info, booter, &client);
             let mut out = Outcome {
@@ -414,13 +458,14 @@ fn full(req: &Message, info: &ClientInfo, ctx: &Context) -> Outcome {
             let Some(asked) = asked else {
                 return nak(req, server, "no requested address");
             };
-            let ip = match assign(machine, info.mac, Some(asked), ctx) {
+            let ip = match assign(machine, info.mac, Some(asked), &at, ctx) {
                 Assign::Static(ip) | Assign::Pool(ip) => ip,
                 Assign::Unknown => return Outcome::ignored(Ignored::UnknownMac),
                 Assign::Exhausted if info.server_id.is_some() => {
                     return nak(req, server, "no free address");
                 }
                 Assign::Exhausted => return Outcome::ignored(Ignored::PoolExhausted),
+                Assign::Paused => return Outcome::ignored(Ignored::PoolPaused),
             };
             if ip != asked {
                 let why = match machine {
@@ -431,7 +476,7 @@ fn full(req: &Message, info: &ClientInfo, ctx: &Context) -> Outcome {
             }
             let mut m = reply_base(req, MessageType::Ack, server);
             m.set_yiaddr(ip).set_ciaddr(req.ciaddr());
-            add_network(&mut m, cluster, machine);
+            add_network(&mut m, &sub, machine);
             add_lease_times(&mut m, net.lease_secs);
             let bf = add_boot(&mut m, info, booter, &client);
             Outcome {
@@ -457,7 +502,7 @@ fn full(req: &Message, info: &ClientInfo, ctx: &Context) -> Outcome {
             let Some(ip) = info.requested_ip else {
                 return Outcome::ignored(Ignored::NoReplyNeeded);
             };
-            if machine.is_none() && net.unknown_pool.is_none() {
+            if machine.is_none() && sub.unknown_pool.is_none() {
                 return Outcome::ignored(Ignored::UnknownMac);
             }
             // Only an address this server offered or leased to that MAC: its inventory address, its open
@@ -510,12 +555,12 @@ fn full(req: &Message, info: &ClientInfo, ctx: &Context) -> Outcome {
             out
         }
         MessageType::Inform => {
-            if machine.is_none() && net.unknown_pool.is_none() {
+            if machine.is_none() && sub.unknown_pool.is_none() {
                 return Outcome::ignored(Ignored::UnknownMac);
             }
             let mut m = reply_base(req, MessageType::Ack, server);
             m.set_ciaddr(req.ciaddr());
-            add_network(&mut m, cluster, machine);
+            add_network(&mut m, &sub, machine);
             add_boot(&mut m, info, booter, &client);
             Outcome {
                 reply: Some(Reply {
@@ -596,7 +641,7 @@ fn proxy(req: &Message, info: &ClientInfo, ctx: &Context, port: Port) -> Outcome
     let known = booter
         .machine(info.mac, client.relay_id.as_deref())
         .is_some();
-    if !known && cluster.network.unknown_pool.is_none() {
+    if !known && !cluster.network.any_unknown_pool() {
         return Outcome::ignored(Ignored::UnknownMac);
     }
     let mut m = reply_base(req, ty, server);

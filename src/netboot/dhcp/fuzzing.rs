@@ -111,7 +111,10 @@ fn request(ops: &mut Ops<'_>) -> Vec<u8> {
         Ipv4Addr::UNSPECIFIED
     };
     let relayed = flags & 0x02 != 0;
-    let giaddr = if relayed {
+    // A relay on the provisioning subnet, or one whose giaddr is in no configured subnet (dropped, counted).
+    let giaddr = if relayed && byte(ops) & 2 == 0 {
+        Ipv4Addr::new(10, 77, 0, 2)
+    } else if relayed {
         Ipv4Addr::new(10, 77, 9, 1)
     } else {
         Ipv4Addr::UNSPECIFIED

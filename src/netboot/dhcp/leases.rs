@@ -142,6 +142,9 @@ pub struct LeaseTable {
     declined: HashMap<Ipv4Addr, u64>,
     /// Where the next pool scan starts (amortised O(1) allocation).
     pub cursor: u32,
+    /// No pool address is handed out while set: replicas on a shared state disagree about how the unknown
+    /// pools are split (`netboot::replicas::pool_conflicts`), so an address could go to two machines.
+    pub pool_paused: bool,
 }
 
 impl LeaseTable {

@@ -31,6 +31,8 @@ pub mod process;
 mod replica_tests;
 pub mod socket;
 #[cfg(test)]
+mod subnet_tests;
+#[cfg(test)]
 mod tests;
 
 use std::sync::Arc;

@@ -157,6 +157,9 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
             tracing::warn!(old_interface = %iface, new_interface = %net.interface, "the DHCP interface or mode changed in cluster.toml: restart `imgbuild serve` for that; everything else was reloaded");
         }
         let now = unix_now();
+        table.pool_paused = shared
+            .pool_conflict
+            .load(std::sync::atomic::Ordering::Relaxed);
         let mut out: Vec<Outgoing> = Vec::new();
         let mut records: Vec<Record> = Vec::new();
         for (sock, port) in [(Some(&s67), Port::Dhcp), (s4011.as_ref(), Port::Pxe)] {

@@ -388,10 +388,10 @@ fn naks() {
     assert_eq!(ty(&r.reply(&req, Port::Dhcp).0), MessageType::Nak);
     // Through a relay: to the relay, with the broadcast bit.
     let mut req = Req::new(MessageType::Request, MASTER1);
-    req.giaddr = Ipv4Addr::new(10, 77, 5, 1);
+    req.giaddr = Ipv4Addr::new(10, 77, 0, 5);
     req.requested = Some(Ipv4Addr::new(10, 77, 0, 13));
     let (nak, to) = r.reply(&req, Port::Dhcp);
-    assert_eq!(to, Destination::Relay(Ipv4Addr::new(10, 77, 5, 1)));
+    assert_eq!(to, Destination::Relay(Ipv4Addr::new(10, 77, 0, 5)));
     assert!(nak.flags().broadcast());
     // Another server chosen: silence.
     let mut req = Req::new(MessageType::Request, MASTER1);
@@ -428,7 +428,7 @@ fn renew_is_unicast_and_inform_gets_no_lease() {
 #[test]
 fn relay_replies_go_to_the_relay_and_option_82_identifies_the_machine() {
     let mut r = Run::new(booter_with(with_relay_id));
-    let relay = Ipv4Addr::new(10, 77, 9, 1);
+    let relay = Ipv4Addr::new(10, 77, 0, 2);
     let mut req = Req::new(MessageType::Discover, UNKNOWN);
     req.giaddr = relay;
     req.circuit = Some(b"switch1/port7");

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use crate::netboot::bootfiles::BootFiles;
 use crate::netboot::metrics::HttpMetrics;
-use crate::netboot::pinwatch::PinWatch;
 use crate::netboot::state::Shared;
 
 /// What the handlers share: the server state plus HTTP-only caches.
@@ -20,8 +19,6 @@ pub struct AppState {
     pub boot_files: Arc<BootFiles>,
     /// The image manifests the artifact route has verified, kept per image (images never change).
     pub manifests: Arc<super::manifest_cache::ManifestCache>,
-    /// Watches `state/pins.toml` so an `imgbuild pin` takes effect before the next boot decision.
-    pub pins: Arc<PinWatch>,
     /// Node reports by outcome (`imgbuild_event_reports_total{outcome}`: accepted-address, accepted-signed, or
     /// why refused).
     pub reports: super::reply::OutcomeCounter,

@@ -15,7 +15,6 @@
 //! challenge is used once and expires ([`crate::pki::attest::sessions`]); challenges stay in this replica's
 //! memory. The listener's limits (connections, body size, timeouts) apply as to every route.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
@@ -28,6 +27,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
 
+use super::attest_expected::{ExpectedCache, expected_for};
 use super::barrier::barrier_reached;
 use super::enroll::RETRY_BARRIER_SECS;
 use super::reply::{
@@ -35,11 +35,9 @@ use super::reply::{
 };
 use super::tls::via_tls;
 use crate::config::{MacAddr, Machine};
-use crate::image::authenticode;
-use crate::netboot::boot::{UEFI_BOOTFILE, UEFI_BOOTFILE_FULL, UKI_BOOTFILE};
 use crate::netboot::state::Shared;
 use crate::pki::attest::admit::{EkDecision, decide_ek};
-use crate::pki::attest::policy::{Evidence, Expected, verify};
+use crate::pki::attest::policy::{Evidence, verify};
 use crate::pki::attest::public::Public;
 use crate::pki::attest::sessions::{Challenge, Missing, Sessions};
 use crate::pki::attest::{credential, ek, seal};
@@ -48,16 +46,13 @@ use crate::pki::secrets;
 use crate::pki::state_store::documents;
 use crate::status::{Source, now_ms};
 
-/// The image file the kernel is (an EFI stub: a PE image iPXE loads).
-const KERNEL: &str = "vmlinuz";
-
 #[derive(Clone)]
 struct Ctx {
     shared: Arc<Shared>,
     requests: OutcomeCounter,
     sessions: Arc<Mutex<Sessions>>,
     /// Expected boot applications by pinned image id (computed once per image from its bytes).
-    expected: Arc<Mutex<HashMap<String, Arc<Expected>>>>,
+    expected: ExpectedCache,
 }
 
 /// `POST /api/attest/{mac}/challenge`.
@@ -98,13 +93,21 @@ pub struct ProveRequest {
     pub event_log: String,
 }
 
-/// The sealed bundle.
+/// The sealed bundle (first enrollment), or the acceptance of a re-attestation (no secret).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ProveAnswer {
-    /// The bundle JSON, sealed for `openssl enc -d` with the credential (base64).
-    pub sealed: String,
-    /// What the machine booted (the image file measured last into PCR 4).
+    /// The bundle JSON, sealed for `openssl enc -d` with the credential (base64); only at the machine's first
+    /// attestation: the bundle goes out once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<String>,
+    /// What the machine booted (the image files measured into PCR 4).
     pub booted: String,
+    /// The image pinned for the machine's role that it was checked against.
+    #[serde(default)]
+    pub image: String,
+    /// A later boot of an enrolled machine attested again: nothing is released.
+    #[serde(default)]
+    pub reattested: bool,
 }
 
 /// The attestation routes (registers their metric family).
@@ -314,8 +317,9 @@ fn challenge_blocking(ctx: &Ctx, mac: MacAddr, peer: IpAddr, body: ChallengeRequ
     let now = now_ms();
     // Through the shared state (`[state] backend`): a pending EK, an approval or a refused claimant recorded by
     // one replica is what every replica decides on. With etcd the closure may run more than once.
-    let mut decided = None;
+    let (mut decided, mut enrolled) = (None, false);
     let saved = documents::update_enrollment(&*ctx.shared.state, |st| {
+        enrolled = st.enrolled.contains_key(&mac);
         let d = decide_ek(m, st, &ek_hex, peer, now);
         let write = match &d {
             EkDecision::NewPending => true,
@@ -353,7 +357,8 @@ fn challenge_blocking(ctx: &Ctx, mac: MacAddr, peer: IpAddr, body: ChallengeRequ
         (_, Err(e)) => return internal(ctx, mac, peer, e),
         (None, Ok(())) => return internal(ctx, mac, peer, "the enrollment state was not read"),
     }
-    if let Some(r) = not_yet(ctx, m) {
+    // A machine already enrolled re-attests (a later boot): no barrier, no token needed, nothing released.
+    if !enrolled && let Some(r) = not_yet(ctx, m) {
         return r;
     }
     let secret: [u8; 32] = rand::random();
@@ -391,64 +396,6 @@ fn no_store(mut r: Response) -> Response {
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
-}
-
-/// The boot applications of the image pinned for `m`: its kernel and UKI from the store, and the iPXE binaries
-/// the server hands out (cached per image id).
-fn expected_for(ctx: &Ctx, m: &Machine) -> Result<Arc<Expected>, String> {
-    let booter = ctx.shared.booter();
-    let img = booter.pins.get(&(m.role, m.arch)).ok_or_else(|| {
-        format!(
-            "no image is pinned for {} {}; build and pin one (`imgbuild build`, `imgbuild pin`)",
-            m.role, m.arch
-        )
-    })?;
-    let require_secure_boot = ctx.shared.cluster().attestation.require_secure_boot;
-    if let Some(e) = ctx
-        .expected
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&img.id)
-    {
-        return Ok(Arc::new(Expected {
-            require_secure_boot,
-            ..(**e).clone()
-        }));
-    }
-    let store = crate::image::store::open(&ctx.shared.cluster());
-    let mut e = Expected {
-        require_secure_boot,
-        ..Default::default()
-    };
-    let mut names = vec![KERNEL];
-    if img.uki_sha256.is_some() {
-        names.push(UKI_BOOTFILE);
-    }
-    for name in names {
-        let mut a = store
-            .open(&img.id, name)
-            .map_err(|e| format!("image {}: {e}", img.id))?;
-        let mut bytes = Vec::with_capacity(a.size as usize);
-        std::io::Read::read_to_end(&mut a.reader, &mut bytes)
-            .map_err(|e| format!("image {} {name}: {e}", img.id))?;
-        let d =
-            authenticode::sha256(&bytes).map_err(|e| format!("image {} {name}: {e}", img.id))?;
-        e.boot_apps.insert(d, name.to_string());
-        e.os_loaders.push(d);
-    }
-    for name in [UEFI_BOOTFILE, UEFI_BOOTFILE_FULL] {
-        if let Ok(bytes) = std::fs::read(booter.boot_loader_dir(name).join(name))
-            && let Ok(d) = authenticode::sha256(&bytes)
-        {
-            e.boot_apps.insert(d, name.to_string());
-        }
-    }
-    let e = Arc::new(e);
-    ctx.expected
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(img.id.clone(), e.clone());
-    Ok(e)
 }
 
 fn prove_blocking(ctx: &Ctx, mac: MacAddr, peer: IpAddr, body: ProveRequest) -> Response {
@@ -510,7 +457,7 @@ fn prove_blocking(ctx: &Ctx, mac: MacAddr, peer: IpAddr, body: ProveRequest) -> 
         Ok(a) => a,
         Err(e) => return internal(ctx, mac, peer, e),
     };
-    let expected = match expected_for(ctx, m) {
+    let (expected, image) = match expected_for(&ctx.shared, &ctx.expected, m) {
         Ok(e) => e,
         Err(e) => {
             count(&ctx.requests, "no-image");
@@ -524,10 +471,22 @@ fn prove_blocking(ctx: &Ctx, mac: MacAddr, peer: IpAddr, body: ProveRequest) -> 
         signature: &signature,
         event_log: &log,
     };
+    // Enrolled before this proof: a later boot re-attesting (nothing is released again).
+    let again = documents::enrollment(&*shared.state)
+        .map(|st| st.enrolled.contains_key(&mac))
+        .unwrap_or(false);
     let verified = match verify(&ev, &ch.nonce, &expected) {
         Ok(v) => v,
         Err(e) => {
-            let msg = format!("attestation refused for {who} (EK sha256:{ek_hex}): {e}");
+            let msg = format!(
+                "{} refused for {who} (EK sha256:{ek_hex}, pinned image {}): {e}",
+                if again {
+                    "re-attestation after a reboot"
+                } else {
+                    "attestation"
+                },
+                &image[..image.len().min(12)]
+            );
             // The machine's own TPM answered (the credential was activated): worth showing on its row.
             shared
                 .events
@@ -535,6 +494,9 @@ fn prove_blocking(ctx: &Ctx, mac: MacAddr, peer: IpAddr, body: ProveRequest) -> 
             return refuse(ctx, e.outcome(), StatusCode::FORBIDDEN, mac, peer, msg);
         }
     };
+    if again {
+        return reattested(ctx, mac, peer, &ek_hex, verified, image);
+    }
     if let Some(r) = not_yet(ctx, m) {
         return r;
     }
@@ -570,27 +532,66 @@ fn prove_blocking(ctx: &Ctx, mac: MacAddr, peer: IpAddr, body: ProveRequest) -> 
         (_, Err(e)) => return internal(ctx, mac, peer, e),
         (None, Ok(())) => return internal(ctx, mac, peer, "the enrollment state was not read"),
     };
+    if !first {
+        // Enrolled meanwhile (a concurrent attestation): the bundle went out once.
+        return reattested(ctx, mac, peer, &ek_hex, verified, image);
+    }
     let detail = format!(
-        "attested by TPM (EK sha256:{}…): booted {}, Secure Boot {}, TPM resets {}; sealed bundle served{}",
+        "attested by TPM (EK sha256:{}…): booted {} of image={image}, Secure Boot {}, TPM resets {}; sealed \
+         bundle served (once)",
         &ek_hex[..16],
         verified.booted,
         if verified.secure_boot { "on" } else { "off" },
         verified.reset_count,
-        if first {
-            ""
-        } else {
-            " again (re-attested after a reboot)"
-        }
     );
     tracing::info!(%mac, %peer, "{detail}");
     count(&ctx.requests, "served");
     shared
         .events
         .record(mac, "enrolled", detail, Source::Server);
+    let (sealed, booted) = (Some(B64.encode(sealed)), verified.booted);
+    let reattested = false;
     no_store(
         Json(ProveAnswer {
-            sealed: B64.encode(sealed),
-            booted: verified.booted,
+            sealed,
+            booted,
+            image,
+            reattested,
+        })
+        .into_response(),
+    )
+}
+
+/// A later boot of an enrolled machine proved its TPM and the boot of the image pinned now: recorded on its row,
+/// and nothing released (the bundle went out once, at enrollment; the node keeps it on its state disk).
+fn reattested(
+    ctx: &Ctx,
+    mac: MacAddr,
+    peer: IpAddr,
+    ek_hex: &str,
+    verified: crate::pki::attest::policy::Verified,
+    image: String,
+) -> Response {
+    let detail = format!(
+        "re-attested by TPM (EK sha256:{}…) after a reboot: booted {} of image={image}, Secure Boot {}, TPM \
+         resets {}; no secret released (the bundle went out once)",
+        &ek_hex[..16],
+        verified.booted,
+        if verified.secure_boot { "on" } else { "off" },
+        verified.reset_count,
+    );
+    tracing::info!(%mac, %peer, "{detail}");
+    count(&ctx.requests, "reattested");
+    ctx.shared
+        .events
+        .record(mac, "enrolled", detail, Source::Server);
+    let (booted, reattested) = (verified.booted, true);
+    no_store(
+        Json(ProveAnswer {
+            sealed: None,
+            booted,
+            image,
+            reattested,
         })
         .into_response(),
     )

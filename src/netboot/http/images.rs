@@ -91,7 +91,6 @@ pub async fn rootfs_by_root_hash(
             format!("{hash:?} is not a dm-verity root hash (64 lowercase hex digits)\n"),
         );
     }
-    st.pins.refresh(&st.shared);
     let id = st
         .shared
         .booter()

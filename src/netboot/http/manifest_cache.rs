@@ -83,6 +83,7 @@ mod tests {
             inputs: Default::default(),
             files: Default::default(),
             rootfs_verity: None,
+            boot_apps: Default::default(),
         };
         let id = s.commit(st, m).unwrap().id;
         let cache = ManifestCache::default();

@@ -20,6 +20,7 @@
 
 pub mod app_state;
 pub mod attest;
+pub mod attest_expected;
 pub mod barrier;
 pub mod enroll;
 pub mod events;
@@ -53,7 +54,6 @@ use app_state::AppState;
 
 use super::bootfiles::{self, BootFiles};
 use super::metrics::HttpMetrics;
-use super::pinwatch::PinWatch;
 use super::state::Shared;
 
 /// This module's routes (without the metrics layer).
@@ -82,7 +82,6 @@ fn routes(state: AppState) -> Router {
 pub fn app(shared: Arc<Shared>) -> Router {
     let state = AppState {
         metrics: shared.register_metrics(HttpMetrics::register),
-        pins: Arc::new(PinWatch::new(&shared)),
         boot_files: Arc::new(BootFiles::new()),
         manifests: Arc::new(manifest_cache::ManifestCache::default()),
         reports: reply::outcome_counter(

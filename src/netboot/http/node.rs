@@ -86,7 +86,6 @@ pub async fn node_facts(
             return text(StatusCode::BAD_REQUEST, format!("{e}"));
         }
     };
-    st.pins.refresh(&st.shared);
     let Some(f) = facts(&st.shared.booter(), mac) else {
         count(&st.node_facts, "unknown-mac");
         st.metrics.error("not_found");

@@ -129,7 +129,6 @@ fn script_for(st: &AppState, mac_text: &str, loader: Loader) -> Response {
             return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
         }
     };
-    st.pins.refresh(&st.shared);
     let booter = st.shared.booter();
     let cluster = booter.cluster.clone();
     let engine = template::engine_for(&cluster);

@@ -1,7 +1,8 @@
 //! The status page an operator keeps open, `GET /` (HTML from `web/status.html.j2`, with `web/status.css` and
 //! `web/status.js` at `/assets/`, all compiled into the binary: no build step, no CDN): a boot waterfall per node
 //! on one shared time axis, the failure reason and last event inline on a failed row, enrollment and Secure Boot
-//! per node, the DHCP probe's finding, and a node's whole event history on click. Its data:
+//! per node, the DHCP probe's finding, the server replicas (and which one served each stage), and a node's whole
+//! event history on click. Its data:
 //! `GET /api/status` (the [`Report`]), `GET /api/board` (the report, the probe's finding and each node's last
 //! event: what the page polls) and `GET /api/nodes/{mac}/events` (one node's events). Mounted by [`super::app`].
 
@@ -113,7 +114,8 @@ pub struct LastEvent {
     pub at_ms: u64,
 }
 
-/// What the page shows: the report, the DHCP probe's finding, each node's last event before a failure (by MAC).
+/// What the page shows: the report, the DHCP probe's finding, each node's last event before a failure (by MAC),
+/// and the server replicas with the one that served each stage.
 #[derive(Debug, Clone, Serialize)]
 pub struct Board {
     /// The boot report.
@@ -122,6 +124,8 @@ pub struct Board {
     pub lan: probe::Snapshot,
     /// The latest event of each MAC that is not `failed`.
     pub last: BTreeMap<String, LastEvent>,
+    /// Every live replica and which one served each stage (`GET /api/replicas`): one with the state directory.
+    pub replicas: super::replicas::Replicas,
 }
 
 /// The board for a set of events.
@@ -141,11 +145,15 @@ pub fn board_of(shared: &Shared, events: &[Event]) -> Board {
         report: with_enrollment(shared, report::build(&shared.cluster(), events)),
         lan: shared.dhcp_probe.snapshot(),
         last,
+        replicas: super::replicas::current(shared),
     }
 }
 
 async fn board(State(shared): State<Arc<Shared>>) -> Response {
-    let b = board_of(&shared, &shared.events.snapshot());
+    // With `[state] backend = "etcd"` the replicas come from etcd: blocking I/O, off the async workers.
+    let b = tokio::task::spawn_blocking(move || board_of(&shared, &shared.events.snapshot()))
+        .await
+        .expect("the board does not panic");
     ([(header::CACHE_CONTROL, "no-store")], axum::Json(b)).into_response()
 }
 
@@ -278,14 +286,23 @@ pub fn render_page(engine: &Engine, board: &Board) -> Result<String, TemplateErr
         .collect();
     engine.render(
         "web/status.html.j2",
-        &serde_json::json!({ "report": report, "rows": rows, "lan": board.lan, "refresh_ms": REFRESH_MS }),
+        &serde_json::json!({
+            "report": report, "rows": rows, "lan": board.lan, "replicas": board.replicas,
+            "refresh_ms": REFRESH_MS,
+        }),
     )
 }
 
 async fn page(State(shared): State<Arc<Shared>>) -> Response {
     let cluster = shared.cluster();
     let engine = template::engine_for(&cluster);
-    match render_page(&engine, &board_of(&shared, &shared.events.snapshot())) {
+    let board = {
+        let shared = shared.clone();
+        tokio::task::spawn_blocking(move || board_of(&shared, &shared.events.snapshot()))
+            .await
+            .expect("the board does not panic")
+    };
+    match render_page(&engine, &board) {
         Ok(html) => (
             [
                 (header::CONTENT_TYPE, "text/html; charset=utf-8"),

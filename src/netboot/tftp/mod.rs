@@ -34,7 +34,6 @@ use self::transfer::{Failure, Limits, Outgoing, Phase, Transfer};
 use super::boot::{UKI_BOOTFILE, is_grub};
 use super::bootfiles::{self, BootFiles};
 use super::metrics::TftpMetrics;
-use super::pinwatch::PinWatch;
 use super::state::Shared;
 use crate::status::Source;
 
@@ -110,10 +109,9 @@ fn worker(i: usize) -> std::io::Result<Worker> {
     })
 }
 
-/// What transfers read: the boot-loader cache, and the pins that name each Secure Boot machine's UKI.
+/// What transfers read: the boot-loader cache.
 struct Files {
     boot: BootFiles,
-    pins: PinWatch,
 }
 
 async fn serve(shared: Arc<Shared>, workers: Vec<Worker>) -> anyhow::Result<()> {
@@ -136,7 +134,6 @@ async fn serve(shared: Arc<Shared>, workers: Vec<Worker>) -> anyhow::Result<()> 
     shared.ready.bound("tftp");
     let files = Arc::new(Files {
         boot: BootFiles::new(),
-        pins: PinWatch::new(&shared),
     });
     let active: Active = Arc::new(Mutex::new(Books {
         in_flight: InFlight::new(Caps::from(&cluster.limits.tftp)),
@@ -360,9 +357,8 @@ async fn transfer_task(
     let read = match files.boot.cached(&dir, name) {
         _ if name == UKI_BOOTFILE => {
             // The signed UKI of the peer's pinned image, read through the image store (manifest-checked). The
-            // pins are re-read first when `imgbuild pin` changed them (as the HTTP boot decisions do): else the
-            // first boot after a re-pin would get the image pinned before.
-            files.pins.refresh(shared);
+            // pins in force now: `booter()` re-reads them after an `imgbuild pin` (else the first boot after a
+            // re-pin would get the image pinned before).
             let (shared_c, ip) = (shared.cluster(), peer.ip());
             let id = shared.booter().uki_for_ip(ip);
             uki_image.clone_from(&id);

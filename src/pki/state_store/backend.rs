@@ -45,8 +45,9 @@ pub enum StateError {
     },
     /// The etcd cluster did not answer or refused the request.
     #[error(
-        "etcd ({endpoints}): {what}: {message}; check that a majority of the members in [state] endpoints is up \
-         and that this server's client certificate is accepted (etcdctl endpoint health)"
+        "etcd ({endpoints}): {what}: {message}; check that a majority of the members in [state] endpoints is up, \
+         that [state] ca signed their certificates (with https://) and that this server's client certificate \
+         ([state] cert and key) is accepted (etcdctl --cacert --cert --key endpoint health)"
     )]
     Etcd {
         /// `[state] endpoints`, joined.

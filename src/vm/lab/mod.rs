@@ -44,7 +44,7 @@ pub use interrupt::{catch_interrupts, interrupted};
 pub use options::Options;
 pub use server::in_netns;
 pub use state::{Lab, Node};
-pub use vms::{DATA_DISK_BYTES, STATE_DISK_BYTES};
+pub use vms::{DATA_DISK_BYTES, STATE_DISK_BYTES, VmVariant};
 pub use watch::{LabFailure, summary};
 
 impl Lab {

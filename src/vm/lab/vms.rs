@@ -82,11 +82,26 @@ pub(super) fn add_nodes(
                     .find(|(a, _)| *a == m.arch && m.secure_boot)
                     .map(|(_, v)| v.clone()),
                 tpm_socket: tpm_socket(opts, m, &dir)?,
+                boot_dir: None,
                 dir,
             },
         });
     }
     Ok(nodes)
+}
+
+/// How [`Lab::start_vm_as`] changes a machine's VM for one power-on; `None` keeps the machine's own.
+#[derive(Debug, Clone, Default)]
+pub struct VmVariant {
+    /// A directory given to the firmware as a FAT disk booted before the network ([`VmSpec::boot_dir`]).
+    pub boot_dir: Option<PathBuf>,
+    /// Another software TPM's state directory (provisioned with an EK certificate from the lab's TPM CA when
+    /// new): another TPM in the machine's place, as a spoofer would have.
+    pub tpm_state: Option<PathBuf>,
+    /// Another state disk (`/dev/vda`, created blank when missing).
+    pub state_disk: Option<PathBuf>,
+    /// Another console log.
+    pub console_log: Option<PathBuf>,
 }
 
 impl Lab {
@@ -99,7 +114,33 @@ impl Lab {
 
     /// Powers a VM on (its disks are created blank the first time, kept afterwards).
     pub fn start_vm(&mut self, host: &str) -> anyhow::Result<()> {
-        let node = self.node(host)?.clone();
+        self.start_vm_as(host, &VmVariant::default())
+    }
+
+    /// Powers a machine's VM on (same MAC, same tap: the same machine to the network) changed as `v` says, for
+    /// this power-on only: another boot disk, another TPM (a spoofer), another state disk and console.
+    pub fn start_vm_as(&mut self, host: &str, v: &VmVariant) -> anyhow::Result<()> {
+        let mut node = self.node(host)?.clone();
+        if let Some(d) = &v.boot_dir {
+            node.spec.boot_dir = Some(d.clone());
+        }
+        if let Some(d) = &v.state_disk {
+            node.spec.disks[0] = d.clone();
+        }
+        if let Some(c) = &v.console_log {
+            node.spec.console_log = c.clone();
+        }
+        let tpm_state = match &v.tpm_state {
+            Some(t) => {
+                anyhow::ensure!(
+                    node.spec.tpm_socket.is_some(),
+                    "{host} has no TPM in this lab"
+                );
+                crate::vm::swtpm::provision(t, &super::config::tpm_ca_dir(&self.opts))?;
+                t.clone()
+            }
+            None => node.spec.dir.join("tpm"),
+        };
         for (i, d) in node.spec.disks.iter().enumerate() {
             qemu::blank_disk(
                 d,
@@ -113,10 +154,9 @@ impl Lab {
         if let Some(sock) = &node.spec.tpm_socket {
             // Its own TPM first: QEMU connects to the socket at start (swtpm exits when QEMU disconnects).
             let _ = std::fs::remove_file(sock);
-            let state = node.spec.dir.join("tpm");
             self.children.spawn(
                 &format!("tpm:{host}"),
-                crate::vm::swtpm::command(&state, sock),
+                crate::vm::swtpm::command(&tpm_state, sock),
             )?;
             let t0 = std::time::Instant::now();
             while !sock.exists() {

@@ -25,6 +25,7 @@ fn manifest(n: u8, role: Role) -> Manifest {
         },
         files: BTreeMap::new(),
         rootfs_verity: None,
+        boot_apps: Default::default(),
     }
 }
 
