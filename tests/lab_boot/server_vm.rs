@@ -200,7 +200,7 @@ fn facts(console: &str) -> BTreeMap<String, String> {
     console
         .lines()
         .filter_map(|l| l.trim_end_matches('\r').split_once("IMGBUILD-VM "))
-        .filter_map(|(_, kv)| kv.split_once('='))
+        .map(|(_, kv)| kv.split_once('=').unwrap_or((kv, "")))
         .filter(|(k, _)| !k.contains(' '))
         .map(|(k, v)| (k.to_string(), v.trim().to_string()))
         .collect()
