@@ -5,6 +5,9 @@
 //! under the base builder's own lock). Images carry the labelled stand-ins: kubeadm and friends cannot be downloaded here.
 
 mod common;
+// The packaged service in a Debian VM as the lab's server (its own file: tests/lab_boot/server_vm.rs).
+#[path = "lab_boot/server_vm.rs"]
+mod server_vm;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

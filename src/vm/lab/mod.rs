@@ -108,9 +108,15 @@ impl Lab {
         let accel = qemu::best_accel_cached(&cluster.paths.cache);
         let netns = Netns::create(&opts.prefix)?;
         let net = &cluster.network;
+        // With the server elsewhere on the bridge, the namespace keeps the subnet's last host address.
+        let own = match opts.external_server {
+            false => Some(net.server),
+            true => net.subnet.hosts().last(),
+        }
+        .context("the lab's subnet has no host address for the namespace")?;
         netns.add_bridge(
             &net.interface,
-            &format!("{}/{}", net.server, net.subnet.prefix_len()),
+            &format!("{own}/{}", net.subnet.prefix_len()),
         )?;
         let nodes = vms::add_nodes(&opts, &netns, net, &machines, accel, &enrolled_vars)?;
         let mut lab = Lab {
@@ -125,14 +131,54 @@ impl Lab {
             standins,
             opts,
         };
-        lab.start_ntp()?;
-        lab.start_services()?;
+        if !lab.opts.external_server {
+            lab.start_ntp()?;
+            lab.start_services()?;
+        }
         Ok(lab)
     }
 
     /// The namespace's name (for `ip netns exec`).
     pub fn netns(&self) -> &str {
         self.netns.name()
+    }
+
+    /// Adds a tap `tap` on the lab's bridge (for a VM the caller starts, e.g. the server's with
+    /// [`Options::external_server`]).
+    pub fn add_tap(&self, tap: &str) -> anyhow::Result<()> {
+        Ok(self.netns.add_tap(tap, &self.cluster.network.interface)?)
+    }
+
+    /// Runs `program` with `args` inside the lab's namespace as the lab's process `name`, its stdout and stderr
+    /// appended to `log`: stopped by PID with the lab, or earlier by [`Lab::stop_process`]. Returns its PID.
+    pub fn spawn_in_netns(
+        &mut self,
+        name: &str,
+        program: &str,
+        args: &[String],
+        log: &Path,
+    ) -> anyhow::Result<u32> {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let mut c = self.netns.command(program);
+        c.args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        Ok(self.children.spawn(name, c)?)
+    }
+
+    /// Whether the lab's process `name` (see [`Lab::spawn_in_netns`]) still runs.
+    pub fn process_running(&mut self, name: &str) -> bool {
+        self.children.running(name)
+    }
+
+    /// Stops the lab's process `name` (by PID) now.
+    pub fn stop_process(&mut self, name: &str) {
+        self.children.stop(name)
     }
 
     /// Stops every process and deletes the namespace now (also what dropping the lab does).

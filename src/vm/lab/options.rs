@@ -49,6 +49,11 @@ pub struct Options {
     /// Hostnames whose VM gets a second NIC placed before the boot NIC (no network behind it): the kernel
     /// probes it first, so it is `eth0` and the machine PXE-boots from its second NIC, `eth1`.
     pub decoy_nic: Vec<String>,
+    /// `imgbuild serve` runs elsewhere on the lab's bridge, at `[network] server` (a VM the caller starts on
+    /// [`Lab::add_tap`](super::Lab::add_tap), e.g. the packaged service in a Debian VM): the lab starts no server,
+    /// dnsmasq or chronyd, and its namespace takes the subnet's last host address on the bridge, from which it
+    /// still watches the server's `/api/status`.
+    pub external_server: bool,
 }
 
 impl Options {
@@ -84,6 +89,7 @@ impl Options {
             prefix: "ibl".into(),
             verbose: true,
             decoy_nic: Vec::new(),
+            external_server: false,
         }
     }
 }
