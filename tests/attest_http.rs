@@ -309,6 +309,47 @@ async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boo
     let (code, body) = tokio::task::block_in_place(|| node.reattest(&api, &log));
     assert_eq!(code, 0, "{body}");
 
+    // Three hard power-offs after the AK was used put a TPM in dictionary-attack lockout (swtpm, like the
+    // reference TPM: 3 tries, then 1000 s each), and a locked-out AK can neither activate a credential nor quote.
+    // Each boot (a fresh /run, the boot's events extended again) clears the counter before its round.
+    for i in 0..3 {
+        node.tpm.power_cycle_hard();
+        extend(&node.tpm.tcti, &boot);
+        if i < 2 {
+            // Used the AK at this boot too (the counter counts power-offs after a DA-protected key was used).
+            let _ = std::fs::remove_dir_all(node.attest_dir());
+            node.tpm.tool(
+                "tpm2_createek",
+                &["-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"],
+            );
+            node.tpm.tool(
+                "tpm2_createak",
+                &[
+                    "-C", "ek.ctx", "-c", "ak.ctx", "-G", "rsa", "-g", "sha256", "-s", "rsassa",
+                    "-u", "ak.pub", "-n", "ak.name",
+                ],
+            );
+            node.tpm.tool(
+                "tpm2_quote",
+                &[
+                    "-c", "ak.ctx", "-l", "sha256:0", "-q", "00", "-m", "q.msg", "-s", "q.sig",
+                ],
+            );
+        }
+    }
+    assert_eq!(node.tpm.lockout(), (3, true), "the TPM is not locked out");
+    let _ = std::fs::remove_dir_all(node.attest_dir());
+    let (code, body) = tokio::task::block_in_place(|| node.reattest(&api, &log));
+    assert_eq!(
+        code, 0,
+        "a machine power-cycled hard three times could not attest: {body}"
+    );
+    assert_eq!(
+        node.tpm.lockout(),
+        (0, false),
+        "the counter was not cleared"
+    );
+
     // Another boot application measured (another kernel, another image): refused naming the event.
     let foreign = (4, EV_EFI_BOOT_SERVICES_APPLICATION, [0xee; 32]);
     extend(&node.tpm.tcti, &[foreign]);
@@ -338,7 +379,7 @@ async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boo
     let metrics = shared.encode_metrics();
     for (outcome, n) in [
         ("served", 1),
-        ("reattested", 2),
+        ("reattested", 3),
         ("pending", 1),
         ("second-claimant", 1),
         ("unknown-ek", 1),

@@ -111,6 +111,30 @@ impl Tpm {
         }
     }
 
+    /// A power-off without an orderly TPM2_Shutdown, then power-on (swtpm's control channel) and
+    /// TPM2_Startup(CLEAR), as firmware does: the PCRs start again from zero.
+    pub fn power_cycle_hard(&self) {
+        let port: u16 = self.tcti.rsplit('=').next().unwrap().parse().unwrap();
+        run(Command::new("swtpm_ioctl").args(["--tcp", &format!("127.0.0.1:{}", port + 1), "-i"]));
+        run(Command::new("tpm2_startup")
+            .arg("-c")
+            .env("TPM2TOOLS_TCTI", &self.tcti));
+    }
+
+    /// The TPM's dictionary-attack counter and whether it is in lockout.
+    pub fn lockout(&self) -> (u32, bool) {
+        let caps = self.tool("tpm2_getcap", &["properties-variable"]);
+        let counter = caps
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("TPM2_PT_LOCKOUT_COUNTER:"))
+            .map(|v| u32::from_str_radix(v.trim().trim_start_matches("0x"), 16).unwrap())
+            .expect("TPM2_PT_LOCKOUT_COUNTER");
+        let locked = caps
+            .lines()
+            .any(|l| l.trim().starts_with("inLockout:") && l.trim().ends_with('1'));
+        (counter, locked)
+    }
+
     pub fn path(&self, f: &str) -> PathBuf {
         self.dir.path().join(f)
     }
