@@ -216,3 +216,32 @@ fn check_says_when_arm64_machines_cannot_boot_for_want_of_grub_modules() {
         "{err}"
     );
 }
+
+/// Log lines written to something that is not a terminal (a pipe here; the journal under systemd) carry no ANSI
+/// colour codes.
+#[test]
+fn log_lines_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let text = std::fs::read_to_string(example()).unwrap();
+    let cfg = dir.path().join("cluster.toml");
+    std::fs::write(
+        &cfg,
+        format!("{text}\n[paths]\nprofiles = \"{repo}/profiles\"\nipxe = \"{repo}/ipxe\"\n"),
+    )
+    .unwrap();
+    // No secrets beside this cluster.toml: `check` warns (a log line) that images could not enroll.
+    let out = bin()
+        .arg("--config")
+        .arg(&cfg)
+        .arg("check")
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("provisioning-ca.crt is missing"), "{err}");
+    assert!(
+        !err.contains('\u{1b}'),
+        "colour codes in a log written to a pipe: {err:?}"
+    );
+}
