@@ -317,24 +317,8 @@ async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boo
         extend(&node.tpm.tcti, &boot);
         if i < 2 {
             // Used the AK at this boot too (the counter counts power-offs after a DA-protected key was used).
-            let _ = std::fs::remove_dir_all(node.attest_dir());
-            node.tpm.tool(
-                "tpm2_createek",
-                &["-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"],
-            );
-            node.tpm.tool(
-                "tpm2_createak",
-                &[
-                    "-C", "ek.ctx", "-c", "ak.ctx", "-G", "rsa", "-g", "sha256", "-s", "rsassa",
-                    "-u", "ak.pub", "-n", "ak.name",
-                ],
-            );
-            node.tpm.tool(
-                "tpm2_quote",
-                &[
-                    "-c", "ak.ctx", "-l", "sha256:0", "-q", "00", "-m", "q.msg", "-s", "q.sig",
-                ],
-            );
+            node.tpm.keys();
+            node.tpm.quote(&[0]);
         }
     }
     assert_eq!(node.tpm.lockout(), (3, true), "the TPM is not locked out");

@@ -43,18 +43,7 @@ struct Replica {
 }
 
 async fn replica(config: &Path, name: &str) -> Replica {
-    let cluster = imgbuild::config::load(config).unwrap();
-    let state = state_store::open(&cluster, name).unwrap();
-    assert_eq!(state.kind(), "etcd");
-    let shared = Arc::new(Shared::new_in(
-        config.to_path_buf(),
-        cluster,
-        BTreeMap::new(),
-        Events::in_memory(),
-        state,
-        name.to_string(),
-    ));
-    imgbuild::netboot::replicas::spawn(&shared);
+    let shared = shared_replica(config, name);
     let app = imgbuild::netboot::http::app(shared.clone());
     let l = common::https::serve(app, &shared.cluster().paths.secrets).await;
     let (addr, plain, server) = (l.https, l.plain, l.task);
@@ -501,10 +490,11 @@ async fn two_replicas_on_etcd_enroll_once_share_barrier_token_pins_and_survive_a
     let _: PathBuf = etcd.dir.path().to_path_buf();
 }
 
-/// A replica of the DHCP side on the shared state: its own etcd client, announcing itself like `imgbuild serve`.
-fn dhcp_replica(config: &Path, name: &str) -> Arc<Shared> {
+/// A replica's shared server state on etcd: its own etcd client, announcing itself like `imgbuild serve`.
+fn shared_replica(config: &Path, name: &str) -> Arc<Shared> {
     let cluster = imgbuild::config::load(config).unwrap();
     let state = state_store::open(&cluster, name).unwrap();
+    assert_eq!(state.kind(), "etcd");
     let shared = Arc::new(Shared::new_in(
         config.to_path_buf(),
         cluster,
@@ -606,8 +596,8 @@ async fn replicas_on_etcd_split_the_unknown_pool_and_pause_it_when_their_splits_
     let list = "\"10.77.0.1\", \"10.77.0.3\"";
     let servers = [Ipv4Addr::new(10, 77, 0, 1), Ipv4Addr::new(10, 77, 0, 3)];
     let mut r = [
-        Dhcp::new(dhcp_replica(&config("a", "10.77.0.1", list), "replica-a")),
-        Dhcp::new(dhcp_replica(&config("b", "10.77.0.3", list), "replica-b")),
+        Dhcp::new(shared_replica(&config("a", "10.77.0.1", list), "replica-a")),
+        Dhcp::new(shared_replica(&config("b", "10.77.0.3", list), "replica-b")),
     ];
     // Both announced through etcd with the same split: listed, and no conflict.
     eventually(10, "both replicas announce their pool split", async || {
@@ -677,7 +667,7 @@ async fn replicas_on_etcd_split_the_unknown_pool_and_pause_it_when_their_splits_
 
     // A third replica whose cluster.toml splits the pool differently (it would take replica A's block): every
     // replica sees it through etcd and hands out no pool address until the lists agree; inventory machines go on.
-    let _c = dhcp_replica(
+    let _c = shared_replica(
         &config("c", "10.77.0.5", "\"10.77.0.5\", \"10.77.0.3\""),
         "replica-c",
     );

@@ -290,25 +290,35 @@ impl Node {
         self.root.path().join("run/imgbuild/attest")
     }
 
-    /// `ib_attest_enroll` as firstboot runs it: (HTTP status, what it wrote to OUT).
-    pub fn enroll(&self, api: &str, log: &[u8]) -> (String, String) {
+    /// Runs `call` in bash with the node's `lib.sh` and `attest.sh` sourced, `log` as the firmware event log,
+    /// the node's TPM, and `IB_API` / `IB_MAC` set, as firstboot runs them.
+    fn script(&self, api: &str, log: &[u8], call: &str) -> std::process::Output {
         let r = self.root.path();
         std::fs::write(r.join("eventlog"), log).unwrap();
-        let out = Command::new("bash")
+        Command::new("bash")
             .arg("-c")
-            .arg(
+            .arg(format!(
                 r#"set -u; . "$IMGBUILD_ROOT/usr/lib/imgbuild/lib.sh"; . "$IMGBUILD_ROOT/usr/lib/imgbuild/attest.sh"
-                   IB_API="$API"; IB_MAC="$MAC"; ib_attest_enroll "$IMGBUILD_ROOT/out" "$IMGBUILD_ROOT/hdr""#,
-            )
+                   IB_API="$API"; IB_MAC="$MAC"; {call}"#
+            ))
             .env("IMGBUILD_ROOT", r)
             .env("IMGBUILD_EVENTLOG", r.join("eventlog"))
             .env("TPM2TOOLS_TCTI", &self.tpm.tcti)
             .env("API", api)
             .env("MAC", &self.mac)
             .output()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// `ib_attest_enroll` as firstboot runs it: (HTTP status, what it wrote to OUT).
+    pub fn enroll(&self, api: &str, log: &[u8]) -> (String, String) {
+        let out = self.script(
+            api,
+            log,
+            r#"ib_attest_enroll "$IMGBUILD_ROOT/out" "$IMGBUILD_ROOT/hdr""#,
+        );
         let code = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let body = std::fs::read_to_string(r.join("out")).unwrap_or_default();
+        let body = std::fs::read_to_string(self.root.path().join("out")).unwrap_or_default();
         eprintln!(
             "node: {code} {body}\n{}",
             String::from_utf8_lossy(&out.stderr)
@@ -318,22 +328,9 @@ impl Node {
 
     /// `ib_reattest` as firstboot runs it at a later boot: (its exit status, its saved answer).
     pub fn reattest(&self, api: &str, log: &[u8]) -> (i32, String) {
-        let r = self.root.path();
-        std::fs::write(r.join("eventlog"), log).unwrap();
-        let out = Command::new("bash")
-            .arg("-c")
-            .arg(
-                r#"set -u; . "$IMGBUILD_ROOT/usr/lib/imgbuild/lib.sh"; . "$IMGBUILD_ROOT/usr/lib/imgbuild/attest.sh"
-                   IB_API="$API"; IB_MAC="$MAC"; IB_ENROLL_TRIES=1; ib_reattest"#,
-            )
-            .env("IMGBUILD_ROOT", r)
-            .env("IMGBUILD_EVENTLOG", r.join("eventlog"))
-            .env("TPM2TOOLS_TCTI", &self.tpm.tcti)
-            .env("API", api)
-            .env("MAC", &self.mac)
-            .output()
-            .unwrap();
-        let body = std::fs::read_to_string(r.join("run/imgbuild/reattest.out")).unwrap_or_default();
+        let out = self.script(api, log, "IB_ENROLL_TRIES=1; ib_reattest");
+        let body = std::fs::read_to_string(self.root.path().join("run/imgbuild/reattest.out"))
+            .unwrap_or_default();
         eprintln!("node reattest: {:?} {body}", out.status);
         (out.status.code().unwrap_or(-1), body)
     }

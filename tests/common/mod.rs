@@ -15,6 +15,18 @@ use sha2::{Digest, Sha256};
 use yaml_rust2::{Yaml, YamlLoader};
 
 /// The repository root.
+/// Runs `cmd`, panicking with its output when it cannot start or fails: its stdout then stderr.
+pub fn run_ok(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{cmd:?} failed: {text}");
+    text
+}
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

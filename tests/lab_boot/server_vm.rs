@@ -17,22 +17,12 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use super::common::run_ok as run;
 use super::*;
 
 /// The fixtures: the unit and network files baked into the server's root, its chrony.conf, and setup.sh.
 fn fixture(name: &str) -> PathBuf {
     Path::new(REPO).join("tests/lab_boot/server-vm").join(name)
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{cmd:?} failed: {text}");
-    text
 }
 
 /// The package's Depends, each by its first alternative's name (`libc6 (>= 2.34)` → `libc6`).

@@ -44,6 +44,12 @@ pub struct Replicas {
 
 /// What `GET /api/replicas` says now.
 pub fn current(shared: &Shared) -> Replicas {
+    current_with(shared, &shared.events.snapshot())
+}
+
+/// [`current`], given this server's events (a snapshot the caller already took): with the state directory they
+/// are the whole history.
+pub fn current_with(shared: &Shared, events: &[crate::status::Event]) -> Replicas {
     let mut served: BTreeMap<String, Vec<StageBy>> = BTreeMap::new();
     if shared.state.replicated() {
         let kept = shared.cluster().state.events_kept as usize;
@@ -58,9 +64,9 @@ pub fn current(shared: &Shared) -> Replicas {
                 });
         }
     } else {
-        for e in shared.events.snapshot() {
+        for e in events {
             served.entry(e.mac.to_string()).or_default().push(StageBy {
-                stage: e.stage,
+                stage: e.stage.clone(),
                 replica: shared.replica.clone(),
                 at_ms: e.at_ms,
             });

@@ -145,15 +145,20 @@ pub fn board_of(shared: &Shared, events: &[Event]) -> Board {
         report: with_enrollment(shared, report::build(&shared.cluster(), events)),
         lan: shared.dhcp_probe.snapshot(),
         last,
-        replicas: super::replicas::current(shared),
+        replicas: super::replicas::current_with(shared, events),
     }
 }
 
-async fn board(State(shared): State<Arc<Shared>>) -> Response {
-    // With `[state] backend = "etcd"` the replicas come from etcd: blocking I/O, off the async workers.
-    let b = tokio::task::spawn_blocking(move || board_of(&shared, &shared.events.snapshot()))
+/// The board now, built off the async workers: with `[state] backend = "etcd"` the replicas come from etcd
+/// (blocking I/O).
+async fn board_now(shared: Arc<Shared>) -> Board {
+    tokio::task::spawn_blocking(move || board_of(&shared, &shared.events.snapshot()))
         .await
-        .expect("the board does not panic");
+        .expect("the board does not panic")
+}
+
+async fn board(State(shared): State<Arc<Shared>>) -> Response {
+    let b = board_now(shared).await;
     ([(header::CACHE_CONTROL, "no-store")], axum::Json(b)).into_response()
 }
 
@@ -296,12 +301,7 @@ pub fn render_page(engine: &Engine, board: &Board) -> Result<String, TemplateErr
 async fn page(State(shared): State<Arc<Shared>>) -> Response {
     let cluster = shared.cluster();
     let engine = template::engine_for(&cluster);
-    let board = {
-        let shared = shared.clone();
-        tokio::task::spawn_blocking(move || board_of(&shared, &shared.events.snapshot()))
-            .await
-            .expect("the board does not panic")
-    };
+    let board = board_now(shared.clone()).await;
     match render_page(&engine, &board) {
         Ok(html) => (
             [
