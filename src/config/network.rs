@@ -188,16 +188,26 @@ impl Network {
 
     /// `http://server:port`, the base of every URL a node is given.
     pub fn http_base(&self) -> String {
+        self.http_base_at(self.server)
+    }
+
+    /// [`Network::http_base`] of a server replica at `server` (same port; `[state] dhcp_replicas`).
+    pub fn http_base_at(&self, server: Ipv4Addr) -> String {
         if self.http_port == 80 {
-            format!("http://{}", self.server)
+            format!("http://{server}")
         } else {
-            format!("http://{}:{}", self.server, self.http_port)
+            format!("http://{server}:{}", self.http_port)
         }
     }
 
     /// `https://server:https_port`, the base of the node API (enrollment, reports, barrier, token).
     pub fn https_base(&self) -> String {
-        format!("https://{}:{}", self.server, self.https_port)
+        self.https_base_at(self.server)
+    }
+
+    /// [`Network::https_base`] of a server replica at `server`.
+    pub fn https_base_at(&self, server: Ipv4Addr) -> String {
+        format!("https://{server}:{}", self.https_port)
     }
 
     /// GRUB's device for the server's HTTP side, `(http,server)`: paths are appended to it. GRUB 2.06 always

@@ -361,6 +361,19 @@ impl Booter {
             path("initrd.img", &image.initrd_sha256),
         );
         let rootfs_url = format!("{base}/images/{}/rootfs.squashfs", image.id);
+        // Every replica (`[state] dhcp_replicas`), this one first: the node goes on with the next when one dies.
+        let replicas: Vec<_> = std::iter::once(net.server)
+            .chain(
+                self.cluster
+                    .state
+                    .dhcp_replicas
+                    .iter()
+                    .copied()
+                    .filter(|ip| *ip != net.server),
+            )
+            .collect();
+        let servers: Vec<_> = replicas.iter().map(|ip| net.http_base_at(*ip)).collect();
+        let apis: Vec<_> = replicas.iter().map(|ip| net.https_base_at(*ip)).collect();
         let cmdline = template::engine_for(&self.cluster)
             .render(
                 template::CMDLINE_TEMPLATE,
@@ -368,6 +381,8 @@ impl Booter {
                     "machine": machine,
                     "image": image,
                     "server_url": base,
+                    "servers": servers,
+                    "apis": apis,
                     "rootfs_url": rootfs_url,
                     "bootif": machine.mac.bootif(),
                     "gateway": sub.gateway,

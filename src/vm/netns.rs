@@ -191,6 +191,15 @@ impl Children {
         }
     }
 
+    /// Kills `name` with SIGKILL now (no grace: as a crash would end it), reaps it and forgets it.
+    pub fn kill(&mut self, name: &str) {
+        if let Some(i) = self.list.iter().position(|(n, _)| n == name) {
+            let (_, mut c) = self.list.remove(i);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// Stops every child, newest first.
     pub fn stop_all(&mut self) {
         while let Some((n, c)) = self.list.pop() {

@@ -25,6 +25,10 @@ pub struct Etcd {
     pub members: Vec<Member>,
     /// The TLS material when the members serve clients over TLS.
     pub tls: Option<Tls>,
+    /// The namespace the members run in (`None`: this process's, on loopback).
+    pub ns: Option<String>,
+    /// The address the members listen on.
+    pub host: String,
 }
 
 /// A CA made for one test, the members' server certificate (for 127.0.0.1) and a client certificate, all PEM.
@@ -54,6 +58,11 @@ impl Tls {
     /// Makes a CA named `name` in `dir` and, signed by it, a server certificate for 127.0.0.1 and a client
     /// certificate (P-256 keys, valid for two days).
     pub fn make(dir: &Path, name: &str) -> Tls {
+        Self::make_for(dir, name, "127.0.0.1")
+    }
+
+    /// [`Tls::make`] with the server certificate for `host` (and 127.0.0.1).
+    pub fn make_for(dir: &Path, name: &str, host: &str) -> Tls {
         std::fs::create_dir_all(dir).unwrap();
         let ec = [
             "-newkey",
@@ -88,11 +97,11 @@ impl Tls {
         for (who, ext) in [
             (
                 "server",
-                "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\nbasicConstraints=CA:FALSE\n",
+                format!("subjectAltName=IP:127.0.0.1,IP:{host},DNS:localhost\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\nbasicConstraints=CA:FALSE\n"),
             ),
             (
                 "client",
-                "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\nbasicConstraints=CA:FALSE\n",
+                "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\nbasicConstraints=CA:FALSE\n".to_string(),
             ),
         ] {
             std::fs::write(dir.join(f(&format!("{who}.ext"))), ext).unwrap();
@@ -145,6 +154,18 @@ impl Tls {
     }
 }
 
+/// `program`, inside namespace `ns` when given (`ip netns exec` execs it: the child's PID is the program's).
+fn in_ns(ns: Option<&str>, program: &str) -> Command {
+    match ns {
+        None => Command::new(program),
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, program]);
+            c
+        }
+    }
+}
+
 /// Free ports on 127.0.0.1 (bound all at once, then released: distinct, and free a moment ago).
 fn free_ports(n: usize) -> Vec<u16> {
     let ls: Vec<TcpListener> = (0..n)
@@ -164,11 +185,25 @@ impl Etcd {
         Self::start_with(n, true)
     }
 
+    /// `n` members in namespace `ns` (made by the test) listening on `host`, clients over TLS only with a client
+    /// certificate (etcd needs TLS off loopback: `[state]` validation refuses plain `http://` there).
+    pub fn start_tls_in(ns: &str, host: &str, n: usize) -> Etcd {
+        Self::start_at(n, true, Some(ns), host)
+    }
+
     fn start_with(n: usize, tls: bool) -> Etcd {
+        Self::start_at(n, tls, None, "127.0.0.1")
+    }
+
+    fn start_at(n: usize, tls: bool, ns: Option<&str>, host: &str) -> Etcd {
         let dir = tempfile::tempdir().unwrap();
-        let tls = tls.then(|| Tls::make(&dir.path().join("pki"), "etcd-test-ca"));
+        let tls = tls.then(|| Tls::make_for(&dir.path().join("pki"), "etcd-test-ca", host));
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let ports = free_ports(2 * n);
+        // In a namespace of its own every port is free.
+        let ports = match ns {
+            None => free_ports(2 * n),
+            Some(_) => (0..2 * n as u16).map(|i| 2379 + i).collect(),
+        };
         let token = format!("imgbuild-test-{}-{}", std::process::id(), ports[0]);
         let mut members: Vec<Member> = (0..n)
             .map(|i| Member {
@@ -181,13 +216,13 @@ impl Etcd {
             .collect();
         let initial: Vec<String> = members
             .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .map(|m| format!("{}=http://{host}:{}", m.name, m.peer_port))
             .collect();
         let initial = initial.join(",");
         for m in &mut members {
-            let client = format!("{scheme}://127.0.0.1:{}", m.client_port);
-            let peer = format!("http://127.0.0.1:{}", m.peer_port);
-            let mut cmd = Command::new("etcd");
+            let client = format!("{scheme}://{host}:{}", m.client_port);
+            let peer = format!("http://{host}:{}", m.peer_port);
+            let mut cmd = in_ns(ns, "etcd");
             if let Some(t) = &tls {
                 cmd.arg("--cert-file").arg(&t.server_cert);
                 cmd.arg("--key-file").arg(&t.server_key);
@@ -225,7 +260,13 @@ impl Etcd {
                 .expect("etcd runs (Debian package etcd-server)");
             m.child = Some(child);
         }
-        let e = Etcd { dir, members, tls };
+        let e = Etcd {
+            dir,
+            members,
+            tls,
+            ns: ns.map(str::to_string),
+            host: host.to_string(),
+        };
         let t0 = Instant::now();
         for i in 0..n {
             while !e.healthy(i) {
@@ -242,7 +283,7 @@ impl Etcd {
 
     /// Whether member `i` answers `/health` with `"health":"true"`.
     pub fn healthy(&self, i: usize) -> bool {
-        let mut cmd = Command::new("curl");
+        let mut cmd = in_ns(self.ns.as_deref(), "curl");
         cmd.args(["-s", "--max-time", "2"]);
         if let Some(t) = &self.tls {
             cmd.arg("--cacert").arg(&t.ca);
@@ -262,7 +303,7 @@ impl Etcd {
             .iter()
             .map(|m| {
                 let scheme = if self.tls.is_some() { "https" } else { "http" };
-                format!("{scheme}://127.0.0.1:{}", m.client_port)
+                format!("{scheme}://{}:{}", self.host, m.client_port)
             })
             .collect()
     }

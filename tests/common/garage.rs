@@ -60,13 +60,18 @@ fn hex_random(bytes: usize) -> String {
 impl Garage {
     /// Starts three nodes in namespace `ns`, forms the cluster, and makes the key and the bucket.
     pub fn start(ns: &str) -> Garage {
+        Self::start_at(ns, "127.0.0.1")
+    }
+
+    /// [`Garage::start`] with the nodes listening on `host` (an address of the namespace).
+    pub fn start_at(ns: &str, host: &str) -> Garage {
         let t0 = Instant::now();
         let dir = tempfile::tempdir().unwrap();
         let secret = hex_random(32);
         let mut g = Garage {
             ns: ns.to_string(),
             nodes: Vec::new(),
-            endpoint: format!("http://127.0.0.1:{}", s3_port(0)),
+            endpoint: format!("http://{host}:{}", s3_port(0)),
             region: "garage".into(),
             bucket: "imgbuild-images".into(),
             key_id: String::new(),
@@ -80,9 +85,9 @@ impl Garage {
             let conf = format!(
                 "metadata_dir = \"{meta}\"\ndata_dir = \"{data}\"\ndb_engine = \"sqlite\"\n\
                  metadata_fsync = false\ndata_fsync = false\nreplication_factor = 3\n\
-                 rpc_bind_addr = \"127.0.0.1:{rpc}\"\nrpc_public_addr = \"127.0.0.1:{rpc}\"\n\
+                 rpc_bind_addr = \"{host}:{rpc}\"\nrpc_public_addr = \"{host}:{rpc}\"\n\
                  rpc_secret = \"{secret}\"\n\n[s3_api]\ns3_region = \"garage\"\n\
-                 api_bind_addr = \"127.0.0.1:{s3}\"\nroot_domain = \".s3.garage.localhost\"\n",
+                 api_bind_addr = \"{host}:{s3}\"\nroot_domain = \".s3.garage.localhost\"\n",
                 meta = d.join("meta").display(),
                 data = d.join("data").display(),
                 rpc = s3_port(i) + 1,

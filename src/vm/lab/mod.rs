@@ -33,6 +33,7 @@ mod interrupt;
 mod lock;
 mod ntp;
 mod options;
+mod replicas;
 mod server;
 mod state;
 mod tools;
@@ -42,6 +43,7 @@ mod watch;
 pub use images::build_image;
 pub use interrupt::{catch_interrupts, interrupted};
 pub use options::Options;
+pub use replicas::{Replica, SERVERS_BRIDGE};
 pub use server::in_netns;
 pub use state::{Lab, Node};
 pub use vms::{DATA_DISK_BYTES, STATE_DISK_BYTES, VmVariant};
@@ -109,18 +111,18 @@ impl Lab {
         let netns = Netns::create(&opts.prefix)?;
         let net = &cluster.network;
         // With the server elsewhere on the bridge, the namespace keeps the subnet's last host address.
-        let own = match opts.external_server {
-            false => Some(net.server),
-            true => net.subnet.hosts().last(),
-        }
-        .context("the lab's subnet has no host address for the namespace")?;
-        netns.add_bridge(
-            &net.interface,
-            &format!("{own}/{}", net.subnet.prefix_len()),
-        )?;
+        // With replicas, the nodes' side has only the relay's address (a /32: the servers' side holds the subnet).
+        let (own, len) = match (opts.external_server, opts.replicas) {
+            (_, true) => (replicas::relay_address(net), 32),
+            (false, false) => (Some(net.server), net.subnet.prefix_len()),
+            (true, false) => (net.subnet.hosts().last(), net.subnet.prefix_len()),
+        };
+        let own = own.context("the lab's subnet has no host address for the namespace")?;
+        netns.add_bridge(&net.interface, &format!("{own}/{len}"))?;
         let nodes = vms::add_nodes(&opts, &netns, net, &machines, accel, &enrolled_vars)?;
         let mut lab = Lab {
             children: Children::new(),
+            replicas: Vec::new(),
             netns,
             server_url: net.http_base(),
             config,
@@ -131,7 +133,9 @@ impl Lab {
             standins,
             opts,
         };
-        if !lab.opts.external_server {
+        if lab.opts.replicas {
+            lab.add_servers_segment()?;
+        } else if !lab.opts.external_server {
             lab.start_ntp()?;
             lab.start_services()?;
         }

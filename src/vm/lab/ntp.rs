@@ -57,7 +57,11 @@ impl Lab {
         let path = dir.join("chrony.conf");
         std::fs::write(&path, conf).with_context(|| format!("writing {}", path.display()))?;
         let log = std::fs::File::create(self.opts.dir.join("chronyd.log"))?;
-        let mut c = self.netns.command("chronyd");
+        // With replicas, beside the first one (it holds the server's address).
+        let mut c = match self.replicas.first() {
+            Some(r) => r.netns.command("chronyd"),
+            None => self.netns.command("chronyd"),
+        };
         c.args(["-d", "-x", "-f"]).arg(&path);
         c.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         self.children.spawn("chronyd", c)?;

@@ -54,6 +54,11 @@ pub struct Options {
     /// dnsmasq or chronyd, and its namespace takes the subnet's last host address on the bridge, from which it
     /// still watches the server's `/api/status`.
     pub external_server: bool,
+    /// The servers are replicas behind a DHCP relay (`vm::lab::replicas`): [`Lab::prepare`](super::Lab::prepare)
+    /// makes the lab's namespace the router between the nodes' and the servers' segments and starts no server;
+    /// the caller starts etcd and the object store at [`Lab::shared_address`](super::Lab::shared_address), then
+    /// [`Lab::start_replicas`](super::Lab::start_replicas).
+    pub replicas: bool,
 }
 
 impl Options {
@@ -90,6 +95,7 @@ impl Options {
             verbose: true,
             decoy_nic: Vec::new(),
             external_server: false,
+            replicas: false,
         }
     }
 }

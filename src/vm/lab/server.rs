@@ -29,7 +29,7 @@ pub fn in_netns<T: Send>(ns: &str, body: impl FnOnce() -> T + Send) -> anyhow::R
     })
 }
 
-fn http_get_in(ns: &str, url: &str) -> anyhow::Result<String> {
+pub(super) fn http_get_in(ns: &str, url: &str) -> anyhow::Result<String> {
     let url = url.to_string();
     in_netns(ns, move || {
         let rt = tokio::runtime::Builder::new_current_thread()

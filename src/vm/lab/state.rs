@@ -12,6 +12,8 @@ use crate::vm::qemu::{Accel, VmSpec};
 pub struct Lab {
     // Field order matters: children stop before the namespace is deleted.
     pub(super) children: Children,
+    /// The server replicas ([`Options::replicas`]), each with its namespace (deleted after the processes stop).
+    pub replicas: Vec<super::replicas::Replica>,
     pub(super) netns: Netns,
     /// What the lab was asked to do.
     pub opts: Options,
