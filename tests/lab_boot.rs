@@ -8,6 +8,13 @@ mod common;
 // The packaged service in a Debian VM as the lab's server (its own file: tests/lab_boot/server_vm.rs).
 #[path = "lab_boot/server_vm.rs"]
 mod server_vm;
+// The full-DHCP lab's server replicas behind a relay, on etcd and Garage (tests/lab_boot/replicas.rs).
+#[path = "common/etcd.rs"]
+mod etcd;
+#[path = "common/garage.rs"]
+mod garage;
+#[path = "lab_boot/replicas.rs"]
+mod replicas;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -46,8 +53,14 @@ fn options(dir: &Path, nodes: &[&str], firmware: Firmware, dhcp: DhcpMode) -> Op
     o
 }
 
-/// The server's event log of this lab run.
+/// The server's event log of this lab run (with replicas: the shared history of every replica, from etcd).
 fn events(lab: &Lab) -> Vec<Event> {
+    if !lab.replicas.is_empty() {
+        return replicas::shared_events(lab)
+            .into_iter()
+            .filter_map(|v| serde_json::from_value(v).ok())
+            .collect();
+    }
     let text = std::fs::read_to_string(lab.cluster.paths.state.join("events.jsonl")).unwrap();
     text.lines()
         .filter_map(|l| serde_json::from_str(l).ok())
@@ -155,6 +168,9 @@ fn root_lab_full_dhcp_bios_master_worker_and_http_boot_storage_reach_joined_in_o
     o.decoy_nic = vec!["master-1".into()];
     // storage-1 proves UEFI HTTP Boot with full DHCP in the same run (OVMF fetches iPXE over HTTP).
     o.firmware_of = vec![("storage-1".into(), Firmware::Http)];
+    // The server is two replicas (issue 14) on a servers' segment behind Debian's dhcrelay, sharing state in a
+    // 3-member etcd and images in a 3-node Garage: every VM boots through the relay.
+    o.replicas = true;
     // Three VMs under TCG, real containerd starting in each: under a loaded 2-core machine systemd alone came
     // 430 s after the first DHCP offer, so the wait is 15 min (nextest's own bound is 20).
     o.timeout = Duration::from_secs(15 * 60);
@@ -163,6 +179,16 @@ fn root_lab_full_dhcp_bios_master_worker_and_http_boot_storage_reach_joined_in_o
     let (check_ref, check_digest) = runtime_check_image();
     let mut lab = Lab::prepare(o).unwrap();
     assert!(lab.standins, "the test images are built with stand-ins");
+    // A second worker image (one more kernel argument), built and pushed before the VMs start: the re-pin
+    // after the joins waits on nothing.
+    let variant = profiles_with_kernel_arg(
+        dir.path(),
+        "profiles-variant",
+        "worker",
+        "imgbuild.lab_variant=2",
+    );
+    let new_worker = lab.build_with_profiles(Role::Worker, &variant).unwrap();
+    let mut region = replicas::start(&mut lab, dir.path(), &[&new_worker]);
     // A packet capture of the whole enrollment on the lab's bridge (tcpdump in the lab's namespace): no secret in
     // clear, and no packet for any address outside the lab's network while the cluster forms.
     let pcap = dir.path().join("lab.pcap");
@@ -200,12 +226,31 @@ fn root_lab_full_dhcp_bios_master_worker_and_http_boot_storage_reach_joined_in_o
     );
 
     let hosts_s: Vec<String> = hosts.iter().map(|s| s.to_string()).collect();
+    // Replica B is killed (SIGKILL), one etcd member and one Garage node stopped, while the nodes are in their
+    // initrd: the nodes that took it from B fetch their root filesystem from A (the initrd's failover).
+    let on_b = replicas::kill_mid_boot(&mut lab, &mut region, &hosts_s);
     let limit = lab.opts.timeout;
     let report = lab
         .wait(&hosts_s, 1, limit, |n| n.done)
         .unwrap_or_else(|f| panic!("{f}"));
     println!("{}", imgbuild::vm::lab::summary(&report, lab.standins));
     let evs = events(&lab);
+    for h in &on_b {
+        let verified = detail(
+            &evs,
+            lab.cluster.machine_by_hostname(h).unwrap().mac,
+            "rootfs-verified",
+        );
+        assert!(
+            verified.contains(&format!(
+                "failover: replica http://{}:",
+                replicas::REPLICA_B
+            )),
+            "{h} was in its initrd from replica B when B was killed: {verified}"
+        );
+    }
+    // No node enrolled twice, no address went to two machines (the shared history in etcd).
+    replicas::assert_once(&lab, &hosts);
     for h in hosts {
         let m = lab.cluster.machine_by_hostname(h).unwrap();
         let n = node(&report, h);
@@ -385,9 +430,8 @@ fn root_lab_full_dhcp_bios_master_worker_and_http_boot_storage_reach_joined_in_o
         !has(b"PRIVATE KEY"),
         "a private key crossed the LAN in clear"
     );
-    let renewed = imgbuild::pki::secrets::load_token(&lab.cluster.paths.secrets)
-        .unwrap()
-        .token;
+    // With replicas the published token lives in etcd (the shared state), not in secrets/token.json.
+    let (renewed, renewed_by) = replicas::shared_token(&lab);
     for t in [&first_token, &renewed] {
         assert!(
             !has(t.as_bytes()),
@@ -398,11 +442,13 @@ fn root_lab_full_dhcp_bios_master_worker_and_http_boot_storage_reach_joined_in_o
             "a bootstrap token's secret half crossed the LAN in clear"
         );
     }
-    let renewed_by = std::fs::read_to_string(lab.cluster.paths.secrets.join("token.json")).unwrap();
     assert!(
         renewed_by.contains("published by master-1"),
         "master-1 published its token over HTTPS: {renewed_by}"
     );
+    // `imgbuild pin worker <new>` on one host: the replicas (B restarted) serve the new image on worker-1's
+    // next boot.
+    replicas::repin_and_reboot(&mut lab, &new_worker);
 }
 
 /// The detail of the last node-reported `stage` of `mac`.

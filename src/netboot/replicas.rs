@@ -182,6 +182,20 @@ pub fn history(shared: &Shared, limit: usize) -> Vec<Served> {
     }
 }
 
+/// The events every replica recorded (the shared history), for the status report and the page: a node served
+/// by one replica until it died and by another afterwards shows its whole boot on either. With the state
+/// directory, or when the history cannot be read (warned), this replica's own events.
+pub fn every_replicas_events(shared: &Shared) -> Vec<Event> {
+    if shared.state.replicated() {
+        let kept = shared.cluster().state.events_kept as usize;
+        let v = history(shared, kept);
+        if !v.is_empty() {
+            return v.into_iter().map(|s| s.event).collect();
+        }
+    }
+    shared.events.snapshot()
+}
+
 /// Every live replica (with the state directory: this server alone).
 pub fn list(shared: &Shared) -> Vec<ReplicaInfo> {
     if !shared.state.replicated() {

@@ -64,7 +64,10 @@ fn asset(ty: &'static str, body: &'static str) -> Response {
 pub fn current(shared: &Shared) -> Report {
     with_enrollment(
         shared,
-        report::build(&shared.cluster(), &shared.events.snapshot()),
+        report::build(
+            &shared.cluster(),
+            &crate::netboot::replicas::every_replicas_events(shared),
+        ),
     )
 }
 
@@ -152,9 +155,14 @@ pub fn board_of(shared: &Shared, events: &[Event]) -> Board {
 /// The board now, built off the async workers: with `[state] backend = "etcd"` the replicas come from etcd
 /// (blocking I/O).
 async fn board_now(shared: Arc<Shared>) -> Board {
-    tokio::task::spawn_blocking(move || board_of(&shared, &shared.events.snapshot()))
-        .await
-        .expect("the board does not panic")
+    tokio::task::spawn_blocking(move || {
+        board_of(
+            &shared,
+            &crate::netboot::replicas::every_replicas_events(&shared),
+        )
+    })
+    .await
+    .expect("the board does not panic")
 }
 
 async fn board(State(shared): State<Arc<Shared>>) -> Response {

@@ -152,6 +152,11 @@ impl Lab {
             std::fs::create_dir_all(&dir)?;
             let mut doc = base.clone();
             doc["network"]["server"] = toml_edit::value(server.to_string());
+            // Each replica its own read-through cache of the object store (a replica starts empty).
+            if doc.get("store").is_some() {
+                doc["store"]["cache"] =
+                    toml_edit::value(dir.join("store-cache").display().to_string());
+            }
             if i > 0 {
                 let state = dir.join("state");
                 std::fs::create_dir_all(&state)?;

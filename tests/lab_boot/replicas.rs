@@ -1,0 +1,220 @@
+//! The full-DHCP lab with its server as two replicas behind a DHCP relay (issue 14): a 3-member etcd (TLS) and a
+//! 3-node Garage on the servers' segment in the lab's namespace, the images pushed to Garage and pinned in etcd,
+//! Debian's `dhcrelay` between the VMs' bridge and the replicas (`imgbuild::vm::lab::replicas`). Here the pieces
+//! the test function calls: start the shared region, kill a replica and stop an etcd member and a Garage node
+//! while the nodes are in their initrd, read the shared history, and re-pin on one host.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use imgbuild::vm::lab::Lab;
+
+use crate::etcd::Etcd;
+use crate::garage::Garage;
+
+/// The second replica's `[network] server` (the first is the lab's, 10.77.0.1: the images are built for it).
+pub const REPLICA_B: &str = "10.77.0.3";
+
+/// etcd and Garage, kept running for the lab's lifetime.
+pub struct Region {
+    pub etcd: Etcd,
+    pub garage: Garage,
+}
+
+/// Starts etcd and Garage at the lab namespace's address on the servers' segment, then the replicas (which push
+/// and pin the lab's images), and pushes `also` (images the test pins later).
+pub fn start(lab: &mut Lab, dir: &Path, also: &[&str]) -> Region {
+    let t0 = Instant::now();
+    let shared = lab.shared_address().to_string();
+    let etcd = Etcd::start_tls_in(lab.netns(), &shared, 3);
+    let garage = Garage::start_at(lab.netns(), &shared);
+    let creds = dir.join("s3-credentials");
+    garage.write_credentials(&creds);
+    let extra = format!(
+        "{}dhcp_replicas = [\"{}\", \"{REPLICA_B}\"]\n{}",
+        etcd.state_section("/imgbuild/lab/"),
+        lab.cluster.network.server,
+        garage.store_toml(&creds, &dir.join("unused-cache"))
+    );
+    lab.start_replicas(&extra).unwrap();
+    for id in also {
+        lab.replica_cli(&["push", id]).unwrap();
+    }
+    eprintln!(
+        "replicas: etcd x3, Garage x3, images pushed and pinned, 2 replicas and the relay up in {:?}",
+        t0.elapsed()
+    );
+    Region { etcd, garage }
+}
+
+/// Every event in the shared history (etcd), read with the product's state backend from the lab's namespace.
+pub fn shared_events(lab: &Lab) -> Vec<serde_json::Value> {
+    let cluster = imgbuild::config::load(&lab.replicas[0].config).unwrap();
+    imgbuild::vm::lab::in_netns(lab.netns(), move || {
+        let state = imgbuild::pki::state_store::open(&cluster, "lab-test").unwrap();
+        state
+            .events(1_000_000)
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_slice(l).ok())
+            .collect()
+    })
+    .unwrap()
+}
+
+/// Waits until the nodes are between `initrd` and `rootfs-verified` (every node reached `initrd`, or one got
+/// its root filesystem already), then kills replica B with SIGKILL and stops etcd member 2 and Garage node 2.
+/// Returns the hosts whose `initrd` report replica B had taken (they fetch their root filesystem from it).
+pub fn kill_mid_boot(lab: &mut Lab, region: &mut Region, hosts: &[String]) -> Vec<String> {
+    let all = hosts.len();
+    let _ = all;
+    lab.wait(hosts, 1, Duration::from_secs(600), |n| {
+        n.since_start("initrd").is_some()
+    })
+    .unwrap_or_else(|f| panic!("{f}"));
+    let b_events = std::fs::read_to_string(lab.opts.dir.join("replica-b/state/events.jsonl"))
+        .unwrap_or_default();
+    let on_b: Vec<String> = hosts
+        .iter()
+        .filter(|h| {
+            let mac = lab.cluster.machine_by_hostname(h).unwrap().mac.to_string();
+            b_events.lines().any(|l| {
+                l.contains(&format!("\"mac\":\"{mac}\"")) && l.contains("\"stage\":\"initrd\"")
+            })
+        })
+        .cloned()
+        .collect();
+    let b = lab
+        .replicas
+        .iter()
+        .position(|r| r.server.to_string() == REPLICA_B)
+        .unwrap();
+    lab.kill_replica(b);
+    region.etcd.kill(2);
+    region.garage.stop_node(2);
+    eprintln!(
+        "killed replica-b (SIGKILL) with {} in their initrd from it; stopped etcd member 2 and Garage node 2",
+        if on_b.is_empty() {
+            "no node".to_string()
+        } else {
+            on_b.join(", ")
+        }
+    );
+    on_b
+}
+
+/// No node enrolled twice and no address went to two machines, from the shared history: each host's `enrolled`
+/// once, and each address acknowledged by any replica to one MAC only (its inventory address).
+pub fn assert_once(lab: &Lab, hosts: &[&str]) {
+    let evs = shared_events(lab);
+    let mut acked: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for e in evs.iter().filter(|e| e["stage"] == "dhcp-ack") {
+        let detail = e["detail"].as_str().unwrap_or("");
+        let ip = detail
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("ip="))
+            .unwrap_or_else(|| panic!("a dhcp-ack without ip=: {e}"));
+        acked
+            .entry(ip.to_string())
+            .or_default()
+            .insert(e["mac"].as_str().unwrap_or("").to_string());
+    }
+    for (ip, macs) in &acked {
+        assert_eq!(macs.len(), 1, "{ip} was acknowledged to {macs:?}");
+    }
+    let replicas: BTreeSet<&str> = evs.iter().filter_map(|e| e["replica"].as_str()).collect();
+    for h in hosts {
+        let m = lab.cluster.machine_by_hostname(h).unwrap();
+        let mac = m.mac.to_string();
+        assert!(
+            acked
+                .get(&m.ip.to_string())
+                .is_some_and(|s| s.contains(&mac)),
+            "{h}: no dhcp-ack of {} in the shared history: {acked:?}",
+            m.ip
+        );
+        let enrolled = evs
+            .iter()
+            .filter(|e| {
+                e["mac"] == mac.as_str()
+                    && e["stage"] == "enrolled"
+                    && e["detail"]
+                        .as_str()
+                        .is_some_and(|d| d.starts_with("enrollment bundle served"))
+            })
+            .count();
+        assert_eq!(
+            enrolled, 1,
+            "{h} enrolled {enrolled} times (shared history)"
+        );
+    }
+    eprintln!(
+        "shared history: {} events from {replicas:?}; {} addresses acknowledged, each to one machine",
+        evs.len(),
+        acked.len()
+    );
+}
+
+/// The bootstrap token as the replicas see it (the shared state: the one master-1 renewed and published), as
+/// JSON.
+pub fn shared_token(lab: &Lab) -> (String, String) {
+    let cluster = imgbuild::config::load(&lab.replicas[0].config).unwrap();
+    imgbuild::vm::lab::in_netns(lab.netns(), move || {
+        let state = imgbuild::pki::state_store::open(&cluster, "lab-test").unwrap();
+        let t =
+            imgbuild::pki::state_store::documents::token(&*state, &cluster.paths.secrets).unwrap();
+        (t.token.clone(), serde_json::to_string(&t).unwrap())
+    })
+    .unwrap()
+}
+
+/// `imgbuild pin worker <id>` on one host (the CLI, against etcd) with replica B restarted, then worker-1
+/// power-cycled with its disk kept: it boots `id` from whichever replica answers, without joining again.
+/// Returns the replica that served its kernel.
+pub fn repin_and_reboot(lab: &mut Lab, id: &str) -> String {
+    let b = lab
+        .replicas
+        .iter()
+        .position(|r| r.server.to_string() == REPLICA_B)
+        .unwrap();
+    lab.start_replica(b).unwrap();
+    let t0 = Instant::now();
+    lab.replica_cli(&["pin", "worker", id]).unwrap();
+    let host = "worker-1".to_string();
+    lab.stop_vm(&host);
+    lab.start_vm(&host).unwrap();
+    let report = lab
+        .wait(
+            std::slice::from_ref(&host),
+            2,
+            Duration::from_secs(8 * 60),
+            |n| n.done,
+        )
+        .unwrap_or_else(|f| panic!("{f}"));
+    let n = report.nodes.iter().find(|n| n.name == host).unwrap();
+    assert_eq!(
+        n.image.as_deref(),
+        Some(id),
+        "worker-1 did not boot the re-pinned image"
+    );
+    assert_eq!(n.joins, 1, "worker-1 joined again after the re-pin reboot");
+    let mac = lab
+        .cluster
+        .machine_by_hostname(&host)
+        .unwrap()
+        .mac
+        .to_string();
+    let served = shared_events(lab)
+        .into_iter()
+        .rev()
+        .find(|e| e["mac"] == mac.as_str() && e["stage"] == "kernel")
+        .unwrap();
+    let replica = served["replica"].as_str().unwrap_or("").to_string();
+    eprintln!(
+        "re-pin: worker-1 booted {} from {replica} and reached joined again in {:?} (no second join)",
+        &id[..16],
+        t0.elapsed()
+    );
+    replica
+}
