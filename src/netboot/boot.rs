@@ -413,6 +413,7 @@ mod tests {
     use super::*;
 
     const ARM: &str = "52:54:00:77:00:41";
+    const WORKER1: &str = "52:54:00:77:00:21";
 
     /// The example cluster plus an arm64 worker, with a worker image pinned for `pinned` only.
     fn booter(pinned: &[Arch]) -> Booter {
@@ -448,6 +449,25 @@ mod tests {
             arch,
             is_ipxe: false,
             relay_id: None,
+        }
+    }
+
+    #[test]
+    fn with_replicas_the_command_line_lists_every_replica_this_one_first() {
+        let b = booter(&[Arch::Amd64]);
+        let one = b.plan(WORKER1.parse().unwrap()).unwrap().cmdline;
+        assert!(!one.contains("imgbuild.servers="), "{one}");
+        let mut c = (*b.cluster).clone();
+        c.network.server = "10.77.0.3".parse().unwrap();
+        c.state.dhcp_replicas = vec!["10.77.0.1".parse().unwrap(), c.network.server];
+        let b = Booter::new(Arc::new(c), b.pins.clone());
+        let line = b.plan(WORKER1.parse().unwrap()).unwrap().cmdline;
+        for want in [
+            "imgbuild.server=http://10.77.0.3:8080 ",
+            "imgbuild.servers=http://10.77.0.3:8080,http://10.77.0.1:8080 ",
+            "imgbuild.apis=https://10.77.0.3:8443,https://10.77.0.1:8443 ",
+        ] {
+            assert!(line.contains(want), "{want} not in {line}");
         }
     }
 
