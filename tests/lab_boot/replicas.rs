@@ -68,11 +68,39 @@ pub fn shared_events(lab: &Lab) -> Vec<serde_json::Value> {
 /// Returns the hosts whose `initrd` report replica B had taken (they fetch their root filesystem from it).
 pub fn kill_mid_boot(lab: &mut Lab, region: &mut Region, hosts: &[String]) -> Vec<String> {
     let all = hosts.len();
-    let _ = all;
-    lab.wait(hosts, 1, Duration::from_secs(600), |n| {
-        n.since_start("initrd").is_some()
-    })
-    .unwrap_or_else(|f| panic!("{f}"));
+    let t0 = Instant::now();
+    loop {
+        let r = lab.status().unwrap();
+        let nodes: Vec<_> = r.nodes.iter().filter(|n| hosts.contains(&n.name)).collect();
+        let in_initrd = nodes
+            .iter()
+            .filter(|n| n.since_start("initrd").is_some())
+            .count();
+        let past = nodes
+            .iter()
+            .any(|n| n.since_start("rootfs-verified").is_some());
+        if in_initrd == all || past {
+            eprintln!(
+                "{in_initrd} of {all} nodes in their initrd{} after {:?}",
+                if past {
+                    ", one has its root filesystem"
+                } else {
+                    ""
+                },
+                t0.elapsed()
+            );
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(600),
+            "the nodes did not reach their initrd within 600 s: {:?}",
+            nodes
+                .iter()
+                .map(|n| (&n.name, &n.state))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let b_events = std::fs::read_to_string(lab.opts.dir.join("replica-b/state/events.jsonl"))
         .unwrap_or_default();
     let on_b: Vec<String> = hosts
