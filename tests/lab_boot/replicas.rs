@@ -244,5 +244,27 @@ pub fn repin_and_reboot(lab: &mut Lab, id: &str) -> String {
         &id[..16],
         t0.elapsed()
     );
+    // The etcd requests each replica made for the whole run (docs/scale-state.md's writes per boot).
+    for r in &lab.replicas {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                lab.netns(),
+                "curl",
+                "-s",
+                "--max-time",
+                "5",
+            ])
+            .arg(format!("{}/metrics", r.url(&lab.cluster.network)))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("imgbuild_state_requests"))
+            .collect();
+        eprintln!("{} (since its restart for B): {lines:?}", r.name);
+    }
     replica
 }
