@@ -43,9 +43,9 @@ mod watch;
 pub use images::build_image;
 pub use interrupt::{catch_interrupts, interrupted};
 pub use options::Options;
-pub use replicas::{Replica, SERVERS_BRIDGE};
+pub use replicas::SERVERS_BRIDGE;
 pub use server::in_netns;
-pub use state::{Lab, Node};
+pub use state::{Lab, Node, Replica};
 pub use vms::{DATA_DISK_BYTES, STATE_DISK_BYTES, VmVariant};
 pub use watch::{LabFailure, summary};
 

@@ -19,14 +19,13 @@
 //! (replica A's is the lab's) and the lab's secrets.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
 use super::server::http_get_in;
-use super::state::Lab;
+use super::state::{Lab, Replica};
 use crate::vm::netns::Netns;
 
 /// The servers' bridge in the lab's namespace.
@@ -41,32 +40,6 @@ pub(super) fn relay_address(net: &crate::config::Network) -> Option<Ipv4Addr> {
 /// subnet's last host address.
 pub(super) fn shared_address(net: &crate::config::Network) -> Option<Ipv4Addr> {
     net.subnet.hosts().last()
-}
-
-/// A running replica: its name (`replica-a`, ...), server address, namespace and configuration.
-#[derive(Debug)]
-pub struct Replica {
-    /// `replica-a`, `replica-b`: the lab's process name and the replica's name in the shared state.
-    pub name: String,
-    /// Its `[network] server`.
-    pub server: Ipv4Addr,
-    /// Its `cluster.toml` (the lab's with the caller's `[state]` and `[store]`, its server and state).
-    pub config: PathBuf,
-    /// Its log file.
-    pub log: PathBuf,
-    pub(super) netns: Netns,
-}
-
-impl Replica {
-    /// Its `http://server:port`.
-    pub fn url(&self, net: &crate::config::Network) -> String {
-        net.http_base_at(self.server)
-    }
-
-    /// The namespace it runs in.
-    pub fn netns(&self) -> &str {
-        self.netns.name()
-    }
 }
 
 impl Lab {

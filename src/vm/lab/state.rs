@@ -1,6 +1,7 @@
 //! The running lab's state: the [`Lab`] (what the steps in the sibling files read and extend) and its
 //! [`Node`]s. Building it is `mod.rs`'s job; the `impl Lab` blocks live with the concern they serve.
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use super::options::Options;
@@ -13,7 +14,7 @@ pub struct Lab {
     // Field order matters: children stop before the namespace is deleted.
     pub(super) children: Children,
     /// The server replicas ([`Options::replicas`]), each with its namespace (deleted after the processes stop).
-    pub replicas: Vec<super::replicas::Replica>,
+    pub replicas: Vec<Replica>,
     pub(super) netns: Netns,
     /// What the lab was asked to do.
     pub opts: Options,
@@ -40,4 +41,30 @@ pub struct Node {
     pub machine: Machine,
     /// Its QEMU VM.
     pub spec: VmSpec,
+}
+
+/// A running replica: its name (`replica-a`, ...), server address, namespace and configuration.
+#[derive(Debug)]
+pub struct Replica {
+    /// `replica-a`, `replica-b`: the lab's process name and the replica's name in the shared state.
+    pub name: String,
+    /// Its `[network] server`.
+    pub server: Ipv4Addr,
+    /// Its `cluster.toml` (the lab's with the caller's `[state]` and `[store]`, its server and state).
+    pub config: PathBuf,
+    /// Its log file.
+    pub log: PathBuf,
+    pub(super) netns: Netns,
+}
+
+impl Replica {
+    /// Its `http://server:port`.
+    pub fn url(&self, net: &crate::config::Network) -> String {
+        net.http_base_at(self.server)
+    }
+
+    /// The namespace it runs in.
+    pub fn netns(&self) -> &str {
+        self.netns.name()
+    }
 }
