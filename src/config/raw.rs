@@ -113,6 +113,8 @@ pub struct StoreRaw {
     /// An AWS-style credentials file (`aws_access_key_id`, `aws_secret_access_key`), relative to
     /// `cluster.toml`; default: the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`).
     pub credentials_file: Option<String>,
+    /// A CA certificate (PEM) for the endpoint's TLS, relative to `cluster.toml`.
+    pub ca: Option<String>,
     /// Every other key, refused in validation.
     #[serde(flatten)]
     pub other: BTreeMap<String, toml::Value>,

@@ -31,4 +31,7 @@ pub struct S3Store {
     /// An AWS-style credentials file (`[default]` with `aws_access_key_id`, `aws_secret_access_key`); `None`:
     /// the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`).
     pub credentials_file: Option<PathBuf>,
+    /// A CA certificate (PEM) the endpoint's TLS certificate may also chain to (a store behind a TLS proxy with
+    /// the site's own CA); `None`: the system's roots only.
+    pub ca: Option<PathBuf>,
 }

@@ -31,11 +31,18 @@ pub fn start(lab: &mut Lab, dir: &Path, also: &[&str]) -> Region {
     let garage = Garage::start_at(lab.netns(), &shared);
     let creds = dir.join("s3-credentials");
     garage.write_credentials(&creds);
+    // The store over TLS (plain HTTP to another host is refused: validation), through nginx with a
+    // certificate from the test CA etcd's helper made for the same address.
+    let tls = etcd.tls.as_ref().unwrap();
+    let s3 = tls_proxy(lab, dir, &garage.endpoint, &shared, tls);
     let extra = format!(
-        "{}dhcp_replicas = [\"{}\", \"{REPLICA_B}\"]\n{}",
+        "{}dhcp_replicas = [\"{}\", \"{REPLICA_B}\"]\n{}ca = {:?}\n",
         etcd.state_section("/imgbuild/lab/"),
         lab.cluster.network.server,
-        garage.store_toml(&creds, &dir.join("unused-cache"))
+        garage
+            .store_toml(&creds, &dir.join("unused-cache"))
+            .replace(&garage.endpoint, &s3),
+        tls.ca.display().to_string()
     );
     lab.start_replicas(&extra).unwrap();
     for id in also {
@@ -46,6 +53,75 @@ pub fn start(lab: &mut Lab, dir: &Path, also: &[&str]) -> Region {
         t0.elapsed()
     );
     Region { etcd, garage }
+}
+
+/// nginx terminating TLS in front of the object store at `shared:3943` (a process of the lab, stopped with it).
+/// Returns its URL.
+fn tls_proxy(
+    lab: &mut Lab,
+    dir: &Path,
+    backend: &str,
+    shared: &str,
+    tls: &crate::etcd::Tls,
+) -> String {
+    let conf = dir.join("s3-proxy.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 1;\ndaemon off;\nmaster_process off;\npid {d}/s3-proxy.pid;\n\
+             error_log {d}/s3-proxy-error.log;\nevents {{ worker_connections 512; }}\nhttp {{\n\
+             access_log off;\n server {{\n  listen {shared}:3943 ssl;\n  ssl_certificate {cert};\n\
+             ssl_certificate_key {key};\n  client_max_body_size 0;\n  proxy_request_buffering off;\n\
+             proxy_buffering off;\n  location / {{\n   proxy_pass {backend};\n   proxy_http_version 1.1;\n\
+             proxy_set_header Host $http_host;\n  }}\n }}\n}}\n",
+            d = dir.display(),
+            cert = tls.server_cert.display(),
+            key = tls.server_key.display(),
+        ),
+    )
+    .unwrap();
+    let url = format!("https://{shared}:3943");
+    lab.spawn_in_netns(
+        "s3-tls-proxy",
+        "nginx",
+        &[
+            "-c".into(),
+            conf.display().to_string(),
+            "-e".into(),
+            dir.join("s3-proxy-error.log").display().to_string(),
+        ],
+        &dir.join("s3-proxy.log"),
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    loop {
+        let ok = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                lab.netns(),
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "2",
+                "--cacert",
+            ])
+            .arg(&tls.ca)
+            .arg(format!("{url}/"))
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return url;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15) && lab.process_running("s3-tls-proxy"),
+            "nginx in front of the object store did not answer {url}: {}",
+            std::fs::read_to_string(dir.join("s3-proxy-error.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Every event in the shared history (etcd), read with the product's state backend from the lab's namespace.

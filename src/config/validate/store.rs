@@ -9,7 +9,7 @@ use crate::config::raw;
 use crate::config::store::{S3Store, Store};
 
 /// The keys `[store]` takes.
-const KEYS: &str = "backend, endpoint, bucket, region, cache, credentials_file";
+const KEYS: &str = "backend, endpoint, bucket, region, cache, credentials_file, ca";
 
 /// The S3 keys, refused with `backend = "dir"`.
 fn s3_keys(s: &raw::StoreRaw) -> Vec<(&'static str, bool)> {
@@ -19,6 +19,7 @@ fn s3_keys(s: &raw::StoreRaw) -> Vec<(&'static str, bool)> {
         ("region", s.region.is_some()),
         ("cache", s.cache.is_some()),
         ("credentials_file", s.credentials_file.is_some()),
+        ("ca", s.ca.is_some()),
     ]
 }
 
@@ -122,12 +123,37 @@ pub(super) fn check(
                 .map(|d| root.join(d))
                 .unwrap_or_else(|| paths.cache.join("store"));
             let credentials_file = s.credentials_file.as_deref().map(|f| root.join(f));
+            let ca = s.ca.as_deref().map(|f| root.join(f));
+            if let Some(f) = &ca {
+                let pem = std::fs::read_to_string(f).unwrap_or_default();
+                if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                    c.error(
+                        &p!["store", "ca"],
+                        format!(
+                            "{} is not a readable PEM certificate: name the CA certificate that signed the store's                              (or its TLS proxy's) certificate, or drop `ca` to use the system's roots",
+                            f.display()
+                        ),
+                    );
+                    ok = false;
+                }
+                if endpoint
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with("http://"))
+                {
+                    c.error(
+                        &p!["store", "ca"],
+                        "`ca` is for an https:// endpoint; this one is plain http://",
+                    );
+                    ok = false;
+                }
+            }
             Some(Store::S3(S3Store {
                 endpoint: endpoint?,
                 bucket: bucket?,
                 region,
                 cache,
                 credentials_file,
+                ca,
             }))
             .filter(|_| ok)
         }

@@ -115,6 +115,23 @@ impl S3Store {
     /// the cache directory. Nothing is contacted yet.
     pub fn new(cfg: &Config) -> Result<S3Store, String> {
         let creds = credentials::load(cfg.credentials_file.as_deref())?;
+        // Plain HTTP only where validation allowed it (loopback); set here, as these options replace the
+        // builder's.
+        let mut options = ClientOptions::new()
+            .with_allow_http(cfg.endpoint.starts_with("http://"))
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_timeout(Duration::from_secs(300));
+        if let Some(ca) = &cfg.ca {
+            let pem = std::fs::read(ca)
+                .map_err(|e| format!("cannot read [store] ca {}: {e}", ca.display()))?;
+            let cert = object_store::Certificate::from_pem(&pem).map_err(|e| {
+                format!(
+                    "[store] ca {} is not a PEM certificate ({e}): name the CA that signed the store's certificate",
+                    ca.display()
+                )
+            })?;
+            options = options.with_root_certificate(cert);
+        }
         let mut b = AmazonS3Builder::new()
             .with_endpoint(&cfg.endpoint)
             .with_bucket_name(&cfg.bucket)
@@ -122,14 +139,7 @@ impl S3Store {
             .with_virtual_hosted_style_request(false)
             .with_access_key_id(creds.key_id)
             .with_secret_access_key(creds.secret)
-            .with_client_options(
-                // Plain HTTP only where validation allowed it (loopback); set here, as these options replace
-                // the builder's.
-                ClientOptions::new()
-                    .with_allow_http(cfg.endpoint.starts_with("http://"))
-                    .with_connect_timeout(Duration::from_secs(5))
-                    .with_timeout(Duration::from_secs(300)),
-            )
+            .with_client_options(options)
             .with_retry(RetryConfig {
                 max_retries: 3,
                 retry_timeout: Duration::from_secs(30),
