@@ -320,6 +320,26 @@ fn store_section_is_validated_and_credentials_in_cluster_toml_are_refused() {
     .to_string();
     assert!(e.contains("plain HTTP") && e.contains("https://"), "{e}");
     assert!(e.contains("not a bucket name"), "{e}");
+    // `ca`: a PEM certificate for an https:// endpoint (a store behind a TLS proxy with the site's CA).
+    std::fs::write(d.path().join("not-a-cert.pem"), "hello\n").unwrap();
+    let e = load("[store]\nbackend = \"s3\"\nendpoint = \"https://s3.example.net\"\nbucket = \"images\"\nca = \"not-a-cert.pem\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("store.ca") && e.contains("not a readable PEM certificate"),
+        "{e}"
+    );
+    std::fs::write(
+        d.path().join("ca.pem"),
+        "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let ok = load("[store]\nbackend = \"s3\"\nendpoint = \"https://s3.example.net\"\nbucket = \"images\"\nca = \"ca.pem\"\n")
+        .unwrap();
+    let imgbuild::config::Store::S3(s) = ok.store else {
+        panic!()
+    };
+    assert_eq!(s.ca, Some(d.path().join("ca.pem")));
     let e = load("[store]\nbackend = \"ftp\"\n")
         .unwrap_err()
         .to_string();
