@@ -276,9 +276,10 @@ pub fn shared_token(lab: &Lab) -> (String, String) {
     .unwrap()
 }
 
-/// `imgbuild pin worker <id>` on one host (the CLI, against etcd) with replica B restarted, then worker-1
-/// power-cycled with its disk kept: it boots `id` from whichever replica answers, without joining again.
-/// Returns the replica that served its kernel.
+/// Replica B started again (it learns the pin from etcd's watch), `imgbuild pin worker <id>` on one host (the
+/// CLI with replica A's cluster.toml, against etcd), then replica A killed and worker-1 power-cycled with its
+/// disk kept: replica B alone serves it the new image (and the node API: the image names A's), and it reaches
+/// `joined` without joining again. Returns the replica that served its kernel.
 pub fn repin_and_reboot(lab: &mut Lab, id: &str) -> String {
     let b = lab
         .replicas
@@ -288,6 +289,8 @@ pub fn repin_and_reboot(lab: &mut Lab, id: &str) -> String {
     lab.start_replica(b).unwrap();
     let t0 = Instant::now();
     lab.replica_cli(&["pin", "worker", id]).unwrap();
+    lab.kill_replica(0);
+    lab.server_url = lab.replicas[b].url(&lab.cluster.network);
     let host = "worker-1".to_string();
     lab.stop_vm(&host);
     lab.start_vm(&host).unwrap();
@@ -318,6 +321,7 @@ pub fn repin_and_reboot(lab: &mut Lab, id: &str) -> String {
         .find(|e| e["mac"] == mac.as_str() && e["stage"] == "kernel")
         .unwrap();
     let replica = served["replica"].as_str().unwrap_or("").to_string();
+    assert_eq!(replica, lab.replicas[b].name, "{served}");
     eprintln!(
         "re-pin: worker-1 booted {} from {replica} and reached joined again in {:?} (no second join)",
         &id[..16],
