@@ -148,9 +148,15 @@ pub fn kill_mid_boot(lab: &mut Lab, region: &mut Region, hosts: &[String]) -> Ve
     loop {
         let r = lab.status().unwrap();
         let nodes: Vec<_> = r.nodes.iter().filter(|n| hosts.contains(&n.name)).collect();
+        // In its initrd: the node's own `initrd` report (the server's `initrd` is iPXE fetching initrd.img).
+        let evs = shared_events(lab);
         let in_initrd = nodes
             .iter()
-            .filter(|n| n.since_start("initrd").is_some())
+            .filter(|n| {
+                evs.iter().any(|e| {
+                    e["mac"] == n.mac.as_str() && e["stage"] == "initrd" && e["source"] == "node"
+                })
+            })
             .count();
         let past = nodes
             .iter()
