@@ -472,6 +472,12 @@ async fn an_ecc_tpm_machine_pinned_by_its_ek_hash_enrolls_and_reattests_and_repl
     let ak = Public::from_tpm2b(&std::fs::read(d.join("ak.pub")).unwrap()).unwrap();
     assert!(matches!(ek.key, Key::Ecc { .. }) && matches!(ak.key, Key::Ecc { .. }));
     assert_eq!(hex::encode(ek.sha256()), pin);
+    // The node printed the hash to pin (what the server shows for a pending EK).
+    let console = std::fs::read_to_string(node.root.path().join("enroll.stderr")).unwrap();
+    assert!(
+        console.contains(&format!("TPM EK (ecc): sha256:{pin}")),
+        "{console}"
+    );
     let attest_log = std::fs::read_to_string(node.root.path().join("run/imgbuild/attest.log"))
         .unwrap_or_default();
     assert!(

@@ -424,7 +424,8 @@ impl Node {
             .unwrap()
     }
 
-    /// `ib_attest_enroll` as firstboot runs it: (HTTP status, what it wrote to OUT).
+    /// `ib_attest_enroll` as firstboot runs it: (HTTP status, what it wrote to OUT); its stderr is kept in
+    /// `enroll.stderr` under the node's root.
     pub fn enroll(&self, api: &str, log: &[u8]) -> (String, String) {
         let out = self.script(
             api,
@@ -433,6 +434,8 @@ impl Node {
         );
         let code = String::from_utf8_lossy(&out.stdout).trim().to_string();
         let body = std::fs::read_to_string(self.root.path().join("out")).unwrap_or_default();
+        // What the node printed (its console), kept for the test.
+        std::fs::write(self.root.path().join("enroll.stderr"), &out.stderr).unwrap();
         eprintln!(
             "node: {code} {body}\n{}",
             String::from_utf8_lossy(&out.stderr)
