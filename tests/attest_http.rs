@@ -385,16 +385,25 @@ fn replay_quote(node: &Node, ca: &Path, api: &str) -> (u16, String) {
 /// A machine whose TPM holds only an ECC EK certificate (NIST P-256, issued by an ECDSA "manufacturer" CA), as many
 /// fTPMs ship: pinned in cluster.toml by the hash read the way docs/attestation.md says, with that CA as
 /// `manufacturer_ca`. The node's own scripts pick ECC by themselves (a P-256 EK, an ECDSA AK), the server makes the
-/// credential by ECDH, the node opens the sealed bundle; another TPM certified by the same maker is refused as an
-/// unknown EK; a replayed quote is refused; a reboot re-attests with nothing released.
+/// credential by ECDH, the node opens the sealed bundle; a TPM whose EK certificate another ECDSA CA issued is
+/// refused at the certificate, another TPM certified by the same maker as an unknown EK; a replayed quote is
+/// refused; a reboot re-attests with nothing released.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ecc_tpm_machine_pinned_by_its_ek_hash_enrolls_and_reattests_and_replays_and_other_eks_are_refused()
  {
     let dir = tempfile::tempdir().unwrap();
     let maker = dir.path().join("tpm-ca");
     let maker_pem = attest::ecdsa_ca(&maker);
-    let (tpm, spoofer_tpm) =
-        tokio::task::block_in_place(|| (Tpm::start_ecc_only(&maker), Tpm::start_ecc_only(&maker)));
+    // The machine's TPM, another TPM of the same maker, and one whose EK certificate another ECDSA CA issued.
+    let other_maker = dir.path().join("other-tpm-ca");
+    attest::ecdsa_ca(&other_maker);
+    let (tpm, spoofer_tpm, uncertified_tpm) = tokio::task::block_in_place(|| {
+        (
+            Tpm::start_ecc_only(&maker),
+            Tpm::start_ecc_only(&maker),
+            Tpm::start_ecc_only(&other_maker),
+        )
+    });
     // The hash to pin, read on the machine as docs/attestation.md says.
     tokio::task::block_in_place(|| {
         tpm.tool(
@@ -451,8 +460,19 @@ async fn an_ecc_tpm_machine_pinned_by_its_ek_hash_enrolls_and_reattests_and_repl
     let log = agile_log(&boot);
     let node = Node::with_tpm(&lib, &attest_sh, &ca, M1, tpm);
     let spoofer = Node::with_tpm(&lib, &attest_sh, &ca, M1, spoofer_tpm);
+    let uncertified = Node::with_tpm(&lib, &attest_sh, &ca, M1, uncertified_tpm);
     extend(&node.tpm.tcti, &boot);
     extend(&spoofer.tpm.tcti, &boot);
+
+    // An EK certificate from a CA that is not in manufacturer_ca: refused by the ECDSA signature check.
+    let (code, body) = tokio::task::block_in_place(|| uncertified.enroll(&api, &log));
+    assert_eq!(code, "403", "{body}");
+    assert!(
+        body.contains("EK certificate refused")
+            && body.contains("not signed by")
+            && !body.contains(&token),
+        "{body}"
+    );
 
     // Another TPM from the same maker (its EK certificate checks out) claiming the machine: not the pinned EK.
     let (code, body) = tokio::task::block_in_place(|| spoofer.enroll(&api, &log));
@@ -524,6 +544,7 @@ async fn an_ecc_tpm_machine_pinned_by_its_ek_hash_enrolls_and_reattests_and_repl
         ("served", 1),
         ("reattested", 1),
         ("unknown-ek", 1),
+        ("ek-certificate", 1),
         ("stale-nonce", 1),
     ] {
         let line = format!("imgbuild_attest_requests_total{{outcome=\"{outcome}\"}} {n}");
