@@ -127,6 +127,12 @@ async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boo
         (4, EV_EFI_BOOT_SERVICES_APPLICATION, kernel_digest),
     ];
     let node = tokio::task::block_in_place(|| Node::new(&lib, &attest_sh, &ca, M1));
+    // Its TPM holds certificates for both an RSA and a P-256 EK: the node presents the RSA EK.
+    tokio::task::block_in_place(|| {
+        let maker = dir.path().join("ecdsa-ca");
+        attest::ecdsa_ca(&maker);
+        node.tpm.certify_p256_ek(&maker);
+    });
     extend(&node.tpm.tcti, &boot);
     let log = agile_log(&boot);
     let spoofer = tokio::task::block_in_place(|| Node::new(&lib, &attest_sh, &ca, M1));
@@ -141,6 +147,11 @@ async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boo
         pending,
         hex::encode(Sha256::digest(&ek_pub[2..])),
         "the pending EK is the node's"
+    );
+    let console = std::fs::read_to_string(node.root.path().join("enroll.stderr")).unwrap();
+    assert!(
+        console.contains(&format!("TPM EK (rsa): sha256:{pending}")),
+        "{console}"
     );
     // Another TPM claiming the same machine meanwhile: refused, remembered, nothing secret.
     let (code, body) = tokio::task::block_in_place(|| spoofer.enroll(&api, &log));

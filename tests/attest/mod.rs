@@ -89,11 +89,18 @@ impl Tpm {
     /// tool swtpm-localca uses, and written with the platform hierarchy as a manufacturer would.
     pub fn start_ecc_only(ca: &Path) -> Tpm {
         let tpm = Self::start_with_ca(Some(ca));
-        tpm.tool(
+        tpm.certify_p256_ek(ca);
+        tpm.tool("tpm2_nvundefine", &["-C", "p", "0x1c00002"]);
+        tpm
+    }
+
+    /// Stores a certificate for the TPM's P-256 EK at NV index 0x1c0000a, issued by the ECDSA CA in `ca`.
+    pub fn certify_p256_ek(&self, ca: &Path) {
+        self.tool(
             "tpm2_createek",
             &["-c", "ek.ctx", "-G", "ecc", "-u", "ek.pub"],
         );
-        let ek = Public::from_tpm2b(&std::fs::read(tpm.path("ek.pub")).unwrap()).unwrap();
+        let ek = Public::from_tpm2b(&std::fs::read(self.path("ek.pub")).unwrap()).unwrap();
         let p = ek.p256_point().unwrap().expect("a P-256 EK");
         run(Command::new("swtpm_cert")
             .args([
@@ -112,7 +119,7 @@ impl Tpm {
             .arg("--issuercert")
             .arg(ca.join("issuercert.pem"))
             .arg("--out-cert")
-            .arg(tpm.path("ecc-ekcert.der"))
+            .arg(self.path("ecc-ekcert.der"))
             .args([
                 "--serial",
                 &rand::random::<u32>().to_string(),
@@ -123,11 +130,11 @@ impl Tpm {
             .args(["--tpm-version", "id:20191023", "--tpm-spec-family", "2.0"])
             .args(["--tpm-spec-level", "0", "--tpm-spec-revision", "164"])
             .args(["--subject", "CN=imgbuild-test-ek"]));
-        let size = std::fs::metadata(tpm.path("ecc-ekcert.der"))
+        let size = std::fs::metadata(self.path("ecc-ekcert.der"))
             .unwrap()
             .len()
             .to_string();
-        tpm.tool(
+        self.tool(
             "tpm2_nvdefine",
             &[
                 "0x1c0000a",
@@ -139,12 +146,10 @@ impl Tpm {
                 "ppwrite|ppread|ownerread|authread|no_da|platformcreate",
             ],
         );
-        tpm.tool(
+        self.tool(
             "tpm2_nvwrite",
             &["0x1c0000a", "-C", "p", "-i", "ecc-ekcert.der"],
         );
-        tpm.tool("tpm2_nvundefine", &["-C", "p", "0x1c00002"]);
-        tpm
     }
 
     /// swtpm with EK certificates from swtpm-localca: its own CA made in the TPM's directory, or the one in `ca`.
