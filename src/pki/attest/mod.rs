@@ -5,6 +5,7 @@
 //! - [`public`]: `TPMT_PUBLIC` (EK, AK): Name, EK hash, AK attributes.
 //! - [`ek`]: the EK certificate against `[attestation] manufacturer_ca`.
 //! - [`credential`]: MakeCredential (the file `tpm2_activatecredential` reads).
+//! - [`seed`]: its seed, shared with the EK's TPM (RSA-OAEP, or ECDH + KDFe for an ECC EK).
 //! - [`quote`]: `TPMS_ATTEST` quotes and their signatures.
 //! - [`eventlog`]: the firmware's crypto-agile event log, replayed to PCR values.
 //! - [`policy`]: the checks a node's evidence must pass against its pinned image.
@@ -21,6 +22,7 @@ pub mod policy;
 pub mod public;
 pub mod quote;
 pub mod seal;
+pub mod seed;
 pub mod sessions;
 pub mod wire;
 
