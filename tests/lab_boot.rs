@@ -1160,7 +1160,18 @@ fn root_lab_proxy_dhcp_uefi_pxe_amd64_master_and_secure_boot_arm64_worker_by_htt
     o.config = config_with_arm64_secure_boot_worker(dir.path());
     o.firmware_of = vec![(host.into(), Firmware::Http)];
     o.secure_boot = true;
+    // master-1 has its own swtpm and enrolls by TPM attestation of the iPXE → kernel chain (docs/attestation.md,
+    // "The iPXE path"); the arm64 worker enrolls by address (only the amd64 UEFI chain is checked).
+    o.tpm = true;
     let mut lab = Lab::prepare(o).unwrap();
+    assert_eq!(
+        lab.cluster.machine_by_hostname(master).unwrap().identity,
+        imgbuild::config::Identity::Tpm
+    );
+    assert_eq!(
+        lab.cluster.machine_by_hostname(host).unwrap().identity,
+        imgbuild::config::Identity::Address
+    );
     for h in [master, host] {
         lab.start_vm(h).unwrap();
     }
@@ -1259,6 +1270,31 @@ fn root_lab_proxy_dhcp_uefi_pxe_amd64_master_and_secure_boot_arm64_worker_by_htt
         );
     }
     assert_ne!(node(&report, master).secure_boot, Some(true));
+    // Its TPM attested the iPXE → kernel chain: the iPXE binary the server serves, then the pinned image's kernel
+    // (loaded by iPXE with LoadImage and measured by the firmware with the file's Authenticode digest, equal to
+    // the manifest's boot_apps), Secure Boot off; the bundle was released sealed to that TPM.
+    let master_image = image_of(Role::Master, Arch::Amd64);
+    let kernel = store.manifest(&master_image).unwrap().boot_apps["vmlinuz"].clone();
+    let attested: Vec<&str> = evs
+        .iter()
+        .filter(|e| e.mac == m.mac && e.stage == "enrolled")
+        .map(|e| e.detail.as_str())
+        .collect();
+    assert!(
+        attested.iter().any(|d| d.contains("attested by TPM")
+            && d.contains(&format!(
+                "booted snponly.efi → vmlinuz of image={master_image}"
+            ))
+            && d.contains("Secure Boot off")
+            && d.contains("sealed bundle served")),
+        "{master} did not enroll by TPM attestation of iPXE → its kernel ({kernel}): {attested:?}"
+    );
+    println!("{master}: {}", attested.join(" | "));
+    let metrics = lab_metrics(&lab);
+    assert!(
+        metrics.contains("imgbuild_attest_requests_total{outcome=\"served\"} 1"),
+        "{metrics}"
+    );
 
     // ProxyDHCP beside dnsmasq: dnsmasq acknowledged both machines' addresses; every DHCP answer of ours was a
     // proxy answer (boot information, no address).
