@@ -1103,7 +1103,6 @@ impl SpooferAfter {
             .machine_by_hostname(host)
             .unwrap()
             .ek_sha256
-            .clone()
             .unwrap();
         let log = std::fs::read_to_string(lab.opts.dir.join("server.log")).unwrap_or_default();
         assert!(
