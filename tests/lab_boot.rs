@@ -1504,8 +1504,9 @@ fn root_lab_proxy_dhcp_uefi_pxe_amd64_master_and_secure_boot_arm64_worker_by_htt
     }
     assert_ne!(node(&report, master).secure_boot, Some(true));
     // Its TPM attested the iPXE → kernel chain: the iPXE binary the server serves, then the pinned image's kernel
-    // (loaded by iPXE with LoadImage and measured by the firmware with the file's Authenticode digest, equal to
-    // the manifest's boot_apps), Secure Boot off; the bundle was released sealed to that TPM.
+    // twice (iPXE's probe loads it with LoadImage, then it loads it again to start it; the firmware measures each
+    // with the file's Authenticode digest, equal to the manifest's boot_apps), Secure Boot off; the bundle was
+    // released sealed to that TPM.
     let master_image = image_of(Role::Master, Arch::Amd64);
     let kernel = store.manifest(&master_image).unwrap().boot_apps["vmlinuz"].clone();
     let attested: Vec<&str> = evs
@@ -1516,7 +1517,7 @@ fn root_lab_proxy_dhcp_uefi_pxe_amd64_master_and_secure_boot_arm64_worker_by_htt
     assert!(
         attested.iter().any(|d| d.contains("attested by TPM")
             && d.contains(&format!(
-                "booted snponly.efi → vmlinuz of image={master_image}"
+                "booted snponly.efi → vmlinuz → vmlinuz of image={master_image}"
             ))
             && d.contains("Secure Boot off")
             && d.contains("sealed bundle served")),

@@ -109,16 +109,20 @@ pub(super) fn expected_for(
 /// The PCR 4 applications, in order, of the way the server boots a machine (docs/attestation.md): a Secure
 /// Boot machine's firmware starts the pinned image's signed UKI itself (its stub starts the kernel without
 /// LoadImage under Secure Boot, with LoadImage when it is off: then the kernel follows); any other UEFI machine
-/// gets iPXE (`snponly.efi` over PXE, `ipxe.efi` by HTTP Boot), which loads the pinned kernel with LoadImage.
+/// gets iPXE (`snponly.efi` over PXE, `ipxe.efi` by HTTP Boot), which loads the pinned kernel with LoadImage —
+/// twice with Debian 12's iPXE, whose `efi_image_probe` tries LoadImage (then UnloadImage) to recognise an EFI
+/// image before `efi_image_exec` loads it again to start it: the firmware measures both (seen in the ProxyDHCP
+/// lab's event log: `snponly.efi → vmlinuz → vmlinuz`). One kernel event is allowed too, for an iPXE that
+/// recognises the image without LoadImage; every kernel event must be the pinned kernel either way.
 pub fn boot_paths(uki: bool) -> Vec<Vec<String>> {
     let path = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     if uki {
         vec![path(&[UKI]), path(&[UKI, KERNEL])]
     } else {
-        vec![
-            path(&[UEFI_BOOTFILE, KERNEL]),
-            path(&[UEFI_BOOTFILE_FULL, KERNEL]),
-        ]
+        [UEFI_BOOTFILE, UEFI_BOOTFILE_FULL]
+            .into_iter()
+            .flat_map(|ipxe| [path(&[ipxe, KERNEL, KERNEL]), path(&[ipxe, KERNEL])])
+            .collect()
     }
 }
 
@@ -243,7 +247,12 @@ mod tests {
         assert_eq!(e.chains, boot_paths(false));
         assert_eq!(
             boot_paths(false),
-            [["snponly.efi", "vmlinuz"], ["ipxe.efi", "vmlinuz"]]
+            [
+                vec!["snponly.efi", "vmlinuz", "vmlinuz"],
+                vec!["snponly.efi", "vmlinuz"],
+                vec!["ipxe.efi", "vmlinuz", "vmlinuz"],
+                vec!["ipxe.efi", "vmlinuz"]
+            ]
         );
         assert_eq!(
             boot_paths(true),

@@ -376,7 +376,17 @@ mod tests {
 
     #[test]
     fn the_ipxe_path_is_the_served_ipxe_then_the_pinned_kernel_and_nothing_else() {
-        let ipxe = both_ways(&[&["snponly.efi", "vmlinuz"], &["ipxe.efi", "vmlinuz"]]);
+        // As attest_expected::boot_paths(false) has it: iPXE's probe loads the kernel once before it starts it.
+        let ipxe = both_ways(&[
+            &["snponly.efi", "vmlinuz", "vmlinuz"],
+            &["snponly.efi", "vmlinuz"],
+            &["ipxe.efi", "vmlinuz", "vmlinuz"],
+            &["ipxe.efi", "vmlinuz"],
+        ]);
+        assert_eq!(
+            pcr4_only(&apps(&[0xcc, 0xbb, 0xbb]), &ipxe).unwrap(),
+            "snponly.efi → vmlinuz → vmlinuz"
+        );
         assert_eq!(
             pcr4_only(&apps(&[0xcc, 0xbb]), &ipxe).unwrap(),
             "snponly.efi → vmlinuz"
@@ -391,6 +401,14 @@ mod tests {
         assert!(
             e.to_string()
                 .contains("event #2 (PCR 4, EV_EFI_BOOT_SERVICES_APPLICATION) sha256:1111"),
+            "{e}"
+        );
+        // iPXE's probe loaded the pinned kernel, then it started another: the second kernel event is named.
+        let e = pcr4_only(&apps(&[0xcc, 0xbb, 0x11]), &ipxe)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("event #3 (PCR 4, EV_EFI_BOOT_SERVICES_APPLICATION) sha256:1111"),
             "{e}"
         );
         // The image's own files, but not the way the server boots this machine: named where they leave the path.
@@ -411,9 +429,9 @@ mod tests {
                 "(vmlinuz, application 1 of the boot)",
             ),
             (
-                vec![0xcc, 0xbb, 0xbb],
-                "event #3",
-                "(vmlinuz, application 3 of the boot)",
+                vec![0xcc, 0xbb, 0xbb, 0xbb],
+                "event #4",
+                "(vmlinuz, application 4 of the boot)",
             ),
         ] {
             let e = pcr4_only(&apps(&booted), &ipxe).unwrap_err();
@@ -421,7 +439,9 @@ mod tests {
             let e = e.to_string();
             assert!(e.contains(at) && e.contains(name), "{booted:?}: {e}");
             assert!(
-                e.contains("this machine boots snponly.efi → vmlinuz or ipxe.efi → vmlinuz"),
+                e.contains(
+                    "this machine boots snponly.efi → vmlinuz → vmlinuz or snponly.efi → vmlinuz or"
+                ),
                 "{e}"
             );
             assert_eq!(
