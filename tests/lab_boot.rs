@@ -1524,6 +1524,16 @@ fn root_lab_proxy_dhcp_uefi_pxe_amd64_master_and_secure_boot_arm64_worker_by_htt
         "{master} did not enroll by TPM attestation of iPXE → its kernel ({kernel}): {attested:?}"
     );
     println!("{master}: {}", attested.join(" | "));
+    // Beyond the quote (PCRs 0-7), Linux 6.1's EFI stub measured the command line iPXE passed into PCR 9, and no
+    // initrd (it came by `initrd=`, not LoadFile2): shown on the row as not checked (docs/attestation.md).
+    assert!(
+        attested.iter().any(
+            |d| d.contains("measured outside the quote (not checked): event #")
+                && d.contains("(PCR 9, EV_EVENT_TAG \"LOADED_IMAGE::LoadOptions\")")
+                && !d.contains("Linux initrd")
+        ),
+        "{attested:?}"
+    );
     let metrics = lab_metrics(&lab);
     assert!(
         metrics.contains("imgbuild_attest_requests_total{outcome=\"served\"} 1"),
