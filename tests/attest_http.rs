@@ -120,10 +120,15 @@ async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boo
     assert_eq!(code, 428, "{body}");
     assert!(body.contains("/api/attest/"), "{body}");
 
-    // The firmware's boot: a separator in PCR 7 and 4, then the image's kernel as the boot application.
+    // The firmware's boot: a separator in PCR 7 and 4, then the way the server boots this (non-Secure Boot) UEFI
+    // machine: the iPXE binary it serves, then the image's kernel (docs/attestation.md, "The iPXE path").
+    let ipxe = std::fs::read(shared.cluster().network.ipxe_binaries.join("snponly.efi"))
+        .expect("the served snponly.efi (Debian package ipxe)");
+    let ipxe_digest = imgbuild::image::authenticode::sha256(&ipxe).unwrap();
     let boot = vec![
         (7, EV_SEPARATOR, [0x07; 32]),
         (4, EV_SEPARATOR, [0x04; 32]),
+        (4, EV_EFI_BOOT_SERVICES_APPLICATION, ipxe_digest),
         (4, EV_EFI_BOOT_SERVICES_APPLICATION, kernel_digest),
     ];
     let node = tokio::task::block_in_place(|| Node::new(&lib, &attest_sh, &ca, M1));
@@ -190,7 +195,7 @@ async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boo
     assert!(
         enrolled
             .iter()
-            .any(|d| d.contains("attested by TPM") && d.contains("booted vmlinuz")),
+            .any(|d| d.contains("attested by TPM") && d.contains("booted snponly.efi → vmlinuz")),
         "{enrolled:?}"
     );
     assert!(
@@ -309,7 +314,7 @@ async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boo
     let (code, body) = tokio::task::block_in_place(|| node.enroll(&api, &agile_log(&all)));
     assert_eq!(code, "403", "{body}");
     assert!(
-        body.contains("PCR mismatch: event #4 (PCR 4, EV_EFI_BOOT_SERVICES_APPLICATION)")
+        body.contains("PCR mismatch: event #5 (PCR 4, EV_EFI_BOOT_SERVICES_APPLICATION)")
             && body.contains(&hex::encode([0xee; 32]))
             && !body.contains(&token),
         "{body}"

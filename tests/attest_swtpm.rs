@@ -98,6 +98,7 @@ fn swtpm_activates_our_credential_and_its_quote_and_log_pass_the_policy() {
     let expected = Expected {
         boot_apps: [(ipxe, "snponly.efi".into()), (uki, "uki.efi".into())].into(),
         os_loaders: vec![uki],
+        chains: vec![],
         require_secure_boot: false,
     };
     let ev = Evidence {

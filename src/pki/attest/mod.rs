@@ -70,6 +70,17 @@ pub enum AttestError {
         /// What the image allows.
         expected: String,
     },
+    /// The pinned image's applications were measured, but not in an order this machine's boot path loads them.
+    #[error(
+        "PCR mismatch: {event} ({expected}); boot this machine the way the server serves it, from the pinned \
+         image"
+    )]
+    BootPathMismatch {
+        /// The event where the boot left every allowed path.
+        event: String,
+        /// The allowed paths and what the image allows.
+        expected: String,
+    },
     /// Secure Boot was off but `[attestation] require_secure_boot` is set.
     #[error(
         "Secure Boot was off at boot (PCR 7's SecureBoot variable is not 1) and [attestation] require_secure_boot \
@@ -90,7 +101,9 @@ impl AttestError {
             AttestError::EkCertificate(_) => "ek-certificate",
             AttestError::StaleNonce => "stale-nonce",
             AttestError::LogMismatch => "log-mismatch",
-            AttestError::PcrMismatch { .. } => "pcr-mismatch",
+            AttestError::PcrMismatch { .. } | AttestError::BootPathMismatch { .. } => {
+                "pcr-mismatch"
+            }
             AttestError::SecureBootOff => "secure-boot-off",
         }
     }
