@@ -263,6 +263,7 @@ fn an_ecc_tpm_activates_our_credential_and_its_ecdsa_quote_and_ecdsa_signed_ek_c
     let expected = Expected {
         boot_apps: [(uki, "uki.efi".into())].into(),
         os_loaders: vec![uki],
+        chains: vec![],
         require_secure_boot: false,
     };
     let ev = Evidence {
