@@ -4,7 +4,8 @@
 //! 428 that switches a TPM machine to attestation, a first EK held pending and bound by `imgbuild enroll approve`,
 //! a spoofer TPM refused before and after enrollment with nothing secret in its answers, the sealed bundle opened
 //! by the node, a replayed proof and a replayed quote (old nonce) refused, a re-attestation after "reboot" (no secret
-//! released), and a foreign boot application refused naming the PCR event.
+//! released), and a foreign boot application refused naming the PCR event; and the same for a machine whose TPM has
+//! only an ECC (P-256) EK certificate, pinned by its EK hash.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -14,11 +15,12 @@ use std::sync::Arc;
 mod attest;
 mod common;
 
-use attest::{Node, agile_log, extend, run};
+use attest::{Node, Tpm, agile_log, extend, run};
 use imgbuild::config::{Arch, MacAddr, Role};
 use imgbuild::image::pins::{PinnedImage, Pins};
 use imgbuild::netboot::state::Shared;
 use imgbuild::pki::attest::eventlog::{EV_EFI_BOOT_SERVICES_APPLICATION, EV_SEPARATOR};
+use imgbuild::pki::attest::public::{Key, Public};
 use imgbuild::pki::{enroll, secrets};
 use imgbuild::status::Events;
 use sha2::{Digest, Sha256};
@@ -78,6 +80,20 @@ fn curl(ca: &Path, args: &[&str], url: &str) -> (u16, String) {
     (code.trim().parse().unwrap(), body.to_string())
 }
 
+/// The firmware's boot: a separator in PCR 7 and 4, then the way the server boots a (non-Secure Boot) UEFI machine:
+/// the iPXE binary it serves, then the image's kernel (docs/attestation.md, "The iPXE path").
+fn ipxe_boot(shared: &Shared, kernel_digest: [u8; 32]) -> Vec<(u32, u32, [u8; 32])> {
+    let ipxe = std::fs::read(shared.cluster().network.ipxe_binaries.join("snponly.efi"))
+        .expect("the served snponly.efi (Debian package ipxe)");
+    let ipxe_digest = imgbuild::image::authenticode::sha256(&ipxe).unwrap();
+    vec![
+        (7, EV_SEPARATOR, [0x07; 32]),
+        (4, EV_SEPARATOR, [0x04; 32]),
+        (4, EV_EFI_BOOT_SERVICES_APPLICATION, ipxe_digest),
+        (4, EV_EFI_BOOT_SERVICES_APPLICATION, kernel_digest),
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boots_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -118,13 +134,14 @@ async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boo
     assert_eq!(code, 428, "{body}");
     assert!(body.contains("/api/attest/"), "{body}");
 
-    // The firmware's boot: a separator in PCR 7 and 4, then the image's kernel as the boot application.
-    let boot = vec![
-        (7, EV_SEPARATOR, [0x07; 32]),
-        (4, EV_SEPARATOR, [0x04; 32]),
-        (4, EV_EFI_BOOT_SERVICES_APPLICATION, kernel_digest),
-    ];
+    let boot = ipxe_boot(&shared, kernel_digest);
     let node = tokio::task::block_in_place(|| Node::new(&lib, &attest_sh, &ca, M1));
+    // Its TPM holds certificates for both an RSA and a P-256 EK: the node presents the RSA EK.
+    tokio::task::block_in_place(|| {
+        let maker = dir.path().join("ecdsa-ca");
+        attest::ecdsa_ca(&maker);
+        node.tpm.certify_p256_ek(&maker);
+    });
     extend(&node.tpm.tcti, &boot);
     let log = agile_log(&boot);
     let spoofer = tokio::task::block_in_place(|| Node::new(&lib, &attest_sh, &ca, M1));
@@ -139,6 +156,11 @@ async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boo
         pending,
         hex::encode(Sha256::digest(&ek_pub[2..])),
         "the pending EK is the node's"
+    );
+    let console = std::fs::read_to_string(node.root.path().join("enroll.stderr")).unwrap();
+    assert!(
+        console.contains(&format!("TPM EK (rsa): sha256:{pending}")),
+        "{console}"
     );
     // Another TPM claiming the same machine meanwhile: refused, remembered, nothing secret.
     let (code, body) = tokio::task::block_in_place(|| spoofer.enroll(&api, &log));
@@ -177,7 +199,7 @@ async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boo
     assert!(
         enrolled
             .iter()
-            .any(|d| d.contains("attested by TPM") && d.contains("booted vmlinuz")),
+            .any(|d| d.contains("attested by TPM") && d.contains("booted snponly.efi → vmlinuz")),
         "{enrolled:?}"
     );
     assert!(
@@ -208,53 +230,7 @@ async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boo
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("already used challenge"), "{body}");
     // A replayed quote under a fresh challenge (credential activated, so the proof is right): stale nonce.
-    let old: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&prove_req).unwrap()).unwrap();
-    let ch_req = node.attest_dir().join("challenge.req");
-    let (code, body) = curl(
-        &ca,
-        &[
-            "-H",
-            "Content-Type: application/json",
-            "--data-binary",
-            &format!("@{}", ch_req.display()),
-        ],
-        &format!("{api}/api/attest/{M1}/challenge"),
-    );
-    assert_eq!(code, 200, "{body}");
-    let ch: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let d = node.attest_dir();
-    std::fs::write(
-        d.join("cred2.bin"),
-        base64_decode(ch["credential"].as_str().unwrap()),
-    )
-    .unwrap();
-    tokio::task::block_in_place(|| {
-        run(Command::new("bash")
-            .arg("-c")
-            .arg(
-                "tpm2_startauthsession --policy-session -S s2.ctx && tpm2_policysecret -S s2.ctx -c e >/dev/null && \
-                 tpm2_activatecredential -c ak.ctx -C ek.ctx -i cred2.bin -o secret2.bin -P session:s2.ctx; rc=$?; \
-                 tpm2_flushcontext s2.ctx; tpm2_flushcontext -t; exit $rc",
-            )
-            .current_dir(&d)
-            .env("TPM2TOOLS_TCTI", &node.tpm.tcti))
-    });
-    let proof = imgbuild::pki::attest::seal::proof(&std::fs::read(d.join("secret2.bin")).unwrap());
-    let replay = serde_json::json!({
-        "id": ch["id"], "proof": proof, "quote": old["quote"], "signature": old["signature"],
-        "event_log": old["event_log"],
-    });
-    let (code, body) = curl(
-        &ca,
-        &[
-            "-H",
-            "Content-Type: application/json",
-            "--data-binary",
-            &replay.to_string(),
-        ],
-        &format!("{api}/api/attest/{M1}/prove"),
-    );
+    let (code, body) = tokio::task::block_in_place(|| replay_quote(&node, &ca, &api));
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("stale nonce"), "{body}");
 
@@ -342,7 +318,7 @@ async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boo
     let (code, body) = tokio::task::block_in_place(|| node.enroll(&api, &agile_log(&all)));
     assert_eq!(code, "403", "{body}");
     assert!(
-        body.contains("PCR mismatch: event #4 (PCR 4, EV_EFI_BOOT_SERVICES_APPLICATION)")
+        body.contains("PCR mismatch: event #5 (PCR 4, EV_EFI_BOOT_SERVICES_APPLICATION)")
             && body.contains(&hex::encode([0xee; 32]))
             && !body.contains(&token),
         "{body}"
@@ -371,6 +347,221 @@ async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boo
         ("stale-nonce", 1),
         ("pcr-mismatch", 3),
         ("log-mismatch", 1),
+    ] {
+        let line = format!("imgbuild_attest_requests_total{{outcome=\"{outcome}\"}} {n}");
+        assert!(metrics.contains(&line), "{line} not in\n{metrics}");
+    }
+}
+
+/// The node's last quote replayed under a fresh challenge: the challenge asked with the node's last request, its
+/// credential activated by the node's TPM (so the proof is right and only the nonce is old). The server's answer.
+fn replay_quote(node: &Node, ca: &Path, api: &str) -> (u16, String) {
+    let d = node.attest_dir();
+    let old: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("prove.req")).unwrap()).unwrap();
+    let (code, body) = curl(
+        ca,
+        &[
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &format!("@{}", d.join("challenge.req").display()),
+        ],
+        &format!("{api}/api/attest/{}/challenge", node.mac),
+    );
+    assert_eq!(code, 200, "{body}");
+    let ch: serde_json::Value = serde_json::from_str(&body).unwrap();
+    std::fs::write(
+        d.join("cred2.bin"),
+        base64_decode(ch["credential"].as_str().unwrap()),
+    )
+    .unwrap();
+    run(Command::new("bash")
+        .arg("-c")
+        .arg(
+            "tpm2_startauthsession --policy-session -S s2.ctx && tpm2_policysecret -S s2.ctx -c e >/dev/null && \
+             tpm2_activatecredential -c ak.ctx -C ek.ctx -i cred2.bin -o secret2.bin -P session:s2.ctx; rc=$?; \
+             tpm2_flushcontext s2.ctx; tpm2_flushcontext -t; exit $rc",
+        )
+        .current_dir(&d)
+        .env("TPM2TOOLS_TCTI", &node.tpm.tcti));
+    let proof = imgbuild::pki::attest::seal::proof(&std::fs::read(d.join("secret2.bin")).unwrap());
+    let replay = serde_json::json!({
+        "id": ch["id"], "proof": proof, "quote": old["quote"], "signature": old["signature"],
+        "event_log": old["event_log"],
+    });
+    curl(
+        ca,
+        &[
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &replay.to_string(),
+        ],
+        &format!("{api}/api/attest/{}/prove", node.mac),
+    )
+}
+
+/// A machine whose TPM holds only an ECC EK certificate (NIST P-256, issued by an ECDSA "manufacturer" CA), as many
+/// fTPMs ship: pinned in cluster.toml by the hash read the way docs/attestation.md says, with that CA as
+/// `manufacturer_ca`. The node's own scripts pick ECC by themselves (a P-256 EK, an ECDSA AK), the server makes the
+/// credential by ECDH, the node opens the sealed bundle; a TPM whose EK certificate another ECDSA CA issued is
+/// refused at the certificate, another TPM certified by the same maker as an unknown EK; a replayed quote is
+/// refused; a reboot re-attests with nothing released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ecc_tpm_machine_pinned_by_its_ek_hash_enrolls_and_reattests_and_replays_and_other_eks_are_refused()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let maker = dir.path().join("tpm-ca");
+    let maker_pem = attest::ecdsa_ca(&maker);
+    // The machine's TPM, another TPM of the same maker, and one whose EK certificate another ECDSA CA issued.
+    let other_maker = dir.path().join("other-tpm-ca");
+    attest::ecdsa_ca(&other_maker);
+    let (tpm, spoofer_tpm, uncertified_tpm) = tokio::task::block_in_place(|| {
+        (
+            Tpm::start_ecc_only(&maker),
+            Tpm::start_ecc_only(&maker),
+            Tpm::start_ecc_only(&other_maker),
+        )
+    });
+    // The hash to pin, read on the machine as docs/attestation.md says.
+    tokio::task::block_in_place(|| {
+        tpm.tool(
+            "tpm2_createek",
+            &["-c", "ek.ctx", "-G", "ecc", "-u", "ek.pub"],
+        )
+    });
+    let pin = run(Command::new("sh")
+        .arg("-c")
+        .arg("tail -c +3 ek.pub | sha256sum")
+        .current_dir(tpm.path("")));
+    let pin = pin.split_whitespace().next().unwrap().to_string();
+    let config = common::write_cluster(dir.path(), true, |t| {
+        t.replacen(
+            "hostname = \"master-1\"\n",
+            &format!("hostname = \"master-1\"\nidentity = \"tpm\"\nek_sha256 = \"{pin}\"\n"),
+            1,
+        )
+        .replacen(
+            "manufacturer_ca = []",
+            &format!("manufacturer_ca = [\"{}\"]", maker_pem.display()),
+            1,
+        )
+    });
+    let cluster = imgbuild::config::load(&config).unwrap();
+    secrets::init(&cluster.paths.secrets).unwrap();
+    let (pinned, kernel_digest) = pinned_image(&cluster.paths.images);
+    let pinned_id = pinned.id.clone();
+    let pins = [((Role::Master, Arch::Amd64), pinned)]
+        .into_iter()
+        .collect();
+    let tree = common::render(&cluster, Role::Master);
+    let (lib, attest_sh) = (
+        common::file(&tree, "/usr/lib/imgbuild/lib.sh").to_string(),
+        common::file(&tree, "/usr/lib/imgbuild/attest.sh").to_string(),
+    );
+    let ca = cluster.paths.provisioning_ca_cert();
+    let token = secrets::load_token(&cluster.paths.secrets).unwrap().token;
+    let shared = Arc::new(Shared::new(
+        config.clone(),
+        cluster,
+        pins,
+        Events::in_memory(),
+    ));
+    let addr = serve(shared.clone()).await;
+    let api = format!("https://{addr}");
+    let m1: MacAddr = M1.parse().unwrap();
+
+    let boot = ipxe_boot(&shared, kernel_digest);
+    let log = agile_log(&boot);
+    let node = Node::with_tpm(&lib, &attest_sh, &ca, M1, tpm);
+    let spoofer = Node::with_tpm(&lib, &attest_sh, &ca, M1, spoofer_tpm);
+    let uncertified = Node::with_tpm(&lib, &attest_sh, &ca, M1, uncertified_tpm);
+    extend(&node.tpm.tcti, &boot);
+    extend(&spoofer.tpm.tcti, &boot);
+
+    // An EK certificate from a CA that is not in manufacturer_ca: refused by the ECDSA signature check.
+    let (code, body) = tokio::task::block_in_place(|| uncertified.enroll(&api, &log));
+    assert_eq!(code, "403", "{body}");
+    assert!(
+        body.contains("EK certificate refused")
+            && body.contains("not signed by")
+            && !body.contains(&token),
+        "{body}"
+    );
+
+    // Another TPM from the same maker (its EK certificate checks out) claiming the machine: not the pinned EK.
+    let (code, body) = tokio::task::block_in_place(|| spoofer.enroll(&api, &log));
+    assert_eq!(code, "403", "{body}");
+    assert!(
+        body.contains("unknown EK") && !body.contains(&token),
+        "{body}"
+    );
+
+    // The machine: ECC chosen by the node itself, the credential activated, the bundle opened.
+    let (code, body) = tokio::task::block_in_place(|| node.enroll(&api, &log));
+    assert_eq!(code, "200", "{body}");
+    let b: enroll::Bundle = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(b.token, token);
+    let d = node.attest_dir();
+    let ek = Public::from_tpm2b(&std::fs::read(d.join("ek.pub")).unwrap()).unwrap();
+    let ak = Public::from_tpm2b(&std::fs::read(d.join("ak.pub")).unwrap()).unwrap();
+    assert!(matches!(ek.key, Key::Ecc { .. }) && matches!(ak.key, Key::Ecc { .. }));
+    assert_eq!(hex::encode(ek.sha256()), pin);
+    // The node printed the hash to pin (what the server shows for a pending EK).
+    let console = std::fs::read_to_string(node.root.path().join("enroll.stderr")).unwrap();
+    assert!(
+        console.contains(&format!("TPM EK (ecc): sha256:{pin}")),
+        "{console}"
+    );
+    let attest_log = std::fs::read_to_string(node.root.path().join("run/imgbuild/attest.log"))
+        .unwrap_or_default();
+    assert!(
+        attest_log.contains("EK and AK: ecc (AK signs with ecdsa)"),
+        "{attest_log}"
+    );
+    let challenge: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("challenge.req")).unwrap()).unwrap();
+    assert!(
+        challenge["ek_cert"].is_string(),
+        "the P-256 EK certificate was not sent"
+    );
+    assert!(
+        shared
+            .events
+            .for_mac(m1)
+            .iter()
+            .any(|e| e.stage == "enrolled"
+                && e.detail.contains("attested by TPM")
+                && e.detail.contains(&format!("EK sha256:{}", &pin[..16]))),
+        "{:?}",
+        shared.events.for_mac(m1)
+    );
+
+    // A replayed quote under a fresh challenge: stale nonce.
+    let (code, body) = tokio::task::block_in_place(|| replay_quote(&node, &ca, &api));
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("stale nonce"), "{body}");
+
+    // A reboot: attested again, nothing released.
+    std::fs::remove_file(node.root.path().join("run/imgbuild/attested")).unwrap();
+    let (code, body) = tokio::task::block_in_place(|| node.reattest(&api, &log));
+    assert_eq!(code, 0, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["reattested"], true, "{body}");
+    assert!(
+        answer.get("sealed").is_none() && !body.contains(&token),
+        "{body}"
+    );
+    assert_eq!(answer["image"], pinned_id.as_str(), "{body}");
+
+    let metrics = shared.encode_metrics();
+    for (outcome, n) in [
+        ("served", 1),
+        ("reattested", 1),
+        ("unknown-ek", 1),
+        ("ek-certificate", 1),
+        ("stale-nonce", 1),
     ] {
         let line = format!("imgbuild_attest_requests_total{{outcome=\"{outcome}\"}} {n}");
         assert!(metrics.contains(&line), "{line} not in\n{metrics}");

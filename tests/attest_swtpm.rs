@@ -2,7 +2,7 @@
 //! server's MakeCredential is activated by the TPM, its quote parser and signature check accept the TPM's
 //! quote, its event-log replay matches PCRs the TPM extended, the sealed bundle opens with `openssl enc`, the
 //! EK certificate chains to the test's own "manufacturer" CA, and the Authenticode digest matches
-//! osslsigncode's. Each TPM runs in a temporary directory and is killed by its PID at the end.
+//! osslsigncode's; the same for an ECC (P-256) EK and AK with an ECDSA-signed EK certificate. Each TPM runs in a temporary directory and is killed by its PID at the end.
 
 use std::path::Path;
 use std::process::Command;
@@ -11,6 +11,7 @@ use imgbuild::pki::attest::credential::make_credential;
 use imgbuild::pki::attest::ek::{check_certificate, pem_certificates};
 use imgbuild::pki::attest::eventlog::{EV_EFI_BOOT_SERVICES_APPLICATION, EV_SEPARATOR, EventLog};
 use imgbuild::pki::attest::policy::{Evidence, Expected, verify};
+use imgbuild::pki::attest::public::{ECC_NIST_P256, Key};
 use imgbuild::pki::attest::{AttestError, seal};
 use sha2::{Digest, Sha256};
 
@@ -97,6 +98,7 @@ fn swtpm_activates_our_credential_and_its_quote_and_log_pass_the_policy() {
     let expected = Expected {
         boot_apps: [(ipxe, "snponly.efi".into()), (uki, "uki.efi".into())].into(),
         os_loaders: vec![uki],
+        chains: vec![],
         require_secure_boot: false,
     };
     let ev = Evidence {
@@ -166,6 +168,118 @@ fn the_ek_certificate_chains_to_the_test_manufacturer_ca_only() {
     assert!(check_certificate(&ek, &cert, &other_issuer).is_err());
     // A genuine certificate presented with another EK is refused.
     assert!(check_certificate(&other_ek, &cert, &issuer).is_err());
+}
+
+/// An ECC machine (a P-256 EK certified by an ECDSA "manufacturer" CA, no RSA EK certificate): the server's
+/// MakeCredential (ECDH + KDFe) is activated by the TPM and tpm2_makecredential's is too; a credential for another
+/// Name is refused by the TPM; the EK certificate read from 0x1c0000a is checked against the ECDSA CA only; an
+/// ECDSA quote by a P-256 AK passes the whole policy and a replayed one is refused.
+#[test]
+fn an_ecc_tpm_activates_our_credential_and_its_ecdsa_quote_and_ecdsa_signed_ek_certificate_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = attest::ecdsa_ca(&dir.path().join("ca"));
+    let tpm = Tpm::start_ecc_only(&dir.path().join("ca"));
+    let (ek, ak) = tpm.keys_with("ecc");
+    ek.check_ek().unwrap();
+    ak.check_ak().unwrap();
+    assert!(matches!(
+        ek.key,
+        Key::Ecc {
+            curve: ECC_NIST_P256,
+            ..
+        }
+    ));
+    assert!(matches!(
+        ak.key,
+        Key::Ecc {
+            curve: ECC_NIST_P256,
+            ..
+        }
+    ));
+
+    let secret: [u8; 32] = rand::random();
+    let file = make_credential(&ek, &ak.name(), &secret).unwrap().to_file();
+    assert_eq!(tpm.activate(&file).unwrap(), secret);
+    let mut other = ak.name();
+    other[10] ^= 1;
+    let wrong = make_credential(&ek, &other, &secret).unwrap().to_file();
+    assert!(
+        tpm.activate(&wrong).is_err(),
+        "a credential for another Name was activated"
+    );
+    // tpm2-tools' own MakeCredential for the same EK: the TPM opens it too (same scheme, two implementations).
+    std::fs::write(tpm.path("s.bin"), secret).unwrap();
+    run(Command::new("tpm2_makecredential")
+        .args([
+            "-T",
+            "none",
+            "-u",
+            "ek.pub",
+            "-s",
+            "s.bin",
+            "-o",
+            "tools.cred",
+            "-n",
+        ])
+        .arg(hex::encode(ak.name()))
+        .current_dir(tpm.path("")));
+    assert_eq!(
+        tpm.activate(&std::fs::read(tpm.path("tools.cred")).unwrap())
+            .unwrap(),
+        secret
+    );
+
+    // The EK certificate the "maker" stored for the P-256 EK, signed with ECDSA.
+    tpm.tool("tpm2_nvread", &["0x1c0000a", "-o", "ek.crt"]);
+    let cert = std::fs::read(tpm.path("ek.crt")).unwrap();
+    let cas = pem_certificates(&std::fs::read(&ca).unwrap());
+    check_certificate(&ek, &cert, &cas).unwrap();
+    let other_ca = attest::ecdsa_ca(&dir.path().join("other-ca"));
+    let e = check_certificate(
+        &ek,
+        &cert,
+        &pem_certificates(&std::fs::read(other_ca).unwrap()),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("not signed by"), "{e}");
+    // Not for the AK, nor for this TPM's RSA EK.
+    assert!(check_certificate(&ak, &cert, &cas).is_err());
+    let (rsa_ek, _) = tpm.keys_with("rsa");
+    assert!(check_certificate(&rsa_ek, &cert, &cas).is_err());
+    let (ek, ak) = tpm.keys_with("ecc");
+
+    let uki = [0x22u8; 32];
+    let log = log_and_extend(
+        &tpm,
+        &[
+            (7, EV_SEPARATOR, [0x33; 32]),
+            (4, EV_SEPARATOR, [0x44; 32]),
+            (4, EV_EFI_BOOT_SERVICES_APPLICATION, uki),
+        ],
+    );
+    let nonce: [u8; 32] = rand::random();
+    let (quote, sig) = tpm.quote(&nonce);
+    assert_eq!(&sig[..2], &[0x00, 0x18], "TPM_ALG_ECDSA");
+    let expected = Expected {
+        boot_apps: [(uki, "uki.efi".into())].into(),
+        os_loaders: vec![uki],
+        chains: vec![],
+        require_secure_boot: false,
+    };
+    let ev = Evidence {
+        ak: &ak,
+        quote: &quote,
+        signature: &sig,
+        event_log: &log,
+    };
+    assert_eq!(verify(&ev, &nonce, &expected).unwrap().booted, "uki.efi");
+    assert!(matches!(
+        verify(&ev, &[0; 32], &expected),
+        Err(AttestError::StaleNonce)
+    ));
+    // The EK is not the AK: a quote checked against the EK's point does not verify.
+    let ev_ek = Evidence { ak: &ek, ..ev };
+    assert!(verify(&ev_ek, &nonce, &expected).is_err());
 }
 
 fn osslsigncode_digest(signed: &Path) -> String {

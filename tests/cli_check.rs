@@ -240,6 +240,12 @@ fn log_lines_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("provisioning-ca.crt is missing"), "{err}");
+    // Once, though every role is rendered.
+    assert_eq!(
+        err.matches("provisioning-ca.crt is missing").count(),
+        1,
+        "{err}"
+    );
     assert!(
         !err.contains('\u{1b}'),
         "colour codes in a log written to a pipe: {err:?}"

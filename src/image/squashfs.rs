@@ -9,13 +9,16 @@ use std::process::Command;
 
 use super::base::{BaseError, SOURCE_DATE_EPOCH, run};
 
-/// zstd level: 6 with 1 MiB blocks packs a Debian root about as small as mksquashfs's default level 15 with
-/// 128 KiB blocks, several times faster (measured in docs/images.md).
+/// zstd level: 6 packs a Debian root about as small as mksquashfs's default level 15, several times faster
+/// (measured in docs/images.md).
 pub const ZSTD_LEVEL: &str = "6";
 /// Block size.
 ///
-/// mksquashfs's `-b`: 1 MiB, the largest squashfs allows; large blocks compress better (see [`ZSTD_LEVEL`]).
-pub const BLOCK_SIZE: &str = "1M";
+/// mksquashfs's `-b`: 128 KiB, its default. The node reads the root filesystem at random on every boot (systemd,
+/// its libraries, hundreds of unit files and small scripts, each packed into a shared fragment block), and
+/// squashfs decompresses — and dm-verity hashes — a whole block for any page of it: 1 MiB blocks compressed a
+/// little better but made every boot pay for up to 8× the bytes it used (docs/images.md, "Boot path").
+pub const BLOCK_SIZE: &str = "128K";
 
 /// Packs `root` into the squashfs image `out`.
 pub fn pack(root: &Path, out: &Path) -> Result<(), BaseError> {

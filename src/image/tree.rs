@@ -3,7 +3,9 @@
 //! `imgbuild profile <role> --render <dir>` writes this tree; the image builder lays it over the base rootfs.
 //! Rendering is a pure function of (cluster, profile, templates): twice gives the same bytes.
 
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -71,12 +73,21 @@ impl<'a> TemplateContext<'a> {
 }
 
 /// The provisioning CA certificate an image carries: read from the secrets directory (public; the key next to
-/// it never is). Empty, with a warning, when there is none yet.
+/// it never is). Empty, with a warning, when there is none yet: one warning per missing file per process (`check`
+/// and `build` render every role, and the same advice three times was noise).
 pub fn provisioning_ca(cluster: &Cluster) -> String {
+    static WARNED: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
     let p = cluster.paths.provisioning_ca_cert();
     match std::fs::read_to_string(&p) {
         Ok(t) if t.contains("-----BEGIN CERTIFICATE-----") => t.trim_end().to_string(),
         _ => {
+            let first = WARNED
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(p.clone());
+            if !first {
+                return String::new();
+            }
             tracing::warn!(
                 "{} is missing: images built now cannot enroll (their node API calls have no CA to verify the \
                  server with); run `imgbuild secrets init` before building",

@@ -47,11 +47,119 @@ fn free_ports() -> u16 {
     panic!("no two consecutive free loopback ports");
 }
 
+/// A "manufacturer" CA that signs with ECDSA (P-256, SHA-256) in `dir`: `signkey.pem`, `issuercert.pem` (the
+/// certificate to configure as `manufacturer_ca`) and `certserial`, the files swtpm-localca signs with.
+pub fn ecdsa_ca(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    run(Command::new("openssl")
+        .args([
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+        ])
+        .arg(dir.join("signkey.pem")));
+    run(Command::new("openssl")
+        .args(["req", "-new", "-x509", "-sha256", "-days", "3650", "-key"])
+        .arg(dir.join("signkey.pem"))
+        .args([
+            "-subj",
+            "/CN=imgbuild test ECDSA EK CA",
+            "-addext",
+            "basicConstraints=critical,CA:true",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-out",
+        ])
+        .arg(dir.join("issuercert.pem")));
+    std::fs::write(dir.join("certserial"), "1\n").unwrap();
+    dir.join("issuercert.pem")
+}
+
 impl Tpm {
     pub fn start() -> Tpm {
+        Self::start_with_ca(None)
+    }
+
+    /// A TPM as many real ones ship (fTPMs especially): a NIST P-256 EK whose certificate (NV index 0x1c0000a)
+    /// the ECDSA CA in `ca` ([`ecdsa_ca`]) issued, and no RSA EK certificate (0x1c00002 removed). swtpm 0.7
+    /// itself certifies a P-384 EK (0x1c00016), so the P-256 certificate is issued here with `swtpm_cert`, the
+    /// tool swtpm-localca uses, and written with the platform hierarchy as a manufacturer would.
+    pub fn start_ecc_only(ca: &Path) -> Tpm {
+        let tpm = Self::start_with_ca(Some(ca));
+        tpm.certify_p256_ek(ca);
+        tpm.tool("tpm2_nvundefine", &["-C", "p", "0x1c00002"]);
+        tpm
+    }
+
+    /// Stores a certificate for the TPM's P-256 EK at NV index 0x1c0000a, issued by the ECDSA CA in `ca`.
+    pub fn certify_p256_ek(&self, ca: &Path) {
+        self.tool(
+            "tpm2_createek",
+            &["-c", "ek.ctx", "-G", "ecc", "-u", "ek.pub"],
+        );
+        let ek = Public::from_tpm2b(&std::fs::read(self.path("ek.pub")).unwrap()).unwrap();
+        let p = ek.p256_point().unwrap().expect("a P-256 EK");
+        run(Command::new("swtpm_cert")
+            .args([
+                "--type",
+                "ek",
+                "--tpm2",
+                "--ecc-curveid",
+                "secp256r1",
+                "--ecc-x",
+            ])
+            .arg(hex::encode(&p[1..33]))
+            .arg("--ecc-y")
+            .arg(hex::encode(&p[33..]))
+            .arg("--signkey")
+            .arg(ca.join("signkey.pem"))
+            .arg("--issuercert")
+            .arg(ca.join("issuercert.pem"))
+            .arg("--out-cert")
+            .arg(self.path("ecc-ekcert.der"))
+            .args([
+                "--serial",
+                &rand::random::<u32>().to_string(),
+                "--days",
+                "-1",
+            ])
+            .args(["--tpm-manufacturer", "id:00001014", "--tpm-model", "swtpm"])
+            .args(["--tpm-version", "id:20191023", "--tpm-spec-family", "2.0"])
+            .args(["--tpm-spec-level", "0", "--tpm-spec-revision", "164"])
+            .args(["--subject", "CN=imgbuild-test-ek"]));
+        let size = std::fs::metadata(self.path("ecc-ekcert.der"))
+            .unwrap()
+            .len()
+            .to_string();
+        self.tool(
+            "tpm2_nvdefine",
+            &[
+                "0x1c0000a",
+                "-C",
+                "p",
+                "-s",
+                &size,
+                "-a",
+                "ppwrite|ppread|ownerread|authread|no_da|platformcreate",
+            ],
+        );
+        self.tool(
+            "tpm2_nvwrite",
+            &["0x1c0000a", "-C", "p", "-i", "ecc-ekcert.der"],
+        );
+    }
+
+    /// swtpm with EK certificates from swtpm-localca: its own CA made in the TPM's directory, or the one in `ca`.
+    fn start_with_ca(shared_ca: Option<&Path>) -> Tpm {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let (ca, state) = (d.join("ca"), d.join("state"));
+        let (ca, state) = (
+            shared_ca.map_or_else(|| d.join("ca"), Path::to_path_buf),
+            d.join("state"),
+        );
         std::fs::create_dir_all(&ca).unwrap();
         std::fs::create_dir_all(&state).unwrap();
         // swtpm-localca makes its own CA in `statedir` on first use: the test's "manufacturer".
@@ -154,14 +262,20 @@ impl Tpm {
     }
 
     pub fn keys(&self) -> (Public, Public) {
+        self.keys_with("rsa")
+    }
+
+    /// The EK and an AK of `alg` ("rsa": RSASSA AK; "ecc": P-256 EK, ECDSA AK), as the node makes them.
+    pub fn keys_with(&self, alg: &str) -> (Public, Public) {
+        let sign = if alg == "ecc" { "ecdsa" } else { "rsassa" };
         self.tool(
             "tpm2_createek",
-            &["-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"],
+            &["-c", "ek.ctx", "-G", alg, "-u", "ek.pub"],
         );
         self.tool(
             "tpm2_createak",
             &[
-                "-C", "ek.ctx", "-c", "ak.ctx", "-G", "rsa", "-g", "sha256", "-s", "rsassa", "-u",
+                "-C", "ek.ctx", "-c", "ak.ctx", "-G", alg, "-g", "sha256", "-s", sign, "-u",
                 "ak.pub", "-n", "ak.name",
             ],
         );
@@ -271,6 +385,11 @@ pub struct Node {
 
 impl Node {
     pub fn new(lib: &str, attest: &str, ca: &Path, mac: &str) -> Node {
+        Self::with_tpm(lib, attest, ca, mac, Tpm::start())
+    }
+
+    /// A node whose TPM is `tpm`.
+    pub fn with_tpm(lib: &str, attest: &str, ca: &Path, mac: &str, tpm: Tpm) -> Node {
         let root = tempfile::tempdir().unwrap();
         let r = root.path();
         std::fs::create_dir_all(r.join("usr/lib/imgbuild")).unwrap();
@@ -281,7 +400,7 @@ impl Node {
         std::fs::copy(ca, r.join("usr/share/imgbuild/provisioning-ca.crt")).unwrap();
         Node {
             root,
-            tpm: Tpm::start(),
+            tpm,
             mac: mac.to_string(),
         }
     }
@@ -310,7 +429,8 @@ impl Node {
             .unwrap()
     }
 
-    /// `ib_attest_enroll` as firstboot runs it: (HTTP status, what it wrote to OUT).
+    /// `ib_attest_enroll` as firstboot runs it: (HTTP status, what it wrote to OUT); its stderr is kept in
+    /// `enroll.stderr` under the node's root.
     pub fn enroll(&self, api: &str, log: &[u8]) -> (String, String) {
         let out = self.script(
             api,
@@ -319,6 +439,8 @@ impl Node {
         );
         let code = String::from_utf8_lossy(&out.stdout).trim().to_string();
         let body = std::fs::read_to_string(self.root.path().join("out")).unwrap_or_default();
+        // What the node printed (its console), kept for the test.
+        std::fs::write(self.root.path().join("enroll.stderr"), &out.stderr).unwrap();
         eprintln!(
             "node: {code} {body}\n{}",
             String::from_utf8_lossy(&out.stderr)

@@ -538,11 +538,12 @@ fn prove_blocking(ctx: &Ctx, mac: MacAddr, peer: IpAddr, body: ProveRequest) -> 
     }
     let detail = format!(
         "attested by TPM (EK sha256:{}…): booted {} of image={image}, Secure Boot {}, TPM resets {}; sealed \
-         bundle served (once)",
+         bundle served (once){}",
         &ek_hex[..16],
         verified.booted,
         if verified.secure_boot { "on" } else { "off" },
         verified.reset_count,
+        unquoted_note(&verified),
     );
     tracing::info!(%mac, %peer, "{detail}");
     count(&ctx.requests, "served");
@@ -574,11 +575,12 @@ fn reattested(
 ) -> Response {
     let detail = format!(
         "re-attested by TPM (EK sha256:{}…) after a reboot: booted {} of image={image}, Secure Boot {}, TPM \
-         resets {}; no secret released (the bundle went out once)",
+         resets {}; no secret released (the bundle went out once){}",
         &ek_hex[..16],
         verified.booted,
         if verified.secure_boot { "on" } else { "off" },
         verified.reset_count,
+        unquoted_note(&verified),
     );
     tracing::info!(%mac, %peer, "{detail}");
     count(&ctx.requests, "reattested");
@@ -594,6 +596,18 @@ fn reattested(
             reattested,
         })
         .into_response(),
+    )
+}
+
+/// What the log measured outside the quoted PCRs (the kernel's EFI stub's PCR 9 events on the iPXE path), shown
+/// on the machine's row as such: the quote does not cover it, so nothing is concluded from it.
+fn unquoted_note(v: &crate::pki::attest::policy::Verified) -> String {
+    if v.unquoted.is_empty() {
+        return String::new();
+    }
+    format!(
+        "; measured outside the quote (not checked): {}",
+        v.unquoted.join(", ")
     )
 }
 

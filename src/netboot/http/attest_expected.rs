@@ -31,10 +31,12 @@ pub(super) fn expected_for(
         )
     })?;
     let require_secure_boot = shared.cluster().attestation.require_secure_boot;
+    let chains = boot_paths(booter.uki_image(m).is_some());
     if let Some(e) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&img.id) {
         return Ok((
             Arc::new(Expected {
                 require_secure_boot,
+                chains,
                 ..(**e).clone()
             }),
             img.id.clone(),
@@ -95,7 +97,33 @@ pub(super) fn expected_for(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(img.id.clone(), e.clone());
-    Ok((e, img.id.clone()))
+    Ok((
+        Arc::new(Expected {
+            chains,
+            ..(*e).clone()
+        }),
+        img.id.clone(),
+    ))
+}
+
+/// The PCR 4 applications, in order, of the way the server boots a machine (docs/attestation.md): a Secure
+/// Boot machine's firmware starts the pinned image's signed UKI itself (its stub starts the kernel without
+/// LoadImage under Secure Boot, with LoadImage when it is off: then the kernel follows); any other UEFI machine
+/// gets iPXE (`snponly.efi` over PXE, `ipxe.efi` by HTTP Boot), which loads the pinned kernel with LoadImage —
+/// twice with Debian 12's iPXE, whose `efi_image_probe` tries LoadImage (then UnloadImage) to recognise an EFI
+/// image before `efi_image_exec` loads it again to start it: the firmware measures both (seen in the ProxyDHCP
+/// lab's event log: `snponly.efi → vmlinuz → vmlinuz`). One kernel event is allowed too, for an iPXE that
+/// recognises the image without LoadImage; every kernel event must be the pinned kernel either way.
+pub fn boot_paths(uki: bool) -> Vec<Vec<String>> {
+    let path = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    if uki {
+        vec![path(&[UKI]), path(&[UKI, KERNEL])]
+    } else {
+        [UEFI_BOOTFILE, UEFI_BOOTFILE_FULL]
+            .into_iter()
+            .flat_map(|ipxe| [path(&[ipxe, KERNEL, KERNEL]), path(&[ipxe, KERNEL])])
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -214,6 +242,22 @@ mod tests {
         assert_eq!(id, built);
         assert_eq!(e.boot_apps.get(&digest).map(String::as_str), Some(KERNEL));
         assert_eq!(e.os_loaders, vec![digest]);
+        // The example's master boots without Secure Boot: iPXE, then the pinned kernel.
+        assert!(!m.secure_boot);
+        assert_eq!(e.chains, boot_paths(false));
+        assert_eq!(
+            boot_paths(false),
+            [
+                vec!["snponly.efi", "vmlinuz", "vmlinuz"],
+                vec!["snponly.efi", "vmlinuz"],
+                vec!["ipxe.efi", "vmlinuz", "vmlinuz"],
+                vec!["ipxe.efi", "vmlinuz"]
+            ]
+        );
+        assert_eq!(
+            boot_paths(true),
+            [vec!["uki.efi"], vec!["uki.efi", "vmlinuz"]]
+        );
 
         // An image whose manifest has no boot_apps (built before they were recorded): refused, saying to rebuild.
         let old = write_image(&c.paths.images, &files, &manifest(&files));

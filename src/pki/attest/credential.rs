@@ -3,18 +3,19 @@
 //! (`tpm2_activatecredential` on the node). The output is the file `tpm2_makecredential` writes and
 //! `tpm2_activatecredential -i` reads: magic `0xBADCC0DE`, version 1, `TPM2B_ID_OBJECT`, `TPM2B_ENCRYPTED_SECRET`.
 //!
-//! For an RSA EK (the TCG template: SHA-256 name, AES-128-CFB): a random 32-byte seed encrypted with RSA-OAEP
-//! (SHA-256, label `"IDENTITY\0"`); `symKey = KDFa(SHA-256, seed, "STORAGE", name, "", 128)`;
+//! For an EK of the TCG templates (SHA-256 name, AES-128-CFB; RSA 2048 or NIST P-256): a 32-byte seed shared
+//! with the EK's TPM (`seed.rs`: RSA-OAEP for an RSA EK, ECDH with an ephemeral key and KDFe for an ECC EK);
+//! `symKey = KDFa(SHA-256, seed, "STORAGE", name, "", 128)`;
 //! `encIdentity = AES-128-CFB(symKey, IV = 0, TPM2B_DIGEST(secret))`;
 //! `hmacKey = KDFa(SHA-256, seed, "INTEGRITY", "", "", 256)`; `outerHMAC = HMAC(hmacKey, encIdentity || name)`.
 
 use aws_lc_rs::cipher::{AES_128, EncryptingKey, EncryptionContext, UnboundCipherKey};
-use aws_lc_rs::rsa::{OAEP_SHA256_MGF1SHA256, OaepPublicEncryptingKey, PublicEncryptingKey};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 use super::AttestError;
 use super::public::Public;
+use super::seed::{self, Seed};
 use super::wire::{Reader, put_tpm2b};
 
 /// The magic `tpm2_makecredential` writes first.
@@ -46,7 +47,7 @@ pub fn kdfa(key: &[u8], label: &str, context_u: &[u8], context_v: &[u8], bits: u
 pub struct Credential {
     /// `TPM2B_ID_OBJECT` contents: `TPM2B_DIGEST(outerHMAC) || encIdentity`.
     pub id_object: Vec<u8>,
-    /// `TPM2B_ENCRYPTED_SECRET` contents: the seed, RSA-OAEP encrypted to the EK.
+    /// `TPM2B_ENCRYPTED_SECRET` contents: the seed, RSA-OAEP encrypted to the EK, or the ephemeral ECC point.
     pub encrypted_seed: Vec<u8>,
 }
 
@@ -78,12 +79,13 @@ impl Credential {
     }
 }
 
-/// MakeCredential with a given seed (tests pin it; [`make_credential`] draws it at random).
+/// MakeCredential with fixed random bytes (tests pin them; [`make_credential`] draws them): the seed of an RSA
+/// EK, the ephemeral private key of an ECC EK ([`seed::seed_for`]).
 pub fn make_credential_with_seed(
     ek: &Public,
     name: &[u8],
     secret: &[u8],
-    seed: &[u8; 32],
+    random: &[u8; 32],
 ) -> Result<Credential, AttestError> {
     ek.check_ek()?;
     if secret.len() > 32 {
@@ -91,24 +93,11 @@ pub fn make_credential_with_seed(
             "a credential holds at most 32 bytes".into(),
         ));
     }
-    let der = ek
-        .rsa_spki_der()
-        .ok_or_else(|| AttestError::Unsupported("an ECC EK".into()))?;
-    let key = PublicEncryptingKey::from_der(&der)
-        .map_err(|e| AttestError::BadKey(format!("the EK's RSA key is refused: {e}")))?;
-    let oaep = OaepPublicEncryptingKey::new(key)
-        .map_err(|_| AttestError::BadKey("the EK's RSA key cannot encrypt".into()))?;
-    let mut enc_seed = vec![0u8; oaep.ciphertext_size()];
-    let enc_len = oaep
-        .encrypt(
-            &OAEP_SHA256_MGF1SHA256,
-            seed,
-            &mut enc_seed,
-            Some(b"IDENTITY\0"),
-        )
-        .map_err(|_| AttestError::BadKey("RSA-OAEP encryption to the EK failed".into()))?
-        .len();
-    enc_seed.truncate(enc_len);
+    let Seed {
+        seed,
+        encrypted: enc_seed,
+    } = seed::seed_for(ek, random)?;
+    let seed = &seed[..];
 
     let sym_key = kdfa(seed, "STORAGE", name, &[], 128);
     let mut enc_identity = Vec::with_capacity(secret.len() + 2);
@@ -140,8 +129,16 @@ pub fn make_credential_with_seed(
 
 /// MakeCredential: `secret` (at most 32 bytes) for the key named `name`, readable only by the TPM of `ek`.
 pub fn make_credential(ek: &Public, name: &[u8], secret: &[u8]) -> Result<Credential, AttestError> {
-    let seed: [u8; 32] = rand::random();
-    make_credential_with_seed(ek, name, secret, &seed)
+    // An ECC EK's ephemeral scalar must be below the curve's order: 32 random bytes are not with probability
+    // ~2^-32, so a few draws always do.
+    let mut last = None;
+    for _ in 0..4 {
+        match make_credential_with_seed(ek, name, secret, &rand::random()) {
+            Err(AttestError::Crypto(e)) => last = Some(AttestError::Crypto(e)),
+            other => return other,
+        }
+    }
+    Err(last.unwrap_or(AttestError::Crypto("MakeCredential")))
 }
 
 #[cfg(test)]
@@ -179,6 +176,34 @@ mod tests {
         assert_eq!(back.id_object.len(), theirs.id_object.len());
         assert_eq!(back.encrypted_seed.len(), 256);
         assert_eq!(&ours[..8], &TOOLS_FILE[..8]);
+    }
+
+    const ECC_EK: &[u8] = include_bytes!("../../../tests/fixtures/attest/ecc-ek.pub");
+    const ECC_AK_NAME: &[u8] = include_bytes!("../../../tests/fixtures/attest/ecc-ak.name");
+    const ECC_SECRET: &[u8] = include_bytes!("../../../tests/fixtures/attest/ecc-secret.bin");
+    const ECC_ACTIVATED: &[u8] = include_bytes!("../../../tests/fixtures/attest/ecc-cred.out");
+    const ECC_TOOLS_FILE: &[u8] =
+        include_bytes!("../../../tests/fixtures/attest/ecc-tools-cred.out");
+
+    /// Known answer from a real TPM: the credential this code made for swtpm's P-256 EK with the ephemeral key
+    /// 0x5a…5a is the file swtpm's `tpm2_activatecredential` opened to `ecc-secret.bin` at capture
+    /// (tests/fixtures/attest/README.md); it must stay byte for byte the same.
+    #[test]
+    fn an_ecc_credential_is_byte_for_byte_the_one_swtpm_activated() {
+        let ek = Public::from_tpm2b(ECC_EK).unwrap();
+        let ours = make_credential_with_seed(&ek, ECC_AK_NAME, ECC_SECRET, &[0x5a; 32]).unwrap();
+        assert_eq!(ours.to_file(), ECC_ACTIVATED);
+        // The layout of tpm2_makecredential's file for the same EK: TPMS_ECC_POINT (2 + 32, 2 + 32) as the
+        // encrypted secret.
+        let theirs = Credential::from_file(ECC_TOOLS_FILE).unwrap();
+        assert_eq!(ours.encrypted_seed.len(), 68);
+        assert_eq!(theirs.encrypted_seed.len(), 68);
+        assert_eq!(ours.id_object.len(), theirs.id_object.len());
+        // A fresh ephemeral key each time.
+        let a = make_credential(&ek, ECC_AK_NAME, ECC_SECRET).unwrap();
+        let b = make_credential(&ek, ECC_AK_NAME, ECC_SECRET).unwrap();
+        assert_ne!(a.encrypted_seed, b.encrypted_seed);
+        assert_ne!(a.id_object, b.id_object);
     }
 
     #[test]

@@ -19,6 +19,10 @@ pub const EV_EFI_BOOT_SERVICES_APPLICATION: u32 = 0x8000_0003;
 /// `EV_EFI_ACTION`.
 pub const EV_EFI_ACTION: u32 = 0x8000_0007;
 
+/// A tagged event (`TCG_PCClientTaggedEvent`: id, size, data), as the Linux EFI stub measures its initrd and
+/// LoadOptions into PCR 9.
+pub const EV_EVENT_TAG: u32 = 0x6;
+
 /// At most this many events are read (an OVMF boot logs a few dozen).
 pub const MAX_EVENTS: usize = 4096;
 
@@ -44,6 +48,7 @@ impl Event {
             EV_NO_ACTION => "EV_NO_ACTION".into(),
             EV_SEPARATOR => "EV_SEPARATOR".into(),
             0x1 => "EV_POST_CODE".into(),
+            EV_EVENT_TAG => "EV_EVENT_TAG".into(),
             0x8 => "EV_S_CRTM_VERSION".into(),
             0xd => "EV_IPL".into(),
             EV_EFI_VARIABLE_DRIVER_CONFIG => "EV_EFI_VARIABLE_DRIVER_CONFIG".into(),
@@ -86,6 +91,13 @@ impl Event {
             EV_EFI_VARIABLE_DRIVER_CONFIG | 0x8000_0002 | 0x8000_00e0 => {
                 self.variable().map(|(n, _)| n).unwrap_or_default()
             }
+            // id (u32), size (u32), then the tag's text ("Linux initrd", "LOADED_IMAGE::LoadOptions").
+            EV_EVENT_TAG => String::from_utf8_lossy(self.data.get(8..).unwrap_or_default())
+                .trim_end_matches('\0')
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(60)
+                .collect::<String>(),
             _ => String::new(),
         };
         format!(

@@ -5,6 +5,7 @@
 //! - [`public`]: `TPMT_PUBLIC` (EK, AK): Name, EK hash, AK attributes.
 //! - [`ek`]: the EK certificate against `[attestation] manufacturer_ca`.
 //! - [`credential`]: MakeCredential (the file `tpm2_activatecredential` reads).
+//! - [`seed`]: its seed, shared with the EK's TPM (RSA-OAEP, or ECDH + KDFe for an ECC EK).
 //! - [`quote`]: `TPMS_ATTEST` quotes and their signatures.
 //! - [`eventlog`]: the firmware's crypto-agile event log, replayed to PCR values.
 //! - [`policy`]: the checks a node's evidence must pass against its pinned image.
@@ -21,6 +22,7 @@ pub mod policy;
 pub mod public;
 pub mod quote;
 pub mod seal;
+pub mod seed;
 pub mod sessions;
 pub mod wire;
 
@@ -68,6 +70,17 @@ pub enum AttestError {
         /// What the image allows.
         expected: String,
     },
+    /// The pinned image's applications were measured, but not in an order this machine's boot path loads them.
+    #[error(
+        "PCR mismatch: {event} ({expected}); boot this machine the way the server serves it, from the pinned \
+         image"
+    )]
+    BootPathMismatch {
+        /// The event where the boot left every allowed path.
+        event: String,
+        /// The allowed paths and what the image allows.
+        expected: String,
+    },
     /// Secure Boot was off but `[attestation] require_secure_boot` is set.
     #[error(
         "Secure Boot was off at boot (PCR 7's SecureBoot variable is not 1) and [attestation] require_secure_boot \
@@ -88,7 +101,9 @@ impl AttestError {
             AttestError::EkCertificate(_) => "ek-certificate",
             AttestError::StaleNonce => "stale-nonce",
             AttestError::LogMismatch => "log-mismatch",
-            AttestError::PcrMismatch { .. } => "pcr-mismatch",
+            AttestError::PcrMismatch { .. } | AttestError::BootPathMismatch { .. } => {
+                "pcr-mismatch"
+            }
             AttestError::SecureBootOff => "secure-boot-off",
         }
     }

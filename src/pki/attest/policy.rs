@@ -22,6 +22,10 @@ pub struct Expected {
     pub boot_apps: BTreeMap<[u8; 32], String>,
     /// The digests one of which the last measured application must have: the UKI, or the kernel.
     pub os_loaders: Vec<[u8; 32]>,
+    /// The boot paths this machine may take: each the PCR 4 applications in order, by file name
+    /// (`["uki.efi"]`, `["snponly.efi", "vmlinuz"]`). Empty: any order of the image's applications whose last
+    /// is an OS loader.
+    pub chains: Vec<Vec<String>>,
     /// Secure Boot must have been enabled.
     pub require_secure_boot: bool,
 }
@@ -48,6 +52,9 @@ pub struct Verified {
     pub secure_boot: bool,
     /// The TPM's reset count (one more at each reboot).
     pub reset_count: u32,
+    /// What the log shows in PCRs the quote does not cover (e.g. the kernel's EFI stub's PCR 9 events): not
+    /// checked, reported so an operator sees what the chain measured beyond the quote.
+    pub unquoted: Vec<String>,
 }
 
 /// Checks `ev` against the `nonce` the server gave and the `expected` boot.
@@ -80,7 +87,17 @@ pub fn verify(ev: &Evidence, nonce: &[u8], expected: &Expected) -> Result<Verifi
         booted,
         secure_boot,
         reset_count: quote.reset_count,
+        unquoted: unquoted(&log),
     })
+}
+
+/// One line per event in a PCR outside [`QUOTED_PCRS`] (EV_NO_ACTION left out).
+pub fn unquoted(log: &EventLog) -> Vec<String> {
+    log.events
+        .iter()
+        .filter(|e| !QUOTED_PCRS.contains(&e.pcr) && e.kind != super::eventlog::EV_NO_ACTION)
+        .map(|e| e.describe())
+        .collect()
 }
 
 /// The boot a (replayed, quote-matched) log shows against the expected one: every PCR 4 application one of the
@@ -88,6 +105,7 @@ pub fn verify(ev: &Evidence, nonce: &[u8], expected: &Expected) -> Result<Verifi
 pub fn check_boot(log: &EventLog, expected: &Expected) -> Result<(String, bool), AttestError> {
     let mut last = None;
     let mut chain = Vec::new();
+    let mut apps = Vec::new();
     for e in log
         .of_pcr(4)
         .filter(|e| e.kind == EV_EFI_BOOT_SERVICES_APPLICATION)
@@ -100,8 +118,10 @@ pub fn check_boot(log: &EventLog, expected: &Expected) -> Result<(String, bool),
             });
         }
         chain.push(expected.boot_apps[&d].as_str());
+        apps.push(e);
         last = Some((d, e));
     }
+    check_path(&chain, &apps, expected)?;
     let booted = match last {
         Some((d, _)) if expected.os_loaders.contains(&d) => chain.join(" → "),
         Some((_, e)) => {
@@ -125,6 +145,55 @@ pub fn check_boot(log: &EventLog, expected: &Expected) -> Result<(String, bool),
         return Err(AttestError::SecureBootOff);
     }
     Ok((booted, secure_boot))
+}
+
+/// The applications, in order, must be one of the machine's boot paths (when it has any): the first event where
+/// they leave every path is named (an image of the right set loaded the wrong way round, iPXE where the
+/// firmware must start the UKI itself, a kernel started without the loader the path has).
+fn check_path(
+    chain: &[&str],
+    apps: &[&super::eventlog::Event],
+    expected: &Expected,
+) -> Result<(), AttestError> {
+    let paths = &expected.chains;
+    if paths.is_empty()
+        || paths
+            .iter()
+            .any(|p| p.iter().map(String::as_str).eq(chain.iter().copied()))
+    {
+        return Ok(());
+    }
+    let fits = |n: usize| {
+        paths.iter().any(|p| {
+            p.len() >= n
+                && p[..n]
+                    .iter()
+                    .map(String::as_str)
+                    .eq(chain[..n].iter().copied())
+        })
+    };
+    let shown = paths
+        .iter()
+        .map(|p| p.join(" → "))
+        .collect::<Vec<_>>()
+        .join(" or ");
+    let event = match (1..=chain.len()).find(|&n| !fits(n)) {
+        Some(n) => format!(
+            "{} ({}, application {n} of the boot) is not what this machine's boot path loads there",
+            apps[n - 1].describe(),
+            chain[n - 1]
+        ),
+        None => format!(
+            "{} ({}) ends the boot before its path does",
+            apps.last()
+                .map_or_else(|| "the log".into(), |e| e.describe()),
+            chain.last().copied().unwrap_or("nothing")
+        ),
+    };
+    Err(AttestError::BootPathMismatch {
+        event,
+        expected: format!("this machine boots {shown}"),
+    })
 }
 
 fn expected_list(e: &Expected) -> String {
@@ -151,6 +220,7 @@ mod tests {
         Expected {
             boot_apps: [([0xaa; 32], "uki.efi".to_string())].into(),
             os_loaders: vec![[0xaa; 32]],
+            chains: vec![],
             require_secure_boot: false,
         }
     }
@@ -254,6 +324,7 @@ mod tests {
             ]
             .into(),
             os_loaders: vec![uki, kernel],
+            chains: vec![],
             require_secure_boot: false,
         };
         assert_eq!(
@@ -274,6 +345,155 @@ mod tests {
         assert!(
             e.contains("(PCR 4, EV_EFI_BOOT_SERVICES_APPLICATION) sha256:41731ae9"),
             "{e}"
+        );
+    }
+
+    /// The applications of an image that can boot both ways (its UKI, its kernel) and the iPXE binaries.
+    fn both_ways(chains: &[&[&str]]) -> Expected {
+        Expected {
+            boot_apps: [
+                ([0xaa; 32], "uki.efi".to_string()),
+                ([0xbb; 32], "vmlinuz".to_string()),
+                ([0xcc; 32], "snponly.efi".to_string()),
+                ([0xdd; 32], "ipxe.efi".to_string()),
+            ]
+            .into(),
+            os_loaders: vec![[0xaa; 32], [0xbb; 32]],
+            chains: chains
+                .iter()
+                .map(|c| c.iter().map(|s| s.to_string()).collect())
+                .collect(),
+            require_secure_boot: false,
+        }
+    }
+
+    fn apps(digests: &[u8]) -> Vec<(u32, u32, [u8; 32], Vec<u8>)> {
+        digests
+            .iter()
+            .map(|&d| (4, EV_EFI_BOOT_SERVICES_APPLICATION, [d; 32], vec![]))
+            .collect()
+    }
+
+    #[test]
+    fn the_ipxe_path_is_the_served_ipxe_then_the_pinned_kernel_and_nothing_else() {
+        // As attest_expected::boot_paths(false) has it: iPXE's probe loads the kernel once before it starts it.
+        let ipxe = both_ways(&[
+            &["snponly.efi", "vmlinuz", "vmlinuz"],
+            &["snponly.efi", "vmlinuz"],
+            &["ipxe.efi", "vmlinuz", "vmlinuz"],
+            &["ipxe.efi", "vmlinuz"],
+        ]);
+        assert_eq!(
+            pcr4_only(&apps(&[0xcc, 0xbb, 0xbb]), &ipxe).unwrap(),
+            "snponly.efi → vmlinuz → vmlinuz"
+        );
+        assert_eq!(
+            pcr4_only(&apps(&[0xcc, 0xbb]), &ipxe).unwrap(),
+            "snponly.efi → vmlinuz"
+        );
+        assert_eq!(
+            pcr4_only(&apps(&[0xdd, 0xbb]), &ipxe).unwrap(),
+            "ipxe.efi → vmlinuz"
+        );
+        // Another kernel after iPXE (another image's, or one built with something changed): that event is named.
+        let e = pcr4_only(&apps(&[0xcc, 0x11]), &ipxe).unwrap_err();
+        assert!(matches!(e, AttestError::PcrMismatch { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .contains("event #2 (PCR 4, EV_EFI_BOOT_SERVICES_APPLICATION) sha256:1111"),
+            "{e}"
+        );
+        // iPXE's probe loaded the pinned kernel, then it started another: the second kernel event is named.
+        let e = pcr4_only(&apps(&[0xcc, 0xbb, 0x11]), &ipxe)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("event #3 (PCR 4, EV_EFI_BOOT_SERVICES_APPLICATION) sha256:1111"),
+            "{e}"
+        );
+        // The image's own files, but not the way the server boots this machine: named where they leave the path.
+        for (booted, at, name) in [
+            (
+                vec![0xaa],
+                "event #1",
+                "(uki.efi, application 1 of the boot)",
+            ),
+            (
+                vec![0xcc, 0xaa],
+                "event #2",
+                "(uki.efi, application 2 of the boot)",
+            ),
+            (
+                vec![0xbb],
+                "event #1",
+                "(vmlinuz, application 1 of the boot)",
+            ),
+            (
+                vec![0xcc, 0xbb, 0xbb, 0xbb],
+                "event #4",
+                "(vmlinuz, application 4 of the boot)",
+            ),
+        ] {
+            let e = pcr4_only(&apps(&booted), &ipxe).unwrap_err();
+            assert!(matches!(e, AttestError::BootPathMismatch { .. }), "{e}");
+            let e = e.to_string();
+            assert!(e.contains(at) && e.contains(name), "{booted:?}: {e}");
+            assert!(
+                e.contains(
+                    "this machine boots snponly.efi → vmlinuz → vmlinuz or snponly.efi → vmlinuz or"
+                ),
+                "{e}"
+            );
+            assert_eq!(
+                AttestError::BootPathMismatch {
+                    event: String::new(),
+                    expected: String::new()
+                }
+                .outcome(),
+                "pcr-mismatch"
+            );
+        }
+        // iPXE alone (it loaded no kernel, or the kernel was not measured): the boot ends before its path does.
+        let e = pcr4_only(&apps(&[0xcc]), &ipxe).unwrap_err().to_string();
+        assert!(
+            e.contains("event #1") && e.contains("ends the boot before its path does"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_secure_boot_machine_must_have_started_its_uki_not_ipxe() {
+        let uki = both_ways(&[&["uki.efi"], &["uki.efi", "vmlinuz"]]);
+        assert_eq!(pcr4_only(&apps(&[0xaa]), &uki).unwrap(), "uki.efi");
+        assert_eq!(
+            pcr4_only(&apps(&[0xaa, 0xbb]), &uki).unwrap(),
+            "uki.efi → vmlinuz"
+        );
+        // iPXE and the bare kernel (whose command line and initrd PCR 4 does not show) are refused for it.
+        let e = pcr4_only(&apps(&[0xcc, 0xbb]), &uki)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("event #1") && e.contains("(snponly.efi, application 1"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn events_outside_the_quote_are_reported_with_their_tag() {
+        let mut tag = 0x8F3B_22EDu32.to_le_bytes().to_vec();
+        let text = b"LOADED_IMAGE::LoadOptions\0";
+        tag.extend((text.len() as u32).to_le_bytes());
+        tag.extend(text);
+        let log = build_log(&[
+            (4, EV_EFI_BOOT_SERVICES_APPLICATION, [0xaa; 32], vec![]),
+            (9, super::super::eventlog::EV_EVENT_TAG, [0x42; 32], tag),
+        ]);
+        let u = unquoted(&EventLog::parse(&log).unwrap());
+        assert_eq!(u.len(), 1, "{u:?}");
+        assert!(
+            u[0].contains("(PCR 9, EV_EVENT_TAG \"LOADED_IMAGE::LoadOptions\") sha256:4242"),
+            "{u:?}"
         );
     }
 }

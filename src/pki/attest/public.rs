@@ -192,7 +192,8 @@ impl Public {
     }
 
     /// Checks that this is a key fit to be an EK: a restricted decryption key with an AES-128-CFB symmetric
-    /// part, RSA (MakeCredential here encrypts the seed with RSA-OAEP).
+    /// part, RSA (MakeCredential encrypts the seed with RSA-OAEP) or ECC on NIST P-256 (the seed comes from
+    /// ECDH with an ephemeral key).
     pub fn check_ek(&self) -> Result<(), AttestError> {
         let want = attr::FIXED_TPM | attr::FIXED_PARENT | attr::RESTRICTED | attr::DECRYPT;
         if self.attributes & want != want || self.attributes & attr::SIGN != 0 {
@@ -202,10 +203,13 @@ impl Public {
                 self.attributes
             )));
         }
-        if !matches!(self.key, Key::Rsa { .. }) {
-            return Err(AttestError::Unsupported(
-                "an ECC EK: credentials are made for RSA EKs only (tpm2_createek -G rsa)".into(),
-            ));
+        if let Key::Ecc { curve, .. } = &self.key
+            && *curve != ECC_NIST_P256
+        {
+            return Err(AttestError::Unsupported(format!(
+                "an ECC EK on curve 0x{curve:04x}: credentials are made for RSA and NIST P-256 EKs (the TCG \
+                 templates L-1/L-2: tpm2_createek -G rsa or -G ecc)"
+            )));
         }
         if self.symmetric != (ALG_AES, 128) {
             return Err(AttestError::Unsupported(format!(
@@ -214,6 +218,30 @@ impl Public {
             )));
         }
         Ok(())
+    }
+
+    /// A NIST P-256 key as the uncompressed SEC1 point `04 || x || y` (each coordinate 32 bytes), the form the
+    /// crypto library and X.509 certificates use; `None` for RSA or another curve, an error for a coordinate
+    /// longer than the curve's.
+    pub fn p256_point(&self) -> Result<Option<[u8; 65]>, AttestError> {
+        let Key::Ecc { curve, x, y } = &self.key else {
+            return Ok(None);
+        };
+        if *curve != ECC_NIST_P256 {
+            return Ok(None);
+        }
+        let mut point = [0u8; 65];
+        point[0] = 4;
+        for (coord, at) in [(x, 1), (y, 33)] {
+            let c = strip_zeros(coord);
+            if c.len() > 32 {
+                return Err(AttestError::Malformed(
+                    "ECC key: a P-256 coordinate longer than 32 bytes".into(),
+                ));
+            }
+            point[at + 32 - c.len()..at + 32].copy_from_slice(c);
+        }
+        Ok(Some(point))
     }
 
     /// An RSA key as DER `SubjectPublicKeyInfo` (for RSA-OAEP).
@@ -236,6 +264,11 @@ impl Public {
         bits.extend_from_slice(&rsa_pub);
         Some(der_seq(&[alg, der(0x03, &bits)].concat()))
     }
+}
+
+/// `b` without its leading zero bytes (big-endian integers and coordinates).
+pub fn strip_zeros(b: &[u8]) -> &[u8] {
+    &b[b.iter().position(|&x| x != 0).unwrap_or(b.len())..]
 }
 
 fn der_len(n: usize) -> Vec<u8> {
@@ -293,6 +326,45 @@ mod tests {
         // The EK is not an AK and the AK is not an EK.
         assert!(ek.check_ak().is_err());
         assert!(ak.check_ek().is_err());
+    }
+
+    const ECC_EK: &[u8] = include_bytes!("../../../tests/fixtures/attest/ecc-ek.pub");
+    const ECC_AK: &[u8] = include_bytes!("../../../tests/fixtures/attest/ecc-ak.pub");
+    const ECC_AK_NAME: &[u8] = include_bytes!("../../../tests/fixtures/attest/ecc-ak.name");
+
+    #[test]
+    fn swtpm_p256_ek_and_ak_parse_and_are_accepted() {
+        let ek = Public::from_tpm2b(ECC_EK).unwrap();
+        ek.check_ek().unwrap();
+        assert_eq!(ek.symmetric, (ALG_AES, 128));
+        let point = ek.p256_point().unwrap().unwrap();
+        assert!(
+            matches!(&ek.key, Key::Ecc { curve: ECC_NIST_P256, x, .. } if x[..] == point[1..33])
+        );
+        let ak = Public::from_tpm2b(ECC_AK).unwrap();
+        ak.check_ak().unwrap();
+        assert_eq!(ak.name(), ECC_AK_NAME);
+        assert!(ek.check_ak().is_err());
+        assert!(ak.check_ek().is_err());
+        // RSA keys have no point.
+        assert!(
+            Public::from_tpm2b(EK)
+                .unwrap()
+                .p256_point()
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn an_ecc_ek_on_another_curve_is_refused_by_name() {
+        let mut ek = Public::from_tpm2b(ECC_EK).unwrap();
+        if let Key::Ecc { curve, .. } = &mut ek.key {
+            *curve = 0x0004; // TPM_ECC_NIST_P384 (the TCG H-3 template, a SHA-384 key)
+        }
+        let e = ek.check_ek().unwrap_err().to_string();
+        assert!(e.contains("curve 0x0004") && e.contains("P-256"), "{e}");
+        assert!(ek.p256_point().unwrap().is_none());
     }
 
     #[test]

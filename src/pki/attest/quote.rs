@@ -199,6 +199,26 @@ mod tests {
         assert!(verify_signature(&ak, MSG, &s).is_err());
     }
 
+    const ECC_AK: &[u8] = include_bytes!("../../../tests/fixtures/attest/ecc-ak.pub");
+    const ECC_MSG: &[u8] = include_bytes!("../../../tests/fixtures/attest/ecc-quote.msg");
+    const ECC_SIG: &[u8] = include_bytes!("../../../tests/fixtures/attest/ecc-quote.sig");
+    const ECC_NONCE: &[u8] = include_bytes!("../../../tests/fixtures/attest/ecc-nonce.bin");
+
+    #[test]
+    fn a_swtpm_ecdsa_quote_verifies_with_its_p256_ak_and_not_with_another_key() {
+        let ak = Public::from_tpm2b(ECC_AK).unwrap();
+        let q = Quote::parse(ECC_MSG).unwrap();
+        assert_eq!(q.extra_data, ECC_NONCE);
+        verify_signature(&ak, ECC_MSG, ECC_SIG).unwrap();
+        let mut m = ECC_MSG.to_vec();
+        m[20] ^= 1;
+        assert!(verify_signature(&ak, &m, ECC_SIG).is_err());
+        // An RSA AK cannot have made it, nor can the ECC AK have made the RSA quote.
+        let rsa = Public::from_tpm2b(AK).unwrap();
+        assert!(verify_signature(&rsa, ECC_MSG, ECC_SIG).is_err());
+        assert!(verify_signature(&ak, MSG, SIG).is_err());
+    }
+
     #[test]
     fn not_a_quote_is_refused() {
         let mut m = MSG.to_vec();

@@ -102,6 +102,9 @@ pub struct VmVariant {
     pub state_disk: Option<PathBuf>,
     /// Another console log.
     pub console_log: Option<PathBuf>,
+    /// The QEMU process's nice value (`setpriority`, inherited from before exec): a lab runs a VM that only waits
+    /// for others at a lower priority, so the VMs on its critical path get the cores (TCG: one per vCPU).
+    pub nice: Option<i32>,
 }
 
 impl Lab {
@@ -168,7 +171,19 @@ impl Lab {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
         }
-        let cmd = qemu::command(&self.netns, &node.spec)?;
+        let mut cmd = qemu::command(&self.netns, &node.spec)?;
+        if let Some(n) = v.nice {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setpriority is async-signal-safe; it only changes the child's own scheduling priority.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setpriority(libc::PRIO_PROCESS, 0, n) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         self.children.spawn(&format!("vm:{host}"), cmd)?;
         Ok(())
     }
