@@ -228,25 +228,27 @@ fn root_lab_full_dhcp_bios_master_worker_and_http_boot_storage_reach_joined_in_o
     let hosts_s: Vec<String> = hosts.iter().map(|s| s.to_string()).collect();
     // Replica B is killed (SIGKILL), one etcd member and one Garage node stopped, while the nodes are in their
     // initrd: the nodes that took it from B fetch their root filesystem from A (the initrd's failover).
-    let on_b = replicas::kill_mid_boot(&mut lab, &mut region, &hosts_s);
+    let (killed, on_killed) = replicas::kill_mid_boot(&mut lab, &mut region, &hosts_s);
+    assert!(
+        !on_killed.is_empty(),
+        "the first node in its initrd had its root filesystem before its replica was killed"
+    );
     let limit = lab.opts.timeout;
     let report = lab
         .wait(&hosts_s, 1, limit, |n| n.done)
         .unwrap_or_else(|f| panic!("{f}"));
     println!("{}", imgbuild::vm::lab::summary(&report, lab.standins));
     let evs = events(&lab);
-    for h in &on_b {
+    let dead = lab.replicas[killed].server;
+    for h in &on_killed {
         let verified = detail(
             &evs,
             lab.cluster.machine_by_hostname(h).unwrap().mac,
             "rootfs-verified",
         );
         assert!(
-            verified.contains(&format!(
-                "failover: replica http://{}:",
-                replicas::REPLICA_B
-            )),
-            "{h} was in its initrd from replica B when B was killed: {verified}"
+            verified.contains(&format!("failover: replica http://{dead}:")),
+            "{h} was in its initrd from replica {dead} when it was killed: {verified}"
         );
     }
     // No node enrolled twice, no address went to two machines (the shared history in etcd).
@@ -446,9 +448,9 @@ fn root_lab_full_dhcp_bios_master_worker_and_http_boot_storage_reach_joined_in_o
         renewed_by.contains("published by master-1"),
         "master-1 published its token over HTTPS: {renewed_by}"
     );
-    // `imgbuild pin worker <new>` on one host: the replicas (B restarted) serve the new image on worker-1's
+    // `imgbuild pin worker <new>` on one host: the replica killed mid-boot, restarted, serves the new image on worker-1's
     // next boot.
-    replicas::repin_and_reboot(&mut lab, &new_worker);
+    replicas::repin_and_reboot(&mut lab, &new_worker, killed);
 }
 
 /// The detail of the last node-reported `stage` of `mac`.

@@ -139,79 +139,68 @@ pub fn shared_events(lab: &Lab) -> Vec<serde_json::Value> {
     .unwrap()
 }
 
-/// Waits until the nodes are between `initrd` and `rootfs-verified` (every node reached `initrd`, or one got
-/// its root filesystem already), then kills replica B with SIGKILL and stops etcd member 2 and Garage node 2.
-/// Returns the hosts whose `initrd` report replica B had taken (they fetch their root filesystem from it).
-pub fn kill_mid_boot(lab: &mut Lab, region: &mut Region, hosts: &[String]) -> Vec<String> {
-    let all = hosts.len();
+/// Waits for the first node to report from its initrd, then kills the replica that node booted from (SIGKILL:
+/// the one whose history has the report) and stops etcd member 2 and Garage node 2. The root filesystem is fetched
+/// ~10 s (under TCG) after the initrd's first report, so the nodes that replica served are caught between `initrd`
+/// and `rootfs-verified`; which replica it is depends on whose DHCP offer the firmware took first, so either may
+/// be killed. Returns the killed replica's index and the hosts it served an initrd to that had no root
+/// filesystem yet (they must fetch theirs from the other replica).
+pub fn kill_mid_boot(lab: &mut Lab, region: &mut Region, hosts: &[String]) -> (usize, Vec<String>) {
     let t0 = Instant::now();
-    loop {
-        let r = lab.status().unwrap();
-        let nodes: Vec<_> = r.nodes.iter().filter(|n| hosts.contains(&n.name)).collect();
-        // In its initrd: the node's own `initrd` report (the server's `initrd` is iPXE fetching initrd.img).
-        let evs = shared_events(lab);
-        let in_initrd = nodes
+    let macs: Vec<(String, String)> = hosts
+        .iter()
+        .map(|h| {
+            let m = lab.cluster.machine_by_hostname(h).unwrap().mac.to_string();
+            (h.clone(), format!("\"mac\":\"{m}\""))
+        })
+        .collect();
+    let reported = |log: &str, mac: &str, stage: &str| {
+        log.lines().any(|l| {
+            l.contains(mac)
+                && l.contains(&format!("\"stage\":\"{stage}\""))
+                && l.contains("\"source\":\"node\"")
+        })
+    };
+    let (killed, on_killed) = loop {
+        let logs: Vec<String> = lab
+            .replicas
             .iter()
-            .filter(|n| {
-                evs.iter().any(|e| {
-                    e["mac"] == n.mac.as_str() && e["stage"] == "initrd" && e["source"] == "node"
-                })
+            .map(|r| {
+                std::fs::read_to_string(lab.opts.dir.join(format!("{}/state/events.jsonl", r.name)))
+                    .unwrap_or_default()
             })
-            .count();
-        let past = nodes
+            .collect();
+        let first = logs
             .iter()
-            .any(|n| n.since_start("rootfs-verified").is_some());
-        if in_initrd == all || past {
-            eprintln!(
-                "{in_initrd} of {all} nodes in their initrd{} after {:?}",
-                if past {
-                    ", one has its root filesystem"
-                } else {
-                    ""
-                },
-                t0.elapsed()
-            );
-            break;
+            .position(|log| macs.iter().any(|(_, m)| reported(log, m, "initrd")));
+        if let Some(i) = first {
+            let on: Vec<String> = macs
+                .iter()
+                .filter(|(_, m)| {
+                    reported(&logs[i], m, "initrd") && !reported(&logs[i], m, "rootfs-verified")
+                })
+                .map(|(h, _)| h.clone())
+                .collect();
+            break (i, on);
         }
         assert!(
             t0.elapsed() < Duration::from_secs(600),
-            "the nodes did not reach their initrd within 600 s: {:?}",
-            nodes
-                .iter()
-                .map(|n| (&n.name, &n.state))
-                .collect::<Vec<_>>()
+            "no node reached its initrd within 600 s"
         );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let b_events = std::fs::read_to_string(lab.opts.dir.join("replica-b/state/events.jsonl"))
-        .unwrap_or_default();
-    let on_b: Vec<String> = hosts
-        .iter()
-        .filter(|h| {
-            let mac = lab.cluster.machine_by_hostname(h).unwrap().mac.to_string();
-            b_events.lines().any(|l| {
-                l.contains(&format!("\"mac\":\"{mac}\"")) && l.contains("\"stage\":\"initrd\"")
-            })
-        })
-        .cloned()
-        .collect();
-    let b = lab
-        .replicas
-        .iter()
-        .position(|r| r.server.to_string() == REPLICA_B)
-        .unwrap();
-    lab.kill_replica(b);
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    lab.kill_replica(killed);
+    // The lab's own view of the boot (status, the page) from the survivor from now on.
+    lab.server_url = lab.replicas[1 - killed].url(&lab.cluster.network);
     region.etcd.kill(2);
     region.garage.stop_node(2);
     eprintln!(
-        "killed replica-b (SIGKILL) with {} in their initrd from it; stopped etcd member 2 and Garage node 2",
-        if on_b.is_empty() {
-            "no node".to_string()
-        } else {
-            on_b.join(", ")
-        }
+        "{:?} after the start: killed {} (SIGKILL) with {} in their initrd from it; stopped etcd member 2 and Garage node 2",
+        t0.elapsed(),
+        lab.replicas[killed].name,
+        on_killed.join(", ")
     );
-    on_b
+    (killed, on_killed)
 }
 
 /// No node enrolled twice and no address went to two machines, from the shared history: each host's `enrolled`
@@ -282,20 +271,16 @@ pub fn shared_token(lab: &Lab) -> (String, String) {
     .unwrap()
 }
 
-/// Replica B started again (it learns the pin from etcd's watch), `imgbuild pin worker <id>` on one host (the
-/// CLI with replica A's cluster.toml, against etcd), then replica A killed and worker-1 power-cycled with its
-/// disk kept: replica B alone serves it the new image (and the node API: the image names A's), and it reaches
+/// The killed replica started again (it learns the pin from etcd's watch), `imgbuild pin worker <id>` on one host
+/// (the CLI with replica A's cluster.toml, against etcd), then the other replica killed and worker-1 power-cycled
+/// with its disk kept: the restarted replica alone serves it the new image (and the node API), and it reaches
 /// `joined` without joining again. Returns the replica that served its kernel.
-pub fn repin_and_reboot(lab: &mut Lab, id: &str) -> String {
-    let b = lab
-        .replicas
-        .iter()
-        .position(|r| r.server.to_string() == REPLICA_B)
-        .unwrap();
+pub fn repin_and_reboot(lab: &mut Lab, id: &str, killed: usize) -> String {
+    let b = killed;
     lab.start_replica(b).unwrap();
     let t0 = Instant::now();
     lab.replica_cli(&["pin", "worker", id]).unwrap();
-    lab.kill_replica(0);
+    lab.kill_replica(1 - b);
     lab.server_url = lab.replicas[b].url(&lab.cluster.network);
     let host = "worker-1".to_string();
     lab.stop_vm(&host);
