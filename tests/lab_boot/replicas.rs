@@ -161,14 +161,22 @@ pub fn kill_mid_boot(lab: &mut Lab, region: &mut Region, hosts: &[String]) -> (u
                 && l.contains("\"source\":\"node\"")
         })
     };
+    // Each replica's own history file (replica A's state is the lab's state directory, B's its own).
+    let files: Vec<std::path::PathBuf> = lab
+        .replicas
+        .iter()
+        .map(|r| {
+            imgbuild::config::load(&r.config)
+                .unwrap()
+                .paths
+                .state
+                .join("events.jsonl")
+        })
+        .collect();
     let (killed, on_killed) = loop {
-        let logs: Vec<String> = lab
-            .replicas
+        let logs: Vec<String> = files
             .iter()
-            .map(|r| {
-                std::fs::read_to_string(lab.opts.dir.join(format!("{}/state/events.jsonl", r.name)))
-                    .unwrap_or_default()
-            })
+            .map(|f| std::fs::read_to_string(f).unwrap_or_default())
             .collect();
         let first = logs
             .iter()
