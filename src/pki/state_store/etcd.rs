@@ -318,16 +318,14 @@ impl StateBackend for EtcdState {
         let k = self.key(key.name());
         let client = self.client.clone();
         self.rt().spawn(async move {
-            let mut first = true;
             loop {
                 let mut c = client.clone();
                 match c.watch(k.clone(), None).await {
                     Ok(mut stream) => {
-                        if !first {
-                            // Changes may have been missed while the watch was down.
-                            on_change();
-                        }
-                        first = false;
+                        // Changes may have been missed while the watch was down — or, the first time, between the
+                        // caller's read and this watch being established (which, with a dead member among the
+                        // endpoints, can take seconds): one re-read either way.
+                        on_change();
                         loop {
                             match stream.message().await {
                                 Ok(Some(r)) if !r.events().is_empty() => on_change(),
