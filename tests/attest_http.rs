@@ -19,7 +19,7 @@ use attest::{Node, Tpm, agile_log, extend, run};
 use imgbuild::config::{Arch, MacAddr, Role};
 use imgbuild::image::pins::{PinnedImage, Pins};
 use imgbuild::netboot::state::Shared;
-use imgbuild::pki::attest::eventlog::{EV_EFI_BOOT_SERVICES_APPLICATION, EV_SEPARATOR};
+use imgbuild::pki::attest::eventlog::EV_EFI_BOOT_SERVICES_APPLICATION;
 use imgbuild::pki::attest::public::{Key, Public};
 use imgbuild::pki::{enroll, secrets};
 use imgbuild::status::Events;
@@ -80,20 +80,6 @@ fn curl(ca: &Path, args: &[&str], url: &str) -> (u16, String) {
     (code.trim().parse().unwrap(), body.to_string())
 }
 
-/// The firmware's boot: a separator in PCR 7 and 4, then the way the server boots a (non-Secure Boot) UEFI machine:
-/// the iPXE binary it serves, then the image's kernel (docs/attestation.md, "The iPXE path").
-fn ipxe_boot(shared: &Shared, kernel_digest: [u8; 32]) -> Vec<(u32, u32, [u8; 32])> {
-    let ipxe = std::fs::read(shared.cluster().network.ipxe_binaries.join("snponly.efi"))
-        .expect("the served snponly.efi (Debian package ipxe)");
-    let ipxe_digest = imgbuild::image::authenticode::sha256(&ipxe).unwrap();
-    vec![
-        (7, EV_SEPARATOR, [0x07; 32]),
-        (4, EV_SEPARATOR, [0x04; 32]),
-        (4, EV_EFI_BOOT_SERVICES_APPLICATION, ipxe_digest),
-        (4, EV_EFI_BOOT_SERVICES_APPLICATION, kernel_digest),
-    ]
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boots_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -134,7 +120,7 @@ async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boo
     assert_eq!(code, 428, "{body}");
     assert!(body.contains("/api/attest/"), "{body}");
 
-    let boot = ipxe_boot(&shared, kernel_digest);
+    let boot = attest::ipxe_boot(&shared.cluster(), kernel_digest);
     let node = tokio::task::block_in_place(|| Node::new(&lib, &attest_sh, &ca, M1));
     // Its TPM holds certificates for both an RSA and a P-256 EK: the node presents the RSA EK.
     tokio::task::block_in_place(|| {
@@ -472,7 +458,7 @@ async fn an_ecc_tpm_machine_pinned_by_its_ek_hash_enrolls_and_reattests_and_repl
     let api = format!("https://{addr}");
     let m1: MacAddr = M1.parse().unwrap();
 
-    let boot = ipxe_boot(&shared, kernel_digest);
+    let boot = attest::ipxe_boot(&shared.cluster(), kernel_digest);
     let log = agile_log(&boot);
     let node = Node::with_tpm(&lib, &attest_sh, &ca, M1, tpm);
     let spoofer = Node::with_tpm(&lib, &attest_sh, &ca, M1, spoofer_tpm);
