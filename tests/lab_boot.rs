@@ -1138,16 +1138,24 @@ impl SpooferAfter {
         let n = node(&r, host);
         assert!(n.failed.is_none(), "{:?}", n.failed);
         assert_eq!(n.joins, 1);
+        // What reached the spoofer is the refusal itself (its firstboot prints the server's answer). The server
+        // counts the refusal before the node has printed it (under TCG, seconds later): wait for it, bounded,
+        // before the VM is stopped.
+        let refusal = format!("attestation refused: unknown EK sha256:{}", self.ek);
+        let shown = |c: &str| {
+            c.contains("the server refused enrollment (HTTP 403)") && c.contains(&refusal)
+        };
+        let t0 = std::time::Instant::now();
+        while !shown(&std::fs::read_to_string(&self.console).unwrap_or_default())
+            && t0.elapsed() < Duration::from_secs(180)
+        {
+            std::thread::sleep(Duration::from_secs(1));
+        }
         lab.stop_vm(host);
-        // What reached the spoofer is the refusal itself (its firstboot prints the server's answer).
         let con = std::fs::read_to_string(&self.console).unwrap_or_default();
         assert!(
-            con.contains("the server refused enrollment (HTTP 403)")
-                && con.contains(&format!(
-                    "attestation refused: unknown EK sha256:{}",
-                    self.ek
-                )),
-            "{}",
+            shown(&con),
+            "the spoofer's console never showed the refusal within 180 s: {}",
             imgbuild::vm::qemu::console_tail(&self.console, 25)
         );
     }
