@@ -8,7 +8,7 @@
 //! only an ECC (P-256) EK certificate, pinned by its EK hash.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
@@ -80,16 +80,23 @@ fn curl(ca: &Path, args: &[&str], url: &str) -> (u16, String) {
     (code.trim().parse().unwrap(), body.to_string())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boots_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = common::write_cluster(dir.path(), true, |t| {
-        t.replacen(
-            "hostname = \"master-1\"\n",
-            "hostname = \"master-1\"\nidentity = \"tpm\"\n",
-            1,
-        )
-    });
+/// A TPM machine's server: the cluster (`edit`ed) with its secrets, the pinned master image, the real HTTPS
+/// server, the node scripts rendered from the master profile, and the firmware's boot the server expects.
+struct Setup {
+    config: PathBuf,
+    shared: Arc<Shared>,
+    api: String,
+    ca: PathBuf,
+    token: String,
+    lib: String,
+    attest_sh: String,
+    pinned_id: String,
+    boot: Vec<(u32, u32, [u8; 32])>,
+    m1: MacAddr,
+}
+
+async fn setup(dir: &Path, edit: impl Fn(String) -> String) -> Setup {
+    let config = common::write_cluster(dir, true, edit);
     let cluster = imgbuild::config::load(&config).unwrap();
     secrets::init(&cluster.paths.secrets).unwrap();
     let (pinned, kernel_digest) = pinned_image(&cluster.paths.images);
@@ -113,6 +120,43 @@ async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boo
     let addr = serve(shared.clone()).await;
     let api = format!("https://{addr}");
     let m1: MacAddr = M1.parse().unwrap();
+    let boot = attest::ipxe_boot(&shared.cluster(), kernel_digest);
+    Setup {
+        config,
+        shared,
+        api,
+        ca,
+        token,
+        lib,
+        attest_sh,
+        pinned_id,
+        boot,
+        m1,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boots_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let Setup {
+        config,
+        shared,
+        api,
+        ca,
+        token,
+        lib,
+        attest_sh,
+        pinned_id,
+        boot,
+        m1,
+    } = setup(dir.path(), |t| {
+        t.replacen(
+            "hostname = \"master-1\"\n",
+            "hostname = \"master-1\"\nidentity = \"tpm\"\n",
+            1,
+        )
+    })
+    .await;
     let store = enroll::Store::for_cluster(&shared.cluster());
 
     // A TPM machine asking the address path is sent to attestation.
@@ -120,7 +164,6 @@ async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boo
     assert_eq!(code, 428, "{body}");
     assert!(body.contains("/api/attest/"), "{body}");
 
-    let boot = attest::ipxe_boot(&shared.cluster(), kernel_digest);
     let node = tokio::task::block_in_place(|| Node::new(&lib, &attest_sh, &ca, M1));
     // Its TPM holds certificates for both an RSA and a P-256 EK: the node presents the RSA EK.
     tokio::task::block_in_place(|| {
@@ -422,7 +465,18 @@ async fn an_ecc_tpm_machine_pinned_by_its_ek_hash_enrolls_and_reattests_and_repl
         .arg("tail -c +3 ek.pub | sha256sum")
         .current_dir(tpm.path("")));
     let pin = pin.split_whitespace().next().unwrap().to_string();
-    let config = common::write_cluster(dir.path(), true, |t| {
+    let Setup {
+        shared,
+        api,
+        ca,
+        token,
+        lib,
+        attest_sh,
+        pinned_id,
+        boot,
+        m1,
+        ..
+    } = setup(dir.path(), |t| {
         t.replacen(
             "hostname = \"master-1\"\n",
             &format!("hostname = \"master-1\"\nidentity = \"tpm\"\nek_sha256 = \"{pin}\"\n"),
@@ -433,32 +487,9 @@ async fn an_ecc_tpm_machine_pinned_by_its_ek_hash_enrolls_and_reattests_and_repl
             &format!("manufacturer_ca = [\"{}\"]", maker_pem.display()),
             1,
         )
-    });
-    let cluster = imgbuild::config::load(&config).unwrap();
-    secrets::init(&cluster.paths.secrets).unwrap();
-    let (pinned, kernel_digest) = pinned_image(&cluster.paths.images);
-    let pinned_id = pinned.id.clone();
-    let pins = [((Role::Master, Arch::Amd64), pinned)]
-        .into_iter()
-        .collect();
-    let tree = common::render(&cluster, Role::Master);
-    let (lib, attest_sh) = (
-        common::file(&tree, "/usr/lib/imgbuild/lib.sh").to_string(),
-        common::file(&tree, "/usr/lib/imgbuild/attest.sh").to_string(),
-    );
-    let ca = cluster.paths.provisioning_ca_cert();
-    let token = secrets::load_token(&cluster.paths.secrets).unwrap().token;
-    let shared = Arc::new(Shared::new(
-        config.clone(),
-        cluster,
-        pins,
-        Events::in_memory(),
-    ));
-    let addr = serve(shared.clone()).await;
-    let api = format!("https://{addr}");
-    let m1: MacAddr = M1.parse().unwrap();
+    })
+    .await;
 
-    let boot = attest::ipxe_boot(&shared.cluster(), kernel_digest);
     let log = agile_log(&boot);
     let node = Node::with_tpm(&lib, &attest_sh, &ca, M1, tpm);
     let spoofer = Node::with_tpm(&lib, &attest_sh, &ca, M1, spoofer_tpm);
