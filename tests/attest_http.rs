@@ -258,26 +258,8 @@ async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boo
     );
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("already used challenge"), "{body}");
-    // A replayed quote under a fresh challenge (credential activated, so the proof is right): stale nonce.
-    let (code, body) = tokio::task::block_in_place(|| replay_quote(&node, &ca, &api));
-    assert_eq!(code, 403, "{body}");
-    assert!(body.contains("stale nonce"), "{body}");
-
-    // A reboot: the node (marked as enrolled by TPM) attests again against the image pinned now; accepted and
-    // recorded as a re-attestation, and nothing secret comes back (the bundle went out once).
+    replay_refused_then_reboot_reattests(&node, &ca, &api, &log, &token, &pinned_id);
     let root = node.root.path();
-    assert!(root.join("var/lib/imgbuild/identity-tpm").exists());
-    std::fs::remove_file(root.join("run/imgbuild/attested")).unwrap();
-    let (code, body) = tokio::task::block_in_place(|| node.reattest(&api, &log));
-    assert_eq!(code, 0, "{body}");
-    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(answer["reattested"], true, "{body}");
-    assert!(
-        answer.get("sealed").is_none() && !body.contains(&token),
-        "{body}"
-    );
-    assert_eq!(answer["image"], pinned_id.as_str(), "{body}");
-    assert!(root.join("run/imgbuild/attested").exists());
     assert!(
         shared
             .events
@@ -380,6 +362,36 @@ async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boo
         let line = format!("imgbuild_attest_requests_total{{outcome=\"{outcome}\"}} {n}");
         assert!(metrics.contains(&line), "{line} not in\n{metrics}");
     }
+}
+
+/// A replayed quote under a fresh challenge (credential activated, so the proof is right) is refused as a stale
+/// nonce. Then a reboot: the node (marked as enrolled by TPM) attests again against the image pinned now; accepted
+/// and recorded as a re-attestation, and nothing secret comes back (the bundle went out once).
+fn replay_refused_then_reboot_reattests(
+    node: &Node,
+    ca: &Path,
+    api: &str,
+    log: &[u8],
+    token: &str,
+    pinned_id: &str,
+) {
+    let (code, body) = tokio::task::block_in_place(|| replay_quote(node, ca, api));
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("stale nonce"), "{body}");
+
+    let root = node.root.path();
+    assert!(root.join("var/lib/imgbuild/identity-tpm").exists());
+    std::fs::remove_file(root.join("run/imgbuild/attested")).unwrap();
+    let (code, body) = tokio::task::block_in_place(|| node.reattest(api, log));
+    assert_eq!(code, 0, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["reattested"], true, "{body}");
+    assert!(
+        answer.get("sealed").is_none() && !body.contains(token),
+        "{body}"
+    );
+    assert_eq!(answer["image"], pinned_id, "{body}");
+    assert!(root.join("run/imgbuild/attested").exists());
 }
 
 /// The node's last quote replayed under a fresh challenge: the challenge asked with the node's last request, its
@@ -555,22 +567,7 @@ async fn an_ecc_tpm_machine_pinned_by_its_ek_hash_enrolls_and_reattests_and_repl
         shared.events.for_mac(m1)
     );
 
-    // A replayed quote under a fresh challenge: stale nonce.
-    let (code, body) = tokio::task::block_in_place(|| replay_quote(&node, &ca, &api));
-    assert_eq!(code, 403, "{body}");
-    assert!(body.contains("stale nonce"), "{body}");
-
-    // A reboot: attested again, nothing released.
-    std::fs::remove_file(node.root.path().join("run/imgbuild/attested")).unwrap();
-    let (code, body) = tokio::task::block_in_place(|| node.reattest(&api, &log));
-    assert_eq!(code, 0, "{body}");
-    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(answer["reattested"], true, "{body}");
-    assert!(
-        answer.get("sealed").is_none() && !body.contains(&token),
-        "{body}"
-    );
-    assert_eq!(answer["image"], pinned_id.as_str(), "{body}");
+    replay_refused_then_reboot_reattests(&node, &ca, &api, &log, &token, &pinned_id);
 
     let metrics = shared.encode_metrics();
     for (outcome, n) in [
