@@ -43,6 +43,9 @@ fn options(dir: &Path, nodes: &[&str], firmware: Firmware, dhcp: DhcpMode) -> Op
     o.exe = PathBuf::from(env!("CARGO_BIN_EXE_imgbuild"));
     o.prefix = "ibl".into();
     o.verbose = true;
+    // The builds show only their errors: CI prints a failing test's stderr in part, and the build logs would bury
+    // the test's own message.
+    o.build_progress = false;
     o
 }
 
