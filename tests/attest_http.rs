@@ -96,7 +96,14 @@ struct Setup {
 }
 
 async fn setup(dir: &Path, edit: impl Fn(String) -> String) -> Setup {
-    let config = common::write_cluster(dir, true, edit);
+    // The TPM machine boots the iPXE → kernel chain (no Secure Boot): accepted only with allow_unbound_initrd.
+    let config = common::write_cluster(dir, true, |t| {
+        edit(t.replacen(
+            "allow_unbound_initrd = false",
+            "allow_unbound_initrd = true",
+            1,
+        ))
+    });
     let cluster = imgbuild::config::load(&config).unwrap();
     secrets::init(&cluster.paths.secrets).unwrap();
     let (pinned, kernel_digest) = pinned_image(&cluster.paths.images);

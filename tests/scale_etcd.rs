@@ -221,6 +221,12 @@ async fn two_replicas_on_etcd_enroll_once_share_barrier_token_pins_and_survive_a
                 "hostname = \"master-2\"\nidentity = \"tpm\"\n",
                 1,
             )
+            // Its TPM boots the iPXE → kernel chain (no Secure Boot).
+            .replacen(
+                "allow_unbound_initrd = false",
+                "allow_unbound_initrd = true",
+                1,
+            )
     });
     let cluster = imgbuild::config::load(&config).unwrap();
     secrets::init(&cluster.paths.secrets).unwrap();
