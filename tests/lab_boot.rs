@@ -1118,10 +1118,12 @@ impl SpooferAfter {
             self.ek,
             imgbuild::vm::qemu::console_tail(&lab.opts.dir.join("server.log"), 15)
         );
+        // No TPM-sealed bundle went out while it ran (the only other bundles then are address enrollments of other
+        // machines: master-3, at a lower priority, may enroll in this window; none went to this MAC, below).
         assert_eq!(
-            bundles_served(lab),
-            self.served,
-            "a bundle went out while the spoofer ran"
+            bundles_served(lab).1,
+            self.served.1,
+            "a TPM-sealed bundle went out while the spoofer ran"
         );
         let during: Vec<(String, String)> = events(lab)
             .into_iter()
