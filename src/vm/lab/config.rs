@@ -171,7 +171,7 @@ fn secure_boot_roles(doc: &toml_edit::DocumentMut) -> Vec<String> {
             .iter()
             .filter_map(|v| v.as_str().map(String::from))
             .collect(),
-        None => ["master", "worker", "storage"].map(String::from).to_vec(),
+        None => crate::config::Role::ALL.map(|r| r.to_string()).to_vec(),
     }
 }
 
