@@ -8,7 +8,7 @@
 //! only an ECC (P-256) EK certificate, pinned by its EK hash.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
@@ -19,7 +19,7 @@ use attest::{Node, Tpm, agile_log, extend, run};
 use imgbuild::config::{Arch, MacAddr, Role};
 use imgbuild::image::pins::{PinnedImage, Pins};
 use imgbuild::netboot::state::Shared;
-use imgbuild::pki::attest::eventlog::{EV_EFI_BOOT_SERVICES_APPLICATION, EV_SEPARATOR};
+use imgbuild::pki::attest::eventlog::EV_EFI_BOOT_SERVICES_APPLICATION;
 use imgbuild::pki::attest::public::{Key, Public};
 use imgbuild::pki::{enroll, secrets};
 use imgbuild::status::Events;
@@ -80,29 +80,29 @@ fn curl(ca: &Path, args: &[&str], url: &str) -> (u16, String) {
     (code.trim().parse().unwrap(), body.to_string())
 }
 
-/// The firmware's boot: a separator in PCR 7 and 4, then the way the server boots a (non-Secure Boot) UEFI machine:
-/// the iPXE binary it serves, then the image's kernel (docs/attestation.md, "The iPXE path").
-fn ipxe_boot(shared: &Shared, kernel_digest: [u8; 32]) -> Vec<(u32, u32, [u8; 32])> {
-    let ipxe = std::fs::read(shared.cluster().network.ipxe_binaries.join("snponly.efi"))
-        .expect("the served snponly.efi (Debian package ipxe)");
-    let ipxe_digest = imgbuild::image::authenticode::sha256(&ipxe).unwrap();
-    vec![
-        (7, EV_SEPARATOR, [0x07; 32]),
-        (4, EV_SEPARATOR, [0x04; 32]),
-        (4, EV_EFI_BOOT_SERVICES_APPLICATION, ipxe_digest),
-        (4, EV_EFI_BOOT_SERVICES_APPLICATION, kernel_digest),
-    ]
+/// A TPM machine's server: the cluster (`edit`ed) with its secrets, the pinned master image, the real HTTPS
+/// server, the node scripts rendered from the master profile, and the firmware's boot the server expects.
+struct Setup {
+    config: PathBuf,
+    shared: Arc<Shared>,
+    api: String,
+    ca: PathBuf,
+    token: String,
+    lib: String,
+    attest_sh: String,
+    pinned_id: String,
+    boot: Vec<(u32, u32, [u8; 32])>,
+    m1: MacAddr,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boots_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = common::write_cluster(dir.path(), true, |t| {
-        t.replacen(
-            "hostname = \"master-1\"\n",
-            "hostname = \"master-1\"\nidentity = \"tpm\"\n",
+async fn setup(dir: &Path, edit: impl Fn(String) -> String) -> Setup {
+    // The TPM machine boots the iPXE → kernel chain (no Secure Boot): accepted only with allow_unbound_initrd.
+    let config = common::write_cluster(dir, true, |t| {
+        edit(t.replacen(
+            "allow_unbound_initrd = false",
+            "allow_unbound_initrd = true",
             1,
-        )
+        ))
     });
     let cluster = imgbuild::config::load(&config).unwrap();
     secrets::init(&cluster.paths.secrets).unwrap();
@@ -127,6 +127,43 @@ async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boo
     let addr = serve(shared.clone()).await;
     let api = format!("https://{addr}");
     let m1: MacAddr = M1.parse().unwrap();
+    let boot = attest::ipxe_boot(&shared.cluster(), kernel_digest);
+    Setup {
+        config,
+        shared,
+        api,
+        ca,
+        token,
+        lib,
+        attest_sh,
+        pinned_id,
+        boot,
+        m1,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boots_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let Setup {
+        config,
+        shared,
+        api,
+        ca,
+        token,
+        lib,
+        attest_sh,
+        pinned_id,
+        boot,
+        m1,
+    } = setup(dir.path(), |t| {
+        t.replacen(
+            "hostname = \"master-1\"\n",
+            "hostname = \"master-1\"\nidentity = \"tpm\"\n",
+            1,
+        )
+    })
+    .await;
     let store = enroll::Store::for_cluster(&shared.cluster());
 
     // A TPM machine asking the address path is sent to attestation.
@@ -134,7 +171,6 @@ async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boo
     assert_eq!(code, 428, "{body}");
     assert!(body.contains("/api/attest/"), "{body}");
 
-    let boot = ipxe_boot(&shared, kernel_digest);
     let node = tokio::task::block_in_place(|| Node::new(&lib, &attest_sh, &ca, M1));
     // Its TPM holds certificates for both an RSA and a P-256 EK: the node presents the RSA EK.
     tokio::task::block_in_place(|| {
@@ -229,26 +265,8 @@ async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boo
     );
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("already used challenge"), "{body}");
-    // A replayed quote under a fresh challenge (credential activated, so the proof is right): stale nonce.
-    let (code, body) = tokio::task::block_in_place(|| replay_quote(&node, &ca, &api));
-    assert_eq!(code, 403, "{body}");
-    assert!(body.contains("stale nonce"), "{body}");
-
-    // A reboot: the node (marked as enrolled by TPM) attests again against the image pinned now; accepted and
-    // recorded as a re-attestation, and nothing secret comes back (the bundle went out once).
+    replay_refused_then_reboot_reattests(&node, &ca, &api, &log, &token, &pinned_id);
     let root = node.root.path();
-    assert!(root.join("var/lib/imgbuild/identity-tpm").exists());
-    std::fs::remove_file(root.join("run/imgbuild/attested")).unwrap();
-    let (code, body) = tokio::task::block_in_place(|| node.reattest(&api, &log));
-    assert_eq!(code, 0, "{body}");
-    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(answer["reattested"], true, "{body}");
-    assert!(
-        answer.get("sealed").is_none() && !body.contains(&token),
-        "{body}"
-    );
-    assert_eq!(answer["image"], pinned_id.as_str(), "{body}");
-    assert!(root.join("run/imgbuild/attested").exists());
     assert!(
         shared
             .events
@@ -353,6 +371,36 @@ async fn tpm_machine_enrolls_by_attestation_and_spoofers_replays_and_foreign_boo
     }
 }
 
+/// A replayed quote under a fresh challenge (credential activated, so the proof is right) is refused as a stale
+/// nonce. Then a reboot: the node (marked as enrolled by TPM) attests again against the image pinned now; accepted
+/// and recorded as a re-attestation, and nothing secret comes back (the bundle went out once).
+fn replay_refused_then_reboot_reattests(
+    node: &Node,
+    ca: &Path,
+    api: &str,
+    log: &[u8],
+    token: &str,
+    pinned_id: &str,
+) {
+    let (code, body) = tokio::task::block_in_place(|| replay_quote(node, ca, api));
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("stale nonce"), "{body}");
+
+    let root = node.root.path();
+    assert!(root.join("var/lib/imgbuild/identity-tpm").exists());
+    std::fs::remove_file(root.join("run/imgbuild/attested")).unwrap();
+    let (code, body) = tokio::task::block_in_place(|| node.reattest(api, log));
+    assert_eq!(code, 0, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["reattested"], true, "{body}");
+    assert!(
+        answer.get("sealed").is_none() && !body.contains(token),
+        "{body}"
+    );
+    assert_eq!(answer["image"], pinned_id, "{body}");
+    assert!(root.join("run/imgbuild/attested").exists());
+}
+
 /// The node's last quote replayed under a fresh challenge: the challenge asked with the node's last request, its
 /// credential activated by the node's TPM (so the proof is right and only the nonce is old). The server's answer.
 fn replay_quote(node: &Node, ca: &Path, api: &str) -> (u16, String) {
@@ -436,7 +484,18 @@ async fn an_ecc_tpm_machine_pinned_by_its_ek_hash_enrolls_and_reattests_and_repl
         .arg("tail -c +3 ek.pub | sha256sum")
         .current_dir(tpm.path("")));
     let pin = pin.split_whitespace().next().unwrap().to_string();
-    let config = common::write_cluster(dir.path(), true, |t| {
+    let Setup {
+        shared,
+        api,
+        ca,
+        token,
+        lib,
+        attest_sh,
+        pinned_id,
+        boot,
+        m1,
+        ..
+    } = setup(dir.path(), |t| {
         t.replacen(
             "hostname = \"master-1\"\n",
             &format!("hostname = \"master-1\"\nidentity = \"tpm\"\nek_sha256 = \"{pin}\"\n"),
@@ -447,32 +506,9 @@ async fn an_ecc_tpm_machine_pinned_by_its_ek_hash_enrolls_and_reattests_and_repl
             &format!("manufacturer_ca = [\"{}\"]", maker_pem.display()),
             1,
         )
-    });
-    let cluster = imgbuild::config::load(&config).unwrap();
-    secrets::init(&cluster.paths.secrets).unwrap();
-    let (pinned, kernel_digest) = pinned_image(&cluster.paths.images);
-    let pinned_id = pinned.id.clone();
-    let pins = [((Role::Master, Arch::Amd64), pinned)]
-        .into_iter()
-        .collect();
-    let tree = common::render(&cluster, Role::Master);
-    let (lib, attest_sh) = (
-        common::file(&tree, "/usr/lib/imgbuild/lib.sh").to_string(),
-        common::file(&tree, "/usr/lib/imgbuild/attest.sh").to_string(),
-    );
-    let ca = cluster.paths.provisioning_ca_cert();
-    let token = secrets::load_token(&cluster.paths.secrets).unwrap().token;
-    let shared = Arc::new(Shared::new(
-        config.clone(),
-        cluster,
-        pins,
-        Events::in_memory(),
-    ));
-    let addr = serve(shared.clone()).await;
-    let api = format!("https://{addr}");
-    let m1: MacAddr = M1.parse().unwrap();
+    })
+    .await;
 
-    let boot = ipxe_boot(&shared, kernel_digest);
     let log = agile_log(&boot);
     let node = Node::with_tpm(&lib, &attest_sh, &ca, M1, tpm);
     let spoofer = Node::with_tpm(&lib, &attest_sh, &ca, M1, spoofer_tpm);
@@ -538,22 +574,7 @@ async fn an_ecc_tpm_machine_pinned_by_its_ek_hash_enrolls_and_reattests_and_repl
         shared.events.for_mac(m1)
     );
 
-    // A replayed quote under a fresh challenge: stale nonce.
-    let (code, body) = tokio::task::block_in_place(|| replay_quote(&node, &ca, &api));
-    assert_eq!(code, 403, "{body}");
-    assert!(body.contains("stale nonce"), "{body}");
-
-    // A reboot: attested again, nothing released.
-    std::fs::remove_file(node.root.path().join("run/imgbuild/attested")).unwrap();
-    let (code, body) = tokio::task::block_in_place(|| node.reattest(&api, &log));
-    assert_eq!(code, 0, "{body}");
-    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(answer["reattested"], true, "{body}");
-    assert!(
-        answer.get("sealed").is_none() && !body.contains(&token),
-        "{body}"
-    );
-    assert_eq!(answer["image"], pinned_id.as_str(), "{body}");
+    replay_refused_then_reboot_reattests(&node, &ca, &api, &log, &token, &pinned_id);
 
     let metrics = shared.encode_metrics();
     for (outcome, n) in [

@@ -11,7 +11,7 @@ use imgbuild::pki::attest::credential::make_credential;
 use imgbuild::pki::attest::ek::{check_certificate, pem_certificates};
 use imgbuild::pki::attest::eventlog::{EV_EFI_BOOT_SERVICES_APPLICATION, EV_SEPARATOR, EventLog};
 use imgbuild::pki::attest::policy::{Evidence, Expected, verify};
-use imgbuild::pki::attest::public::{ECC_NIST_P256, Key};
+use imgbuild::pki::attest::public::{ECC_NIST_P256, Key, Public};
 use imgbuild::pki::attest::{AttestError, seal};
 use sha2::{Digest, Sha256};
 
@@ -19,6 +19,22 @@ mod attest;
 #[allow(unused)]
 mod common;
 use attest::{Tpm, log_and_extend, run};
+
+/// MakeCredential here, ActivateCredential in the TPM: the same secret comes out; made for another AK Name, the
+/// TPM refuses it (the AK must be in the TPM the credential was made for). Returns the secret.
+fn activates_only_for_its_ak(tpm: &Tpm, ek: &Public, ak: &Public) -> [u8; 32] {
+    let secret: [u8; 32] = rand::random();
+    let file = make_credential(ek, &ak.name(), &secret).unwrap().to_file();
+    assert_eq!(tpm.activate(&file).unwrap(), secret);
+    let mut other = ak.name();
+    other[10] ^= 1;
+    let wrong = make_credential(ek, &other, &secret).unwrap().to_file();
+    assert!(
+        tpm.activate(&wrong).is_err(),
+        "a credential for another Name was activated"
+    );
+    secret
+}
 
 #[test]
 fn swtpm_activates_our_credential_and_its_quote_and_log_pass_the_policy() {
@@ -32,18 +48,7 @@ fn swtpm_activates_our_credential_and_its_quote_and_log_pass_the_policy() {
         "AK Name as tpm2-tools computes it"
     );
 
-    // MakeCredential here, ActivateCredential in the TPM: the same secret comes out.
-    let secret: [u8; 32] = rand::random();
-    let file = make_credential(&ek, &ak.name(), &secret).unwrap().to_file();
-    assert_eq!(tpm.activate(&file).unwrap(), secret);
-    // Made for another AK Name: the TPM refuses it (the AK must be in the TPM the credential was made for).
-    let mut other = ak.name();
-    other[10] ^= 1;
-    let wrong = make_credential(&ek, &other, &secret).unwrap().to_file();
-    assert!(
-        tpm.activate(&wrong).is_err(),
-        "a credential for another Name was activated"
-    );
+    let secret = activates_only_for_its_ak(&tpm, &ek, &ak);
 
     // The sealed bundle opens with openssl and the activated credential, as the node does it.
     let sealed = seal::seal(&secret, b"{\"token\":\"abcdef.0123456789abcdef\"}").unwrap();
@@ -197,16 +202,7 @@ fn an_ecc_tpm_activates_our_credential_and_its_ecdsa_quote_and_ecdsa_signed_ek_c
         }
     ));
 
-    let secret: [u8; 32] = rand::random();
-    let file = make_credential(&ek, &ak.name(), &secret).unwrap().to_file();
-    assert_eq!(tpm.activate(&file).unwrap(), secret);
-    let mut other = ak.name();
-    other[10] ^= 1;
-    let wrong = make_credential(&ek, &other, &secret).unwrap().to_file();
-    assert!(
-        tpm.activate(&wrong).is_err(),
-        "a credential for another Name was activated"
-    );
+    let secret = activates_only_for_its_ak(&tpm, &ek, &ak);
     // tpm2-tools' own MakeCredential for the same EK: the TPM opens it too (same scheme, two implementations).
     std::fs::write(tpm.path("s.bin"), secret).unwrap();
     run(Command::new("tpm2_makecredential")

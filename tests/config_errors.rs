@@ -618,28 +618,48 @@ fn attestation_identity_and_ek_pin_are_checked_at_their_line() {
         "identity = \"both\"",
     );
     // require_secure_boot with a TPM machine that does not boot with Secure Boot.
-    let src = EXAMPLE
-        .replacen(
-            "require_secure_boot = false",
-            "require_secure_boot = true",
-            1,
-        )
-        .replacen(
+    let (src, p) = problems_with_all(&[
+        ("require_secure_boot = false", "require_secure_boot = true"),
+        (
             "hostname = \"worker-1\"\n",
             "hostname = \"worker-1\"\nidentity = \"tpm\" # w1\n",
-            1,
-        );
-    match config::load_str(Path::new("cluster.toml"), &src, Path::new(".")) {
-        Err(ConfigError::Invalid(p)) => assert_problem(
-            &src,
-            &p,
-            "machines[3].identity",
-            "set `secure_boot = true`",
-            "# w1",
         ),
-        Ok(_) => panic!("require_secure_boot with a TPM machine without Secure Boot was accepted"),
-        Err(e) => panic!("unexpected error {e}"),
-    }
+    ]);
+    assert_problem(
+        &src,
+        &p,
+        "machines[3].identity",
+        "set `secure_boot = true`",
+        "# w1",
+    );
+    // A TPM machine without Secure Boot boots the iPXE → kernel chain, whose initrd and command line no quoted
+    // measurement covers: refused unless that weaker proof is accepted in so many words.
+    let (src, p) = problems_with(
+        "hostname = \"worker-1\"\n",
+        "hostname = \"worker-1\"\nidentity = \"tpm\" # w1\n",
+    );
+    assert_problem(
+        &src,
+        &p,
+        "machines[3].identity",
+        "initrd (fetched over plain HTTP) and command line",
+        "# w1",
+    );
+    assert_problem(
+        &src,
+        &p,
+        "machines[3].identity",
+        "[attestation] allow_unbound_initrd = true",
+        "# w1",
+    );
+    let src = src.replacen(
+        "allow_unbound_initrd = false",
+        "allow_unbound_initrd = true",
+        1,
+    );
+    let c = config::load_str(Path::new("cluster.toml"), &src, Path::new(".")).unwrap();
+    let w = c.machine_by_hostname("worker-1").unwrap();
+    assert!(w.identity == config::Identity::Tpm && !w.secure_boot);
 }
 
 #[test]

@@ -151,6 +151,7 @@ fn events(p: &Path) -> String {
 
 #[test]
 fn root_qemu_boots_initrd_that_refuses_a_tampered_rootfs_through_dm_verity() {
+    image_fixture::yield_to_the_lab_chain();
     let f = Fixture::new(|s| s);
     let cluster = f.cluster();
     let r = build::build(

@@ -76,6 +76,7 @@ fn with_secure_boot(text: String, key: &Path, cert: &Path) -> String {
 
 #[test]
 fn root_image_builds_are_reproducible_immutable_cached_and_secret_free() {
+    image_fixture::yield_to_the_lab_chain();
     // 1. A stand-in build with Secure Boot on (the image carries a signed UKI), then the same inputs into a
     //    second, empty store: same bytes, same id — the signed UKI included (same db key).
     let keys = tempfile::tempdir().unwrap();
@@ -366,6 +367,8 @@ const EM_AARCH64: u16 = 0xb7;
 
 #[test]
 fn root_arm64_worker_image_has_an_arm64_kernel_and_aarch64_binaries_and_its_own_id() {
+    // Not niced (unlike the other long image tests): the ProxyDHCP lab on the chain boots this image. At nice 10 it
+    // took 1,699 s instead of 695 s beside the labs, and the chain waited for it (.ci/run, 2026-11-30).
     // Emulated through qemu-user-static (./scripts/setup): the cold base takes minutes (docs/images.md).
     let f = Fixture::new(|s| s);
     let cluster = f.cluster();

@@ -50,6 +50,9 @@ fn options(dir: &Path, nodes: &[&str], firmware: Firmware, dhcp: DhcpMode) -> Op
     o.exe = PathBuf::from(env!("CARGO_BIN_EXE_imgbuild"));
     o.prefix = "ibl".into();
     o.verbose = true;
+    // The builds show only their errors: CI prints a failing test's stderr in part, and the build logs would bury
+    // the test's own message.
+    o.build_progress = false;
     o
 }
 
@@ -1163,10 +1166,12 @@ impl SpooferAfter {
             self.ek,
             imgbuild::vm::qemu::console_tail(&lab.opts.dir.join("server.log"), 15)
         );
+        // No TPM-sealed bundle went out while it ran (the only other bundles then are address enrollments of other
+        // machines: master-3, at a lower priority, may enroll in this window; none went to this MAC, below).
         assert_eq!(
-            bundles_served(lab),
-            self.served,
-            "a bundle went out while the spoofer ran"
+            bundles_served(lab).1,
+            self.served.1,
+            "a TPM-sealed bundle went out while the spoofer ran"
         );
         let during: Vec<(String, String)> = events(lab)
             .into_iter()
@@ -1186,16 +1191,24 @@ impl SpooferAfter {
         let n = node(&r, host);
         assert!(n.failed.is_none(), "{:?}", n.failed);
         assert_eq!(n.joins, 1);
+        // What reached the spoofer is the refusal itself (its firstboot prints the server's answer). The server
+        // counts the refusal before the node has printed it (under TCG, seconds later): wait for it, bounded,
+        // before the VM is stopped.
+        let refusal = format!("attestation refused: unknown EK sha256:{}", self.ek);
+        let shown = |c: &str| {
+            c.contains("the server refused enrollment (HTTP 403)") && c.contains(&refusal)
+        };
+        let t0 = std::time::Instant::now();
+        while !shown(&std::fs::read_to_string(&self.console).unwrap_or_default())
+            && t0.elapsed() < Duration::from_secs(180)
+        {
+            std::thread::sleep(Duration::from_secs(1));
+        }
         lab.stop_vm(host);
-        // What reached the spoofer is the refusal itself (its firstboot prints the server's answer).
         let con = std::fs::read_to_string(&self.console).unwrap_or_default();
         assert!(
-            con.contains("the server refused enrollment (HTTP 403)")
-                && con.contains(&format!(
-                    "attestation refused: unknown EK sha256:{}",
-                    self.ek
-                )),
-            "{}",
+            shown(&con),
+            "the spoofer's console never showed the refusal within 180 s: {}",
             imgbuild::vm::qemu::console_tail(&self.console, 25)
         );
     }
@@ -1453,6 +1466,9 @@ fn root_lab_proxy_dhcp_uefi_pxe_amd64_master_and_secure_boot_arm64_worker_by_htt
         lab.cluster.machine_by_hostname(host).unwrap().identity,
         imgbuild::config::Identity::Address
     );
+    // A TPM machine without Secure Boot: the lab's configuration accepts the iPXE chain's weaker proof in so many
+    // words (without it, the configuration is refused).
+    assert!(lab.cluster.attestation.allow_unbound_initrd);
     for h in [master, host] {
         lab.start_vm(h).unwrap();
     }

@@ -23,7 +23,6 @@ mod etcd;
 use attest::{Node, agile_log, extend};
 use imgbuild::config::{Arch, MacAddr, Role};
 use imgbuild::netboot::state::Shared;
-use imgbuild::pki::attest::eventlog::{EV_EFI_BOOT_SERVICES_APPLICATION, EV_SEPARATOR};
 use imgbuild::pki::{enroll, secrets, state_store};
 use imgbuild::status::Events;
 use sha2::{Digest, Sha256};
@@ -153,11 +152,8 @@ async fn tpm_enrollment_is_shared(config: &Path, ca: &Path, a: &Replica, b: &Rep
         common::file(&tree, "/usr/lib/imgbuild/lib.sh").to_string(),
         common::file(&tree, "/usr/lib/imgbuild/attest.sh").to_string(),
     );
-    let boot = vec![
-        (7, EV_SEPARATOR, [0x07; 32]),
-        (4, EV_SEPARATOR, [0x04; 32]),
-        (4, EV_EFI_BOOT_SERVICES_APPLICATION, kernel_digest),
-    ];
+    // The way the server boots this UEFI machine: the iPXE binary it serves, then the pinned kernel.
+    let boot = attest::ipxe_boot(&cluster, kernel_digest);
     let log = agile_log(&boot);
     let node = tokio::task::block_in_place(|| {
         let n = Node::new(&lib, &attest_sh, ca, M2);
@@ -223,6 +219,12 @@ async fn two_replicas_on_etcd_enroll_once_share_barrier_token_pins_and_survive_a
             .replacen(
                 "hostname = \"master-2\"\n",
                 "hostname = \"master-2\"\nidentity = \"tpm\"\n",
+                1,
+            )
+            // Its TPM boots the iPXE → kernel chain (no Secure Boot).
+            .replacen(
+                "allow_unbound_initrd = false",
+                "allow_unbound_initrd = true",
                 1,
             )
     });

@@ -50,13 +50,19 @@ pub fn run(cli: &Global, args: &Args) -> anyhow::Result<ExitCode> {
                 .machines
                 .iter()
                 .map(|m| {
-                    let mode = match (m.identity, m.ek_sha256) {
+                    let mut mode = match (m.identity, m.ek_sha256) {
                         (crate::config::Identity::Tpm, Some(_)) => "tpm (EK pinned)".to_string(),
                         (crate::config::Identity::Tpm, None) => {
                             "tpm (EK approved at first contact)".to_string()
                         }
                         (i, _) => i.to_string(),
                     };
+                    // Only with [attestation] allow_unbound_initrd (else a configuration error, above).
+                    if m.identity == crate::config::Identity::Tpm && !m.secure_boot {
+                        mode.push_str(
+                            ", no Secure Boot: proves iPXE and kernel, not initrd or command line",
+                        );
+                    }
                     (m.hostname.clone(), mode)
                 })
                 .collect();

@@ -265,6 +265,9 @@ pub struct Attestation {
     pub manufacturer_ca: Vec<PathBuf>,
     /// TPM machines must attest that Secure Boot was enabled (the `SecureBoot` variable in PCR 7's log).
     pub require_secure_boot: bool,
+    /// TPM machines may boot without Secure Boot, through iPXE: attestation then proves their iPXE binary and
+    /// kernel, not their initrd or command line (docs/attestation.md). Off: such a machine is refused by `check`.
+    pub allow_unbound_initrd: bool,
 }
 
 /// `[enrollment]`: how a node's first contact is admitted (docs/security.md).

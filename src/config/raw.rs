@@ -67,6 +67,10 @@ pub struct AttestationRaw {
     /// TPM machines must attest Secure Boot enabled (PCR 7); default false.
     #[serde(default)]
     pub require_secure_boot: bool,
+    /// Accept TPM machines that boot without Secure Boot (iPXE → kernel: the kernel is proven, the initrd and the
+    /// command line are not); default false (such a machine is a configuration error).
+    #[serde(default)]
+    pub allow_unbound_initrd: bool,
 }
 
 /// `[state]` as written.

@@ -334,6 +334,24 @@ impl Tpm {
     }
 }
 
+/// The firmware's boot: a separator in PCR 7 and 4, then the way the server boots a (non-Secure Boot) UEFI machine:
+/// the iPXE binary it serves, then the image's kernel (docs/attestation.md, "The iPXE path").
+pub fn ipxe_boot(
+    cluster: &imgbuild::config::Cluster,
+    kernel_digest: [u8; 32],
+) -> Vec<(u32, u32, [u8; 32])> {
+    use imgbuild::pki::attest::eventlog::{EV_EFI_BOOT_SERVICES_APPLICATION, EV_SEPARATOR};
+    let ipxe = std::fs::read(cluster.network.ipxe_binaries.join("snponly.efi"))
+        .expect("the served snponly.efi (Debian package ipxe)");
+    let ipxe_digest = imgbuild::image::authenticode::sha256(&ipxe).unwrap();
+    vec![
+        (7, EV_SEPARATOR, [0x07; 32]),
+        (4, EV_SEPARATOR, [0x04; 32]),
+        (4, EV_EFI_BOOT_SERVICES_APPLICATION, ipxe_digest),
+        (4, EV_EFI_BOOT_SERVICES_APPLICATION, kernel_digest),
+    ]
+}
+
 /// A crypto-agile event log (SHA-256 bank only) of `(pcr, type, digest)` events with empty data.
 pub fn agile_log(events: &[(u32, u32, [u8; 32])]) -> Vec<u8> {
     let mut spec = b"Spec ID Event03\0".to_vec();

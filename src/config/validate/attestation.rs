@@ -35,6 +35,7 @@ pub(super) fn check(c: &mut Checker, a: &raw::AttestationRaw, root: &Path) -> Op
         default_identity,
         manufacturer_ca,
         require_secure_boot: a.require_secure_boot,
+        allow_unbound_initrd: a.allow_unbound_initrd,
     })
 }
 
@@ -103,6 +104,22 @@ pub(super) fn resolve_machines(
                 &p!["machines", i, "identity"],
                 "[attestation] require_secure_boot = true but this TPM machine does not boot with Secure Boot: \
                  set `secure_boot = true` on it (with [secure_boot] enabled), or require_secure_boot = false",
+            );
+        } else if m.identity == Identity::Tpm
+            && m.arch == Arch::Amd64
+            && !m.secure_boot
+            && !a.allow_unbound_initrd
+        {
+            // docs/attestation.md, "The iPXE path": Debian 12's iPXE hands the kernel an initrd no
+            // measurement covers, so a host on the LAN that swaps it in flight would pass attestation.
+            c.error(
+                &p!["machines", i, "identity"],
+                "identity = \"tpm\" on a machine that boots without Secure Boot: it boots iPXE → kernel, whose \
+                 initrd (fetched over plain HTTP) and command line no TPM measurement covers, so attestation \
+                 could not prove it runs the pinned image. Set `secure_boot = true` on it (with [secure_boot] \
+                 enabled: it then boots the signed UKI, which binds kernel, initrd and command line), or set \
+                 identity = \"address\", or accept a proof of the iPXE binary and kernel only with \
+                 [attestation] allow_unbound_initrd = true",
             );
         }
     }

@@ -70,6 +70,8 @@ pub(super) fn write_config(opts: &Options, user: &Cluster) -> anyhow::Result<Pat
         // Each amd64 machine the lab boots with UEFI firmware gets its TPM now (kept across runs) and its EK pinned:
         // no approval step, and another TPM claiming the machine is refused before and after it enrolled.
         let mut failed = None;
+        let secure_by_role = secure_boot_roles(&doc);
+        let mut unbound = Vec::new();
         for_each_machine(&mut doc, |host, t| {
             let arm = t.get("arch").and_then(|a| a.as_str()) == Some("arm64");
             // A machine this lab does not boot gets no TPM (each one costs a swtpm_setup run); nor does one it
@@ -82,6 +84,16 @@ pub(super) fn write_config(opts: &Options, user: &Cluster) -> anyhow::Result<Pat
                 t["identity"] = toml_edit::value("address");
                 return;
             }
+            // A UEFI machine without Secure Boot proves iPXE and its kernel only (docs/attestation.md): the lab
+            // boots one on purpose (that chain), and says so in its configuration.
+            let role = t.get("role").and_then(|r| r.as_str()).unwrap_or_default();
+            let secure = t
+                .get("secure_boot")
+                .and_then(|v| v.as_bool())
+                .unwrap_or_else(|| secure_by_role.iter().any(|r| r == role));
+            if !secure {
+                unbound.push(host.to_string());
+            }
             let state = opts.dir.join("vms").join(host).join("tpm");
             let ek = crate::vm::swtpm::provision(&state, &tpm_ca_dir(opts))
                 .and_then(|()| crate::vm::swtpm::ek_sha256(&state));
@@ -92,6 +104,16 @@ pub(super) fn write_config(opts: &Options, user: &Cluster) -> anyhow::Result<Pat
         });
         if let Some(e) = failed {
             return Err(e.into());
+        }
+        if !unbound.is_empty() {
+            doc["attestation"]["allow_unbound_initrd"] = toml_edit::value(true);
+            if opts.verbose {
+                eprintln!(
+                    "lab: {} enroll by TPM without Secure Boot (iPXE → kernel: initrd and command line not proven; \
+                     [attestation] allow_unbound_initrd = true, docs/attestation.md)",
+                    unbound.join(", ")
+                );
+            }
         }
     }
     let out = opts.dir.join("cluster.toml");
@@ -130,6 +152,26 @@ fn for_each_machine(
             };
             f(&host, t);
         }
+    }
+}
+
+/// The roles whose machines boot with Secure Boot unless their entry says otherwise: `[secure_boot] roles` (every
+/// role when absent) if `[secure_boot] enabled`, else none (as `config::validate::secure_boot` resolves them).
+fn secure_boot_roles(doc: &toml_edit::DocumentMut) -> Vec<String> {
+    let sb = doc.get("secure_boot");
+    if !sb
+        .and_then(|t| t.get("enabled"))
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false)
+    {
+        return Vec::new();
+    }
+    match sb.and_then(|t| t.get("roles")).and_then(|r| r.as_array()) {
+        Some(a) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect(),
+        None => crate::config::Role::ALL.map(|r| r.to_string()).to_vec(),
     }
 }
 
@@ -177,6 +219,8 @@ mod tests {
                 .iter()
                 .all(|m| m.identity == crate::config::Identity::Tpm && m.ek_sha256.is_some())
         );
+        // None boots with Secure Boot: the iPXE chain's weaker proof is accepted in so many words.
+        assert!(lab.attestation.allow_unbound_initrd);
         // A second run keeps the TPMs (and so the pins).
         let again = crate::config::load(&write_config(&o, &user).unwrap()).unwrap();
         assert_eq!(
@@ -204,6 +248,8 @@ mod tests {
         assert!(w.secure_boot);
         assert_eq!(w.identity, crate::config::Identity::Tpm);
         assert!(w.ek_sha256.is_some());
+        // The only TPM machine boots its signed UKI: nothing weaker is accepted.
+        assert!(!lab.attestation.allow_unbound_initrd);
     }
 
     #[test]

@@ -32,14 +32,15 @@ pub(super) fn imgbuild(exe: &Path, config: &Path, args: &[&str]) -> anyhow::Resu
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Builds (or takes from the cache) the image of `role` for `arch` and returns its id.
+/// Builds (or takes from the cache) the image of `role` for `arch` and returns its id. Its progress lines go to
+/// stderr as they happen when `progress`, else only its errors.
 pub fn build_image(
     exe: &Path,
     config: &Path,
     cache: &Path,
-    role: Role,
-    arch: Arch,
+    (role, arch): (Role, Arch),
     standins: bool,
+    progress: bool,
 ) -> anyhow::Result<String> {
     let _lock = FileLock::acquire(&cache.join("lab-build.lock"))?;
     let role_s = role.to_string();
@@ -50,9 +51,13 @@ pub fn build_image(
     if standins {
         args.push("--standins");
     }
-    // The build's progress (one line per stage) goes to our stderr as it happens; only stdout (the JSON report)
-    // is read.
-    let out = Command::new(exe)
+    // The build's progress (one line per stage) goes to our stderr as it happens (unless `progress` is off: then
+    // only its errors); only stdout (the JSON report) is read.
+    let mut cmd = Command::new(exe);
+    if !progress {
+        cmd.env("RUST_LOG", "error");
+    }
+    let out = cmd
         .arg("-c")
         .arg(config)
         .args(&args)
@@ -121,9 +126,9 @@ pub(super) fn build_and_pin(
             &opts.exe,
             config,
             &cluster.paths.cache,
-            role,
-            arch,
+            (role, arch),
             opts.standins,
+            opts.build_progress,
         )?;
         standins |= report::image_standins(&*crate::image::store::open(cluster), &id);
         imgbuild(&opts.exe, config, &["pin", &role.to_string(), &id])?;
@@ -144,9 +149,9 @@ impl Lab {
             &self.opts.exe,
             config,
             &self.cluster.paths.cache,
-            role,
-            Arch::Amd64,
+            (role, Arch::Amd64),
             self.opts.standins,
+            self.opts.build_progress,
         )
     }
 

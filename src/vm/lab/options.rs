@@ -46,6 +46,9 @@ pub struct Options {
     pub prefix: String,
     /// Print progress (live table on a terminal, one line per stage change otherwise).
     pub verbose: bool,
+    /// Show each image build's progress (a line per stage) on stderr as it happens; when off, a build shows only
+    /// its errors (tests: a failing test's own message is not buried under build logs).
+    pub build_progress: bool,
     /// Hostnames whose VM gets a second NIC placed before the boot NIC (no network behind it): the kernel
     /// probes it first, so it is `eth0` and the machine PXE-boots from its second NIC, `eth1`.
     pub decoy_nic: Vec<String>,
@@ -93,6 +96,7 @@ impl Options {
             exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("imgbuild")),
             prefix: "ibl".into(),
             verbose: true,
+            build_progress: true,
             decoy_nic: Vec::new(),
             external_server: false,
             replicas: false,
