@@ -164,7 +164,7 @@ fn boot_path() -> Vec<&'static str> {
 #[test]
 fn root_lab_full_dhcp_bios_master_worker_and_http_boot_storage_reach_joined_in_order_and_page_shows_it()
  {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::KeptOnFailure::new();
     let hosts = ["master-1", "worker-1", "storage-1"];
     let mut o = options(dir.path(), &hosts, Firmware::Bios, DhcpMode::Full);
     // master-1 has two NICs and PXE-boots from the second (eth1): its address and kube-vip must be there.
@@ -580,7 +580,7 @@ fn root_lab_reboot_secure_boot_tpm_masters_join_in_order_worker_upgrades_then_ro
     // - Then master-2's own VM boots the signed UKI of a master image that is not pinned, off a disk: its
     //   re-attestation is refused naming the PCR 4 event, and kubelet is held back.
     // - The same firmware and keys refuse the worker's UKI with one byte changed and re-signed by another key.
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::KeptOnFailure::new();
     let host = "worker-1".to_string();
     let masters = ["master-1", "master-2", "master-3"];
     let mut o = options(
@@ -1448,7 +1448,7 @@ cache = "{cache}"
 /// command line → rootfs through dm-verity → systemd → first boot → kubeadm join, on an emulated cortex-a57.
 #[test]
 fn root_lab_proxy_dhcp_uefi_pxe_amd64_master_and_secure_boot_arm64_worker_by_http_boot_join() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::KeptOnFailure::new();
     let (master, host) = ("master-1", common::ARM64_WORKER);
     let mut o = options(dir.path(), &[master, host], Firmware::Uefi, DhcpMode::Proxy);
     o.config = config_with_arm64_secure_boot_worker(dir.path());

@@ -478,6 +478,38 @@ async fn two_replicas_on_etcd_enroll_once_share_barrier_token_pins_and_survive_a
     let (ok, out) = imgbuild(&config, &["enroll"]);
     assert!(ok && out.contains("worker-2"), "{out}");
 
+    // No quorum (a second member frozen: one of three answers): an event A records meanwhile cannot be written;
+    // it is retried until etcd has a quorum again, then stored in the shared history exactly once.
+    etcd.pause(1, true);
+    let detail = "recorded while etcd had no quorum";
+    a.shared.events.record(
+        M1.parse().unwrap(),
+        "systemd",
+        detail,
+        imgbuild::status::Source::Node,
+    );
+    eventually(30, "A retries the event's write", async || {
+        metric(&a.shared, "imgbuild_shared_history_retries_total") >= 1
+    })
+    .await;
+    etcd.pause(1, false);
+    let copies = |h: Vec<imgbuild::netboot::replicas::Served>| {
+        h.iter().filter(|e| e.event.detail == detail).count()
+    };
+    eventually(45, "the event reaches the shared history", async || {
+        copies(imgbuild::netboot::replicas::history(&b.shared, 1000)) >= 1
+    })
+    .await;
+    assert_eq!(
+        copies(imgbuild::netboot::replicas::history(&b.shared, 1000)),
+        1,
+        "stored once, not once per try"
+    );
+    assert_eq!(
+        metric(&a.shared, "imgbuild_shared_history_dropped_total"),
+        0
+    );
+
     // What the shared state cost: etcd requests per replica.
     for r in [&a, &b] {
         eprintln!(
@@ -490,6 +522,15 @@ async fn two_replicas_on_etcd_enroll_once_share_barrier_token_pins_and_survive_a
     b.server.abort();
     drop(dir);
     let _: PathBuf = etcd.dir.path().to_path_buf();
+}
+
+/// The value of metric `name` (no labels) in `shared`'s registry, as `/metrics` shows it (0 when absent).
+fn metric(shared: &Shared, name: &str) -> u64 {
+    let mut text = String::new();
+    shared.register_metrics(|r| prometheus_client::encoding::text::encode(&mut text, r).unwrap());
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
 }
 
 /// A replica's shared server state on etcd: its own etcd client, announcing itself like `imgbuild serve`.

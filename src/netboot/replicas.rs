@@ -138,34 +138,114 @@ pub fn spawn(shared: &Arc<Shared>) {
             tokio::time::sleep(ANNOUNCE_EVERY).await;
         }
     });
-    let s = shared.clone();
-    let mut rx = shared.events.subscribe();
-    tokio::spawn(async move {
+    let copier = HistoryCopier::register(shared);
+    let rx = shared.events.subscribe();
+    tokio::spawn(copier.run(shared.clone(), rx));
+}
+
+/// The first pause after a failed copy into the shared history; it doubles up to [`COPY_RETRY_MAX`].
+const COPY_RETRY_FIRST: Duration = Duration::from_millis(500);
+/// The longest pause between two tries of one event.
+const COPY_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// Copies this replica's events into the shared history in order, each one until it is stored: a failed write
+/// (an etcd member stopping, a leader election, a lost connection) is retried with the same key, so an event is
+/// neither lost nor stored twice. While it retries, newer events wait in the event log's broadcast buffer
+/// (1,024 events); older ones than that are dropped from the shared history only (each replica's own
+/// `events.jsonl` keeps them) and counted. Metrics: `imgbuild_shared_history_pending` (events waiting),
+/// `imgbuild_shared_history_retries` (failed writes retried), `imgbuild_shared_history_dropped`.
+struct HistoryCopier {
+    pending: prometheus_client::metrics::gauge::Gauge,
+    retries: prometheus_client::metrics::counter::Counter,
+    dropped: prometheus_client::metrics::counter::Counter,
+}
+
+impl HistoryCopier {
+    fn register(shared: &Shared) -> Self {
+        let c = Self {
+            pending: Default::default(),
+            retries: Default::default(),
+            dropped: Default::default(),
+        };
+        shared.register_metrics(|r| {
+            r.register(
+                "shared_history_pending",
+                "Events of this replica waiting to be copied into the shared history (at most 1,024)",
+                c.pending.clone(),
+            );
+            r.register(
+                "shared_history_retries",
+                "Writes of an event into the shared history that failed and were tried again",
+                c.retries.clone(),
+            );
+            r.register(
+                "shared_history_dropped",
+                "Events never copied into the shared history: more than 1,024 waited while it could not be written \
+                 (this replica's own event log keeps them)",
+                c.dropped.clone(),
+            );
+        });
+        c
+    }
+
+    async fn run(self, s: Arc<Shared>, mut rx: tokio::sync::broadcast::Receiver<Event>) {
+        use tokio::sync::broadcast::error::RecvError;
+        let mut seq: u64 = 0;
         loop {
             let ev = match rx.recv().await {
                 Ok(ev) => ev,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                Err(RecvError::Lagged(n)) => {
+                    self.dropped.inc_by(n);
                     tracing::warn!(
                         missed = n,
-                        "the shared event history fell behind; {n} events were not copied to it"
+                        "the shared event history fell behind; {n} events were not copied to it (this replica's \
+                         events.jsonl has them); see imgbuild_state_requests for the failing writes"
                     );
                     continue;
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                Err(RecvError::Closed) => return,
             };
+            self.pending.set(rx.len() as i64);
             let line = serde_json::to_vec(&Served {
                 replica: s.replica.clone(),
                 event: ev,
             })
             .expect("an event serializes");
-            let s2 = s.clone();
-            if let Ok(Err(e)) =
-                tokio::task::spawn_blocking(move || s2.state.record_event(&line)).await
-            {
-                tracing::warn!("cannot copy an event to the shared history: {e}");
+            let (at_ms, n) = (crate::status::now_ms(), seq);
+            seq += 1;
+            let mut pause = COPY_RETRY_FIRST;
+            let mut failures = 0u32;
+            loop {
+                let (s2, line2) = (s.clone(), line.clone());
+                match tokio::task::spawn_blocking(move || s2.state.record_event(at_ms, n, &line2))
+                    .await
+                {
+                    Ok(Ok(())) => break,
+                    Ok(Err(e)) => {
+                        failures += 1;
+                        self.retries.inc();
+                        if failures == 1 {
+                            tracing::warn!(
+                                "cannot copy an event to the shared history: {e}; retrying until it is stored \
+                                 (newer events wait)"
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            "copying an event to the shared history panicked: {e}; event skipped"
+                        );
+                        break;
+                    }
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(COPY_RETRY_MAX);
+            }
+            if failures > 0 {
+                tracing::info!(failures, "the shared event history is written again");
             }
         }
-    });
+    }
 }
 
 /// The newest `limit` events of the shared history, oldest first (empty with the state directory).

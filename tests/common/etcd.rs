@@ -326,6 +326,14 @@ impl Etcd {
         )
     }
 
+    /// Freezes member `i` with SIGSTOP (`true`) or thaws it with SIGCONT (`false`), its PID only: a member that
+    /// holds its connections open and answers nothing, as a hung host does.
+    pub fn pause(&mut self, i: usize, stop: bool) {
+        let c = self.members[i].child.as_ref().expect("member running");
+        let sig = if stop { libc::SIGSTOP } else { libc::SIGCONT };
+        assert_eq!(unsafe { libc::kill(c.id() as i32, sig) }, 0);
+    }
+
     /// Stops member `i` with SIGKILL (its PID only).
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.members[i].child.take() {

@@ -286,3 +286,31 @@ pub fn commit_image(
     std::fs::write(d.join("manifest.json"), manifest.to_bytes()).unwrap();
     (id, manifest)
 }
+
+/// A test's working directory that is removed when the test passes and kept when it panics (its path printed),
+/// so a failed VM lab leaves its servers', relay's and engines' logs to read. Declare it before the `Lab`: the lab
+/// (its VMs, namespaces and server processes) is dropped first, then this.
+pub struct KeptOnFailure(Option<tempfile::TempDir>);
+
+impl KeptOnFailure {
+    pub fn new() -> Self {
+        Self(Some(tempfile::tempdir().expect("a temporary directory")))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.as_ref().expect("present until drop").path()
+    }
+}
+
+impl Drop for KeptOnFailure {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take()
+            && std::thread::panicking()
+        {
+            eprintln!(
+                "the test failed: its directory is kept for diagnosis at {}",
+                dir.keep().display()
+            );
+        }
+    }
+}

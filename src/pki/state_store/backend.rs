@@ -118,9 +118,11 @@ pub trait StateBackend: Send + Sync + std::fmt::Debug {
     /// Returns `false` when the backend cannot push changes (the directory: callers look at the file instead).
     fn watch(&self, key: Key, on_change: OnChange) -> Result<bool, StateError>;
 
-    /// Appends one event (JSON) to the shared, bounded history. The directory backend keeps none (the event log
-    /// in `state/events.jsonl` is the history of a single server): a no-op there.
-    fn record_event(&self, line: &[u8]) -> Result<(), StateError>;
+    /// Appends one event (JSON) to the shared, bounded history, under a key made of `at_ms` (when it was first
+    /// tried, ms since the epoch), this replica's name and `seq` (this replica's count of events): writing the
+    /// same `(at_ms, seq)` again after a failure that may have stored it stores it once. The directory backend
+    /// keeps none (the event log in `state/events.jsonl` is the history of a single server): a no-op there.
+    fn record_event(&self, at_ms: u64, seq: u64, line: &[u8]) -> Result<(), StateError>;
 
     /// The newest `limit` events of the shared history, oldest first (empty for the directory backend).
     fn events(&self, limit: usize) -> Result<Vec<Vec<u8>>, StateError>;

@@ -123,7 +123,7 @@ impl StateBackend for DirState {
         Ok(false)
     }
 
-    fn record_event(&self, _line: &[u8]) -> Result<(), StateError> {
+    fn record_event(&self, _at_ms: u64, _seq: u64, _line: &[u8]) -> Result<(), StateError> {
         Ok(())
     }
 

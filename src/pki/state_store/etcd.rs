@@ -21,8 +21,12 @@ use crate::config::state::State;
 
 /// How many times a read-modify-write is tried when other replicas keep writing the same key.
 const CAS_TRIES: u32 = 32;
-/// How many times a request is tried when the member it went to does not answer.
+/// How many times a request is tried at least when the member it went to does not answer. Failures that come at
+/// once (a member's port refused: the client may pick the stopped member again) are retried for one
+/// `[state] timeout_ms` in all, so a stopped member never fails a request the other members could answer.
 const TRIES: u32 = 3;
+/// The longest pause between two tries of one request.
+const RETRY_PAUSE_MAX: Duration = Duration::from_secs(1);
 
 /// Requests by operation, for `/metrics` and the writes-per-boot figure in docs/scale-state.md.
 #[derive(Debug, Default)]
@@ -44,7 +48,6 @@ pub struct EtcdState {
     timeout: Duration,
     replica: String,
     events_kept: u64,
-    seq: AtomicU64,
     counts: Arc<Counts>,
 }
 
@@ -124,7 +127,6 @@ impl EtcdState {
             timeout,
             replica: replica.to_string(),
             events_kept: cfg.events_kept,
-            seq: AtomicU64::new(0),
             counts: Arc::default(),
         };
         s.get(Key::Pins)?;
@@ -150,24 +152,29 @@ impl EtcdState {
         }
     }
 
-    /// Runs `op` with a fresh client handle, up to [`TRIES`] times while it fails (another member may answer).
+    /// Runs `op` with a fresh client handle while it fails (another member may answer): at least [`TRIES`]
+    /// times, and until `[state] timeout_ms` has passed since the first try.
     fn call<T, F, Fut>(&self, what: &str, op: F) -> Result<T, StateError>
     where
         T: Send + 'static,
         F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
     {
+        let t0 = std::time::Instant::now();
         let mut last = String::new();
-        for attempt in 0..TRIES {
-            if attempt > 0 {
-                std::thread::sleep(Duration::from_millis(200 * u64::from(attempt)));
-            }
+        let mut pause = Duration::from_millis(100);
+        for attempt in 1.. {
             match run_on(self.rt(), self.timeout, op(self.client.clone())) {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) => last = e.to_string(),
                 Err(e) => last = e,
             }
             tracing::debug!(what, attempt, "etcd request failed: {last}");
+            if attempt >= TRIES && t0.elapsed() >= self.timeout {
+                break;
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(RETRY_PAUSE_MAX);
         }
         Err(self.err(what, last))
     }
@@ -346,19 +353,15 @@ impl StateBackend for EtcdState {
         Ok(true)
     }
 
-    fn record_event(&self, line: &[u8]) -> Result<(), StateError> {
-        let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        let ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        let k = self.key(&format!("events/{ms:013}-{}-{n:08}", self.replica));
+    fn record_event(&self, at_ms: u64, seq: u64, line: &[u8]) -> Result<(), StateError> {
+        let k = self.key(&format!("events/{at_ms:013}-{}-{seq:08}", self.replica));
         let v = line.to_vec();
         self.counts.put.fetch_add(1, Ordering::Relaxed);
         self.call("record an event", |mut c| {
             let (k, v) = (k.clone(), v.clone());
             async move { c.put(k, v, None).await.map(|_| ()) }
         })?;
-        if n % 64 == 63 {
+        if seq % 64 == 63 {
             self.trim_events()?;
         }
         Ok(())
