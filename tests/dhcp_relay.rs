@@ -52,9 +52,10 @@ impl Lab {
         run(&["ip", "-n", &hub, "link", "set", &outer, "master", br, "up"]);
     }
 
-    fn new() -> Lab {
+    /// The namespaces of one test, named `<tag><pid>…` (`tag`: one letter per test).
+    fn new(tag: &str) -> Lab {
         let lab = Lab {
-            id: format!("ir{}", std::process::id() % 1_000_000),
+            id: format!("i{tag}{}", std::process::id() % 1_000_000),
             dir: tempfile::tempdir().unwrap(),
             children: Vec::new(),
         };
@@ -102,17 +103,46 @@ impl Lab {
         pid
     }
 
+    /// Debian's dhcrelay between the two segments, forwarding to `servers` with option 82 added (circuit id: the
+    /// downstream interface's name; the relay checks it comes back).
+    fn relay(&mut self, servers: &[&str]) {
+        let pf = self.path("dhcrelay.pid");
+        let pf = pf.to_str().unwrap().to_string();
+        let mut argv = vec![
+            "dhcrelay", "-4", "-d", "-a", "-pf", &pf, "-id", "rdown", "-iu", "rup",
+        ];
+        argv.extend_from_slice(servers);
+        self.spawn("relay", "r", &argv);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
     fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.path(&format!("{name}.log"))).unwrap_or_default()
     }
 
     /// A replica: the example cluster on interface `prov` with `server`, its own state; waits until DHCP listens.
     fn replica(&mut self, name: &str, server: &str) -> u32 {
+        self.replica_in(name, server, "full")
+    }
+
+    /// [`Lab::replica`] in `[network] dhcp_mode` `mode` (`full` or `proxy`).
+    fn replica_in(&mut self, name: &str, server: &str, mode: &str) -> u32 {
         let d = self.path(name);
         std::fs::create_dir_all(&d).unwrap();
         let cfg = common::write_cluster(&d, false, |t| {
-            t.replace("interface = \"br0\"", "interface = \"prov\"")
+            let t = t
+                .replace("interface = \"br0\"", "interface = \"prov\"")
                 .replace("server = \"10.77.0.1\"", &format!("server = \"{server}\""))
+                .replacen(
+                    "dhcp_mode = \"full\"",
+                    &format!("dhcp_mode = \"{mode}\""),
+                    1,
+                );
+            assert!(
+                t.contains(&format!("dhcp_mode = \"{mode}\"")),
+                "the example has dhcp_mode"
+            );
+            t
         });
         let pid = self.spawn(name, name, &[BIN, "-c", cfg.to_str().unwrap(), "serve"]);
         let t0 = Instant::now();
@@ -182,31 +212,10 @@ impl Drop for Lab {
 
 #[test]
 fn root_netns_relay_forwards_to_two_replicas_inventory_address_survives_a_killed_replica() {
-    let mut lab = Lab::new();
+    let mut lab = Lab::new("r");
     lab.replica("a", "10.77.0.1");
     lab.replica("b", "10.77.0.3");
-    let pf = lab.path("dhcrelay.pid");
-    let pf = pf.to_str().unwrap().to_string();
-    // -a: add option 82 (circuit id = the downstream interface's name); the relay checks it comes back.
-    lab.spawn(
-        "relay",
-        "r",
-        &[
-            "dhcrelay",
-            "-4",
-            "-d",
-            "-a",
-            "-pf",
-            &pf,
-            "-id",
-            "rdown",
-            "-iu",
-            "rup",
-            "10.77.0.1",
-            "10.77.0.3",
-        ],
-    );
-    std::thread::sleep(Duration::from_millis(500));
+    lab.relay(&["10.77.0.1", "10.77.0.3"]);
 
     let t0 = Instant::now();
     let env = lab.udhcpc().unwrap_or_else(|| {
@@ -261,4 +270,67 @@ fn root_netns_relay_forwards_to_two_replicas_inventory_address_survives_a_killed
     let env = lab.udhcpc().expect("a lease from the surviving replica");
     assert_eq!(env.get("ip").map(String::as_str), Some("10.77.0.21"));
     assert_ne!(env["serverid"], first, "the other replica answered");
+}
+
+/// ProxyDHCP replicas behind a relay: the site's own DHCP server hands out addresses (not in this test: the
+/// full-mode test above has the address half), the relay forwards a PXE ROM's DISCOVER to both replicas, and
+/// each answers through the relay with the same boot information for the inventory machine (its own server id).
+#[test]
+fn root_netns_relay_forwards_a_pxe_discover_to_two_proxydhcp_replicas_and_both_answer_through_it() {
+    let mut lab = Lab::new("p");
+    lab.replica_in("a", "10.77.0.1", "proxy");
+    lab.replica_in("b", "10.77.0.3", "proxy");
+    lab.relay(&["10.77.0.1", "10.77.0.3"]);
+    // udhcpc as a BIOS PXE ROM announces itself: vendor class PXEClient, client architecture 0 (option 93),
+    // UNDI 2.1 (option 94). No server here offers an address, so it never binds: only the offers matter.
+    let ns = lab.ns("c");
+    let client = Udhcpc {
+        ns: &ns,
+        iface: "eth0",
+        timeout_secs: 3,
+        tries: 1,
+        pause_secs: 2,
+    };
+    let pxe = [
+        "-V",
+        "PXEClient:Arch:00000:UNDI:002001",
+        "-x",
+        "0x5d:0000",
+        "-x",
+        "0x5e:010201",
+    ];
+    let t0 = Instant::now();
+    let (offer_a, offer_b) = loop {
+        let _ = client.once(lab.dir.path(), &pxe);
+        let offer = |name: &str| {
+            lab.events(name)
+                .into_iter()
+                .find_map(|(s, d)| (s == "dhcp-offer" && d.contains("relay_id=rdown")).then_some(d))
+        };
+        if let (Some(a), Some(b)) = (offer("a"), offer("b")) {
+            break (a, b);
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "expected a proxy offer through the relay from each replica\nrelay:\n{}\na:\n{}\nb:\n{}",
+            lab.log("relay"),
+            lab.log("a"),
+            lab.log("b")
+        );
+    };
+    // The same boot information from both (no address: the site's server gives it), and option 82 read back.
+    let boot = |d: &str| {
+        d.split_whitespace()
+            .find(|w| w.starts_with("boot="))
+            .map(str::to_string)
+    };
+    eprintln!("proxy offers through the relay: a: {offer_a}; b: {offer_b}");
+    assert!(boot(&offer_a).is_some(), "{offer_a}");
+    assert_eq!(boot(&offer_a), boot(&offer_b), "{offer_a} / {offer_b}");
+    // And the relay carried both answers back to the node's segment.
+    let relay = lab.log("relay");
+    assert!(
+        relay.matches("Forwarded BOOTREPLY").count() >= 2,
+        "the relay forwards both proxy offers:\n{relay}"
+    );
 }
