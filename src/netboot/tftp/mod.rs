@@ -14,7 +14,8 @@
 //! Bounded against a hostile LAN (`[limits.tftp]`): caps on transfers in flight, in all and per client
 //! address ([`request`] decides, evicting the oldest unacknowledged transfer first); the client's `timeout`
 //! option clamped and a lifetime per transfer ([`transfer`]); until the client's first ACK a transfer holds
-//! its socket and a few hundred bytes of state, and its DATA buffer grows only with the blocks it sends.
+//! its socket, its thread (a small stack, `TRANSFER_STACK` reserved) and a few hundred bytes of state, and
+//! its DATA buffer grows only with the blocks it sends.
 
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
