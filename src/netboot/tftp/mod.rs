@@ -3,15 +3,19 @@
 //! Sans-IO cores, unit-tested and fuzzed without sockets: [`packet`] parses and encodes, [`request`] decides
 //! what a datagram on the listening port leads to (allowlist → TFTP error code, repeated-request guard), and
 //! [`transfer`] is the per-transfer state machine (option negotiation; packets and the clock in, packets out).
-//! This file is the thin tokio loop that only moves bytes and time: a listening socket on
-//! `network.server:network.tftp_port` that acts on each [`request::decide`], and one task with its own
-//! ephemeral socket per transfer (RFC 1350 TIDs), the tasks spread over a few threads ([`WORKERS`]). The
-//! socket of a transfer is connected to the client, so datagrams from any other address or port never reach it.
+//! This file only moves bytes and time: a listening socket on `network.server:network.tftp_port` (a tokio
+//! loop on its own thread) that acts on each [`request::decide`], and one thread per transfer with its own
+//! ephemeral, blocking socket (RFC 1350 TIDs), as atftpd does: lock-step TFTP is one packet each way per
+//! block, and a thread that sends a block and then sleeps in `recv` lets the kernel run the client on the same
+//! core, with two system calls per block (measured in docs/performance.md, "500 clients: where the time
+//! goes"). The socket of a transfer is connected to the client, so datagrams from any other address or port
+//! never reach it.
 //!
 //! Bounded against a hostile LAN (`[limits.tftp]`): caps on transfers in flight, in all and per client
 //! address ([`request`] decides, evicting the oldest unacknowledged transfer first); the client's `timeout`
 //! option clamped and a lifetime per transfer ([`transfer`]); until the client's first ACK a transfer holds
-//! its socket and a few hundred bytes of state, and its DATA buffer grows only with the blocks it sends.
+//! its socket, its thread (a small stack, `TRANSFER_STACK` reserved) and a few hundred bytes of state, and
+//! its DATA buffer grows only with the blocks it sends.
 
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
@@ -20,9 +24,10 @@ pub mod request;
 pub mod transfer;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -37,10 +42,29 @@ use super::metrics::TftpMetrics;
 use super::state::Shared;
 use crate::status::Source;
 
-/// The transfers in flight (the sans-IO books) and the tasks that run them, by ticket.
+/// The transfers in flight (the sans-IO books) and the links to the threads that run them, by ticket.
 struct Books {
     in_flight: InFlight,
-    tasks: HashMap<u64, tokio::task::AbortHandle>,
+    tasks: HashMap<u64, Arc<Link>>,
+}
+
+/// What the listener shares with a transfer's thread: the transfer's socket, and the order to end it.
+struct Link {
+    sock: StdUdpSocket,
+    ended: AtomicBool,
+}
+
+impl Link {
+    /// Ends the transfer now (an eviction, or the server stopping): its thread wakes from `recv` (a socket
+    /// shut down for reading returns at once), sees the order and ends; the socket closes with its last owner.
+    fn end(&self) {
+        self.ended.store(true, Ordering::Release);
+        let _ = socket2::SockRef::from(&self.sock).shutdown(std::net::Shutdown::Read);
+    }
+
+    fn ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
 }
 
 type Active = Arc<Mutex<Books>>;
@@ -54,20 +78,17 @@ const RECV_BUF: usize = 2048;
 /// Largest datagram read on a transfer's socket: ACKs are 4 bytes, a client's ERROR a short message.
 const TRANSFER_RECV: usize = 600;
 
-/// Threads that run transfers (each a single-threaded runtime), beside the listening thread.
-///
-/// Lock-step transfers are latency-bound: a thread that both polls a transfer's socket and runs it needs one
-/// wake-up per packet (as dnsmasq does) instead of a hand-off between runtime threads, so a transfer stays on
-/// one thread for its whole life. Transfers are spread over the threads round-robin, so hundreds of clients
-/// are served by all cores, and a machine busy with other work schedules several TFTP threads, not one.
-const WORKERS: usize = 8;
+/// Stack of a transfer's thread: the loop holds a 600-byte receive buffer; the rest is the file reads'.
+const TRANSFER_STACK: usize = 256 * 1024;
+/// How late a transfer's receive timeout may fire after its deadline before it is re-armed. The timeout is
+/// armed once per timeout period (not once per block: that would be a system call per block), at the
+/// transfer's timeout; it is set again only when the deadline moved by more than this (a backoff, the end of
+/// the lifetime), or when it fired early.
+const TIMER_SLACK: Duration = Duration::from_millis(5);
 
-/// Runs the TFTP server until the socket fails. TFTP gets its own threads: the listening socket on one, the
-/// transfers spread over [`WORKERS`] others (each transfer has its own socket, RFC 1350 TIDs).
+/// Runs the TFTP server until the socket fails. TFTP gets its own threads: the listening socket on one, and
+/// one per transfer (each with its own socket, RFC 1350 TIDs).
 pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
-    let workers = (0..WORKERS)
-        .map(|i| worker(i).with_context(|| format!("TFTP: cannot start transfer thread {i}")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("tftp".into())
@@ -76,7 +97,7 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("TFTP: cannot start its runtime")
-                .and_then(|rt| rt.block_on(serve(shared, workers)));
+                .and_then(|rt| rt.block_on(serve(shared)));
             let _ = tx.send(res);
         })
         .context("TFTP: cannot start its thread")?;
@@ -84,29 +105,15 @@ pub async fn run(shared: Arc<Shared>) -> anyhow::Result<()> {
         .unwrap_or_else(|_| Err(anyhow::anyhow!("the TFTP thread ended without a result")))
 }
 
-/// A transfer thread: the handle that spawns transfer tasks onto its runtime, and its stop (the thread ends,
-/// and its transfers with it, when this is dropped with the listening loop).
-struct Worker {
-    handle: tokio::runtime::Handle,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
+/// Ends every transfer when the listening loop ends (its threads would otherwise run to their end).
+struct StopAll(Active);
 
-/// Starts transfer thread `i`: a single-threaded runtime that runs until its [`Worker`] is dropped.
-fn worker(i: usize) -> std::io::Result<Worker> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let handle = rt.handle().clone();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    std::thread::Builder::new()
-        .name(format!("tftp-{i}"))
-        .spawn(move || {
-            let _ = rt.block_on(stopped);
-        })?;
-    Ok(Worker {
-        handle,
-        _stop: stop,
-    })
+impl Drop for StopAll {
+    fn drop(&mut self) {
+        for link in lock(&self.0).tasks.values() {
+            link.end();
+        }
+    }
 }
 
 /// What transfers read: the boot-loader cache.
@@ -114,7 +121,7 @@ struct Files {
     boot: BootFiles,
 }
 
-async fn serve(shared: Arc<Shared>, workers: Vec<Worker>) -> anyhow::Result<()> {
+async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
     let m = shared.register_metrics(TftpMetrics::register);
     let cluster = shared.cluster();
     let addr = SocketAddr::new(cluster.network.server.into(), cluster.network.tftp_port);
@@ -139,6 +146,7 @@ async fn serve(shared: Arc<Shared>, workers: Vec<Worker>) -> anyhow::Result<()> 
         in_flight: InFlight::new(Caps::from(&cluster.limits.tftp)),
         tasks: HashMap::new(),
     }));
+    let _stop = StopAll(active.clone());
     let mut buf = vec![0u8; RECV_BUF];
     loop {
         let (n, peer) = match sock.recv_from(&mut buf).await {
@@ -161,9 +169,9 @@ async fn serve(shared: Arc<Shared>, workers: Vec<Worker>) -> anyhow::Result<()> 
                 ..
             }) = &d
             {
-                // The oldest transfer no client acknowledged makes room: end its task (its socket closes).
-                if let Some(task) = books.tasks.remove(ticket) {
-                    task.abort();
+                // The oldest transfer no client acknowledged makes room: end its thread (its socket closes).
+                if let Some(link) = books.tasks.remove(ticket) {
+                    link.end();
                 }
                 m.evicted.inc();
                 tracing::debug!(%old, "unacknowledged TFTP transfer ended to make room (limits.tftp.transfers)");
@@ -171,10 +179,7 @@ async fn serve(shared: Arc<Shared>, workers: Vec<Worker>) -> anyhow::Result<()> 
             d
         };
         match decision {
-            Decision::Start(accepted) => {
-                let on = &workers[accepted.ticket as usize % workers.len()].handle;
-                start(&shared, &m, &files, &active, &sock, on, peer, accepted)
-            }
+            Decision::Start(accepted) => start(&shared, &m, &files, &active, &sock, peer, accepted),
             Decision::Refuse(r) => {
                 m.error(r.kind());
                 m.request("-", "refused");
@@ -245,16 +250,14 @@ impl Drop for Slot {
     }
 }
 
-/// Spawns the transfer task of an accepted request on the transfer thread `on`; `peer` is already in `active`
-/// and leaves it when the transfer ends.
-#[allow(clippy::too_many_arguments)]
+/// Starts the thread of an accepted request's transfer, with its socket; `peer` is already in `active` and
+/// leaves it when the transfer ends.
 fn start(
     shared: &Arc<Shared>,
     m: &TftpMetrics,
     files: &Arc<Files>,
     active: &Active,
     sock: &UdpSocket,
-    on: &tokio::runtime::Handle,
     peer: SocketAddr,
     Accepted {
         name,
@@ -269,9 +272,9 @@ fn start(
             .unwrap_or(server_ip(shared)),
         0,
     );
-    let (shared, files, active, m) = (shared.clone(), files.clone(), active.clone(), m.clone());
     m.in_flight.inc();
     m.unacknowledged.inc();
+    // Taken out of the books however the transfer ends, even if its socket or thread cannot be had.
     let mut slot = Slot {
         active: active.clone(),
         m: m.clone(),
@@ -279,20 +282,37 @@ fn start(
         ticket,
         acknowledged: false,
     };
-    // The books stay locked until the task's abort handle is in them: the task runs on another thread and
-    // takes itself out of the books when it ends (its slot's drop waits for this lock), so it can never end
-    // before its handle is recorded and leave a stale one behind.
-    let mut books = lock(&active);
-    let task = on.spawn(async move {
-        let res = transfer_task(&shared, &m, &files, local, peer, &req, name, &mut slot).await;
-        drop(slot);
-        if let Err(e) = res {
-            m.error("io");
-            m.request(name, "failed");
-            tracing::warn!(%peer, file = name, error = %e, "TFTP transfer failed");
-        }
-    });
-    books.tasks.insert(ticket, task.abort_handle());
+    let failed = |e: &std::io::Error| {
+        m.error("io");
+        m.request(name, "failed");
+        tracing::warn!(%peer, file = name, error = %e, "TFTP transfer failed: cannot open its socket or thread (see limits.tftp.transfers and the open-file limit)");
+    };
+    let link = match StdUdpSocket::bind(local).and_then(|s| s.connect(peer).map(|()| s)) {
+        Ok(sock) => Arc::new(Link {
+            sock,
+            ended: AtomicBool::new(false),
+        }),
+        Err(e) => return failed(&e),
+    };
+    // In the books before the thread runs: an eviction can end it from its first instant.
+    lock(active).tasks.insert(ticket, link.clone());
+    let (shared, files, m2) = (shared.clone(), files.clone(), m.clone());
+    let spawned = std::thread::Builder::new()
+        .name("tftp-transfer".into())
+        .stack_size(TRANSFER_STACK)
+        .spawn(move || {
+            let res = transfer_task(&shared, &m2, &files, &link, peer, &req, name, &mut slot);
+            drop(slot);
+            if let Err(e) = res {
+                m2.error("io");
+                m2.request(name, "failed");
+                tracing::warn!(%peer, file = name, error = %e, "TFTP transfer failed");
+            }
+        });
+    // A thread that cannot start drops its closure, and with it the slot (out of the books).
+    if let Err(e) = spawned {
+        failed(&e);
+    }
 }
 
 /// The bytes of image `id`'s `uki.efi` (none: the peer boots no UKI).
@@ -317,8 +337,8 @@ fn server_ip(shared: &Shared) -> std::net::IpAddr {
 }
 
 /// Sends what the state machine asks for. DATA is built in `pkt` (header + slice of the file).
-async fn send_all(
-    sock: &UdpSocket,
+fn send_all(
+    sock: &StdUdpSocket,
     out: &[Outgoing],
     data: &Bytes,
     pkt: &mut Vec<u8>,
@@ -326,31 +346,51 @@ async fn send_all(
     for o in out {
         match o {
             Outgoing::Packet(p) => {
-                sock.send(p).await?;
+                sock.send(p)?;
             }
             Outgoing::Data { block, range } => {
                 encode_data_header(pkt, *block);
                 pkt.extend_from_slice(&data[range.start as usize..range.end as usize]);
-                sock.send(pkt).await?;
+                sock.send(pkt)?;
             }
         }
     }
     Ok(())
 }
 
+/// The receive timeout of a transfer's socket, set only when it must change (see [`TIMER_SLACK`]).
+struct Timer {
+    armed: Option<Duration>,
+}
+
+impl Timer {
+    /// Arms the socket to wait `want` (at least 1 ms) unless the armed timeout is within [`TIMER_SLACK`] of it.
+    fn arm(&mut self, sock: &StdUdpSocket, want: Duration) -> std::io::Result<()> {
+        let want = want.max(Duration::from_millis(1));
+        if self
+            .armed
+            .is_some_and(|a| a <= want + TIMER_SLACK && want <= a + TIMER_SLACK)
+        {
+            return Ok(());
+        }
+        sock.set_read_timeout(Some(want))?;
+        self.armed = Some(want);
+        Ok(())
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
-async fn transfer_task(
+fn transfer_task(
     shared: &Shared,
     m: &TftpMetrics,
     files: &Arc<Files>,
-    local: SocketAddr,
+    link: &Link,
     peer: SocketAddr,
     req: &Request,
     name: &'static str,
     slot: &mut Slot,
 ) -> std::io::Result<()> {
-    let sock = UdpSocket::bind(local).await?;
-    sock.connect(peer).await?;
+    let sock = &link.sock;
     let dir = shared.booter().boot_loader_dir(name);
     // The image whose signed UKI this transfer sends (named in the boot event, as the HTTP route does).
     let mut uki_image = None;
@@ -359,29 +399,23 @@ async fn transfer_task(
             // The signed UKI of the peer's pinned image, read through the image store (manifest-checked). The
             // pins in force now: `booter()` re-reads them after an `imgbuild pin` (else the first boot after a
             // re-pin would get the image pinned before).
-            let (shared_c, ip) = (shared.cluster(), peer.ip());
-            let id = shared.booter().uki_for_ip(ip);
+            let id = shared.booter().uki_for_ip(peer.ip());
             uki_image.clone_from(&id);
-            tokio::task::spawn_blocking(move || read_uki(&shared_c, id))
-                .await
-                .map_err(std::io::Error::other)?
+            read_uki(&shared.cluster(), id)
         }
         Ok(Some(d)) => Ok(d),
-        _ => {
-            let (files, dir) = (files.clone(), dir.clone());
-            tokio::task::spawn_blocking(move || files.boot.read(&dir, name))
-                .await
-                .map_err(std::io::Error::other)?
-        }
+        _ => files.boot.read(&dir, name),
     };
+    if link.ended() {
+        return Ok(());
+    }
     let data = match read {
         Ok(d) => d,
         Err(e) => {
             m.error("missing");
             m.request(name, "missing");
             tracing::error!(%peer, file = %dir.join(name).display(), error = %e, "TFTP: boot loader cannot be read");
-            sock.send(&error_packet(ErrorCode::FileNotFound, "file not available"))
-                .await?;
+            sock.send(&error_packet(ErrorCode::FileNotFound, "file not available"))?;
             return Ok(());
         }
     };
@@ -395,49 +429,55 @@ async fn transfer_task(
     // Grows to one block with the first DATA sent: after ACK 0 when options were negotiated.
     let mut pkt = Vec::new();
     let mut buf = [0u8; TRANSFER_RECV];
-    send_all(&sock, &out, &data, &mut pkt).await?;
-    // One lazy timer for the whole transfer: every ACK moves the deadline later, and resetting a tokio timer
-    // per block was measurable (docs/performance.md). The armed timer stays where it is; when it fires early it
-    // is re-armed to the real deadline (one timer operation per timeout period, not per block). Only a deadline
-    // that moved earlier (an ACK during backoff) re-arms it at once.
-    let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(t.deadline()));
-    tokio::pin!(timer);
+    send_all(sock, &out, &data, &mut pkt)?;
+    // Two system calls per block: the blocking `recv` (its timeout stays armed across blocks, every ACK moving
+    // the deadline by one timeout period) and the `send` of the next block.
+    let mut timer = Timer { armed: None };
     while !t.finished() {
-        let deadline = tokio::time::Instant::from_std(t.deadline());
-        if deadline < timer.deadline() {
-            timer.as_mut().reset(deadline);
-        }
-        let out = tokio::select! {
-            r = sock.recv(&mut buf) => {
-                match r {
-                    Ok(n) => match Packet::parse(&buf[..n]) {
-                        Ok(p) => {
-                            let out = t.on_packet(&p, Instant::now());
-                            if t.acknowledged() {
-                                slot.acknowledged();
-                            }
-                            out
-                        }
-                        Err(_) => { m.error("malformed"); Vec::new() }
-                    },
-                    // ICMP port unreachable: the client went away.
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                        m.error("client_gone");
-                        m.request(name, "aborted");
-                        tracing::info!(%peer, file = name, "TFTP client went away");
-                        return Ok(());
-                    }
-                    Err(e) => return Err(e),
-                }
+        let wait = t.deadline().saturating_duration_since(Instant::now());
+        let out = if wait.is_zero() {
+            t.on_timeout(Instant::now())
+        } else {
+            timer.arm(sock, wait)?;
+            let r = sock.recv(&mut buf);
+            if link.ended() {
+                return Ok(());
             }
-            _ = &mut timer => {
-                let now = Instant::now();
-                let out = if now >= t.deadline() { t.on_timeout(now) } else { Vec::new() };
-                timer.as_mut().reset(tokio::time::Instant::from_std(t.deadline()));
-                out
+            match r {
+                Ok(n) => match Packet::parse(&buf[..n]) {
+                    Ok(p) => {
+                        let out = t.on_packet(&p, Instant::now());
+                        if t.acknowledged() {
+                            slot.acknowledged();
+                        }
+                        out
+                    }
+                    Err(_) => {
+                        m.error("malformed");
+                        Vec::new()
+                    }
+                },
+                // The receive timeout (early or not: the deadline is checked on the next turn).
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    Vec::new()
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Vec::new(),
+                // ICMP port unreachable: the client went away.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    m.error("client_gone");
+                    m.request(name, "aborted");
+                    tracing::info!(%peer, file = name, "TFTP client went away");
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
             }
         };
-        send_all(&sock, &out, &data, &mut pkt).await?;
+        send_all(sock, &out, &data, &mut pkt)?;
     }
     m.retransmits.inc_by(t.retransmits);
     m.bytes.inc_by(t.bytes_acked());

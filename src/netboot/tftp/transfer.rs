@@ -276,7 +276,7 @@ impl Transfer {
     }
 
     /// Whether the client has acknowledged anything yet: until then the transfer may be a spoofed request, and
-    /// the loop holds nothing for it but its socket and this state.
+    /// the loop holds nothing for it but its socket, its thread and this state.
     pub fn acknowledged(&self) -> bool {
         self.heard
     }
