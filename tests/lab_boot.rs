@@ -954,20 +954,7 @@ fn root_lab_reboot_secure_boot_tpm_masters_join_in_order_worker_upgrades_then_ro
         .position(|e| e.mac == w.mac && e.stage == "joined")
         .expect("worker-1 joined");
     assert_stages_in_order(&evs[..=first_joined], w.mac, "worker-1", &must);
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            lab.netns(),
-            "curl",
-            "-fsS",
-            "--max-time",
-            "20",
-        ])
-        .arg(format!("{}/metrics", lab.server_url))
-        .output()
-        .unwrap();
-    let metrics = String::from_utf8_lossy(&out.stdout);
+    let metrics = lab_metrics(&lab);
     assert!(
         metrics.contains(&format!("imgbuild_node_secure_boot{{mac=\"{}\"}} 1", w.mac)),
         "{metrics}"
@@ -994,6 +981,12 @@ fn root_lab_reboot_secure_boot_tpm_masters_join_in_order_worker_upgrades_then_ro
 
 /// The lab server's /metrics.
 fn lab_metrics(lab: &Lab) -> String {
+    metrics_at(lab, &lab.server_url)
+}
+
+/// `/metrics` of the server at `base` (a replica's URL, or the lab server's), fetched inside the lab's namespace
+/// (empty when it does not answer).
+fn metrics_at(lab: &Lab, base: &str) -> String {
     let out = std::process::Command::new("ip")
         .args([
             "netns",
@@ -1004,7 +997,7 @@ fn lab_metrics(lab: &Lab) -> String {
             "--max-time",
             "20",
         ])
-        .arg(format!("{}/metrics", lab.server_url))
+        .arg(format!("{base}/metrics"))
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()

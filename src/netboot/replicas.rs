@@ -153,7 +153,7 @@ const COPY_RETRY_MAX: Duration = Duration::from_secs(10);
 /// neither lost nor stored twice. While it retries, newer events wait in the event log's broadcast buffer
 /// (1,024 events); older ones than that are dropped from the shared history only (each replica's own
 /// `events.jsonl` keeps them) and counted. Metrics: `imgbuild_shared_history_pending` (events waiting),
-/// `imgbuild_shared_history_retries` (failed writes retried), `imgbuild_shared_history_dropped`.
+/// `imgbuild_shared_history_retries_total` (failed writes retried), `imgbuild_shared_history_dropped_total`.
 struct HistoryCopier {
     pending: prometheus_client::metrics::gauge::Gauge,
     retries: prometheus_client::metrics::counter::Counter,

@@ -328,20 +328,7 @@ pub fn repin_and_reboot(lab: &mut Lab, id: &str, killed: usize) -> String {
     );
     // The etcd requests each replica made for the whole run (docs/scale-state.md's writes per boot).
     for r in &lab.replicas {
-        let out = std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                lab.netns(),
-                "curl",
-                "-s",
-                "--max-time",
-                "5",
-            ])
-            .arg(format!("{}/metrics", r.url(&lab.cluster.network)))
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = super::metrics_at(lab, &r.url(&lab.cluster.network));
         let lines: Vec<&str> = text
             .lines()
             .filter(|l| l.starts_with("imgbuild_state_requests"))

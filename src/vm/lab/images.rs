@@ -14,17 +14,21 @@ use crate::status::report;
 
 /// Runs `imgbuild -c <config> <args>` and returns its stdout; on failure the error carries its stderr.
 pub(super) fn imgbuild(exe: &Path, config: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(exe)
-        .arg("-c")
-        .arg(config)
-        .args(args)
+    let mut c = Command::new(exe);
+    c.arg("-c").arg(config).args(args);
+    stdout_of(c, &format!("`imgbuild {}`", args.join(" ")))
+}
+
+/// Runs `c` (stdin closed) and returns its stdout; `what` names it in the errors: one that cannot start, and one
+/// that fails, with its stderr.
+pub(super) fn stdout_of(mut c: Command, what: &str) -> anyhow::Result<String> {
+    let out = c
         .stdin(Stdio::null())
         .output()
-        .with_context(|| format!("running {}", exe.display()))?;
+        .with_context(|| format!("running {what}"))?;
     if !out.status.success() {
         bail!(
-            "`imgbuild {}` failed ({}):\n{}",
-            args.join(" "),
+            "{what} failed ({}):\n{}",
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         );

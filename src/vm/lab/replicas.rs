@@ -257,24 +257,16 @@ impl Lab {
     /// are reachable): what an operator runs on one host. Returns its stdout.
     pub fn replica_cli(&self, args: &[&str]) -> anyhow::Result<String> {
         let r = self.replicas.first().context("no replicas started")?;
-        let out = Command::new("ip")
-            .args(["netns", "exec", self.netns.name()])
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", self.netns.name()])
             .arg(&self.opts.exe)
             .arg("-c")
             .arg(&r.config)
             .args(args)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .output()
-            .context("running imgbuild in the lab's namespace")?;
-        if !out.status.success() {
-            bail!(
-                "`imgbuild {}` (replica A's config) failed ({}):\n{}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+            .env("NO_COLOR", "1");
+        super::images::stdout_of(
+            c,
+            &format!("`imgbuild {}` (replica A's config)", args.join(" ")),
+        )
     }
 }
