@@ -502,7 +502,9 @@ fn initrd_signs_reports_as_the_server_verifies_and_its_counter_only_grows() {
         std::fs::write(d.join(format!("detail{i}")), detail).unwrap();
         calls.push_str(&format!("; ib_report state-disk \"$(cat detail{i})\""));
     }
-    let before = now();
+    // busybox's date reads time(2), the kernel's last tick (CLOCK_REALTIME_COARSE): for a few ms after a second
+    // begins it can still say the one before, which SystemTime::now() has already left. Hence `- 1` below.
+    let before = now() - 1;
     sh(&calls);
     let bodies = server.join().unwrap();
 
@@ -560,7 +562,7 @@ fn initrd_signs_reports_as_the_server_verifies_and_its_counter_only_grows() {
     // A counter file behind the clock (or empty, or garbage): the time in s × 10^9, then one by one.
     for old in ["5\n", "", "x\n"] {
         std::fs::write(keydir.join("report.ctr"), old).unwrap();
-        let t0 = now();
+        let t0 = now() - 1; // time(2)'s coarse clock, as above
         let out = sh("ib_next_ctr; ib_next_ctr");
         let c: Vec<u64> = out.lines().map(|l| l.parse().unwrap()).collect();
         assert!(
