@@ -1542,6 +1542,13 @@ fn root_lab_proxy_dhcp_uefi_pxe_amd64_master_and_secure_boot_arm64_worker_by_htt
         console.contains("Secure boot enabled") || console.contains("UEFI Secure Boot is enabled"),
         "the arm64 kernel did not see Secure Boot enforced"
     );
+    // Each VM's QEMU command line lies beside its console (bench/boot boots the same VM against stock parts).
+    let args =
+        std::fs::read_to_string(lab.console(host).with_file_name("qemu.args")).unwrap_or_default();
+    assert!(
+        args.starts_with("qemu-system-aarch64\n") && args.contains(&format!("mac={},", w.mac)),
+        "{host}'s qemu.args: {args}"
+    );
 
     // master-1: OVMF's PXE fetched iPXE over TFTP (no Secure Boot), up to init-done.
     assert_loader_came(&evs, m.mac, master, Firmware::Uefi);

@@ -284,9 +284,19 @@ pub fn args(spec: &VmSpec) -> Result<Vec<String>, VmError> {
 }
 
 /// `qemu-system-<arch> <args>` as a command inside `netns`.
+/// Also writes the command line to `qemu.args` in the VM's directory (the binary, then one argument per line),
+/// to rerun or study a boot by hand; `bench/boot` boots the same VM against stock servers with it.
 pub fn command(netns: &super::netns::Netns, spec: &VmSpec) -> Result<Command, VmError> {
+    let args = args(spec)?;
+    let record = spec.dir.join("qemu.args");
+    let mut text = format!("{}\n", binary(spec.arch));
+    for a in &args {
+        text.push_str(a);
+        text.push('\n');
+    }
+    std::fs::write(&record, text).map_err(|e| file_err(&record, e))?;
     let mut c = netns.command(binary(spec.arch));
-    c.args(args(spec)?);
+    c.args(args);
     let err = spec.dir.join("qemu.stderr");
     let f = std::fs::OpenOptions::new()
         .create(true)
