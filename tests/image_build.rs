@@ -304,6 +304,15 @@ fn root_image_builds_are_reproducible_immutable_cached_and_secret_free() {
             .to_string_lossy()
             .starts_with("initrd.img")
     }));
+    // The base is built with dpkg's force-unsafe-io (base::BaseSpec::command); the option must not stay in the
+    // image, where a later dpkg run would skip its syncs.
+    let dpkg_cfg = sa.join("etc/dpkg/dpkg.cfg.d");
+    assert!(!sa.join(imgbuild::image::base::DPKG_OPTS).exists());
+    for e in std::fs::read_dir(&dpkg_cfg).unwrap() {
+        let p = e.unwrap().path();
+        let text = std::fs::read_to_string(&p).unwrap_or_default();
+        assert!(!text.contains("unsafe-io"), "{} says {text}", p.display());
+    }
     let sr = tmp.path().join("real-root");
     unsquash(&rr.dir.join(ROOTFS), &sr);
     // Nothing of the build host (mmdebstrap copies its resolv.conf and hostname into the base): the resolver
