@@ -2,8 +2,10 @@
 //!
 //! Inputs: the architecture, release, mirror (or the snapshot.debian.org URL of `base.snapshot`), the sorted
 //! package set of the role's profile plus `base.packages`, the variant and [`SOURCE_DATE_EPOCH`]. Roles with the
-//! same package set and architecture share one base. The cache holds `cache/base/<digest>.tar` (mmdebstrap's tarball, byte-identical across runs
-//! with the same inputs and epoch); a file lock makes concurrent builds (and tests) share one mmdebstrap run.
+//! same package set and architecture share one base. The cache holds `cache/base/<digest>.tar` (mmdebstrap's
+//! tarball: byte-identical across runs with the same inputs and epoch but for open-iscsi's random initiator
+//! name, which the role layer replaces, docs/images.md); a file lock makes concurrent builds (and tests) share
+//! one mmdebstrap run.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
