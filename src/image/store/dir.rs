@@ -135,7 +135,7 @@ impl ImageStore for DirStore {
             .open(&path)
             .map_err(io(&path))?;
         Ok(Artifact {
-            reader: Box::new(f),
+            reader: f,
             size,
             sha256,
         })
@@ -190,7 +190,7 @@ impl ImageStore for DirStore {
             });
         }
         Ok(Artifact {
-            reader: Box::new(f),
+            reader: f,
             size: e.size,
             sha256: e.sha256.clone(),
         })

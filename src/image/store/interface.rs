@@ -1,7 +1,7 @@
 //! The image store's interface, shared by every implementation: [`ImageStore`], what it hands back
 //! ([`Artifact`], [`Stored`], [`Committed`]), its errors ([`StoreError`]), and the hashing helpers.
 
-use std::io::{Read, Seek};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -113,14 +113,13 @@ pub enum StoreError {
     },
 }
 
-/// Anything an artifact can be read from: a file, a cached copy of an object.
-pub trait ReadSeek: Read + Seek + Send {}
-impl<T: Read + Seek + Send> ReadSeek for T {}
-
 /// One artifact opened for reading, checked against its image's manifest.
 pub struct Artifact {
-    /// Positioned at the start; seekable, for Range requests.
-    pub reader: Box<dyn ReadSeek>,
+    /// The stored file (the directory store's, or the object store's verified local copy), positioned at the
+    /// start. A file, not any reader: both stores write it once (a temporary file renamed into place, read-only)
+    /// and never change it after, so the HTTP server may map it and hand its pages to the socket without
+    /// copying them first (`netboot::http::images`).
+    pub reader: std::fs::File,
     /// The size from the manifest (the stored bytes have that size).
     pub size: u64,
     /// The sha256 from the manifest (the id for `manifest.json` itself).

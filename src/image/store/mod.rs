@@ -34,9 +34,7 @@ use super::manifest::{INITRD, KERNEL, Manifest, ROOTFS};
 use crate::config::{Cluster, Store};
 
 pub use dir::DirStore;
-pub use interface::{
-    Artifact, Committed, ImageStore, ReadSeek, StoreError, Stored, hash_reader, is_id,
-};
+pub use interface::{Artifact, Committed, ImageStore, StoreError, Stored, hash_reader, is_id};
 pub(super) use interface::{hash_staged, io};
 
 /// The image store a cluster description names: `[store] backend = "dir"` (the default) is its `paths.images`

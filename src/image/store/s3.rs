@@ -516,7 +516,7 @@ impl ImageStore for S3Store {
             });
         }
         Ok(Artifact {
-            reader: Box::new(f),
+            reader: f,
             size,
             sha256,
         })

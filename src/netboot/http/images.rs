@@ -11,7 +11,8 @@
 //! cannot be in it: the id hashes the UKI), so the initrd needs no per-machine answer to find its root
 //! filesystem, and any other file is refused by dm-verity anyway.
 
-use std::io::SeekFrom;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -24,9 +25,10 @@ use serde::Deserialize;
 
 use super::app_state::AppState;
 use super::manifest_cache::ManifestCache;
+use super::mapped::MappedFile;
 use super::range::{Decision, decide};
 use crate::image::manifest::{self, ManifestError};
-use crate::image::store::{self, ImageStore, ReadSeek, StoreError};
+use crate::image::store::{self, ImageStore, StoreError};
 use crate::netboot::metrics::HttpMetrics;
 use crate::netboot::state::Shared;
 use crate::status::Source;
@@ -203,7 +205,7 @@ pub async fn get_artifact(
                             } else {
                                 FIRST as u64
                             }) as usize;
-                            read_chunk(&mut *f, &mut buf, n)
+                            read_chunk(&mut f, &mut buf, n)
                         })
                         .map_err(|e| {
                             (
@@ -307,7 +309,7 @@ pub async fn get_artifact(
     let body = stream_body(
         shared.clone(),
         st.metrics.clone(),
-        f,
+        (f, size),
         range,
         (first.unwrap_or_default(), buf),
         event,
@@ -326,7 +328,7 @@ fn open_artifact(
     manifests: &ManifestCache,
     id: &str,
     file: &'static str,
-) -> Result<(Box<dyn ReadSeek>, u64, String), Refused> {
+) -> Result<(File, u64, String), Refused> {
     let m = manifests
         .get(images, id)
         .map_err(|e| refusal(e, id, file))?;
@@ -380,9 +382,9 @@ impl Drop for InFlight {
 struct BodyState {
     shared: Arc<Shared>,
     metrics: HttpMetrics,
-    file: Option<Box<dyn ReadSeek>>,
-    /// The read buffer: its space is reused once the connection has dropped the chunk cut from it.
-    buf: BytesMut,
+    reader: Option<Reader>,
+    /// The whole file's size (what is mapped).
+    size: u64,
     /// Read with the open, not yet handed out.
     first: Option<Bytes>,
     start: u64,
@@ -392,8 +394,43 @@ struct BodyState {
     _guard: InFlight,
 }
 
+/// Where the chunks after the first come from.
+enum Reader {
+    /// The file as opened (positioned after the first chunk) and the buffer of that chunk: mapped at the first
+    /// chunk streamed.
+    Opened(File, BytesMut),
+    /// Chunks are slices of the mapped file: one copy to the socket, no read buffer ([`MappedFile`]).
+    Mapped(MappedFile),
+    /// The file could not be mapped: chunks are read into the buffer, whose space is reused once the
+    /// connection has dropped the chunk cut from it.
+    Reading(File, BytesMut),
+}
+
+impl Reader {
+    /// The `n` bytes at `pos` (the file's position when reading) of the file of `size` bytes, and the reader for
+    /// the next chunk. Blocks: runs on the blocking pool.
+    fn chunk(self, pos: u64, n: usize, size: u64) -> (Reader, std::io::Result<Bytes>) {
+        let mut reader = match self {
+            Reader::Opened(file, buf) => match MappedFile::new(&file, size) {
+                Ok(m) => Reader::Mapped(m),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot map an image artifact: reading it");
+                    Reader::Reading(file, buf)
+                }
+            },
+            r => r,
+        };
+        let r = match &mut reader {
+            Reader::Mapped(m) => m.chunk(pos, n),
+            Reader::Reading(file, buf) => read_chunk(file, buf, n),
+            Reader::Opened(..) => unreachable!("mapped or reading above"),
+        };
+        (reader, r)
+    }
+}
+
 /// Reads exactly `n` bytes at the current position into `buf` and cuts them off as one chunk.
-fn read_chunk(f: &mut dyn ReadSeek, buf: &mut BytesMut, n: usize) -> std::io::Result<Bytes> {
+fn read_chunk(f: &mut File, buf: &mut BytesMut, n: usize) -> std::io::Result<Bytes> {
     buf.clear();
     buf.resize(n, 0);
     f.read_exact(&mut buf[..]).map_err(|e| {
@@ -406,14 +443,14 @@ fn read_chunk(f: &mut dyn ReadSeek, buf: &mut BytesMut, n: usize) -> std::io::Re
     Ok(buf.split().freeze())
 }
 
-/// Streams `range` of `file` (its first chunk read with the open, the file positioned after it; the whole range
-/// when it is at most [`CHUNK`]) in reads on the
-/// blocking pool growing from [`FIRST`] to [`CHUNK`], each made when the connection asks for the next chunk,
-/// counting bytes; records `event` when the last chunk is handed to the connection.
+/// Streams `range` of `file` (`size` bytes; its first chunk read with the open, the file positioned after it;
+/// the whole range when it is at most [`CHUNK`]) in chunks growing from [`FIRST`] to [`CHUNK`], each made on the
+/// blocking pool when the connection asks for it: slices of the mapped file ([`MappedFile`]), or reads when it
+/// cannot be mapped. Counts bytes; records `event` when the last chunk is handed to the connection.
 fn stream_body(
     shared: Arc<Shared>,
     metrics: HttpMetrics,
-    file: Box<dyn ReadSeek>,
+    (file, size): (File, u64),
     range: std::ops::Range<u64>,
     (first, buf): (Bytes, BytesMut),
     event: Option<(crate::config::MacAddr, &'static str, String)>,
@@ -423,8 +460,8 @@ fn stream_body(
         _guard: InFlight(metrics.clone()),
         metrics,
         shared,
-        file: Some(file),
-        buf,
+        reader: Some(Reader::Opened(file, buf)),
+        size,
         first: Some(first),
         start: range.start,
         pos: range.start,
@@ -440,17 +477,11 @@ fn stream_body(
             None => {
                 let sent = ((st.pos - st.start) * 4).min(CHUNK as u64);
                 let n = (st.end - st.pos).min(sent.max(FIRST as u64)) as usize;
-                let mut file = st.file.take().expect("file present while streaming");
-                let mut buf = std::mem::take(&mut st.buf);
-                match tokio::task::spawn_blocking(move || {
-                    let r = read_chunk(&mut file, &mut buf, n);
-                    (file, buf, r)
-                })
-                .await
-                {
-                    Ok((file, buf, r)) => {
-                        st.file = Some(file);
-                        st.buf = buf;
+                let reader = st.reader.take().expect("reader present while streaming");
+                let (pos, size) = (st.pos, st.size);
+                match tokio::task::spawn_blocking(move || reader.chunk(pos, n, size)).await {
+                    Ok((reader, r)) => {
+                        st.reader = Some(reader);
                         r
                     }
                     Err(e) => Err(std::io::Error::other(e)),

@@ -29,6 +29,7 @@ pub mod fuzzing;
 pub mod images;
 pub mod listener;
 pub mod manifest_cache;
+pub mod mapped;
 pub mod node;
 pub mod range;
 pub mod replicas;
