@@ -181,7 +181,7 @@ pub async fn get_artifact(
     let opened = {
         let id = id.clone();
         tokio::task::spawn_blocking(move || {
-            let (mut f, size, sha) = open_artifact(&*images, &manifests, &id, file)?;
+            let (f, size, sha) = open_artifact(&*images, &manifests, &id, file)?;
             let decision = decide(
                 conds.0.as_deref(),
                 conds.1.as_deref(),
@@ -194,34 +194,30 @@ pub async fn get_artifact(
                 Decision::Partial(r) => Some(r.clone()),
                 _ => None,
             };
-            let mut buf = BytesMut::new();
-            let first = match range {
-                Some(r) if !head => Some(
-                    f.seek(SeekFrom::Start(r.start))
-                        .and_then(|_| {
-                            let len = r.end - r.start;
-                            let n = len.min(if len <= CHUNK as u64 {
-                                CHUNK as u64
-                            } else {
-                                FIRST as u64
-                            }) as usize;
-                            read_chunk(&mut f, &mut buf, n)
-                        })
-                        .map_err(|e| {
-                            (
-                                "io",
-                                StatusCode::INTERNAL_SERVER_ERROR,
-                                format!("cannot read {file} of image {id}: {e}"),
-                            )
-                        })?,
-                ),
-                _ => None,
-            };
-            Ok::<_, Refused>((f, size, sha, decision, first, buf))
+            let mut first = None;
+            let mut reader = None;
+            if let Some(r) = range.filter(|r| !head && r.end > r.start) {
+                let len = r.end - r.start;
+                let n = len.min(if len <= CHUNK as u64 {
+                    CHUNK as u64
+                } else {
+                    FIRST as u64
+                }) as usize;
+                let (rd, chunk) = Reader::open(f, size, r.start, n);
+                first = Some(chunk.map_err(|e| {
+                    (
+                        "io",
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("cannot read {file} of image {id}: {e}"),
+                    )
+                })?);
+                reader = Some(rd);
+            }
+            Ok::<_, Refused>((size, sha, decision, first, reader))
         })
         .await
     };
-    let (f, size, sha, decision, first, buf) = match opened {
+    let (size, sha, decision, first, reader) = match opened {
         Ok(Ok(x)) => x,
         Ok(Err((kind, status, msg))) => {
             if matches!(
@@ -306,12 +302,19 @@ pub async fn get_artifact(
     } else {
         None
     };
+    // Not HEAD and not an empty range: the first chunk was read with the open. (An empty body needs no reader.)
+    let (Some(first), Some(reader)) = (first, reader) else {
+        return resp
+            .status(status)
+            .body(Body::empty())
+            .expect("valid response");
+    };
     let body = stream_body(
         shared.clone(),
         st.metrics.clone(),
-        (f, size),
+        reader,
         range,
-        (first.unwrap_or_default(), buf),
+        first,
         event,
     );
     // A streamed body has no exact size hint, so the metrics layer leaves its bytes to the stream.
@@ -383,8 +386,6 @@ struct BodyState {
     shared: Arc<Shared>,
     metrics: HttpMetrics,
     reader: Option<Reader>,
-    /// The whole file's size (what is mapped).
-    size: u64,
     /// Read with the open, not yet handed out.
     first: Option<Bytes>,
     start: u64,
@@ -396,9 +397,6 @@ struct BodyState {
 
 /// Where the chunks after the first come from.
 enum Reader {
-    /// The file as opened (positioned after the first chunk) and the buffer of that chunk: mapped at the first
-    /// chunk streamed.
-    Opened(File, BytesMut),
     /// Chunks are slices of the mapped file: one copy to the socket, no read buffer ([`MappedFile`]).
     Mapped(MappedFile),
     /// The file could not be mapped: chunks are read into the buffer, whose space is reused once the
@@ -407,25 +405,32 @@ enum Reader {
 }
 
 impl Reader {
-    /// The `n` bytes at `pos` (the file's position when reading) of the file of `size` bytes, and the reader for
-    /// the next chunk. Blocks: runs on the blocking pool.
-    fn chunk(self, pos: u64, n: usize, size: u64) -> (Reader, std::io::Result<Bytes>) {
-        let mut reader = match self {
-            Reader::Opened(file, buf) => match MappedFile::new(&file, size) {
-                Ok(m) => Reader::Mapped(m),
-                Err(e) => {
-                    tracing::debug!(error = %e, "cannot map an image artifact: reading it");
-                    Reader::Reading(file, buf)
-                }
-            },
-            r => r,
-        };
-        let r = match &mut reader {
+    /// Maps `file` (`size` bytes), or when that fails reads it, and returns the first chunk: `n` bytes at
+    /// `start`. Blocks: runs on the blocking pool.
+    fn open(mut file: File, size: u64, start: u64, n: usize) -> (Reader, std::io::Result<Bytes>) {
+        match MappedFile::new(&file, size) {
+            Ok(m) => {
+                let r = m.chunk(start, n);
+                (Reader::Mapped(m), r)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot map an image artifact: reading it");
+                let mut buf = BytesMut::new();
+                let r = file
+                    .seek(SeekFrom::Start(start))
+                    .and_then(|_| read_chunk(&mut file, &mut buf, n));
+                (Reader::Reading(file, buf), r)
+            }
+        }
+    }
+
+    /// The next `n` bytes, at `pos`. Blocks: runs on the blocking pool.
+    fn chunk(&mut self, pos: u64, n: usize) -> std::io::Result<Bytes> {
+        match self {
             Reader::Mapped(m) => m.chunk(pos, n),
+            // The file's position is `pos`: reads follow the first chunk in order.
             Reader::Reading(file, buf) => read_chunk(file, buf, n),
-            Reader::Opened(..) => unreachable!("mapped or reading above"),
-        };
-        (reader, r)
+        }
     }
 }
 
@@ -450,9 +455,9 @@ fn read_chunk(f: &mut File, buf: &mut BytesMut, n: usize) -> std::io::Result<Byt
 fn stream_body(
     shared: Arc<Shared>,
     metrics: HttpMetrics,
-    (file, size): (File, u64),
+    reader: Reader,
     range: std::ops::Range<u64>,
-    (first, buf): (Bytes, BytesMut),
+    first: Bytes,
     event: Option<(crate::config::MacAddr, &'static str, String)>,
 ) -> Body {
     metrics.in_flight.inc();
@@ -460,8 +465,7 @@ fn stream_body(
         _guard: InFlight(metrics.clone()),
         metrics,
         shared,
-        reader: Some(Reader::Opened(file, buf)),
-        size,
+        reader: Some(reader),
         first: Some(first),
         start: range.start,
         pos: range.start,
@@ -478,8 +482,14 @@ fn stream_body(
                 let sent = ((st.pos - st.start) * 4).min(CHUNK as u64);
                 let n = (st.end - st.pos).min(sent.max(FIRST as u64)) as usize;
                 let reader = st.reader.take().expect("reader present while streaming");
-                let (pos, size) = (st.pos, st.size);
-                match tokio::task::spawn_blocking(move || reader.chunk(pos, n, size)).await {
+                let pos = st.pos;
+                match tokio::task::spawn_blocking(move || {
+                    let mut reader = reader;
+                    let r = reader.chunk(pos, n);
+                    (reader, r)
+                })
+                .await
+                {
                     Ok((reader, r)) => {
                         st.reader = Some(reader);
                         r
