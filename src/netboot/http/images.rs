@@ -448,10 +448,10 @@ fn read_chunk(f: &mut File, buf: &mut BytesMut, n: usize) -> std::io::Result<Byt
     Ok(buf.split().freeze())
 }
 
-/// Streams `range` of `file` (`size` bytes; its first chunk read with the open, the file positioned after it;
-/// the whole range when it is at most [`CHUNK`]) in chunks growing from [`FIRST`] to [`CHUNK`], each made on the
-/// blocking pool when the connection asks for it: slices of the mapped file ([`MappedFile`]), or reads when it
-/// cannot be mapped. Counts bytes; records `event` when the last chunk is handed to the connection.
+/// Streams `range` of the artifact: `first` (cut with the open; the whole range when it is at most [`CHUNK`]),
+/// then chunks from `reader` growing from [`FIRST`] to [`CHUNK`], each made on the blocking pool when the
+/// connection asks for it: slices of the mapped file ([`MappedFile`]), or reads when it could not be mapped.
+/// Counts bytes; records `event` when the last chunk is handed to the connection.
 fn stream_body(
     shared: Arc<Shared>,
     metrics: HttpMetrics,
