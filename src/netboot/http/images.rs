@@ -25,7 +25,7 @@ use serde::Deserialize;
 
 use super::app_state::AppState;
 use super::manifest_cache::ManifestCache;
-use super::mapped::MappedFile;
+use super::mapped::{MappedFile, shorter_than_manifest};
 use super::range::{Decision, decide};
 use crate::image::manifest::{self, ManifestError};
 use crate::image::store::{self, ImageStore, StoreError};
@@ -440,7 +440,7 @@ fn read_chunk(f: &mut File, buf: &mut BytesMut, n: usize) -> std::io::Result<Byt
     buf.resize(n, 0);
     f.read_exact(&mut buf[..]).map_err(|e| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            std::io::Error::new(e.kind(), "artifact shorter than its manifest entry")
+            shorter_than_manifest()
         } else {
             e
         }

@@ -33,6 +33,15 @@ impl AsRef<[u8]> for Owner {
     }
 }
 
+/// The error of an artifact whose bytes end before its manifest entry's size (a short read, or pages past the
+/// end of a file truncated under its mapping).
+pub fn shorter_than_manifest() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "artifact shorter than its manifest entry",
+    )
+}
+
 impl MappedFile {
     /// Maps the first `len` bytes of `file` (its size from the manifest, which the store checked).
     pub fn new(file: &File, len: u64) -> io::Result<MappedFile> {
@@ -51,23 +60,17 @@ impl MappedFile {
     /// The `n` bytes from `start`, faulted in first. Blocks on the disk when they are not cached: call it on the
     /// blocking pool.
     pub fn chunk(&self, start: u64, n: usize) -> io::Result<Bytes> {
-        let short = || {
-            io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "artifact shorter than its manifest entry",
-            )
-        };
-        let start = usize::try_from(start).map_err(|_| short())?;
+        let start = usize::try_from(start).map_err(|_| shorter_than_manifest())?;
         let end = start
             .checked_add(n)
             .filter(|&e| e <= self.bytes.len())
-            .ok_or_else(short)?;
+            .ok_or_else(shorter_than_manifest)?;
         if n > 0
             && let Err(e) = self.map.advise_range(Advice::PopulateRead, start, n)
         {
             match e.raw_os_error() {
                 // Pages past the file's end: it was truncated under the mapping.
-                Some(libc::EFAULT) => return Err(short()),
+                Some(libc::EFAULT) => return Err(shorter_than_manifest()),
                 // A kernel before 5.14 has no MADV_POPULATE_READ: fault the pages in by reading one byte of each.
                 Some(libc::EINVAL) => {
                     for i in (start..end).step_by(4096) {
