@@ -194,8 +194,8 @@ pub async fn get_artifact(
                 Decision::Partial(r) => Some(r.clone()),
                 _ => None,
             };
-            let mut first = None;
-            let mut reader = None;
+            // The reader and its first chunk, when there is a body to send (not HEAD, not an empty range).
+            let mut body = None;
             if let Some(r) = range.filter(|r| !head && r.end > r.start) {
                 let len = r.end - r.start;
                 let n = len.min(if len <= CHUNK as u64 {
@@ -203,21 +203,21 @@ pub async fn get_artifact(
                 } else {
                     FIRST as u64
                 }) as usize;
-                let (rd, chunk) = Reader::open(f, size, r.start, n);
-                first = Some(chunk.map_err(|e| {
+                let (reader, first) = Reader::open(f, size, r.start, n);
+                let first = first.map_err(|e| {
                     (
                         "io",
                         StatusCode::INTERNAL_SERVER_ERROR,
                         format!("cannot read {file} of image {id}: {e}"),
                     )
-                })?);
-                reader = Some(rd);
+                })?;
+                body = Some((reader, first));
             }
-            Ok::<_, Refused>((size, sha, decision, first, reader))
+            Ok::<_, Refused>((size, sha, decision, body))
         })
         .await
     };
-    let (size, sha, decision, first, reader) = match opened {
+    let (size, sha, decision, body) = match opened {
         Ok(Ok(x)) => x,
         Ok(Err((kind, status, msg))) => {
             if matches!(
@@ -302,8 +302,8 @@ pub async fn get_artifact(
     } else {
         None
     };
-    // Not HEAD and not an empty range: the first chunk was read with the open. (An empty body needs no reader.)
-    let (Some(first), Some(reader)) = (first, reader) else {
+    // HEAD returned above; an empty range needs no reader.
+    let Some((reader, first)) = body else {
         return resp
             .status(status)
             .body(Body::empty())
