@@ -8,7 +8,8 @@
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use imgbuild::netboot::dhcp::leases::{Journal, Lease};
+use imgbuild::netboot::dhcp::journal::Journal;
+use imgbuild::netboot::dhcp::leases::Lease;
 use libfuzzer_sys::fuzz_target;
 
 fn dir() -> &'static std::path::Path {

@@ -16,7 +16,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
 use super::core::{Ignored, Port};
-use super::leases::{Journal, LEASES_FILE, Record};
+use super::journal::{Compaction, Journal, LEASES_FILE};
+use super::leases::Record;
 use super::metrics::DhcpMetrics;
 use super::packet::{self, Malformed};
 use super::process::{Outgoing, Processed, outgoing, process};
@@ -292,10 +293,18 @@ fn spawn_writer(
                             .record(ev.mac, ev.stage, ev.detail, Source::Server);
                     }
                 }
-                if let Err(e) = journal.maybe_compact(&mirror, unix_now()) {
-                    tracing::error!(
-                        "lease journal compaction failed (the journal is still intact): {e}"
-                    );
+                let started = std::time::Instant::now();
+                match journal.maybe_compact(&mirror, unix_now()) {
+                    Ok(Compaction::Idle) => {}
+                    Ok(Compaction::Started | Compaction::Finished) => metrics
+                        .journal_compaction_seconds
+                        .observe(started.elapsed().as_secs_f64()),
+                    Err(e) => {
+                        metrics.journal_compaction_failures.inc();
+                        tracing::error!(
+                            "lease journal compaction failed (the journal is still in use and intact; tried again 10 000 records later): {e}"
+                        );
+                    }
                 }
             }
         })?;
