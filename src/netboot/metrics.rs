@@ -84,6 +84,10 @@ pub struct HttpMetrics {
     pub in_flight: Gauge,
     /// Errors by kind (`not_found`, `traversal`, `bad_request`, `range_not_satisfiable`, `io`, ...).
     pub errors: Family<Kind, Counter>,
+    /// Artifact files kept mapped between requests (`http::mapping_cache`, at most 64).
+    pub mapped_files: Gauge,
+    /// Bytes of the artifact files kept mapped (at most 1 GiB).
+    pub mapped_bytes: Gauge,
 }
 
 impl TftpMetrics {
@@ -175,6 +179,16 @@ impl HttpMetrics {
             http.in_flight.clone(),
         );
         r.register("http_errors", "HTTP errors by kind", http.errors.clone());
+        r.register(
+            "http_mapped_files",
+            "Artifact files kept mapped between requests (at most 64)",
+            http.mapped_files.clone(),
+        );
+        r.register(
+            "http_mapped_bytes",
+            "Bytes of the artifact files kept mapped between requests (at most 1 GiB)",
+            http.mapped_bytes.clone(),
+        );
         http
     }
 

@@ -19,6 +19,8 @@ pub struct AppState {
     pub boot_files: Arc<BootFiles>,
     /// The image manifests the artifact route has verified, kept per image (images never change).
     pub manifests: Arc<super::manifest_cache::ManifestCache>,
+    /// The artifact files the artifact route has mapped, kept between requests (images never change).
+    pub mappings: Arc<super::mapping_cache::MappingCache>,
     /// Node reports by outcome (`imgbuild_event_reports_total{outcome}`: accepted-address, accepted-signed, or
     /// why refused).
     pub reports: super::reply::OutcomeCounter,

@@ -26,6 +26,7 @@ use serde::Deserialize;
 use super::app_state::AppState;
 use super::manifest_cache::ManifestCache;
 use super::mapped::{MappedFile, shorter_than_manifest};
+use super::mapping_cache::MappingCache;
 use super::range::{Decision, decide};
 use crate::image::manifest::{self, ManifestError};
 use crate::image::store::{self, ImageStore, StoreError};
@@ -163,6 +164,7 @@ pub async fn get_artifact(
     };
     let images = store::open(&shared.cluster());
     let manifests = st.manifests.clone();
+    let mappings = st.mappings.clone();
     let h = |n: header::HeaderName| {
         headers
             .get(n)
@@ -203,7 +205,7 @@ pub async fn get_artifact(
                 } else {
                     FIRST as u64
                 }) as usize;
-                let (reader, first) = Reader::open(f, size, r.start, n);
+                let (reader, first) = Reader::open(&mappings, f, size, r.start, n);
                 let first = first.map_err(|e| {
                     (
                         "io",
@@ -405,10 +407,16 @@ enum Reader {
 }
 
 impl Reader {
-    /// Maps `file` (`size` bytes), or when that fails reads it, and returns the first chunk: `n` bytes at
-    /// `start`. Blocks: runs on the blocking pool.
-    fn open(mut file: File, size: u64, start: u64, n: usize) -> (Reader, std::io::Result<Bytes>) {
-        match MappedFile::new(&file, size) {
+    /// Maps `file` (`size` bytes; a kept mapping of it when `mappings` has one), or when that fails reads it,
+    /// and returns the first chunk: `n` bytes at `start`. Blocks: runs on the blocking pool.
+    fn open(
+        mappings: &MappingCache,
+        mut file: File,
+        size: u64,
+        start: u64,
+        n: usize,
+    ) -> (Reader, std::io::Result<Bytes>) {
+        match mappings.map(&file, size) {
             Ok(m) => {
                 let r = m.chunk(start, n);
                 (Reader::Mapped(m), r)

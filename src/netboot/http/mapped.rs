@@ -17,7 +17,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use memmap2::{Advice, Mmap, MmapOptions};
 
-/// One artifact file, mapped read-only whole.
+/// One artifact file, mapped read-only whole. Clones share the mapping.
+#[derive(Clone)]
 pub struct MappedFile {
     map: Arc<Mmap>,
     /// The whole mapping as `Bytes`: chunks are cheap slices of it that keep the mapping alive until written.
@@ -55,6 +56,21 @@ impl MappedFile {
         let map = Arc::new(map);
         let bytes = Bytes::from_owner(Owner(map.clone()));
         Ok(MappedFile { map, bytes })
+    }
+
+    /// The mapping's length in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether the mapping is empty.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Whether `other` is this very mapping (a clone of it).
+    pub fn same_mapping(&self, other: &MappedFile) -> bool {
+        Arc::ptr_eq(&self.map, &other.map)
     }
 
     /// The `n` bytes from `start`, faulted in first. Blocks on the disk when they are not cached: call it on the

@@ -30,6 +30,7 @@ pub mod images;
 pub mod listener;
 pub mod manifest_cache;
 pub mod mapped;
+pub mod mapping_cache;
 pub mod node;
 pub mod range;
 pub mod replicas;
@@ -81,8 +82,10 @@ fn routes(state: AppState) -> Router {
 /// HTTP metric families in `shared.registry`: call once per process.
 /// The routers with their own state (`enroll::routes`, `status_page::routes`) are merged here.
 pub fn app(shared: Arc<Shared>) -> Router {
+    let metrics = shared.register_metrics(HttpMetrics::register);
     let state = AppState {
-        metrics: shared.register_metrics(HttpMetrics::register),
+        mappings: Arc::new(mapping_cache::MappingCache::new(metrics.clone())),
+        metrics,
         boot_files: Arc::new(BootFiles::new()),
         manifests: Arc::new(manifest_cache::ManifestCache::default()),
         reports: reply::outcome_counter(
