@@ -135,8 +135,9 @@ impl Journal {
             Err(e) => return Err(io(e)),
         }
         let snapshot = table.snapshot(now);
+        let snapshot_lines = snapshot.len();
         let tmp = temp_path(path);
-        let mut file = write_snapshot(&tmp, &snapshot).map_err(io)?;
+        let mut file = write_snapshot(&tmp, snapshot).map_err(io)?;
         replace(&tmp, path, &mut file, &[]).map_err(|e| io(e.into_inner()))?;
         let good_len = file.metadata().map_err(io)?.len();
         Ok((
@@ -147,8 +148,8 @@ impl Journal {
                 good_len,
                 torn: false,
                 dir_unsynced: false,
-                lines: snapshot.len(),
-                compact_at: compact_threshold(snapshot.len()),
+                lines: snapshot_lines,
+                compact_at: compact_threshold(snapshot_lines),
                 running: None,
                 skipped,
             },
@@ -274,7 +275,7 @@ impl Journal {
         let spawned = std::thread::Builder::new()
             .name("dhcp-compact".into())
             .spawn(move || {
-                let _ = tx.send(write_snapshot(&tmp, &snapshot));
+                let _ = tx.send(write_snapshot(&tmp, snapshot));
             });
         if let Err(e) = spawned {
             return Err(self.give_up(e));
@@ -368,9 +369,15 @@ fn temp_path(path: &Path) -> PathBuf {
     path.with_extension("jsonl.tmp")
 }
 
-/// Writes `records` to `tmp` (created anew), syncs it, and returns it open for appending. A failed
+/// Writes `records` (sorted by address) to `tmp` (created anew), syncs it, and returns it open for appending. A failed
 /// write removes the temp file: a full disk must not keep half a snapshot holding its space.
-fn write_snapshot(tmp: &Path, records: &[Record]) -> std::io::Result<std::fs::File> {
+fn write_snapshot(tmp: &Path, mut records: Vec<Record>) -> std::io::Result<std::fs::File> {
+    // By address: a file a person can read and compare.
+    records.sort_by_key(|r| match r {
+        Record::Grant { ip, .. } | Record::Decline { ip, .. } | Record::Release { ip, .. } => {
+            u32::from(*ip)
+        }
+    });
     let written = (|| {
         // A stale temp file (a kill -9 mid-compaction) goes first: appending cannot be combined with truncating.
         match std::fs::remove_file(tmp) {
@@ -382,7 +389,7 @@ fn write_snapshot(tmp: &Path, records: &[Record]) -> std::io::Result<std::fs::Fi
             .append(true)
             .open(tmp)?;
         let mut buf = Vec::new();
-        for r in records {
+        for r in &records {
             serde_json::to_writer(&mut buf, r).map_err(std::io::Error::other)?;
             buf.push(b'\n');
         }

@@ -272,7 +272,8 @@ impl LeaseTable {
         }
     }
 
-    /// The records that rebuild this table's live state (for compaction).
+    /// The records that rebuild this table's live state (for compaction), in no particular order: the journal
+    /// sorts them by address as it writes them, off the ACK path.
     pub(super) fn snapshot(&self, now: u64) -> Vec<Record> {
         let mut out: Vec<Record> = self
             .by_mac
@@ -296,11 +297,6 @@ impl LeaseTable {
                     at: now,
                 }),
         );
-        out.sort_by_key(|r| match r {
-            Record::Grant { ip, .. } | Record::Decline { ip, .. } | Record::Release { ip, .. } => {
-                u32::from(*ip)
-            }
-        });
         out
     }
 }
