@@ -68,9 +68,10 @@ pub enum Compaction {
 struct Running {
     /// Lines of the snapshot (the live leases and declines when it was taken).
     snapshot_lines: usize,
+    /// The journal's line count when the snapshot was taken: the tail's lines are those appended since.
+    lines_at_snapshot: usize,
     /// Committed record bytes since the snapshot, in commit order.
     tail: Vec<u8>,
-    tail_lines: usize,
     /// The compaction thread's answer: the temp file, written, synced and open for appending.
     done: Receiver<std::io::Result<std::fs::File>>,
 }
@@ -198,10 +199,7 @@ impl Journal {
             self.keep_for_compaction();
         }
         self.pending.clear();
-        res.map_err(|source| JournalError::Io {
-            path: self.path.clone(),
-            source,
-        })
+        res.map_err(|source| self.io(source))
     }
 
     /// While a compaction runs, the records just committed also go to its tail (they are not in its snapshot).
@@ -220,7 +218,6 @@ impl Journal {
             return;
         }
         run.tail.extend_from_slice(&self.pending);
-        run.tail_lines += self.pending.iter().filter(|&&b| b == b'\n').count();
     }
 
     /// After a failed commit: truncates the file to the last good length (the file is opened for appending,
@@ -258,11 +255,8 @@ impl Journal {
         if let Some(run) = &self.running {
             return match run.done.try_recv() {
                 Err(TryRecvError::Empty) => Ok(Compaction::Idle),
-                Ok(Ok(file)) => self.finish(file).map(|()| Compaction::Finished),
-                Ok(Err(e)) => Err(self.give_up(e)),
-                Err(TryRecvError::Disconnected) => Err(self.give_up(std::io::Error::other(
-                    "the compaction thread ended without an answer",
-                ))),
+                Ok(answer) => self.settle(Some(answer)),
+                Err(TryRecvError::Disconnected) => self.settle(None),
             };
         }
         if self.lines < self.compact_at || self.torn {
@@ -282,8 +276,8 @@ impl Journal {
         }
         self.running = Some(Running {
             snapshot_lines,
+            lines_at_snapshot: self.lines,
             tail: Vec::new(),
-            tail_lines: 0,
             done,
         });
         Ok(Compaction::Started)
@@ -294,10 +288,20 @@ impl Journal {
         let Some(run) = &self.running else {
             return Ok(Compaction::Idle);
         };
-        match run.done.recv() {
-            Ok(Ok(file)) => self.finish(file).map(|()| Compaction::Finished),
-            Ok(Err(e)) => Err(self.give_up(e)),
-            Err(_) => Err(self.give_up(std::io::Error::other(
+        let answer = run.done.recv().ok();
+        self.settle(answer)
+    }
+
+    /// Acts on the compaction thread's answer (`None`: it ended without one): swaps the written file in, or
+    /// gives the compaction up.
+    fn settle(
+        &mut self,
+        answer: Option<std::io::Result<std::fs::File>>,
+    ) -> Result<Compaction, JournalError> {
+        match answer {
+            Some(Ok(file)) => self.finish(file).map(|()| Compaction::Finished),
+            Some(Err(e)) => Err(self.give_up(e)),
+            None => Err(self.give_up(std::io::Error::other(
                 "the compaction thread ended without an answer",
             ))),
         }
@@ -313,7 +317,7 @@ impl Journal {
         let tmp = temp_path(&self.path);
         match replace(&tmp, &self.path, &mut file, &run.tail) {
             Ok(()) => {}
-            Err(Replace::Before(e)) => return Err(self.give_up_with(e, &tmp)),
+            Err(Replace::Before(e)) => return Err(self.give_up(e)),
             Err(Replace::DirSync(e)) => {
                 // The rename happened: the name now points at the new file, which holds everything. Until the
                 // directory sync succeeds, commits fail rather than acknowledge into a file that power loss
@@ -331,24 +335,20 @@ impl Journal {
         self.good_len = file.metadata().map(|m| m.len()).unwrap_or(0);
         self.file = file;
         self.torn = false;
-        self.lines = run.snapshot_lines + run.tail_lines;
+        self.lines = run.snapshot_lines + (self.lines - run.lines_at_snapshot);
         self.compact_at = compact_threshold(run.snapshot_lines);
         tracing::debug!(path = %self.path.display(), lines = self.lines, "lease journal compacted");
     }
 
-    fn give_up(&mut self, e: std::io::Error) -> JournalError {
-        let tmp = temp_path(&self.path);
-        self.give_up_with(e, &tmp)
-    }
-
     /// A failed compaction: its temp file goes (a full disk must get its space back), the old journal stays,
     /// and the next attempt waits for another [`COMPACT_MIN_LINES`] lines.
-    fn give_up_with(&mut self, e: std::io::Error, tmp: &Path) -> JournalError {
+    fn give_up(&mut self, e: std::io::Error) -> JournalError {
         self.running = None;
-        let _ = std::fs::remove_file(tmp);
+        let tmp = temp_path(&self.path);
+        let _ = std::fs::remove_file(&tmp);
         self.compact_at = self.lines + COMPACT_MIN_LINES;
         JournalError::Io {
-            path: tmp.to_path_buf(),
+            path: tmp,
             source: e,
         }
     }
