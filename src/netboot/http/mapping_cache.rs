@@ -67,11 +67,11 @@ impl MappingCache {
     /// The first `len` bytes of `file` mapped: a kept mapping of the same inode and length, or a new one (kept
     /// when it fits the bounds). Blocks (`fstat`, `mmap`): call it on the blocking pool.
     pub fn map(&self, file: &File, len: u64) -> io::Result<MappedFile> {
-        let meta = file.metadata()?;
-        let key = (meta.dev(), meta.ino());
         if len > LARGEST {
             return MappedFile::new(file, len);
         }
+        let meta = file.metadata()?;
+        let key = (meta.dev(), meta.ino());
         {
             let mut kept = self.lock();
             self.sweep(&mut kept);
